@@ -1,0 +1,38 @@
+# fxtap: `make demo` runs the main job on a built-in example; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint docs-check dot clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,plot]'
+	@touch $(STAMP)
+
+# Graphviz's dot: installed from Debian when missing and running as root, else a clear message.
+dot:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Graphviz (dot) from Debian"; \
+	    (apt-get install -y -qq graphviz >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq graphviz >/dev/null)); \
+	  else \
+	    echo "Graphviz's dot is missing: install it with 'sudo apt-get install -y graphviz' (render tests are skipped)"; \
+	  fi; }
+
+demo: $(STAMP) dot
+	$(VENV)/bin/fxtap demo -o out
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fxtap tests benchmarks
+	$(VENV)/bin/ruff format --check fxtap tests benchmarks
+	$(VENV)/bin/mypy fxtap
+
+test: $(STAMP) dot lint
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,122 @@
+"""The fxtap exception tree: one base class, each leaf also a builtin a torchvision user catches."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+import torch.fx.proxy
+
+__all__ = [
+    "DotNotFoundError",
+    "FxtapError",
+    "InputShapeError",
+    "InvalidArgumentError",
+    "LoadError",
+    "MistraceError",
+    "ModelSpecError",
+    "NodeNotFoundError",
+    "OutputPathError",
+    "ResourceError",
+    "TraceError",
+    "close_matches",
+    "format_choices",
+]
+
+
+class FxtapError(Exception):
+    """Base class of every error fxtap raises on purpose."""
+
+
+class InvalidArgumentError(FxtapError, ValueError):
+    """An argument has the wrong type or value (also a ``ValueError``, as torchvision raises)."""
+
+
+class NodeNotFoundError(InvalidArgumentError, KeyError):
+    """A requested node name matches no node of the traced graph."""
+
+    def __str__(self) -> str:
+        # NOTE: KeyError.__str__ quotes its message; show it as a sentence instead.
+        return str(self.args[0]) if self.args else ""
+
+
+class TraceError(FxtapError, torch.fx.proxy.TraceError):
+    """torch.fx could not trace the model; the message names the module, source line and fix.
+
+    Subclasses torch.fx's own ``TraceError`` (itself a ``ValueError``).
+
+    Attributes:
+        module_path: dotted path of the innermost module being traced when it failed
+            (``""`` for the root module).
+        source: ``file:line`` of the user's code that failed, when known.
+        reason: the message torch.fx gave.
+        function: qualified name of the plain function that failed, when the failure was in one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        module_path: str | None = None,
+        source: str | None = None,
+        reason: str = "",
+        function: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.module_path = module_path
+        self.source = source
+        self.reason = reason
+        self.function = function
+
+
+class MistraceError(TraceError):
+    """The traced graph computes something other than the eager model and no fallback fixed it."""
+
+
+class InputShapeError(InvalidArgumentError):
+    """An example input does not fit the model."""
+
+
+class ModelSpecError(InvalidArgumentError):
+    """A command-line model spec such as ``torchvision:resnet18`` does not resolve."""
+
+
+class OutputPathError(FxtapError, OSError):
+    """An output path cannot be written."""
+
+
+class LoadError(FxtapError, ValueError):
+    """A saved extractor is corrupted, truncated, or needs an explicit trust opt-in."""
+
+
+class DotNotFoundError(FxtapError, FileNotFoundError):
+    """Graphviz's ``dot`` program is not installed; the ``.dot`` file was still written."""
+
+
+class ResourceError(FxtapError, MemoryError):
+    """A request needs more memory than is available."""
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` candidates closest to ``word``, best first.
+
+    Dotted names are compared whole and by their last components, so ``layer1.relu`` finds
+    ``layer1.0.relu``.
+
+    >>> close_matches("layer1.relu", ["layer1.0.relu", "layer2.0.relu", "fc"])
+    ['layer1.0.relu', 'layer2.0.relu']
+    """
+    pool = list(dict.fromkeys(candidates))
+    found = difflib.get_close_matches(word, pool, n=n, cutoff=0.6)
+    if len(found) < n and "." in word:
+        tail = word.rsplit(".", 1)[1]
+        head = word.split(".", 1)[0]
+        extra = [c for c in pool if c.startswith(head) and c.endswith("." + tail) and c not in found]
+        found += extra[: n - len(found)]
+    return found
+
+
+def format_choices(names: Iterable[str]) -> str:
+    """Format names as ``'a', 'b'`` for an error message, or ``(none)``."""
+    names = list(names)
+    return ", ".join(repr(n) for n in names) if names else "(none)"

@@ -1,0 +1,297 @@
+"""Stage 2: list node names (torchvision's API), match nodes across modes, build a node table."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from fxtap.errors import InputShapeError, InvalidArgumentError
+from fxtap.trace import NAME_KEY, SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
+
+__all__ = [
+    "ModeDiff",
+    "NodeInfo",
+    "diff_modes",
+    "get_graph_node_names",
+    "node_key",
+    "node_table",
+    "propagate_shapes",
+]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One row of the node table.
+
+    Attributes:
+        name: fxtap's dotted-path name (what ``return_nodes`` takes).
+        op: torch.fx op (``placeholder``, ``call_module``, ``call_function``, ...).
+        target: the op's target as text (module path, function or method name).
+        module_type: class of the called module for ``call_module``, else of the enclosing one.
+        num_params: parameters owned by the node (a leaf module's, or a ``get_attr``'s tensor).
+        source: ``file:line`` of the user code that created the node, when recorded.
+        shape: output shape when example inputs were given, else ``None``.
+        dtype: output dtype as text when example inputs were given, else ``None``.
+        opaque: the module was made a leaf by the automatic fallback.
+    """
+
+    name: str
+    op: str
+    target: str
+    module_type: str
+    num_params: int
+    source: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    opaque: bool = False
+
+
+@dataclass(frozen=True)
+class ModeDiff:
+    """Nodes present in one mode only, matched by module path, op, target and occurrence."""
+
+    train_only: tuple[str, ...]
+    eval_only: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.train_only or self.eval_only)
+
+    def message(self) -> str:
+        """A sentence saying which nodes exist in one mode only."""
+        parts = []
+        for label, names in (("train", self.train_only), ("eval", self.eval_only)):
+            if names:
+                shown = ", ".join(repr(n) for n in names[:8])
+                more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+                parts.append(f"{len(names)} node(s) only in {label} mode: {shown}{more}")
+        return "; ".join(parts)
+
+
+def get_graph_node_names(
+    model: nn.Module,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    suppress_diff_warning: bool = False,
+    concrete_args: Mapping[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Return the node names of ``model`` traced in train mode and in eval mode.
+
+    Same signature and names as ``torchvision.models.feature_extraction.get_graph_node_names``,
+    except that real attribute names ending in ``_<digits>`` are kept (see docs/node-names.md).
+
+    Args:
+        model: the model to trace; its training flags are restored.
+        tracer_kwargs: ``NodePathTracer`` options (``leaf_modules``, ``autowrap_functions``, ...).
+        suppress_diff_warning: do not warn when the two modes give different nodes.
+        concrete_args: torch.fx's ``concrete_args``.
+
+    Returns:
+        ``(train_names, eval_names)`` in execution order.
+
+    Raises:
+        TraceError: the model cannot be traced.
+
+    >>> train, eval_ = get_graph_node_names(nn.Sequential(nn.Linear(2, 2), nn.Dropout()))
+    >>> train
+    ['input', '0', '1']
+    """
+    train = trace(model, training=True, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args)
+    evaluated = trace(
+        model, training=False, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args
+    )
+    train_names = list(train.names.values())
+    eval_names = list(evaluated.names.values())
+    if not suppress_diff_warning and train_names != eval_names:
+        diff = diff_modes(train, evaluated)
+        detail = diff.message() if diff else "the same nodes appear in a different order"
+        warnings.warn(
+            f"{type(model).__name__} gives different nodes in train and eval mode: {detail}. "
+            "Pass train_return_nodes and eval_return_nodes separately to create_feature_extractor "
+            "(or suppress_diff_warning=True).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return train_names, eval_names
+
+
+def node_key(node: fx.Node, name: str) -> tuple[str, str, str]:
+    """``(module path, op, target)`` of a node, independent of torch.fx's global numbering."""
+    scope = node.meta.get(SCOPE_KEY, ("", None))[0]
+    return (scope, node.op, _target_text(node))
+
+
+def diff_modes(train: Traced, evaluated: Traced) -> ModeDiff:
+    """Match two traces by module path, op, target and occurrence within the module.
+
+    One extra op in train mode renumbers every later torch.fx node name; matching by this key
+    does not, so only the really extra nodes are reported.
+    """
+    train_keys = _occurrence_keys(train)
+    eval_keys = _occurrence_keys(evaluated)
+    return ModeDiff(
+        train_only=tuple(n for k, n in train_keys.items() if k not in eval_keys),
+        eval_only=tuple(n for k, n in eval_keys.items() if k not in train_keys),
+    )
+
+
+def node_table(
+    model: nn.Module,
+    *,
+    training: bool = False,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    concrete_args: Mapping[str, Any] | None = None,
+    traced: Traced | None = None,
+) -> list[NodeInfo]:
+    """Describe every named node of ``model``: name, op, target, module type, size, source.
+
+    Args:
+        model: the model to trace (left unchanged).
+        training: describe the train-mode graph instead of the eval-mode one.
+        example_inputs: when given, output shape and dtype of each node are filled in
+            (``torch.fx.passes.shape_prop``, on fake tensors where possible).
+        tracer_kwargs: ``NodePathTracer`` options.
+        concrete_args: torch.fx's ``concrete_args``.
+        traced: an existing trace to describe instead of tracing again.
+
+    Returns:
+        One ``NodeInfo`` per named node, in execution order.
+    """
+    if traced is None:
+        kwargs = dict(tracer_kwargs or {})
+        kwargs.setdefault("record_source", True)
+        tracer_options(kwargs)
+        traced = trace(model, training=training, tracer_kwargs=kwargs, concrete_args=concrete_args)
+    gm = traced.graph_module
+    if example_inputs is not None:
+        propagate_shapes(gm, example_inputs, model_name=type(model).__name__)
+    opaque = set(traced.leaves)
+    rows = []
+    for node, name in traced.names.items():
+        meta = node.meta.get("tensor_meta")
+        shape = tuple(meta.shape) if hasattr(meta, "shape") else None
+        dtype = str(meta.dtype).removeprefix("torch.") if hasattr(meta, "dtype") else None
+        rows.append(
+            NodeInfo(
+                name=name,
+                op=node.op,
+                target=_target_text(node),
+                module_type=_module_type(gm, node),
+                num_params=_owned_params(gm, node),
+                source=node.meta.get(SOURCE_KEY),
+                shape=shape,
+                dtype=dtype,
+                opaque=node.op == "call_module" and node.target in opaque,
+            )
+        )
+    return rows
+
+
+def propagate_shapes(
+    gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], *, model_name: str = "model"
+) -> None:
+    """Fill ``node.meta['tensor_meta']`` by running ``gm`` on fake copies of the inputs.
+
+    Runs on fake tensors (no compute, nothing of the model touched); falls back to a real run
+    without gradients, with buffers put back afterwards, when an op has no fake kernel.
+
+    Raises:
+        InputShapeError: the inputs do not fit the model; names the node that rejected them.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    inputs = _check_inputs(example_inputs)
+    try:
+        with torch.no_grad():
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            ShapeProp(gm, fake_mode=mode).propagate(*inputs)
+        return
+    except Exception as fake_exc:
+        first_error: Exception = fake_exc
+    saved = {k: b.clone() for k, b in gm.named_buffers()}
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    except Exception as exc:
+        raise InputShapeError(_shape_message(model_name, inputs, exc)) from first_error
+    finally:
+        with torch.no_grad():
+            for k, b in gm.named_buffers():
+                b.copy_(saved[k])
+
+
+def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if not isinstance(example_inputs, Sequence):
+        raise InvalidArgumentError(
+            f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
+            "expected a tensor or a tuple of tensors, e.g. (torch.randn(1, 3, 224, 224),)"
+        )
+    return tuple(example_inputs)
+
+
+def _shape_message(model_name: str, inputs: tuple[Any, ...], exc: Exception) -> str:
+    shapes = ", ".join(
+        "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+        for t in inputs
+    )
+    text = str(exc).strip().splitlines()
+    where = next((ln for ln in text if "node=" in ln), "")
+    reason = text[-1] if text else type(exc).__name__
+    return (
+        f"example input of shape {shapes} does not fit {model_name}"
+        + (f" ({where.strip()})" if where else "")
+        + f": {reason}. Pass inputs of the shape the model expects, e.g. --input 1x3x224x224."
+    )
+
+
+def _occurrence_keys(traced: Traced) -> dict[tuple[Any, ...], str]:
+    seen: dict[tuple[str, str, str], int] = {}
+    keys: dict[tuple[Any, ...], str] = {}
+    for node, name in traced.names.items():
+        key = node_key(node, name)
+        i = seen.get(key, 0)
+        seen[key] = i + 1
+        keys[(*key, i)] = name
+    return keys
+
+
+def _target_text(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, str):
+        return target
+    module = getattr(target, "__module__", None) or ""
+    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    if module in ("_operator", "builtins"):
+        return qualname
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _module_type(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))).__name__
+    scope_type = node.meta.get(SCOPE_KEY, ("", None))[1]
+    return scope_type.__name__ if isinstance(scope_type, type) else ""
+
+
+def _owned_params(gm: fx.GraphModule, node: fx.Node) -> int:
+    if node.op == "call_module":
+        return sum(p.numel() for p in gm.get_submodule(str(node.target)).parameters())
+    if node.op == "get_attr":
+        try:
+            value = gm.get_parameter(str(node.target))
+        except AttributeError:
+            return 0
+        return value.numel()
+    return 0
+
+
+def name_of(node: fx.Node) -> str | None:
+    """fxtap's name of ``node``, or ``None`` for unnamed nodes (constants, output)."""
+    return node.meta.get(NAME_KEY)

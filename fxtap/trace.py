@@ -1,0 +1,484 @@
+"""Stage 1: trace a model with torch.fx and give every node a dotted-path name."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import inspect
+import math
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from fxtap.errors import InvalidArgumentError, TraceError, format_choices
+
+__all__ = [
+    "NAME_KEY",
+    "SCOPE_KEY",
+    "NodePathTracer",
+    "Traced",
+    "default_autowrap_modules",
+    "default_leaf_modules",
+    "restore_training",
+    "trace",
+]
+
+#: ``node.meta`` key holding fxtap's dotted-path name of a node.
+NAME_KEY = "fxtap_name"
+#: ``node.meta`` key holding ``(module_path, module_type)`` of the scope that created a node.
+SCOPE_KEY = "fxtap_scope"
+#: ``node.meta`` key holding the ``file:line`` of the user code that created a node.
+SOURCE_KEY = "fxtap_source"
+
+LeafSpec = type | str | Callable[[nn.Module, str], bool]
+
+_TRACER_KWARGS = (
+    "leaf_modules",
+    "autowrap_modules",
+    "autowrap_functions",
+    "param_shapes_constant",
+    "record_source",
+)
+_OWN_DIRS = (
+    os.path.dirname(torch.__file__) + os.sep,
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+)
+
+
+@dataclass(frozen=True)
+class Traced:
+    """One traced graph and the dotted-path name of each of its named nodes.
+
+    Attributes:
+        graph_module: the traced ``fx.GraphModule``; its root shares every submodule,
+            parameter and buffer with the model (nothing is copied).
+        names: fxtap name of every node created through ``create_proxy``, in graph order.
+            Tensor constants and the output node have no name (as in torchvision).
+        training: the mode the graph was traced in.
+        leaves: qualified names of the modules that were kept as leaves by fallback.
+        wrapped: qualified names of functions autowrapped by fallback.
+    """
+
+    graph_module: fx.GraphModule
+    names: dict[fx.Node, str]
+    training: bool
+    leaves: tuple[str, ...] = field(default=())
+    wrapped: tuple[str, ...] = field(default=())
+
+    @property
+    def mode(self) -> str:
+        """``'train'`` or ``'eval'``."""
+        return "train" if self.training else "eval"
+
+
+def default_leaf_modules() -> tuple[type[nn.Module], ...]:
+    """Every ``nn.Module`` class exported by ``torchvision.ops`` (empty without torchvision)."""
+    try:
+        import torchvision.ops
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return tuple(
+        obj
+        for _, obj in inspect.getmembers(torchvision.ops)
+        if inspect.isclass(obj) and issubclass(obj, nn.Module)
+    )
+
+
+def default_autowrap_modules() -> tuple[types.ModuleType, ...]:
+    """``math`` and, when importable, ``torchvision.ops`` (torchvision's defaults)."""
+    try:
+        import torchvision.ops
+    except ImportError:  # pragma: no cover
+        return (math,)
+    return (math, torchvision.ops)
+
+
+class NodePathTracer(fx.Tracer):
+    """A ``torch.fx.Tracer`` that names every node by its dotted module path.
+
+    A leaf-module call is named by its module path (``layer1.0.conv1``); any other op by its
+    enclosing module path plus its op name (``layer1.0.add``). Repeats within one scope get
+    ``_1``, ``_2``, ... suffixes counted per scope, as torchvision does; real attribute names
+    that end in ``_<digits>`` are kept as they are. Naming costs O(1) per node.
+
+    Args:
+        leaf_modules: modules not traced through. Each item is a module class, a
+            qualified-name glob (``"encoder.layers.*"``) or a predicate
+            ``(module, qualname) -> bool``.
+        autowrap_modules: modules whose functions are recorded as single ``call_function``
+            nodes (torch.fx's argument).
+        autowrap_functions: functions recorded as single nodes (torch.fx's argument).
+        param_shapes_constant: torch.fx's argument.
+        record_source: record the user's ``file:line`` for each node in ``node.meta``.
+
+    >>> tracer = NodePathTracer()
+    >>> graph = tracer.trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    >>> list(tracer.node_to_qualname.values())
+    ['input', '0', '1']
+    """
+
+    def __init__(
+        self,
+        leaf_modules: Iterable[LeafSpec] = (),
+        autowrap_modules: Iterable[types.ModuleType] = (math,),
+        autowrap_functions: Iterable[Callable[..., Any]] = (),
+        param_shapes_constant: bool = False,
+        record_source: bool = False,
+    ) -> None:
+        super().__init__(
+            autowrap_modules=tuple(autowrap_modules),
+            autowrap_functions=tuple(autowrap_functions),
+            param_shapes_constant=param_shapes_constant,
+        )
+        self.leaf_types: tuple[type, ...] = ()
+        self.leaf_patterns: tuple[str, ...] = ()
+        self.leaf_predicates: tuple[Callable[[nn.Module, str], bool], ...] = ()
+        self._split_leaf_specs(leaf_modules)
+        self.record_source = record_source
+        self.node_to_qualname: dict[fx.Node, str] = {}
+        self.failed_module: tuple[str, type] | None = None
+        self._reserved: set[str] = set()
+        self._used: set[str] = set()
+        self._next: dict[str, int] = {}
+        self._op_names: dict[Any, str] = {}
+
+    def _split_leaf_specs(self, specs: Iterable[LeafSpec]) -> None:
+        types_, patterns, predicates = [], [], []
+        for spec in specs:
+            if isinstance(spec, type):
+                types_.append(spec)
+            elif isinstance(spec, str):
+                patterns.append(spec)
+            elif callable(spec):
+                predicates.append(spec)
+            else:
+                raise InvalidArgumentError(
+                    f"leaf_modules item {spec!r} is a {type(spec).__name__}; expected a module "
+                    "class, a qualified-name pattern such as 'encoder.layers.*', or a predicate "
+                    "(module, qualname) -> bool"
+                )
+        self.leaf_types = tuple(types_)
+        self.leaf_patterns = tuple(patterns)
+        self.leaf_predicates = tuple(predicates)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """A module is a leaf if listed in ``leaf_modules`` or a torch.nn built-in."""
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        if any(fnmatch.fnmatchcase(module_qualified_name, p) for p in self.leaf_patterns):
+            return True
+        if any(pred(m, module_qualified_name) for pred in self.leaf_predicates):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """Trace ``root``; afterwards ``node_to_qualname`` maps each named node to its name."""
+        self.node_to_qualname = {}
+        self.failed_module = None
+        self._next = {}
+        # Real module paths are reserved so that a generated ``relu_1`` never takes the name
+        # of a submodule really called ``relu_1``.
+        self._reserved = (
+            {name for name, _ in root.named_modules()} if isinstance(root, nn.Module) else set()
+        )
+        self._used = set()
+        return super().trace(root, concrete_args)
+
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            # The innermost module sees the exception first: remember it, not its parents.
+            if self.failed_module is None:
+                self.failed_module = (self.path_of_module(m), type(m))
+            raise
+
+    def create_proxy(
+        self,
+        kind: str,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None = None,
+        type_expr: Any | None = None,
+        proxy_factory_fn: Callable[[fx.Node], fx.Proxy] | None = None,
+    ) -> fx.Proxy:
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        node = proxy.node
+        scope = self.scope.module_path
+        if kind == "call_module":
+            base = target
+        else:
+            op = self._op_name(kind, target, name)
+            base = f"{scope}.{op}" if scope else op
+        qualname = self._unique(base, real=kind == "call_module")
+        self.node_to_qualname[node] = qualname
+        node.meta[NAME_KEY] = qualname
+        node.meta[SCOPE_KEY] = (scope, self.scope.module_type)
+        if self.record_source:
+            node.meta[SOURCE_KEY] = _user_source(sys._getframe(1))
+        return proxy
+
+    def _op_name(self, kind: str, target: Any, name: str | None) -> str:
+        """The op part of a name: what torch.fx names the node before its global suffix."""
+        key = (kind, target, name)
+        try:
+            return self._op_names[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable target
+            return _sanitize(self.graph._target_to_str(target))
+        op = _sanitize(name if name is not None else self.graph._target_to_str(target))
+        self._op_names[key] = op
+        return op
+
+    def _unique(self, base: str, *, real: bool = False) -> str:
+        """``base`` itself the first time, then ``base_1``, ``base_2``, ... skipping taken names.
+
+        ``real`` marks a module path: it owns its reserved name on its first call.
+        """
+        n = self._next.get(base)
+        if n is None and base not in self._used and (real or base not in self._reserved):
+            self._next[base] = 1
+            self._used.add(base)
+            return base
+        n = n or 1
+        candidate = f"{base}_{n}"
+        while candidate in self._used or candidate in self._reserved:
+            n += 1
+            candidate = f"{base}_{n}"
+        self._next[base] = n + 1
+        self._used.add(candidate)
+        return candidate
+
+
+def trace(
+    model: nn.Module,
+    *,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    concrete_args: Mapping[str, Any] | None = None,
+) -> Traced:
+    """Trace ``model`` in one mode with a ``NodePathTracer``; the model is left as it was.
+
+    Args:
+        model: the model to trace.
+        training: trace in train mode (``True``) or eval mode (``False``).
+        tracer_kwargs: keyword arguments of ``NodePathTracer``; ``leaf_modules`` and
+            ``autowrap_modules`` are added to torchvision's defaults.
+        concrete_args: torch.fx's ``concrete_args``.
+
+    Returns:
+        A ``Traced`` whose graph module shares submodules and parameters with ``model``.
+
+    Raises:
+        TraceError: torch.fx could not trace the model.
+        InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
+    """
+    check_model(model)
+    kwargs = tracer_options(tracer_kwargs)
+    concrete = check_concrete_args(model, concrete_args)
+    tracer = NodePathTracer(**kwargs)
+    # NOTE: torch.fx stores tensor constants on the root with setattr; tracing a shallow copy
+    # keeps them off the user's model.
+    root = copy.copy(model)
+    with restore_training(model):
+        model.train(training)
+        root.training = training
+        try:
+            graph = tracer.trace(root, concrete)
+        except TraceError:
+            raise
+        except Exception as exc:
+            raise trace_error(model, tracer, exc) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return Traced(gm, dict(tracer.node_to_qualname), training)
+
+
+def check_model(model: Any) -> None:
+    """Raise ``InvalidArgumentError`` unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"model {model!r:.80} is a {type(model).__name__}; expected a torch.nn.Module. "
+            "Wrap a function in a module whose forward calls it."
+        )
+
+
+def tracer_options(tracer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate ``tracer_kwargs`` and merge torchvision's defaults; never mutates the input."""
+    if tracer_kwargs is None:
+        user: dict[str, Any] = {}
+    elif isinstance(tracer_kwargs, Mapping):
+        user = dict(tracer_kwargs)
+    else:
+        raise InvalidArgumentError(
+            f"tracer_kwargs {tracer_kwargs!r:.80} is a {type(tracer_kwargs).__name__}; expected a "
+            f"dict with keys among {format_choices(_TRACER_KWARGS)}"
+        )
+    for key in user:
+        if key not in _TRACER_KWARGS:
+            close = difflib.get_close_matches(str(key), _TRACER_KWARGS, n=2)
+            hint = f"; did you mean {format_choices(close)}?" if close else ""
+            raise InvalidArgumentError(
+                f"tracer_kwargs key {key!r} is not a NodePathTracer option{hint} "
+                f"Expected keys among {format_choices(_TRACER_KWARGS)}."
+            )
+    for key in ("leaf_modules", "autowrap_modules", "autowrap_functions"):
+        value = user.get(key, ())
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise InvalidArgumentError(
+                f"tracer_kwargs[{key!r}] is {value!r:.80}; expected a list or tuple"
+            )
+        user[key] = tuple(value)
+    for fn in user["autowrap_functions"]:
+        if not callable(fn):
+            raise InvalidArgumentError(
+                f"tracer_kwargs['autowrap_functions'] item {fn!r} is not callable; expected "
+                "functions such as my_module.my_helper"
+            )
+    for mod in user["autowrap_modules"]:
+        if not isinstance(mod, types.ModuleType):
+            raise InvalidArgumentError(
+                f"tracer_kwargs['autowrap_modules'] item {mod!r} is not a Python module; expected "
+                "modules such as math"
+            )
+    user["leaf_modules"] = tuple(dict.fromkeys(user["leaf_modules"] + default_leaf_modules()))
+    user["autowrap_modules"] = tuple(
+        dict.fromkeys(user["autowrap_modules"] + default_autowrap_modules())
+    )
+    return user
+
+
+def check_concrete_args(
+    model: nn.Module, concrete_args: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """Check that every ``concrete_args`` key is an argument of ``model.forward``."""
+    if concrete_args is None:
+        return None
+    if not isinstance(concrete_args, Mapping):
+        raise InvalidArgumentError(
+            f"concrete_args {concrete_args!r:.80} is a {type(concrete_args).__name__}; expected a "
+            "dict mapping forward() argument names to fixed values"
+        )
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtin forwards
+        return dict(concrete_args)
+    for key in concrete_args:
+        if key not in params:
+            close = difflib.get_close_matches(str(key), params, n=2)
+            hint = f"; closest: {format_choices(close)}" if close else ""
+            raise InvalidArgumentError(
+                f"concrete_args key {key!r} is not an argument of "
+                f"{type(model).__name__}.forward{hint}. Expected one of {format_choices(params)}."
+            )
+    return dict(concrete_args)
+
+
+class restore_training:
+    """Context manager restoring the ``training`` flag of every submodule on exit.
+
+    ``model.train(was_training)`` would flatten a model whose submodules are in mixed modes;
+    this puts each flag back as it was.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags = [(m, m.training) for m in model.modules()]
+
+    def __enter__(self) -> restore_training:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m, flag in self.flags:
+            m.training = flag
+
+
+def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) -> TraceError:
+    """Turn a raw torch.fx failure into a ``TraceError`` naming module, source line and fix."""
+    path, mtype = tracer.failed_module or ("", type(model))
+    frame = _failing_user_frame(exc.__traceback__)
+    source = code = function = None
+    if frame is not None:
+        source = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        code = _source_line(frame.f_code.co_filename, frame.f_lineno)
+        function = _plain_function_name(frame)
+    where = f"module {path!r} ({mtype.__name__})" if path else f"the root {mtype.__name__}.forward"
+    parts = [f"torch.fx could not trace {type(model).__name__}: it failed in {where}"]
+    if source:
+        parts.append(f" at {source}" + (f" `{code}`" if code else ""))
+    reason = f"{type(exc).__name__}: {exc}".strip()
+    parts.append(f": {reason}.")
+    fixes = []
+    if path:
+        fixes.append(
+            f"keep the module opaque with tracer_kwargs={{'leaf_modules': [{path!r}]}} "
+            f"(or its class {mtype.__name__})"
+        )
+    if function:
+        fixes.append(f"record the function as one node with autowrap_functions=[{function}]")
+    fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
+    parts.append(" Fix: " + "; or ".join(fixes) + ".")
+    return TraceError(
+        "".join(parts), module_path=path, source=source, reason=reason, function=function
+    )
+
+
+def _sanitize(op: str) -> str:
+    """Make ``op`` a Python identifier as torch.fx does (without its numeric suffix rule)."""
+    if op.isidentifier():
+        return op
+    out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in op) or "_unnamed"
+    return f"_{out}" if out[0].isdigit() else out
+
+
+def _is_own(filename: str) -> bool:
+    return filename.startswith(_OWN_DIRS) or filename.startswith("<")
+
+
+def _user_source(frame: types.FrameType | None) -> str | None:
+    while frame is not None:
+        if not _is_own(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+def _failing_user_frame(tb: types.TracebackType | None) -> types.FrameType | None:
+    found = None
+    while tb is not None:
+        if not _is_own(tb.tb_frame.f_code.co_filename):
+            found = tb.tb_frame
+        tb = tb.tb_next
+    return found
+
+
+def _source_line(filename: str, lineno: int) -> str | None:
+    import linecache
+
+    line = linecache.getline(filename, lineno).strip()
+    return line or None
+
+
+def _plain_function_name(frame: types.FrameType) -> str | None:
+    """``module.function`` when ``frame`` runs a module-level function, not a method."""
+    code = frame.f_code
+    if "self" in code.co_varnames[: code.co_argcount]:
+        return None
+    fn = frame.f_globals.get(code.co_name)
+    if getattr(fn, "__code__", None) is code:
+        return f"{frame.f_globals.get('__name__', '?')}.{code.co_name}"
+    return None
