@@ -13,6 +13,7 @@ from fxtap.errors import (
     ResourceError,
     TraceError,
 )
+from fxtap.extractor import FeatureExtractor, create_feature_extractor
 from fxtap.names import NodeInfo, get_graph_node_names, node_table
 from fxtap.trace import NodePathTracer, Traced, trace
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DotNotFoundError",
+    "FeatureExtractor",
     "FxtapError",
     "InputShapeError",
     "InvalidArgumentError",
@@ -33,6 +35,7 @@ __all__ = [
     "ResourceError",
     "TraceError",
     "Traced",
+    "create_feature_extractor",
     "get_graph_node_names",
     "node_table",
     "trace",

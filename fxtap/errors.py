@@ -111,7 +111,9 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]
     if len(found) < n and "." in word:
         tail = word.rsplit(".", 1)[1]
         head = word.split(".", 1)[0]
-        extra = [c for c in pool if c.startswith(head) and c.endswith("." + tail) and c not in found]
+        extra = [
+            c for c in pool if c.startswith(head) and c.endswith("." + tail) and c not in found
+        ]
         found += extra[: n - len(found)]
     return found
 

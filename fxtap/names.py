@@ -172,7 +172,7 @@ def node_table(
     opaque = set(traced.leaves)
     rows = []
     for node, name in traced.names.items():
-        meta = node.meta.get("tensor_meta")
+        meta: Any = node.meta.get("tensor_meta")
         shape = tuple(meta.shape) if hasattr(meta, "shape") else None
         dtype = str(meta.dtype).removeprefix("torch.") if hasattr(meta, "dtype") else None
         rows.append(
@@ -266,8 +266,10 @@ def _target_text(node: fx.Node) -> str:
     target = node.target
     if isinstance(target, str):
         return target
-    module = getattr(target, "__module__", None) or ""
-    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    module = str(getattr(target, "__module__", None) or "")
+    qualname = str(
+        getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    )
     if module in ("_operator", "builtins"):
         return qualname
     return f"{module}.{qualname}" if module else qualname

@@ -62,6 +62,7 @@ class Traced:
         names: fxtap name of every node created through ``create_proxy``, in graph order.
             Tensor constants and the output node have no name (as in torchvision).
         training: the mode the graph was traced in.
+        module_inputs: module path -> the node its first call received as first argument.
         leaves: qualified names of the modules that were kept as leaves by fallback.
         wrapped: qualified names of functions autowrapped by fallback.
     """
@@ -69,6 +70,7 @@ class Traced:
     graph_module: fx.GraphModule
     names: dict[fx.Node, str]
     training: bool
+    module_inputs: dict[str, fx.Node] = field(default_factory=dict)
     leaves: tuple[str, ...] = field(default=())
     wrapped: tuple[str, ...] = field(default=())
 
@@ -133,7 +135,7 @@ class NodePathTracer(fx.Tracer):
         record_source: bool = False,
     ) -> None:
         super().__init__(
-            autowrap_modules=tuple(autowrap_modules),
+            autowrap_modules=tuple(autowrap_modules),  # type: ignore[arg-type]
             autowrap_functions=tuple(autowrap_functions),
             param_shapes_constant=param_shapes_constant,
         )
@@ -143,6 +145,7 @@ class NodePathTracer(fx.Tracer):
         self._split_leaf_specs(leaf_modules)
         self.record_source = record_source
         self.node_to_qualname: dict[fx.Node, str] = {}
+        self.module_inputs: dict[str, fx.Node] = {}
         self.failed_module: tuple[str, type] | None = None
         self._reserved: set[str] = set()
         self._used: set[str] = set()
@@ -181,6 +184,7 @@ class NodePathTracer(fx.Tracer):
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """Trace ``root``; afterwards ``node_to_qualname`` maps each named node to its name."""
         self.node_to_qualname = {}
+        self.module_inputs = {}
         self.failed_module = None
         self._next = {}
         # Real module paths are reserved so that a generated ``relu_1`` never takes the name
@@ -198,6 +202,8 @@ class NodePathTracer(fx.Tracer):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        if args and isinstance(args[0], fx.Proxy):
+            self.module_inputs.setdefault(self.path_of_module(m), args[0].node)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -305,7 +311,7 @@ def trace(
         except Exception as exc:
             raise trace_error(model, tracer, exc) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return Traced(gm, dict(tracer.node_to_qualname), training)
+    return Traced(gm, dict(tracer.node_to_qualname), training, dict(tracer.module_inputs))
 
 
 def check_model(model: Any) -> None:

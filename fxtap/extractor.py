@@ -1,0 +1,327 @@
+"""Stage 4: build a feature extractor holding one pruned graph per mode."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, cast
+
+from torch import fx, nn
+
+from fxtap.errors import InvalidArgumentError
+from fxtap.names import diff_modes
+from fxtap.prune import normalize_return_nodes, prune, resolve
+from fxtap.trace import NAME_KEY, Traced, check_model, trace
+
+__all__ = ["MODES", "FeatureExtractor", "create_feature_extractor"]
+
+MODES = ("train", "eval")
+
+
+class FeatureExtractor(fx.GraphModule):
+    """A ``GraphModule`` with one pruned graph per mode; its forward returns a dict.
+
+    ``.train()`` and ``.eval()`` select the graph traced in that mode without regenerating
+    code: each mode's code is compiled once, when the extractor is built.
+
+    Attributes:
+        full: the unpruned traces, by mode (absent after pickling).
+        return_nodes: by mode, resolved node name -> output key.
+        kept: by mode, names of the nodes kept after pruning.
+        opaque: module paths made opaque leaves by the automatic fallback.
+    """
+
+    def __init__(
+        self,
+        root: nn.Module,
+        graphs: Mapping[str, fx.Graph],
+        *,
+        class_name: str,
+        training: bool,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        first = graphs["train" if training else "eval"]
+        super().__init__(root, first, class_name)
+        other = graphs["eval" if training else "train"]
+        for node in other.nodes:
+            if node.op in ("call_module", "get_attr"):
+                fx.graph_module._copy_attr(root, self, str(node.target))
+        _detach_submodules(self, graphs.values())
+        for name, buf in list(self.named_buffers()):
+            if name.rsplit(".", 1)[-1].startswith("_tensor_constant"):
+                owner = self.get_submodule(name.rpartition(".")[0])
+                owner._non_persistent_buffers_set.add(name.rsplit(".", 1)[-1])
+                del buf
+        self._fxtap_modes = {}
+        for flag, mode in ((True, "train"), (False, "eval")):
+            self._graph = graphs[mode]
+            self.recompile()
+            self._fxtap_modes[flag] = (
+                self._graph,
+                self._code,
+                self._lineno_map,
+                self._prologue_start,
+                type(self).forward,
+            )
+        info = dict(info or {})
+        self.full = info.get("full", {})
+        self.return_nodes = info.get("return_nodes", {})
+        self.kept = info.get("kept", {})
+        self.opaque = tuple(info.get("opaque", ()))
+        self.train(training)
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Set the mode and select that mode's graph (no code is regenerated)."""
+        super().train(mode)
+        cached = getattr(self, "_fxtap_modes", None)
+        if cached is not None and self._graph is not cached[mode][0]:
+            graph, code, lineno_map, prologue_start, forward = cached[mode]
+            self._graph = graph
+            self._code = code
+            self._lineno_map = lineno_map
+            self._prologue_start = prologue_start
+            type(self).forward = forward
+        return self
+
+    def graph_for(self, mode: str) -> fx.Graph:
+        """The pruned graph of ``mode`` (``'train'`` or ``'eval'``)."""
+        return self._fxtap_modes[mode == "train"][0]
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):  # type: ignore[override]
+        """Load a checkpoint of the original model: keys of pruned parts are ignored.
+
+        Keys the extractor needs must be present when ``strict`` (missing keys raise).
+        """
+        own = set(self.state_dict().keys())
+        subset = {k: v for k, v in state_dict.items() if k in own}
+        return super().load_state_dict(subset, strict=strict, assign=assign)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from torch.fx.graph_module import _format_import_block
+        from torch.package import sys_importer
+
+        sources = {}
+        for flag, mode in ((True, "train"), (False, "eval")):
+            code = self._fxtap_modes[flag][0].python_code(root_module="self")
+            sources[mode] = _format_import_block(code.globals, sys_importer) + code.src
+        state = {
+            "modules": dict(self._modules),
+            "parameters": dict(self._parameters),
+            "buffers": dict(self._buffers),
+            "non_persistent": set(self._non_persistent_buffers_set),
+        }
+        info = {"return_nodes": self.return_nodes, "kept": self.kept, "opaque": self.opaque}
+        return (_rebuild, (sources, state, info, self.training, self._get_name()))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
+        root = nn.Module()
+        root._modules = copy.deepcopy(self._modules, memo)
+        root._parameters = copy.deepcopy(self._parameters, memo)
+        root._buffers = copy.deepcopy(self._buffers, memo)
+        graphs = {m: copy.deepcopy(self.graph_for(m), memo) for m in MODES}
+        info = {
+            "full": self.full,
+            "return_nodes": copy.deepcopy(self.return_nodes),
+            "kept": dict(self.kept),
+            "opaque": self.opaque,
+        }
+        return FeatureExtractor(
+            root, graphs, class_name=self._get_name(), training=self.training, info=info
+        )
+
+
+def create_feature_extractor(
+    model: nn.Module,
+    return_nodes: list[str] | dict[str, str] | None = None,
+    train_return_nodes: list[str] | dict[str, str] | None = None,
+    eval_return_nodes: list[str] | dict[str, str] | None = None,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    suppress_diff_warning: bool = False,
+    concrete_args: Mapping[str, Any] | None = None,
+) -> FeatureExtractor:
+    """Build a pruned extractor whose forward returns the requested intermediate values.
+
+    Same signature and semantics as torchvision's ``create_feature_extractor``, with fixes:
+    each query resolves on its own, returned values are the values at the node even when a
+    later op writes in place, and shape asserts on pruned code do not keep it alive.
+
+    Args:
+        model: the model; never modified (its training flags are restored).
+        return_nodes: list of node names, or dict node name -> output key, for both modes.
+            A partial name (``"layer1"``) selects the last node under that dotted prefix;
+            ``"NAME:input"`` taps the first input of module NAME and ``":output"`` keeps the
+            model's own output.
+        train_return_nodes: like ``return_nodes``, for train mode only.
+        eval_return_nodes: like ``return_nodes``, for eval mode only.
+        tracer_kwargs: ``NodePathTracer`` options (``leaf_modules``, ``autowrap_functions``...).
+        suppress_diff_warning: accepted for torchvision compatibility.
+        concrete_args: torch.fx's ``concrete_args``.
+
+    Returns:
+        A ``FeatureExtractor`` in the mode ``model`` was in.
+
+    Raises:
+        InvalidArgumentError: bad ``return_nodes`` combinations or types.
+        NodeNotFoundError: a query matches no node.
+        TraceError: the model cannot be traced.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18()
+    >>> ex = create_feature_extractor(m, {"layer2": "mid", "layer4": "out"})
+    >>> {k: tuple(v.shape) for k, v in ex(torch.rand(1, 3, 64, 64)).items()}
+    {'mid': (1, 128, 8, 8), 'out': (1, 512, 2, 2)}
+    """
+    del suppress_diff_warning  # mode differences are explicit in ex.full; nothing to warn about
+    check_model(model)
+    requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    name = type(model).__name__
+    graphs: dict[str, fx.Graph] = {}
+    info: dict[str, Any] = {"full": {}, "return_nodes": {}, "kept": {}, "opaque": ()}
+    pruned_modules: dict[str, fx.GraphModule] = {}
+    for mode in MODES:
+        traced = trace(
+            model,
+            training=mode == "train",
+            tracer_kwargs=tracer_kwargs,
+            concrete_args=concrete_args,
+        )
+        selected = resolve(requests[mode], traced, model_name=name)
+        pruned = prune(traced, selected, class_name=name)
+        graphs[mode] = pruned.graph
+        info["full"][mode] = traced
+        info["return_nodes"][mode] = {
+            _describe(value, traced): key for key, value in selected.items()
+        }
+        info["kept"][mode] = frozenset(
+            n.meta[NAME_KEY] for n in pruned.graph.nodes if NAME_KEY in n.meta
+        )
+        pruned_modules[mode] = pruned
+    root = _union_root(pruned_modules)
+    return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
+
+
+def mode_differences(extractor: FeatureExtractor) -> str:
+    """Describe the nodes that exist in one mode only (empty when the modes agree)."""
+    if not extractor.full:
+        return ""
+    return diff_modes(extractor.full["train"], extractor.full["eval"]).message()
+
+
+def _requests_by_mode(return_nodes: Any, train_nodes: Any, eval_nodes: Any) -> dict[str, Any]:
+    if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
+        raise InvalidArgumentError(
+            "return_nodes was given together with train_return_nodes/eval_return_nodes; pass "
+            "either return_nodes (both modes) or both train_return_nodes and eval_return_nodes"
+        )
+    if return_nodes is None:
+        if train_nodes is None and eval_nodes is None:
+            raise InvalidArgumentError(
+                "no nodes requested: return_nodes is None; pass return_nodes=['layer4'] (or "
+                "both train_return_nodes and eval_return_nodes). List names with "
+                "fxtap.get_graph_node_names(model)"
+            )
+        if train_nodes is None or eval_nodes is None:
+            given = "train_return_nodes" if eval_nodes is None else "eval_return_nodes"
+            missing = "eval_return_nodes" if eval_nodes is None else "train_return_nodes"
+            raise InvalidArgumentError(
+                f"only {given} was given; pass {missing} too, or use return_nodes for both modes"
+            )
+        return {
+            "train": normalize_return_nodes(train_nodes, argument="train_return_nodes"),
+            "eval": normalize_return_nodes(eval_nodes, argument="eval_return_nodes"),
+        }
+    both = normalize_return_nodes(return_nodes, argument="return_nodes")
+    return {"train": both, "eval": both}
+
+
+def _describe(value: Any, traced: Traced) -> str:
+    if isinstance(value, fx.Node):
+        return traced.names.get(value, value.name)
+    return ":output"
+
+
+def _union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
+    """A root holding every attribute either pruned graph refers to.
+
+    Tensor constants are stored per trace; a name that means different tensors in the two
+    modes is renamed in the eval graph.
+    """
+    root = nn.Module()
+    for mode, gm in pruned.items():
+        for node in gm.graph.nodes:
+            if node.op not in ("call_module", "get_attr"):
+                continue
+            target = str(node.target)
+            value = gm.get_submodule(target) if node.op == "call_module" else _attr(gm, target)
+            try:
+                existing = (
+                    root.get_submodule(target) if node.op == "call_module" else _attr(root, target)
+                )
+            except AttributeError:
+                existing = None
+            if existing is not None and existing is not value:
+                target = f"{target}_{mode}"
+                node.target = target
+            fx.graph_module._copy_attr(
+                gm, root, str(node.target) if existing is None else target
+            ) if existing is None else setattr(root, target, value)
+    return root
+
+
+def _attr(module: nn.Module, target: str) -> Any:
+    owner, _, field = target.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, field)
+
+
+def _detach_submodules(gm: fx.GraphModule, graphs: Any) -> None:
+    """Give the extractor its own module objects (sharing parameters and buffers).
+
+    Without this, ``extractor.eval()`` would flip the ``training`` flag of the user's
+    submodules, which the extractor's graph modules otherwise share.
+    """
+    memo: dict[int, nn.Module] = {}
+    for name, child in list(gm.named_children()):
+        setattr(gm, name, _clone_structure(child, memo))
+    del graphs
+
+
+def _clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
+    clone = copy.copy(module)
+    memo[id(module)] = clone
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    clone._modules = {
+        k: (_clone_structure(v, memo) if v is not None else None)
+        for k, v in module._modules.items()
+    }
+    for attr, value in list(vars(module).items()):
+        if attr.endswith("hooks") and isinstance(value, dict):
+            setattr(clone, attr, type(value)(value))
+    return clone
+
+
+def _rebuild(
+    sources: Mapping[str, str],
+    state: Mapping[str, Any],
+    info: Mapping[str, Any],
+    training: bool,
+    class_name: str,
+) -> FeatureExtractor:
+    from torch.fx.graph_module import reduce_graph_module
+
+    root = nn.Module()
+    root._modules = dict(state["modules"])
+    root._parameters = dict(state["parameters"])
+    root._buffers = dict(state["buffers"])
+    root._non_persistent_buffers_set = set(state["non_persistent"])
+    graphs: dict[str, fx.Graph] = {}
+    for mode, src in sources.items():
+        body = dict(root.__dict__)
+        body["_code"] = src
+        graphs[mode] = cast(fx.GraphModule, reduce_graph_module(body, "")).graph
+    return FeatureExtractor(root, graphs, class_name=class_name, training=training, info=info)

@@ -1,0 +1,374 @@
+"""Stage 3: resolve requested nodes and prune a traced graph down to what they need."""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError, close_matches, format_choices
+from fxtap.trace import NAME_KEY, Traced
+
+__all__ = [
+    "INPUT_SUFFIX",
+    "MODEL_OUTPUT",
+    "Request",
+    "normalize_return_nodes",
+    "prune",
+    "resolve",
+]
+
+#: Query suffix selecting the first argument a module receives: ``"layer4.1.conv2:input"``.
+INPUT_SUFFIX = ":input"
+#: Query selecting the model's own output: ``{"layer4": "feat", ":output": "logits"}``.
+MODEL_OUTPUT = ":output"
+
+_ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none}
+if hasattr(torch, "_assert_scalar"):
+    _ASSERTS.add(torch._assert_scalar)
+# Ops that read only metadata (shape, dtype, ...): an assert built from them costs nothing.
+_METADATA_METHODS = {"size", "dim", "numel", "__len__", "ndimension", "nelement", "stride"}
+_METADATA_FUNCTIONS = {builtins.getattr, builtins.len, builtins.isinstance, builtins.str}
+_METADATA_FUNCTIONS |= {
+    getattr(operator, n)
+    for n in dir(operator)
+    if not n.startswith("_") and n not in {"setitem", "delitem"} and not n.startswith("i")
+}
+# Ops whose result may share storage with their first argument.
+_VIEW_METHODS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
+    "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "chunk", "split",
+    "unbind", "t", "contiguous", "as_strided", "movedim", "swapaxes", "unfold", "diagonal",
+    "detach", "__getitem__", "type_as", "to", "float", "real", "imag", "mT", "T",
+}  # fmt: skip
+_VIEW_FUNCTIONS = {operator.getitem, builtins.getattr} | {
+    getattr(torch, n)
+    for n in (
+        "flatten", "reshape", "transpose", "permute", "squeeze", "unsqueeze", "narrow",
+        "select", "chunk", "split", "unbind", "t", "movedim", "swapaxes", "diagonal",
+        "detach", "as_strided", "unflatten", "tensor_split", "hsplit", "vsplit",
+    )
+    if hasattr(torch, n)
+}  # fmt: skip
+_INPLACE_OPERATORS = {
+    getattr(operator, n)
+    for n in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
+              "ixor", "ilshift", "irshift", "imatmul", "setitem")
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Request:
+    """One requested output: a query and the key it gets in the output dict."""
+
+    query: str
+    key: str
+
+
+def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]:
+    """Validate a list or dict of node queries and return them as ``Request``s.
+
+    Raises:
+        InvalidArgumentError: empty, wrong type, non-string queries or keys, duplicate keys.
+    """
+    if isinstance(return_nodes, str):
+        return_nodes = [return_nodes]
+    if isinstance(return_nodes, Mapping):
+        pairs = list(return_nodes.items())
+    elif isinstance(return_nodes, Iterable):
+        pairs = [(q, q) for q in return_nodes]
+    else:
+        raise InvalidArgumentError(
+            f"{argument} {return_nodes!r:.80} is a {type(return_nodes).__name__}; expected a list "
+            "of node names or a dict mapping node names to output keys, e.g. "
+            "['layer2', 'layer4'] or {'layer4': 'feat'}"
+        )
+    if not pairs:
+        raise InvalidArgumentError(
+            f"{argument} is empty; request at least one node, e.g. ['layer4']. "
+            "List names with fxtap.get_graph_node_names(model) or: fxtap nodes MODEL"
+        )
+    requests: list[Request] = []
+    seen: dict[str, str] = {}
+    for query, key in pairs:
+        if not isinstance(query, str):
+            raise InvalidArgumentError(
+                f"{argument} has a non-string node name {query!r} ({type(query).__name__}); "
+                "node names are strings such as 'layer1.0.relu'"
+            )
+        if not isinstance(key, str):
+            raise InvalidArgumentError(
+                f"{argument}[{query!r}] maps to {key!r} ({type(key).__name__}); output keys must "
+                "be strings"
+            )
+        if key in seen:
+            raise InvalidArgumentError(
+                f"{argument} gives output key {key!r} twice (for {seen[key]!r} and {query!r}); "
+                "give each requested node its own key"
+            )
+        seen[key] = query
+        requests.append(Request(query, key))
+    return requests
+
+
+def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[str, Any]:
+    """Map each request's key to the node (or output structure) it selects.
+
+    A query selects the node of that exact name, or else the last node in execution order
+    whose name has the query as a dotted prefix. Each query is resolved on its own, so
+    overlapping queries (``layer4`` and ``layer4.1``) never take each other's nodes.
+
+    Raises:
+        NodeNotFoundError: a query matches nothing; lists the closest names and the mode.
+    """
+    last_under = _prefix_index(traced.names)
+    inputs = _module_inputs(traced)
+    output_node = next(n for n in reversed(traced.graph_module.graph.nodes) if n.op == "output")
+    selected: dict[str, Any] = {}
+    for req in requests:
+        query = req.query
+        if query == MODEL_OUTPUT:
+            selected[req.key] = output_node.args[0]
+        elif query in last_under:
+            selected[req.key] = last_under[query]
+        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in inputs:
+            selected[req.key] = inputs[query[: -len(INPUT_SUFFIX)]]
+        elif query.endswith(":output") and query[: -len(":output")] in last_under:
+            selected[req.key] = last_under[query[: -len(":output")]]
+        else:
+            raise _not_found(query, traced, model_name, inputs)
+    return selected
+
+
+def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx.GraphModule:
+    """Copy the traced graph, return ``selected`` as a dict, and drop everything unneeded.
+
+    Removes every node that no longer contributes, including ``torch._assert`` checks that
+    would keep otherwise-dead code alive, but keeps in-place ops that mutate a value still
+    read. A returned value that a later in-place op overwrites is cloned right after it is
+    produced, so the extractor returns the value of the node itself. Unused parameters,
+    buffers and submodules are not copied into the result.
+
+    Before::
+
+        def forward(self, x):
+            conv1 = self.conv1(x);  bn1 = self.bn1(conv1);  relu = self.relu(bn1)  # inplace
+            ...
+            return fc
+
+    After ``prune(traced, {"bn1": <bn1>})``::
+
+        def forward(self, x):
+            conv1 = self.conv1(x);  bn1 = self.bn1(conv1);  clone = bn1.clone()
+            relu = self.relu(bn1)
+            return {'bn1': clone}
+    """
+    owner = traced.graph_module
+    graph = fx.Graph()
+    mapping: dict[fx.Node, fx.Node] = {}
+    graph.graph_copy(owner.graph, mapping)
+    outputs = {key: _map(value, mapping) for key, value in selected.items()}
+    facts = _Facts(graph, owner)
+    outputs = dict(sorted(outputs.items(), key=lambda kv: _position(kv[1], facts.order)))
+    outputs = _protect_from_inplace(graph, outputs, facts)
+    graph.output(outputs)
+
+    # Pass 1, on a throwaway copy: what is live when no assert is kept.
+    trial = fx.Graph()
+    trial_map: dict[fx.Node, fx.Node] = {}
+    trial.output(trial.graph_copy(graph, trial_map))
+    back = {v: k for k, v in trial_map.items()}
+    trial.eliminate_dead_code(is_impure_node=_Facts(trial, owner).is_impure)
+    live = {back[n] for n in trial.nodes if n in back}
+    # Pass 2: keep an assert only if it checks live values through metadata ops alone.
+    facts = _Facts(graph, owner, live=live)
+    graph.eliminate_dead_code(is_impure_node=facts.is_impure)
+    return fx.GraphModule(owner, graph, class_name)
+
+
+def _map(value: Any, mapping: Mapping[fx.Node, fx.Node]) -> Any:
+    return fx.node.map_arg(value, lambda n: mapping[n])
+
+
+def _position(value: Any, order: Mapping[fx.Node, int]) -> int:
+    found: list[int] = []
+
+    def visit(node: fx.Node) -> fx.Node:
+        found.append(order[node])
+        return node
+
+    fx.node.map_arg(value, visit)
+    return max(found, default=len(order))
+
+
+def _prefix_index(names: Mapping[fx.Node, str]) -> dict[str, fx.Node]:
+    """Every dotted prefix of every name -> last node (execution order) under that prefix."""
+    index: dict[str, fx.Node] = {}
+    for node, name in names.items():
+        end = name.find(".")
+        while end != -1:
+            index[name[:end]] = node
+            end = name.find(".", end + 1)
+        index[name] = node
+    return index
+
+
+def _module_inputs(traced: Traced) -> dict[str, fx.Node]:
+    """Module path -> first node its first call received, for ``:input`` queries."""
+    inputs: dict[str, fx.Node] = {}
+    for node in traced.graph_module.graph.nodes:
+        if node.op == "call_module" and node.args and isinstance(node.args[0], fx.Node):
+            inputs.setdefault(str(node.target), node.args[0])
+    for path, first in traced.module_inputs.items():
+        inputs.setdefault(path, first)
+    return inputs
+
+
+def _not_found(
+    query: str, traced: Traced, model_name: str, inputs: Mapping[str, fx.Node]
+) -> NodeNotFoundError:
+    names = list(traced.names.values())
+    leaf = _enclosing_leaf(query, traced)
+    if leaf is not None:
+        return NodeNotFoundError(
+            f"node {query!r} is inside leaf module {leaf!r} of {model_name}, which the "
+            f"{traced.mode} graph holds as one node; request {leaf!r} itself, or trace through it "
+            f"by removing it from tracer_kwargs['leaf_modules']"
+        )
+    if query.endswith(INPUT_SUFFIX):
+        pool = [p + INPUT_SUFFIX for p in inputs]
+        hint = close_matches(query, pool)
+    else:
+        hint = close_matches(query, names)
+    return NodeNotFoundError(
+        f"node {query!r} not found in the {traced.mode} graph of {model_name}; closest: "
+        f"{format_choices(hint)}. List names with fxtap.get_graph_node_names(model) or: "
+        "fxtap nodes MODEL"
+    )
+
+
+def _enclosing_leaf(query: str, traced: Traced) -> str | None:
+    leaves = {str(n.target) for n in traced.graph_module.graph.nodes if n.op == "call_module"}
+    parts = query.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in leaves:
+            return prefix
+    return None
+
+
+class _Facts:
+    """Aliasing and in-place facts about one graph, and the DCE predicate built on them."""
+
+    def __init__(
+        self, graph: fx.Graph, owner: fx.GraphModule, live: set[fx.Node] | None = None
+    ) -> None:
+        self.live = live
+        self.order: dict[fx.Node, int] = {}
+        self.root: dict[fx.Node, fx.Node] = {}
+        self.writes: dict[fx.Node, fx.Node] = {}
+        self.readers: dict[fx.Node, list[fx.Node]] = {}
+        for i, node in enumerate(graph.nodes):
+            self.order[node] = i
+            written = _mutated_arg(node, owner)
+            if written is not None:
+                self.writes[node] = written
+            src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            shares = src is not None and (
+                written is not None
+                or (node.op == "call_method" and node.target in _VIEW_METHODS)
+                or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+            )
+            self.root[node] = self.root[src] if shares and src is not None else node
+            for arg in node.all_input_nodes:
+                self.readers.setdefault(self.root[arg], []).append(node)
+
+    def is_impure(self, node: fx.Node) -> bool:
+        """DCE predicate: placeholders, observed in-place writes, and free asserts stay."""
+        if node.op in ("placeholder", "output"):
+            return True
+        if node.op == "call_function" and node.target in _ASSERTS:
+            return self.live is not None and _free_check(node, self.live)
+        written = self.writes.get(node)
+        if written is None:
+            return False
+        # NOTE: DCE walks backwards, so every node after this one is already final: keep the
+        # in-place op only if a surviving later node reads the storage it writes.
+        here = self.order[node]
+        for reader in reversed(self.readers.get(self.root[written], ())):
+            if self.order[reader] <= here:
+                break
+            if not getattr(reader, "_erased", False):
+                return True
+        return False
+
+
+def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
+    """The node an in-place op writes into, or ``None`` when ``node`` is not in-place."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    first = node.args[0]
+    if node.op == "call_method":
+        name = str(node.target)
+        if name.endswith("_") and not name.endswith("__"):
+            return first
+    elif node.op == "call_function":
+        if node.target in _INPLACE_OPERATORS or node.kwargs.get("inplace") is True:
+            return first
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
+            return first
+    elif node.op == "call_module":
+        module = owner.get_submodule(str(node.target))
+        if getattr(module, "inplace", False) is True:
+            return first
+    return None
+
+
+def _protect_from_inplace(
+    graph: fx.Graph, outputs: dict[str, Any], facts: _Facts
+) -> dict[str, Any]:
+    """Clone each returned node that a later in-place op overwrites (only those)."""
+    last_write: dict[fx.Node, int] = {}
+    for node, written in facts.writes.items():
+        last_write[facts.root[written]] = facts.order[node]
+    if not last_write:
+        return outputs
+    clones: dict[fx.Node, fx.Node] = {}
+
+    def protect(node: fx.Node) -> fx.Node:
+        if last_write.get(facts.root[node], -1) <= facts.order[node]:
+            return node
+        if node not in clones:
+            with graph.inserting_after(node):
+                clone = graph.call_method("clone", (node,))
+            clone.meta["fxtap_clone_of"] = node.meta.get(NAME_KEY)
+            clones[node] = clone
+        return clones[node]
+
+    return {key: fx.node.map_arg(value, protect) for key, value in outputs.items()}
+
+
+def _free_check(node: fx.Node, live: set[fx.Node]) -> bool:
+    """True when every node the assert needs beyond ``live`` only reads metadata."""
+    stack = list(node.all_input_nodes)
+    seen = set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in live or current.op == "placeholder":
+            continue
+        cheap = (current.op == "call_method" and current.target in _METADATA_METHODS) or (
+            current.op == "call_function" and current.target in _METADATA_FUNCTIONS
+        )
+        if not cheap:
+            return False
+        stack.extend(current.all_input_nodes)
+    return True
