@@ -27,6 +27,7 @@ class FeatureExtractor(fx.GraphModule):
     Attributes:
         full: the unpruned traces, by mode (absent after pickling).
         return_nodes: by mode, resolved node name -> output key.
+        outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
         kept: by mode, names of the nodes kept after pruning.
         opaque: module paths made opaque leaves by the automatic fallback.
     """
@@ -66,6 +67,7 @@ class FeatureExtractor(fx.GraphModule):
         info = dict(info or {})
         self.full = info.get("full", {})
         self.return_nodes = info.get("return_nodes", {})
+        self.outputs = info.get("outputs", {})
         self.kept = info.get("kept", {})
         self.opaque = tuple(info.get("opaque", ()))
         self.train(training)
@@ -112,7 +114,12 @@ class FeatureExtractor(fx.GraphModule):
             "buffers": dict(self._buffers),
             "non_persistent": set(self._non_persistent_buffers_set),
         }
-        info = {"return_nodes": self.return_nodes, "kept": self.kept, "opaque": self.opaque}
+        info = {
+            "return_nodes": self.return_nodes,
+            "outputs": self.outputs,
+            "kept": self.kept,
+            "opaque": self.opaque,
+        }
         return (_rebuild, (sources, state, info, self.training, self._get_name()))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
@@ -124,6 +131,7 @@ class FeatureExtractor(fx.GraphModule):
         info = {
             "full": self.full,
             "return_nodes": copy.deepcopy(self.return_nodes),
+            "outputs": copy.deepcopy(self.outputs),
             "kept": dict(self.kept),
             "opaque": self.opaque,
         }
@@ -178,7 +186,7 @@ def create_feature_extractor(
     requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
-    info: dict[str, Any] = {"full": {}, "return_nodes": {}, "kept": {}, "opaque": ()}
+    info: dict[str, Any] = {"full": {}, "return_nodes": {}, "outputs": {}, "kept": {}, "opaque": ()}
     pruned_modules: dict[str, fx.GraphModule] = {}
     for mode in MODES:
         traced = trace(
@@ -191,9 +199,8 @@ def create_feature_extractor(
         pruned = prune(traced, selected, class_name=name)
         graphs[mode] = pruned.graph
         info["full"][mode] = traced
-        info["return_nodes"][mode] = {
-            _describe(value, traced): key for key, value in selected.items()
-        }
+        info["outputs"][mode] = {key: _describe(value, traced) for key, value in selected.items()}
+        info["return_nodes"][mode] = {name: key for key, name in info["outputs"][mode].items()}
         info["kept"][mode] = frozenset(
             n.meta[NAME_KEY] for n in pruned.graph.nodes if NAME_KEY in n.meta
         )
@@ -245,8 +252,8 @@ def _describe(value: Any, traced: Traced) -> str:
 def _union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
     """A root holding every attribute either pruned graph refers to.
 
-    Tensor constants are stored per trace; a name that means different tensors in the two
-    modes is renamed in the eval graph.
+    Tensor constants are stored per trace; a name that means different objects in the two
+    modes is renamed in the later graph.
     """
     root = nn.Module()
     for mode, gm in pruned.items():
@@ -254,25 +261,26 @@ def _union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
             if node.op not in ("call_module", "get_attr"):
                 continue
             target = str(node.target)
-            value = gm.get_submodule(target) if node.op == "call_module" else _attr(gm, target)
+            value = _attr(gm, target)
             try:
-                existing = (
-                    root.get_submodule(target) if node.op == "call_module" else _attr(root, target)
-                )
+                existing = _attr(root, target)
             except AttributeError:
-                existing = None
-            if existing is not None and existing is not value:
-                target = f"{target}_{mode}"
-                node.target = target
-            fx.graph_module._copy_attr(
-                gm, root, str(node.target) if existing is None else target
-            ) if existing is None else setattr(root, target, value)
+                fx.graph_module._copy_attr(gm, root, target)
+                continue
+            if existing is not value:
+                renamed = f"{target.replace('.', '_')}_{mode}"
+                if isinstance(value, nn.Module):
+                    root.add_module(renamed, value)
+                else:
+                    root.register_buffer(renamed, value, persistent=False)
+                node.target = renamed
     return root
 
 
 def _attr(module: nn.Module, target: str) -> Any:
-    owner, _, field = target.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, field)
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
 
 
 def _detach_submodules(gm: fx.GraphModule, graphs: Any) -> None:

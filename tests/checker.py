@@ -1,0 +1,207 @@
+"""The one checker every extractor test uses: lint, no dead code, bitwise values, gradients.
+
+The reference values come from an independent run of the unmodified model: a
+``torch.fx.Interpreter`` over the *full* traced graph that clones each value the moment it is
+produced (so a later in-place op cannot change it), cross-checked against forward hooks on the
+eager model for every module call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+import fxtap
+from fxtap.trace import restore_training, trace
+
+__all__ = [
+    "bitwise_equal",
+    "capture_reference",
+    "check_extractor",
+    "preserved",
+]
+
+
+def bitwise_equal(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` are the same bits (NaNs included), recursively."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        a_bytes = a.detach().contiguous().reshape(-1).view(torch.uint8)
+        b_bytes = b.detach().contiguous().reshape(-1).view(torch.uint8)
+        return torch.equal(a_bytes, b_bytes)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(bitwise_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(bitwise_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Put buffers (BatchNorm statistics), gradients and RNG state back after the block."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p, g in grads:
+            p.grad = g
+        torch.set_rng_state(rng)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, names: Mapping[fx.Node, str]) -> None:
+        super().__init__(gm)
+        self.names = names
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n in self.names:
+            self.values[self.names[n]] = _clone(out)
+        return out
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value) if not hasattr(value, "_fields") else value
+    return value
+
+
+def capture_reference(
+    model: nn.Module,
+    inputs: Sequence[Any],
+    *,
+    training: bool,
+    seed: int = 0,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Value of every named node, and the model output, from a full run of ``model``.
+
+    Module calls are cross-checked against forward hooks on the eager model (first call of
+    each module), so the reference does not rest on the trace alone.
+    """
+    traced = trace(model, training=training, tracer_kwargs=tracer_kwargs)
+    gm = traced.graph_module
+    # The traced graph shares its submodules with the model: run them in the traced mode.
+    with preserved(model), restore_training(model):
+        model.train(training)
+        torch.manual_seed(seed)
+        rec = _Recorder(gm, traced.names)
+        with torch.no_grad():
+            output = rec.run(*inputs)
+    eager: dict[str, Any] = {}
+    handles = []
+    leaf_paths = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    for path, module in model.named_modules():
+        if path in leaf_paths:
+
+            def hook(_m: nn.Module, _i: Any, out: Any, path: str = path) -> None:
+                eager.setdefault(path, _clone(out))
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with preserved(model), restore_training(model), torch.no_grad():
+            model.train(training)
+            torch.manual_seed(seed)
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    for path, value in eager.items():
+        if path in rec.values and not _has_random(model):
+            assert bitwise_equal(rec.values[path], value), (
+                f"traced value of {path!r} differs from the eager module output"
+            )
+    return rec.values, output
+
+
+def _has_random(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def check_extractor(
+    model: nn.Module,
+    return_nodes: Any,
+    inputs: Sequence[Any],
+    *,
+    modes: Sequence[str] = ("train", "eval"),
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    check_grads: bool = True,
+) -> fxtap.FeatureExtractor:
+    """Build an extractor and assert what every extractor must satisfy, in each mode.
+
+    - ``graph.lint()`` passes and no dead node remains (only in-place writes and asserts
+      may have no users);
+    - every output equals bitwise the value of that node in a full run of the model;
+    - every kept floating-point parameter receives a gradient.
+    """
+    ex = fxtap.create_feature_extractor(model, return_nodes, tracer_kwargs=tracer_kwargs)
+    for mode in modes:
+        training = mode == "train"
+        ex.train(training)
+        graph = ex.graph
+        graph.lint()
+        for node in graph.nodes:
+            if node.op not in ("placeholder", "output") and not node.users:
+                ok = node.op == "call_function" and "assert" in getattr(node.target, "__name__", "")
+                ok = ok or _is_write(node, ex)
+                assert ok, f"dead node {node.format_node()} left in the {mode} graph"
+        reference, _ = capture_reference(
+            model, inputs, training=training, seed=seed, tracer_kwargs=tracer_kwargs
+        )
+        with preserved(model):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outputs = ex(*inputs)
+        assert set(outputs) == set(ex.outputs[mode])
+        for key, name in ex.outputs[mode].items():
+            if name == ":output":
+                continue
+            assert bitwise_equal(outputs[key], reference[name]), (
+                f"{mode} output {key!r} (node {name!r}) differs from the full model's value"
+            )
+        if check_grads:
+            _check_grads(ex, model, inputs, seed)
+    return ex
+
+
+def _is_write(node: fx.Node, ex: fx.GraphModule) -> bool:
+    from fxtap.prune import _mutated_arg
+
+    return _mutated_arg(node, ex) is not None
+
+
+def _check_grads(ex: fx.GraphModule, model: nn.Module, inputs: Sequence[Any], seed: int) -> None:
+    params = [p for p in ex.parameters() if p.requires_grad and p.is_floating_point()]
+    if not params:
+        return
+    with preserved(model):
+        for p in params:
+            p.grad = None
+        torch.manual_seed(seed)
+        outputs = ex(*inputs)
+        leaves = [
+            t
+            for t in torch.utils._pytree.tree_leaves(outputs)
+            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+        ]
+        if not leaves:
+            return
+        sum(t.float().sum() for t in leaves).backward()
+        missing = [n for n, p in ex.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, f"kept parameters got no gradient: {missing[:5]}"
