@@ -1,0 +1,272 @@
+"""Stage 3b: shrink a drawn graph: fold repeats and pruned ops, collapse modules, cut edges."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from fxtap.render_view import View, ViewNode, prefixes, unique
+
+__all__ = ["collapse", "cut_long_edges", "fold_pruned", "fold_repeats"]
+
+#: A source keeps at most this many drawn edges when it has more users (a hub).
+HUB_KEEP = 2
+#: Users a source may have before it counts as a hub.
+HUB_USERS = 4
+#: Edges spanning more drawn nodes than this (in graph order) become references.
+LONG_SPAN = 80
+
+
+def fold_pruned(view: View) -> View:
+    """Replace the pruned nodes of each module by one ``N pruned ops`` node."""
+    groups: dict[str, list[str]] = {}
+    for node in view.nodes.values():
+        if node.pruned and node.kind == "op" and not node.protected:
+            groups.setdefault(node.module, []).append(node.id)
+    mapping: dict[str, str] = {}
+    nodes: dict[str, ViewNode] = {}
+    for node in view.nodes.values():
+        members = groups.get(node.module) if node.pruned and not node.protected else None
+        if not members:
+            nodes[node.id] = node
+            continue
+        gid = unique(f"{node.module}.pruned" if node.module else "pruned", view.nodes)
+        gid = mapping.setdefault(members[0], gid)
+        mapping[node.id] = gid
+        if node.id == members[0]:
+            nodes[gid] = ViewNode(
+                id=gid,
+                short=f"{len(members)} pruned ops",
+                op="pruned",
+                target=", ".join(members[:6]) + (" …" if len(members) > 6 else ""),
+                module=node.module,
+                kind="pruned",
+                pruned=True,
+                params=sum(view.nodes[m].params for m in members),
+                count=len(members),
+            )
+    return _remap(view, nodes, mapping)
+
+
+def fold_repeats(view: View) -> View:
+    """Fold runs of identical numbered sibling modules (``blocks.0`` … ``blocks.11``) into one.
+
+    The first module of a run is drawn and labelled ``×N``; the others are hidden and their
+    edges move to the matching node of the first. A module holding a requested or mode-only
+    node breaks a run.
+    """
+    inside = _members(view)
+    children: dict[str, list[str]] = {}
+    for path in view.clusters():
+        if path:
+            children.setdefault(path.rpartition(".")[0], []).append(path)
+    mapping: dict[str, str] = {}
+    folds: dict[str, tuple[int, str]] = {}
+    member_of: dict[str, dict[str, str]] = {}
+    hidden: set[str] = set()
+    for parent, kids in children.items():
+        if any(p in hidden for p in prefixes(parent)):
+            continue  # inside a module that an outer fold hides
+        run: list[str] = []
+        first_sig: tuple[object, ...] | None = None
+        for child in [*kids, None]:
+            sig = _signature(view, child, inside[child]) if child is not None else None
+            if child is not None and run and sig is not None and sig == first_sig:
+                run.append(child)
+                continue
+            if len(run) > 1:
+                first = run[0]
+                folds[first] = (len(run), run[-1])
+                hidden.update(run[1:])
+                for member in run:
+                    for a, b in zip(inside[member], inside[first]):
+                        mapping[a] = b
+                        member_of.setdefault(a, {})[first] = member
+            run = [child] if sig is not None and child is not None else []
+            first_sig = sig
+    if not mapping:
+        return view
+
+    def resolve(k: str) -> str:
+        while mapping.get(k, k) != k:
+            k = mapping[k]
+        return k
+
+    def crosses(a: str, b: str) -> bool:
+        # An edge from one member of a fold to the next would loop back onto the first.
+        # Checked at each step, as a fold inside a hidden module maps through an outer fold.
+        while True:
+            ma, mb = member_of.get(a, {}), member_of.get(b, {})
+            if any(ma[f] != mb[f] for f in ma.keys() & mb.keys()):
+                return True
+            na, nb = mapping.get(a, a), mapping.get(b, b)
+            if (na, nb) == (a, b):
+                return False
+            a, b = na, nb
+
+    nodes = {k: v for k, v in view.nodes.items() if resolve(k) == k}
+    edges = {(resolve(a), resolve(b)): None for a, b in view.edges if not crosses(a, b)}
+    return dataclasses.replace(
+        view,
+        nodes=nodes,
+        edges=[e for e in edges if e[0] != e[1]],
+        folds={**view.folds, **folds},
+    )
+
+
+def collapse(view: View, *, depth: int | None, max_nodes: int | None) -> View:
+    """Draw modules deeper than ``depth`` as one box each; collapse more to fit ``max_nodes``.
+
+    Modules holding a requested or mode-only node are never collapsed (their unprotected
+    submodules are). Auto-collapsing starts at the deepest level and goes up one level at a
+    time until at most ``max_nodes`` nodes remain, or nothing more can be collapsed.
+    """
+    protected = {p for n in view.nodes.values() if n.protected for p in prefixes(n.module)}
+    deepest = max((_depth(n.module) for n in view.nodes.values()), default=0)
+    level = deepest + 1 if depth is None else depth + 1
+    roots = _collapse_roots(view, level, protected)
+    while max_nodes is not None and level > 1 and _count(view, roots) > max_nodes:
+        level -= 1
+        roots = _collapse_roots(view, level, protected)
+    if not any(roots.values()):
+        return view
+    mapping: dict[str, str] = {}
+    nodes: dict[str, ViewNode] = {}
+    taken = set(view.nodes)
+    made: dict[str, ViewNode] = {}
+    for node in view.nodes.values():
+        root = roots[node.id]
+        if root is None:
+            nodes[node.id] = node
+            continue
+        box = made.get(root)
+        if box is None:
+            gid = root if root not in taken else unique(root + ".module", taken)
+            taken.add(gid)
+            parent = root.rpartition(".")[0]
+            box = made[root] = nodes[gid] = ViewNode(
+                id=gid,
+                short=root[len(parent) + 1 :] if parent else root,
+                op="module",
+                target=root,
+                module=parent,
+                kind="module",
+                module_type=view.module_types.get(root, ""),
+                pruned=True,
+                count=0,
+            )
+        mapping[node.id] = box.id
+        box.count += node.count
+        box.params += node.params
+        box.pruned = box.pruned and node.pruned
+        box.opaque = box.opaque or node.opaque
+        if node.heat is not None:
+            box.heat = max(box.heat or 0.0, node.heat)
+    return _remap(view, nodes, mapping)
+
+
+def cut_long_edges(view: View) -> View:
+    """Replace hub and long edges by small reference nodes next to their users.
+
+    Graphviz's ``dot`` spends its time routing long edges (a mask feeding every layer), not
+    placing nodes. A source with more than ``HUB_USERS`` users keeps edges to its
+    ``HUB_KEEP`` nearest ones; any edge spanning more than ``LONG_SPAN`` nodes is cut too.
+    """
+    order = {k: i for i, k in enumerate(view.nodes)}
+    users: dict[str, list[str]] = {}
+    for a, b in view.edges:
+        users.setdefault(a, []).append(b)
+    cut: set[tuple[str, str]] = set()
+    for a, targets in users.items():
+        targets.sort(key=order.__getitem__)
+        for i, b in enumerate(targets):
+            hub = len(targets) > HUB_USERS and i >= HUB_KEEP
+            if hub or order[b] - order[a] > LONG_SPAN:
+                cut.add((a, b))
+    if not cut:
+        return view
+    nodes = dict(view.nodes)
+    edges: list[tuple[str, str]] = []
+    refs: dict[str, int] = {}
+    for a, b in view.edges:
+        if (a, b) not in cut:
+            edges.append((a, b))
+            continue
+        refs[a] = refs.get(a, 0) + 1
+        rid = unique(f"{a}@ref{refs[a]}", nodes)
+        src = view.nodes[a]
+        nodes[rid] = ViewNode(
+            id=rid,
+            short=src.id,
+            op="ref",
+            target=src.id,
+            module=view.nodes[b].module,
+            kind="ref",
+            pruned=src.pruned,
+        )
+        edges.append((rid, b))
+    return dataclasses.replace(view, nodes=nodes, edges=edges)
+
+
+def _remap(view: View, nodes: dict[str, ViewNode], mapping: Mapping[str, str]) -> View:
+    edges: dict[tuple[str, str], None] = {}
+    for a, b in view.edges:
+        a, b = mapping.get(a, a), mapping.get(b, b)
+        if a != b:
+            edges.setdefault((a, b), None)
+    return dataclasses.replace(view, nodes=nodes, edges=list(edges))
+
+
+def _collapse_roots(view: View, level: int, protected: set[str]) -> dict[str, str | None]:
+    """For each node, the module box it disappears into when collapsing from ``level``."""
+    roots: dict[str, str | None] = {}
+    for node in view.nodes.values():
+        root = None
+        parts = node.module.split(".") if node.module else []
+        for n in range(max(level, 1), len(parts) + 1):
+            path = ".".join(parts[:n])
+            if path not in protected:
+                root = path
+                break
+        roots[node.id] = root
+    return roots
+
+
+def _count(view: View, roots: Mapping[str, str | None]) -> int:
+    boxes = {r for r in roots.values() if r is not None}
+    return sum(1 for r in roots.values() if r is None) + len(boxes)
+
+
+def _members(view: View) -> dict[str, list[str]]:
+    inside: dict[str, list[str]] = {}
+    for node in view.nodes.values():
+        for path in prefixes(node.module):
+            if path:
+                inside.setdefault(path, []).append(node.id)
+    return inside
+
+
+def _signature(view: View, path: str, members: list[str]) -> tuple[object, ...] | None:
+    """What must match for sibling modules to fold; ``None`` for modules that never fold."""
+    if not path.rpartition(".")[2].isdigit():
+        return None
+    nodes = [view.nodes[m] for m in members]
+    if any(n.protected or n.kind != "op" for n in nodes):
+        return None
+    cut = len(path) + 1
+    index = {m: i for i, m in enumerate(members)}
+    rel = path + "."
+    rows = tuple(
+        (n.id[cut:], n.op, _relative(n.target, rel), n.module[cut:], n.shape, n.pruned, n.opaque)
+        for n in nodes
+    )
+    inner = tuple(sorted((index[a], index[b]) for a, b in view.edges if a in index and b in index))
+    return (view.module_types.get(path), rows, inner)
+
+
+def _relative(target: str, prefix: str) -> str:
+    return target[len(prefix) :] if target.startswith(prefix) else target
+
+
+def _depth(path: str) -> int:
+    return path.count(".") + 1 if path else 0

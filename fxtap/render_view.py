@@ -1,0 +1,307 @@
+"""Stage 3a: describe what to draw: the traces per mode and each node with its status."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import fx, nn
+
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError, close_matches, format_choices
+from fxtap.names import _owned_params, _target_text, propagate_shapes
+from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
+
+__all__ = [
+    "View",
+    "ViewNode",
+    "build_view",
+    "model_name",
+    "prefixes",
+    "sources",
+    "unique",
+    "with_shapes",
+]
+
+
+@dataclass
+class ViewNode:
+    """One drawn node: an fx node, a collapsed module, a fold of pruned ops or a reference.
+
+    ``kind`` is ``'op'``, ``'module'`` (a collapsed module), ``'pruned'`` (pruned ops of one
+    module folded together) or ``'ref'`` (a reference standing for a cut edge).
+    """
+
+    id: str
+    short: str
+    op: str
+    target: str
+    module: str
+    kind: str = "op"
+    module_type: str = ""
+    shape: str | None = None
+    params: int = 0
+    source: str | None = None
+    key: str | None = None
+    pruned: bool = False
+    only: str | None = None
+    opaque: bool = False
+    heat: float | None = None
+    count: int = 1
+
+    @property
+    def protected(self) -> bool:
+        """Requested and mode-only nodes are never folded or collapsed away."""
+        return self.key is not None or self.only is not None
+
+
+@dataclass
+class View:
+    """The graph to draw: nodes in graph order, deduplicated edges, module types and folds."""
+
+    title: str
+    mode: str
+    nodes: dict[str, ViewNode]
+    edges: list[tuple[str, str]]
+    module_types: dict[str, str]
+    folds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def clusters(self) -> list[str]:
+        """Every module path holding a drawn node, parents first, in order of appearance."""
+        seen: dict[str, None] = {}
+        for node in self.nodes.values():
+            for path in prefixes(node.module):
+                seen.setdefault(path, None)
+        return list(seen)
+
+
+def build_view(
+    traced: Traced,
+    *,
+    title: str,
+    kept: Iterable[str] | None = None,
+    requested: Mapping[str, str] | None = None,
+    only: Iterable[str] = (),
+    opaque: Iterable[str] = (),
+    heat: Mapping[str, float] | None = None,
+) -> View:
+    """Describe every fx node of ``traced`` as a drawn node; parameters fold into their users.
+
+    Args:
+        traced: the trace to draw (``node.meta['tensor_meta']`` gives shapes when present).
+        title: the drawing's title.
+        kept: names kept by pruning; ``None`` when nothing was pruned.
+        requested: requested node name -> output key.
+        only: names of the nodes that exist in this mode only.
+        opaque: module paths made opaque leaves by fallback.
+        heat: node name -> cost, coloured as a heat map.
+    """
+    gm = traced.graph_module
+    kept_set = None if kept is None else set(kept)
+    requested = _requested_names(traced, requested or {})
+    only_set, opaque_set = set(only), set(opaque) | set(traced.leaves)
+    heat = dict(heat or {})
+    top = max((abs(v) for v in heat.values()), default=0.0) or 1.0
+    ids: dict[fx.Node, str] = {}
+    nodes: dict[str, ViewNode] = {}
+    folded_params: dict[fx.Node, int] = {}
+    types: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        name = traced.names.get(node)
+        if node.op == "get_attr" and name not in requested:
+            # Parameters, buffers and constants are drawn inside the node that uses them.
+            size = _owned_params(gm, node)
+            for user in node.users:
+                folded_params[user] = folded_params.get(user, 0) + size
+            continue
+        if name is None:
+            if node.op != "output":
+                continue
+            name = unique("output", nodes)
+        scope, scope_type = node.meta.get(SCOPE_KEY, ("", None))
+        if node.op == "call_module":
+            module = str(node.target).rpartition(".")[0]
+            module_type = type(gm.get_submodule(str(node.target))).__name__
+        else:
+            module = scope
+            module_type = getattr(scope_type, "__name__", "")
+        for path, kind in node.meta.get("nn_module_stack", {}).values():
+            types.setdefault(path, getattr(kind, "__name__", str(kind).rpartition(".")[2]))
+        is_kept = kept_set is None or name in kept_set or name in requested
+        ids[node] = name
+        nodes[name] = ViewNode(
+            id=name,
+            short=name[len(module) + 1 :] if module and name.startswith(module + ".") else name,
+            op=node.op,
+            target=_target_text(node) if node.op != "output" else "output",
+            module=module,
+            module_type=module_type,
+            shape=_shape_text(node.meta.get("tensor_meta")),
+            params=_owned_params(gm, node) if node.op == "call_module" else 0,
+            source=node.meta.get(SOURCE_KEY),
+            key=requested.get(name),
+            pruned=not is_kept,
+            only=traced.mode if name in only_set else None,
+            opaque=node.op == "call_module" and node.target in opaque_set,
+            heat=heat[name] / top if name in heat else None,
+        )
+    edges: dict[tuple[str, str], None] = {}
+    for node, name in ids.items():
+        nodes[name].params += folded_params.get(node, 0)
+        for arg in node.all_input_nodes:
+            if arg in ids:
+                edges.setdefault((ids[arg], name), None)
+    for path in {n.module for n in nodes.values()}:
+        for prefix in prefixes(path):
+            if prefix not in types:
+                # NOTE: GraphModule rebuilds the containers between root and the leaves it
+                # calls as plain nn.Module objects, so their class is lost.
+                types[prefix] = ""
+    counts = {
+        "total": len(nodes),
+        "requested": sum(n.key is not None for n in nodes.values()),
+        "pruned": sum(n.pruned for n in nodes.values()),
+        "only": sum(n.only is not None for n in nodes.values()),
+        "opaque": sum(n.opaque for n in nodes.values()),
+    }
+    return View(title, traced.mode, nodes, list(edges), types, counts=counts)
+
+
+def prefixes(path: str) -> list[str]:
+    """``'a.b.c'`` -> ``['', 'a', 'a.b', 'a.b.c']``."""
+    if not path:
+        return [""]
+    parts = path.split(".")
+    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def unique(base: str, taken: Mapping[str, object] | set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def sources(
+    model: Any,
+    modes: Sequence[str],
+    nodes: Sequence[str] | Mapping[str, str] | None,
+    tracer_kwargs: Mapping[str, Any] | None,
+    concrete_args: Mapping[str, Any] | None,
+) -> tuple[dict[str, Traced], dict[str, set[str]], dict[str, dict[str, str]], set[str]]:
+    """Traces per mode, kept names, requested name -> key, and opaque module paths."""
+    if isinstance(model, Traced):
+        if modes != (model.mode,):
+            raise InvalidArgumentError(
+                f"a Traced holds the {model.mode} graph only, not mode={'both' if len(modes) > 1 else modes[0]!r}; "
+                f"pass mode={model.mode!r} or the model itself"
+            )
+        traces = {model.mode: model}
+        opaque = set(model.leaves)
+    elif isinstance(getattr(model, "full", None), Mapping) and hasattr(model, "kept"):
+        if nodes is not None:
+            raise InvalidArgumentError(
+                "nodes= is for a model; an extractor draws its own return_nodes. "
+                "Pass the model itself to mark other nodes."
+            )
+        traces = dict(model.full)
+        kept = {m: set(model.kept[m]) for m in traces}
+        requested = {m: dict(model.return_nodes.get(m, {})) for m in traces}
+        return traces, kept, requested, set(getattr(model, "opaque", ()))
+    elif isinstance(model, nn.Module):
+        kwargs = dict(tracer_kwargs or {})
+        kwargs.setdefault("record_source", True)
+        tracer_options(kwargs)
+        traces = {
+            m: trace(
+                model, training=m == "train", tracer_kwargs=kwargs, concrete_args=concrete_args
+            )
+            for m in ("train", "eval")
+        }
+        opaque = {leaf for t in traces.values() for leaf in t.leaves}
+    else:
+        raise InvalidArgumentError(
+            f"model {model!r:.80} is a {type(model).__name__}; expected an nn.Module, an fxtap "
+            "extractor (fxtap.create_feature_extractor) or a Traced"
+        )
+    if nodes is None:
+        return traces, {}, {}, opaque
+    wanted = dict(nodes) if isinstance(nodes, Mapping) else {n: n for n in nodes}
+    known = {n for t in traces.values() for n in t.names.values()}
+    for n in wanted:
+        if n not in known:
+            close = close_matches(str(n), known)
+            raise NodeNotFoundError(
+                f"node {n!r} not found in the {' or '.join(traces)} graph of "
+                f"{model_name(model)}; closest: {format_choices(close)}. "
+                "List names with: fxtap nodes MODEL"
+            )
+    kept, requested = {}, {}
+    for m, t in traces.items():
+        requested[m] = {n: k for n, k in wanted.items() if n in set(t.names.values())}
+        kept[m] = _ancestors(t, requested[m])
+    return traces, kept, requested, opaque
+
+
+def _ancestors(traced: Traced, names: Mapping[str, str]) -> set[str]:
+    """Names of the nodes the requested ones depend on, themselves included."""
+    by_name = {n: node for node, n in traced.names.items()}
+    stack = [by_name[n] for n in names]
+    seen: set[fx.Node] = set(stack)
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                stack.append(arg)
+    return {traced.names[n] for n in seen if n in traced.names}
+
+
+def with_shapes(traced: Traced, example_inputs: Any, title: str) -> Traced:
+    """A copy of ``traced`` whose nodes carry shapes; the original graph is left untouched."""
+    graph = fx.Graph()
+    mapping: dict[fx.Node, fx.Node] = {}
+    out = graph.graph_copy(traced.graph_module.graph, mapping)
+    graph.output(out)
+    gm = fx.GraphModule(traced.graph_module, graph, traced.graph_module.__class__.__name__)
+    propagate_shapes(gm, example_inputs, model_name=title)
+    names = {mapping[n]: name for n, name in traced.names.items()}
+    inputs = {
+        k: mapping[v] for k, v in getattr(traced, "module_inputs", {}).items() if v in mapping
+    }
+    return dataclasses.replace(traced, graph_module=gm, names=names, module_inputs=inputs)
+
+
+def model_name(model: Any) -> str:
+    """The class name of the model a model, extractor or trace was made from."""
+    if isinstance(model, Traced):
+        return model.graph_module.__class__.__name__
+    root = getattr(model, "full", None)
+    if isinstance(root, Mapping) and root:
+        return next(iter(root.values())).graph_module.__class__.__name__
+    return type(model).__name__
+
+
+def _requested_names(traced: Traced, requested: Mapping[str, str]) -> dict[str, str]:
+    """Requested node names, with the extractor's ``':output'`` and ``'NAME:input'`` resolved."""
+    out: dict[str, str] = {}
+    inputs = getattr(traced, "module_inputs", {})
+    for name, key in requested.items():
+        if name == ":output":
+            name = "output"
+        elif name.endswith(":input") and name[: -len(":input")] in inputs:
+            name = traced.names.get(inputs[name[: -len(":input")]], name)
+        out[name] = key
+    return out
+
+
+def _shape_text(meta: object) -> str | None:
+    shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
+    if shape is not None:
+        dims = "×".join(str(d) for d in shape) or "scalar"
+        return f"{dims} {str(dtype).removeprefix('torch.')}" if dtype is not None else dims
+    if isinstance(meta, (tuple, list)):
+        parts = [p for p in (_shape_text(m) for m in meta[:3]) if p]
+        return ", ".join(parts) + (", …" if len(meta) > 3 else "") if parts else None
+    return None
