@@ -31,14 +31,6 @@ MODEL_OUTPUT = ":output"
 _ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none}
 if hasattr(torch, "_assert_scalar"):
     _ASSERTS.add(torch._assert_scalar)
-# Ops that read only metadata (shape, dtype, ...): an assert built from them costs nothing.
-_METADATA_METHODS = {"size", "dim", "numel", "__len__", "ndimension", "nelement", "stride"}
-_METADATA_FUNCTIONS = {builtins.getattr, builtins.len, builtins.isinstance, builtins.str}
-_METADATA_FUNCTIONS |= {
-    getattr(operator, n)
-    for n in dir(operator)
-    if not n.startswith("_") and n not in {"setitem", "delitem"} and not n.startswith("i")
-}
 # Ops whose result may share storage with their first argument.
 _VIEW_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
@@ -185,8 +177,10 @@ def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx
     back = {v: k for k, v in trial_map.items()}
     trial.eliminate_dead_code(is_impure_node=_Facts(trial, owner).is_impure)
     live = {back[n] for n in trial.nodes if n in back}
-    # Pass 2: keep an assert only if it checks live values through metadata ops alone.
-    facts = _Facts(graph, owner, live=live)
+    # Pass 2: keep an assert only if it checks live values with computation of its own, not
+    # with model code that pruning removed.
+    own = {mapping[n] for n in _assert_only(owner.graph)}
+    facts = _Facts(graph, owner, live=live, assert_only=own)
     graph.eliminate_dead_code(is_impure_node=facts.is_impure)
     return fx.GraphModule(owner, graph, class_name)
 
@@ -240,15 +234,18 @@ def _not_found(
             f"{traced.mode} graph holds as one node; request {leaf!r} itself, or trace through it "
             f"by removing it from tracer_kwargs['leaf_modules']"
         )
-    if query.endswith(INPUT_SUFFIX):
-        pool = [p + INPUT_SUFFIX for p in inputs]
+    spelling = ""
+    if ":" in query:
+        # NOTE: only module paths take a suffix, so compare against 'path:input' spellings.
+        pool = [p + INPUT_SUFFIX for p in inputs] + [p + MODEL_OUTPUT for p in inputs]
         hint = close_matches(query, pool)
+        spelling = f" (suffixes are {INPUT_SUFFIX!r} and {MODEL_OUTPUT!r})"
     else:
         hint = close_matches(query, names)
     return NodeNotFoundError(
-        f"node {query!r} not found in the {traced.mode} graph of {model_name}; closest: "
-        f"{format_choices(hint)}. List names with fxtap.get_graph_node_names(model) or: "
-        "fxtap nodes MODEL"
+        f"node {query!r} not found in the {traced.mode} graph of {model_name}{spelling}; "
+        f"closest: {format_choices(hint)}. List names with fxtap.get_graph_node_names(model) "
+        "or: fxtap nodes MODEL"
     )
 
 
@@ -266,9 +263,14 @@ class _Facts:
     """Aliasing and in-place facts about one graph, and the DCE predicate built on them."""
 
     def __init__(
-        self, graph: fx.Graph, owner: fx.GraphModule, live: set[fx.Node] | None = None
+        self,
+        graph: fx.Graph,
+        owner: fx.GraphModule,
+        live: set[fx.Node] | None = None,
+        assert_only: set[fx.Node] | None = None,
     ) -> None:
         self.live = live
+        self.assert_only = assert_only or set()
         self.order: dict[fx.Node, int] = {}
         self.root: dict[fx.Node, fx.Node] = {}
         self.writes: dict[fx.Node, fx.Node] = {}
@@ -289,11 +291,11 @@ class _Facts:
                 self.readers.setdefault(self.root[arg], []).append(node)
 
     def is_impure(self, node: fx.Node) -> bool:
-        """DCE predicate: placeholders, observed in-place writes, and free asserts stay."""
+        """DCE predicate: placeholders, observed in-place writes, and asserts on live code."""
         if node.op in ("placeholder", "output"):
             return True
         if node.op == "call_function" and node.target in _ASSERTS:
-            return self.live is not None and _free_check(node, self.live)
+            return self.live is not None and _checks_live(node, self.live, self.assert_only)
         written = self.writes.get(node)
         if written is None:
             return False
@@ -354,8 +356,26 @@ def _protect_from_inplace(
     return {key: fx.node.map_arg(value, protect) for key, value in outputs.items()}
 
 
-def _free_check(node: fx.Node, live: set[fx.Node]) -> bool:
-    """True when every node the assert needs beyond ``live`` only reads metadata."""
+def _assert_only(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes of the full graph computed only to feed asserts (``x.dim()``, ``x == x``, ...)."""
+    only: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.op in ("placeholder", "output") or not node.users:
+            continue
+        if all(
+            user in only or (user.op == "call_function" and user.target in _ASSERTS)
+            for user in node.users
+        ):
+            only.add(node)
+    return only
+
+
+def _checks_live(node: fx.Node, live: set[fx.Node], assert_only: set[fx.Node]) -> bool:
+    """True when the assert reads live values only, through computation of its own.
+
+    An assert that needs a node of model code outside ``live`` (a shape check on a pruned
+    block) would keep that code alive for nothing: it goes with the code it checks.
+    """
     stack = list(node.all_input_nodes)
     seen = set()
     while stack:
@@ -365,10 +385,7 @@ def _free_check(node: fx.Node, live: set[fx.Node]) -> bool:
         seen.add(current)
         if current in live or current.op == "placeholder":
             continue
-        cheap = (current.op == "call_method" and current.target in _METADATA_METHODS) or (
-            current.op == "call_function" and current.target in _METADATA_FUNCTIONS
-        )
-        if not cheap:
+        if current not in assert_only:
             return False
         stack.extend(current.all_input_nodes)
     return True
