@@ -102,7 +102,7 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
     legend = _legend(view)
     if legend:
         lines.append(
-            f"{indent}{_q(prefix + 'fxtap:legend')} [shape=plain, style=solid, label=<{legend}>];"
+            f"{indent}{_q(prefix + 'fxtap:legend')} [id={_q(prefix + 'fxtap:legend')}, shape=plain, style=solid, label=<{legend}>];"
         )
     for a, b in view.edges:
         style = ""
