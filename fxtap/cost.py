@@ -1,0 +1,430 @@
+"""Stage 5: measure what an extractor costs next to the full model, against the physical limit."""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from fxtap.cost_count import (
+    count_flops,
+    count_params,
+    node_module,
+    node_name,
+    node_params,
+    output_bytes,
+    peak_liveness,
+    profiler_peak,
+    time_nodes,
+)
+from fxtap.cost_report import CostReport, NodeCost, VariantCost
+from fxtap.cost_time import (
+    Progress,
+    bimodal,
+    bootstrap_median_ci,
+    iqr,
+    median,
+    time_rounds,
+)
+from fxtap.errors import InvalidArgumentError
+from fxtap.extractor import create_feature_extractor
+from fxtap.names import propagate_shapes
+from fxtap.prune import INPUT_SUFFIX, MODEL_OUTPUT, normalize_return_nodes
+from fxtap.trace import check_model, restore_training
+
+__all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
+
+#: The variants compared, in table order.
+VARIANTS = ("full", "hooks", "extractor")
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """How the hooks variant captures each output, or why it cannot."""
+
+    forward: dict[str, str] = field(default_factory=dict)  # module path -> key
+    pre: dict[str, str] = field(default_factory=dict)  # module path -> key (":input" taps)
+    model_output: str | None = None
+    missing: tuple[str, ...] = ()
+
+
+def compare(
+    model: nn.Module,
+    return_nodes: list[str] | dict[str, str],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    min_run_time: float = 0.2,
+    rounds: int = 10,
+    warmup: int = 3,
+    training: bool = False,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    node_repeats: int = 5,
+    profile_memory: bool = True,
+    noise_threshold: float | None = 0.1,
+    progress: bool = True,
+) -> CostReport:
+    """Compare the full model, the full model with forward hooks, and the fxtap extractor.
+
+    FLOPs come from ``FlopCounterMode`` per node of the full graph; parameters count each
+    storage once; peak activation memory is a liveness estimate from the graph (plus the
+    profiler's figure on CPU and ``max_memory_allocated`` on CUDA); latency is timed with
+    ``torch.utils.benchmark.Timer`` in interleaved rounds. Every forward pass runs without
+    autograd. The model is left as it was (mode, buffers, hooks, device).
+
+    Args:
+        model: the full model.
+        return_nodes: the taps, as for ``create_feature_extractor``.
+        example_inputs: a tensor or a tuple of tensors for one forward pass.
+        device: where to run (the model is copied there if it lives elsewhere).
+        threads: intra-op threads for every timing (default: ``torch.get_num_threads()``).
+        min_run_time: seconds each variant is timed per round.
+        rounds: interleaved rounds; medians and paired ratios are over rounds.
+        warmup: untimed calls of each variant before timing.
+        training: measure the train-mode graphs instead of the eval-mode ones.
+        tracer_kwargs: ``NodePathTracer`` options.
+        node_repeats: node-by-node timed runs of the full graph for the kept time share
+            (0 skips them).
+        profile_memory: on CPU, also record peak allocations with ``torch.profiler``.
+        noise_threshold: warn when a variant's IQR exceeds this fraction of its median
+            (``None`` never warns).
+        progress: show progress on stderr.
+
+    Returns:
+        A ``CostReport``: ``print(report.table())``, ``report.to_json(path)``, ``.plot(path)``.
+
+    Raises:
+        InvalidArgumentError: bad ``threads``, ``rounds``, ``min_run_time`` or ``device``.
+        NodeNotFoundError: a tap matches no node.
+        InputShapeError: the inputs do not fit the model.
+
+    >>> report = compare(torchvision.models.resnet18(), ["layer2"], torch.rand(1, 3, 224, 224))
+    >>> round(report.kept_fraction, 3)
+    0.35
+    """
+    check_model(model)
+    inputs = (
+        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    )
+    dev = _check_options(device, threads, rounds, min_run_time, warmup, node_repeats)
+    threads = threads if threads is not None else torch.get_num_threads()
+    inputs = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in inputs)
+    show = Progress(progress)
+    work = model if all(t.device == dev for t in _tensors(model)) else _moved(model, dev)
+    saved = {k: b.detach().clone() for k, b in work.named_buffers()}
+    mode = "train" if training else "eval"
+    try:
+        with restore_training(work):
+            work.train(training)
+            show.show("tracing")
+            extractor = create_feature_extractor(work, return_nodes, tracer_kwargs=tracer_kwargs)
+            extractor.train(training)
+            report = _measure(
+                work, extractor, mode, inputs, dev, threads, return_nodes, show,
+                min_run_time=min_run_time, rounds=rounds, warmup=warmup,
+                node_repeats=node_repeats, profile_memory=profile_memory,
+            )  # fmt: skip
+    finally:
+        with torch.no_grad():
+            for k, b in work.named_buffers():
+                b.copy_(saved[k])
+        show.done()
+    for message in _noise_messages(report, noise_threshold):
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return report
+
+
+def _measure(
+    work: nn.Module,
+    extractor: nn.Module,
+    mode: str,
+    inputs: tuple[Any, ...],
+    dev: torch.device,
+    threads: int,
+    return_nodes: Any,
+    show: Progress,
+    **opts: Any,
+) -> CostReport:
+    traced: Any = extractor.full[mode]  # type: ignore[index]
+    gm: fx.GraphModule = traced.graph_module
+    kept = extractor.kept[mode]  # type: ignore[index]
+    outputs = dict(extractor.outputs[mode])  # type: ignore[index]
+    show.show("shapes")
+    propagate_shapes(gm, inputs, model_name=type(work).__name__)
+    propagate_shapes(extractor, inputs, model_name=type(work).__name__)  # type: ignore[arg-type]
+    show.show("counting FLOPs")
+    flops = count_flops(gm, inputs)
+    times: dict[fx.Node, float] = {}
+    if opts["node_repeats"]:
+        show.show("timing nodes of the full graph")
+        times = time_nodes(gm, inputs, repeats=opts["node_repeats"])
+    nodes = tuple(
+        NodeCost(
+            name=node_name(n),
+            op=n.op,
+            target=_target(n),
+            module=node_module(gm, n),
+            flops=flops.per_node.get(n, 0),
+            params=node_params(gm, n),
+            output_bytes=output_bytes(n),
+            kept=node_name(n) in kept,
+            time_s=times.get(n),
+        )
+        for n in gm.graph.nodes
+        if n.op != "output"
+    )
+    full_params, kept_params = count_params([work]), count_params([extractor])
+    taps = _resolve_taps(work, gm, return_nodes, outputs)
+    variants = _variant_functions(work, extractor, inputs, taps)
+    tapped = set(outputs.values())
+    live = {
+        "full": peak_liveness(gm.graph),
+        "hooks": peak_liveness(gm.graph, keep_alive=tapped),
+        "extractor": peak_liveness(extractor.graph),  # type: ignore[arg-type]
+    }
+    profiled: dict[str, int | None] = {}
+    cuda_peak: dict[str, int | None] = {}
+    for name, fn in variants.items():
+        show.show(f"peak memory: {name}")
+        if dev.type == "cuda":
+            cuda_peak[name] = _cuda_peak(fn, dev)
+        elif opts["profile_memory"]:
+            profiled[name] = profiler_peak(fn)
+    samples = time_rounds(
+        variants,
+        threads=threads,
+        min_run_time=opts["min_run_time"],
+        rounds=opts["rounds"],
+        warmup=opts["warmup"],
+        device=dev,
+        progress=show,
+    )
+    full_wall = samples.wall["full"]
+    results = []
+    for name in variants:
+        wall = samples.wall[name]
+        ratios = [t / f for t, f in zip(wall, full_wall)]
+        results.append(
+            VariantCost(
+                name=name,
+                samples=tuple(wall),
+                device_samples=tuple(samples.device.get(name, ())),
+                runs=tuple(samples.runs[name]),
+                median=median(wall),
+                iqr=iqr(wall),
+                ratio=median(ratios),
+                ratio_ci=bootstrap_median_ci(ratios),
+                peak_bytes=live[name][0],
+                peak_node=live[name][1],
+                profiler_peak_bytes=profiled.get(name),
+                cuda_peak_bytes=cuda_peak.get(name),
+            )
+        )
+    notes: tuple[str, ...] = ()
+    if taps.missing:
+        notes = (
+            "hooks not timed: forward hooks cannot capture "
+            + ", ".join(repr(m) for m in taps.missing)
+            + " (not the output of a module)",
+        )
+    shared = kept_params.storages & full_params.storages
+    return CostReport(
+        model=type(work).__name__,
+        mode=mode,
+        device=str(dev),
+        threads=threads,
+        outputs=outputs,
+        nodes=nodes,
+        op_flops=flops.per_op,
+        uncounted_ops=flops.uncounted,
+        total_flops=flops.total,
+        full_params=full_params.params,
+        kept_params=kept_params.params,
+        full_bytes=full_params.param_bytes + full_params.buffer_bytes,
+        kept_bytes=kept_params.param_bytes + kept_params.buffer_bytes,
+        shared_bytes=_storage_bytes(extractor, shared),
+        variants=tuple(results),
+        notes=notes,
+        environment=_environment(dev, threads),
+    )
+
+
+def _check_options(
+    device: Any, threads: Any, rounds: Any, min_run_time: Any, warmup: Any, node_repeats: Any
+) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(
+            f"device {device!r} is not a torch device; expected 'cpu', 'cuda' or 'cuda:1'"
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            f"device {device!r} was requested but CUDA is not available here; use device='cpu'"
+        )
+    checks = (
+        ("threads", threads, threads is None or (isinstance(threads, int) and threads >= 1)),
+        ("rounds", rounds, isinstance(rounds, int) and rounds >= 1),
+        ("warmup", warmup, isinstance(warmup, int) and warmup >= 0),
+        ("node_repeats", node_repeats, isinstance(node_repeats, int) and node_repeats >= 0),
+        ("min_run_time", min_run_time, isinstance(min_run_time, (int, float)) and min_run_time > 0),
+    )
+    for name, value, ok in checks:
+        if not ok:
+            raise InvalidArgumentError(
+                f"{name}={value!r} is out of range; expected a positive number "
+                f"(e.g. threads=2, rounds=10, min_run_time=0.2; warmup and node_repeats may be 0)"
+            )
+    return dev
+
+
+def _resolve_taps(
+    model: nn.Module, gm: fx.GraphModule, return_nodes: Any, outputs: Mapping[str, str]
+) -> _Taps:
+    """Find, for each tap, the module whose forward (pre-)hook sees the same value."""
+    modules = dict(model.named_modules())
+    by_name = {node_name(n): n for n in gm.graph.nodes}
+    taps = _Taps()
+    missing = []
+    for req in normalize_return_nodes(return_nodes, argument="return_nodes"):
+        query, key = req.query, req.key
+        node = by_name.get(outputs[key])
+        if query == MODEL_OUTPUT:
+            taps = _Taps(taps.forward, taps.pre, key, ())
+        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in modules:
+            taps.pre[query[: -len(INPUT_SUFFIX)]] = key
+        elif query in modules and query:
+            taps.forward[query] = key
+        elif node is not None and node.op == "call_module":
+            taps.forward[str(node.target)] = key
+        else:
+            missing.append(outputs[key])
+    return _Taps(taps.forward, taps.pre, taps.model_output, tuple(missing))
+
+
+def _variant_functions(
+    model: nn.Module, extractor: nn.Module, inputs: tuple[Any, ...], taps: _Taps
+) -> dict[str, Any]:
+    def full() -> Any:
+        with torch.no_grad():
+            return model(*inputs)
+
+    def pruned() -> Any:
+        with torch.no_grad():
+            return extractor(*inputs)
+
+    variants = {"full": full}
+    if not taps.missing:
+        variants["hooks"] = _hooked(model, inputs, taps)
+    variants["extractor"] = pruned
+    return variants
+
+
+def _hooked(model: nn.Module, inputs: tuple[Any, ...], taps: _Taps) -> Any:
+    """The full model with forward hooks storing the taps: what users write by hand.
+
+    Hooks go on a copy of the module tree sharing every tensor, so the caller's model and the
+    ``full`` variant run without them.
+    """
+    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    clone = copy.deepcopy(model, memo)
+    captured: dict[str, Any] = {}
+    modules = dict(clone.named_modules())
+    for path, key in taps.forward.items():
+        modules[path].register_forward_hook(
+            lambda m, a, out, key=key: captured.__setitem__(key, out)
+        )
+    for path, key in taps.pre.items():
+        modules[path].register_forward_pre_hook(
+            lambda m, a, key=key: captured.__setitem__(key, a[0])
+        )
+
+    def hooks() -> Any:
+        captured.clear()
+        with torch.no_grad():
+            out = clone(*inputs)
+        if taps.model_output is not None:
+            captured[taps.model_output] = out
+        return dict(captured)
+
+    return hooks
+
+
+def _cuda_peak(fn: Any, dev: torch.device) -> int:
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    result = fn()
+    torch.cuda.synchronize(dev)
+    del result
+    return int(torch.cuda.max_memory_allocated(dev) - base)
+
+
+def _noise_messages(report: CostReport, threshold: float | None) -> list[str]:
+    messages = []
+    for v in report.variants:
+        spread = v.iqr / v.median if v.median > 0 else 0.0
+        if threshold is not None and spread > threshold:
+            messages.append(
+                f"latency of {v.name!r} is noisy: IQR is {spread:.0%} of the median over "
+                f"{len(v.samples)} rounds (threshold {threshold:.0%}); another process may be "
+                "using the CPU. Use more rounds=, a longer min_run_time=, or fewer threads="
+            )
+        if bimodal(v.samples):
+            messages.append(
+                f"latency of {v.name!r} is bimodal over {len(v.samples)} rounds (two separate "
+                "groups of timings); the machine changed state while timing. Re-run on an idle "
+                "machine or with more rounds="
+            )
+    return messages
+
+
+def _environment(dev: torch.device, threads: int) -> dict[str, Any]:
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(dev),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "loadavg": load,
+    }
+    if dev.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(dev)
+    return env
+
+
+def _storage_bytes(module: nn.Module, storages: frozenset[int]) -> int:
+    sizes = {}
+    for t in (*module.parameters(), *module.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages:
+            sizes[ptr] = t.untyped_storage().nbytes()
+    return sum(sizes.values())
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _moved(model: nn.Module, dev: torch.device) -> nn.Module:
+    # NOTE: .to() moves in place; a copy keeps the caller's model where it was.
+    return copy.deepcopy(model).to(dev)
+
+
+def _target(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, str):
+        return target
+    module = str(getattr(target, "__module__", None) or "")
+    qual = str(getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target)))
+    return qual if module in ("", "_operator", "builtins") else f"{module}.{qual}"

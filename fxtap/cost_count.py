@@ -1,0 +1,315 @@
+"""Stage 5a: count what a graph costs without timing it: FLOPs per node, parameters, liveness."""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxtap.trace import NAME_KEY, SCOPE_KEY
+
+__all__ = [
+    "FlopCount",
+    "ParamCount",
+    "count_flops",
+    "count_params",
+    "node_name",
+    "output_bytes",
+    "peak_liveness",
+    "profiler_peak",
+    "time_nodes",
+]
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """FLOPs of one run of a graph, attributed to its nodes.
+
+    Attributes:
+        per_node: node -> FLOPs counted while that node ran; sums exactly to ``total``.
+        per_op: aten op -> FLOPs, from the counter's own totals (also sums to ``total``).
+        uncounted: aten ops the counter has no formula for -> number of calls (counted as 0).
+        total: ``FlopCounterMode.get_total_flops()`` for the whole run.
+    """
+
+    per_node: dict[fx.Node, int]
+    per_op: dict[str, int]
+    uncounted: dict[str, int]
+    total: int
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameters and bytes of a module, each storage counted once.
+
+    Attributes:
+        params: elements of the distinct parameter tensors.
+        param_bytes: bytes of the distinct storages behind the parameters.
+        buffer_bytes: bytes of the distinct storages behind the buffers (not shared with params).
+        storages: ids (data pointers) of every storage counted, to compare two modules.
+    """
+
+    params: int
+    param_bytes: int
+    buffer_bytes: int
+    storages: frozenset[int]
+
+
+def count_flops(gm: fx.GraphModule, inputs: Sequence[Any]) -> FlopCount:
+    """Run ``gm`` node by node under one ``FlopCounterMode`` and read its total after each node.
+
+    Autograd stays enabled while counting: fused inference kernels (the fast path of
+    ``nn.MultiheadAttention``, taken only without autograd) would otherwise hide their matrix
+    products from the counter. The arithmetic is the same; nothing is backpropagated.
+
+    >>> gm = fx.symbolic_trace(nn.Linear(3, 4))
+    >>> count_flops(gm, (torch.randn(2, 3),)).total  # 2 * batch * in * out
+    48
+    """
+    counter = FlopCounterMode(display=False)
+    recorder = _OpRecorder()
+    per_node: dict[fx.Node, int] = {}
+
+    class _Counting(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            before = counter.get_total_flops()
+            result = super().run_node(n)
+            per_node[n] = counter.get_total_flops() - before
+            return result
+
+    with torch.enable_grad(), counter, recorder:
+        _Counting(gm).run(*inputs)
+    known = set(counter.flop_registry)
+    per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    uncounted = {str(op): n for op, n in recorder.calls.items() if op not in known}
+    return FlopCount(per_node, per_op, dict(sorted(uncounted.items())), counter.get_total_flops())
+
+
+def count_params(modules: Iterable[nn.Module]) -> ParamCount:
+    """Count the parameters and bytes of ``modules`` together, each storage once.
+
+    Tied weights (one ``Parameter`` in two places) and distinct ``Parameter`` objects sharing
+    one storage both count once.
+    """
+    seen_tensors: set[tuple[Any, ...]] = set()
+    param_storages: dict[int, int] = {}
+    buffer_storages: dict[int, int] = {}
+    params = 0
+    for module in modules:
+        for p in module.parameters():
+            key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), p.stride())
+            if key not in seen_tensors:
+                seen_tensors.add(key)
+                params += p.numel()
+            param_storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+        for b in module.buffers():
+            ptr = b.untyped_storage().data_ptr()
+            if ptr not in param_storages:
+                buffer_storages[ptr] = b.untyped_storage().nbytes()
+    return ParamCount(
+        params=params,
+        param_bytes=sum(param_storages.values()),
+        buffer_bytes=sum(buffer_storages.values()),
+        storages=frozenset(param_storages) | frozenset(buffer_storages),
+    )
+
+
+def node_name(node: fx.Node) -> str:
+    """fxtap's dotted name of ``node``, else torch.fx's own name."""
+    return str(node.meta.get(NAME_KEY, node.name))
+
+
+def node_module(gm: fx.GraphModule, node: fx.Node) -> str:
+    """The module path a node belongs to: its target for a module call, else its scope."""
+    if node.op == "call_module":
+        return str(node.target)
+    return str(node.meta.get(SCOPE_KEY, ("", None))[0])
+
+
+def node_params(gm: fx.GraphModule, node: fx.Node) -> int:
+    """Elements of the parameters a node uses directly (a module call or a ``get_attr``)."""
+    if node.op == "call_module":
+        return sum(p.numel() for p in gm.get_submodule(str(node.target)).parameters())
+    if node.op == "get_attr":
+        try:
+            return gm.get_parameter(str(node.target)).numel()
+        except AttributeError:
+            return 0
+    return 0
+
+
+def output_bytes(node: fx.Node) -> int:
+    """Bytes of the tensors a node produces, from ``node.meta['tensor_meta']`` (0 if unknown)."""
+    return _meta_bytes(node.meta.get("tensor_meta"))
+
+
+def peak_liveness(graph: fx.Graph, *, keep_alive: Iterable[str] = ()) -> tuple[int, str]:
+    """Estimate peak activation memory: a value lives from its producer to its last user.
+
+    Parameters (``get_attr``) are not activations and are left out. Views and in-place ops
+    (``relu_``, ``inplace=True`` modules, ``operator.iadd``, ``getitem``) allocate nothing and
+    extend the life of the value they alias. Names in ``keep_alive`` live to the end, as values
+    captured by forward hooks do.
+
+    Returns:
+        ``(peak_bytes, name of the node running when the peak is reached)``.
+    """
+    nodes = [n for n in graph.nodes if n.op != "output"]
+    index = {n: i for i, n in enumerate(nodes)}
+    end = len(nodes)
+    owner: dict[fx.Node, fx.Node] = {}
+    size: dict[fx.Node, int] = {}
+    last: dict[fx.Node, int] = {}
+    pinned = set(keep_alive)
+    gm = graph.owning_module
+    for n in nodes:
+        if n.op == "get_attr":
+            continue
+        base = _aliased(n, gm)
+        if base is not None and base in owner:
+            owner[n] = owner[base]
+        else:
+            owner[n] = n
+            size[n] = output_bytes(n)
+        root = owner[n]
+        last[root] = max(last.get(root, index[n]), index[n])
+        if node_name(n) in pinned:
+            last[root] = end
+    for n in graph.nodes:
+        for arg in n.all_input_nodes:
+            if arg in owner:
+                root = owner[arg]
+                last[root] = max(last[root], end if n.op == "output" else index[n])
+    delta = [0] * (end + 2)
+    for root, nbytes in size.items():
+        delta[index[root]] += nbytes
+        delta[last[root] + 1] -= nbytes
+    peak, at, live = 0, "", 0
+    for i, n in enumerate(nodes):
+        live += delta[i]
+        if live > peak:
+            peak, at = live, node_name(n)
+    return peak, at
+
+
+def profiler_peak(fn: Callable[[], Any]) -> int | None:
+    """Peak of the CPU allocations ``torch.profiler`` records during one call of ``fn``.
+
+    Each op's own allocations (``self_cpu_memory_usage``) count from its start; frees come as
+    separate ``[memory]`` events. Their running sum in time order peaks at the value returned;
+    ``None`` when the profiler records no memory on this build.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted(
+        (
+            e.time_range.start,
+            e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage,
+        )
+        for e in prof.events()
+    )
+    if not any(delta for _, delta in changes):
+        return None
+    live = peak = 0
+    for _, delta in changes:
+        live += delta
+        peak = max(peak, live)
+    return int(peak)
+
+
+def time_nodes(gm: fx.GraphModule, inputs: Sequence[Any], *, repeats: int) -> dict[fx.Node, float]:
+    """Median seconds each node takes when ``gm`` runs node by node, over ``repeats`` runs.
+
+    The interpreter adds a fixed overhead per node, so use the shares, not the sums.
+    """
+    samples: dict[fx.Node, list[float]] = {}
+    sync = _synchronizer(inputs)
+
+    class _Timing(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            sync()
+            start = time.perf_counter()
+            result = super().run_node(n)
+            sync()
+            samples.setdefault(n, []).append(time.perf_counter() - start)
+            return result
+
+    with torch.no_grad():
+        for _ in range(repeats):
+            _Timing(gm).run(*inputs)
+    return {n: sorted(ts)[len(ts) // 2] for n, ts in samples.items()}
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Counts every aten op call it sees, by overload packet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[Any] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls[func._overloadpacket] += 1
+        return func(*args, **(kwargs or {}))
+
+
+_VIEW_METHODS = {
+    "view", "view_as", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "expand",
+    "expand_as", "narrow", "select", "chunk", "split", "unbind", "t", "detach", "unflatten",
+}  # fmt: skip
+_VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.transpose, torch.permute, torch.squeeze}
+_VIEW_FUNCTIONS |= {torch.unsqueeze, torch.chunk, torch.split, torch.unbind, torch.narrow}
+_INPLACE_OPERATORS = {getattr(operator, n) for n in ("iadd", "isub", "imul", "itruediv")}
+
+
+def _aliased(node: fx.Node, gm: nn.Module | None) -> fx.Node | None:
+    """The node whose memory ``node``'s result reuses, if it is a view or an in-place op."""
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if first is None:
+        return None
+    target = node.target
+    if node.kwargs.get("inplace") is True:
+        return first
+    if node.op == "call_method":
+        name = str(target)
+        if name in _VIEW_METHODS or (name.endswith("_") and not name.endswith("__")):
+            return first
+    elif node.op == "call_function":
+        if target in _VIEW_FUNCTIONS or target in _INPLACE_OPERATORS:
+            return first
+        if getattr(target, "__name__", "").endswith("_"):
+            return first
+    elif node.op == "call_module" and gm is not None:
+        return first if getattr(gm.get_submodule(str(target)), "inplace", False) is True else None
+    return None
+
+
+def _meta_bytes(meta: Any) -> int:
+    if meta is None:
+        return 0
+    shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
+    if isinstance(shape, torch.Size) and isinstance(dtype, torch.dtype):
+        # NOTE: TensorMetadata is a NamedTuple: test it before the tuple case.
+        return shape.numel() * dtype.itemsize
+    if isinstance(meta, (list, tuple)):
+        return sum(_meta_bytes(m) for m in meta)
+    if isinstance(meta, dict):
+        return sum(_meta_bytes(m) for m in meta.values())
+    return 0
+
+
+def _synchronizer(inputs: Sequence[Any]) -> Callable[[], None]:
+    devices = {t.device for t in inputs if isinstance(t, torch.Tensor)}
+    cuda = next((d for d in devices if d.type == "cuda"), None)
+    if cuda is None:
+        return lambda: None
+    return lambda: torch.cuda.synchronize(cuda)
