@@ -354,6 +354,10 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         try:
             with os.fdopen(handle, "wb") as f:
                 write(f)
+            # NOTE: mkstemp creates files readable by their owner only; use the usual mode.
+            mask = os.umask(0o022)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -494,7 +498,7 @@ def _decode_module(
         object.__setattr__(module, key, _decode(value, {}))
     module.training = bool(spec["training"])
     for key, ref in spec["parameters"].items():
-        module._parameters[key] = tensors[ref] if ref is not None else None
+        module._parameters[key] = tensors[ref] if ref is not None else None  # type: ignore[assignment]
     for key, ref in spec["buffers"].items():
         module._buffers[key] = tensors[ref] if ref is not None else None
     module._non_persistent_buffers_set = set(spec["non_persistent"])

@@ -1,0 +1,243 @@
+"""Saving and loading extractors: bitwise round trips, the trust opt-in, damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from fxtap import create_feature_extractor
+from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError
+from fxtap.save import MANIFEST, load, save
+from tests import models as fixtures
+
+
+def outputs(extractor: nn.Module, mode: str, x: Any) -> dict[str, Any]:
+    """Outputs in ``mode`` with a fixed seed, so random ops (dropout) draw alike."""
+    extractor.train(mode == "train")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return extractor(x)
+
+
+def assert_same_outputs(a: nn.Module, b: nn.Module, x: Any, modes=("eval", "train")) -> None:
+    for mode in modes:
+        expected, got = outputs(a, mode, x), outputs(b, mode, x)
+        assert list(expected) == list(got)
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), f"{mode} output {key!r} differs"
+
+
+@pytest.fixture(scope="module")
+def resnet_extractor():
+    model = torchvision.models.resnet18(weights=None)
+    return create_feature_extractor(model, {"layer2": "mid", "layer4": "feat", ":output": "logits"})
+
+
+def test_resnet_round_trip_is_bitwise_in_both_modes(resnet_extractor, tmp_path):
+    path = save(resnet_extractor, tmp_path / "resnet18.fxtap")
+    loaded = load(path)
+    x = torch.randn(2, 3, 64, 64)
+    assert_same_outputs(resnet_extractor, loaded, x)
+    assert loaded.outputs == resnet_extractor.outputs
+    assert loaded.kept == resnet_extractor.kept
+    assert loaded.return_nodes == resnet_extractor.return_nodes
+    state, loaded_state = resnet_extractor.state_dict(), loaded.state_dict()
+    assert sorted(state) == sorted(loaded_state)
+    assert all(torch.equal(state[k], loaded_state[k]) for k in state)
+
+
+def test_loaded_extractor_keeps_mode_parameters_and_gradients(resnet_extractor, tmp_path):
+    resnet_extractor.train()
+    loaded = load(save(resnet_extractor, tmp_path / "r.fxtap"))
+    assert loaded.training
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in loaded.parameters())
+    out = loaded(torch.randn(2, 3, 32, 32))
+    (out["mid"].sum() + out["feat"].sum()).backward()
+    layer2 = [p for n, p in loaded.named_parameters() if n.startswith("layer2")]
+    assert layer2 and all(p.grad is not None for p in layer2)
+    resnet_extractor.eval()
+    assert not load(save(resnet_extractor, tmp_path / "e.fxtap")).training
+
+
+def test_train_mode_updates_the_same_buffers(resnet_extractor, tmp_path):
+    import copy
+
+    original = copy.deepcopy(resnet_extractor)
+    loaded = load(save(original, tmp_path / "r.fxtap"))
+    x = torch.randn(2, 3, 32, 32)
+    outputs(original, "train", x)
+    outputs(loaded, "train", x)
+    ours, theirs = original.state_dict(), loaded.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize(
+    ("factory", "nodes", "shape"),
+    [
+        (fixtures.Nested, ["stage.blocks.0", "stage", ":output"], (2, 3, 5, 5)),
+        (fixtures.CalledTwice, ["act", "act_1"], (2, 4)),
+        (fixtures.TopLevelFunctions, ["cat", ":output"], (2, 3, 6, 6)),
+        (fixtures.TrainOnlyBranch, [":output"], (3, 4)),
+        (fixtures.DropoutNet, ["drop", ":output"], (3, 4)),
+        (fixtures.InplaceReLU, ["relu", ":output"], (2, 4)),
+        (fixtures.TensorConstant, [":output"], (2, 3)),
+        (fixtures.SuffixedNames, ["act_2", "stage_10"], (1, 3, 2, 2)),
+    ],
+)
+def test_fixture_round_trips(factory, nodes, shape, tmp_path):
+    torch.manual_seed(0)
+    extractor = create_feature_extractor(factory(), nodes)
+    loaded = load(save(extractor, tmp_path / "m.fxtap"))
+    assert_same_outputs(extractor, loaded, torch.randn(shape))
+
+
+def test_file_holds_json_graphs_safetensors_and_readable_code(resnet_extractor, tmp_path):
+    path = save(resnet_extractor, tmp_path / "r.fxtap")
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read(MANIFEST))
+        code = archive.read("code/eval.py").decode()
+    assert names == {MANIFEST, "weights.safetensors", "code/train.py", "code/eval.py"}
+    assert not any(n.endswith(".pkl") for n in names)
+    assert manifest["format"] == "fxtap-extractor"
+    assert set(manifest["graphs"]) == {"train", "eval"}
+    assert "def forward(self" in code and "layer2" in code
+    assert not list(tmp_path.glob(".r.fxtap.*")), "temporary file left behind"
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode & stat.S_IRGRP or os.umask(0o022) & stat.S_IRGRP
+
+
+def test_pickle_needs_trust(resnet_extractor, tmp_path):
+    path = save(resnet_extractor, tmp_path / "r.pt", fmt="pickle")
+    with pytest.raises(LoadError, match=r"r\.pt.*pickled.*runs code.*trust=True"):
+        load(path)
+    loaded = load(path, trust=True)
+    assert_same_outputs(resnet_extractor, loaded, torch.randn(1, 3, 32, 32), modes=("eval",))
+
+
+def _rewrite_manifest(path: Path, edit) -> None:
+    with zipfile.ZipFile(path) as archive:
+        entries = {n: archive.read(n) for n in archive.namelist()}
+    manifest = json.loads(entries[MANIFEST])
+    edit(manifest)
+    entries[MANIFEST] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
+def test_safe_loader_refuses_functions_outside_the_allowlist(tmp_path):
+    extractor = create_feature_extractor(fixtures.TopLevelFunctions(), [":output"])
+    path = save(extractor, tmp_path / "m.fxtap")
+
+    def swap_to_eval(manifest):
+        for node in manifest["graphs"]["eval"]:
+            if node["op"] == "call_function":
+                node["target"] = {"function": "builtins:eval"}
+                break
+
+    _rewrite_manifest(path, swap_to_eval)
+    with pytest.raises(LoadError, match=r"m\.fxtap.*builtins:eval.*trust=True"):
+        load(path)
+
+
+def test_safe_loader_refuses_module_classes_outside_torch(tmp_path):
+    extractor = create_feature_extractor(fixtures.Nested(), ["stage"])
+    path = save(extractor, tmp_path / "m.fxtap")
+
+    def swap_class(manifest):
+        manifest["modules"]["stem"]["class"] = "tests.models:Nested"
+
+    _rewrite_manifest(path, swap_class)
+    with pytest.raises(LoadError, match=r"tests\.models:Nested.*torch and torchvision only"):
+        load(path)
+
+
+class Scaler(nn.Module):
+    """A user leaf module: plain data is saved; loading its class needs trust."""
+
+    def __init__(self, factor: float = 2.0) -> None:
+        super().__init__()
+        self.factor = factor
+        self.weight = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight * self.factor
+
+
+class WithScaler(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.scale = Scaler(3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale(self.fc(x))
+
+
+def test_user_leaf_modules_load_with_trust(tmp_path):
+    extractor = create_feature_extractor(
+        WithScaler(), ["scale"], tracer_kwargs={"leaf_modules": [Scaler]}
+    )
+    path = save(extractor, tmp_path / "m.fxtap")
+    with pytest.raises(LoadError, match=r"Scaler.*trust=True"):
+        load(path)
+    loaded = load(path, trust=True)
+    assert isinstance(loaded.scale, Scaler) and loaded.scale.factor == 3.0
+    assert_same_outputs(extractor, loaded, torch.randn(2, 4))
+
+
+def test_unsavable_module_attribute_suggests_pickle(tmp_path):
+    model = WithScaler()
+    model.scale.post = lambda t: t  # a function cannot be written as data
+    extractor = create_feature_extractor(model, ["scale"], tracer_kwargs={"leaf_modules": [Scaler]})
+    with pytest.raises(InvalidArgumentError, match=r"'scale'.*'post'.*fmt='pickle'"):
+        save(extractor, tmp_path / "m.fxtap")
+    assert not (tmp_path / "m.fxtap").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_damaged_files_raise_load_error_naming_the_file(resnet_extractor, tmp_path, damage):
+    path = save(resnet_extractor, tmp_path / "bad.fxtap")
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":  # inside the weights: the zip's CRC check catches it
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip file at all")
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(LoadError, match=r"bad\.fxtap.*(truncated or corrupted).*Save the"):
+        load(path)
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(LoadError, match=r"nope\.fxtap.*no such file"):
+        load(tmp_path / "nope.fxtap")
+    foreign = tmp_path / "other.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    with pytest.raises(LoadError, match=r"other\.zip.*not a saved fxtap extractor"):
+        load(foreign)
+
+
+def test_bad_arguments_and_paths(resnet_extractor, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="FeatureExtractor"):
+        save(nn.Linear(2, 2), tmp_path / "x.fxtap")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"fmt 'zip'"):
+        save(resnet_extractor, tmp_path / "x.fxtap", fmt="zip")
+    with pytest.raises(OutputPathError, match=r"missing.*Pick a path"):
+        save(resnet_extractor, tmp_path / "missing" / "x.fxtap")
+    with pytest.raises(OutputPathError, match="directory"):
+        save(resnet_extractor, tmp_path)
