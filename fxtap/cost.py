@@ -7,7 +7,6 @@ import os
 import platform
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,26 +32,16 @@ from fxtap.cost_time import (
     median,
     time_rounds,
 )
+from fxtap.cost_variants import cuda_peak, resolve_taps, variant_functions
 from fxtap.errors import InvalidArgumentError
 from fxtap.extractor import create_feature_extractor
 from fxtap.names import propagate_shapes
-from fxtap.prune import INPUT_SUFFIX, MODEL_OUTPUT, normalize_return_nodes
 from fxtap.trace import check_model, restore_training
 
 __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
 
 #: The variants compared, in table order.
 VARIANTS = ("full", "hooks", "extractor")
-
-
-@dataclass(frozen=True)
-class _Taps:
-    """How the hooks variant captures each output, or why it cannot."""
-
-    forward: dict[str, str] = field(default_factory=dict)  # module path -> key
-    pre: dict[str, str] = field(default_factory=dict)  # module path -> key (":input" taps)
-    model_output: str | None = None
-    missing: tuple[str, ...] = ()
 
 
 def compare(
@@ -182,8 +171,8 @@ def _measure(
         if n.op != "output"
     )
     full_params, kept_params = count_params([work]), count_params([extractor])
-    taps = _resolve_taps(work, gm, return_nodes, outputs)
-    variants = _variant_functions(work, extractor, inputs, taps)
+    taps = resolve_taps(work, gm, return_nodes, outputs)
+    variants = variant_functions(work, extractor, inputs, taps)
     tapped = set(outputs.values())
     live = {
         "full": peak_liveness(gm.graph),
@@ -191,11 +180,11 @@ def _measure(
         "extractor": peak_liveness(extractor.graph),  # type: ignore[arg-type]
     }
     profiled: dict[str, int | None] = {}
-    cuda_peak: dict[str, int | None] = {}
+    cuda_peaks: dict[str, int | None] = {}
     for name, fn in variants.items():
         show.show(f"peak memory: {name}")
         if dev.type == "cuda":
-            cuda_peak[name] = _cuda_peak(fn, dev)
+            cuda_peaks[name] = cuda_peak(fn, dev)
         elif opts["profile_memory"]:
             profiled[name] = profiler_peak(fn)
     samples = time_rounds(
@@ -225,7 +214,7 @@ def _measure(
                 peak_bytes=live[name][0],
                 peak_node=live[name][1],
                 profiler_peak_bytes=profiled.get(name),
-                cuda_peak_bytes=cuda_peak.get(name),
+                cuda_peak_bytes=cuda_peaks.get(name),
             )
         )
     notes: tuple[str, ...] = ()
@@ -284,88 +273,6 @@ def _check_options(
                 f"(e.g. threads=2, rounds=10, min_run_time=0.2; warmup and node_repeats may be 0)"
             )
     return dev
-
-
-def _resolve_taps(
-    model: nn.Module, gm: fx.GraphModule, return_nodes: Any, outputs: Mapping[str, str]
-) -> _Taps:
-    """Find, for each tap, the module whose forward (pre-)hook sees the same value."""
-    modules = dict(model.named_modules())
-    by_name = {node_name(n): n for n in gm.graph.nodes}
-    taps = _Taps()
-    missing = []
-    for req in normalize_return_nodes(return_nodes, argument="return_nodes"):
-        query, key = req.query, req.key
-        node = by_name.get(outputs[key])
-        if query == MODEL_OUTPUT:
-            taps = _Taps(taps.forward, taps.pre, key, ())
-        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in modules:
-            taps.pre[query[: -len(INPUT_SUFFIX)]] = key
-        elif query in modules and query:
-            taps.forward[query] = key
-        elif node is not None and node.op == "call_module":
-            taps.forward[str(node.target)] = key
-        else:
-            missing.append(outputs[key])
-    return _Taps(taps.forward, taps.pre, taps.model_output, tuple(missing))
-
-
-def _variant_functions(
-    model: nn.Module, extractor: nn.Module, inputs: tuple[Any, ...], taps: _Taps
-) -> dict[str, Any]:
-    def full() -> Any:
-        with torch.no_grad():
-            return model(*inputs)
-
-    def pruned() -> Any:
-        with torch.no_grad():
-            return extractor(*inputs)
-
-    variants = {"full": full}
-    if not taps.missing:
-        variants["hooks"] = _hooked(model, inputs, taps)
-    variants["extractor"] = pruned
-    return variants
-
-
-def _hooked(model: nn.Module, inputs: tuple[Any, ...], taps: _Taps) -> Any:
-    """The full model with forward hooks storing the taps: what users write by hand.
-
-    Hooks go on a copy of the module tree sharing every tensor, so the caller's model and the
-    ``full`` variant run without them.
-    """
-    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    clone = copy.deepcopy(model, memo)
-    captured: dict[str, Any] = {}
-    modules = dict(clone.named_modules())
-    for path, key in taps.forward.items():
-        modules[path].register_forward_hook(
-            lambda m, a, out, key=key: captured.__setitem__(key, out)
-        )
-    for path, key in taps.pre.items():
-        modules[path].register_forward_pre_hook(
-            lambda m, a, key=key: captured.__setitem__(key, a[0])
-        )
-
-    def hooks() -> Any:
-        captured.clear()
-        with torch.no_grad():
-            out = clone(*inputs)
-        if taps.model_output is not None:
-            captured[taps.model_output] = out
-        return dict(captured)
-
-    return hooks
-
-
-def _cuda_peak(fn: Any, dev: torch.device) -> int:
-    torch.cuda.synchronize(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    base = torch.cuda.memory_allocated(dev)
-    result = fn()
-    torch.cuda.synchronize(dev)
-    del result
-    return int(torch.cuda.max_memory_allocated(dev) - base)
 
 
 def _noise_messages(report: CostReport, threshold: float | None) -> list[str]:

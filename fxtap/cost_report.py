@@ -136,8 +136,12 @@ class CostReport:
 
     @property
     def efficiency(self) -> float:
-        """Ideal extractor time / measured extractor time (1.0 is the limit)."""
-        return self.ideal_time / self.variant("extractor").median
+        """Ideal extractor time / measured extractor time (1.0 is the limit).
+
+        Taken from the median paired ratio (kept FLOP fraction / extractor-to-full ratio), so
+        load that slows a whole round cancels out.
+        """
+        return self.kept_fraction / self.variant("extractor").ratio
 
     @property
     def speedup(self) -> float:

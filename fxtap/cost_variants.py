@@ -1,0 +1,108 @@
+"""Stage 5e: the variants a cost report times: full model, forward hooks, extractor."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from fxtap.cost_count import node_name
+from fxtap.prune import INPUT_SUFFIX, MODEL_OUTPUT, normalize_return_nodes
+
+__all__ = ["Taps", "cuda_peak", "resolve_taps", "variant_functions"]
+
+
+@dataclass(frozen=True)
+class Taps:
+    """How the hooks variant captures each output, or why it cannot."""
+
+    forward: dict[str, str] = field(default_factory=dict)  # module path -> key
+    pre: dict[str, str] = field(default_factory=dict)  # module path -> key (":input" taps)
+    model_output: str | None = None
+    missing: tuple[str, ...] = ()
+
+
+def resolve_taps(
+    model: nn.Module, gm: fx.GraphModule, return_nodes: Any, outputs: Mapping[str, str]
+) -> Taps:
+    """Find, for each tap, the module whose forward (pre-)hook sees the same value."""
+    modules = dict(model.named_modules())
+    by_name = {node_name(n): n for n in gm.graph.nodes}
+    taps = Taps()
+    missing = []
+    for req in normalize_return_nodes(return_nodes, argument="return_nodes"):
+        query, key = req.query, req.key
+        node = by_name.get(outputs[key])
+        if query == MODEL_OUTPUT:
+            taps = Taps(taps.forward, taps.pre, key, ())
+        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in modules:
+            taps.pre[query[: -len(INPUT_SUFFIX)]] = key
+        elif query in modules and query:
+            taps.forward[query] = key
+        elif node is not None and node.op == "call_module":
+            taps.forward[str(node.target)] = key
+        else:
+            missing.append(outputs[key])
+    return Taps(taps.forward, taps.pre, taps.model_output, tuple(missing))
+
+
+def variant_functions(
+    model: nn.Module, extractor: nn.Module, inputs: tuple[Any, ...], taps: Taps
+) -> dict[str, Any]:
+    def full() -> Any:
+        with torch.no_grad():
+            return model(*inputs)
+
+    def pruned() -> Any:
+        with torch.no_grad():
+            return extractor(*inputs)
+
+    variants = {"full": full}
+    if not taps.missing:
+        variants["hooks"] = _hooked(model, inputs, taps)
+    variants["extractor"] = pruned
+    return variants
+
+
+def _hooked(model: nn.Module, inputs: tuple[Any, ...], taps: Taps) -> Any:
+    """The full model with forward hooks storing the taps: what users write by hand.
+
+    Hooks go on a copy of the module tree sharing every tensor, so the caller's model and the
+    ``full`` variant run without them.
+    """
+    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    clone = copy.deepcopy(model, memo)
+    captured: dict[str, Any] = {}
+    modules = dict(clone.named_modules())
+    for path, key in taps.forward.items():
+        modules[path].register_forward_hook(
+            lambda m, a, out, key=key: captured.__setitem__(key, out)
+        )
+    for path, key in taps.pre.items():
+        modules[path].register_forward_pre_hook(
+            lambda m, a, key=key: captured.__setitem__(key, a[0])
+        )
+
+    def hooks() -> Any:
+        captured.clear()
+        with torch.no_grad():
+            out = clone(*inputs)
+        if taps.model_output is not None:
+            captured[taps.model_output] = out
+        return dict(captured)
+
+    return hooks
+
+
+def cuda_peak(fn: Any, dev: torch.device) -> int:
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    result = fn()
+    torch.cuda.synchronize(dev)
+    del result
+    return int(torch.cuda.max_memory_allocated(dev) - base)
