@@ -8,7 +8,9 @@ from typing import Any, cast
 
 from torch import fx, nn
 
-from fxtap.errors import InvalidArgumentError
+from fxtap.capture import build_capture_extractor
+from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.fallback import is_root_failure
 from fxtap.names import diff_modes
 from fxtap.prune import normalize_return_nodes, prune, resolve
 from fxtap.trace import NAME_KEY, Traced, check_model, trace
@@ -150,6 +152,9 @@ def create_feature_extractor(
     tracer_kwargs: Mapping[str, Any] | None = None,
     suppress_diff_warning: bool = False,
     concrete_args: Mapping[str, Any] | None = None,
+    *,
+    auto_leaf: bool = True,
+    example_inputs: Any = None,
 ) -> FeatureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
 
@@ -168,9 +173,15 @@ def create_feature_extractor(
         tracer_kwargs: ``NodePathTracer`` options (``leaf_modules``, ``autowrap_functions``...).
         suppress_diff_warning: accepted for torchvision compatibility.
         concrete_args: torch.fx's ``concrete_args``.
+        auto_leaf: keep untraceable submodules and functions opaque and warn, instead of
+            raising ``TraceError`` (docs/tracing.md). When the root forward itself cannot be
+            traced, a ``CaptureExtractor`` is returned instead: it runs the whole model
+            (nothing pruned) and captures the values on the way.
+        example_inputs: inputs to check each graph against eager execution, module by module;
+            a module that mis-traces is made a leaf, or ``MistraceError`` raised.
 
     Returns:
-        A ``FeatureExtractor`` in the mode ``model`` was in.
+        A ``FeatureExtractor`` in the mode ``model`` was in (or a ``CaptureExtractor``).
 
     Raises:
         InvalidArgumentError: bad ``return_nodes`` combinations or types.
@@ -191,12 +202,25 @@ def create_feature_extractor(
     info: dict[str, Any] = {"full": {}, "return_nodes": {}, "outputs": {}, "kept": {}, "opaque": ()}
     pruned_modules: dict[str, fx.GraphModule] = {}
     for mode in MODES:
-        traced = trace(
-            model,
-            training=mode == "train",
-            tracer_kwargs=tracer_kwargs,
-            concrete_args=concrete_args,
-        )
+        try:
+            traced = trace(
+                model,
+                training=mode == "train",
+                tracer_kwargs=tracer_kwargs,
+                concrete_args=concrete_args,
+                auto_leaf=auto_leaf,
+                example_inputs=example_inputs,
+            )
+        except TraceError as exc:
+            if not (auto_leaf and is_root_failure(exc)):
+                raise
+            # NOTE: typed as FeatureExtractor so existing callers keep type-checking; callers
+            # that save or prune further check isinstance(ex, CaptureExtractor) first.
+            capture = build_capture_extractor(
+                model, requests, error=exc, tracer_kwargs=tracer_kwargs
+            )
+            return cast(FeatureExtractor, capture)
+        info["opaque"] = tuple(dict.fromkeys((*info["opaque"], *traced.leaves)))
         selected = resolve(requests[mode], traced, model_name=name)
         pruned = prune(traced, selected, class_name=name)
         graphs[mode] = pruned.graph

@@ -77,6 +77,8 @@ def get_graph_node_names(
     tracer_kwargs: Mapping[str, Any] | None = None,
     suppress_diff_warning: bool = False,
     concrete_args: Mapping[str, Any] | None = None,
+    *,
+    auto_leaf: bool = True,
 ) -> tuple[list[str], list[str]]:
     """Return the node names of ``model`` traced in train mode and in eval mode.
 
@@ -88,6 +90,8 @@ def get_graph_node_names(
         tracer_kwargs: ``NodePathTracer`` options (``leaf_modules``, ``autowrap_functions``, ...).
         suppress_diff_warning: do not warn when the two modes give different nodes.
         concrete_args: torch.fx's ``concrete_args``.
+        auto_leaf: keep untraceable submodules and functions opaque, with a warning, instead
+            of raising ``TraceError`` (docs/tracing.md).
 
     Returns:
         ``(train_names, eval_names)`` in execution order.
@@ -99,9 +103,15 @@ def get_graph_node_names(
     >>> train
     ['input', '0', '1']
     """
-    train = trace(model, training=True, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args)
-    evaluated = trace(
-        model, training=False, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args
+    train, evaluated = (
+        trace(
+            model,
+            training=training,
+            tracer_kwargs=tracer_kwargs,
+            concrete_args=concrete_args,
+            auto_leaf=auto_leaf,
+        )
+        for training in (True, False)
     )
     train_names = list(train.names.values())
     eval_names = list(evaluated.names.values())

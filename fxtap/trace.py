@@ -28,6 +28,7 @@ __all__ = [
     "default_leaf_modules",
     "restore_training",
     "trace",
+    "trace_with_options",
 ]
 
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.
@@ -65,6 +66,7 @@ class Traced:
         module_inputs: module path -> the node its first call received as first argument.
         leaves: qualified names of the modules that were kept as leaves by fallback.
         wrapped: qualified names of functions autowrapped by fallback.
+        module_outputs: module path -> what its first call returned, with nodes for values.
     """
 
     graph_module: fx.GraphModule
@@ -73,6 +75,7 @@ class Traced:
     module_inputs: dict[str, fx.Node] = field(default_factory=dict)
     leaves: tuple[str, ...] = field(default=())
     wrapped: tuple[str, ...] = field(default=())
+    module_outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -147,6 +150,8 @@ class NodePathTracer(fx.Tracer):
         self.node_to_qualname: dict[fx.Node, str] = {}
         self.module_inputs: dict[str, fx.Node] = {}
         self.failed_module: tuple[str, type] | None = None
+        self.module_outputs: dict[str, Any] = {}
+        self._failure: BaseException | None = None
         self._reserved: set[str] = set()
         self._used: set[str] = set()
         self._next: dict[str, int] = {}
@@ -185,7 +190,9 @@ class NodePathTracer(fx.Tracer):
         """Trace ``root``; afterwards ``node_to_qualname`` maps each named node to its name."""
         self.node_to_qualname = {}
         self.module_inputs = {}
+        self.module_outputs = {}
         self.failed_module = None
+        self._failure = None
         self._next = {}
         # Real module paths are reserved so that a generated ``relu_1`` never takes the name
         # of a submodule really called ``relu_1``.
@@ -205,12 +212,16 @@ class NodePathTracer(fx.Tracer):
         if args and isinstance(args[0], fx.Proxy):
             self.module_inputs.setdefault(self.path_of_module(m), args[0].node)
         try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            # The innermost module sees the exception first: remember it, not its parents.
-            if self.failed_module is None:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception as exc:
+            # The innermost module sees the exception first: remember it, not its parents. A
+            # different exception means model code caught the first one and failed again.
+            if self._failure is not exc:
+                self._failure = exc
                 self.failed_module = (self.path_of_module(m), type(m))
             raise
+        self.module_outputs.setdefault(self.path_of_module(m), out)
+        return out
 
     def create_proxy(
         self,
@@ -277,6 +288,8 @@ def trace(
     training: bool,
     tracer_kwargs: Mapping[str, Any] | None = None,
     concrete_args: Mapping[str, Any] | None = None,
+    auto_leaf: bool = False,
+    example_inputs: Any = None,
 ) -> Traced:
     """Trace ``model`` in one mode with a ``NodePathTracer``; the model is left as it was.
 
@@ -286,18 +299,49 @@ def trace(
         tracer_kwargs: keyword arguments of ``NodePathTracer``; ``leaf_modules`` and
             ``autowrap_modules`` are added to torchvision's defaults.
         concrete_args: torch.fx's ``concrete_args``.
+        auto_leaf: when tracing fails inside a submodule, keep that module as a leaf, and when
+            it fails in a plain function, record the function as one node; trace again until
+            the model traces, and warn with what became opaque (``fxtap.fallback``). Off here,
+            on in ``create_feature_extractor`` and ``get_graph_node_names``.
+        example_inputs: a tensor or tuple of inputs; when given, the graph is checked against
+            an eager run module by module, and a module whose traced value differs is made a
+            leaf (``auto_leaf``) or reported with ``MistraceError``.
 
     Returns:
-        A ``Traced`` whose graph module shares submodules and parameters with ``model``.
+        A ``Traced`` whose graph module shares submodules and parameters with ``model``;
+        ``leaves`` and ``wrapped`` list what the fallback made opaque.
 
     Raises:
         TraceError: torch.fx could not trace the model.
+        MistraceError: the graph computes something other than the model on ``example_inputs``.
         InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
     """
     check_model(model)
-    kwargs = tracer_options(tracer_kwargs)
+    options = tracer_options(tracer_kwargs)
     concrete = check_concrete_args(model, concrete_args)
-    tracer = NodePathTracer(**kwargs)
+    if auto_leaf or example_inputs is not None:
+        from fxtap.fallback import trace_with_fallback
+
+        return trace_with_fallback(
+            model,
+            training=training,
+            options=options,
+            concrete_args=concrete,
+            auto_leaf=auto_leaf,
+            example_inputs=example_inputs,
+        )
+    return trace_with_options(model, training=training, options=options, concrete_args=concrete)
+
+
+def trace_with_options(
+    model: nn.Module,
+    *,
+    training: bool,
+    options: Mapping[str, Any],
+    concrete_args: dict[str, Any] | None,
+) -> Traced:
+    """One trace with options already checked by ``tracer_options``; no fallback."""
+    tracer = NodePathTracer(**options)
     # NOTE: torch.fx stores tensor constants on the root with setattr; tracing a shallow copy
     # keeps them off the user's model.
     root = copy.copy(model)
@@ -305,13 +349,23 @@ def trace(
         model.train(training)
         root.training = training
         try:
-            graph = tracer.trace(root, concrete)
+            graph = tracer.trace(root, concrete_args)
         except TraceError:
             raise
         except Exception as exc:
             raise trace_error(model, tracer, exc) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return Traced(gm, dict(tracer.node_to_qualname), training, dict(tracer.module_inputs))
+    outputs = {
+        path: fx.node.map_aggregate(out, lambda a: a.node if isinstance(a, fx.Proxy) else a)
+        for path, out in tracer.module_outputs.items()
+    }
+    return Traced(
+        gm,
+        dict(tracer.node_to_qualname),
+        training,
+        dict(tracer.module_inputs),
+        module_outputs=outputs,
+    )
 
 
 def check_model(model: Any) -> None:
