@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 
 from fxtap.render_view import View, ViewNode, prefixes, unique
@@ -15,6 +16,7 @@ HUB_KEEP = 2
 HUB_USERS = 4
 #: Edges spanning more drawn nodes than this (in graph order) become references.
 LONG_SPAN = 80
+_NUMBERED = re.compile(r"(\D*?)_?(\d+)")
 
 
 def fold_pruned(view: View) -> View:
@@ -247,21 +249,25 @@ def _members(view: View) -> dict[str, list[str]]:
 
 
 def _signature(view: View, path: str, members: list[str]) -> tuple[object, ...] | None:
-    """What must match for sibling modules to fold; ``None`` for modules that never fold."""
-    if not path.rpartition(".")[2].isdigit():
+    """What must match for sibling modules to fold; ``None`` for modules that never fold.
+
+    Only numbered siblings fold: ``blocks.3`` or ``encoder_layer_3`` (same stem).
+    """
+    numbered = _NUMBERED.fullmatch(path.rpartition(".")[2])
+    if numbered is None:
         return None
     nodes = [view.nodes[m] for m in members]
-    if any(n.protected or n.kind != "op" for n in nodes):
+    if any(n.protected or n.opaque or n.kind != "op" for n in nodes):
         return None
     cut = len(path) + 1
     index = {m: i for i, m in enumerate(members)}
     rel = path + "."
     rows = tuple(
-        (n.id[cut:], n.op, _relative(n.target, rel), n.module[cut:], n.shape, n.pruned, n.opaque)
+        (n.id[cut:], n.op, _relative(n.target, rel), n.module[cut:], n.shape, n.params, n.pruned)
         for n in nodes
     )
     inner = tuple(sorted((index[a], index[b]) for a, b in view.edges if a in index and b in index))
-    return (view.module_types.get(path), rows, inner)
+    return (numbered.group(1), view.module_types.get(path), rows, inner)
 
 
 def _relative(target: str, prefix: str) -> str:

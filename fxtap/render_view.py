@@ -207,6 +207,12 @@ def sources(
                 "Pass the model itself to mark other nodes."
             )
         traces = dict(model.full)
+        if not all(m in traces for m in modes):
+            raise InvalidArgumentError(
+                f"this {type(model).__name__} extractor holds no full {format_choices(modes)} "
+                "trace (extractors loaded from disk drop them); render the model with nodes= "
+                "instead"
+            )
         kept = {m: set(model.kept[m]) for m in traces}
         requested = {m: dict(model.return_nodes.get(m, {})) for m in traces}
         return traces, kept, requested, set(getattr(model, "opaque", ()))

@@ -202,6 +202,25 @@ def test_repeats_unfold_around_a_requested_node(tmp_path: Path) -> None:
     assert "stage.blocks.0.conv" in ids and "stage.blocks.1.conv" in ids
 
 
+def test_numbered_names_fold_only_with_the_same_stem_and_sizes(tmp_path: Path) -> None:
+    def pair(width: int = 4) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 4))
+
+    model = nn.Sequential()
+    for name, width in [("enc_0", 4), ("enc_1", 4), ("enc_2", 4), ("dec_3", 4), ("enc_4", 8)]:
+        model.add_module(name, pair(width))
+    text = dot_text(render(model, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert "enc_0 … enc_2  ×3" in text
+    assert [i for i in node_ids(text) if i.endswith(".0")] == ["enc_0.0", "dec_3.0", "enc_4.0"]
+
+
+def test_extractor_without_full_traces_is_refused() -> None:
+    ex = create_feature_extractor(Nested(), ["stem"])
+    ex.full = {}
+    with pytest.raises(InvalidArgumentError, match="render the model"):
+        render(ex, fmt="dot")
+
+
 def test_depth_and_max_nodes_collapse_but_keep_requested_modules_open(tmp_path: Path) -> None:
     r = render(Nested(), mode="eval", fmt="dot", out_dir=tmp_path, depth=0)
     assert node_ids(dot_text(r, "eval")) == [
@@ -307,7 +326,7 @@ def fake_dot(tmp_path: Path, fast_works: bool) -> str:
 
 
 def test_slow_dot_falls_back_to_fast_settings(tmp_path: Path) -> None:
-    with pytest.warns(UserWarning, match="fast settings"):
+    with pytest.warns(UserWarning, match="with fast settings"):
         r = render(Nested(), mode="eval", out_dir=tmp_path, dot=fake_dot(tmp_path, True), timeout=2)
     (drawing,) = r.drawings
     assert drawing.layout == "fast" and drawing.path is not None and drawing.path.exists()
