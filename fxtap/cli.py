@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import sys
 import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,9 +20,11 @@ import torch
 from torch import nn
 
 from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError
+from fxtap.extractor import FeatureExtractor
 from fxtap.models import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
+from fxtap.trace import NAME_KEY, Traced
 
-__all__ = ["build_parser", "main", "progress"]
+__all__ = ["build_parser", "main", "progress", "quiet_stderr"]
 
 PROG = "fxtap"
 
@@ -278,6 +282,8 @@ class progress:
 
     def __enter__(self) -> progress:
         self.start = time.perf_counter()
+        # The stream is fixed now, so that quiet_stderr() inside the block does not hide it.
+        self.stream = self.stream if self.stream is not None else sys.stderr
         if self.after <= 0:
             self._show()
         else:
@@ -307,6 +313,14 @@ class progress:
         return self.stream if self.stream is not None else sys.stderr
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Hide what libraries print on stderr inside the block (torch.fx's ShapeProp prints a
+    traceback for every failed node before fxtap turns the failure into one clear error)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 # --- handlers --------------------------------------------------------------------------------
 
 
@@ -315,8 +329,13 @@ def _nodes(args: argparse.Namespace) -> int:
 
     model = _load(args)
     example = _inputs(args) if args.input else None
-    with progress(f"tracing {args.model}"):
-        rows = node_table(model, training=args.mode == "train", example_inputs=example)
+    training = args.mode == "train"
+    # NOTE: shapes are computed by running the traced graph, whose submodules are the
+    # model's; they must be in the listed mode (batch norm rejects a batch of 1 in training).
+    model.train(training)
+    traced = _extractor_trace(model, training) if isinstance(model, FeatureExtractor) else None
+    with progress(f"tracing {args.model}"), quiet_stderr():
+        rows = node_table(model, training=training, example_inputs=example, traced=traced)
     text = format_table(rows, shapes=example is not None)
     if args.json:
         _write_text(args.json, json.dumps([_row_dict(r) for r in rows], indent=1) + "\n")
@@ -351,12 +370,16 @@ def _render(args: argparse.Namespace) -> int:
 
     model = _load(args)
     example = _inputs(args) if args.input else None
-    nodes = _nodes_arg(args) if args.nodes else None
-    with progress(f"drawing {args.model}"):
+    if args.nodes:
+        from fxtap.extractor import create_feature_extractor
+
+        # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
+        with progress(f"building the extractor of {args.model}"):
+            model = create_feature_extractor(model, _nodes_arg(args))
+    with progress(f"drawing {args.model}"), quiet_stderr():
         result = render(
             model,
             mode=args.mode,
-            nodes=nodes,
             example_inputs=example,
             out_dir=args.out_dir,
             name=args.name,
@@ -473,6 +496,15 @@ def load_spec(spec: str, model_args: Sequence[str] = (), *, trust: bool = False)
 
         return load(path, trust=trust)
     return load_model(spec, parse_model_args(model_args))
+
+
+def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
+    """A saved extractor's own graph of one mode, described as a trace (no re-tracing)."""
+    extractor.train(training)
+    graph = extractor.graph_for("train" if training else "eval")
+    # NOTE: pickled extractors lose node.meta; torch.fx names stand in for fxtap's then.
+    names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
+    return Traced(extractor, names, training)
 
 
 def _load(args: argparse.Namespace) -> nn.Module:

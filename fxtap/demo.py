@@ -71,7 +71,7 @@ def run(
         OutputPathError: ``out_dir`` cannot be created or written.
         ModelSpecError, NodeNotFoundError: a bad model spec or node name.
     """
-    from fxtap.cli import format_table, load_spec, progress
+    from fxtap.cli import format_table, load_spec, progress, quiet_stderr
     from fxtap.extractor import create_feature_extractor
     from fxtap.models import make_inputs, parse_input
     from fxtap.names import node_table
@@ -91,7 +91,9 @@ def run(
     stem = model_spec.rpartition(":")[2].replace("/", "_").removesuffix(".py")
 
     with step(2, "node table"):
-        rows = node_table(model, example_inputs=inputs)
+        model.eval()  # shapes run the eval graph on the model's own submodules
+        with quiet_stderr():
+            rows = node_table(model, example_inputs=inputs)
         files["node table"] = _write(folder / "nodes.txt", format_table(rows, shapes=True) + "\n")
         data = [
             {**r.__dict__, "shape": list(r.shape) if r.shape is not None else None} for r in rows

@@ -1,0 +1,300 @@
+"""The command line, run in-process with ``main([...])``: output, files, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fxtap.cli import main
+from fxtap.demo import run
+from fxtap.models import load_model, make_inputs, parse_input, parse_model_args
+from fxtap.save import load
+
+NESTED = "tests/models.py:Nested"
+SMALL = ["--input", "1x3x8x8"]
+NOISE = pytest.mark.filterwarnings("ignore:latency of:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+def one_error_line(capsys) -> str:
+    """The one error line; progress lines of slow steps (on a busy machine) are allowed."""
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [e for e in err if not e.endswith(" ...") and " done in " not in e]
+    assert len(err) == 1, err
+    assert err[0].startswith("fxtap: error: ")
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+def test_nodes_prints_the_table(capsys):
+    assert main(["nodes", NESTED]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "op", "target", "module", "params"]
+    rows = {line.split()[0]: line.split() for line in out[1:]}
+    assert rows["stem"][1:4] == ["call_module", "stem", "Conv2d"]
+    assert rows["stem"][4] == "16"  # 3*4 weights + 4 biases
+    assert rows["stage.blocks.0.add"][1] == "call_function"
+    assert next(iter(rows)) == "x" and "head" in rows
+
+
+def test_nodes_with_input_shows_shapes_and_writes_json(capsys, tmp_path):
+    path = tmp_path / "nodes.json"
+    assert main(["nodes", NESTED, *SMALL, "--json", str(path), "--mode", "train"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-2:] == ["shape", "dtype"]
+    stem = next(line.split() for line in out if line.startswith("stem "))
+    assert stem[-2:] == ["1x4x8x8", "float32"]
+    data = json.loads(path.read_text())
+    assert data[1]["name"] == "stem" and data[1]["shape"] == [1, 4, 8, 8]
+    assert {"name", "op", "target", "module_type", "num_params", "dtype"} <= set(data[0])
+
+
+def test_input_dtypes(capsys):
+    assert [t.dtype for t in make_inputs([parse_input("1x2:float16"), parse_input("3")])] == [
+        torch.float16,
+        torch.float32,
+    ]
+    assert make_inputs([parse_input("2x2")], dtype=torch.int64)[0].dtype == torch.int64
+    assert main(["nodes", NESTED, "--input", "1x3x8x8:float64"]) == 1
+    assert "does not fit Nested" in one_error_line(capsys)
+
+
+def test_torchvision_spec_and_model_args(capsys):
+    args = ["nodes", "torchvision:resnet18", "--model-arg", "num_classes=7", "--input", "1x3x32x32"]
+    assert main(args) == 0
+    fc = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fc "))
+    assert fc.split()[-2:] == ["1x7", "float32"]
+
+
+def test_python_m_fxtap_runs_the_same_main():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fxtap", "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and done.stdout.startswith("fxtap ")
+
+
+# --- extract ---------------------------------------------------------------------------------
+
+
+def test_extract_saves_an_extractor_that_loads(capsys, tmp_path):
+    path = tmp_path / "nested.fxtap"
+    argv = ["extract", NESTED, "--nodes", "stage", "stem=first", *SMALL, "-o", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Nested extractor, 2 output(s):" in out
+    assert "stage  <- stage.relu  1x4x8x8 float32" in out
+    assert "first  <- stem  1x4x8x8 float32" in out
+    assert f"saved {path} (" in out and "format fxtap)" in out
+    loaded = load(path)
+    assert loaded.outputs["eval"] == {"stage": "stage.relu", "first": "stem"}
+    x = make_inputs([parse_input("1x3x8x8")])
+    assert loaded.eval()(*x)["stage"].shape == (1, 4, 8, 8)
+
+
+def test_extract_pickle_needs_trust_to_read_back(capsys, tmp_path):
+    path = tmp_path / "nested.pt"
+    argv = ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(path), "--format", "pickle"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["nodes", str(path)]) == 1
+    assert "--trust" in one_error_line(capsys)
+    assert main(["nodes", str(path), "--trust"]) == 0
+    # A pickle keeps torch.fx's node names only (node.meta is not pickled).
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names[:2] == ["x", "stem"] and names[-1] == "relu"
+
+
+def test_nodes_of_a_saved_extractor_lists_its_kept_nodes(capsys, tmp_path):
+    path = tmp_path / "nested.fxtap"
+    assert main(["extract", NESTED, "--nodes", "stage.blocks.0", *SMALL, "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["nodes", str(path), *SMALL]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names[-1] == "stage.blocks.0.add" and "stage.blocks.1.conv" not in names
+
+
+def test_unknown_node_is_one_line_with_close_matches(capsys, tmp_path):
+    argv = ["extract", NESTED, "--nodes", "stage.relu_9", *SMALL, "-o", str(tmp_path / "x")]
+    assert main(argv) == 1
+    line = one_error_line(capsys)
+    assert "'stage.relu_9'" in line and "'stage.relu'" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_output_paths(capsys, tmp_path):
+    missing = tmp_path / "no" / "such" / "dir" / "x.fxtap"
+    argv = ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(missing)]
+    assert main(argv) == 1
+    assert "does not exist" in one_error_line(capsys)
+    assert main(["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(tmp_path)]) == 1
+    assert "is a folder" in one_error_line(capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["nodes", NESTED, "--json", str(blocker / "nodes.json")]) == 1
+    assert "cannot write" in one_error_line(capsys)
+    assert main(["demo", "-o", str(blocker / "out")]) == 1
+    assert "cannot create output folder" in one_error_line(capsys)
+
+
+def test_input_that_does_not_fit_the_model(capsys, tmp_path):
+    argv = ["extract", NESTED, "--nodes", "stage", "--input", "1x5x8x8", "-o", str(tmp_path / "x")]
+    assert main(argv) == 1
+    line = one_error_line(capsys)
+    assert "1x5x8x8" in line or "channels" in line or "size" in line
+
+
+# --- bad usage (exit 2) and bad specs (exit 1) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["nodes", NESTED, "--input", "1x3xAx8"], "not positive integers"),
+        (["nodes", NESTED, "--input", "1x3x8x8:float17"], "dtype 'float17'"),
+        (["nodes", NESTED, "--dtype", "complex"], "dtype 'complex'"),
+        (["nodes", NESTED, "--mode", "test"], "invalid choice"),
+        (["extract", NESTED, "-o", "x.fxtap"], "--nodes"),
+        (["extract", NESTED, "--nodes", "stage"], "-o/--output"),
+        (["render", NESTED, "--depth", "0"], "must be 1 or more"),
+        (["frobnicate"], "invalid choice"),
+        (["nodes"], "MODEL"),
+    ],
+)
+def test_bad_usage_exits_2(capsys, argv, needle):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_no_subcommand_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "nodes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "needles"),
+    [
+        ("torchvision:resnet81", ["no model 'resnet81'", "'resnet18'"]),
+        ("resnet18", ["no 'SOURCE:NAME' form", "'torchvision:resnet18'"]),
+        ("no_such_package_xyz:build", ["cannot import module 'no_such_package_xyz'"]),
+        ("tests/models.py:Nestd", ["has no attribute 'Nestd'", "'Nested'"]),
+        ("tests/nope.py:Nested", ["does not exist"]),
+        ("tests/models.py:EXPECTED_NAMES", ["not a callable"]),
+        ("torch.nn:Identity", []),  # builds fine: exit 0 is checked below
+    ],
+)
+def test_bad_model_specs_exit_1_with_what_was_tried(capsys, spec, needles):
+    code = main(["nodes", spec])
+    if not needles:
+        assert code == 0
+        return
+    assert code == 1
+    line = one_error_line(capsys)
+    assert f"'{spec}'" in line or spec.split(":")[1] in line
+    for needle in needles:
+        assert needle in line
+
+
+def test_bad_model_arg(capsys):
+    assert main(["nodes", "torchvision:resnet18", "--model-arg", "num_clases=3"]) == 1
+    assert "num_clases" in one_error_line(capsys)
+    assert main(["nodes", "torchvision:resnet18", "--model-arg", "3=x"]) == 1
+    assert "key=value" in one_error_line(capsys)
+
+
+def test_debug_shows_the_traceback(capsys):
+    assert main(["nodes", "torchvision:resnet81", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("fxtap: error: ")
+
+
+def test_model_args_are_literals_or_strings():
+    assert parse_model_args(["a=1", "b=(1, 2)", "c=hello", "d=None", "e= 2.5 "]) == {
+        "a": 1,
+        "b": (1, 2),
+        "c": "hello",
+        "d": None,
+        "e": 2.5,
+    }
+    assert isinstance(load_model("torchvision:resnet18", {"num_classes": 3}).fc, torch.nn.Linear)
+
+
+# --- render, bench, demo ---------------------------------------------------------------------
+
+
+def test_render_writes_dot_for_both_modes(capsys, tmp_path):
+    argv = ["render", NESTED, "--nodes", "stage", "--format", "dot", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.split()
+    written = {Path(p).name for p in out if p.endswith(".dot")}
+    assert {"Nested.train.dot", "Nested.eval.dot"} <= written
+    assert "stage" in (tmp_path / "Nested.eval.dot").read_text()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_render_svg_with_shapes(capsys, tmp_path):
+    argv = ["render", NESTED, "--mode", "eval", *SMALL, "-o", str(tmp_path), "--name", "n"]
+    assert main(argv) == 0
+    svg = tmp_path / "n.eval.svg"
+    assert f"wrote {svg}" in capsys.readouterr().out
+    assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+@NOISE
+def test_bench_prints_the_table_and_writes_reports(capsys, tmp_path):
+    report = tmp_path / "cost.json"
+    argv = ["bench", NESTED, "--nodes", "stage.blocks.0", *SMALL, "--rounds", "2"]
+    argv += ["--min-run-time", "0.01", "--json", str(report), "--csv", str(tmp_path / "c.csv")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "extractor" in out and "hooks" in out and f"wrote {report}" in out
+    data = json.loads(report.read_text())
+    assert data and (tmp_path / "c.csv").read_text().count("\n") > 3
+
+
+@NOISE
+def test_demo_function_writes_every_file(tmp_path):
+    import io
+
+    stream = io.StringIO()
+    result = run(
+        model_spec=NESTED,
+        out_dir=tmp_path / "out",
+        nodes=["stage.blocks.0", "stage"],
+        input="1x3x8x8",
+        quick=True,
+        stream=stream,
+    )
+    names = {p.name for p in result.files.values()}
+    expected = {"nodes.txt", "nodes.json", "Nested.fxtap", "cost.json", "cost.txt"}
+    assert expected <= names
+    drawings = {n for n in names if ".train." in n or ".eval." in n}
+    assert len(drawings) == 2, names
+    assert all(p.is_file() and p.stat().st_size > 0 for p in result.files.values())
+    assert "stage.blocks.0.add" in (tmp_path / "out" / "nodes.txt").read_text()
+    assert load(tmp_path / "out" / "Nested.fxtap").outputs["eval"]["stage"] == "stage.relu"
+    assert "[5/5]" in stream.getvalue()
+    summary = result.summary()
+    assert summary.startswith(f"fxtap demo wrote {len(result.files)} files to")
+    assert all(str(p) in summary for p in result.files.values())
+
+
+@NOISE
+def test_demo_subcommand(capsys, tmp_path):
+    argv = ["demo", "--model", NESTED, "--nodes", "stage", "--input", "1x3x8x8", "--quick"]
+    assert main([*argv, "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fxtap demo wrote" in out and str(tmp_path / "nodes.txt") in out
