@@ -300,7 +300,9 @@ def _compose(
         svg = svg[svg.index("<svg") :]
         w, h = (float(re.search(rf'{k}="([\d.]+)pt"', svg).group(1)) for k in ("width", "height"))  # type: ignore[union-attr]
         svg = re.sub(r'\bid="', f'id="{d.mode}:', svg)
-        parts.append(f'<svg x="{x:g}pt" y="0"' + svg[4:])
+        # The outer viewBox counts in points: sizes inside must be unitless to match.
+        svg = re.sub(r'(width|height)="([\d.]+)pt"', r'\1="\2"', svg, count=2)
+        parts.append(f'<svg x="{x:g}" y="0"' + svg[4:])
         x += w + 24
         height = max(height, h)
     head = (
