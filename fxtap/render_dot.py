@@ -231,6 +231,8 @@ def _legend(view: View) -> str:
 
 
 def _tooltip(node: ViewNode) -> str:
+    if node.kind == "ref":
+        return f"{node.id}\nedges cut to speed up layout, from:\n{node.target}"
     lines = [node.id, f"op: {node.op}", f"target: {node.target}"]
     if node.module_type:
         lines.append(f"module type: {node.module_type}")

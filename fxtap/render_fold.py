@@ -189,22 +189,32 @@ def cut_long_edges(view: View) -> View:
         return view
     nodes = dict(view.nodes)
     edges: list[tuple[str, str]] = []
-    refs: dict[str, int] = {}
+    # One reference per user: a concat of 40 earlier features gets one node, not 40.
+    into: dict[str, list[str]] = {}
     for a, b in view.edges:
-        if (a, b) not in cut:
+        if (a, b) in cut:
+            into.setdefault(b, []).append(a)
+        else:
             edges.append((a, b))
-            continue
-        refs[a] = refs.get(a, 0) + 1
-        rid = unique(f"{a}@ref{refs[a]}", nodes)
-        src = view.nodes[a]
+    refs: dict[str, int] = {}
+    for b, sources in into.items():
+        a = sources[0]
+        if len(sources) == 1:
+            refs[a] = refs.get(a, 0) + 1
+            rid = unique(f"{a}@ref{refs[a]}", nodes)
+            short = a
+        else:
+            rid = unique(f"{b}@refs", nodes)
+            short = ", ".join(sources[:2]) + (f" +{len(sources) - 2}" if len(sources) > 2 else "")
         nodes[rid] = ViewNode(
             id=rid,
-            short=src.id,
+            short=short,
             op="ref",
-            target=src.id,
+            target="\n".join(sources),
             module=view.nodes[b].module,
             kind="ref",
-            pruned=src.pruned,
+            pruned=all(view.nodes[x].pruned for x in sources),
+            count=len(sources),
         )
         edges.append((rid, b))
     return dataclasses.replace(view, nodes=nodes, edges=edges)
