@@ -15,6 +15,7 @@ from fxtap.errors import (
 )
 from fxtap.extractor import FeatureExtractor, create_feature_extractor
 from fxtap.names import NodeInfo, get_graph_node_names, node_table
+from fxtap.save import load, save
 from fxtap.trace import NodePathTracer, Traced, trace
 
 __version__ = "0.1.0"
@@ -37,6 +38,8 @@ __all__ = [
     "Traced",
     "create_feature_extractor",
     "get_graph_node_names",
+    "load",
     "node_table",
+    "save",
     "trace",
 ]
