@@ -31,6 +31,8 @@ MODEL_OUTPUT = ":output"
 _ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none}
 if hasattr(torch, "_assert_scalar"):
     _ASSERTS.add(torch._assert_scalar)
+#: ``node.meta`` key marking a clone that protects a returned value from a later in-place op.
+_CLONE_OF = "fxtap_clone_of"
 # Ops whose result may share storage with their first argument.
 _VIEW_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
@@ -182,6 +184,7 @@ def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx
     own = {mapping[n] for n in _assert_only(owner.graph)}
     facts = _Facts(graph, owner, live=live, assert_only=own)
     graph.eliminate_dead_code(is_impure_node=facts.is_impure)
+    _drop_needless_clones(graph, owner)
     return fx.GraphModule(owner, graph, class_name)
 
 
@@ -241,7 +244,10 @@ def _not_found(
         hint = close_matches(query, pool)
         spelling = f" (suffixes are {INPUT_SUFFIX!r} and {MODEL_OUTPUT!r})"
     else:
-        hint = close_matches(query, names)
+        # Names under the same top-level module come first: 'layer1.relu' means layer1's.
+        head = query.split(".", 1)[0] + "."
+        hint = close_matches(query, [n for n in names if n.startswith(head)])
+        hint += [h for h in close_matches(query, names) if h not in hint][: 3 - len(hint)]
     return NodeNotFoundError(
         f"node {query!r} not found in the {traced.mode} graph of {model_name}{spelling}; "
         f"closest: {format_choices(hint)}. List names with fxtap.get_graph_node_names(model) "
@@ -349,11 +355,31 @@ def _protect_from_inplace(
         if node not in clones:
             with graph.inserting_after(node):
                 clone = graph.call_method("clone", (node,))
-            clone.meta["fxtap_clone_of"] = node.meta.get(NAME_KEY)
+            clone.meta[_CLONE_OF] = node.meta.get(NAME_KEY)
             clones[node] = clone
         return clones[node]
 
     return {key: fx.node.map_arg(value, protect) for key, value in outputs.items()}
+
+
+def _drop_needless_clones(graph: fx.Graph, owner: fx.GraphModule) -> None:
+    """Remove the protective clones whose in-place writer was pruned away.
+
+    A clone is inserted before pruning, when the cut is not yet known; if every later write
+    into the value went with the pruned code, the value is returned as it is.
+    """
+    facts = _Facts(graph, owner)
+    for node in list(graph.nodes):
+        if _CLONE_OF not in node.meta:
+            continue
+        source = node.args[0]
+        here, root = facts.order[node], facts.root[source]
+        if not any(
+            facts.root[written] is root and facts.order[writer] > here
+            for writer, written in facts.writes.items()
+        ):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
 
 
 def _assert_only(graph: fx.Graph) -> set[fx.Node]:
