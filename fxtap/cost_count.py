@@ -66,9 +66,10 @@ class ParamCount:
 def count_flops(gm: fx.GraphModule, inputs: Sequence[Any]) -> FlopCount:
     """Run ``gm`` node by node under one ``FlopCounterMode`` and read its total after each node.
 
-    Autograd stays enabled while counting: fused inference kernels (the fast path of
-    ``nn.MultiheadAttention``, taken only without autograd) would otherwise hide their matrix
-    products from the counter. The arithmetic is the same; nothing is backpropagated.
+    Autograd stays enabled and attention runs on its math backend while counting: fused
+    kernels (the inference fast path of ``nn.MultiheadAttention``, the CPU flash attention op)
+    would otherwise hide their matrix products from the counter. The arithmetic is the same;
+    nothing is backpropagated.
 
     >>> gm = fx.symbolic_trace(nn.Linear(3, 4))
     >>> count_flops(gm, (torch.randn(2, 3),)).total  # 2 * batch * in * out
@@ -85,7 +86,9 @@ def count_flops(gm: fx.GraphModule, inputs: Sequence[Any]) -> FlopCount:
             per_node[n] = counter.get_total_flops() - before
             return result
 
-    with torch.enable_grad(), counter, recorder:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), counter, recorder:
         _Counting(gm).run(*inputs)
     known = set(counter.flop_registry)
     per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}

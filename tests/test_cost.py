@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fxtap.cost import CostReport, compare
-from fxtap.cost_count import count_params, peak_liveness
+from fxtap.cost_count import count_flops, count_params, peak_liveness
 from fxtap.cost_report import CSV_FIELDS
 from fxtap.cost_time import bimodal, bootstrap_median_ci, iqr, median
 from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError
@@ -318,3 +318,22 @@ def test_statistics_helpers() -> None:
     assert 1.0 <= low <= 3.0 <= high <= 5.0
     assert bimodal([1.0, 1.01, 1.02, 1.0, 2.0, 2.01, 2.02, 2.0])
     assert not bimodal([1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07])
+
+
+def test_attention_matrix_products_are_counted() -> None:
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    length, dim, heads = 5, 8, 2
+    gm = trace(Attention().eval(), training=False).graph_module
+    with torch.no_grad():  # the fused inference path must not hide the products
+        counted = count_flops(gm, (torch.randn(B, length, dim),))
+    projections = 2 * B * length * dim * (3 * dim) + 2 * B * length * dim * dim
+    products = 2 * (2 * B * heads * length * length * (dim // heads))  # q·kᵀ and weights·v
+    assert counted.total == projections + products
+    assert not any("attention" in op for op in counted.uncounted)
