@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from fxtap.errors import InputShapeError, InvalidArgumentError
 from fxtap.trace import NAME_KEY, SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
@@ -213,26 +216,39 @@ def propagate_shapes(
         InputShapeError: the inputs do not fit the model; names the node that rejected them.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.shape_prop import ShapeProp
 
     inputs = _check_inputs(example_inputs)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             mode = FakeTensorMode(allow_non_fake_inputs=True)
-            ShapeProp(gm, fake_mode=mode).propagate(*inputs)
+            _ShapeProp(gm, fake_mode=mode).propagate(*inputs)
         return
     except Exception as fake_exc:
         first_error: Exception = fake_exc
     saved = {k: b.clone() for k, b in gm.named_buffers()}
+    prop = _ShapeProp(gm)
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+        # NOTE: ShapeProp prints a traceback for every failing node; the error says it better.
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(*inputs)
     except Exception as exc:
-        raise InputShapeError(_shape_message(model_name, inputs, exc)) from first_error
+        raise InputShapeError(_shape_message(model_name, inputs, exc, prop.current)) from (
+            first_error
+        )
     finally:
         with torch.no_grad():
             for k, b in gm.named_buffers():
                 b.copy_(saved[k])
+
+
+class _ShapeProp(ShapeProp):
+    """``ShapeProp`` that remembers the node it is running, for error messages."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
 
 
 def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
@@ -246,18 +262,22 @@ def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
     return tuple(example_inputs)
 
 
-def _shape_message(model_name: str, inputs: tuple[Any, ...], exc: Exception) -> str:
+def _shape_message(
+    model_name: str, inputs: tuple[Any, ...], exc: Exception, node: fx.Node | None
+) -> str:
     shapes = ", ".join(
         "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
         for t in inputs
     )
-    text = str(exc).strip().splitlines()
-    where = next((ln for ln in text if "node=" in ln), "")
-    reason = text[-1] if text else type(exc).__name__
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()]
+    reason = lines[0] if lines else type(cause).__name__
+    where = ""
+    if node is not None:
+        where = f" at node {node.meta.get(NAME_KEY, node.name)!r} ({node.op} {_target_text(node)})"
     return (
-        f"example input of shape {shapes} does not fit {model_name}"
-        + (f" ({where.strip()})" if where else "")
-        + f": {reason}. Pass inputs of the shape the model expects, e.g. --input 1x3x224x224."
+        f"example input of shape {shapes} does not fit {model_name}{where}: {reason}. "
+        "Pass inputs of the shape the model expects, e.g. --input 1x3x224x224."
     )
 
 

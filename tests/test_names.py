@@ -253,11 +253,6 @@ def test_node_table_rejects_a_wrong_input_shape() -> None:
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the message shows the last line of torch.fx's wrapper ('Use tlparse ...'), "
-    "not the error of the op that rejected the input",
-)
 def test_input_shape_error_gives_the_op_reason() -> None:
     with pytest.raises(InputShapeError, match=r"to have 3 channels, but got 5 channels"):
         node_table(Nested(), example_inputs=(torch.randn(2, 5, 8, 8),))
