@@ -178,7 +178,9 @@ class CostReport:
             f"({self.mode}, {self.device}, {self.threads} threads, "
             f"{len(self.variants[0].samples)} rounds)"
         )
-        rows = [("variant", "FLOPs", "params", "peak act.", "median", "IQR", "ratio [95% CI]")]
+        profiled = any(v.profiler_peak_bytes is not None for v in self.variants)
+        peak_head = "peak act. (est / profiler)" if profiled else "peak act."
+        rows = [("variant", "FLOPs", "params", peak_head, "median", "IQR", "ratio [95% CI]")]
         for v in self.variants:
             kept = v.name == "extractor"
             flops = self.kept_flops if kept else self.total_flops
@@ -189,7 +191,8 @@ class CostReport:
                     v.name,
                     _si(flops) + (f" ({self.kept_fraction:.1%})" if kept else ""),
                     _si(params),
-                    _bytes(v.cuda_peak_bytes or v.peak_bytes),
+                    _bytes(v.cuda_peak_bytes or v.peak_bytes)
+                    + (f" / {_bytes(v.profiler_peak_bytes)}" if v.profiler_peak_bytes else ""),
                     _ms(v.median),
                     _ms(v.iqr),
                     f"{v.ratio:.3f} [{low:.3f}, {high:.3f}]",

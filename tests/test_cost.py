@@ -174,6 +174,7 @@ def test_profiler_memory_on_cpu() -> None:
     for v in report.variants:
         assert v.profiler_peak_bytes == v.peak_bytes
         assert v.cuda_peak_bytes is None
+    assert "peak act. (est / profiler)" in report.table()
 
 
 def test_latency_samples_and_ratios(linear_report: CostReport) -> None:
@@ -256,6 +257,7 @@ def test_heat_is_normalised(conv_report: CostReport) -> None:
 def test_table_names_limit_and_efficiency(conv_report: CostReport) -> None:
     text = conv_report.table()
     assert text.splitlines()[1].split() == ["variant", "FLOPs", "params", "peak", "act.", "median", "IQR", "ratio", "[95%", "CI]"]  # fmt: skip
+    assert text.splitlines()[2].split()[:3] == ["full", "172.80", "k"]
     assert "physical limit" in text and "efficiency" in text
     assert "aten.relu" in text  # uncounted ops are listed
 
