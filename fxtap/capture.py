@@ -109,6 +109,19 @@ class CaptureExtractor(nn.Module):
                 )
         return result
 
+    def node_names(self, mode: str) -> list[str]:
+        """Names servable in ``mode``: nodes of the traced submodules, then every module path.
+
+        Module outputs are reachable only for modules the forward really calls.
+        """
+        names = [
+            f"{path}.{name}"
+            for path, island in self._plans[mode].islands.items()
+            for name in island.traced.names.values()
+        ]
+        seen = set(names)
+        return names + [p for p, _ in self.model.named_modules() if p and p not in seen]
+
     def _pre_hook(self, mode: str, path: str) -> Any:
         def hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
             if self._store is not None and not self._replaying and self._mode() == mode:
