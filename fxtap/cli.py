@@ -491,7 +491,7 @@ def load_spec(spec: str, model_args: Sequence[str] = (), *, trust: bool = False)
     from fxtap.models import load_model, parse_model_args
 
     path = Path(spec)
-    if path.is_file() and not spec.endswith(".py"):
+    if path.suffix in (".fxtap", ".pt", ".pth") or (path.is_file() and path.suffix != ".py"):
         from fxtap.save import load
 
         return load(path, trust=trust)
