@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
         "(default: fxtap)",
     )
+    p.add_argument(
+        "--check-trace",
+        action="store_true",
+        help="compare each traced module with eager execution on the example input and make "
+        "mis-traced ones opaque (default: off)",
+    )
     p.set_defaults(handler=_extract)
 
     p = sub.add_parser(
@@ -352,8 +358,9 @@ def _extract(args: argparse.Namespace) -> int:
     example = _inputs(args)
     output = Path(args.output)
     _check_writable(output.parent if str(output.parent) else Path("."), output)
+    checked = example if args.check_trace else None
     with progress(f"building the extractor of {args.model}"):
-        extractor = create_feature_extractor(model, nodes)
+        extractor = create_feature_extractor(model, nodes, example_inputs=checked)
     with progress("checking it on the example input"), torch.no_grad():
         was = extractor.training
         values = extractor.eval()(*example)
@@ -479,10 +486,14 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
         )
         lines.append(f"  {key.ljust(width)}  <- {node}  {detail}")
     params = sum(p.numel() for p in extractor.parameters())
-    lines.append(
-        f"kept {len(extractor.kept['train'])} train / {len(extractor.kept['eval'])} eval nodes, "
-        f"{params:,} parameters"
-    )
+    kept = getattr(extractor, "kept", None)
+    if kept:
+        lines.append(
+            f"kept {len(kept['train'])} train / {len(kept['eval'])} eval nodes, "
+            f"{params:,} parameters"
+        )
+    else:  # a CaptureExtractor runs the whole model
+        lines.append(f"runs the whole model ({params:,} parameters) and captures the taps")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import importlib
 import json
 import operator
 import os
+import pickle
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -90,6 +91,13 @@ def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str 
     >>> save(ex, tmp / "resnet18.fxtap").name
     'resnet18.fxtap'
     """
+    if type(extractor).__name__ == "CaptureExtractor":
+        raise InvalidArgumentError(
+            "this extractor captures values with hooks while running the whole model (its root "
+            "forward could not be traced), so it has no graph to save; save the model's "
+            "state_dict and call create_feature_extractor again after loading, or make the "
+            "root traceable (docs/tracing.md)"
+        )
     if not isinstance(extractor, FeatureExtractor):
         raise InvalidArgumentError(
             f"extractor {extractor!r:.60} is a {type(extractor).__name__}; expected the "
@@ -99,7 +107,7 @@ def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str 
         raise InvalidArgumentError(f"fmt {fmt!r} is not one of {format_choices(FORMATS)}")
     target = Path(path)
     if fmt == "pickle":
-        _write_atomic(target, lambda f: torch.save(extractor, f))
+        _write_atomic(target, lambda f: _pickle(extractor, f))
     else:
         _write_atomic(target, lambda f: _pack(extractor, f))
     return target
@@ -245,6 +253,16 @@ def _pack(extractor: FeatureExtractor, file: IO[bytes]) -> None:
         for mode in MODES:
             code = extractor.graph_for(mode).python_code(root_module="self").src
             archive.writestr(f"code/{mode}.py", f"# {mode} mode, for reading only\n{code}")
+
+
+def _pickle(extractor: FeatureExtractor, file: IO[bytes]) -> None:
+    try:
+        torch.save(extractor, file)
+    except (AttributeError, TypeError, pickle.PicklingError) as exc:
+        raise InvalidArgumentError(
+            f"the extractor cannot be pickled: {exc}. Keep what it holds importable (no local "
+            "functions or lambdas on its modules)"
+        ) from exc
 
 
 def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:

@@ -241,3 +241,28 @@ def test_bad_arguments_and_paths(resnet_extractor, tmp_path):
         save(resnet_extractor, tmp_path / "missing" / "x.fxtap")
     with pytest.raises(OutputPathError, match="directory"):
         save(resnet_extractor, tmp_path)
+
+
+class DataDependentRoot(nn.Module):
+    """The root branches on a tensor value: fxtap captures with hooks instead of pruning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_capture_extractors_are_refused_with_the_way_out(tmp_path):
+    extractor = create_feature_extractor(DataDependentRoot(), ["fc"])
+    assert type(extractor).__name__ == "CaptureExtractor"
+    for fmt in ("fxtap", "pickle"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"no graph to save.*create_feature_extractor"
+        ):
+            save(extractor, tmp_path / "c.fxtap", fmt=fmt)
+    assert not list(tmp_path.iterdir())
