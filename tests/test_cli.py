@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -298,3 +299,33 @@ def test_demo_subcommand(capsys, tmp_path):
     assert main([*argv, "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fxtap demo wrote" in out and str(tmp_path / "nodes.txt") in out
+
+
+def test_every_option_states_its_default():
+    import argparse
+
+    from fxtap.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("fxtap", parser), *subparsers.choices.items()]:
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert "(default: " in (action.help or ""), f"{name} {action.dest}: {action.help!r}"
+
+
+def test_debug_before_the_subcommand(capsys):
+    assert main(["--debug", "nodes", "torchvision:resnet81"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_timm_spec(capsys):
+    assert main(["nodes", "timm:resnet18", "--input", "1x3x32x32"]) == 0
+    fc = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fc "))
+    assert fc.split()[-2:] == ["1x1000", "float32"]
+    assert main(["nodes", "timm:resnet_18"]) == 1
+    assert "timm has no model 'resnet_18'" in one_error_line(capsys)
