@@ -689,8 +689,8 @@ CASES = [
         lambda m, d: {"spec": "no_such_package_fxtap:build"},
         ModelSpecError,
         ValueError,
-        ("no_such_package_fxtap",),
-        "",
+        ("'no_such_package_fxtap'",),
+        "Expected torchvision:NAME",
     ),
     # --- cost --------------------------------------------------------------------------------
     Case(

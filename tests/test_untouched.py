@@ -76,13 +76,27 @@ class Untraceable(nn.Module):
         return self.gate(self.body(x))
 
 
+class RootUntraceable(nn.Module):
+    """The root forward itself branches on a tensor value: served by the capture path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Mixed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
 def _noop(*args: Any) -> None:
     return None
 
 
 def _mixed_modes(model: nn.Module) -> nn.Module:
     """Root in train mode, some submodules in eval, hooks of every kind registered."""
-    body = model.body if isinstance(model, Untraceable) else model
+    body = model.body if isinstance(model, (Untraceable, RootUntraceable)) else model
     model.train()
     body.bn.eval()
     body.twice.eval()
@@ -105,6 +119,11 @@ def untraceable() -> nn.Module:
     return _mixed_modes(Untraceable())
 
 
+def root_untraceable() -> nn.Module:
+    torch.manual_seed(0)
+    return _mixed_modes(RootUntraceable())
+
+
 X = torch.randn(3, 4)
 
 
@@ -117,6 +136,13 @@ class EntryPoint:
     marks: tuple[Any, ...] = ()
 
 
+SHARED_HOOK_DICTS = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: extractor._clone_structure copies only attributes ending in 'hooks', so the "
+    "clone shares _forward_hooks_with_kwargs, _forward_pre_hooks_with_kwargs and "
+    "_forward_hooks_always_called with the model; the capture path's hooks leave entries there",
+)
 ROOT_SETATTR = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
@@ -175,10 +201,10 @@ def _names_with_fallback(model: nn.Module) -> Any:
         return fxtap.get_graph_node_names(model, suppress_diff_warning=True)
 
 
-def _extract_with_fallback(model: nn.Module) -> Any:
+def _extract_with_fallback(model: nn.Module, nodes: Any = ("gate", "body.twice")) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return _extract_and_use(model, ["gate", "body.twice"])
+        return _extract_and_use(model, nodes)
 
 
 names = fxtap.get_graph_node_names
@@ -216,6 +242,12 @@ ENTRY_POINTS = [
     EntryPoint("cost.compare", lambda m, d: _compare(m, ["twice"])),
     EntryPoint("names-fallback", lambda m, d: _names_with_fallback(m), model=untraceable),
     EntryPoint("extract-fallback", lambda m, d: _extract_with_fallback(m), model=untraceable),
+    EntryPoint(
+        "extract-capture-path",
+        lambda m, d: _extract_with_fallback(m, ["body.twice", "body.stem"]),
+        model=root_untraceable,
+        marks=(SHARED_HOOK_DICTS,),
+    ),
     # --- failing calls -----------------------------------------------------------------------
     EntryPoint(
         "extract-unknown-node", lambda m, d: _extract_and_use(m, ["stme"]), NodeNotFoundError
@@ -273,6 +305,14 @@ def test_model_untouched(entry: EntryPoint, tmp_path: Path, untouched: Any) -> N
         else:
             with pytest.raises(entry.raises):
                 entry.call(model, tmp_path)
+
+
+@SHARED_HOOK_DICTS
+def test_hooks_on_the_extractor_stay_off_the_model(untouched: Any) -> None:
+    model = mixed()
+    ex = fxtap.create_feature_extractor(model, ["stem"])
+    with untouched(model):
+        ex.stem.register_forward_hook(lambda m, a, k, out: None, with_kwargs=True)
 
 
 def test_fingerprint_notices_changes(untouched: Any) -> None:
