@@ -811,3 +811,19 @@ def test_cli_bad_input(
         assert shown in err, f"{shown!r} not in {err!r}"
     after = sorted(p.name for p in tmp_path.rglob("*") if p.name != "__pycache__")
     assert after == [n for n in before if n != "__pycache__"], "a file was written"
+
+
+def test_render_without_dot_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, untouched: Any
+) -> None:
+    """No ``dot`` anywhere on PATH: DotNotFoundError, and the DOT text is still written."""
+    from fxtap.render import render
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    model = small()
+    with untouched(model), pytest.raises(DotNotFoundError) as info:
+        render(model, out_dir=tmp_path, mode="eval")
+    assert isinstance(info.value, FileNotFoundError)
+    message = str(info.value)
+    assert "'dot'" in message and "Install Graphviz" in message and "fmt='dot'" in message
+    assert (tmp_path / "Small.eval.dot").read_text().startswith("digraph")

@@ -170,22 +170,23 @@ def _render(model: nn.Module, folder: Path, **kwargs: Any) -> Any:
     return render(model, out_dir=folder, **kwargs)
 
 
-def _save_load(model: nn.Module, folder: Path) -> Any:
+def _save_load(model: nn.Module, folder: Path, fmt: str = "fxtap") -> Any:
     from fxtap.save import load, save
 
     ex = fxtap.create_feature_extractor(model, {"twice": "t", ":output": "out"})
-    loaded = load(save(ex, folder / "mixed.fxtap"))
+    loaded = load(save(ex, folder / "mixed.fxtap", fmt=fmt), trust=fmt == "pickle")
     with torch.no_grad():
         return loaded.eval()(X)
 
 
-def _compare(model: nn.Module, nodes: list[str], inputs: Any = X) -> Any:
+def _compare(model: nn.Module, nodes: list[str], inputs: Any = X, training: bool = False) -> Any:
     from fxtap.cost import compare
 
     return compare(
         model,
         nodes,
         inputs,
+        training=training,
         rounds=1,
         min_run_time=0.01,
         warmup=0,
@@ -239,7 +240,17 @@ ENTRY_POINTS = [
     ),
     EntryPoint("render-svg-shapes", lambda m, d: _render(m, d, mode="eval", example_inputs=X)),
     EntryPoint("save-load", _save_load),
+    EntryPoint("save-load-pickle", lambda m, d: _save_load(m, d, fmt="pickle")),
+    EntryPoint(
+        "render-extractor",
+        lambda m, d: _render(fxtap.create_feature_extractor(m, ["bn"]), d, fmt="dot"),
+    ),
+    EntryPoint(
+        "node_table-of-a-trace",
+        lambda m, d: table(m, traced=fxtap.trace(m, training=True), example_inputs=X),
+    ),
     EntryPoint("cost.compare", lambda m, d: _compare(m, ["twice"])),
+    EntryPoint("cost.compare-train", lambda m, d: _compare(m, ["bn"], training=True)),
     EntryPoint("names-fallback", lambda m, d: _names_with_fallback(m), model=untraceable),
     EntryPoint("extract-fallback", lambda m, d: _extract_with_fallback(m), model=untraceable),
     EntryPoint(
