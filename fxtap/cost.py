@@ -148,8 +148,9 @@ def _measure(
     kept = extractor.kept[mode]  # type: ignore[index]
     outputs = dict(extractor.outputs[mode])  # type: ignore[index]
     show.show("shapes")
-    propagate_shapes(gm, inputs, model_name=type(work).__name__)
-    propagate_shapes(extractor, inputs, model_name=type(work).__name__)  # type: ignore[arg-type]
+    training = mode == "train"
+    propagate_shapes(gm, inputs, model_name=type(work).__name__, training=training)
+    propagate_shapes(extractor, inputs, model_name=type(work).__name__, training=training)  # type: ignore[arg-type]
     show.show("counting FLOPs")
     flops = count_flops(gm, inputs)
     times: dict[fx.Node, float] = {}

@@ -14,7 +14,15 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fxtap.errors import InputShapeError, InvalidArgumentError
-from fxtap.trace import NAME_KEY, SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
+from fxtap.trace import (
+    NAME_KEY,
+    SCOPE_KEY,
+    SOURCE_KEY,
+    Traced,
+    restore_training,
+    trace,
+    tracer_options,
+)
 
 __all__ = [
     "ModeDiff",
@@ -181,7 +189,9 @@ def node_table(
         traced = trace(model, training=training, tracer_kwargs=kwargs, concrete_args=concrete_args)
     gm = traced.graph_module
     if example_inputs is not None:
-        propagate_shapes(gm, example_inputs, model_name=type(model).__name__)
+        propagate_shapes(
+            gm, example_inputs, model_name=type(model).__name__, training=traced.training
+        )
     opaque = set(traced.leaves)
     rows = []
     for node, name in traced.names.items():
@@ -205,19 +215,37 @@ def node_table(
 
 
 def propagate_shapes(
-    gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], *, model_name: str = "model"
+    gm: fx.GraphModule,
+    example_inputs: Sequence[torch.Tensor],
+    *,
+    model_name: str = "model",
+    training: bool | None = None,
 ) -> None:
     """Fill ``node.meta['tensor_meta']`` by running ``gm`` on fake copies of the inputs.
 
     Runs on fake tensors (no compute, nothing of the model touched); falls back to a real run
     without gradients, with buffers put back afterwards, when an op has no fake kernel.
+    ``training`` runs the submodules in that mode (the mode the graph was traced in), and puts
+    their flags back afterwards; ``None`` leaves them as they are.
 
     Raises:
         InputShapeError: the inputs do not fit the model; names the node that rejected them.
     """
+    inputs = _check_inputs(example_inputs)
+    with restore_training(gm):
+        if training is not None:
+            _set_mode(gm, training)
+        _propagate(gm, inputs, model_name)
+
+
+def _set_mode(gm: fx.GraphModule, training: bool) -> None:
+    for module in gm.modules():
+        module.training = training
+
+
+def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], model_name: str) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    inputs = _check_inputs(example_inputs)
     try:
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -300,6 +328,9 @@ def _target_text(node: fx.Node) -> str:
     qualname = str(
         getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
     )
+    if qualname.startswith("_VariableFunctionsClass."):
+        # NOTE: torch's C functions report a private class; users know them as torch.NAME.
+        qualname = qualname.split(".", 1)[1]
     if module in ("_operator", "builtins"):
         return qualname
     return f"{module}.{qualname}" if module else qualname

@@ -271,7 +271,7 @@ def with_shapes(traced: Traced, example_inputs: Any, title: str) -> Traced:
     out = graph.graph_copy(traced.graph_module.graph, mapping)
     graph.output(out)
     gm = fx.GraphModule(traced.graph_module, graph, traced.graph_module.__class__.__name__)
-    propagate_shapes(gm, example_inputs, model_name=title)
+    propagate_shapes(gm, example_inputs, model_name=title, training=traced.training)
     names = {mapping[n]: name for n, name in traced.names.items()}
     inputs = {
         k: mapping[v] for k, v in getattr(traced, "module_inputs", {}).items() if v in mapping
