@@ -138,10 +138,12 @@ class CaptureExtractor(nn.Module):
             if seen in store:
                 return
             store[seen] = True
+            # NOTE: cloned because later model code may write into these tensors in place
+            # (``result += input`` after a block); the value of the module call is returned.
             for key in plan.module_outputs.get(path, ()):
-                store[key] = output
+                store[key] = _clone(output)
             for key in plan.module_inputs.get(path, ()):
-                store[key] = args[0] if args else next(iter(kwargs.values()), None)
+                store[key] = _clone(args[0] if args else next(iter(kwargs.values()), None))
             island = plan.island_at.get(path)
             if island is not None:
                 store.update(self._replay(island, module, args, kwargs, output, store, path))
@@ -361,3 +363,7 @@ def _first_line(text: str) -> str:
 
 def _detach(value: Any) -> Any:
     return fx.node.map_aggregate(value, lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+
+
+def _clone(value: Any) -> Any:
+    return fx.node.map_aggregate(value, lambda v: v.clone() if isinstance(v, torch.Tensor) else v)

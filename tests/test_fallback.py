@@ -380,6 +380,29 @@ def test_list_iterating_root_is_served_by_capture() -> None:
         assert bitwise_equal(model.body(images[0][None]).detach(), body_out)
 
 
+class InplaceAfterCall(ListRoot):
+    """Writes into a submodule's output in place after the call."""
+
+    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = []
+        for img in images:
+            y = self.body(img[None])
+            y += 1
+            outs.append(self.head(y.mean((2, 3))))
+        return outs
+
+
+def test_capture_returns_the_value_of_the_call_despite_later_inplace_writes() -> None:
+    model = InplaceAfterCall().eval()
+    ex = build(model, ["body", "body.relu_1"], "cannot trace the root").eval()
+    image = torch.randn(3, 8, 8)
+    with torch.no_grad():
+        outputs = ex([image])
+        expected = model.body(image[None])
+    assert bitwise_equal(outputs["body"], expected)
+    assert bitwise_equal(outputs["body.relu_1"], expected)
+
+
 def test_capture_leaves_the_model_and_its_state_alone() -> None:
     model = ListRoot().train()
     ex = build(model, ["body.relu"], "cannot trace the root")
