@@ -58,6 +58,8 @@ class FeatureExtractor(fx.GraphModule):
         self._fxtap_modes = {}
         for flag, mode in ((True, "train"), (False, "eval")):
             self._graph = graphs[mode]
+            # Both graphs belong to this module, so fx passes on either see the right owner.
+            graphs[mode].owning_module = self
             self.recompile()
             self._fxtap_modes[flag] = (
                 self._graph,
@@ -355,7 +357,7 @@ def _clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module
         for k, v in module._modules.items()
     }
     for attr, value in list(vars(module).items()):
-        if attr.endswith("hooks") and isinstance(value, dict):
+        if "hooks" in attr and isinstance(value, dict):
             setattr(clone, attr, type(value)(value))
     return clone
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxtap.errors import InvalidArgumentError, ModelSpecError, format_choices
+from fxtap.errors import InvalidArgumentError, ModelSpecError, ResourceError, format_choices
 
 __all__ = [
     "DEFAULT_INPUT",
@@ -110,6 +110,7 @@ def make_inputs(
     tensors = []
     for spec in specs:
         kind = spec.dtype or dtype or torch.float32
+        _check_memory(spec, kind)
         if kind.is_floating_point:
             t = torch.randn(spec.shape, generator=generator).to(kind)
         elif kind == torch.bool:
@@ -295,3 +296,41 @@ def _suggest_torchvision(word: str) -> str:
     if not close:
         return ""
     return "; did you mean " + ", ".join(f"'torchvision:{n}'" for n in close) + "?"
+
+
+def _check_memory(spec: InputSpec, kind: torch.dtype) -> None:
+    """Refuse an input that cannot fit in memory, before allocating anything."""
+    numel = 1
+    for size in spec.shape:
+        numel *= int(size)
+    need = numel * torch.empty((), dtype=kind).element_size()
+    have = available_memory()
+    if have is not None and need > have:
+        shape = "x".join(str(s) for s in spec.shape)
+        raise ResourceError(
+            f"input {shape!r} ({str(kind).removeprefix('torch.')}) needs {_bytes(need)} but only "
+            f"{_bytes(have)} of memory is available; pass a smaller --input, e.g. 1x3x224x224"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``), when known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} PB"

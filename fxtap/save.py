@@ -100,7 +100,7 @@ def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str 
         )
     if not isinstance(extractor, FeatureExtractor):
         raise InvalidArgumentError(
-            f"extractor {extractor!r:.60} is a {type(extractor).__name__}; expected the "
+            f"extractor is a {type(extractor).__name__}, not an fxtap extractor; pass the "
             "FeatureExtractor that fxtap.create_feature_extractor returns"
         )
     if fmt not in FORMATS:

@@ -539,13 +539,6 @@ CASES = [
         MemoryError,
         (repr(UNREADABLE),),
         "smaller",
-        marks=(
-            pytest.mark.xfail(
-                strict=True,
-                reason="missing feature: no pre-flight memory check; make_inputs raises torch's "
-                "RuntimeError (DefaultCPUAllocator) instead of ResourceError",
-            ),
-        ),
     ),
     # --- rendering ---------------------------------------------------------------------------
     Case(
@@ -611,13 +604,6 @@ CASES = [
         ValueError,
         ("Small",),
         "create_feature_extractor",
-        marks=(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: save() puts {extractor!r:.60} in its message, a module repr cut "
-                "mid-line over several lines ('extractor Small(\\n  (stem): Linear(in_f...')",
-            ),
-        ),
     ),
     Case(
         "load-missing-file",

@@ -636,11 +636,6 @@ def test_profiles_documented() -> None:
     assert settings.get_profile("thorough").max_examples >= 5000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: FeatureExtractor.__init__ assigns self._graph for the second mode without "
-    "setting graph.owning_module, so lint() checks targets against a stale pruned module",
-)
 def test_mode_graphs_owned_by_the_extractor() -> None:
     # A tensor constant that differs per mode is renamed in the eval graph (_union_root).
     model = Root(build(("constants",)))

@@ -136,13 +136,6 @@ class EntryPoint:
     marks: tuple[Any, ...] = ()
 
 
-SHARED_HOOK_DICTS = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: extractor._clone_structure copies only attributes ending in 'hooks', so the "
-    "clone shares _forward_hooks_with_kwargs, _forward_pre_hooks_with_kwargs and "
-    "_forward_hooks_always_called with the model; the capture path's hooks leave entries there",
-)
 ROOT_SETATTR = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
@@ -257,7 +250,6 @@ ENTRY_POINTS = [
         "extract-capture-path",
         lambda m, d: _extract_with_fallback(m, ["body.twice", "body.stem"]),
         model=root_untraceable,
-        marks=(SHARED_HOOK_DICTS,),
     ),
     # --- failing calls -----------------------------------------------------------------------
     EntryPoint(
@@ -318,7 +310,6 @@ def test_model_untouched(entry: EntryPoint, tmp_path: Path, untouched: Any) -> N
                 entry.call(model, tmp_path)
 
 
-@SHARED_HOOK_DICTS
 def test_hooks_on_the_extractor_stay_off_the_model(untouched: Any) -> None:
     model = mixed()
     ex = fxtap.create_feature_extractor(model, ["stem"])
