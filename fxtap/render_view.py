@@ -9,8 +9,9 @@ from typing import Any
 
 from torch import fx, nn
 
-from fxtap.errors import InvalidArgumentError, NodeNotFoundError, close_matches, format_choices
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
 from fxtap.names import _owned_params, _target_text, propagate_shapes
+from fxtap.prune import normalize_return_nodes, resolve
 from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
 
 __all__ = [
@@ -234,21 +235,39 @@ def sources(
         )
     if nodes is None:
         return traces, {}, {}, opaque
-    wanted = dict(nodes) if isinstance(nodes, Mapping) else {n: n for n in nodes}
-    known = {n for t in traces.values() for n in t.names.values()}
-    for n in wanted:
-        if n not in known:
-            close = close_matches(str(n), known)
-            raise NodeNotFoundError(
-                f"node {n!r} not found in the {' or '.join(traces)} graph of "
-                f"{model_name(model)}; closest: {format_choices(close)}. "
-                "List names with: fxtap nodes MODEL"
-            )
+    # The extractor's own resolver: partial names, NAME:input and :output mean the same here.
+    wanted = normalize_return_nodes(nodes, argument="nodes")
     kept, requested = {}, {}
+    errors: dict[str, NodeNotFoundError] = {}
+    found: set[str] = set()
     for m, t in traces.items():
-        requested[m] = {n: k for n, k in wanted.items() if n in set(t.names.values())}
+        requested[m] = {}
+        for req in wanted:
+            try:
+                value = resolve([req], t, model_name=model_name(model))[req.key]
+            except NodeNotFoundError as exc:
+                errors.setdefault(req.query, exc)
+                continue
+            found.add(req.query)
+            for node in _nodes_of(value):
+                if node in t.names:
+                    requested[m][t.names[node]] = req.key
         kept[m] = _ancestors(t, requested[m])
+    for req in wanted:
+        if req.query not in found:
+            raise errors[req.query]
     return traces, kept, requested, opaque
+
+
+def _nodes_of(value: Any) -> list[fx.Node]:
+    nodes: list[fx.Node] = []
+
+    def visit(node: fx.Node) -> fx.Node:
+        nodes.append(node)
+        return node
+
+    fx.node.map_arg(value, visit)
+    return nodes
 
 
 def _ancestors(traced: Traced, names: Mapping[str, str]) -> set[str]:

@@ -222,14 +222,6 @@ ENTRY_POINTS = [
     EntryPoint(
         "render-module-prefix",
         lambda m, d: _render(m, d, fmt="dot", nodes=["twice"]),
-        marks=(
-            pytest.mark.xfail(
-                strict=True,
-                raises=NodeNotFoundError,
-                reason="bug: render(nodes=['twice']) rejects a module prefix that "
-                "create_feature_extractor accepts (it selects the last node under 'twice')",
-            ),
-        ),
     ),
     EntryPoint("render-svg-shapes", lambda m, d: _render(m, d, mode="eval", example_inputs=X)),
     EntryPoint("save-load", _save_load),
