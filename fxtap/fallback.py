@@ -363,6 +363,10 @@ def _nodes_in(traced: Traced) -> set[fx.Node]:
 
     for out in traced.module_outputs.values():
         fx.node.map_arg(out, visit)
+    # NOTE: the graph output's own nodes too: code of the root forward outside any submodule
+    # (``self.lin(x) * random.random()``) has no module output to compare it by.
+    output = next(n for n in reversed(traced.graph_module.graph.nodes) if n.op == "output")
+    fx.node.map_arg(output.args[0], visit)
     return found
 
 

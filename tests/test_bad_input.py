@@ -494,14 +494,6 @@ CASES = [
         ("PythonRandomAtRoot",),
         "",
         model=PythonRandomAtRoot,
-        marks=(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: fallback.find_mistrace never records the graph output's own nodes "
-                "(_nodes_in visits module inputs and outputs only), so a mis-trace in the "
-                "root forward outside any submodule goes unnoticed",
-            ),
-        ),
     ),
     # --- example inputs ----------------------------------------------------------------------
     Case(
