@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -331,11 +332,27 @@ def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
         name = getattr(node.target, "__name__", "")
         if name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
             return first
+        if _opaque_function(node.target):
+            # NOTE: a wrapped Python function runs as one node and may write into its first
+            # argument (torchvision's mvit adds its shortcut in place and drops the result);
+            # treat it as a possible write so DCE keeps it while that storage is read later.
+            return first
     elif node.op == "call_module":
         module = owner.get_submodule(str(node.target))
         if getattr(module, "inplace", False) is True:
             return first
     return None
+
+
+def _opaque_function(target: Any) -> bool:
+    """A plain Python function recorded as one node (``torch.fx.wrap``, autowrap), not torch's."""
+    if not isinstance(target, types.FunctionType):
+        return False
+    module = getattr(target, "__module__", None) or ""
+    return not module.startswith(_PURE_MODULES)
+
+
+_PURE_MODULES = ("torch.", "torchvision.ops", "math", "operator", "_operator", "builtins")
 
 
 def _protect_from_inplace(

@@ -262,3 +262,35 @@ def test_no_clone_when_no_inplace_follows() -> None:
     ex = create_feature_extractor(Chain(), ["blocks.0", "head"])
     for mode in ("train", "eval"):
         assert "clone" not in graph_targets(ex.graph_for(mode))
+
+
+@torch.fx.wrap
+def _add_into(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x.add_(y)
+    return x
+
+
+class _WrappedWrite(nn.Module):
+    """A wrapped function writes into ``a`` in place and its result is dropped (as mvit does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.lin(x)
+        _add_into(a, x)
+        return a * 2
+
+
+def test_wrapped_function_writing_in_place_is_kept() -> None:
+    model = _WrappedWrite().eval()
+    ex = create_feature_extractor(model, ["lin", "mul"])
+    targets = [n.target for n in ex.graph.nodes]
+    assert _add_into in targets, ex.code
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        out = ex(x)
+        a = model.lin(x)
+        assert torch.equal(out["lin"], a)  # the value at the node, before the write
+        assert torch.equal(out["mul"], (a + x) * 2)
