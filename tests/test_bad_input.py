@@ -558,7 +558,7 @@ CASES = [
         NodeNotFoundError,
         KeyError,
         ("'stme'", "'stem'"),
-        "List names with: fxtap nodes MODEL",
+        "fxtap nodes MODEL",
     ),
     Case(
         "render-bad-mode",
