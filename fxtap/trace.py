@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,8 @@ class NodePathTracer(fx.Tracer):
         self._failure: BaseException | None = None
         self._reserved: set[str] = set()
         self._used: set[str] = set()
+        self._pending: list[tuple[fx.Node, str, bool]] = []
+        self._concrete: set[str] = set()
         self._next: dict[str, int] = {}
         self._op_names: dict[Any, str] = {}
 
@@ -187,20 +190,46 @@ class NodePathTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
-        """Trace ``root``; afterwards ``node_to_qualname`` maps each named node to its name."""
+        """Trace ``root``; afterwards ``node_to_qualname`` maps each named node to its name.
+
+        ``root`` itself is never changed: torch.fx stores tensor constants on the traced root
+        with ``setattr``, so a module is traced through a shallow copy (``self.root``).
+        """
         self.node_to_qualname = {}
         self.module_inputs = {}
         self.module_outputs = {}
         self.failed_module = None
         self._failure = None
-        self._next = {}
-        # Real module paths are reserved so that a generated ``relu_1`` never takes the name
-        # of a submodule really called ``relu_1``.
-        self._reserved = (
-            {name for name, _ in root.named_modules()} if isinstance(root, nn.Module) else set()
-        )
+        self._pending = []
+        self._op_names = {}
+        self._concrete = set(concrete_args or ())
+        if isinstance(root, nn.Module):
+            root = copy.copy(root)
+        with warnings.catch_warnings():
+            # NOTE: torch warns on every trace through a module with a full backward hook,
+            # because a Proxy is not a Tensor; the hook itself is irrelevant to tracing.
+            warnings.filterwarnings(
+                "ignore", message="For backward hooks to be called", category=UserWarning
+            )
+            graph = super().trace(root, concrete_args)
+        self._assign_names()
+        return graph
+
+    def _assign_names(self) -> None:
+        """Name every recorded node, in graph order, once the whole graph is known.
+
+        Paths of the leaf modules actually called are reserved, so a generated ``relu_1``
+        never takes the name of a submodule really called ``relu_1``; unused submodules
+        reserve nothing (torchvision's quantizable models keep a few).
+        """
         self._used = set()
-        return super().trace(root, concrete_args)
+        self._next = {}
+        self._reserved = {base for _, base, real in self._pending if real}
+        for node, base, real in self._pending:
+            qualname = self._unique(base, real=real)
+            self.node_to_qualname[node] = qualname
+            node.meta[NAME_KEY] = qualname
+        self._pending = []
 
     def call_module(
         self,
@@ -241,9 +270,7 @@ class NodePathTracer(fx.Tracer):
         else:
             op = self._op_name(kind, target, name)
             base = f"{scope}.{op}" if scope else op
-        qualname = self._unique(base, real=kind == "call_module")
-        self.node_to_qualname[node] = qualname
-        node.meta[NAME_KEY] = qualname
+        self._pending.append((node, base, kind == "call_module"))
         node.meta[SCOPE_KEY] = (scope, self.scope.module_type)
         if self.record_source:
             node.meta[SOURCE_KEY] = _user_source(sys._getframe(1))
@@ -259,6 +286,11 @@ class NodePathTracer(fx.Tracer):
         except TypeError:  # unhashable target
             return _sanitize(self.graph._target_to_str(target))
         op = _sanitize(name if name is not None else self.graph._target_to_str(target))
+        if kind == "placeholder" and op not in self._concrete:
+            # NOTE: torch.fx names the placeholder of a concrete argument ``ARG_1``; it is ARG.
+            stem, _, number = op.rpartition("_")
+            if stem in self._concrete and number.isdigit():
+                op = stem
         self._op_names[key] = op
         return op
 
@@ -344,12 +376,10 @@ def trace_with_options(
     tracer = NodePathTracer(**options)
     # NOTE: torch.fx stores tensor constants on the root with setattr; tracing a shallow copy
     # keeps them off the user's model.
-    root = copy.copy(model)
     with restore_training(model):
         model.train(training)
-        root.training = training
         try:
-            graph = tracer.trace(root, concrete_args)
+            graph = tracer.trace(model, concrete_args)
         except TraceError:
             raise
         except Exception as exc:

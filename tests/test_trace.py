@@ -274,11 +274,6 @@ def test_concrete_args_pick_the_branch() -> None:
     torch.testing.assert_close(negated.graph_module(x, True), model(x, negate=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.fx makes the placeholder of a concrete argument 'negate_1'; torchvision "
-    "strips the suffix to 'negate', fxtap keeps it",
-)
 def test_concrete_arg_placeholder_is_named_like_torchvision() -> None:
     got = names(ConcreteFlag(), concrete_args={"negate": True})
     assert got[:2] == ["x", "negate"]

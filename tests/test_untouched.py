@@ -136,15 +136,6 @@ class EntryPoint:
     marks: tuple[Any, ...] = ()
 
 
-ROOT_SETATTR = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: NodePathTracer.trace(model) stores tensor constants on the user's model "
-    "(torch.fx's setattr(root, '_tensor_constant0', ...)); fxtap.trace avoids it by tracing a "
-    "shallow copy, the public tracer does not",
-)
-
-
 def _extract_and_use(model: nn.Module, nodes: Any = ("stem", "twice", "bn")) -> Any:
     ex = fxtap.create_feature_extractor(model, list(nodes))
     ex.train()
@@ -214,9 +205,7 @@ ENTRY_POINTS = [
     EntryPoint("trace-train", lambda m, d: fxtap.trace(m, training=True)),
     EntryPoint("trace-eval", lambda m, d: fxtap.trace(m, training=False)),
     EntryPoint("trace-checked", lambda m, d: fxtap.trace(m, training=True, example_inputs=X)),
-    EntryPoint(
-        "NodePathTracer.trace", lambda m, d: fxtap.NodePathTracer().trace(m), marks=(ROOT_SETATTR,)
-    ),
+    EntryPoint("NodePathTracer.trace", lambda m, d: fxtap.NodePathTracer().trace(m)),
     EntryPoint("create_feature_extractor", lambda m, d: _extract_and_use(m)),
     EntryPoint("render-dot", lambda m, d: _render(m, d, fmt="dot", nodes=["twice.lin_1"])),
     EntryPoint(
@@ -275,7 +264,6 @@ ENTRY_POINTS = [
         lambda m, d: fxtap.NodePathTracer().trace(m),
         torch.fx.proxy.TraceError,
         untraceable,
-        (ROOT_SETATTR,),
     ),
     EntryPoint(
         "render-unknown-node",
@@ -335,13 +323,6 @@ def test_registry_covers_public_api() -> None:
     assert public <= covered, f"no untouched entry point for {sorted(public - covered)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UserWarning,
-    reason="bug: tracing a module that has a full backward hook makes torch warn 'For backward "
-    "hooks to be called, module output should be a Tensor...' on every trace (an error under "
-    "-W error, and turned into a TraceError inside create_feature_extractor)",
-)
 def test_backward_hook_on_traced_module_is_quiet(untouched: Any) -> None:
     model = mixed()
     model.twice.register_full_backward_hook(_noop)

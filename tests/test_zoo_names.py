@@ -68,20 +68,6 @@ EXPECTED_DIFFERENCES: dict[str, dict[str, int]] = {
     "vit_l_16": {"suffix": 2 * 24},
     "vit_l_32": {"suffix": 2 * 24},
     "vit_h_14": {"suffix": 2 * 32},
-    # a functional ``cat`` in each of the 9 Inception blocks, next to an unused
-    # FloatFunctional submodule called ``cat``
-    "quantized_googlenet": {"reserved": 9},
-    # the functional relu of ``skip_add_relu`` in each bottleneck (3 + 4 + 6 + 3 and
-    # 3 + 4 + 23 + 3), next to the inherited but unused ``relu`` module
-    "quantized_resnet50": {"reserved": 16},
-    "quantized_resnext101_32x8d": {"reserved": 33},
-    "quantized_resnext101_64x4d": {"reserved": 33},
-    # a functional ``cat`` in each of the 4 + 8 + 4 shuffle units, next to an unused
-    # FloatFunctional called ``cat``
-    "quantized_shufflenet_v2_x0_5": {"reserved": 16},
-    "quantized_shufflenet_v2_x1_0": {"reserved": 16},
-    "quantized_shufflenet_v2_x1_5": {"reserved": 16},
-    "quantized_shufflenet_v2_x2_0": {"reserved": 16},
 }
 
 ALL_MODELS = torchvision.models.list_models()
