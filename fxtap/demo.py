@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import torch
 
-from fxtap.errors import DotNotFoundError, OutputPathError
+from fxtap.errors import DotNotFoundError, OutputPathError, ensure_output_dir
 
 __all__ = ["DemoResult", "run"]
 
@@ -77,7 +77,7 @@ def run(
     from fxtap.names import node_table
     from fxtap.save import load, save
 
-    folder = _make_dir(Path(out_dir))
+    folder = ensure_output_dir(out_dir, hint="Pick another with -o DIR")
     inputs = make_inputs([parse_input(input)] if input else None)
     files: dict[str, Path] = {}
     notes: list[str] = []
@@ -149,17 +149,6 @@ def run(
             files["cost report"] = cost_json
             files["cost table"] = _write(folder / "cost.txt", report.table() + "\n")
     return DemoResult(folder, files, tuple(notes))
-
-
-def _make_dir(folder: Path) -> Path:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot create output folder {str(folder)!r}: {exc.strerror or exc}. "
-            "Pick another with -o DIR"
-        ) from exc
-    return folder
 
 
 def _write(path: Path, text: str) -> Path:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch.fx.proxy
 
@@ -20,6 +22,7 @@ __all__ = [
     "ResourceError",
     "TraceError",
     "close_matches",
+    "ensure_output_dir",
     "format_choices",
 ]
 
@@ -122,3 +125,17 @@ def format_choices(names: Iterable[str]) -> str:
     """Format names as ``'a', 'b'`` for an error message, or ``(none)``."""
     names = list(names)
     return ", ".join(repr(n) for n in names) if names else "(none)"
+
+
+def ensure_output_dir(path: str | os.PathLike[str], *, hint: str) -> Path:
+    """Create the folder ``path`` if needed; ``OutputPathError`` (with ``hint``) if unwritable."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot create the output folder {str(folder)!r}: {exc.strerror or exc}. {hint}"
+        ) from exc
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"output folder {str(folder)!r} is not writable. {hint}")
+    return folder

@@ -20,6 +20,7 @@ from fxtap.errors import (
     DotNotFoundError,
     InvalidArgumentError,
     OutputPathError,
+    ensure_output_dir,
     format_choices,
 )
 from fxtap.names import diff_modes
@@ -180,7 +181,7 @@ def render(
         return cut_long_edges(collapse(view, depth=depth, max_nodes=limit))
 
     views = {m: make_view(m, max_nodes) for m in modes}
-    folder = _out_dir(out_dir)
+    folder = ensure_output_dir(out_dir, hint="Pass a writable folder with out_dir= (-o DIR).")
     stem = _safe_stem(title)
     jobs = [(m, [views[m]]) for m in modes]
     if mode == "both" and fmt != "svg":
@@ -339,23 +340,6 @@ def _find_dot(dot: str | os.PathLike[str] | None, written: list[Path]) -> str:
             f"{format_choices(str(p) for p in written)}. {INSTALL_HINT}."
         )
     return program
-
-
-def _out_dir(out_dir: str | os.PathLike[str]) -> Path:
-    folder = Path(out_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot create the output folder {str(folder)!r}: {exc.strerror or exc}. "
-            "Pass a writable folder with out_dir= (-o DIR)."
-        ) from exc
-    if not os.access(folder, os.W_OK):
-        raise OutputPathError(
-            f"output folder {str(folder)!r} is not writable. Pass a writable folder with "
-            "out_dir= (-o DIR)."
-        )
-    return folder
 
 
 def _write(path: Path, text: str) -> Path:

@@ -148,7 +148,7 @@ def test_unwritable_output_paths(capsys, tmp_path):
     assert main(["nodes", NESTED, "--json", str(blocker / "nodes.json")]) == 1
     assert "cannot write" in one_error_line(capsys)
     assert main(["demo", "-o", str(blocker / "out")]) == 1
-    assert "cannot create output folder" in one_error_line(capsys)
+    assert "cannot create the output folder" in one_error_line(capsys)
 
 
 def test_input_that_does_not_fit_the_model(capsys, tmp_path):
