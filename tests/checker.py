@@ -9,7 +9,7 @@ eager model for every module call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,6 +72,24 @@ class _Recorder(fx.Interpreter):
             self.values[self.names[n]] = _clone(out)
         return out
 
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # NOTE: the generated forward builds a fresh list for each list literal on every call,
+        # while the Interpreter hands out the graph's own immutable lists; a function that
+        # writes into its list argument (video swin's ``_get_window_and_shift_size``) needs
+        # them mutable, as in the model
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _mutable(args), _mutable(kwargs)
+
+
+def _mutable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_mutable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    return value
+
 
 def _clone(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
@@ -88,21 +106,32 @@ def capture_reference(
     training: bool,
     seed: int = 0,
     tracer_kwargs: Mapping[str, Any] | None = None,
+    names: Collection[str] | None = None,
+    cross_check: bool = True,
 ) -> tuple[dict[str, Any], Any]:
     """Value of every named node, and the model output, from a full run of ``model``.
 
     Module calls are cross-checked against forward hooks on the eager model (first call of
-    each module), so the reference does not rest on the trace alone.
+    each module), so the reference does not rest on the trace alone. ``names`` keeps only the
+    values of those nodes (large models: a clone of every value costs memory and time);
+    ``cross_check=False`` skips the eager run.
     """
     traced = trace(model, training=training, tracer_kwargs=tracer_kwargs)
     gm = traced.graph_module
+    kept = traced.names
+    if names is not None:
+        wanted = set(names)
+        kept = {n: name for n, name in kept.items() if name in wanted}
     # The traced graph shares its submodules with the model: run them in the traced mode.
     with preserved(model), restore_training(model):
         model.train(training)
         torch.manual_seed(seed)
-        rec = _Recorder(gm, traced.names)
+        rec = _Recorder(gm, kept)
         with torch.no_grad():
             output = rec.run(*inputs)
+    # as before: with dropout, only eval mode (no random draws) is cross-checked
+    if not cross_check or (training and _has_random(model)):
+        return rec.values, output
     eager: dict[str, Any] = {}
     handles = []
     leaf_paths = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
@@ -122,7 +151,7 @@ def capture_reference(
         for h in handles:
             h.remove()
     for path, value in eager.items():
-        if path in rec.values and not _has_random(model):
+        if path in rec.values:
             assert bitwise_equal(rec.values[path], value), (
                 f"traced value of {path!r} differs from the eager module output"
             )
