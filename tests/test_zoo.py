@@ -405,11 +405,12 @@ def eager_reference(
 #: possible write into its first argument, and ``_protect_from_inplace`` clones a requested
 #: value read before such a call. The rule also matches ``torch._assert`` (its ``__module__``
 #: is ``"torch"``, which the ``"torch."`` prefix does not cover) and first arguments that are
-#: not tensors: the pruned graph calls ``.clone()`` on a bool, a ``torch.Size`` or a tuple.
+#: not tensors: the pruned graph calls ``.clone()`` on a bool, an int, a ``torch.Size`` or a
+#: tuple.
 _CLONES_NON_TENSOR = (
-    "pruner clones a requested non-tensor value (bool of a shape check before torch._assert, "
-    "a torch.Size or a tuple) read before a wrapped function call: AttributeError: no "
-    "attribute 'clone'"
+    "pruner clones a requested non-tensor value (the bool of a shape check before "
+    "torch._assert, an int or torch.Size of a shape, a tuple) passed to a wrapped function: "
+    "AttributeError: no attribute 'clone'"
 )
 KNOWN_FAILURES = {
     "mvit_v1_b": _CLONES_NON_TENSOR,
