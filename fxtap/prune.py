@@ -344,15 +344,48 @@ def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
     return None
 
 
+def clone_tensors(value: Any) -> Any:
+    """``value`` with every tensor in it cloned (lists, tuples and dicts rebuilt)."""
+    return torch.utils._pytree.tree_map(
+        lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value
+    )
+
+
 def _opaque_function(target: Any) -> bool:
     """A plain Python function recorded as one node (``torch.fx.wrap``, autowrap), not torch's."""
     if not isinstance(target, types.FunctionType):
         return False
     module = getattr(target, "__module__", None) or ""
-    return not module.startswith(_PURE_MODULES)
+    return module.split(".")[0] not in _PURE_PACKAGES and not module.startswith("torchvision.ops")
 
 
-_PURE_MODULES = ("torch.", "torchvision.ops", "math", "operator", "_operator", "builtins")
+_PURE_PACKAGES = {"torch", "math", "operator", "_operator", "builtins"}
+# Nodes whose value is a number, a shape or a tuple: they cannot be cloned, nor written in place.
+_SPLIT_NAMES = ("split", "chunk", "unbind", "tensor_split", "hsplit", "vsplit", "dsplit")
+_SPLITS = {getattr(torch, n) for n in _SPLIT_NAMES if hasattr(torch, n)} | set(_SPLIT_NAMES)
+_NOT_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "tolist",
+                       "item", "__len__"}  # fmt: skip
+_NOT_TENSOR_FUNCTIONS = {
+    builtins.getattr, builtins.len, builtins.isinstance, operator.eq, operator.ne, operator.lt,
+    operator.le, operator.gt, operator.ge, operator.not_, operator.truth,
+}  # fmt: skip
+
+
+def _maybe_tensor(node: fx.Node) -> bool:
+    """False for nodes known to hold a non-tensor (shapes, numbers, tuples of tensors)."""
+    if node.op not in ("call_method", "call_function"):
+        return True
+    if node.target in _SPLITS or node.target in _ASSERTS:
+        return False
+    if node.op == "call_method":
+        return node.target not in _NOT_TENSOR_METHODS
+    if node.target in _NOT_TENSOR_FUNCTIONS:
+        return False
+    if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        # an item of a tensor, or of a split's tuple, is a tensor; of a shape, a number
+        source = node.args[0]
+        return _maybe_tensor(source) or source.target in _SPLITS
+    return True
 
 
 def _protect_from_inplace(
@@ -367,11 +400,15 @@ def _protect_from_inplace(
     clones: dict[fx.Node, fx.Node] = {}
 
     def protect(node: fx.Node) -> fx.Node:
-        if last_write.get(facts.root[node], -1) <= facts.order[node]:
+        if last_write.get(facts.root[node], -1) <= facts.order[node] or not _maybe_tensor(node):
             return node
         if node not in clones:
             with graph.inserting_after(node):
-                clone = graph.call_method("clone", (node,))
+                if node.op == "call_function" and _opaque_function(node.target):
+                    # its value may be a tensor, a tuple of them, or anything else
+                    clone = graph.call_function(clone_tensors, (node,))
+                else:
+                    clone = graph.call_method("clone", (node,))
             clone.meta[_CLONE_OF] = node.meta.get(NAME_KEY)
             clones[node] = clone
         return clones[node]

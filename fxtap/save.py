@@ -553,6 +553,7 @@ def _safe_function(path: str, args: Any, *, trust: bool) -> Any:
                 and not any(word in name.lower() for word in _UNSAFE_WORDS)
             )
             or (module_name == "builtins" and name in _SAFE_BUILTINS)
+            or (module_name == "fxtap.prune" and name == "clone_tensors")
         )
         if not allowed or name in _UNSAFE_TORCH_NAMES or "__" in name:
             raise LoadError(

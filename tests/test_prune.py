@@ -294,3 +294,34 @@ def test_wrapped_function_writing_in_place_is_kept() -> None:
         a = model.lin(x)
         assert torch.equal(out["lin"], a)  # the value at the node, before the write
         assert torch.equal(out["mul"], (a + x) * 2)
+
+
+def _first_dim(shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
+    return x * shape[0]
+
+
+torch.fx.wrap("_first_dim")
+
+
+class _ShapesIntoFunctions(nn.Module):
+    """A shape check and a wrapped function taking a shape: neither value is a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.dim() == 2, "expected 2-D")
+        return _first_dim(x.shape, self.lin(x))
+
+
+def test_non_tensor_values_are_returned_without_clones() -> None:
+    model = _ShapesIntoFunctions().eval()
+    ex = create_feature_extractor(model, ["eq", "getattr", "_first_dim"])
+    assert not any(n.target == "clone" for n in ex.graph.nodes), ex.code
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        out = ex(x)
+        assert out["eq"] is True
+        assert out["getattr"] == torch.Size([2, 3])
+        assert torch.equal(out["_first_dim"], model.lin(x) * 2)

@@ -400,30 +400,8 @@ def eager_reference(
     return reference
 
 
-#: Known failures, each with its cause; strict, so a fix shows up as XPASS.
-#: fxtap/prune.py treats every call of a plain Python function (``torch.fx.wrap``) as a
-#: possible write into its first argument, and ``_protect_from_inplace`` clones a requested
-#: value read before such a call. The rule also matches ``torch._assert`` (its ``__module__``
-#: is ``"torch"``, which the ``"torch."`` prefix does not cover) and first arguments that are
-#: not tensors: the pruned graph calls ``.clone()`` on a bool, an int, a ``torch.Size`` or a
-#: tuple.
-_CLONES_NON_TENSOR = (
-    "pruner clones a requested non-tensor value (the bool of a shape check before "
-    "torch._assert, an int or torch.Size of a shape, a tuple) passed to a wrapped function: "
-    "AttributeError: no attribute 'clone'"
-)
-KNOWN_FAILURES = {
-    "mvit_v1_b": _CLONES_NON_TENSOR,
-    "mvit_v2_s": _CLONES_NON_TENSOR,
-    "swin3d_b": _CLONES_NON_TENSOR,
-    "swin3d_s": _CLONES_NON_TENSOR,
-    "swin3d_t": _CLONES_NON_TENSOR,
-    "vit_b_16": _CLONES_NON_TENSOR,
-    "vit_b_32": _CLONES_NON_TENSOR,
-    "vit_h_14": _CLONES_NON_TENSOR,
-    "vit_l_16": _CLONES_NON_TENSOR,
-    "vit_l_32": _CLONES_NON_TENSOR,
-}
+#: Models expected to fail, with the reason (none at present).
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
