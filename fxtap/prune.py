@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, close_matches, format_choices
 from fxtap.trace import NAME_KEY, Traced
@@ -292,6 +292,7 @@ class _Facts:
                 written is not None
                 or (node.op == "call_method" and node.target in _VIEW_METHODS)
                 or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+                or _passes_through(node, owner)
             )
             self.root[node] = self.root[src] if shares and src is not None else node
             for arg in node.all_input_nodes:
@@ -349,6 +350,43 @@ def clone_tensors(value: Any) -> Any:
     return torch.utils._pytree.tree_map(
         lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value
     )
+
+
+def _passes_through(node: fx.Node, owner: fx.GraphModule) -> bool:
+    """True for ops that may return their input itself (dropout in eval mode, Identity)."""
+    if node.op == "call_function":
+        return node.target in _PASS_THROUGH_FUNCTIONS
+    if node.op == "call_module":
+        return isinstance(owner.get_submodule(str(node.target)), _PASS_THROUGH_MODULES)
+    return False
+
+
+def _pass_through_modules() -> tuple[type, ...]:
+    kinds: list[type] = [nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd]
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return tuple(kinds)
+    return (*kinds, StochasticDepth)
+
+
+def _pass_through_functions() -> set[Any]:
+    found: set[Any] = {
+        getattr(nn.functional, n)
+        for n in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                  "feature_alpha_dropout")
+        if hasattr(nn.functional, n)
+    }  # fmt: skip
+    found |= {getattr(torch, n) for n in ("dropout", "alpha_dropout") if hasattr(torch, n)}
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # pragma: no cover
+        return found
+    return found | {stochastic_depth}
+
+
+_PASS_THROUGH_MODULES = _pass_through_modules()
+_PASS_THROUGH_FUNCTIONS = _pass_through_functions()
 
 
 def _opaque_function(target: Any) -> bool:

@@ -325,3 +325,28 @@ def test_non_tensor_values_are_returned_without_clones() -> None:
         assert out["eq"] is True
         assert out["getattr"] == torch.Size([2, 3])
         assert torch.equal(out["_first_dim"], model.lin(x) * 2)
+
+
+class _IdentityThenInplace(nn.Module):
+    """An Identity passes its input through; the in-place ReLU after it overwrites the tap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(self.bn(x)))
+
+
+def test_tap_before_pass_through_module_and_inplace_op_keeps_its_value() -> None:
+    model = _IdentityThenInplace().eval()
+    ex = create_feature_extractor(model, ["bn", "act"])
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        out = ex(x)
+        expected = model.bn(x)
+    assert (expected < 0).any()
+    assert torch.equal(out["bn"], expected)
+    assert torch.equal(out["act"], expected.relu())
