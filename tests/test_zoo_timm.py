@@ -5,12 +5,10 @@ them is used here: fxtap's automatic fallback has to find what cannot be traced 
 Each model is built with ``pretrained=False`` and a 5-class head, and checked like the
 torchvision zoo (``tests/test_zoo.py``): 10 random nodes per mode, a middle node and the last
 node, bitwise against the shared checker's independent capture, in eval and train mode.
-Skipped when timm is not installed.
+Skipped when timm is not installed; ``make test-timm`` installs it and runs this file.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
@@ -19,10 +17,6 @@ from torch import nn
 from tests.test_zoo import check_mode, pick, quiet
 
 timm = pytest.importorskip("timm")
-if not os.environ.get("FXTAP_TIMM"):
-    # NOTE: opt-in while timm's BatchNormAct2d outputs differ from the reference
-    # (resnet10t 'layer4.0.bn1', an in-place activation inside a traced-through norm).
-    pytest.skip("set FXTAP_TIMM=1 to run the timm zoo", allow_module_level=True)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timm]
 
