@@ -1,4 +1,5 @@
-"""Shared fixtures: ``untouched`` asserts that a block of code leaves models exactly as they were."""
+"""Shared fixtures: one torch thread per test, and ``untouched``, which asserts that a block of
+code leaves models exactly as they were."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # NOTE: pytest-xdist already runs one test per core; on busy cores two intra-op threads
+    # spin against each other and a tiny conv takes 40 ms instead of 1 ms.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def fingerprint(model: nn.Module) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -22,16 +21,6 @@ from tests.checker import bitwise_equal, capture_reference, check_extractor, pre
 # Small inputs keep the file fast; batch 2 keeps train-mode BatchNorm on 1x1 maps defined.
 X32 = torch.randn(2, 3, 32, 32)
 X64 = torch.randn(2, 3, 64, 64)  # AlexNet's pooling needs at least 63 pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # NOTE: the test machine is shared; on busy cores two intra-op threads spin against each
-    # other and a tiny conv takes 40 ms instead of 1 ms.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_vit() -> nn.Module:

@@ -35,7 +35,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
@@ -68,15 +67,6 @@ ATTRIBUTE_NAMES = (
     "m_0", "tanh_1", "head",
 )  # fmt: skip
 FUNCTIONS = ("relu", "tanh", "sigmoid", "affine", "center", "cat_slice", "gelu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny tensors: one intra-op thread is several times faster on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the modules a spec is built from --------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,16 +11,6 @@ from torch import fx, nn
 from fxtap import InvalidArgumentError, NodeNotFoundError, create_feature_extractor, trace
 from fxtap.prune import Request, normalize_return_nodes, prune, resolve
 from tests.checker import bitwise_equal, capture_reference, check_extractor
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # NOTE: the test machine is shared; on busy cores two intra-op threads spin against each
-    # other and a tiny conv takes 40 ms instead of 1 ms.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Chain(nn.Module):

@@ -404,15 +404,6 @@ def eager_reference(
 KNOWN_FAILURES: dict[str, str] = {}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread per test: pytest-xdist already runs a model on each core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     "name",
     [
