@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,7 +215,9 @@ def profiler_peak(fn: Callable[[], Any]) -> int | None:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # NOTE: the profiler's C++ side prints start/stop and CUDA probing lines straight to file
+    # descriptor 2, past Python's sys.stderr; silence the descriptor for this one call.
+    with _quiet_fd(2), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     changes = sorted(
         (
@@ -228,6 +233,19 @@ def profiler_peak(fn: Callable[[], Any]) -> int | None:
         live += delta
         peak = max(peak, live)
     return int(peak)
+
+
+@contextlib.contextmanager
+def _quiet_fd(fd: int) -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def time_nodes(gm: fx.GraphModule, inputs: Sequence[Any], *, repeats: int) -> dict[fx.Node, float]:

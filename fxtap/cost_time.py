@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.benchmark import Timer
+
+# NOTE: torch.utils.benchmark imports cpp_extension, which logs a warning about CUDA_HOME on
+# machines without CUDA; it concerns compiling extensions, which fxtap never does.
+_CPP_LOG = logging.getLogger("torch.utils.cpp_extension")
+_level = _CPP_LOG.level
+_CPP_LOG.setLevel(logging.ERROR)
+from torch.utils.benchmark import Timer  # noqa: E402
+
+_CPP_LOG.setLevel(_level)
 
 __all__ = [
     "Progress",
