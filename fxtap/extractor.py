@@ -11,7 +11,6 @@ from torch import fx, nn
 from fxtap.capture import build_capture_extractor
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.fallback import is_root_failure
-from fxtap.names import diff_modes
 from fxtap.prune import normalize_return_nodes, prune, resolve
 from fxtap.trace import NAME_KEY, Traced, check_model, trace
 
@@ -49,7 +48,7 @@ class FeatureExtractor(fx.GraphModule):
         for node in other.nodes:
             if node.op in ("call_module", "get_attr"):
                 fx.graph_module._copy_attr(root, self, str(node.target))
-        _detach_submodules(self, graphs.values())
+        _detach_submodules(self)
         for name, buf in list(self.named_buffers()):
             if name.rsplit(".", 1)[-1].startswith("_tensor_constant"):
                 owner = self.get_submodule(name.rpartition(".")[0])
@@ -237,13 +236,6 @@ def create_feature_extractor(
     return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
 
 
-def mode_differences(extractor: FeatureExtractor) -> str:
-    """Describe the nodes that exist in one mode only (empty when the modes agree)."""
-    if not extractor.full:
-        return ""
-    return diff_modes(extractor.full["train"], extractor.full["eval"]).message()
-
-
 def _requests_by_mode(return_nodes: Any, train_nodes: Any, eval_nodes: Any) -> dict[str, Any]:
     if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
         raise InvalidArgumentError(
@@ -332,7 +324,7 @@ def _attr(module: nn.Module, target: str) -> Any:
     return module
 
 
-def _detach_submodules(gm: fx.GraphModule, graphs: Any) -> None:
+def _detach_submodules(gm: fx.GraphModule) -> None:
     """Give the extractor its own module objects (sharing parameters and buffers).
 
     Without this, ``extractor.eval()`` would flip the ``training`` flag of the user's
@@ -341,7 +333,6 @@ def _detach_submodules(gm: fx.GraphModule, graphs: Any) -> None:
     memo: dict[int, nn.Module] = {}
     for name, child in list(gm.named_children()):
         setattr(gm, name, _clone_structure(child, memo))
-    del graphs
 
 
 def _clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:

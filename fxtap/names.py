@@ -353,8 +353,3 @@ def _owned_params(gm: fx.GraphModule, node: fx.Node) -> int:
             return 0
         return value.numel()
     return 0
-
-
-def name_of(node: fx.Node) -> str | None:
-    """fxtap's name of ``node``, or ``None`` for unnamed nodes (constants, output)."""
-    return node.meta.get(NAME_KEY)
