@@ -336,9 +336,6 @@ def _nodes(args: argparse.Namespace) -> int:
     model = _load(args)
     example = _inputs(args) if args.input else None
     training = args.mode == "train"
-    # NOTE: shapes are computed by running the traced graph, whose submodules are the
-    # model's; they must be in the listed mode (batch norm rejects a batch of 1 in training).
-    model.train(training)
     traced = _extractor_trace(model, training) if isinstance(model, FeatureExtractor) else None
     with progress(f"tracing {args.model}"), quiet_stderr():
         rows = node_table(model, training=training, example_inputs=example, traced=traced)

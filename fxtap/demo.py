@@ -91,7 +91,6 @@ def run(
     stem = model_spec.rpartition(":")[2].replace("/", "_").removesuffix(".py")
 
     with step(2, "node table"):
-        model.eval()  # shapes run the eval graph on the model's own submodules
         with quiet_stderr():
             rows = node_table(model, example_inputs=inputs)
         files["node table"] = _write(folder / "nodes.txt", format_table(rows, shapes=True) + "\n")
