@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from fxtap.render import Rendering, render
-from fxtap.render_dot import to_dot
-from fxtap.render_view import build_view
+from fxtap.render._dot import to_dot
+from fxtap.render._view import build_view
 from fxtap.trace import trace
 
 

@@ -10,10 +10,19 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap._fx import clone_structure
+from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.errors import MistraceError, NodeNotFoundError, TraceError, close_matches, format_choices
-from fxtap.fallback import _difference, _user_stacklevel, is_root_failure, trace_with_fallback
-from fxtap.prune import INPUT_SUFFIX, MODEL_OUTPUT, Request, prune, resolve
-from fxtap.trace import NodePathTracer, Traced, tracer_options
+from fxtap.prune import prune
+from fxtap.trace import (
+    NodePathTracer,
+    Traced,
+    difference,
+    is_root_failure,
+    trace_with_fallback,
+    tracer_options,
+    user_stacklevel,
+)
 
 __all__ = ["CaptureExtractor", "Island", "build_capture_extractor", "find_islands"]
 
@@ -169,7 +178,7 @@ class CaptureExtractor(nn.Module):
                 torch.set_rng_state(store.get(f"\0rng:{path}", after))
                 with torch.no_grad():
                     full = island.traced.graph_module(*args, **kwargs)
-                diff = _difference(_detach(full), _detach(output))
+                diff = difference(_detach(full), _detach(output))
                 if diff is not None:
                     raise MistraceError(
                         f"the traced graph of submodule {path!r} differs from its eager run "
@@ -221,9 +230,8 @@ def build_capture_extractor(
         NodeNotFoundError: a request is neither a module nor a node inside a traceable
             submodule; the message says why and what can be requested instead.
     """
-    from fxtap.extractor import _clone_structure
 
-    clone = _clone_structure(model, {})
+    clone = clone_structure(model, {})
     plans: dict[str, _Plan] = {}
     opaque: dict[str, None] = {}
     name = type(model).__name__
@@ -244,7 +252,7 @@ def build_capture_extractor(
         f"model (CaptureExtractor: nothing is pruned, the whole model runs on every call). "
         f"Traced submodules: {islands_text}{kept}. Pass auto_leaf=False to get the TraceError.",
         UserWarning,
-        stacklevel=_user_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
     return ex
 
@@ -298,24 +306,25 @@ def _plan(
     for req in requests:
         query = req.query
         plan.outputs[req.key] = query
-        if query == MODEL_OUTPUT:
+        parsed = parse_query(query)
+        if parsed.port == "model":
             continue
-        base = query.removesuffix(":output")
+        base = parsed.path if parsed.port == "node" else query
         island = _island_of(base, islands)
         if island is not None:
             local = Request(base[len(island.path) + 1 :], req.key)
             try:
                 found = resolve([local], island.traced, model_name=f"{model_name}.{island.path}")
             except NodeNotFoundError:
-                if base not in paths and not query.endswith(INPUT_SUFFIX):
+                if base not in paths and parsed.port != "input":
                     raise
             else:
                 by_island.setdefault(island.path, {}).update(found)
                 continue
-        if base in paths:
-            plan.module_outputs.setdefault(base, []).append(req.key)
-        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in paths:
-            plan.module_inputs.setdefault(query[: -len(INPUT_SUFFIX)], []).append(req.key)
+        if parsed.port == "node" and parsed.path in paths:
+            plan.module_outputs.setdefault(parsed.path, []).append(req.key)
+        elif parsed.port == "input" and parsed.path in paths:
+            plan.module_inputs.setdefault(parsed.path, []).append(req.key)
         else:
             raise _unservable(query, model_name, mode, error, islands, paths)
     for path, selected in by_island.items():

@@ -8,11 +8,12 @@ from typing import Any, cast
 
 from torch import fx, nn
 
+from fxtap._fx import clone_structure, get_path
+from fxtap._query import normalize_return_nodes, resolve
 from fxtap.capture import build_capture_extractor
 from fxtap.errors import InvalidArgumentError, TraceError
-from fxtap.fallback import is_root_failure
-from fxtap.prune import normalize_return_nodes, prune, resolve
-from fxtap.trace import NAME_KEY, Traced, check_model, trace
+from fxtap.prune import prune
+from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
 
 __all__ = ["MODES", "FeatureExtractor", "create_feature_extractor"]
 
@@ -281,9 +282,9 @@ def _union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
             if node.op not in ("call_module", "get_attr"):
                 continue
             target = str(node.target)
-            value = _attr(gm, target)
+            value = get_path(gm, target)
             try:
-                existing = _attr(root, target)
+                existing = get_path(root, target)
             except AttributeError:
                 fx.graph_module._copy_attr(gm, root, target)
                 continue
@@ -318,12 +319,6 @@ def _set_training(root: nn.Module, mode: bool) -> None:
 _MODULE_TRAIN = nn.Module.train
 
 
-def _attr(module: nn.Module, target: str) -> Any:
-    for part in target.split("."):
-        module = getattr(module, part)
-    return module
-
-
 def _detach_submodules(gm: fx.GraphModule) -> None:
     """Give the extractor its own module objects (sharing parameters and buffers).
 
@@ -332,25 +327,7 @@ def _detach_submodules(gm: fx.GraphModule) -> None:
     """
     memo: dict[int, nn.Module] = {}
     for name, child in list(gm.named_children()):
-        setattr(gm, name, _clone_structure(child, memo))
-
-
-def _clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
-    if id(module) in memo:
-        return memo[id(module)]
-    clone = copy.copy(module)
-    memo[id(module)] = clone
-    clone._parameters = dict(module._parameters)
-    clone._buffers = dict(module._buffers)
-    clone._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-    clone._modules = {
-        k: (_clone_structure(v, memo) if v is not None else None)
-        for k, v in module._modules.items()
-    }
-    for attr, value in list(vars(module).items()):
-        if "hooks" in attr and isinstance(value, dict):
-            setattr(clone, attr, type(value)(value))
-    return clone
+        setattr(gm, name, clone_structure(child, memo))
 
 
 def _rebuild(

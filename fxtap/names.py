@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from fxtap._fx import module_type_name, owned_params, target_text
 from fxtap.errors import InputShapeError, InvalidArgumentError
 from fxtap.trace import (
     NAME_KEY,
@@ -142,7 +143,7 @@ def get_graph_node_names(
 def node_key(node: fx.Node, name: str) -> tuple[str, str, str]:
     """``(module path, op, target)`` of a node, independent of torch.fx's global numbering."""
     scope = node.meta.get(SCOPE_KEY, ("", None))[0]
-    return (scope, node.op, _target_text(node))
+    return (scope, node.op, target_text(node))
 
 
 def diff_modes(train: Traced, evaluated: Traced) -> ModeDiff:
@@ -202,9 +203,9 @@ def node_table(
             NodeInfo(
                 name=name,
                 op=node.op,
-                target=_target_text(node),
-                module_type=_module_type(gm, node),
-                num_params=_owned_params(gm, node),
+                target=target_text(node),
+                module_type=module_type_name(gm, node),
+                num_params=owned_params(gm, node),
                 source=node.meta.get(SOURCE_KEY),
                 shape=shape,
                 dtype=dtype,
@@ -302,7 +303,7 @@ def _shape_message(
     reason = lines[0] if lines else type(cause).__name__
     where = ""
     if node is not None:
-        where = f" at node {node.meta.get(NAME_KEY, node.name)!r} ({node.op} {_target_text(node)})"
+        where = f" at node {node.meta.get(NAME_KEY, node.name)!r} ({node.op} {target_text(node)})"
     return (
         f"example input of shape {shapes} does not fit {model_name}{where}: {reason}. "
         "Pass inputs of the shape the model expects, e.g. --input 1x3x224x224."
@@ -318,38 +319,3 @@ def _occurrence_keys(traced: Traced) -> dict[tuple[Any, ...], str]:
         seen[key] = i + 1
         keys[(*key, i)] = name
     return keys
-
-
-def _target_text(node: fx.Node) -> str:
-    target = node.target
-    if isinstance(target, str):
-        return target
-    module = str(getattr(target, "__module__", None) or "")
-    qualname = str(
-        getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
-    )
-    if qualname.startswith("_VariableFunctionsClass."):
-        # NOTE: torch's C functions report a private class; users know them as torch.NAME.
-        qualname = qualname.split(".", 1)[1]
-    if module in ("_operator", "builtins"):
-        return qualname
-    return f"{module}.{qualname}" if module else qualname
-
-
-def _module_type(gm: fx.GraphModule, node: fx.Node) -> str:
-    if node.op == "call_module":
-        return type(gm.get_submodule(str(node.target))).__name__
-    scope_type = node.meta.get(SCOPE_KEY, ("", None))[1]
-    return scope_type.__name__ if isinstance(scope_type, type) else ""
-
-
-def _owned_params(gm: fx.GraphModule, node: fx.Node) -> int:
-    if node.op == "call_module":
-        return sum(p.numel() for p in gm.get_submodule(str(node.target)).parameters())
-    if node.op == "get_attr":
-        try:
-            value = gm.get_parameter(str(node.target))
-        except AttributeError:
-            return 0
-        return value.numel()
-    return 0

@@ -1,143 +1,26 @@
-"""Stage 3: resolve requested nodes and prune a traced graph down to what they need."""
+"""Stage 3: prune a traced graph down to what the requested nodes need."""
 
 from __future__ import annotations
 
 import builtins
 import operator
 import types
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from fxtap.errors import InvalidArgumentError, NodeNotFoundError, close_matches, format_choices
+from fxtap._fx import VIEW_FUNCTIONS, VIEW_METHODS, inplace_arg
 from fxtap.trace import NAME_KEY, Traced
 
-__all__ = [
-    "INPUT_SUFFIX",
-    "MODEL_OUTPUT",
-    "Request",
-    "normalize_return_nodes",
-    "prune",
-    "resolve",
-]
-
-#: Query suffix selecting the first argument a module receives: ``"layer4.1.conv2:input"``.
-INPUT_SUFFIX = ":input"
-#: Query selecting the model's own output: ``{"layer4": "feat", ":output": "logits"}``.
-MODEL_OUTPUT = ":output"
+__all__ = ["clone_tensors", "prune"]
 
 _ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none}
 if hasattr(torch, "_assert_scalar"):
     _ASSERTS.add(torch._assert_scalar)
 #: ``node.meta`` key marking a clone that protects a returned value from a later in-place op.
 _CLONE_OF = "fxtap_clone_of"
-# Ops whose result may share storage with their first argument.
-_VIEW_METHODS = {
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
-    "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "chunk", "split",
-    "unbind", "t", "contiguous", "as_strided", "movedim", "swapaxes", "unfold", "diagonal",
-    "detach", "__getitem__", "type_as", "to", "float", "real", "imag", "mT", "T",
-}  # fmt: skip
-_VIEW_FUNCTIONS = {operator.getitem, builtins.getattr} | {
-    getattr(torch, n)
-    for n in (
-        "flatten", "reshape", "transpose", "permute", "squeeze", "unsqueeze", "narrow",
-        "select", "chunk", "split", "unbind", "t", "movedim", "swapaxes", "diagonal",
-        "detach", "as_strided", "unflatten", "tensor_split", "hsplit", "vsplit",
-    )
-    if hasattr(torch, n)
-}  # fmt: skip
-_INPLACE_OPERATORS = {
-    getattr(operator, n)
-    for n in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
-              "ixor", "ilshift", "irshift", "imatmul", "setitem")
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Request:
-    """One requested output: a query and the key it gets in the output dict."""
-
-    query: str
-    key: str
-
-
-def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]:
-    """Validate a list or dict of node queries and return them as ``Request``s.
-
-    Raises:
-        InvalidArgumentError: empty, wrong type, non-string queries or keys, duplicate keys.
-    """
-    if isinstance(return_nodes, str):
-        return_nodes = [return_nodes]
-    if isinstance(return_nodes, Mapping):
-        pairs = list(return_nodes.items())
-    elif isinstance(return_nodes, Iterable):
-        pairs = [(q, q) for q in return_nodes]
-    else:
-        raise InvalidArgumentError(
-            f"{argument} {return_nodes!r:.80} is a {type(return_nodes).__name__}; expected a list "
-            "of node names or a dict mapping node names to output keys, e.g. "
-            "['layer2', 'layer4'] or {'layer4': 'feat'}"
-        )
-    if not pairs:
-        raise InvalidArgumentError(
-            f"{argument} is empty; request at least one node, e.g. ['layer4']. "
-            "List names with fxtap.get_graph_node_names(model) or: fxtap nodes MODEL"
-        )
-    requests: list[Request] = []
-    seen: dict[str, str] = {}
-    for query, key in pairs:
-        if not isinstance(query, str):
-            raise InvalidArgumentError(
-                f"{argument} has a non-string node name {query!r} ({type(query).__name__}); "
-                "node names are strings such as 'layer1.0.relu'"
-            )
-        if not isinstance(key, str):
-            raise InvalidArgumentError(
-                f"{argument}[{query!r}] maps to {key!r} ({type(key).__name__}); output keys must "
-                "be strings"
-            )
-        if key in seen:
-            raise InvalidArgumentError(
-                f"{argument} gives output key {key!r} twice (for {seen[key]!r} and {query!r}); "
-                "give each requested node its own key"
-            )
-        seen[key] = query
-        requests.append(Request(query, key))
-    return requests
-
-
-def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[str, Any]:
-    """Map each request's key to the node (or output structure) it selects.
-
-    A query selects the node of that exact name, or else the last node in execution order
-    whose name has the query as a dotted prefix. Each query is resolved on its own, so
-    overlapping queries (``layer4`` and ``layer4.1``) never take each other's nodes.
-
-    Raises:
-        NodeNotFoundError: a query matches nothing; lists the closest names and the mode.
-    """
-    last_under = _prefix_index(traced.names)
-    inputs = _module_inputs(traced)
-    output_node = next(n for n in reversed(traced.graph_module.graph.nodes) if n.op == "output")
-    selected: dict[str, Any] = {}
-    for req in requests:
-        query = req.query
-        if query == MODEL_OUTPUT:
-            selected[req.key] = output_node.args[0]
-        elif query in last_under:
-            selected[req.key] = last_under[query]
-        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in inputs:
-            selected[req.key] = inputs[query[: -len(INPUT_SUFFIX)]]
-        elif query.endswith(":output") and query[: -len(":output")] in last_under:
-            selected[req.key] = last_under[query[: -len(":output")]]
-        else:
-            raise _not_found(query, traced, model_name, inputs)
-    return selected
 
 
 def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx.GraphModule:
@@ -204,68 +87,6 @@ def _position(value: Any, order: Mapping[fx.Node, int]) -> int:
     return max(found, default=len(order))
 
 
-def _prefix_index(names: Mapping[fx.Node, str]) -> dict[str, fx.Node]:
-    """Every dotted prefix of every name -> last node (execution order) under that prefix."""
-    index: dict[str, fx.Node] = {}
-    for node, name in names.items():
-        end = name.find(".")
-        while end != -1:
-            index[name[:end]] = node
-            end = name.find(".", end + 1)
-        index[name] = node
-    return index
-
-
-def _module_inputs(traced: Traced) -> dict[str, fx.Node]:
-    """Module path -> first node its first call received, for ``:input`` queries."""
-    inputs: dict[str, fx.Node] = {}
-    for node in traced.graph_module.graph.nodes:
-        if node.op == "call_module" and node.args and isinstance(node.args[0], fx.Node):
-            inputs.setdefault(str(node.target), node.args[0])
-    for path, first in traced.module_inputs.items():
-        inputs.setdefault(path, first)
-    return inputs
-
-
-def _not_found(
-    query: str, traced: Traced, model_name: str, inputs: Mapping[str, fx.Node]
-) -> NodeNotFoundError:
-    names = list(traced.names.values())
-    leaf = _enclosing_leaf(query, traced)
-    if leaf is not None:
-        return NodeNotFoundError(
-            f"node {query!r} is inside leaf module {leaf!r} of {model_name}, which the "
-            f"{traced.mode} graph holds as one node; request {leaf!r} itself, or trace through it "
-            f"by removing it from tracer_kwargs['leaf_modules']"
-        )
-    spelling = ""
-    if ":" in query:
-        # NOTE: only module paths take a suffix, so compare against 'path:input' spellings.
-        pool = [p + INPUT_SUFFIX for p in inputs] + [p + MODEL_OUTPUT for p in inputs]
-        hint = close_matches(query, pool)
-        spelling = f" (suffixes are {INPUT_SUFFIX!r} and {MODEL_OUTPUT!r})"
-    else:
-        # Names under the same top-level module come first: 'layer1.relu' means layer1's.
-        head = query.split(".", 1)[0] + "."
-        hint = close_matches(query, [n for n in names if n.startswith(head)])
-        hint += [h for h in close_matches(query, names) if h not in hint][: 3 - len(hint)]
-    return NodeNotFoundError(
-        f"node {query!r} not found in the {traced.mode} graph of {model_name}{spelling}; "
-        f"closest: {format_choices(hint)}. List names with fxtap.get_graph_node_names(model) "
-        "or: fxtap nodes MODEL"
-    )
-
-
-def _enclosing_leaf(query: str, traced: Traced) -> str | None:
-    leaves = {str(n.target) for n in traced.graph_module.graph.nodes if n.op == "call_module"}
-    parts = query.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:i])
-        if prefix in leaves:
-            return prefix
-    return None
-
-
 class _Facts:
     """Aliasing and in-place facts about one graph, and the DCE predicate built on them."""
 
@@ -290,8 +111,8 @@ class _Facts:
             src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
             shares = src is not None and (
                 written is not None
-                or (node.op == "call_method" and node.target in _VIEW_METHODS)
-                or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+                or (node.op == "call_method" and node.target in VIEW_METHODS)
+                or (node.op == "call_function" and node.target in VIEW_FUNCTIONS)
                 or _passes_through(node, owner)
             )
             self.root[node] = self.root[src] if shares and src is not None else node
@@ -319,30 +140,16 @@ class _Facts:
 
 
 def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
-    """The node an in-place op writes into, or ``None`` when ``node`` is not in-place."""
-    if not node.args or not isinstance(node.args[0], fx.Node):
-        return None
-    first = node.args[0]
-    if node.op == "call_method":
-        name = str(node.target)
-        if name.endswith("_") and not name.endswith("__"):
-            return first
-    elif node.op == "call_function":
-        if node.target in _INPLACE_OPERATORS or node.kwargs.get("inplace") is True:
-            return first
-        name = getattr(node.target, "__name__", "")
-        if name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
-            return first
-        if _opaque_function(node.target):
+    """The node an op may write into: a real in-place op, or a wrapped Python function."""
+    written = inplace_arg(node, owner)
+    if written is None and node.op == "call_function" and node.args:
+        first = node.args[0]
+        if isinstance(first, fx.Node) and _opaque_function(node.target):
             # NOTE: a wrapped Python function runs as one node and may write into its first
             # argument (torchvision's mvit adds its shortcut in place and drops the result);
             # treat it as a possible write so DCE keeps it while that storage is read later.
             return first
-    elif node.op == "call_module":
-        module = owner.get_submodule(str(node.target))
-        if getattr(module, "inplace", False) is True:
-            return first
-    return None
+    return written
 
 
 def clone_tensors(value: Any) -> Any:

@@ -205,13 +205,13 @@ def _load(**kwargs: Any) -> Any:
 
 
 def _load_model(**kwargs: Any) -> Any:
-    from fxtap.models import load_model
+    from fxtap.cli._models import load_model
 
     return load_model(**kwargs)
 
 
 def _make_inputs(**kwargs: Any) -> Any:
-    from fxtap.models import make_inputs, parse_input
+    from fxtap.cli._models import make_inputs, parse_input
 
     return make_inputs([parse_input(kwargs["shape"])])
 

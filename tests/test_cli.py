@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fxtap.cli import main
-from fxtap.demo import run
-from fxtap.models import load_model, make_inputs, parse_input, parse_model_args
+from fxtap.cli._demo import run
+from fxtap.cli._models import load_model, make_inputs, parse_input, parse_model_args
 from fxtap.save import load
 
 NESTED = "tests/models.py:Nested"

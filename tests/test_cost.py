@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from fxtap.cost import CostReport, compare
-from fxtap.cost_count import count_flops, count_params, peak_liveness
-from fxtap.cost_report import CSV_FIELDS
-from fxtap.cost_time import bimodal, bootstrap_median_ci, iqr, median
+from fxtap.cost._count import count_flops, count_params, peak_liveness
+from fxtap.cost._report import CSV_FIELDS
+from fxtap.cost._time import bimodal, bootstrap_median_ci, iqr, median
 from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError
 from fxtap.names import propagate_shapes
 from fxtap.trace import trace

@@ -1,4 +1,4 @@
-"""Tests of fxtap.fallback and fxtap.capture: automatic leaves, autowrap, capture, eager checks."""
+"""Tests of fxtap.trace's fallback and fxtap.capture: automatic leaves, autowrap, capture, eager checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_tracing
 
 import fxtap
-import fxtap.fallback
+import fxtap.trace._fallback
 from fxtap import MistraceError, NodeNotFoundError, TraceError, create_feature_extractor
 from fxtap.capture import CaptureExtractor
 from fxtap.names import node_table
@@ -240,13 +240,13 @@ def check_against_reference(
 
 def count_traces(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
-    original = fxtap.fallback.trace_with_options
+    original = fxtap.trace._fallback.trace_with_options
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fxtap.fallback, "trace_with_options", counted)
+    monkeypatch.setattr(fxtap.trace._fallback, "trace_with_options", counted)
     return calls
 
 

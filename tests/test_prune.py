@@ -9,7 +9,8 @@ import torch
 from torch import fx, nn
 
 from fxtap import InvalidArgumentError, NodeNotFoundError, create_feature_extractor, trace
-from fxtap.prune import Request, normalize_return_nodes, prune, resolve
+from fxtap._query import Request, normalize_return_nodes, resolve
+from fxtap.prune import prune
 from tests.checker import bitwise_equal, capture_reference, check_extractor
 
 

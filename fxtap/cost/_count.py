@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import sys
 import time
@@ -17,14 +16,13 @@ from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxtap.trace import NAME_KEY, SCOPE_KEY
+from fxtap._fx import node_name, shares_storage
 
 __all__ = [
     "FlopCount",
     "ParamCount",
     "count_flops",
     "count_params",
-    "node_name",
     "output_bytes",
     "peak_liveness",
     "profiler_peak",
@@ -128,30 +126,6 @@ def count_params(modules: Iterable[nn.Module]) -> ParamCount:
     )
 
 
-def node_name(node: fx.Node) -> str:
-    """fxtap's dotted name of ``node``, else torch.fx's own name."""
-    return str(node.meta.get(NAME_KEY, node.name))
-
-
-def node_module(gm: fx.GraphModule, node: fx.Node) -> str:
-    """The module path a node belongs to: its target for a module call, else its scope."""
-    if node.op == "call_module":
-        return str(node.target)
-    return str(node.meta.get(SCOPE_KEY, ("", None))[0])
-
-
-def node_params(gm: fx.GraphModule, node: fx.Node) -> int:
-    """Elements of the parameters a node uses directly (a module call or a ``get_attr``)."""
-    if node.op == "call_module":
-        return sum(p.numel() for p in gm.get_submodule(str(node.target)).parameters())
-    if node.op == "get_attr":
-        try:
-            return gm.get_parameter(str(node.target)).numel()
-        except AttributeError:
-            return 0
-    return 0
-
-
 def output_bytes(node: fx.Node) -> int:
     """Bytes of the tensors a node produces, from ``node.meta['tensor_meta']`` (0 if unknown)."""
     return _meta_bytes(node.meta.get("tensor_meta"))
@@ -179,7 +153,7 @@ def peak_liveness(graph: fx.Graph, *, keep_alive: Iterable[str] = ()) -> tuple[i
     for n in nodes:
         if n.op == "get_attr":
             continue
-        base = _aliased(n, gm)
+        base = shares_storage(n, gm)
         if base is not None and base in owner:
             owner[n] = owner[base]
         else:
@@ -281,37 +255,6 @@ class _OpRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         self.calls[func._overloadpacket] += 1
         return func(*args, **(kwargs or {}))
-
-
-_VIEW_METHODS = {
-    "view", "view_as", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "expand",
-    "expand_as", "narrow", "select", "chunk", "split", "unbind", "t", "detach", "unflatten",
-}  # fmt: skip
-_VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.transpose, torch.permute, torch.squeeze}
-_VIEW_FUNCTIONS |= {torch.unsqueeze, torch.chunk, torch.split, torch.unbind, torch.narrow}
-_INPLACE_OPERATORS = {getattr(operator, n) for n in ("iadd", "isub", "imul", "itruediv")}
-
-
-def _aliased(node: fx.Node, gm: nn.Module | None) -> fx.Node | None:
-    """The node whose memory ``node``'s result reuses, if it is a view or an in-place op."""
-    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-    if first is None:
-        return None
-    target = node.target
-    if node.kwargs.get("inplace") is True:
-        return first
-    if node.op == "call_method":
-        name = str(target)
-        if name in _VIEW_METHODS or (name.endswith("_") and not name.endswith("__")):
-            return first
-    elif node.op == "call_function":
-        if target in _VIEW_FUNCTIONS or target in _INPLACE_OPERATORS:
-            return first
-        if getattr(target, "__name__", "").endswith("_"):
-            return first
-    elif node.op == "call_module" and gm is not None:
-        return first if getattr(gm.get_submodule(str(target)), "inplace", False) is True else None
-    return None
 
 
 def _meta_bytes(meta: Any) -> int:

@@ -71,9 +71,9 @@ def run(
         OutputPathError: ``out_dir`` cannot be created or written.
         ModelSpecError, NodeNotFoundError: a bad model spec or node name.
     """
-    from fxtap.cli import format_table, load_spec, progress, quiet_stderr
+    from fxtap.cli._models import load_spec, make_inputs, parse_input
+    from fxtap.cli._output import format_table, progress, quiet_stderr
     from fxtap.extractor import create_feature_extractor
-    from fxtap.models import make_inputs, parse_input
     from fxtap.names import node_table
     from fxtap.save import load, save
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxtap.cost_count import node_name
-from fxtap.prune import INPUT_SUFFIX, MODEL_OUTPUT, normalize_return_nodes
+from fxtap._fx import node_name
+from fxtap._query import normalize_return_nodes, parse_query
 
 __all__ = ["Taps", "cuda_peak", "resolve_taps", "variant_functions"]
 
@@ -35,14 +35,14 @@ def resolve_taps(
     taps = Taps()
     missing = []
     for req in normalize_return_nodes(return_nodes, argument="return_nodes"):
-        query, key = req.query, req.key
+        query, key = parse_query(req.query), req.key
         node = by_name.get(outputs[key])
-        if query == MODEL_OUTPUT:
+        if query.port == "model":
             taps = Taps(taps.forward, taps.pre, key, ())
-        elif query.endswith(INPUT_SUFFIX) and query[: -len(INPUT_SUFFIX)] in modules:
-            taps.pre[query[: -len(INPUT_SUFFIX)]] = key
-        elif query in modules and query:
-            taps.forward[query] = key
+        elif query.port == "input" and query.path in modules:
+            taps.pre[query.path] = key
+        elif query.port == "node" and query.path in modules and query.path:
+            taps.forward[query.path] = key
         elif node is not None and node.op == "call_module":
             taps.forward[str(node.target)] = key
         else:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 from itertools import accumulate
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fxtap.cost_report import CostReport
+from typing import Any
 
 __all__ = ["plot_report"]
 
 
-def plot_report(report: CostReport, path: str | os.PathLike[str]) -> None:
-    """Write a two-panel figure: FLOPs accumulated along the graph, and latency per variant.
+def plot_report(report: Any, path: str | os.PathLike[str]) -> None:
+    """Write a two-panel figure of a ``CostReport`` (typed ``Any``: the report imports this module): FLOPs accumulated along the graph, and latency per variant.
 
     The left panel shades the nodes the extractor keeps and marks the cut (its last kept node);
     the right panel shows each variant's per-round samples and the ideal extractor time.

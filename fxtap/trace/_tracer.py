@@ -1,11 +1,9 @@
-"""Stage 1: trace a model with torch.fx and give every node a dotted-path name."""
+"""The tracer: one torch.fx trace of a model with a dotted-path name for every node."""
 
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
-import inspect
 import math
 import os
 import sys
@@ -18,40 +16,29 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxtap.errors import InvalidArgumentError, TraceError, format_choices
+from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
+from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.trace._options import restore_training
 
 __all__ = [
     "NAME_KEY",
+    "PACKAGE_DIR",
     "SCOPE_KEY",
+    "SOURCE_KEY",
+    "LeafSpec",
     "NodePathTracer",
     "Traced",
-    "default_autowrap_modules",
-    "default_leaf_modules",
-    "restore_training",
-    "trace",
+    "failing_user_frame",
+    "trace_error",
     "trace_with_options",
 ]
 
-#: ``node.meta`` key holding fxtap's dotted-path name of a node.
-NAME_KEY = "fxtap_name"
-#: ``node.meta`` key holding ``(module_path, module_type)`` of the scope that created a node.
-SCOPE_KEY = "fxtap_scope"
-#: ``node.meta`` key holding the ``file:line`` of the user code that created a node.
-SOURCE_KEY = "fxtap_source"
 
 LeafSpec = type | str | Callable[[nn.Module, str], bool]
 
-_TRACER_KWARGS = (
-    "leaf_modules",
-    "autowrap_modules",
-    "autowrap_functions",
-    "param_shapes_constant",
-    "record_source",
-)
-_OWN_DIRS = (
-    os.path.dirname(torch.__file__) + os.sep,
-    os.path.dirname(os.path.abspath(__file__)) + os.sep,
-)
+#: fxtap's own package folder: frames inside it are not the user's code.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_OWN_DIRS = (os.path.dirname(torch.__file__) + os.sep, PACKAGE_DIR)
 
 
 @dataclass(frozen=True)
@@ -82,28 +69,6 @@ class Traced:
     def mode(self) -> str:
         """``'train'`` or ``'eval'``."""
         return "train" if self.training else "eval"
-
-
-def default_leaf_modules() -> tuple[type[nn.Module], ...]:
-    """Every ``nn.Module`` class exported by ``torchvision.ops`` (empty without torchvision)."""
-    try:
-        import torchvision.ops
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return ()
-    return tuple(
-        obj
-        for _, obj in inspect.getmembers(torchvision.ops)
-        if inspect.isclass(obj) and issubclass(obj, nn.Module)
-    )
-
-
-def default_autowrap_modules() -> tuple[types.ModuleType, ...]:
-    """``math`` and, when importable, ``torchvision.ops`` (torchvision's defaults)."""
-    try:
-        import torchvision.ops
-    except ImportError:  # pragma: no cover
-        return (math,)
-    return (math, torchvision.ops)
 
 
 class NodePathTracer(fx.Tracer):
@@ -314,57 +279,6 @@ class NodePathTracer(fx.Tracer):
         return candidate
 
 
-def trace(
-    model: nn.Module,
-    *,
-    training: bool,
-    tracer_kwargs: Mapping[str, Any] | None = None,
-    concrete_args: Mapping[str, Any] | None = None,
-    auto_leaf: bool = False,
-    example_inputs: Any = None,
-) -> Traced:
-    """Trace ``model`` in one mode with a ``NodePathTracer``; the model is left as it was.
-
-    Args:
-        model: the model to trace.
-        training: trace in train mode (``True``) or eval mode (``False``).
-        tracer_kwargs: keyword arguments of ``NodePathTracer``; ``leaf_modules`` and
-            ``autowrap_modules`` are added to torchvision's defaults.
-        concrete_args: torch.fx's ``concrete_args``.
-        auto_leaf: when tracing fails inside a submodule, keep that module as a leaf, and when
-            it fails in a plain function, record the function as one node; trace again until
-            the model traces, and warn with what became opaque (``fxtap.fallback``). Off here,
-            on in ``create_feature_extractor`` and ``get_graph_node_names``.
-        example_inputs: a tensor or tuple of inputs; when given, the graph is checked against
-            an eager run module by module, and a module whose traced value differs is made a
-            leaf (``auto_leaf``) or reported with ``MistraceError``.
-
-    Returns:
-        A ``Traced`` whose graph module shares submodules and parameters with ``model``;
-        ``leaves`` and ``wrapped`` list what the fallback made opaque.
-
-    Raises:
-        TraceError: torch.fx could not trace the model.
-        MistraceError: the graph computes something other than the model on ``example_inputs``.
-        InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
-    """
-    check_model(model)
-    options = tracer_options(tracer_kwargs)
-    concrete = check_concrete_args(model, concrete_args)
-    if auto_leaf or example_inputs is not None:
-        from fxtap.fallback import trace_with_fallback
-
-        return trace_with_fallback(
-            model,
-            training=training,
-            options=options,
-            concrete_args=concrete,
-            auto_leaf=auto_leaf,
-            example_inputs=example_inputs,
-        )
-    return trace_with_options(model, training=training, options=options, concrete_args=concrete)
-
-
 def trace_with_options(
     model: nn.Module,
     *,
@@ -398,109 +312,10 @@ def trace_with_options(
     )
 
 
-def check_model(model: Any) -> None:
-    """Raise ``InvalidArgumentError`` unless ``model`` is an ``nn.Module``."""
-    if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(
-            f"model {model!r:.80} is a {type(model).__name__}; expected a torch.nn.Module. "
-            "Wrap a function in a module whose forward calls it."
-        )
-
-
-def tracer_options(tracer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate ``tracer_kwargs`` and merge torchvision's defaults; never mutates the input."""
-    if tracer_kwargs is None:
-        user: dict[str, Any] = {}
-    elif isinstance(tracer_kwargs, Mapping):
-        user = dict(tracer_kwargs)
-    else:
-        raise InvalidArgumentError(
-            f"tracer_kwargs {tracer_kwargs!r:.80} is a {type(tracer_kwargs).__name__}; expected a "
-            f"dict with keys among {format_choices(_TRACER_KWARGS)}"
-        )
-    for key in user:
-        if key not in _TRACER_KWARGS:
-            close = difflib.get_close_matches(str(key), _TRACER_KWARGS, n=2)
-            hint = f"; did you mean {format_choices(close)}?" if close else ""
-            raise InvalidArgumentError(
-                f"tracer_kwargs key {key!r} is not a NodePathTracer option{hint} "
-                f"Expected keys among {format_choices(_TRACER_KWARGS)}."
-            )
-    for key in ("leaf_modules", "autowrap_modules", "autowrap_functions"):
-        value = user.get(key, ())
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise InvalidArgumentError(
-                f"tracer_kwargs[{key!r}] is {value!r:.80}; expected a list or tuple"
-            )
-        user[key] = tuple(value)
-    for fn in user["autowrap_functions"]:
-        if not callable(fn):
-            raise InvalidArgumentError(
-                f"tracer_kwargs['autowrap_functions'] item {fn!r} is not callable; expected "
-                "functions such as my_module.my_helper"
-            )
-    for mod in user["autowrap_modules"]:
-        if not isinstance(mod, types.ModuleType):
-            raise InvalidArgumentError(
-                f"tracer_kwargs['autowrap_modules'] item {mod!r} is not a Python module; expected "
-                "modules such as math"
-            )
-    user["leaf_modules"] = tuple(dict.fromkeys(user["leaf_modules"] + default_leaf_modules()))
-    user["autowrap_modules"] = tuple(
-        dict.fromkeys(user["autowrap_modules"] + default_autowrap_modules())
-    )
-    return user
-
-
-def check_concrete_args(
-    model: nn.Module, concrete_args: Mapping[str, Any] | None
-) -> dict[str, Any] | None:
-    """Check that every ``concrete_args`` key is an argument of ``model.forward``."""
-    if concrete_args is None:
-        return None
-    if not isinstance(concrete_args, Mapping):
-        raise InvalidArgumentError(
-            f"concrete_args {concrete_args!r:.80} is a {type(concrete_args).__name__}; expected a "
-            "dict mapping forward() argument names to fixed values"
-        )
-    try:
-        params = list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):  # pragma: no cover - builtin forwards
-        return dict(concrete_args)
-    for key in concrete_args:
-        if key not in params:
-            close = difflib.get_close_matches(str(key), params, n=2)
-            hint = f"; closest: {format_choices(close)}" if close else ""
-            raise InvalidArgumentError(
-                f"concrete_args key {key!r} is not an argument of "
-                f"{type(model).__name__}.forward{hint}. Expected one of {format_choices(params)}."
-            )
-    return dict(concrete_args)
-
-
-class restore_training:
-    """Context manager restoring the ``training`` flag of every submodule on exit.
-
-    ``model.train(was_training)`` would flatten a model whose submodules are in mixed modes;
-    this puts each flag back as it was.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.flags = [(m, m.training) for m in model.modules()]
-
-    def __enter__(self) -> restore_training:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for m, flag in self.flags:
-            m.training = flag
-
-
 def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) -> TraceError:
     """Turn a raw torch.fx failure into a ``TraceError`` naming module, source line and fix."""
     path, mtype = tracer.failed_module or ("", type(model))
-    frame = _failing_user_frame(exc.__traceback__)
+    frame = failing_user_frame(exc.__traceback__)
     source = code = function = None
     if frame is not None:
         source = f"{frame.f_code.co_filename}:{frame.f_lineno}"
@@ -547,7 +362,7 @@ def _user_source(frame: types.FrameType | None) -> str | None:
     return None
 
 
-def _failing_user_frame(tb: types.TracebackType | None) -> types.FrameType | None:
+def failing_user_frame(tb: types.TracebackType | None) -> types.FrameType | None:
     found = None
     while tb is not None:
         if not _is_own(tb.tb_frame.f_code.co_filename):

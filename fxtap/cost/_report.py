@@ -278,7 +278,7 @@ class CostReport:
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Draw FLOPs accumulated along the graph with the cut marked, and latency per variant."""
-        from fxtap.cost_plot import plot_report
+        from fxtap.cost._plot import plot_report
 
         try:
             plot_report(self, path)

@@ -23,6 +23,7 @@ __all__ = [
     "DTYPES",
     "InputSpec",
     "load_model",
+    "load_spec",
     "make_inputs",
     "parse_input",
     "parse_model_args",
@@ -334,3 +335,13 @@ def _bytes(n: float) -> str:
             return f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n:,.1f} PB"
+
+
+def load_spec(spec: str, model_args: Sequence[str] = (), *, trust: bool = False) -> nn.Module:
+    """A model from a spec, or a saved extractor when ``spec`` is an existing file."""
+    path = Path(spec)
+    if path.suffix in (".fxtap", ".pt", ".pth") or (path.is_file() and path.suffix != ".py"):
+        from fxtap.save import load
+
+        return load(path, trust=trust)
+    return load_model(spec, parse_model_args(model_args))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from fxtap.render_view import View, ViewNode
+from fxtap.render._view import View, ViewNode
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
 

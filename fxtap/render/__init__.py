@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fxtap._stage import make_callable
 from fxtap.errors import (
     DotNotFoundError,
     InvalidArgumentError,
@@ -24,10 +25,10 @@ from fxtap.errors import (
     format_choices,
 )
 from fxtap.names import diff_modes
-from fxtap.render_dot import FAST_SETTINGS, to_dot
-from fxtap.render_fold import collapse, cut_long_edges, fold_pruned
-from fxtap.render_fold import fold_repeats as fold_repeats_
-from fxtap.render_view import View, build_view, model_name, sources, with_shapes
+from fxtap.render._dot import FAST_SETTINGS, to_dot
+from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
+from fxtap.render._fold import fold_repeats as fold_repeats_
+from fxtap.render._view import View, build_view, model_name, sources, with_shapes
 
 __all__ = ["Drawing", "Rendering", "render"]
 
@@ -376,3 +377,6 @@ def _check_options(
 
 def _safe_stem(title: str) -> str:
     return re.sub(r"[^\w.-]+", "_", title).strip("._") or "model"
+
+
+make_callable(__name__, render)

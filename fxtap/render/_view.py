@@ -9,9 +9,10 @@ from typing import Any
 
 from torch import fx, nn
 
+from fxtap._fx import owned_params, target_text
+from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
-from fxtap.names import _owned_params, _target_text, propagate_shapes
-from fxtap.prune import normalize_return_nodes, resolve
+from fxtap.names import propagate_shapes
 from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
 
 __all__ = [
@@ -113,7 +114,7 @@ def build_view(
         name = traced.names.get(node)
         if node.op == "get_attr" and name not in requested:
             # Parameters, buffers and constants are drawn inside the node that uses them.
-            size = _owned_params(gm, node)
+            size = owned_params(gm, node)
             for user in node.users:
                 folded_params[user] = folded_params.get(user, 0) + size
             continue
@@ -136,11 +137,11 @@ def build_view(
             id=name,
             short=name[len(module) + 1 :] if module and name.startswith(module + ".") else name,
             op=node.op,
-            target=_target_text(node) if node.op != "output" else "output",
+            target=target_text(node) if node.op != "output" else "output",
             module=module,
             module_type=module_type,
             shape=_shape_text(node.meta.get("tensor_meta")),
-            params=_owned_params(gm, node) if node.op == "call_module" else 0,
+            params=owned_params(gm, node) if node.op == "call_module" else 0,
             source=node.meta.get(SOURCE_KEY),
             key=requested.get(name),
             pruned=not is_kept,
@@ -313,10 +314,11 @@ def _requested_names(traced: Traced, requested: Mapping[str, str]) -> dict[str, 
     out: dict[str, str] = {}
     inputs = getattr(traced, "module_inputs", {})
     for name, key in requested.items():
-        if name == ":output":
+        query = parse_query(name)
+        if query.port == "model":
             name = "output"
-        elif name.endswith(":input") and name[: -len(":input")] in inputs:
-            name = traced.names.get(inputs[name[: -len(":input")]], name)
+        elif query.port == "input" and query.path in inputs:
+            name = traced.names.get(inputs[query.path], name)
         out[name] = key
     return out
 

@@ -12,19 +12,17 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxtap.cost_count import (
+from fxtap._fx import node_name, node_scope, owned_params, target_text
+from fxtap.cost._count import (
     count_flops,
     count_params,
-    node_module,
-    node_name,
-    node_params,
     output_bytes,
     peak_liveness,
     profiler_peak,
     time_nodes,
 )
-from fxtap.cost_report import CostReport, NodeCost, VariantCost
-from fxtap.cost_time import (
+from fxtap.cost._report import CostReport, NodeCost, VariantCost
+from fxtap.cost._time import (
     Progress,
     bimodal,
     bootstrap_median_ci,
@@ -32,7 +30,7 @@ from fxtap.cost_time import (
     median,
     time_rounds,
 )
-from fxtap.cost_variants import cuda_peak, resolve_taps, variant_functions
+from fxtap.cost._variants import cuda_peak, resolve_taps, variant_functions
 from fxtap.errors import InvalidArgumentError
 from fxtap.extractor import create_feature_extractor
 from fxtap.names import propagate_shapes
@@ -161,10 +159,10 @@ def _measure(
         NodeCost(
             name=node_name(n),
             op=n.op,
-            target=_target(n),
-            module=node_module(gm, n),
+            target=target_text(n),
+            module=node_scope(n),
             flops=flops.per_node.get(n, 0),
-            params=node_params(gm, n),
+            params=owned_params(gm, n),
             output_bytes=output_bytes(n),
             kept=node_name(n) in kept,
             time_s=times.get(n),
@@ -328,12 +326,3 @@ def _tensors(model: nn.Module) -> list[torch.Tensor]:
 def _moved(model: nn.Module, dev: torch.device) -> nn.Module:
     # NOTE: .to() moves in place; a copy keeps the caller's model where it was.
     return copy.deepcopy(model).to(dev)
-
-
-def _target(node: fx.Node) -> str:
-    target = node.target
-    if isinstance(target, str):
-        return target
-    module = str(getattr(target, "__module__", None) or "")
-    qual = str(getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target)))
-    return qual if module in ("", "_operator", "builtins") else f"{module}.{qual}"

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 
-from fxtap.render_view import View, ViewNode, prefixes, unique
+from fxtap.render._view import View, ViewNode, prefixes, unique
 
 __all__ = ["collapse", "cut_long_edges", "fold_pruned", "fold_repeats"]
 

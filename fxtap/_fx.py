@@ -1,0 +1,183 @@
+"""Shared torch.fx node helpers: meta keys, target text, scope, owned parameters, aliasing, clones.
+
+Every stage that asks one of these questions about a node imports the answer from here, so the
+pruner, the node table, the renderer and the cost report never disagree.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import operator
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+__all__ = [
+    "INPLACE_OPERATORS",
+    "NAME_KEY",
+    "SCOPE_KEY",
+    "SOURCE_KEY",
+    "VIEW_FUNCTIONS",
+    "VIEW_METHODS",
+    "clone_structure",
+    "get_path",
+    "inplace_arg",
+    "module_type_name",
+    "node_name",
+    "node_scope",
+    "owned_params",
+    "shares_storage",
+    "target_text",
+]
+
+#: ``node.meta`` key holding fxtap's dotted-path name of a node.
+NAME_KEY = "fxtap_name"
+#: ``node.meta`` key holding ``(module_path, module_type)`` of the scope that created a node.
+SCOPE_KEY = "fxtap_scope"
+#: ``node.meta`` key holding the ``file:line`` of the user code that created a node.
+SOURCE_KEY = "fxtap_source"
+
+#: Tensor methods whose result may share storage with the tensor they are called on.
+VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
+    "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "chunk", "split",
+    "unbind", "t", "contiguous", "as_strided", "movedim", "swapaxes", "unfold", "diagonal",
+    "detach", "__getitem__", "type_as", "to", "float", "real", "imag", "mT", "T",
+})  # fmt: skip
+#: Functions whose result may share storage with their first argument.
+VIEW_FUNCTIONS = frozenset({operator.getitem, builtins.getattr} | {
+    getattr(torch, n)
+    for n in (
+        "flatten", "reshape", "transpose", "permute", "squeeze", "unsqueeze", "narrow",
+        "select", "chunk", "split", "unbind", "t", "movedim", "swapaxes", "diagonal",
+        "detach", "as_strided", "unflatten", "tensor_split", "hsplit", "vsplit",
+    )
+    if hasattr(torch, n)
+})  # fmt: skip
+#: Python operators that write into their first argument.
+INPLACE_OPERATORS = frozenset({
+    getattr(operator, n)
+    for n in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
+              "ixor", "ilshift", "irshift", "imatmul", "setitem")
+})  # fmt: skip
+
+
+def node_name(node: fx.Node) -> str:
+    """fxtap's dotted name of ``node``, else torch.fx's own name."""
+    return str(node.meta.get(NAME_KEY, node.name))
+
+
+def node_scope(node: fx.Node) -> str:
+    """The module path a node belongs to: its target for a module call, else its scope."""
+    if node.op == "call_module":
+        return str(node.target)
+    return str(node.meta.get(SCOPE_KEY, ("", None))[0])
+
+
+def module_type_name(gm: nn.Module, node: fx.Node) -> str:
+    """Class name of the called module, or of the module whose code created ``node``."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))).__name__
+    scope_type = node.meta.get(SCOPE_KEY, ("", None))[1]
+    return scope_type.__name__ if isinstance(scope_type, type) else ""
+
+
+def target_text(node: fx.Node) -> str:
+    """A node's target as users write it: ``torch.flatten``, ``add``, ``layer1.0.conv1``."""
+    target = node.target
+    if isinstance(target, str):
+        return target
+    module = str(getattr(target, "__module__", None) or "")
+    qualname = str(
+        getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    )
+    if qualname.startswith("_VariableFunctionsClass."):
+        # NOTE: torch's C functions report a private class; users know them as torch.NAME.
+        qualname = qualname.split(".", 1)[1]
+        module = module or "torch"
+    if module in ("", "_operator", "builtins"):
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def owned_params(gm: nn.Module, node: fx.Node) -> int:
+    """Elements of the parameters a node uses directly (a module call or a ``get_attr``)."""
+    if node.op == "call_module":
+        return sum(p.numel() for p in gm.get_submodule(str(node.target)).parameters())
+    if node.op == "get_attr":
+        try:
+            return gm.get_parameter(str(node.target)).numel()
+        except AttributeError:
+            return 0
+    return 0
+
+
+def inplace_arg(node: fx.Node, owner: nn.Module | None) -> fx.Node | None:
+    """The node an in-place op writes into, or ``None`` when ``node`` is not in-place.
+
+    In-place means a method or function named ``NAME_``, an in-place operator, ``inplace=True``,
+    or a module whose ``inplace`` attribute is ``True``.
+    """
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    first = node.args[0]
+    if node.op == "call_method":
+        name = str(node.target)
+        if name.endswith("_") and not name.endswith("__"):
+            return first
+    elif node.op == "call_function":
+        if node.target in INPLACE_OPERATORS or node.kwargs.get("inplace") is True:
+            return first
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
+            return first
+    elif node.op == "call_module" and owner is not None:
+        module = owner.get_submodule(str(node.target))
+        if getattr(module, "inplace", False) is True:
+            return first
+    return None
+
+
+def shares_storage(node: fx.Node, owner: nn.Module | None) -> fx.Node | None:
+    """The node whose memory ``node``'s result may reuse: a view's base or an in-place target."""
+    written = inplace_arg(node, owner)
+    if written is not None:
+        return written
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if first is None:
+        return None
+    if (node.op == "call_method" and node.target in VIEW_METHODS) or (
+        node.op == "call_function" and node.target in VIEW_FUNCTIONS
+    ):
+        return first
+    return None
+
+
+def get_path(module: nn.Module, target: str) -> Any:
+    """The attribute of ``module`` at a dotted ``target`` that fxtap's own graph named."""
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    """A copy of the module tree with its own module objects, sharing parameters and buffers.
+
+    Hook dictionaries are copied so that hooks added to the clone never reach the original.
+    """
+    if id(module) in memo:
+        return memo[id(module)]
+    clone = copy.copy(module)
+    memo[id(module)] = clone
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    clone._modules = {
+        k: (clone_structure(v, memo) if v is not None else None) for k, v in module._modules.items()
+    }
+    for attr, value in list(vars(module).items()):
+        if "hooks" in attr and isinstance(value, dict):
+            setattr(clone, attr, type(value)(value))
+    return clone

@@ -1,0 +1,210 @@
+"""Node queries: parse ``NAME``, ``NAME:input``, ``NAME:output`` and ``:output``, and resolve them.
+
+One parser and one resolver for every stage: the extractor, the capture path, the renderer and
+the cost report all read requests through ``normalize_return_nodes`` and ``parse_query``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import fx
+
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError, close_matches, format_choices
+from fxtap.trace import Traced
+
+__all__ = [
+    "INPUT_SUFFIX",
+    "MODEL_OUTPUT",
+    "OUTPUT_SUFFIX",
+    "Query",
+    "Request",
+    "normalize_return_nodes",
+    "parse_query",
+    "resolve",
+]
+
+#: Query suffix selecting the first argument a module receives: ``"layer4.1.conv2:input"``.
+INPUT_SUFFIX = ":input"
+
+
+#: Query selecting the model's own output: ``{"layer4": "feat", ":output": "logits"}``.
+MODEL_OUTPUT = ":output"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One requested output: a query and the key it gets in the output dict."""
+
+    query: str
+    key: str
+
+
+#: Query suffix naming a module's own output, the same as the bare name: ``"layer4:output"``.
+OUTPUT_SUFFIX = ":output"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed node query.
+
+    Attributes:
+        path: the node or module name; empty for the model's output.
+        port: ``"node"`` (``NAME`` or ``NAME:output``), ``"input"`` (``NAME:input``) or
+            ``"model"`` (``:output``).
+    """
+
+    path: str
+    port: Literal["node", "input", "model"]
+
+
+def parse_query(text: str) -> Query:
+    """Split a query into its name and what it selects.
+
+    >>> parse_query("layer4.1.conv2:input")
+    Query(path='layer4.1.conv2', port='input')
+    >>> parse_query(":output")
+    Query(path='', port='model')
+    """
+    if text == MODEL_OUTPUT:
+        return Query("", "model")
+    if text.endswith(INPUT_SUFFIX):
+        return Query(text[: -len(INPUT_SUFFIX)], "input")
+    return Query(text.removesuffix(OUTPUT_SUFFIX), "node")
+
+
+def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]:
+    """Validate a list or dict of node queries and return them as ``Request``s.
+
+    Raises:
+        InvalidArgumentError: empty, wrong type, non-string queries or keys, duplicate keys.
+    """
+    if isinstance(return_nodes, str):
+        return_nodes = [return_nodes]
+    if isinstance(return_nodes, Mapping):
+        pairs = list(return_nodes.items())
+    elif isinstance(return_nodes, Iterable):
+        pairs = [(q, q) for q in return_nodes]
+    else:
+        raise InvalidArgumentError(
+            f"{argument} {return_nodes!r:.80} is a {type(return_nodes).__name__}; expected a list "
+            "of node names or a dict mapping node names to output keys, e.g. "
+            "['layer2', 'layer4'] or {'layer4': 'feat'}"
+        )
+    if not pairs:
+        raise InvalidArgumentError(
+            f"{argument} is empty; request at least one node, e.g. ['layer4']. "
+            "List names with fxtap.get_graph_node_names(model) or: fxtap nodes MODEL"
+        )
+    requests: list[Request] = []
+    seen: dict[str, str] = {}
+    for query, key in pairs:
+        if not isinstance(query, str):
+            raise InvalidArgumentError(
+                f"{argument} has a non-string node name {query!r} ({type(query).__name__}); "
+                "node names are strings such as 'layer1.0.relu'"
+            )
+        if not isinstance(key, str):
+            raise InvalidArgumentError(
+                f"{argument}[{query!r}] maps to {key!r} ({type(key).__name__}); output keys must "
+                "be strings"
+            )
+        if key in seen:
+            raise InvalidArgumentError(
+                f"{argument} gives output key {key!r} twice (for {seen[key]!r} and {query!r}); "
+                "give each requested node its own key"
+            )
+        seen[key] = query
+        requests.append(Request(query, key))
+    return requests
+
+
+def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[str, Any]:
+    """Map each request's key to the node (or output structure) it selects.
+
+    A query selects the node of that exact name, or else the last node in execution order
+    whose name has the query as a dotted prefix. Each query is resolved on its own, so
+    overlapping queries (``layer4`` and ``layer4.1``) never take each other's nodes.
+
+    Raises:
+        NodeNotFoundError: a query matches nothing; lists the closest names and the mode.
+    """
+    last_under = _prefix_index(traced.names)
+    inputs = _module_inputs(traced)
+    output_node = traced.graph_module.graph.output_node()
+    selected: dict[str, Any] = {}
+    for req in requests:
+        query = parse_query(req.query)
+        if query.port == "model":
+            selected[req.key] = output_node.args[0]
+        elif query.port == "node" and query.path in last_under:
+            selected[req.key] = last_under[query.path]
+        elif query.port == "input" and query.path in inputs:
+            selected[req.key] = inputs[query.path]
+        else:
+            raise _not_found(req.query, traced, model_name, inputs)
+    return selected
+
+
+def _prefix_index(names: Mapping[fx.Node, str]) -> dict[str, fx.Node]:
+    """Every dotted prefix of every name -> last node (execution order) under that prefix."""
+    index: dict[str, fx.Node] = {}
+    for node, name in names.items():
+        end = name.find(".")
+        while end != -1:
+            index[name[:end]] = node
+            end = name.find(".", end + 1)
+        index[name] = node
+    return index
+
+
+def _module_inputs(traced: Traced) -> dict[str, fx.Node]:
+    """Module path -> first node its first call received, for ``:input`` queries."""
+    inputs: dict[str, fx.Node] = {}
+    for node in traced.graph_module.graph.nodes:
+        if node.op == "call_module" and node.args and isinstance(node.args[0], fx.Node):
+            inputs.setdefault(str(node.target), node.args[0])
+    for path, first in traced.module_inputs.items():
+        inputs.setdefault(path, first)
+    return inputs
+
+
+def _not_found(
+    query: str, traced: Traced, model_name: str, inputs: Mapping[str, fx.Node]
+) -> NodeNotFoundError:
+    names = list(traced.names.values())
+    leaf = _enclosing_leaf(query, traced)
+    if leaf is not None:
+        return NodeNotFoundError(
+            f"node {query!r} is inside leaf module {leaf!r} of {model_name}, which the "
+            f"{traced.mode} graph holds as one node; request {leaf!r} itself, or trace through it "
+            f"by removing it from tracer_kwargs['leaf_modules']"
+        )
+    spelling = ""
+    if ":" in query:
+        # NOTE: only module paths take a suffix, so compare against 'path:input' spellings.
+        pool = [p + INPUT_SUFFIX for p in inputs] + [p + MODEL_OUTPUT for p in inputs]
+        hint = close_matches(query, pool)
+        spelling = f" (suffixes are {INPUT_SUFFIX!r} and {MODEL_OUTPUT!r})"
+    else:
+        # Names under the same top-level module come first: 'layer1.relu' means layer1's.
+        head = query.split(".", 1)[0] + "."
+        hint = close_matches(query, [n for n in names if n.startswith(head)])
+        hint += [h for h in close_matches(query, names) if h not in hint][: 3 - len(hint)]
+    return NodeNotFoundError(
+        f"node {query!r} not found in the {traced.mode} graph of {model_name}{spelling}; "
+        f"closest: {format_choices(hint)}. List names with fxtap.get_graph_node_names(model) "
+        "or: fxtap nodes MODEL"
+    )
+
+
+def _enclosing_leaf(query: str, traced: Traced) -> str | None:
+    leaves = {str(n.target) for n in traced.graph_module.graph.nodes if n.op == "call_module"}
+    parts = query.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in leaves:
+            return prefix
+    return None

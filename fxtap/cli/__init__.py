@@ -1,0 +1,44 @@
+"""The ``fxtap`` command line: one subcommand per stage (nodes, extract, render, bench, demo)."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+
+from fxtap.cli._output import PROG, one_line, show_warning
+from fxtap.cli._parser import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns 0 on success, 1 on a runtime error, 2 on bad usage.
+
+    >>> main(["nodes", "torchvision:resnet18"])  # doctest: +SKIP
+    0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # argparse exits 2 on bad usage and 0 on --help
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            # Filters stay as they are; only how a shown warning looks changes.
+            warnings.showwarning = show_warning
+            from fxtap.cli._commands import COMMANDS
+
+            return int(COMMANDS[args.handler](args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 1

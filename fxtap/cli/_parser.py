@@ -1,0 +1,261 @@
+"""The argument parser of ``fxtap``: one subcommand per stage, every default in its help."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fxtap.cli._models import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
+from fxtap.cli._output import PROG
+from fxtap.errors import InvalidArgumentError
+
+__all__ = ["PROG", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``fxtap`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Tap intermediate values of PyTorch models with torch.fx.",
+        epilog="Run 'fxtap SUBCOMMAND --help' for each subcommand's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of errors (default: off)"
+    )
+    parser.set_defaults(command=None)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks of errors (default: off)",
+    )
+    model = argparse.ArgumentParser(add_help=False, parents=[common])
+    model.add_argument(
+        "model",
+        metavar="MODEL",
+        help="torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory, "
+        "or a saved extractor file (default: none, required)",
+    )
+    model.add_argument(
+        "--model-arg",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="keyword argument of the model factory, a Python literal or a string; repeatable "
+        "(default: none; torchvision gets weights=None, timm pretrained=False)",
+    )
+    model.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow loading a pickled extractor file, which runs code stored in it (default: off)",
+    )
+    inputs = argparse.ArgumentParser(add_help=False)
+    inputs.add_argument(
+        "--input",
+        metavar="SHAPE[:DTYPE]",
+        action="append",
+        type=_input_type,
+        help=f"example input shape such as {DEFAULT_INPUT} or {DEFAULT_INPUT}:float16; "
+        f"repeat for models with several inputs (default: {DEFAULT_INPUT})",
+    )
+    inputs.add_argument(
+        "--dtype",
+        type=_dtype_type,
+        default=None,
+        help="dtype of inputs whose --input names none (default: float32)",
+    )
+    taps = _nodes_parser(required=True)
+
+    p = sub.add_parser(
+        "nodes",
+        parents=[model, inputs],
+        help="print the node table of a model",
+        description="Print every node of a model's traced graph: name, op, target, module type, "
+        "parameters, and output shape and dtype when --input is given.",
+    )
+    p.add_argument(
+        "--mode", choices=("train", "eval"), default="eval", help="graph to list (default: eval)"
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the table as JSON (default: none)")
+    p.set_defaults(handler="nodes")
+
+    p = sub.add_parser(
+        "extract",
+        parents=[model, inputs, taps],
+        help="build a feature extractor and save it",
+        description="Build a feature extractor (both train and eval graphs), check it on the "
+        "example input in eval mode, and save it.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        required=True,
+        help="file to write (default: none, required)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("fxtap", "pickle"),
+        default="fxtap",
+        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
+        "(default: fxtap)",
+    )
+    p.add_argument(
+        "--check-trace",
+        action="store_true",
+        help="compare each traced module with eager execution on the example input and make "
+        "mis-traced ones opaque (default: off)",
+    )
+    p.set_defaults(handler="extract")
+
+    p = sub.add_parser(
+        "render",
+        parents=[model, inputs, _nodes_parser(required=False)],
+        help="draw a model's graph, or the kept and pruned nodes of an extractor",
+        description="Draw the traced graph with Graphviz; with --nodes, nodes the taps do not "
+        "need are drawn dashed.",
+    )
+    p.add_argument("-o", "--out-dir", default=".", help="folder to write to (default: .)")
+    p.add_argument(
+        "--mode",
+        choices=("train", "eval", "both"),
+        default="both",
+        help="graph(s) to draw (default: both)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("svg", "png", "pdf", "dot"),
+        default="svg",
+        help="file format; dot writes DOT text without Graphviz (default: svg)",
+    )
+    p.add_argument("--name", help="file stem and title (default: the model's class name)")
+    p.add_argument(
+        "--depth",
+        type=_count_type,
+        default=None,
+        help="draw modules nested deeper than this as one box (default: all levels)",
+    )
+    p.add_argument(
+        "--max-nodes",
+        type=_count_type,
+        default=800,
+        help="collapse modules to draw about this many nodes (default: 800)",
+    )
+    p.set_defaults(handler="render")
+
+    p = sub.add_parser(
+        "bench",
+        parents=[model, inputs, taps],
+        help="compare the cost of the full model, forward hooks and the extractor",
+        description="Measure FLOPs, parameters, peak memory and latency of the full model, the "
+        "model with forward hooks, and the fxtap extractor.",
+    )
+    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
+    p.add_argument(
+        "--threads", type=_count_type, default=None, help="intra-op threads (default: torch's)"
+    )
+    p.add_argument(
+        "--rounds", type=_count_type, default=10, help="interleaved timing rounds (default: 10)"
+    )
+    p.add_argument(
+        "--min-run-time",
+        type=float,
+        default=0.2,
+        help="seconds each variant is timed per round (default: 0.2)",
+    )
+    p.add_argument(
+        "--mode", choices=("train", "eval"), default="eval", help="graph to measure (default: eval)"
+    )
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON (default: none)")
+    p.add_argument("--csv", metavar="FILE", help="write per-node costs as CSV (default: none)")
+    p.add_argument("--plot", metavar="FILE", help="write a chart, needs matplotlib (default: none)")
+    p.set_defaults(handler="bench")
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the whole job on a built-in example and write the results",
+        description="Node table, extractor, drawings and cost report of one model, written "
+        "to one folder.",
+    )
+    p.add_argument("-o", "--out-dir", default="out", help="folder to write to (default: out)")
+    p.add_argument(
+        "--model",
+        default="torchvision:resnet18",
+        help="model spec (default: torchvision:resnet18)",
+    )
+    p.add_argument(
+        "--nodes",
+        metavar="NAME",
+        nargs="+",
+        default=["layer2", "layer4"],
+        help="nodes to tap (default: layer2 layer4)",
+    )
+    p.add_argument(
+        "--input",
+        metavar="SHAPE[:DTYPE]",
+        type=_input_type,
+        default=None,
+        help=f"example input (default: {DEFAULT_INPUT})",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="time fewer rounds, for a fast look (default: off)",
+    )
+    p.set_defaults(handler="demo")
+    return parser
+
+
+def _nodes_parser(*, required: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--nodes",
+        metavar="NAME[=KEY]",
+        nargs="+",
+        required=required,
+        help="node names to tap: 'layer4', 'layer4.1.conv2:input', ':output'; NAME=KEY names "
+        "the output " + ("(default: none, required)" if required else "(default: none)"),
+    )
+    return parser
+
+
+def _input_type(text: str) -> InputSpec:
+    return _usage(parse_input)(text)
+
+
+def _dtype_type(text: str) -> torch.dtype:
+    return _usage(parse_dtype)(text)
+
+
+def _count_type(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _usage(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return fn(text)
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _version() -> str:
+    from fxtap import __version__
+
+    return __version__

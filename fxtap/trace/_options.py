@@ -1,0 +1,152 @@
+"""Tracer options: validation of ``tracer_kwargs`` and ``concrete_args``, torchvision's defaults."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from fxtap.errors import InvalidArgumentError, format_choices
+
+__all__ = [
+    "check_concrete_args",
+    "check_model",
+    "default_autowrap_modules",
+    "default_leaf_modules",
+    "restore_training",
+    "tracer_options",
+]
+
+_TRACER_KWARGS = (
+    "leaf_modules",
+    "autowrap_modules",
+    "autowrap_functions",
+    "param_shapes_constant",
+    "record_source",
+)
+
+
+def default_leaf_modules() -> tuple[type[nn.Module], ...]:
+    """Every ``nn.Module`` class exported by ``torchvision.ops`` (empty without torchvision)."""
+    try:
+        import torchvision.ops
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return tuple(
+        obj
+        for _, obj in inspect.getmembers(torchvision.ops)
+        if inspect.isclass(obj) and issubclass(obj, nn.Module)
+    )
+
+
+def default_autowrap_modules() -> tuple[types.ModuleType, ...]:
+    """``math`` and, when importable, ``torchvision.ops`` (torchvision's defaults)."""
+    try:
+        import torchvision.ops
+    except ImportError:  # pragma: no cover
+        return (math,)
+    return (math, torchvision.ops)
+
+
+def check_model(model: Any) -> None:
+    """Raise ``InvalidArgumentError`` unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"model {model!r:.80} is a {type(model).__name__}; expected a torch.nn.Module. "
+            "Wrap a function in a module whose forward calls it."
+        )
+
+
+def tracer_options(tracer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate ``tracer_kwargs`` and merge torchvision's defaults; never mutates the input."""
+    if tracer_kwargs is None:
+        user: dict[str, Any] = {}
+    elif isinstance(tracer_kwargs, Mapping):
+        user = dict(tracer_kwargs)
+    else:
+        raise InvalidArgumentError(
+            f"tracer_kwargs {tracer_kwargs!r:.80} is a {type(tracer_kwargs).__name__}; expected a "
+            f"dict with keys among {format_choices(_TRACER_KWARGS)}"
+        )
+    for key in user:
+        if key not in _TRACER_KWARGS:
+            close = difflib.get_close_matches(str(key), _TRACER_KWARGS, n=2)
+            hint = f"; did you mean {format_choices(close)}?" if close else ""
+            raise InvalidArgumentError(
+                f"tracer_kwargs key {key!r} is not a NodePathTracer option{hint} "
+                f"Expected keys among {format_choices(_TRACER_KWARGS)}."
+            )
+    for key in ("leaf_modules", "autowrap_modules", "autowrap_functions"):
+        value = user.get(key, ())
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise InvalidArgumentError(
+                f"tracer_kwargs[{key!r}] is {value!r:.80}; expected a list or tuple"
+            )
+        user[key] = tuple(value)
+    for fn in user["autowrap_functions"]:
+        if not callable(fn):
+            raise InvalidArgumentError(
+                f"tracer_kwargs['autowrap_functions'] item {fn!r} is not callable; expected "
+                "functions such as my_module.my_helper"
+            )
+    for mod in user["autowrap_modules"]:
+        if not isinstance(mod, types.ModuleType):
+            raise InvalidArgumentError(
+                f"tracer_kwargs['autowrap_modules'] item {mod!r} is not a Python module; expected "
+                "modules such as math"
+            )
+    user["leaf_modules"] = tuple(dict.fromkeys(user["leaf_modules"] + default_leaf_modules()))
+    user["autowrap_modules"] = tuple(
+        dict.fromkeys(user["autowrap_modules"] + default_autowrap_modules())
+    )
+    return user
+
+
+def check_concrete_args(
+    model: nn.Module, concrete_args: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """Check that every ``concrete_args`` key is an argument of ``model.forward``."""
+    if concrete_args is None:
+        return None
+    if not isinstance(concrete_args, Mapping):
+        raise InvalidArgumentError(
+            f"concrete_args {concrete_args!r:.80} is a {type(concrete_args).__name__}; expected a "
+            "dict mapping forward() argument names to fixed values"
+        )
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtin forwards
+        return dict(concrete_args)
+    for key in concrete_args:
+        if key not in params:
+            close = difflib.get_close_matches(str(key), params, n=2)
+            hint = f"; closest: {format_choices(close)}" if close else ""
+            raise InvalidArgumentError(
+                f"concrete_args key {key!r} is not an argument of "
+                f"{type(model).__name__}.forward{hint}. Expected one of {format_choices(params)}."
+            )
+    return dict(concrete_args)
+
+
+class restore_training:
+    """Context manager restoring the ``training`` flag of every submodule on exit.
+
+    ``model.train(was_training)`` would flatten a model whose submodules are in mixed modes;
+    this puts each flag back as it was.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags = [(m, m.training) for m in model.modules()]
+
+    def __enter__(self) -> restore_training:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m, flag in self.flags:
+            m.training = flag
