@@ -413,7 +413,7 @@ CASES = [
         InvalidArgumentError,
         ValueError,
         ("'leaf_module'",),
-        "did you mean 'leaf_modules'",
+        "closest: 'leaf_modules'",
     ),
     Case(
         "tracer-kwargs-not-a-dict",

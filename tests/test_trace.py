@@ -245,7 +245,7 @@ def test_non_sequence_option_is_rejected(bad: object) -> None:
 
 
 def test_unknown_tracer_option_suggests_the_close_one() -> None:
-    with pytest.raises(InvalidArgumentError, match=r"did you mean 'leaf_modules'"):
+    with pytest.raises(InvalidArgumentError, match=r"closest: 'leaf_modules'"):
         tracer_options({"leaf_module": [Block]})
 
 
