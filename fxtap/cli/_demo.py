@@ -11,7 +11,8 @@ from typing import Any, TextIO
 
 import torch
 
-from fxtap.errors import DotNotFoundError, OutputPathError, ensure_output_dir
+from fxtap._io import write_atomic
+from fxtap.errors import DotNotFoundError, ensure_output_dir
 
 __all__ = ["DemoResult", "run"]
 
@@ -151,8 +152,4 @@ def run(
 
 
 def _write(path: Path, text: str) -> Path:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputPathError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
-    return path
+    return write_atomic(path, text, hint="Pass a writable folder with -o DIR.")

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import torch
 
+from fxtap._io import write_atomic
 from fxtap.errors import FxtapError, OutputPathError
 
 PROG = "fxtap"
@@ -149,13 +150,7 @@ def check_writable(folder: Path, target: Path) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    target = Path(path)
-    try:
-        target.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot write {path!r}: {exc.strerror or exc}. Pick a path in a folder that exists"
-        ) from exc
+    write_atomic(path, text, hint="Pick a path in a folder that exists.")
 
 
 def row_dict(row: Any) -> dict[str, Any]:
