@@ -24,6 +24,15 @@ from fxtap.trace import NodePathTracer, Traced
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # NOTE: the dataset stage needs the optional zarr; import it only when it is used.
+    if name in ("extract_dataset", "open_features"):
+        from fxtap import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'fxtap' has no attribute {name!r}")
+
 __all__ = [
     "CaptureExtractor",
     "CostReport",
@@ -45,9 +54,11 @@ __all__ = [
     "Traced",
     "compare",
     "create_feature_extractor",
+    "extract_dataset",
     "get_graph_node_names",
     "load",
     "node_table",
+    "open_features",
     "render",
     "save",
     "trace",
