@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fxtap.cli import _run
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
     PROG,
@@ -183,4 +184,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "render": _render,
     "bench": _bench,
     "demo": _demo,
+    "run": _run.run,
 }

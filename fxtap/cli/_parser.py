@@ -10,6 +10,7 @@ import torch
 
 from fxtap.cli._models import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
 from fxtap.cli._output import PROG
+from fxtap.cli._run import add_parser as add_run_parser
 from fxtap.errors import InvalidArgumentError
 
 __all__ = ["PROG", "build_parser"]
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time fewer rounds, for a fast look (default: off)",
     )
     p.set_defaults(handler="demo")
+    add_run_parser(sub)
     return parser
 
 
