@@ -191,6 +191,9 @@ def prepare(
     """
     folder = ensure_output_dir(out, hint="Pass another out= (--out on the command line)")
     existing = read_metadata(folder)
+    if existing is None and _only_partials(folder):
+        # A job killed while writing its very first file left only that file's temporary.
+        _clear(folder)
     if existing is None and any(folder.iterdir()):
         raise OutputPathError(
             f"{str(folder)!r} is not empty and holds no fxtap feature store; pass a new or "
@@ -270,6 +273,11 @@ def _remove_partials(folder: Path) -> None:
     for path in folder.rglob("*.partial"):
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _only_partials(folder: Path) -> bool:
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    return bool(files) and all(p.name.endswith(".partial") for p in files)
 
 
 def _clear(folder: Path) -> None:
