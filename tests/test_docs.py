@@ -29,7 +29,7 @@ from fxtap.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 # Snippets of these files are run (other pages' snippets are their authors' to test).
-RUN_PYTHON = {"README.md", "index.md", "cli.md", "saving.md", "picking-taps.md"}
+RUN_PYTHON = {"README.md", "index.md", "cli.md", "saving.md", "picking-taps.md", "dataset.md"}
 # Pages other people are writing: a link to one is only checked once it exists.
 PLANNED = {"docs/tracing.md", "docs/errors.md", "docs/benchmarks.md"}
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
