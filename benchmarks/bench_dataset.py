@@ -42,12 +42,16 @@ def main() -> None:
         rows = run(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"resnet50, {args.images} images 224x224, batch {args.batch_size}, {args.threads} threads, "
-          f"median of {args.rounds} interleaved rounds")
+    print(
+        f"resnet50, {args.images} images 224x224, batch {args.batch_size}, {args.threads} threads, "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(f"{'taps':<22}{'job':>10}{'loop':>10}{'hooks':>10}{'job/loop':>10}{'loop/hooks':>12}")
     for r in rows:
-        print(f"{r['taps']:<22}{r['job']:>10.1f}{r['loop']:>10.1f}{r['hooks']:>10.1f}"
-              f"{r['job'] / r['loop']:>10.2f}{r['loop'] / r['hooks']:>12.2f}")
+        print(
+            f"{r['taps']:<22}{r['job']:>10.1f}{r['loop']:>10.1f}{r['hooks']:>10.1f}"
+            f"{r['job'] / r['loop']:>10.2f}{r['loop'] / r['hooks']:>12.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
@@ -59,12 +63,22 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
     model = torchvision.models.resnet50(weights=None).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size)
     rows = []
-    for label, nodes, pool in (("layer3", ["layer3"], None), ("avgpool (pooled)", ["avgpool"], "avg")):
+    for label, nodes, pool in (
+        ("layer3", ["layer3"], None),
+        ("avgpool (pooled)", ["avgpool"], "avg"),
+    ):
         extractor = fxtap.create_feature_extractor(model, nodes).eval()
 
         def job(extractor=extractor, nodes=nodes, pool=pool) -> None:
-            fxtap.extract_dataset(extractor, dataset, work / "out", batch_size=args.batch_size,
-                                  pool=pool, progress=False, resume=False)
+            fxtap.extract_dataset(
+                extractor,
+                dataset,
+                work / "out",
+                batch_size=args.batch_size,
+                pool=pool,
+                progress=False,
+                resume=False,
+            )
 
         def loop(extractor=extractor) -> None:
             kept = []
@@ -74,8 +88,12 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
 
         def hooks(nodes=nodes) -> None:
             kept: list[torch.Tensor] = []
-            handles = [model.get_submodule(n).register_forward_hook(
-                lambda m, i, o: kept.append(o.detach())) for n in nodes]
+            handles = [
+                model.get_submodule(n).register_forward_hook(
+                    lambda m, i, o: kept.append(o.detach())
+                )
+                for n in nodes
+            ]
             try:
                 with torch.inference_mode():
                     for x, _ in loader:
@@ -87,7 +105,9 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
         times: dict[str, list[float]] = {"job": [], "loop": [], "hooks": []}
         for _ in range(args.rounds):
             for name, fn in (("job", job), ("loop", loop), ("hooks", hooks)):
-                seconds = Timer("fn()", globals={"fn": fn}, num_threads=args.threads).timeit(1).median
+                seconds = (
+                    Timer("fn()", globals={"fn": fn}, num_threads=args.threads).timeit(1).median
+                )
                 times[name].append(seconds)
         row = {"taps": label, **{k: args.images / statistics.median(v) for k, v in times.items()}}
         rows.append(row)

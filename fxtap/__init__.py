@@ -33,6 +33,7 @@ def __getattr__(name: str) -> object:
         return getattr(dataset, name)
     raise AttributeError(f"module 'fxtap' has no attribute {name!r}")
 
+
 __all__ = [
     "CaptureExtractor",
     "CostReport",

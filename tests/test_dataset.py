@@ -42,7 +42,12 @@ def test_store_equals_a_plain_loop_over_the_extractor(tmp_path, untouched):
     model.train()
     with untouched(model):
         result = fxtap.extract_dataset(
-            model, dataset, tmp_path / "out", return_nodes=NODES, batch_size=4, chunk_size=8,
+            model,
+            dataset,
+            tmp_path / "out",
+            return_nodes=NODES,
+            batch_size=4,
+            chunk_size=8,
             progress=False,
         )
     assert (result.num_samples, result.computed, result.num_chunks) == (20, 20, 3)
@@ -63,10 +68,14 @@ def test_store_equals_a_plain_loop_over_the_extractor(tmp_path, untouched):
     assert feats.skipped == () and bool(feats.valid[:].all())
     # an extractor given directly keeps its mode; a finished job is not recomputed
     extractor = fxtap.create_feature_extractor(model, NODES).train()
-    again = fxtap.extract_dataset(extractor, dataset, tmp_path / "out2", batch_size=4, progress=False)
+    again = fxtap.extract_dataset(
+        extractor, dataset, tmp_path / "out2", batch_size=4, progress=False
+    )
     assert extractor.training and again.computed == 20
     assert torch.equal(fxtap.open_features(tmp_path / "out2").tensor("fc"), want["fc"])
-    redo = fxtap.extract_dataset(extractor, dataset, tmp_path / "out2", batch_size=4, progress=False)
+    redo = fxtap.extract_dataset(
+        extractor, dataset, tmp_path / "out2", batch_size=4, progress=False
+    )
     assert redo.computed == 0 and redo.chunks_before == redo.num_chunks
 
 
@@ -76,21 +85,43 @@ def test_pool_and_dtype(tmp_path):
     want, _ = reference(model, dataset, 4)
     for pool, fn in (("avg", lambda t: t.mean((2, 3))), ("max", lambda t: t.amax((2, 3)))):
         out = tmp_path / pool
-        fxtap.extract_dataset(model, dataset, out, return_nodes=NODES, batch_size=4, pool=pool,
-                              dtype="float16", progress=False)
+        fxtap.extract_dataset(
+            model,
+            dataset,
+            out,
+            return_nodes=NODES,
+            batch_size=4,
+            pool=pool,
+            dtype="float16",
+            progress=False,
+        )
         feats = fxtap.open_features(out)
         assert torch.equal(feats.tensor("conv2"), fn(want["conv2"]).half())
         assert torch.equal(feats.tensor("fc"), want["fc"].half())
-    fxtap.extract_dataset(model, dataset, tmp_path / "bf", return_nodes=NODES, batch_size=4,
-                          dtype=torch.bfloat16, pool={"conv2": "avg"}, progress=False)
+    fxtap.extract_dataset(
+        model,
+        dataset,
+        tmp_path / "bf",
+        return_nodes=NODES,
+        batch_size=4,
+        dtype=torch.bfloat16,
+        pool={"conv2": "avg"},
+        progress=False,
+    )
     feats = fxtap.open_features(tmp_path / "bf")
     assert feats.tensor("fc").dtype == torch.bfloat16
     assert torch.equal(feats.tensor("fc"), want["fc"].bfloat16())
-    assert torch.equal(feats.tensor("conv2", slice(2, 5)), want["conv2"].mean((2, 3)).bfloat16()[2:5])
+    assert torch.equal(
+        feats.tensor("conv2", slice(2, 5)), want["conv2"].mean((2, 3)).bfloat16()[2:5]
+    )
     with pytest.raises(InvalidArgumentError, match="token sequences"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "cls", return_nodes=NODES, pool="cls", progress=False)
+        fxtap.extract_dataset(
+            model, dataset, tmp_path / "cls", return_nodes=NODES, pool="cls", progress=False
+        )
     with pytest.raises(InvalidArgumentError, match="closest: 'avg'"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "x", return_nodes=NODES, pool="avgg", progress=False)
+        fxtap.extract_dataset(
+            model, dataset, tmp_path / "x", return_nodes=NODES, pool="avgg", progress=False
+        )
 
 
 class Tokens(Dataset):
@@ -104,8 +135,15 @@ class Tokens(Dataset):
 
 def test_token_pooling_and_dict_samples(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
-    fxtap.extract_dataset(model, Tokens(), tmp_path / "t", return_nodes=["1"], pool="cls",
-                          batch_size=3, progress=False)
+    fxtap.extract_dataset(
+        model,
+        Tokens(),
+        tmp_path / "t",
+        return_nodes=["1"],
+        pool="cls",
+        batch_size=3,
+        progress=False,
+    )
     feats = fxtap.open_features(tmp_path / "t")
     with torch.no_grad():
         want = model(torch.stack([Tokens()[i]["input"] for i in range(6)]))[:, 0]
@@ -122,16 +160,20 @@ def test_resuming_with_other_arguments_or_into_another_job_is_refused(tmp_path):
     with pytest.raises(InvalidArgumentError, match="batch_size is 4 there, 2 here"):
         fxtap.extract_dataset(model, dataset, out, return_nodes=NODES, batch_size=2, progress=False)
     with pytest.raises(InvalidArgumentError, match="holds another job: job parameters_sha256"):
-        fxtap.extract_dataset(tiny_model(seed=1), dataset, out, return_nodes=NODES, batch_size=4,
-                              progress=False)
+        fxtap.extract_dataset(
+            tiny_model(seed=1), dataset, out, return_nodes=NODES, batch_size=4, progress=False
+        )
     assert tree(out) == before  # nothing was touched
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(OutputPathError, match="holds no fxtap feature store"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "other", return_nodes=NODES, progress=False)
+        fxtap.extract_dataset(
+            model, dataset, tmp_path / "other", return_nodes=NODES, progress=False
+        )
     # resume=False erases the old job and starts over
-    fxtap.extract_dataset(model, dataset, out, return_nodes=NODES, batch_size=2, resume=False,
-                          progress=False)
+    fxtap.extract_dataset(
+        model, dataset, out, return_nodes=NODES, batch_size=2, resume=False, progress=False
+    )
     assert fxtap.open_features(out).metadata["job"]["batch_size"] == 2
     with pytest.raises(InvalidArgumentError, match="holds no fxtap feature store"):
         fxtap.open_features(tmp_path / "other")
@@ -144,10 +186,19 @@ def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
     bad.write_bytes(b"not a png")
     index = [p for p, _ in dataset.samples].index(str(bad))
     with pytest.raises(InvalidArgumentError, match=r"0005\.png.*skip_bad=True"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "a", return_nodes=NODES, batch_size=4, progress=False)
+        fxtap.extract_dataset(
+            model, dataset, tmp_path / "a", return_nodes=NODES, batch_size=4, progress=False
+        )
     with pytest.warns(UserWarning, match=f"skipped sample {index}"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "a", return_nodes=NODES, batch_size=4,
-                              skip_bad=True, progress=False)
+        fxtap.extract_dataset(
+            model,
+            dataset,
+            tmp_path / "a",
+            return_nodes=NODES,
+            batch_size=4,
+            skip_bad=True,
+            progress=False,
+        )
     feats = fxtap.open_features(tmp_path / "a")
     assert feats.skipped == (index,) and not feats.valid[index] and feats.labels[index] == -1
     assert not feats["fc"][index].any()
@@ -168,16 +219,27 @@ class Ragged(Dataset):
 
 
 def test_shapes_that_differ_within_a_batch(tmp_path):
-    with pytest.raises(InputShapeError, match=r"sample 2 has shape 3x16x14 .* 3x16x16.*batch_size=1"):
-        fxtap.extract_dataset(tiny_model(), Ragged(), tmp_path / "r", return_nodes=NODES,
-                              batch_size=4, progress=False)
+    with pytest.raises(
+        InputShapeError, match=r"sample 2 has shape 3x16x14 .* 3x16x16.*batch_size=1"
+    ):
+        fxtap.extract_dataset(
+            tiny_model(), Ragged(), tmp_path / "r", return_nodes=NODES, batch_size=4, progress=False
+        )
 
 
 def test_values_beyond_the_dtype(tmp_path):
     dataset = image_folder(tmp_path / "images", count=4)
-    with pytest.raises(InvalidArgumentError, match=r"tap '\w+' has values up to .*float16.*bfloat16"):
-        fxtap.extract_dataset(tiny_model(scale=1e6), dataset, tmp_path / "o", return_nodes=NODES,
-                              dtype="float16", progress=False)
+    with pytest.raises(
+        InvalidArgumentError, match=r"tap '\w+' has values up to .*float16.*bfloat16"
+    ):
+        fxtap.extract_dataset(
+            tiny_model(scale=1e6),
+            dataset,
+            tmp_path / "o",
+            return_nodes=NODES,
+            dtype="float16",
+            progress=False,
+        )
 
 
 def test_full_disk_is_a_clean_error_and_the_store_resumes(tmp_path, monkeypatch):
@@ -195,7 +257,7 @@ def test_full_disk_is_a_clean_error_and_the_store_resumes(tmp_path, monkeypatch)
         real(src, dst)
 
     monkeypatch.setattr(_store.os, "replace", replace)
-    with pytest.raises(OutputPathError, match="the disk is full.*run the same job again"):
+    with pytest.raises(OutputPathError, match=r"the disk is full.*run the same job again"):
         fxtap.extract_dataset(model, dataset, tmp_path / "out", **kwargs)
     monkeypatch.setattr(_store.os, "replace", real)
     assert not list((tmp_path / "out").rglob("*.partial"))
@@ -210,15 +272,31 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InvalidArgumentError, match="needs return_nodes="):
         fxtap.extract_dataset(model, dataset, tmp_path / "o", progress=False)
     with pytest.raises(InvalidArgumentError, match="multiple of batch_size=4"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "o", return_nodes=NODES, batch_size=4,
-                              chunk_size=6, progress=False)
-    with pytest.raises(InvalidArgumentError, match="dtype='float8'.*closest"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "o", return_nodes=NODES, dtype="float8", progress=False)
+        fxtap.extract_dataset(
+            model,
+            dataset,
+            tmp_path / "o",
+            return_nodes=NODES,
+            batch_size=4,
+            chunk_size=6,
+            progress=False,
+        )
+    with pytest.raises(InvalidArgumentError, match=r"dtype='float8'.*closest"):
+        fxtap.extract_dataset(
+            model, dataset, tmp_path / "o", return_nodes=NODES, dtype="float8", progress=False
+        )
     with pytest.raises(InvalidArgumentError, match="reserved"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "o", return_nodes={"fc": "labels"}, progress=False)
+        fxtap.extract_dataset(
+            model, dataset, tmp_path / "o", return_nodes={"fc": "labels"}, progress=False
+        )
     with pytest.warns(UserWarning, match="shuffles"):
-        fxtap.extract_dataset(model, DataLoader(dataset, batch_size=2, shuffle=True), tmp_path / "dl",
-                              return_nodes=NODES, progress=False)
+        fxtap.extract_dataset(
+            model,
+            DataLoader(dataset, batch_size=2, shuffle=True),
+            tmp_path / "dl",
+            return_nodes=NODES,
+            progress=False,
+        )
     assert fxtap.open_features(tmp_path / "dl").metadata["job"]["batch_size"] == 2
 
 
@@ -228,7 +306,7 @@ def test_open_features_refuses_an_unfinished_job(tmp_path):
     fxtap.extract_dataset(model, dataset, tmp_path / "o", return_nodes=NODES, progress=False)
     group = zarr.open_group(tmp_path / "o", mode="r+")
     group.attrs["fxtap"] = {**group.attrs["fxtap"], "complete": False}
-    with pytest.raises(InvalidArgumentError, match="has not finished.*partial=True"):
+    with pytest.raises(InvalidArgumentError, match=r"has not finished.*partial=True"):
         fxtap.open_features(tmp_path / "o")
     assert fxtap.open_features(tmp_path / "o", partial=True)["fc"].shape == (4, 3)
 
@@ -247,9 +325,30 @@ def test_cli_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folder(tmp_path / "images", count=6)
     (tmp_path / "net.py").write_text(MODEL_FILE)
-    argv = ["run", "net.py:build", "--nodes", "1=act", "3", "--data", "imagefolder:images",
-            "--out", "feats", "--pool", "max", "--batch-size", "2", "--num-workers", "1",
-            "--crop", "16", "--resize", "16", "--dtype", "float16", "--no-progress"]
+    argv = [
+        "run",
+        "net.py:build",
+        "--nodes",
+        "1=act",
+        "3",
+        "--data",
+        "imagefolder:images",
+        "--out",
+        "feats",
+        "--pool",
+        "max",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "1",
+        "--crop",
+        "16",
+        "--resize",
+        "16",
+        "--dtype",
+        "float16",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "act  <- 1  6x4 float16" in out and "stored in feats with labels and ids" in out

@@ -75,7 +75,14 @@ def test_sigkill_at_many_points_then_resume_gives_the_same_store(tmp_path, monke
         rng = random.Random(0)
         points = [(rng.randrange(1, total + 1), rng.random() < 0.5) for _ in range(20)]
     else:  # creation, ids, the first chunk, a middle chunk's marker, the completion
-        points = [(1, True), (9, False), (14, True), (total // 2, False), (total, True), (total, False)]
+        points = [
+            (1, True),
+            (9, False),
+            (14, True),
+            (total // 2, False),
+            (total, True),
+            (total, False),
+        ]
     for i, (at, mid) in enumerate(points):
         out = tmp_path / f"run{i}"
         status = _killed_run(model, dataset, out, at, mid)
@@ -114,12 +121,28 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     fxtap.extract_dataset(model, dataset, tmp_path / "one", **KW)
     root = Path(__file__).resolve().parents[1]
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(SCRIPT).format(
-        root=str(root), tests=str(root / "tests"), images=str(tmp_path / "images"),
-        out=str(tmp_path / "two"), nodes=NODES))
+    script.write_text(
+        textwrap.dedent(SCRIPT).format(
+            root=str(root),
+            tests=str(root / "tests"),
+            images=str(tmp_path / "images"),
+            out=str(tmp_path / "two"),
+            nodes=NODES,
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(script),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     said = [(tmp_path / f"two.rank{r}").read_text() for r in (0, 1)]

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         from fxtap.dataset import open_features
 
         feats = open_features(args.out)
-        for key in feats.keys():
+        for key in feats.arrays:
             tap = feats.metadata["taps"][key]
             shape = "x".join(map(str, feats[key].shape))
             print(f"{key}  <- {tap['node']}  {shape} {tap['dtype']}")

@@ -49,9 +49,7 @@ class Batch:
     error: str | None = None
 
 
-def source_of(
-    data: Any, *, batch_size: int | None, num_workers: int | None
-) -> tuple[Source, torch.utils.data.Sampler | None]:
+def source_of(data: Any, *, batch_size: int | None, num_workers: int | None) -> tuple[Source, Any]:
     """Resolve ``data=`` (a map-style ``Dataset`` or a ``DataLoader``) into a ``Source``.
 
     A ``DataLoader`` gives its dataset, batch size, workers and ``collate_fn``; its sampler is

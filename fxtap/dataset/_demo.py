@@ -10,7 +10,9 @@ import torch
 __all__ = ["demo_job", "make_images"]
 
 
-def make_images(folder: str | os.PathLike[str], *, count: int = 24, size: int = 64, seed: int = 0) -> Path:
+def make_images(
+    folder: str | os.PathLike[str], *, count: int = 24, size: int = 64, seed: int = 0
+) -> Path:
     """Write ``count`` random RGB PNG images into ``folder/cat`` and ``folder/dog``.
 
     The layout is torchvision's ``ImageFolder``: one subfolder per class.

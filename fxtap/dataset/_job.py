@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import sys
 import time
@@ -20,14 +19,12 @@ from torch.utils.data import RandomSampler
 
 import fxtap
 from fxtap.dataset import _data, _store, _taps
+from fxtap.dataset import _spec as spec
 from fxtap.dataset._shard import Ranks, chunks_of, join
 from fxtap.dataset._writer import Chunk, Writer
-from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError, format_choices
+from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError
 
 __all__ = ["JobResult", "extract_dataset"]
-
-#: Default chunk size target: the largest multiple of the batch size under this many bytes.
-CHUNK_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,9 @@ def extract_dataset(
 
 
 def _run(model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: dict) -> JobResult:
-    source, sampler = _data.source_of(data, batch_size=o["batch_size"], num_workers=o["num_workers"])
+    source, sampler = _data.source_of(
+        data, batch_size=o["batch_size"], num_workers=o["num_workers"]
+    )
     if isinstance(sampler, RandomSampler):
         warnings.warn(
             "the DataLoader shuffles, but the store keeps the dataset's order: its sampler is "
@@ -172,9 +171,9 @@ def _run(model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: 
             pools = _taps.parse_pool(o["pool"], keys)
             taps = {k: _taps.prepare(k, v, pools.get(k), store_dtype, 0) for k, v in probe.items()}
             labels = probe.labels
-            chunk = _chunk_size(o["chunk_size"], batch, taps, total)
-            meta = _metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk)
-            specs = _arrays(meta, taps, labels, total, chunk)
+            chunk = spec.chunk_size(o["chunk_size"], batch, taps, total)
+            meta = spec.metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk)
+            specs = spec.arrays(meta, taps, labels, total, chunk)
             ids = _data.sample_ids(dataset)
             if ids is not None:
                 specs.append(_store.ArraySpec("ids", (total,), (chunk,), "str", "", {}))
@@ -186,8 +185,20 @@ def _run(model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: 
             before = len(done)
             mine = [] if state == "complete" else chunks_of(num_chunks, ranks)
             mine = [k for k in mine if k not in done]
-            computed = _compute(extractor, source, group, mine, chunk, pools, store_dtype, taps,
-                                labels is not None, device, ranks, o)
+            computed = _compute(
+                extractor,
+                source,
+                group,
+                mine,
+                chunk,
+                pools,
+                store_dtype,
+                taps,
+                labels is not None,
+                device,
+                ranks,
+                o,
+            )
             ranks.barrier()
             skipped: tuple[int, ...] = tuple(meta.get("skipped", ()))
             if ranks.rank == 0 and state != "complete":
@@ -196,9 +207,18 @@ def _run(model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: 
             skipped = tuple(_store.read_metadata(out).get("skipped", ()))  # type: ignore[union-attr]
     finally:
         extractor.train(was_training)
-    result = JobResult(out, total, computed, before, num_chunks, skipped,
-                       time.perf_counter() - start, _store.size_on_disk(out),
-                       ranks.rank, ranks.world_size)
+    result = JobResult(
+        out,
+        total,
+        computed,
+        before,
+        num_chunks,
+        skipped,
+        time.perf_counter() - start,
+        _store.size_on_disk(out),
+        ranks.rank,
+        ranks.world_size,
+    )
     if o["progress"] and ranks.rank == 0:
         print(f"fxtap: run {result.summary()}", file=sys.stderr)
     return result
@@ -208,7 +228,9 @@ class _Probe(dict):
     labels: torch.Tensor | None = None
 
 
-def _probe(extractor: nn.Module, source: _data.Source, device: torch.device, *, skip_bad: bool) -> _Probe:
+def _probe(
+    extractor: nn.Module, source: _data.Source, device: torch.device, *, skip_bad: bool
+) -> _Probe:
     """The taps of the first readable sample, to learn shapes and dtypes before creating arrays."""
     guarded = _data._Guarded(source.dataset)
     collate = _data._Collate(source.collate_fn)
@@ -225,13 +247,17 @@ def _probe(extractor: nn.Module, source: _data.Source, device: torch.device, *, 
     raise InvalidArgumentError("no sample of data= can be loaded; check the dataset's files")
 
 
-def _compute(extractor, source, group, mine, chunk, pools, store_dtype, taps, has_labels,
-             device, ranks, o) -> int:
+def _compute(
+    extractor, source, group, mine, chunk, pools, store_dtype, taps, has_labels, device, ranks, o
+) -> int:
     total = len(source.dataset)
     plan = []  # (chunk index, indices of one batch), chunk by chunk
     for k in mine:
         lo, hi = k * chunk, min((k + 1) * chunk, total)
-        plan += [(k, list(range(s, min(s + source.batch_size, hi)))) for s in range(lo, hi, source.batch_size)]
+        plan += [
+            (k, list(range(s, min(s + source.batch_size, hi))))
+            for s in range(lo, hi, source.batch_size)
+        ]
     names = [*taps, *(["labels"] if has_labels else []), "valid"]
     writer = Writer(group, names)
     bar = None
@@ -264,7 +290,9 @@ def _compute(extractor, source, group, mine, chunk, pools, store_dtype, taps, ha
                 values = _forward(extractor, batch.inputs, device)
                 rows = np.asarray(batch.indices) - current.start
                 for key in taps:
-                    value = _taps.prepare(key, values[key], pools.get(key), store_dtype, batch.indices[0])
+                    value = _taps.prepare(
+                        key, values[key], pools.get(key), store_dtype, batch.indices[0]
+                    )
                     current.arrays[key][rows] = _taps.to_numpy(value)
                 if has_labels and batch.labels is not None:
                     current.arrays["labels"][rows] = _taps.to_numpy(batch.labels)
@@ -286,7 +314,10 @@ def _compute(extractor, source, group, mine, chunk, pools, store_dtype, taps, ha
 
 def _new_chunk(k: int, chunk: int, total: int, taps: dict, has_labels: bool) -> Chunk:
     lo, hi = k * chunk, min((k + 1) * chunk, total)
-    arrays = {key: np.zeros((hi - lo, *v.shape[1:]), dtype=_taps.to_numpy(v[:0]).dtype) for key, v in taps.items()}
+    arrays = {
+        key: np.zeros((hi - lo, *v.shape[1:]), dtype=_taps.to_numpy(v[:0]).dtype)
+        for key, v in taps.items()
+    }
     if has_labels:
         arrays["labels"] = np.full((hi - lo,), -1, dtype=np.int64)
     arrays["valid"] = np.zeros((hi - lo,), dtype=bool)
@@ -343,76 +374,9 @@ def _device(device: str | torch.device | None) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise InvalidArgumentError(f"device={device!r} is not a device; expected 'cpu' or 'cuda:0'") from exc
-
-
-def _chunk_size(given: int | None, batch: int, taps: dict, total: int) -> int:
-    if given is not None:
-        if not isinstance(given, int) or given < 1 or given % batch:
-            raise InvalidArgumentError(
-                f"chunk_size={given!r} is not a positive multiple of batch_size={batch}; pass "
-                f"e.g. chunk_size={batch * 4} (--chunk-size)"
-            )
-        return given
-    per_sample = sum(v[:1].numel() * v.element_size() for v in taps.values())
-    batches = max(1, CHUNK_BYTES // max(1, per_sample * batch))
-    return min(batches, -(-total // batch)) * batch
-
-
-def _digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk) -> dict[str, Any]:
-    outputs = dict(extractor.outputs["eval"]) if hasattr(extractor, "outputs") else {k: k for k in taps}
-    for key in taps:
-        if key in _store.RESERVED or "/" in key or key.startswith(("__", ".")):
-            raise InvalidArgumentError(
-                f"output key {key!r} cannot name an array (reserved: {format_choices(_store.RESERVED)}); "
-                "rename it with return_nodes={'node': 'new_key'} (--nodes node=new_key)"
-            )
-    job = {
-        "model": o["model_spec"] or f"{type(o['model_or_extractor']).__module__}.{type(o['model_or_extractor']).__qualname__}",
-        "parameters_sha256": _digest(extractor),
-        "requested_nodes": requested,
-        "resolved_nodes": outputs,
-        "mode": "eval",
-        "pool": pools,
-        "dtype": str(store_dtype).removeprefix("torch.") if store_dtype else None,
-        "batch_size": source.batch_size,
-        "chunk_size": chunk,
-        "num_samples": len(source.dataset),
-        "data": _data.describe(source.dataset),
-        "device": o["target"].type,
-    }
-    tap_meta = {
-        k: {"node": outputs.get(k, k), "shape": list(v.shape[1:]), "dtype": str(v.dtype).removeprefix("torch.")}
-        for k, v in taps.items()
-    }
-    versions = {"fxtap": fxtap.__version__, "torch": torch.__version__}
-    return {"format": _store.FORMAT, "complete": False, "job": job, "taps": tap_meta, "versions": versions}
-
-
-def _arrays(meta, taps, labels, total, chunk) -> list[_store.ArraySpec]:
-    specs = []
-    for key, value in taps.items():
-        shape = tuple(value.shape[1:])
-        dtype = str(_taps.to_numpy(value[:0]).dtype)
-        specs.append(_store.ArraySpec(key, (total, *shape), (chunk, *shape), dtype, 0, meta["taps"][key]))
-    if labels is not None:
-        if labels.dim() != 1 or labels.is_floating_point():
-            raise InvalidArgumentError(
-                "labels must be one integer per sample; return (tensor, int) samples or drop them"
-            )
-        specs.append(_store.ArraySpec("labels", (total,), (chunk,), "int64", -1, {}))
-    specs.append(_store.ArraySpec("valid", (total,), (chunk,), "bool", False, {}))
-    specs.append(_store.ArraySpec("chunks_done", (-(-total // chunk),), (1,), "uint8", 0, {}))
-    return specs
+        raise InvalidArgumentError(
+            f"device={device!r} is not a device; expected 'cpu' or 'cuda:0'"
+        ) from exc
 
 
 def _prepare(ranks: Ranks, out: Path, meta, specs, ids, *, resume: bool) -> str:

@@ -72,7 +72,9 @@ class Features:
 
     def __getitem__(self, key: str) -> zarr.Array:
         if key not in self.arrays:
-            raise KeyError(f"no tap {key!r} in {str(self.path)!r}; taps: {format_choices(self.arrays)}")
+            raise KeyError(
+                f"no tap {key!r} in {str(self.path)!r}; taps: {format_choices(self.arrays)}"
+            )
         return self.arrays[key]
 
     def keys(self) -> list[str]:
@@ -125,8 +127,8 @@ def open_features(out: str | os.PathLike[str], *, partial: bool = False) -> Feat
         )
     group = zarr.open_group(folder, mode="r")
     arrays = {key: group[key] for key in meta["taps"]}
-    labels = group["labels"] if "labels" in group else None
-    ids = group["ids"] if "ids" in group else None
+    labels = group.get("labels")
+    ids = group.get("ids")
     return Features(folder, arrays, labels, ids, group["valid"], meta)  # type: ignore[arg-type]
 
 
@@ -215,7 +217,9 @@ def prepare(
             return "complete"
     _remove_partials(folder)
     if existing is None:
-        group = zarr.create_group(store=_AtomicStore(LocalStore(folder)), attributes={"fxtap": meta})
+        group = zarr.create_group(
+            store=_AtomicStore(LocalStore(folder)), attributes={"fxtap": meta}
+        )
     else:
         group = open_store(folder)
     for spec in arrays:
@@ -230,18 +234,20 @@ def prepare(
             )
     if ids is not None:
         # Rewritten on every resume: the same bytes, and a crash may have cut the first write.
-        group["ids"][:] = np.array(ids, dtype=object)
+        group["ids"][:] = np.array(ids, dtype=object)  # type: ignore[index]
     return "new" if existing is None else "resume"
 
 
 def done_chunks(group: zarr.Group) -> set[int]:
     """Indices of the chunks whose every array has been written."""
-    return {int(k) for k in np.nonzero(np.asarray(group["chunks_done"][:]))[0]}
+    done: Any = group["chunks_done"]
+    return {int(k) for k in np.nonzero(np.asarray(done[:]))[0]}
 
 
 def finish(group: zarr.Group, meta: dict[str, Any]) -> tuple[int, ...]:
     """Record the skipped samples and mark the job complete (rank 0, after every rank is done)."""
-    skipped = tuple(int(i) for i in np.nonzero(~np.asarray(group["valid"][:]))[0])
+    valid: Any = group["valid"]
+    skipped = tuple(int(i) for i in np.nonzero(~np.asarray(valid[:]))[0])
     group.attrs["fxtap"] = {**meta, "skipped": list(skipped), "complete": True}
     return skipped
 

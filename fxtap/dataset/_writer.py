@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zarr
@@ -35,8 +36,8 @@ class Writer:
     """
 
     def __init__(self, group: zarr.Group, names: list[str], *, depth: int = 2) -> None:
-        self._arrays = {name: group[name] for name in names}
-        self._done = group["chunks_done"]
+        self._arrays: dict[str, Any] = {name: group[name] for name in names}
+        self._done: Any = group["chunks_done"]
         self._queue: queue.Queue[Chunk | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self.written = 0
