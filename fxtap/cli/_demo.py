@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def run(
     inputs = make_inputs([parse_input(input)] if input else None)
     files: dict[str, Path] = {}
     notes: list[str] = []
-    total = 5
+    total = 6
 
     def step(i: int, label: str) -> progress:
         return progress(f"demo [{i}/{total}] {label}", after=0, stream=stream)
@@ -148,6 +149,17 @@ def run(
             report.to_json(cost_json)
             files["cost report"] = cost_json
             files["cost table"] = _write(folder / "cost.txt", report.table() + "\n")
+
+    with step(6, "dataset job over generated images"):
+        try:
+            from fxtap.dataset import demo_job
+        except ImportError as exc:  # pragma: no cover - zarr is in the dataset extra
+            notes.append(f"dataset job skipped: {exc}; install the 'dataset' extra")
+        else:
+            job = demo_job(folder / "dataset", progress=(stream or sys.stderr).isatty())
+            files["dataset images"] = folder / "dataset" / "images"
+            files["feature store"] = folder / "dataset" / "features"
+            notes.append(job.summary())
     return DemoResult(folder, files, tuple(notes))
 
 
