@@ -2,7 +2,8 @@
 
 ``trace`` is the front door: one trace with ``NodePathTracer`` (``_tracer``), with options
 checked first (``_options``), and on request the automatic leaf fallback (``_fallback``) and
-the eager mis-trace check (``_mistrace``).
+the eager mis-trace check (``_mistrace``). ``tracer="export"`` traces with ``torch.export``
+instead (``_export``), and ``tracer="auto"`` does so when torch.fx cannot trace the root.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 from torch import nn
 
 from fxtap._stage import make_callable
+from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_matches, format_choices
+from fxtap.trace._export import export_trace
 from fxtap.trace._fallback import (
     Opaque,
     QualnameLeaves,
@@ -45,15 +48,18 @@ __all__ = [
     "SCOPE_KEY",
     "SOURCE_KEY",
     "Mismatch",
+    "TRACERS",
     "NodePathTracer",
     "Opaque",
     "QualnameLeaves",
     "Traced",
     "check_concrete_args",
+    "check_tracer",
     "check_model",
     "default_autowrap_modules",
     "default_leaf_modules",
     "difference",
+    "export_trace",
     "find_mistrace",
     "frozen_state",
     "is_root_failure",
@@ -68,6 +74,10 @@ __all__ = [
 ]
 
 
+#: Values of the ``tracer`` option: torch.fx, torch.export, or torch.fx then torch.export.
+TRACERS = ("fx", "export", "auto")
+
+
 def trace(
     model: nn.Module,
     *,
@@ -76,6 +86,7 @@ def trace(
     concrete_args: Mapping[str, Any] | None = None,
     auto_leaf: bool = False,
     example_inputs: Any = None,
+    tracer: str = "fx",
 ) -> Traced:
     """Trace ``model`` in one mode with a ``NodePathTracer``; the model is left as it was.
 
@@ -91,7 +102,11 @@ def trace(
             on in ``create_feature_extractor`` and ``get_graph_node_names``.
         example_inputs: a tensor or tuple of inputs; when given, the graph is checked against
             an eager run module by module, and a module whose traced value differs is made a
-            leaf (``auto_leaf``) or reported with ``MistraceError``.
+            leaf (``auto_leaf``) or reported with ``MistraceError``. On the export path, the
+            inputs to export with (a tensor, a tuple, or a dict of keyword inputs).
+        tracer: ``"fx"`` (``NodePathTracer``), ``"export"`` (``torch.export``, needs
+            ``example_inputs``; docs/tracing.md) or ``"auto"``: torch.fx, and torch.export when
+            torch.fx cannot trace the root forward and ``example_inputs`` are given.
 
     Returns:
         A ``Traced`` whose graph module shares submodules and parameters with ``model``;
@@ -103,6 +118,44 @@ def trace(
         InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
     """
     check_model(model)
+    check_tracer(tracer)
+    if tracer == "export":
+        return export_trace(
+            model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+        )
+    try:
+        return _trace_fx(model, training, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
+    except TraceError as exc:
+        if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
+            raise
+        try:
+            return export_trace(
+                model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+            )
+        except FxtapError as second:
+            exc.add_note(f"torch.export could not trace it either: {second}")
+            raise exc from None
+
+
+def check_tracer(tracer: Any) -> None:
+    """Raise ``InvalidArgumentError`` unless ``tracer`` is one of ``TRACERS``."""
+    if tracer not in TRACERS:
+        hint = close_matches(str(tracer), TRACERS)
+        raise InvalidArgumentError(
+            f"tracer {tracer!r} is not a tracer; expected one of {format_choices(TRACERS)}"
+            + (f" (closest: {format_choices(hint)})" if hint else "")
+            + "; pass tracer='auto' to let fxtap choose"
+        )
+
+
+def _trace_fx(
+    model: nn.Module,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None,
+    concrete_args: Mapping[str, Any] | None,
+    auto_leaf: bool,
+    example_inputs: Any,
+) -> Traced:
     options = tracer_options(tracer_kwargs)
     concrete = check_concrete_args(model, concrete_args)
     if auto_leaf or example_inputs is not None:
