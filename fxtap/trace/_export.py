@@ -89,12 +89,17 @@ def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[A
     return args, kwargs
 
 
-def check_batch(value: Any, low: int, high: int | None, argument: str) -> None:
+def check_batch(value: Any, low: int, high: int | None, argument: str) -> Any:
     """Raise ``InputShapeError`` unless dim 0 of ``value`` lies in ``[low, high]``.
 
     Inserted by the export path after each input whose dim 0 the exported program fixes or
     bounds; a graph run outside the range it was exported for could compute wrong values.
     """
+    if isinstance(value, fx.Proxy):
+        # NOTE: unpickling re-traces the generated code with torch.fx: record the check again
+        return value.tracer.create_proxy(
+            "call_function", check_batch, (value, low, high, argument), {}
+        )
     size = value.shape[0]
     if size >= low and (high is None or size <= high):
         return
@@ -105,13 +110,15 @@ def check_batch(value: Any, low: int, high: int | None, argument: str) -> None:
         why = f"the extractor was exported for dim 0 in [{low}, {high or 'inf'}]"
         fix = f"build the extractor with example_inputs of batch size {size}"
     raise InputShapeError(
-        f"input {argument!r} has batch size {size}, but {why}; {fix} (on the command line: "
-        "--input)"
+        f"input {argument!r} has batch size {size}, but {why}; {fix} (on the command line: --input)"
     )
 
 
 def rebuild_output(spec: str, leaves: list[Any]) -> Any:
     """The model's output structure (a ``ModelOutput``, a dataclass...) from its leaves."""
+    proxy = next((v for v in leaves if isinstance(v, fx.Proxy)), None)
+    if proxy is not None:  # re-traced when unpickled: stay one node
+        return proxy.tracer.create_proxy("call_function", rebuild_output, (spec, leaves), {})
     return pytree.tree_unflatten(leaves, _load_spec(spec))
 
 
@@ -156,7 +163,11 @@ def _dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
 
 
 def _export(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, training: bool
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    training: bool,
 ) -> ExportedProgram:
     name = type(model).__name__
     mode = "train" if training else "eval"
@@ -297,22 +308,21 @@ class _UserInputs:
             has_tensor = any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(value))
             if has_tensor or name in names:
                 side = 0 if name in names else 1
-                key = names.index(name) if side == 0 else name
+                key: Any = names.index(name) if side == 0 else name
                 tops[(side, key)] = graph.placeholder(name)
         ranges = _batch_ranges(ep)
         user_nodes = [
-            n
-            for n in ep.graph.nodes
-            if n.op == "placeholder" and n.name in _user_names(ep)
+            n for n in ep.graph.nodes if n.op == "placeholder" and n.name in _user_names(ep)
         ]
         for (path, value), ep_node in zip(flat, user_nodes):
-            top = tops.get((path[0].idx, path[1].idx if path[0].idx == 0 else path[1].key))
+            side, key = _key_value(path[0]), _key_value(path[1])
+            top = tops.get((side, key))
             if top is None or not isinstance(value, torch.Tensor):
                 self.leaves.append(value)
                 continue
             node = top
-            for key in path[2:]:
-                node = graph.call_function(_getter(key), (node, _key_value(key)))
+            for entry in path[2:]:
+                node = graph.call_function(_getter(entry), (node, _key_value(entry)))
                 self.extra.add(node)
             self.leaves.append(node)
             low_high = _dim0_range(ep_node, ranges)
@@ -380,6 +390,8 @@ def _dim0_range(node: fx.Node, ranges: Mapping[str, tuple[int, int | None]]) -> 
     if not isinstance(val, torch.Tensor) or val.dim() == 0:
         return None
     size = val.shape[0]
+    if isinstance(size, torch.SymInt) and size.node.maybe_as_int() is not None:
+        size = size.node.maybe_as_int()  # a dim the exported program specialized
     if isinstance(size, int):
         return (size, size)
     low, high = ranges.get(str(size), (0, None))
@@ -390,7 +402,7 @@ def _write_output(
     graph: fx.Graph, node: fx.Node, env: Mapping[fx.Node, Any], ep: ExportedProgram, model: Any
 ) -> None:
     """Write mutated buffers back in place and return the user outputs in their structure."""
-    values = list(node.args[0])
+    values = list(node.args[0])  # type: ignore[arg-type]
     leaves = []
     for spec, value in zip(ep.graph_signature.output_specs, values):
         mapped = env[value] if isinstance(value, fx.Node) else value
