@@ -1,6 +1,7 @@
 """fxtap: tap any intermediate value of a PyTorch model with torch.fx."""
 
 from fxtap import render, trace  # callable stage packages: fxtap.trace(...), fxtap.render(...)
+from fxtap._version import __version__
 from fxtap.capture import CaptureExtractor
 from fxtap.cost import CostReport, compare
 from fxtap.errors import (
@@ -22,8 +23,6 @@ from fxtap.render import Rendering
 from fxtap.save import load, save
 from fxtap.trace import NodePathTracer, Traced
 
-__version__ = "0.1.0"
-
 
 def __getattr__(name: str) -> object:
     # NOTE: the dataset stage needs the optional zarr; import it only when it is used.
@@ -35,6 +34,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "__version__",
     "CaptureExtractor",
     "CostReport",
     "DotNotFoundError",

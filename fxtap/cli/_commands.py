@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fxtap.cli import _run
+import fxtap.cli._run as _run
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
     PROG,

@@ -258,6 +258,6 @@ def _usage(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _version() -> str:
-    from fxtap import __version__
+    from fxtap._version import __version__
 
     return __version__

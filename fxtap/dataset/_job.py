@@ -17,12 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
-import fxtap
-from fxtap.dataset import _data, _store, _taps
-from fxtap.dataset import _spec as spec
+import fxtap.dataset._data as _data
+import fxtap.dataset._spec as spec
+import fxtap.dataset._store as _store
+import fxtap.dataset._taps as _taps
 from fxtap.dataset._shard import Ranks, chunks_of, join
 from fxtap.dataset._writer import Chunk, Writer
 from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError
+from fxtap.extractor import FeatureExtractor, create_feature_extractor
 
 __all__ = ["JobResult", "extract_dataset"]
 
@@ -338,7 +340,7 @@ def _forward(extractor: nn.Module, inputs: Any, device: torch.device) -> dict[st
 
 
 def _extractor(model: nn.Module, return_nodes: Any, device: torch.device) -> tuple[nn.Module, Any]:
-    if isinstance(model, fxtap.FeatureExtractor):
+    if isinstance(model, FeatureExtractor):
         if return_nodes is not None:
             raise InvalidArgumentError(
                 "return_nodes= was given with a FeatureExtractor, which already has its taps; "
@@ -352,7 +354,7 @@ def _extractor(model: nn.Module, return_nodes: Any, device: torch.device) -> tup
                 f"a {type(model).__name__} model needs return_nodes= naming the nodes to tap, "
                 "e.g. return_nodes=['layer4'] (--nodes on the command line)"
             )
-        extractor = fxtap.create_feature_extractor(model, return_nodes)
+        extractor = create_feature_extractor(model, return_nodes)
         requested = list(return_nodes) if not isinstance(return_nodes, dict) else dict(return_nodes)
     else:
         raise InvalidArgumentError(

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-import fxtap
-from fxtap.dataset import _data, _store, _taps
+import fxtap.dataset._data as _data
+import fxtap.dataset._store as _store
+import fxtap.dataset._taps as _taps
+from fxtap._version import __version__
 from fxtap.errors import InvalidArgumentError, format_choices
 
 #: Default chunk size target: the largest multiple of the batch size under this many bytes.
@@ -71,7 +73,7 @@ def metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk) -
         }
         for k, v in taps.items()
     }
-    versions = {"fxtap": fxtap.__version__, "torch": torch.__version__}
+    versions = {"fxtap": __version__, "torch": torch.__version__}
     return {
         "format": _store.FORMAT,
         "complete": False,
