@@ -34,7 +34,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "__version__",
     "CaptureExtractor",
     "CostReport",
     "DotNotFoundError",
@@ -53,6 +52,7 @@ __all__ = [
     "ResourceError",
     "TraceError",
     "Traced",
+    "__version__",
     "compare",
     "create_feature_extractor",
     "extract_dataset",
