@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from fxtap._stage import make_callable
 from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_matches, format_choices
@@ -20,6 +20,7 @@ from fxtap.trace._fallback import (
     Opaque,
     QualnameLeaves,
     is_root_failure,
+    names_with_fallback,
     trace_with_fallback,
     user_stacklevel,
     warn_opaque,
@@ -40,6 +41,7 @@ from fxtap.trace._tracer import (
     NodePathTracer,
     Traced,
     trace_error,
+    trace_names_with_options,
     trace_with_options,
 )
 
@@ -63,9 +65,12 @@ __all__ = [
     "find_mistrace",
     "frozen_state",
     "is_root_failure",
+    "names_with_fallback",
     "restore_training",
     "trace",
     "trace_error",
+    "trace_names",
+    "trace_names_with_options",
     "trace_with_fallback",
     "trace_with_options",
     "tracer_options",
@@ -168,6 +173,35 @@ def _trace_fx(
             example_inputs=example_inputs,
         )
     return trace_with_options(model, training=training, options=options, concrete_args=concrete)
+
+
+def trace_names(
+    model: nn.Module,
+    *,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    concrete_args: Mapping[str, Any] | None = None,
+    auto_leaf: bool = False,
+) -> dict[fx.Node, str]:
+    """``trace(...).names`` without building the graph module: the same names, checks and errors.
+
+    For callers that only list names (``get_graph_node_names``): compiling the graph module's
+    code is about a third of a trace's cost.
+
+    Raises:
+        TraceError: torch.fx could not trace the model.
+        InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
+    """
+    check_model(model)
+    options = tracer_options(tracer_kwargs)
+    concrete = check_concrete_args(model, concrete_args)
+    if auto_leaf:
+        return names_with_fallback(
+            model, training=training, options=options, concrete_args=concrete
+        )
+    return trace_names_with_options(
+        model, training=training, options=options, concrete_args=concrete
+    )
 
 
 make_callable(__name__, trace)

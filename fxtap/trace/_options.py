@@ -148,4 +148,6 @@ class restore_training:
 
     def __exit__(self, *exc: object) -> None:
         for m, flag in self.flags:
-            m.training = flag
+            # NOTE: nn.Module.__setattr__ is slow; most flags did not change.
+            if m.training is not flag:
+                m.training = flag

@@ -30,6 +30,7 @@ __all__ = [
     "Traced",
     "failing_user_frame",
     "trace_error",
+    "trace_names_with_options",
     "trace_with_options",
 ]
 
@@ -124,6 +125,7 @@ class NodePathTracer(fx.Tracer):
         self._concrete: set[str] = set()
         self._next: dict[str, int] = {}
         self._op_names: dict[Any, str] = {}
+        self._scopes: dict[tuple[str, Any], tuple[str, Any]] = {}
 
     def _split_leaf_specs(self, specs: Iterable[LeafSpec]) -> None:
         types_, patterns, predicates = [], [], []
@@ -167,6 +169,7 @@ class NodePathTracer(fx.Tracer):
         self._failure = None
         self._pending = []
         self._op_names = {}
+        self._scopes = {}
         self._concrete = set(concrete_args or ())
         if isinstance(root, nn.Module):
             root = copy.copy(root)
@@ -236,7 +239,10 @@ class NodePathTracer(fx.Tracer):
             op = self._op_name(kind, target, name)
             base = f"{scope}.{op}" if scope else op
         self._pending.append((node, base, kind == "call_module"))
-        node.meta[SCOPE_KEY] = (scope, self.scope.module_type)
+        # One tuple per scope, shared by its nodes: a trace leaves fewer objects for the
+        # garbage collector to scan.
+        key = (scope, self.scope.module_type)
+        node.meta[SCOPE_KEY] = self._scopes.setdefault(key, key)
         if self.record_source:
             node.meta[SOURCE_KEY] = _user_source(sys._getframe(1))
         return proxy
@@ -287,17 +293,7 @@ def trace_with_options(
     concrete_args: dict[str, Any] | None,
 ) -> Traced:
     """One trace with options already checked by ``tracer_options``; no fallback."""
-    tracer = NodePathTracer(**options)
-    # NOTE: torch.fx stores tensor constants on the root with setattr; tracing a shallow copy
-    # keeps them off the user's model.
-    with restore_training(model):
-        model.train(training)
-        try:
-            graph = tracer.trace(model, concrete_args)
-        except TraceError:
-            raise
-        except Exception as exc:
-            raise trace_error(model, tracer, exc) from exc
+    tracer, graph = _run_tracer(model, training, options, concrete_args)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     outputs = {
         path: fx.node.map_aggregate(out, lambda a: a.node if isinstance(a, fx.Proxy) else a)
@@ -310,6 +306,43 @@ def trace_with_options(
         dict(tracer.module_inputs),
         module_outputs=outputs,
     )
+
+
+def trace_names_with_options(
+    model: nn.Module,
+    *,
+    training: bool,
+    options: Mapping[str, Any],
+    concrete_args: dict[str, Any] | None,
+) -> dict[fx.Node, str]:
+    """The names of one trace, as ``trace_with_options`` gives them, without a ``GraphModule``.
+
+    Generating and compiling the graph module's Python code costs about a third of a trace, and
+    the module doubles what a trace leaves alive; a caller that only lists names needs neither
+    (torchvision's ``get_graph_node_names`` builds no graph module either).
+    """
+    tracer, _ = _run_tracer(model, training, options, concrete_args)
+    return tracer.node_to_qualname
+
+
+def _run_tracer(
+    model: nn.Module,
+    training: bool,
+    options: Mapping[str, Any],
+    concrete_args: dict[str, Any] | None,
+) -> tuple[NodePathTracer, fx.Graph]:
+    tracer = NodePathTracer(**options)
+    # NOTE: torch.fx stores tensor constants on the root with setattr; tracing a shallow copy
+    # keeps them off the user's model.
+    with restore_training(model):
+        model.train(training)
+        try:
+            graph = tracer.trace(model, concrete_args)
+        except TraceError:
+            raise
+        except Exception as exc:
+            raise trace_error(model, tracer, exc) from exc
+    return tracer, graph
 
 
 def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) -> TraceError:
