@@ -41,7 +41,7 @@ from fxtap.trace._tracer import (
     NodePathTracer,
     Traced,
     trace_error,
-    trace_names_with_options,
+    trace_graph,
     trace_with_options,
 )
 
@@ -69,8 +69,8 @@ __all__ = [
     "restore_training",
     "trace",
     "trace_error",
+    "trace_graph",
     "trace_names",
-    "trace_names_with_options",
     "trace_with_fallback",
     "trace_with_options",
     "tracer_options",
@@ -199,9 +199,8 @@ def trace_names(
         return names_with_fallback(
             model, training=training, options=options, concrete_args=concrete
         )
-    return trace_names_with_options(
-        model, training=training, options=options, concrete_args=concrete
-    )
+    tracer = trace_graph(model, training=training, options=options, concrete_args=concrete)
+    return tracer.node_to_qualname
 
 
 make_callable(__name__, trace)

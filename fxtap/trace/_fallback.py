@@ -18,7 +18,7 @@ from fxtap.trace._tracer import (
     PACKAGE_DIR,
     Traced,
     failing_user_frame,
-    trace_names_with_options,
+    trace_graph,
     trace_with_options,
 )
 
@@ -138,9 +138,8 @@ def names_with_fallback(
     """
 
     def once(opts: dict[str, Any]) -> dict[fx.Node, str]:
-        return trace_names_with_options(
-            model, training=training, options=opts, concrete_args=concrete_args
-        )
+        tracer = trace_graph(model, training=training, options=opts, concrete_args=concrete_args)
+        return tracer.node_to_qualname
 
     names, opaque = _retry(model, options, once, auto_leaf=auto_leaf)
     if opaque:

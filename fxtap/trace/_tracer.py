@@ -30,7 +30,7 @@ __all__ = [
     "Traced",
     "failing_user_frame",
     "trace_error",
-    "trace_names_with_options",
+    "trace_graph",
     "trace_with_options",
 ]
 
@@ -239,10 +239,8 @@ class NodePathTracer(fx.Tracer):
             op = self._op_name(kind, target, name)
             base = f"{scope}.{op}" if scope else op
         self._pending.append((node, base, kind == "call_module"))
-        # One tuple per scope, shared by its nodes: a trace leaves fewer objects for the
-        # garbage collector to scan.
         key = (scope, self.scope.module_type)
-        node.meta[SCOPE_KEY] = self._scopes.setdefault(key, key)
+        node.meta[SCOPE_KEY] = self._scopes.setdefault(key, key)  # shared: less for gc to scan
         if self.record_source:
             node.meta[SOURCE_KEY] = _user_source(sys._getframe(1))
         return proxy
@@ -293,56 +291,36 @@ def trace_with_options(
     concrete_args: dict[str, Any] | None,
 ) -> Traced:
     """One trace with options already checked by ``tracer_options``; no fallback."""
-    tracer, graph = _run_tracer(model, training, options, concrete_args)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    tracer = trace_graph(model, training=training, options=options, concrete_args=concrete_args)
+    gm = fx.GraphModule(tracer.root, tracer.graph, type(model).__name__)
     outputs = {
         path: fx.node.map_aggregate(out, lambda a: a.node if isinstance(a, fx.Proxy) else a)
         for path, out in tracer.module_outputs.items()
     }
-    return Traced(
-        gm,
-        dict(tracer.node_to_qualname),
-        training,
-        dict(tracer.module_inputs),
-        module_outputs=outputs,
-    )
+    names, inputs = dict(tracer.node_to_qualname), dict(tracer.module_inputs)
+    return Traced(gm, names, training, inputs, module_outputs=outputs)
 
 
-def trace_names_with_options(
+def trace_graph(
     model: nn.Module,
     *,
     training: bool,
     options: Mapping[str, Any],
     concrete_args: dict[str, Any] | None,
-) -> dict[fx.Node, str]:
-    """The names of one trace, as ``trace_with_options`` gives them, without a ``GraphModule``.
-
-    Generating and compiling the graph module's Python code costs about a third of a trace, and
-    the module doubles what a trace leaves alive; a caller that only lists names needs neither
-    (torchvision's ``get_graph_node_names`` builds no graph module either).
-    """
-    tracer, _ = _run_tracer(model, training, options, concrete_args)
-    return tracer.node_to_qualname
-
-
-def _run_tracer(
-    model: nn.Module,
-    training: bool,
-    options: Mapping[str, Any],
-    concrete_args: dict[str, Any] | None,
-) -> tuple[NodePathTracer, fx.Graph]:
+) -> NodePathTracer:
+    """``trace_with_options`` without the ``GraphModule`` (a third of the cost); no fallback."""
     tracer = NodePathTracer(**options)
     # NOTE: torch.fx stores tensor constants on the root with setattr; tracing a shallow copy
     # keeps them off the user's model.
     with restore_training(model):
         model.train(training)
         try:
-            graph = tracer.trace(model, concrete_args)
+            tracer.trace(model, concrete_args)
         except TraceError:
             raise
         except Exception as exc:
             raise trace_error(model, tracer, exc) from exc
-    return tracer, graph
+    return tracer
 
 
 def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) -> TraceError:
