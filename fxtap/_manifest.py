@@ -1,4 +1,4 @@
-"""The ``.fxtap`` manifest's schema: parse ``fxtap.json`` within limits and check every field.
+"""The ``.fxtap`` manifest's schema: check every field of the parsed ``fxtap.json``.
 
 ``check`` turns the parsed JSON into plain, validated specs (``Checked``) before anything
 reaches torch.fx: names are identifiers (not keywords, not dunder, unique), op kinds and
@@ -10,19 +10,31 @@ file. A refusal is a ``LoadError`` naming the field at fault.
 
 from __future__ import annotations
 
-import builtins
-import json
-import keyword
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch.fx import graph as fx_graph
-
 from fxtap import _allowlist
-from fxtap.errors import LoadError, close_matches
+from fxtap._schema import (
+    PARAMETER_RESERVED,
+    as_bool,
+    as_list,
+    as_object,
+    as_string,
+    as_strings,
+    check_keys,
+    closest,
+    decode,
+    dotted_path,
+    identifier,
+    local_name,
+    member_name,
+    no_nodes,
+    path_part,
+    prefixes,
+)
+from fxtap.errors import LoadError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Checked", "Ref", "check"]
 
@@ -32,11 +44,6 @@ MANIFEST = "fxtap.json"
 WEIGHTS = "weights.safetensors"
 MODES = ("train", "eval")
 
-#: Limits on ``fxtap.json``: bytes, JSON values (a bound on the memory parsing takes), depth.
-MAX_MANIFEST_BYTES = 64 << 20
-MAX_VALUES = 2_000_000
-MAX_DEPTH = 48
-MAX_STRING = 4096
 #: Functions that read attributes by name: their name argument must be a literal in
 #: ``_allowlist.ATTRIBUTES``.
 NAMED_ATTRIBUTE = frozenset({"builtins:getattr", "builtins:hasattr"})
@@ -49,23 +56,6 @@ _TOP_KEYS = frozenset(
 _MODULE_KEYS = frozenset(
     {"class", "training", "config", "parameters", "buffers", "non_persistent", "modules"}
 )
-_DEVICE = re.compile(r"(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?")
-_SCALARS = (bool, int, float, str, type(None))
-# NOTE: names the generated forward uses besides its locals: self, builtins, fx's globals.
-_RESERVED = frozenset({"self", *dir(builtins), *fx_graph._custom_builtins})
-_PARAMETER_RESERVED = frozenset({"self", *fx_graph._custom_builtins})
-
-
-def _torch_values(kind: type) -> dict[str, Any]:
-    return {k: v for k, v in vars(torch).items() if isinstance(v, kind) and not k.startswith("_")}
-
-
-#: The torch constants a value may name, by tag.
-CONSTANTS: dict[str, dict[str, Any]] = {
-    "dtype": _torch_values(torch.dtype),
-    "memory_format": _torch_values(torch.memory_format),
-    "layout": _torch_values(torch.layout),
-}
 
 
 @dataclass(frozen=True)
@@ -116,70 +106,46 @@ class Checked:
     opaque: tuple[str, ...]
 
 
-def parse(raw: bytes) -> Any:
-    """Parse ``fxtap.json``, refusing files too large, too many values or nested too deep."""
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise LoadError(f"{MANIFEST} holds {len(raw)} bytes, more than {MAX_MANIFEST_BYTES}")
-    # every JSON value but the first follows a ',', '[' or '{': this bounds the parse's memory
-    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
-    if values > MAX_VALUES:
-        raise LoadError(f"{MANIFEST} holds up to {values} values, more than {MAX_VALUES}")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise LoadError(f"{MANIFEST} is not valid JSON ({exc})") from exc
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise LoadError(f"{MANIFEST} nests values deeper than {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            stack += [(v, depth + 1) for v in value.values()]
-        elif isinstance(value, list):
-            stack += [(v, depth + 1) for v in value]
-    return data
-
-
 def check(data: Any, *, trust: bool) -> Checked:
     """Validate a parsed manifest; ``LoadError`` names the first field at fault."""
-    top = _object(data, MANIFEST)
+    top = as_object(data, MANIFEST)
     if top.get("format") != FORMAT_NAME or top.get("version") != FORMAT_VERSION:
         raise LoadError(
             f"it is format {top.get('format')!r:.40} version {top.get('version')!r:.20}; this "
             f"fxtap reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Upgrade fxtap"
         )
-    _keys(top, _TOP_KEYS, _TOP_KEYS, MANIFEST)
-    _string(top["torch"], "torch")
+    check_keys(top, _TOP_KEYS, _TOP_KEYS, MANIFEST)
+    as_string(top["torch"], "torch")
     tensors: dict[str, tuple[bool, bool]] = {}
-    for key, info in _object(top["tensors"], "tensors").items():
+    for key, info in as_object(top["tensors"], "tensors").items():
         where = f"tensors.{key}"
-        _keys(_object(info, where), {"parameter", "requires_grad"}, None, where)
-        tensors[_string(key, where)] = (
-            _bool(info["parameter"], f"{where}.parameter"),
-            _bool(info["requires_grad"], f"{where}.requires_grad"),
+        check_keys(as_object(info, where), {"parameter", "requires_grad"}, None, where)
+        tensors[as_string(key, where)] = (
+            as_bool(info["parameter"], f"{where}.parameter"),
+            as_bool(info["requires_grad"], f"{where}.requires_grad"),
         )
     modules = _Modules(tensors, trust=trust)
-    for path, spec in _object(top["modules"], "modules").items():
+    for path, spec in as_object(top["modules"], "modules").items():
         modules.add_top(path, spec)
     attributes: dict[str, tuple[str, bool]] = {}
-    for path, spec in _object(top["attributes"], "attributes").items():
+    for path, spec in as_object(top["attributes"], "attributes").items():
         where = f"attributes.{path}"
-        _path(path, where, top_level=True)
-        _keys(_object(spec, where), {"tensor", "persistent"}, None, where)
+        dotted_path(path, where, top_level=True)
+        check_keys(as_object(spec, where), {"tensor", "persistent"}, None, where)
         ref = modules.tensor(spec["tensor"], f"{where}.tensor", parameter=None)
-        attributes[path] = (ref, _bool(spec["persistent"], f"{where}.persistent"))
+        attributes[path] = (ref, as_bool(spec["persistent"], f"{where}.persistent"))
     modules.check_attributes(attributes)
     outputs = {}
-    raw_outputs = _object(top["outputs"], "outputs")
-    _keys(raw_outputs, set(MODES), None, "outputs")
+    raw_outputs = as_object(top["outputs"], "outputs")
+    check_keys(raw_outputs, set(MODES), None, "outputs")
     for mode in MODES:
-        outs = _object(raw_outputs[mode], f"outputs.{mode}")
+        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
         outputs[mode] = {
-            _string(k, f"outputs.{mode}"): _string(v, f"outputs.{mode}.{k}")
+            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
             for k, v in outs.items()
         }
-    graphs_raw = _object(top["graphs"], "graphs")
-    _keys(graphs_raw, set(MODES), None, "graphs")
+    graphs_raw = as_object(top["graphs"], "graphs")
+    check_keys(graphs_raw, set(MODES), None, "graphs")
     targets = frozenset(attributes) | modules.tensor_paths
     graphs = {
         mode: _Graph(mode, modules.paths, targets, trust=trust).check(
@@ -187,19 +153,19 @@ def check(data: Any, *, trust: bool) -> Checked:
         )
         for mode in MODES
     }
-    kept_raw = _object(top["kept"], "kept")
-    _keys(kept_raw, set(MODES), None, "kept")
-    kept = {m: frozenset(_strings(kept_raw[m], f"kept.{m}")) for m in MODES}
+    kept_raw = as_object(top["kept"], "kept")
+    check_keys(kept_raw, set(MODES), None, "kept")
+    kept = {m: frozenset(as_strings(kept_raw[m], f"kept.{m}")) for m in MODES}
     return Checked(
-        class_name=_identifier(top["class_name"], "class_name"),
-        training=_bool(top["training"], "training"),
+        class_name=identifier(top["class_name"], "class_name"),
+        training=as_bool(top["training"], "training"),
         graphs=graphs,
         modules=modules.top,
         attributes=attributes,
         tensors=tensors,
         outputs=outputs,
         kept=kept,
-        opaque=tuple(_strings(top["opaque"], "opaque")),
+        opaque=tuple(as_strings(top["opaque"], "opaque")),
     )
 
 
@@ -220,11 +186,11 @@ class _Graph:
         self.parameters: set[str] = set()
 
     def check(self, raw: Any, outputs: Mapping[str, str]) -> tuple[NodeSpec, ...]:
-        entries = _list(raw, f"graphs.{self.mode}")
-        nodes = []
+        entries = as_list(raw, f"graphs.{self.mode}")
+        nodes: list[NodeSpec] = []
         for i, entry in enumerate(entries):
             where = f"graphs.{self.mode}[{i}]"
-            node = self._node(_object(entry, where), where, last=i == len(entries) - 1)
+            node = self._node(as_object(entry, where), where, last=i == len(entries) - 1)
             if node.op == "placeholder" and nodes and nodes[-1].op != "placeholder":
                 raise LoadError(f"{where}: a placeholder follows other nodes")
             nodes.append(node)
@@ -240,8 +206,8 @@ class _Graph:
         return tuple(nodes)
 
     def _node(self, entry: Mapping[str, Any], where: str, *, last: bool) -> NodeSpec:
-        _keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name"}, where)
-        name = _local(entry["name"], f"{where}.name")
+        check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name"}, where)
+        name = local_name(entry["name"], f"{where}.name")
         if name in self.names:
             raise LoadError(f"{where}.name: a second node is named {name!r}")
         op = entry["op"]
@@ -254,19 +220,19 @@ class _Graph:
         if not isinstance(args, tuple) or not isinstance(kwargs, dict):
             raise LoadError(f"{where}: args must be a tuple and kwargs a dict")
         for key in kwargs:
-            _identifier(key, f"{where}.kwargs")
+            identifier(key, f"{where}.kwargs")
         target = entry["target"]
         if op == "call_function":
-            _keys(_object(target, f"{where}.target"), {"function"}, None, f"{where}.target")
+            check_keys(as_object(target, f"{where}.target"), {"function"}, None, f"{where}.target")
             target = self._function(target["function"], args, kwargs, f"{where}.target")
         elif op == "call_method":
             target = self._method(target, args, f"{where}.target")
         elif op == "placeholder":
             # NOTE: fx renames a placeholder named like a builtin (input -> input_1) but keeps
             # its target: the target is a parameter name of the generated forward
-            target = _identifier(target, f"{where}.target")
+            target = identifier(target, f"{where}.target")
             renamed = re.fullmatch(re.escape(target) + r"_[0-9]+", name)
-            if target in self.parameters or target in _PARAMETER_RESERVED:
+            if target in self.parameters or target in PARAMETER_RESERVED:
                 raise LoadError(f"{where}.target: {target!r} cannot name a second parameter")
             self.parameters.add(target)
             if target != name and not renamed:
@@ -277,28 +243,28 @@ class _Graph:
             if target != "output" or len(args) != 1 or kwargs:
                 raise LoadError(f"{where}: the output node returns exactly one value")
         else:
-            target = _string(target, f"{where}.target")
+            target = as_string(target, f"{where}.target")
             known = self.modules if op == "call_module" else self.targets
             if target not in known:
                 raise LoadError(
                     f"{where}.target: {target!r:.80} is not a stored module or tensor"
-                    f"{_closest(target, known)}"
+                    f"{closest(target, known)}"
                 )
             if op == "get_attr" and (args or kwargs):
                 raise LoadError(f"{where}: get_attr takes no arguments")
         fxtap_name = entry.get("fxtap_name")
         if fxtap_name is not None:
-            _string(fxtap_name, f"{where}.fxtap_name")
+            as_string(fxtap_name, f"{where}.fxtap_name")
         return NodeSpec(name, op, target, args, kwargs, fxtap_name)
 
     def _function(
         self, path: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
     ) -> str:
-        path = _string(path, where)
+        path = as_string(path, where)
         if path not in _allowlist.FUNCTIONS and not self.trust:
             raise LoadError(
                 f"{where}: its graph calls {path!r:.80}, which the safe loader does not "
-                f"allow{_closest(path, _allowlist.FUNCTIONS)}. Pass trust=True (--trust) only "
+                f"allow{closest(path, _allowlist.FUNCTIONS)}. Pass trust=True (--trust) only "
                 "if you trust the file"
             )
         if path in NAMED_ATTRIBUTE:
@@ -308,19 +274,19 @@ class _Graph:
             if name not in _allowlist.ATTRIBUTES and not (self.trust and not name.startswith("_")):
                 raise LoadError(
                     f"{where}: its graph reads the attribute {name!r:.80}, which the safe loader "
-                    f"does not allow{_closest(name, _allowlist.ATTRIBUTES)}"
+                    f"does not allow{closest(name, _allowlist.ATTRIBUTES)}"
                 )
         return path
 
     def _method(self, name: Any, args: tuple[Any, ...], where: str) -> str:
-        name = _string(name, where)
+        name = as_string(name, where)
         allowed = name in _allowlist.METHODS or (
             self.trust and name.isidentifier() and not name.startswith("_")
         )
         if not allowed:
             raise LoadError(
                 f"{where}: its graph calls the method {name!r:.80}, which the safe loader does "
-                f"not allow{_closest(name, _allowlist.METHODS)}"
+                f"not allow{closest(name, _allowlist.METHODS)}"
             )
         if not args or not isinstance(args[0], Ref):
             raise LoadError(f"{where}: a method call's first argument must be a node")
@@ -356,8 +322,8 @@ class _Modules:
 
     def add_top(self, path: str, spec: Any) -> None:
         where = f"modules.{path}"
-        _path(path, where, top_level=True)
-        for prefix in _prefixes(path):
+        dotted_path(path, where, top_level=True)
+        for prefix in prefixes(path):
             if prefix in self._paths:
                 raise LoadError(f"{where}: it lies inside the stored module {prefix!r}")
         if any(p.startswith(path + ".") for p in self.top):
@@ -366,7 +332,7 @@ class _Modules:
         self.paths = frozenset(self.top)
 
     def tensor(self, ref: Any, where: str, *, parameter: bool | None) -> str:
-        ref = _string(ref, where)
+        ref = as_string(ref, where)
         if ref not in self.tensors:
             raise LoadError(f"{where}: tensor {ref!r:.40} is not listed under tensors")
         if parameter is not None and self.tensors[ref][0] != parameter:
@@ -376,19 +342,19 @@ class _Modules:
 
     def check_attributes(self, attributes: Mapping[str, Any]) -> None:
         for path in attributes:
-            if path in self._paths or any(p in self._paths for p in _prefixes(path)):
+            if path in self._paths or any(p in self._paths for p in prefixes(path)):
                 raise LoadError(f"attributes.{path}: it lies inside a stored module")
             self._tensor_paths.add(path)
         for path in self._paths:
-            if any(p in attributes for p in _prefixes(path)):
+            if any(p in attributes for p in prefixes(path)):
                 raise LoadError(f"modules.{path}: it lies inside the tensor attribute")
 
     def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | str:
-        spec = _object(raw, where)
+        spec = as_object(raw, where)
         self._paths.add(path)
         if "same_as" in spec:
-            _keys(spec, {"same_as"}, None, where)
-            other = _string(spec["same_as"], f"{where}.same_as")
+            check_keys(spec, {"same_as"}, None, where)
+            other = as_string(spec["same_as"], f"{where}.same_as")
             # a shared module must be complete before it is named again: no cycles
             if other not in self._finished:
                 raise LoadError(
@@ -396,48 +362,48 @@ class _Modules:
                     "(a module cannot contain itself)"
                 )
             return other
-        _keys(spec, _MODULE_KEYS, None, where)
-        cls = _string(spec["class"], f"{where}.class")
+        check_keys(spec, _MODULE_KEYS, None, where)
+        cls = as_string(spec["class"], f"{where}.class")
         allowed = _allowlist.MODULES.get(cls)
         if allowed is None and not self.trust:
             raise LoadError(
                 f"{where}.class: it uses module class {cls!r:.80}, which the safe loader does "
-                f"not allow{_closest(cls, _allowlist.MODULES)}. Pass trust=True (--trust) only "
+                f"not allow{closest(cls, _allowlist.MODULES)}. Pass trust=True (--trust) only "
                 "if you trust the file and that package"
             )
         required, optional, tensor_names = allowed or ((), (), ())
         config = {}
-        for key, value in _object(spec["config"], f"{where}.config").items():
+        for key, value in as_object(spec["config"], f"{where}.config").items():
             field = f"{where}.config.{key}"
             if allowed is not None and key not in required and key not in optional:
                 raise LoadError(f"{field}: {cls} holds no attribute {key!r:.80}")
             if allowed is None:
-                _member(key, field)
-            config[key] = decode(value, field, _no_nodes)
+                member_name(key, field)
+            config[key] = decode(value, field, no_nodes)
         absent = [k for k in required if k not in config]
         if absent:
             raise LoadError(f"{where}.config: {cls} needs {absent[:3]}")
         state: dict[str, dict[str, str | None]] = {}
         for kind in ("parameters", "buffers"):
             state[kind] = {}
-            for name, ref in _object(spec[kind], f"{where}.{kind}").items():
+            for name, ref in as_object(spec[kind], f"{where}.{kind}").items():
                 field = f"{where}.{kind}.{name}"
                 if allowed is not None and name not in tensor_names:
                     raise LoadError(f"{field}: {cls} holds no tensor {name!r:.80}")
-                _member(name, field)
+                member_name(name, field)
                 if name in config or name in state.get("parameters", {}):
                     raise LoadError(f"{field}: {name!r} is stored twice")
                 state[kind][name] = (
                     None if ref is None else self.tensor(ref, field, parameter=kind == "parameters")
                 )
                 self._tensor_paths.add(f"{path}.{name}")
-        non_persistent = _strings(spec["non_persistent"], f"{where}.non_persistent")
+        non_persistent = as_strings(spec["non_persistent"], f"{where}.non_persistent")
         if not set(non_persistent) <= set(state["buffers"]):
             raise LoadError(f"{where}.non_persistent: names a buffer the module does not hold")
         children: dict[str, ModuleSpec | str | None] = {}
-        for name, child in _object(spec["modules"], f"{where}.modules").items():
+        for name, child in as_object(spec["modules"], f"{where}.modules").items():
             field = f"{where}.modules.{name}"
-            _part(name, field)
+            path_part(name, field)
             if name in config or name in state["parameters"] or name in state["buffers"]:
                 raise LoadError(f"{field}: {name!r} is stored twice")
             child_path = f"{path}.{name}"
@@ -446,179 +412,10 @@ class _Modules:
         return ModuleSpec(
             path=path,
             cls=cls,
-            training=_bool(spec["training"], f"{where}.training"),
+            training=as_bool(spec["training"], f"{where}.training"),
             config=config,
             parameters=state["parameters"],
             buffers=state["buffers"],
             non_persistent=tuple(non_persistent),
             children=children,
-        )
-
-
-# --- values and names ------------------------------------------------------------------------
-
-
-def decode(value: Any, where: str, inner: Any) -> Any:
-    """Decode a tagged JSON value; ``inner(value, where)`` decodes nested values."""
-    if isinstance(value, _SCALARS):
-        if isinstance(value, str) and len(value) > MAX_STRING:
-            raise LoadError(f"{where}: a string of {len(value)} characters")
-        return value
-    if isinstance(value, list):
-        return [inner(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, dict) or len(value) != 1:
-        raise LoadError(f"{where}: {value!r:.60} is not a value fxtap writes")
-    ((tag, body),) = value.items()
-    if tag == "tuple":
-        return tuple(inner(v, f"{where}[{i}]") for i, v in enumerate(_list(body, where)))
-    if tag == "dict":
-        result = {}
-        for i, pair in enumerate(_list(body, where)):
-            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], (str, int)):
-                raise LoadError(f"{where}[{i}]: a dict entry is a [key, value] pair")
-            result[pair[0]] = inner(pair[1], f"{where}[{i}]")
-        return result
-    if tag == "size":
-        items = _list(body, where)
-        if not all(type(v) is int for v in items):
-            raise LoadError(f"{where}: a size holds integers only")
-        return torch.Size(items)
-    if tag == "slice":
-        parts = _list(body, where)
-        if len(parts) != 3:
-            raise LoadError(f"{where}: a slice holds start, stop and step")
-        return slice(*(inner(v, f"{where}[{i}]") for i, v in enumerate(parts)))
-    if tag == "ellipsis" and body is True:
-        return Ellipsis
-    if tag in CONSTANTS:
-        if not isinstance(body, str) or body not in CONSTANTS[tag]:
-            raise LoadError(
-                f"{where}: {body!r:.40} is not a torch {tag}{_closest(str(body), CONSTANTS[tag])}"
-            )
-        return CONSTANTS[tag][body]
-    if tag == "device":
-        if not isinstance(body, str) or not _DEVICE.fullmatch(body):
-            raise LoadError(f"{where}: {body!r:.40} is not a device such as 'cpu' or 'cuda:0'")
-        return torch.device(body)
-    raise LoadError(f"{where}: unknown value tag {tag!r:.40}")
-
-
-def _no_nodes(value: Any, where: str) -> Any:
-    return decode(value, where, _no_nodes)
-
-
-def _identifier(name: Any, where: str) -> str:
-    """A Python identifier that is neither a keyword nor a dunder name."""
-    if (
-        not isinstance(name, str)
-        or not name.isidentifier()
-        or keyword.iskeyword(name)
-        or name.startswith("__")
-        or len(name) > 200
-    ):
-        raise LoadError(f"{where}: {name!r:.80} is not a plain identifier")
-    return name
-
-
-def _local(name: Any, where: str) -> str:
-    """A name for a local variable of the generated ``forward``: shadows nothing it uses."""
-    name = _identifier(name, where)
-    if name in _RESERVED:
-        raise LoadError(f"{where}: {name!r} is reserved in generated code")
-    return name
-
-
-def _part(name: Any, where: str) -> str:
-    """A module path component: an identifier or a decimal index, shadowing no module internals."""
-    if isinstance(name, str) and name.isdigit() and name.isascii() and str(int(name)) == name:
-        return name
-    _member(name, where)
-    return str(name)
-
-
-def _member(name: Any, where: str) -> str:
-    name = _identifier(name, where)
-    if name in _module_internals():
-        raise LoadError(f"{where}: {name!r} would shadow a torch.nn.Module attribute")
-    return name
-
-
-def _path(path: Any, where: str, *, top_level: bool) -> str:
-    path = _string(path, where)
-    parts = path.split(".")
-    for part in parts:
-        _part(part, where)
-    if top_level and parts[0] in _root_internals():
-        raise LoadError(f"{where}: {parts[0]!r} would shadow an attribute of the extractor")
-    return path
-
-
-def _prefixes(path: str) -> list[str]:
-    parts = path.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-_INTERNALS: list[frozenset[str]] = []
-
-
-def _module_internals() -> frozenset[str]:
-    if not _INTERNALS:
-        from torch import nn
-
-        from fxtap.extractor import FeatureExtractor
-
-        module = frozenset(dir(nn.Module) + list(vars(nn.Module())))
-        root = {"full", "return_nodes", "outputs", "kept", "opaque", "meta", "_fxtap_modes"}
-        root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls"}
-        _INTERNALS[:] = [module, module | frozenset(dir(FeatureExtractor)) | root]
-    return _INTERNALS[0]
-
-
-def _root_internals() -> frozenset[str]:
-    _module_internals()
-    return _INTERNALS[1]
-
-
-def _closest(word: str, pool: Any) -> str:
-    found = close_matches(word, pool)
-    return f" (closest: {', '.join(repr(f) for f in found)})" if found else ""
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise LoadError(f"{where}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise LoadError(f"{where}: expected a list, got {type(value).__name__}")
-    return value
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_STRING:
-        raise LoadError(f"{where}: expected a string, got {type(value).__name__}")
-    return value
-
-
-def _strings(value: Any, where: str) -> list[str]:
-    return [_string(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where))]
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise LoadError(f"{where}: expected true or false, got {value!r:.40}")
-    return value
-
-
-def _keys(value: Mapping[str, Any], required: Any, allowed: Any, where: str) -> None:
-    allowed = required if allowed is None else allowed
-    absent = [k for k in sorted(required) if k not in value]
-    extra = [k for k in value if k not in allowed]
-    if absent or extra:
-        raise LoadError(
-            f"{where}: expected the fields {sorted(required)}"
-            + (f"; missing {absent}" if absent else "")
-            + (f"; unexpected {[e[:40] for e in extra[:3]]}" if extra else "")
         )

@@ -10,6 +10,7 @@ Functions, methods and classes come from the allowlist, resolved by their exact 
 from __future__ import annotations
 
 import importlib
+import json
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -24,13 +25,26 @@ from fxtap.errors import LoadError
 from fxtap.extractor import FeatureExtractor
 from fxtap.trace import NAME_KEY
 
-__all__ = ["MAX_RATIO", "MAX_WEIGHTS_BYTES", "build", "read_archive"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_MANIFEST_BYTES",
+    "MAX_RATIO",
+    "MAX_VALUES",
+    "MAX_WEIGHTS_BYTES",
+    "build",
+    "parse",
+    "read_archive",
+]
 
 #: Largest declared size of ``weights.safetensors``, and the largest compression ratio of any
 #: member (fxtap stores the weights uncompressed and deflates JSON about 10:1).
 MAX_WEIGHTS_BYTES = 1 << 40
 MAX_RATIO = 200
 _COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+#: Limits on ``fxtap.json``: bytes, JSON values (a bound on the memory parsing takes), depth.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_VALUES = 2_000_000
+MAX_DEPTH = 48
 
 
 def read_archive(archive: zipfile.ZipFile, *, trust: bool) -> FeatureExtractor:
@@ -38,8 +52,8 @@ def read_archive(archive: zipfile.ZipFile, *, trust: bool) -> FeatureExtractor:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
 
-    raw = _read(archive, MANIFEST, _manifest.MAX_MANIFEST_BYTES)
-    checked = _manifest.check(_manifest.parse(raw), trust=trust)
+    raw = _read(archive, MANIFEST, MAX_MANIFEST_BYTES)
+    checked = _manifest.check(parse(raw), trust=trust)
     weights = _read(archive, WEIGHTS, MAX_WEIGHTS_BYTES)
     try:
         stored = load_tensors(weights) if weights else {}
@@ -71,6 +85,30 @@ def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) 
     return FeatureExtractor(
         root, graphs, class_name=checked.class_name, training=checked.training, info=info
     )
+
+
+def parse(raw: bytes) -> Any:
+    """Parse ``fxtap.json``, refusing files too large, too many values or nested too deep."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise LoadError(f"{MANIFEST} holds {len(raw)} bytes, more than {MAX_MANIFEST_BYTES}")
+    # every JSON value but the first follows a ',', '[' or '{': this bounds the parse's memory
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+    if values > MAX_VALUES:
+        raise LoadError(f"{MANIFEST} holds up to {values} values, more than {MAX_VALUES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise LoadError(f"{MANIFEST} is not valid JSON ({exc})") from exc
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise LoadError(f"{MANIFEST} nests values deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return data
 
 
 def _read(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:

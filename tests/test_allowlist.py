@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import torchvision
 
@@ -30,11 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxtap
 from fxtap import _allowlist
+from fxtap._pack import pack
 from fxtap.errors import InvalidArgumentError
-from fxtap.save import MANIFEST, _pack
+from fxtap.save import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ("resnet18", "mobilenet_v3_small", "vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0")
+SAMPLE = (
+    "resnet18",
+    "mobilenet_v3_small",
+    "vit_b_16",
+    "swin_t",
+    "convnext_tiny",
+    "efficientnet_b0",
+)
 USER_CODE = ("tests.", "__main__")
 THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
 
@@ -92,7 +99,7 @@ class Emitted:
 def manifest_of(extractor: Any) -> dict[str, Any]:
     """The manifest ``save`` writes for ``extractor``."""
     buffer = io.BytesIO()
-    _pack(extractor, buffer)
+    pack(extractor, buffer)
     with zipfile.ZipFile(buffer) as archive:
         return json.loads(archive.read(MANIFEST))
 

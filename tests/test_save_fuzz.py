@@ -35,8 +35,9 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fxtap import _manifest, _safe_load, create_feature_extractor
+from fxtap._pack import pack
 from fxtap.errors import LoadError
-from fxtap.save import MANIFEST, WEIGHTS, _pack
+from fxtap.save import MANIFEST, WEIGHTS
 from tests.test_save_hostile import Small
 
 EXAMPLES = {"ci": 500, "thorough": 10_000, "quick": 50}[
@@ -111,9 +112,9 @@ def saved(name: str) -> Saved:
         x = torch.randn(1, 3, 32, 32)
     extractor = create_feature_extractor(model, [":output"])
     buffer = io.BytesIO()
-    _pack(extractor, buffer)
+    pack(extractor, buffer)
     with zipfile.ZipFile(buffer) as archive:
-        manifest = _manifest.parse(archive.read(MANIFEST))
+        manifest = _safe_load.parse(archive.read(MANIFEST))
         from safetensors.torch import load as load_tensors
 
         stored = load_tensors(archive.read(WEIGHTS))
@@ -201,7 +202,7 @@ def test_mutated_manifests_load_or_raise_load_error(mutation: tuple[Any, ...]) -
     # the mutated JSON goes through the same text round trip as a file would
     text = json.dumps(mutated).encode()
     try:
-        checked = _manifest.check(_manifest.parse(text), trust=False)
+        checked = _manifest.check(_safe_load.parse(text), trust=False)
         loaded = _safe_load.build(checked, data.stored, trust=False)
     except LoadError:
         event(f"{name}: refused")

@@ -254,11 +254,11 @@ def check_round_trip(name: str, ex: Any) -> None:
     import io
     import zipfile
 
+    from fxtap._pack import pack
     from fxtap._safe_load import read_archive
-    from fxtap.save import _pack
 
     buffer = io.BytesIO()
-    _pack(ex, buffer)
+    pack(ex, buffer)
     with zipfile.ZipFile(buffer) as archive:
         loaded = read_archive(archive, trust=False)
     for mode in ("eval", "train"):
