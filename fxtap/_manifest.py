@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch.fx import graph as fx_graph
+
 from fxtap import _allowlist
 from fxtap._schema import (
     PARAMETER_RESERVED,
@@ -47,6 +49,7 @@ MODES = ("train", "eval")
 #: Functions that read attributes by name: their name argument must be a literal in
 #: ``_allowlist.ATTRIBUTES``.
 NAMED_ATTRIBUTE = frozenset({"builtins:getattr", "builtins:hasattr"})
+_OPERATOR_FORMS = {**fx_graph.magic_methods, **fx_graph.inplace_methods}
 OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 _NODE_KEYS = frozenset({"name", "op", "target", "args", "kwargs"})
 _TOP_KEYS = frozenset(
@@ -266,6 +269,13 @@ class _Graph:
                 f"{where}: its graph calls {path!r:.80}, which the safe loader does not "
                 f"allow{closest(path, _allowlist.FUNCTIONS)}. Pass trust=True (--trust) only "
                 "if you trust the file"
+            )
+        module_name, _, function = path.partition(":")
+        operator_form = _OPERATOR_FORMS.get(function) if module_name == "operator" else None
+        if operator_form is not None and (len(args) != operator_form.count("{}") or kwargs):
+            # NOTE: fx writes operators as expressions ('{} + {}'), one argument per slot
+            raise LoadError(
+                f"{where}: {path} takes exactly {operator_form.count('{}')} positional arguments"
             )
         if path in NAMED_ATTRIBUTE:
             name = args[1] if len(args) == 2 and not kwargs else None

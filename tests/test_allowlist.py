@@ -10,7 +10,6 @@ models and fails if one of them emits something the checked-in allowlist lacks;
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
@@ -250,7 +249,22 @@ def test_module_configuration_keys_are_set_by_the_class() -> None:
         for key in (*required, *optional):
             assert key.isidentifier() and not key.startswith("__"), (path, key)
             assert key not in internals, f"{path} config {key!r} shadows nn.Module"
-        assert set(inspect.signature(cls).parameters) or required or not optional
+        assert not set(required) & set(optional), path
+
+
+def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
+    """The generated allowlist holds no code runners, file or network readers, or dunders."""
+    forbidden = {"builtins:eval", "builtins:exec", "builtins:compile", "builtins:open"}
+    forbidden |= {"builtins:__import__", "builtins:setattr", "builtins:delattr"}
+    forbidden |= {"operator:attrgetter", "operator:methodcaller", "torch:load", "torch:from_file"}
+    assert not forbidden & _allowlist.FUNCTIONS
+    words = ("load", "save", "hub", "serialization", "file", "url", "download", "system")
+    for name in (*_allowlist.FUNCTIONS, *_allowlist.METHODS, *_allowlist.MODULES):
+        assert not any(w in name.lower() for w in words), name
+        assert "__" not in name, name
+        assert name.count(":") <= 1, name
+    assert all(m.isidentifier() and not m.startswith("_") for m in _allowlist.METHODS)
+    assert all(a.isidentifier() and not a.startswith("_") for a in _allowlist.ATTRIBUTES)
 
 
 def main() -> None:
