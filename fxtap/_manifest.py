@@ -4,7 +4,7 @@
 reaches torch.fx: names are identifiers (not keywords, not dunder, unique), op kinds and
 argument structures are exactly those ``fxtap.save`` writes, nodes refer only to earlier
 nodes, each graph has exactly one output, and every function, method and module class is
-named exactly as in the allowlist (``fxtap/_allowlist.py``), unless the caller trusts the
+named exactly as in the allowlist (``fxtap/_allowlist.json``), unless the caller trusts the
 file. A refusal is a ``LoadError`` naming the field at fault.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from torch.fx import graph as fx_graph
@@ -20,6 +19,10 @@ from torch.fx import graph as fx_graph
 from fxtap import _allowlist
 from fxtap._schema import (
     PARAMETER_RESERVED,
+    Checked,
+    ModuleSpec,
+    NodeSpec,
+    Ref,
     as_bool,
     as_list,
     as_object,
@@ -59,54 +62,6 @@ _TOP_KEYS = frozenset(
 _MODULE_KEYS = frozenset(
     {"class", "training", "config", "parameters", "buffers", "non_persistent", "modules"}
 )
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A reference to an earlier node of the same graph, by name."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One validated graph node; ``args`` and ``kwargs`` hold decoded values and ``Ref``."""
-
-    name: str
-    op: str
-    target: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    fxtap_name: str | None
-
-
-@dataclass(frozen=True)
-class ModuleSpec:
-    """One validated module: class path, state and children (``same_as`` for a shared one)."""
-
-    path: str
-    cls: str
-    training: bool
-    config: dict[str, Any]
-    parameters: dict[str, str | None]
-    buffers: dict[str, str | None]
-    non_persistent: tuple[str, ...]
-    children: dict[str, ModuleSpec | str | None]
-
-
-@dataclass(frozen=True)
-class Checked:
-    """A manifest that passed every check."""
-
-    class_name: str
-    training: bool
-    graphs: dict[str, tuple[NodeSpec, ...]]
-    modules: dict[str, ModuleSpec | str]
-    attributes: dict[str, tuple[str, bool]]
-    tensors: dict[str, tuple[bool, bool]]
-    outputs: dict[str, dict[str, str]]
-    kept: dict[str, frozenset[str]]
-    opaque: tuple[str, ...]
 
 
 def check(data: Any, *, trust: bool) -> Checked:

@@ -20,7 +20,8 @@ import torch
 from torch import fx, nn
 
 from fxtap import _manifest
-from fxtap._manifest import MANIFEST, MODES, WEIGHTS, Checked, ModuleSpec, NodeSpec, Ref
+from fxtap._manifest import MANIFEST, MODES, WEIGHTS
+from fxtap._schema import Checked, ModuleSpec, NodeSpec, Ref
 from fxtap.errors import LoadError
 from fxtap.extractor import FeatureExtractor
 from fxtap.trace import NAME_KEY

@@ -1,4 +1,4 @@
-"""Value and name checks shared by the manifest schema: tagged values, identifiers, paths."""
+"""The manifest schema's parts: the validated specs, tagged values, identifiers and paths."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import builtins
 import keyword
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +18,10 @@ __all__ = [
     "CONSTANTS",
     "MAX_STRING",
     "PARAMETER_RESERVED",
+    "Checked",
+    "ModuleSpec",
+    "NodeSpec",
+    "Ref",
     "as_bool",
     "as_list",
     "as_object",
@@ -37,6 +42,7 @@ __all__ = [
 
 MAX_STRING = 4096
 _DEVICE = re.compile(r"(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?")
+_PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}")
 _SCALARS = (bool, int, float, str, type(None))
 # NOTE: names the generated forward uses besides its locals: self, builtins, fx's globals.
 _RESERVED = frozenset({"self", *dir(builtins), *fx_graph._custom_builtins})
@@ -53,6 +59,54 @@ CONSTANTS: dict[str, dict[str, Any]] = {
     "memory_format": _torch_values(torch.memory_format),
     "layout": _torch_values(torch.layout),
 }
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to an earlier node of the same graph, by name."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One validated graph node; ``args`` and ``kwargs`` hold decoded values and ``Ref``."""
+
+    name: str
+    op: str
+    target: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    fxtap_name: str | None
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One validated module: class path, state and children (``same_as`` for a shared one)."""
+
+    path: str
+    cls: str
+    training: bool
+    config: dict[str, Any]
+    parameters: dict[str, str | None]
+    buffers: dict[str, str | None]
+    non_persistent: tuple[str, ...]
+    children: dict[str, ModuleSpec | str | None]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A manifest that passed every check."""
+
+    class_name: str
+    training: bool
+    graphs: dict[str, tuple[NodeSpec, ...]]
+    modules: dict[str, ModuleSpec | str]
+    attributes: dict[str, tuple[str, bool]]
+    tensors: dict[str, tuple[bool, bool]]
+    outputs: dict[str, dict[str, str]]
+    kept: dict[str, frozenset[str]]
+    opaque: tuple[str, ...]
 
 
 def decode(value: Any, where: str, inner: Any) -> Any:
@@ -126,8 +180,9 @@ def local_name(name: Any, where: str) -> str:
 
 
 def path_part(name: Any, where: str) -> str:
-    """A module path component: an identifier or a decimal index, shadowing no module internals."""
-    if isinstance(name, str) and name.isdigit() and name.isascii() and str(int(name)) == name:
+    """A module path component: an identifier shadowing no module internals, or a name such as
+    ``0`` or ``block1-0`` (fx writes those as ``getattr(m, "block1-0")``: no quotes allowed)."""
+    if isinstance(name, str) and not name.isidentifier() and _PLAIN_PART.fullmatch(name):
         return name
     member_name(name, where)
     return str(name)

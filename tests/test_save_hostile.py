@@ -277,7 +277,8 @@ def manifest_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], No
         lambda m: m["modules"]["fc"]["modules"].__setitem__("forward", m["modules"]["bn"]),
     )
     yield "path_shadow_root", lambda m: m["modules"].__setitem__("graph", m["modules"]["bn"])
-    yield "path_digits", lambda m: m["modules"].__setitem__("0x1", m["modules"]["bn"])
+    yield "path_space", lambda m: m["modules"].__setitem__("b n", m["modules"]["bn"])
+    yield "path_backslash", lambda m: m["modules"].__setitem__("bn\\\\", m["modules"]["bn"])
 
     # self-referential and dangling module specs
     yield (
