@@ -279,6 +279,7 @@ class _Modules:
         self.paths: frozenset[str] = frozenset()
         self._paths: set[str] = set()
         self._finished: set[str] = set()
+        self._containers: set[str] = set()  # proper prefixes of the stored paths
         self._tensor_paths: set[str] = set()
 
     @property
@@ -291,8 +292,9 @@ class _Modules:
         for prefix in prefixes(path):
             if prefix in self._paths:
                 raise LoadError(f"{where}: it lies inside the stored module {prefix!r}")
-        if any(p.startswith(path + ".") for p in self.top):
+        if path in self._containers:
             raise LoadError(f"{where}: another stored module lies inside it")
+        self._containers.update(prefixes(path))
         self.top[path] = self._module(spec, path, where)
         self.paths = frozenset(self.top)
 
@@ -306,9 +308,12 @@ class _Modules:
         return ref
 
     def check_attributes(self, attributes: Mapping[str, Any]) -> None:
+        owners = {p for path in attributes for p in prefixes(path)}
         for path in attributes:
             if path in self._paths or any(p in self._paths for p in prefixes(path)):
                 raise LoadError(f"attributes.{path}: it lies inside a stored module")
+            if path in owners:
+                raise LoadError(f"attributes.{path}: another tensor attribute lies inside it")
             self._tensor_paths.add(path)
         for path in self._paths:
             if any(p in attributes for p in prefixes(path)):
