@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.fx import graph as fx_graph
 
-from fxtap import _allowlist
+import fxtap._allowlist as _allowlist
 from fxtap._schema import (
     PARAMETER_RESERVED,
     Checked,

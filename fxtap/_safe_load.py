@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxtap import _manifest
+import fxtap._manifest as _manifest
 from fxtap._manifest import MANIFEST, MODES, WEIGHTS
 from fxtap._schema import Checked, ModuleSpec, NodeSpec, Ref
 from fxtap.errors import LoadError
@@ -243,7 +243,7 @@ def _function(path: str, *, trust: bool) -> Any:
 
 
 def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
-    from fxtap import _allowlist
+    import fxtap._allowlist as _allowlist
 
     found = _exact(path) if path in _allowlist.MODULES else None
     if found is None:
@@ -256,7 +256,7 @@ def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
 
 
 def _manifest_functions() -> frozenset[str]:
-    from fxtap import _allowlist
+    import fxtap._allowlist as _allowlist
 
     return _allowlist.FUNCTIONS
 
