@@ -27,14 +27,20 @@ from fxtap.trace import (
 )
 
 __all__ = [
+    "VALUE_KEY",
     "ModeDiff",
     "NodeInfo",
+    "describe_value",
     "diff_modes",
     "get_graph_node_names",
     "node_key",
     "node_table",
     "propagate_shapes",
 ]
+
+#: ``node.meta`` key holding what a node returned on the example input, as text (set by
+#: ``propagate_shapes``), such as ``None``, ``int 224`` or a tensor's shape and dtype.
+VALUE_KEY = "fxtap_value"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class NodeInfo:
         shape: output shape when example inputs were given, else ``None``.
         dtype: output dtype as text when example inputs were given, else ``None``.
         opaque: the module was made a leaf by the automatic fallback.
+        value: what the node returned when it is not one tensor (``'None'``, ``'int 224'``,
+            ``'(1×197×768 float32, None)'``), when example inputs were given; else ``None``.
     """
 
     name: str
@@ -62,6 +70,7 @@ class NodeInfo:
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
     opaque: bool = False
+    value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,7 @@ def node_table(
                 shape=shape,
                 dtype=dtype,
                 opaque=node.op == "call_module" and node.target in opaque,
+                value=node.meta.get(VALUE_KEY) if shape is None else None,
             )
         )
     return rows
@@ -283,7 +293,36 @@ class _ShapeProp(ShapeProp):
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
-        return super().run_node(n)
+        result = super().run_node(n)
+        n.meta[VALUE_KEY] = describe_value(result)
+        return result
+
+
+def describe_value(value: Any, *, limit: int = 3) -> str:
+    """What a node returned, as shown in node tables and drawings.
+
+    >>> describe_value((torch.zeros(2, 3), None))
+    '(2×3 float32, None)'
+    """
+    if isinstance(value, torch.Tensor):
+        dims = "×".join(str(d) for d in value.shape) or "scalar"
+        return f"{dims} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, torch.Size):
+        return "Size(" + ", ".join(map(str, value)) + ")"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return "None" if value is None else f"{type(value).__name__} {value!r:.20}"
+    if isinstance(value, (tuple, list)):
+        parts = [describe_value(v, limit=limit) for v in value[:limit]]
+        more = ", …" if len(value) > limit else ""
+        inner = ", ".join(parts) + more
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    if isinstance(value, Mapping):
+        return (
+            "{"
+            + ", ".join(f"{k}: {describe_value(v)}" for k, v in list(value.items())[:limit])
+            + "}"
+        )
+    return type(value).__name__
 
 
 def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:

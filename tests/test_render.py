@@ -352,10 +352,16 @@ def test_svg_has_an_element_per_drawn_node(tmp_path: Path) -> None:
         expected = set(node_ids(drawing.dot_path.read_text()))
         assert f"parts.{ODD}" in expected
         assert expected <= svg_ids(drawing.path)
-    both = svg_ids(tmp_path / "OddNames.both.svg")
-    assert {f"train:parts.{ODD}", f"eval:parts.{ODD}", "train:output", "eval:output"} <= both
+    # Identical train and eval graphs: one drawing that says so, no side-by-side copy.
+    both = (tmp_path / "OddNames.both.svg").read_text()
+    assert "train and eval: identical graphs" in both and f"parts.{ODD}" in svg_ids(
+        tmp_path / "OddNames.both.svg"
+    )
     svg = r._repr_svg_()
     assert svg is not None and "<svg" in svg
+    r = render(TrainOnlyBranch(), out_dir=tmp_path)
+    both_ids = svg_ids(tmp_path / "TrainOnlyBranch.both.svg")
+    assert {"train:randn_like", "train:fc", "eval:fc", "train:output", "eval:output"} <= both_ids
 
 
 @needs_dot

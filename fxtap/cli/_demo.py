@@ -118,9 +118,11 @@ def run(
             notes.append(f"drawings skipped: the renderer is not available ({exc})")
         else:
             try:
-                result = render(extractor, mode="both", out_dir=folder, name=stem)
+                result = render(extractor, out_dir=folder, name=stem, example_inputs=inputs)
             except DotNotFoundError:
-                result = render(extractor, mode="both", out_dir=folder, name=stem, fmt="dot")
+                result = render(
+                    extractor, out_dir=folder, name=stem, example_inputs=inputs, fmt="dot"
+                )
                 notes.append(
                     "Graphviz's dot is not installed: wrote DOT text instead of SVGs "
                     "(install it with 'apt-get install graphviz')"

@@ -101,7 +101,8 @@ def format_table(rows: Sequence[Any], *, shapes: bool) -> str:
     for r in rows:
         line = [r.name, r.op, r.target, r.module_type or "-", f"{r.num_params:,}"]
         if shapes:
-            line += ["x".join(map(str, r.shape)) if r.shape is not None else "-", r.dtype or "-"]
+            shape = "x".join(map(str, r.shape)) if r.shape is not None else None
+            line += [shape or getattr(r, "value", None) or "-", r.dtype or "-"]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     right = {4}

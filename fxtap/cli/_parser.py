@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-nodes",
         type=_count_type,
-        default=800,
-        help="collapse modules to draw about this many nodes (default: 800)",
+        default=150,
+        help="collapse modules to draw about this many nodes (default: 150)",
     )
     p.set_defaults(handler="render")
 

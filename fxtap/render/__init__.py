@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from fxtap.errors import (
 )
 from fxtap.names import diff_modes
 from fxtap.render._dot import FAST_SETTINGS, to_dot
-from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
+from fxtap.render._fold import collapse, cut_long_edges, fold_pruned, shorten, wrap
 from fxtap.render._fold import fold_repeats as fold_repeats_
 from fxtap.render._view import View, build_view, model_name, sources, with_shapes
 
@@ -108,10 +109,11 @@ def render(
     depth: int | None = None,
     fold_repeats: bool = True,
     pruned: str = "dashed",
-    max_nodes: int | None = 800,
+    max_nodes: int | None = 150,
     timeout: float = 30.0,
     heat: Mapping[str, float] | None = None,
     dot: str | os.PathLike[str] | None = None,
+    checks: bool = False,
 ) -> Rendering:
     """Draw a model's graph (or an extractor's kept and pruned nodes) with Graphviz.
 
@@ -133,12 +135,14 @@ def render(
         depth: draw modules nested deeper than this as one box each (default: all levels).
         fold_repeats: draw runs of identical numbered siblings (``blocks.0`` …) once, ``×N``.
         pruned: ``'dashed'`` draws each pruned node; ``'fold'`` one node per module.
-        max_nodes: collapse modules, deepest first, to draw about this many nodes; ``None``
-            draws every node. Modules holding requested or mode-only nodes stay open.
+        max_nodes: collapse modules, pruned ones first, then the smallest, to draw about this
+            many nodes; ``None`` draws every node. Modules holding requested or mode-only
+            nodes stay open. Long chains are wrapped into columns either way.
         timeout: seconds ``dot`` may take per drawing before faster settings, then more
             collapsing, then DOT text only, are tried within the same budget.
         heat: node name -> cost; fills nodes on a colour-blind-safe scale.
         dot: path of Graphviz's ``dot`` program (default: found on ``PATH``).
+        checks: draw input checks (nodes feeding only ``torch._assert``) instead of hiding them.
 
     Returns:
         A ``Rendering`` listing the files written (shown inline in Jupyter).
@@ -174,24 +178,46 @@ def render(
             only=only.get(m, ()),
             opaque=opaque,
             heat=heat,
+            checks=checks,
         )
         if pruned == "fold":
             view = fold_pruned(view)
         if fold_repeats:
             view = fold_repeats_(view)
-        return cut_long_edges(collapse(view, depth=depth, max_nodes=limit))
+        view = cut_long_edges(collapse(view, depth=depth, max_nodes=limit))
+        return shorten(wrap(view))
 
     views = {m: make_view(m, max_nodes) for m in modes}
     folder = ensure_output_dir(out_dir, hint="Pass a writable folder with out_dir= (-o DIR).")
     stem = _safe_stem(title)
-    jobs = [(m, [views[m]]) for m in modes]
-    if mode == "both" and fmt != "svg":
+    same = mode == "both" and _identical(views["train"], views["eval"])
+    if same:
+        # One drawing says the two graphs are the same; the mode files are copies of it.
+        views["eval"] = dataclasses.replace(views["eval"], same=True)
+    jobs = [(m, [views[m]]) for m in (("eval",) if same else modes)]
+    if mode == "both" and fmt != "svg" and not same:
         jobs.append(("both", [views["train"], views["eval"]]))
     dot_paths = {}
     for m, vs in jobs:
         dot_paths[m] = _write(folder / f"{stem}.{m}.dot", to_dot(vs, name=title))
+    if same:
+        for m in ("train", "both"):
+            dot_paths[m] = _write(folder / f"{stem}.{m}.dot", to_dot([views["eval"]], name=title))
     if fmt == "dot":
-        return Rendering(tuple(_drawing(m, dot_paths[m], None, vs, "none") for m, vs in jobs))
+        return Rendering(
+            tuple(
+                _drawing(
+                    m,
+                    dot_paths[m],
+                    None,
+                    [views["eval"] if same else views[m]]
+                    if m != "both" or same
+                    else [views["train"], views["eval"]],
+                    "none",
+                )
+                for m in dot_paths
+            )
+        )
     program = _find_dot(dot, list(dot_paths.values()))
     messages: list[str] = []
 
@@ -216,7 +242,12 @@ def render(
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         drawings = list(pool.map(run, jobs))
-    if mode == "both" and fmt == "svg":
+    if same:
+        drawings = [
+            _copy(drawings[0], m, dot_paths[m], folder / f"{stem}.{m}.{fmt}")
+            for m in ("train", "eval", "both")
+        ]
+    elif mode == "both" and fmt == "svg":
         drawings.append(
             _compose(drawings, folder / f"{stem}.both.svg", folder / f"{stem}.both.dot", views)
         )
@@ -315,6 +346,24 @@ def _compose(
     _write(out, head + "\n".join(parts) + "</svg>\n")
     _write(dot_path, to_dot(list(views.values()), name=out.stem))
     return Drawing("both", dot_path, out, drawings[0].nodes + drawings[1].nodes, "composed")
+
+
+def _identical(train: View, evaluated: View) -> bool:
+    """The two views draw the same nodes and edges (mode-dependent ops still differ)."""
+    if train.counts.get("only") or evaluated.counts.get("only"):
+        return False
+    keys = [
+        ({k: (n.op, n.target, n.shape, n.kind) for k, n in v.nodes.items()}, set(v.edges))
+        for v in (train, evaluated)
+    ]
+    return keys[0] == keys[1]
+
+
+def _copy(drawing: Drawing, mode: str, dot_path: Path, out: Path) -> Drawing:
+    if drawing.path is not None and drawing.path != out:
+        shutil.copyfile(drawing.path, out)
+    path = out if drawing.path is not None else None
+    return dataclasses.replace(drawing, mode=mode, dot_path=dot_path, path=path)
 
 
 def _drawing(
