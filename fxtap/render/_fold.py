@@ -83,7 +83,7 @@ def fold_repeats(view: View) -> View:
             continue  # inside a module that an outer fold hides
         run: list[str] = []
         first_sig: tuple[object, ...] | None = None
-        exact: set[tuple[object, ...]] = set()
+        exact: set[object] = set()
         for child in [*kids, None]:
             sig = _signature(view, child, inside[child]) if child is not None else None
             if child is not None and run and sig is not None and sig[:-1] == first_sig:
