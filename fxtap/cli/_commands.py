@@ -91,6 +91,7 @@ def _render(args: argparse.Namespace) -> int:
             fmt=args.format,
             depth=args.depth,
             max_nodes=args.max_nodes,
+            html=args.html,
         )
     for message in getattr(result, "messages", ()):
         print(f"note: {message}", file=sys.stderr)

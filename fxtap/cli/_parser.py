@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=150,
         help="collapse modules to draw about this many nodes (default: 150)",
     )
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write NAME.html, an interactive viewer with search (default: off)",
+    )
     p.set_defaults(handler="render")
 
     p = sub.add_parser(

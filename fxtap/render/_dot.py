@@ -126,7 +126,7 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
     for a, b in view.edges:
         attrs = []
         if view.nodes[a].pruned or view.nodes[b].pruned:
-            attrs.append(f'style=dashed, color="{PRUNED_COLOUR}"')
+            attrs.append(f'style=dashed, color="{PRUNED_COLOUR}", class="pruned"')
         elif some_pruned:
             attrs.append('penwidth=1.6, color="#000000"')  # the path feeding the taps
         ca, cb = view.columns.get(a), view.columns.get(b)
@@ -154,6 +154,7 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.kind == "ref":
         attrs.update(shape="plain", style="solid", fontsize="8", fontcolor="#555555")
         attrs["label"] = f"<<i>↪ {_h(node.short)}</i>>"
+        attrs["class"] = "ref pruned" if node.pruned else "ref kept"
         return attrs
     if node.kind == "module":
         rows.append(_small(f"{node.module_type} · {node.count} ops"))
@@ -191,7 +192,19 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
         if attrs.get("shape") != "box3d":
             attrs.pop("fillcolor", None)
     attrs["label"] = "<" + "<br/>".join(rows) + ">"
+    attrs["class"] = _classes(node)
     return attrs
+
+
+def _classes(node: ViewNode) -> str:
+    """SVG classes the HTML viewer filters on."""
+    flags = [
+        ("pruned", node.pruned),
+        ("requested", node.key is not None),
+        ("only", node.only is not None),
+        ("folded", node.kind in ("module", "pruned")),
+    ]
+    return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
 
 def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:

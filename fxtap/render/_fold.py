@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-from bisect import bisect_left
-from collections import Counter
 from collections.abc import Callable, Mapping
-
-import networkx as nx
 
 from fxtap.render._view import View, ViewNode, prefixes, unique
 
-__all__ = ["collapse", "cut_long_edges", "fold_pruned", "fold_repeats", "shorten", "wrap"]
+__all__ = ["collapse", "cut_long_edges", "fold_pruned", "fold_repeats", "members"]
 
 #: A source keeps at most this many drawn edges when it has more users (a hub).
 HUB_KEEP = 2
@@ -22,13 +17,6 @@ HUB_USERS = 4
 #: Edges spanning more drawn nodes than this (in graph order) become references.
 LONG_SPAN = 80
 _NUMBERED = re.compile(r"(\D*?)_?(\d+)")
-#: Rough size of a drawn node in points (dot's default layout), to plan wrapping.
-_RANK_HEIGHT, _NODE_WIDTH = 52.0, 150.0
-#: Estimated height / width above which a drawing's long chain is wrapped into columns.
-WRAP_RATIO = 2.5
-MAX_COLUMNS = 12
-#: Drawings with fewer ranks than this are never wrapped (they fit a screen's height).
-MIN_WRAP_RANKS = 24
 
 
 def fold_pruned(view: View) -> View:
@@ -69,7 +57,7 @@ def fold_repeats(view: View) -> View:
     edges move to the matching node of the first. A module holding a requested or mode-only
     node breaks a run.
     """
-    inside = _members(view)
+    inside = members(view)
     children: dict[str, list[str]] = {}
     for path in view.clusters():
         if path:
@@ -125,7 +113,10 @@ def fold_repeats(view: View) -> View:
     edges = {(resolve(a), resolve(b)): None for a, b in view.edges if not crosses(a, b)}
     for k in view.nodes:
         if k not in nodes:
-            nodes[resolve(k)].mode_dependent += view.nodes[k].mode_dependent
+            rep = nodes[resolve(k)]
+            nodes[rep.id] = dataclasses.replace(
+                rep, mode_dependent=rep.mode_dependent + view.nodes[k].mode_dependent
+            )
     return dataclasses.replace(
         view,
         nodes=nodes,
@@ -186,80 +177,6 @@ def collapse(view: View, *, depth: int | None, max_nodes: int | None) -> View:
         if node.heat is not None:
             box.heat = max(box.heat or 0.0, node.heat)
     return _remap(view, nodes, mapping)
-
-
-def wrap(view: View) -> View:
-    """Split a long chain into side-by-side columns so the drawing is not a thin strip.
-
-    Ranks are longest-path depths (networkx). When the estimated height is more than
-    ``WRAP_RATIO`` times the width, the module holding most nodes has its children dealt
-    into columns by rank; ``to_dot`` draws each column as an invisible cluster and lets the
-    edges between columns leave the ranking alone (``constraint=false``).
-    """
-    g = nx.DiGraph()
-    g.add_nodes_from(view.nodes)
-    g.add_edges_from(view.edges)
-    if not nx.is_directed_acyclic_graph(g):
-        return view
-    rank: dict[str, int] = {}
-    for k in nx.topological_sort(g):
-        rank[k] = max((rank[p] + 1 for p in g.predecessors(k)), default=0)
-    for k, node in view.nodes.items():
-        if node.kind == "ref":  # a reference sits just above its user, not at the top
-            rank[k] = max(min((rank[u] for u in g.successors(k)), default=1) - 1, 0)
-    if not rank:
-        return view
-    ranks = max(rank.values()) + 1
-    per_rank = sorted(Counter(rank.values()).values())
-    width = per_rank[int(len(per_rank) * 0.75)] if per_rank else 1
-    ratio = ranks * _RANK_HEIGHT / (width * _NODE_WIDTH)
-    if ratio <= WRAP_RATIO or ranks < MIN_WRAP_RANKS:
-        return view
-    columns = min(MAX_COLUMNS, math.ceil(math.sqrt(ratio / WRAP_RATIO * 1.6)))
-    inside = _members(view)
-    at = ""
-    total = len(view.nodes)
-    while True:
-        kids = [p for p in inside if p.rpartition(".")[0] == at and p != at and p]
-        big = max(kids, key=lambda p: len(inside[p]), default=None)
-        if big is None or len(inside[big]) < 0.6 * total or big in view.folds:
-            break
-        at = big
-    items: dict[str, list[str]] = {}
-    for k, node in view.nodes.items():
-        if node.module == at:
-            items[k] = [k]
-        elif node.module.startswith(at + ".") or (not at and node.module):
-            child = node.module.split(".")[len(at.split(".")) if at else 0]
-            key = f"{at}.{child}" if at else child
-            items.setdefault("module:" + key, []).append(k)
-    if len(items) < columns:
-        return view
-    starts = sorted(min(rank[m] for m in members) for members in items.values())
-    low, high = starts[0], starts[-1]
-    bounds = [low + (high - low + 1) * i / columns for i in range(1, columns)]
-    placed = {}
-    for members in items.values():
-        column = bisect_left(bounds, min(rank[m] for m in members) + 0.5)
-        for m in members:
-            placed[m] = column
-    return dataclasses.replace(view, columns=placed, wrap_at=at)
-
-
-def shorten(view: View) -> View:
-    """Label each node with the shortest suffix of its dotted name that is unique in view."""
-    named = [n for n in view.nodes.values() if n.kind in ("op", "module")]
-    seen: dict[tuple[str, ...], int] = {}
-    parts = {n.id: tuple(n.id.split(".")) for n in named}
-    for p in parts.values():
-        for i in range(len(p)):
-            seen[p[i:]] = seen.get(p[i:], 0) + 1
-    nodes = dict(view.nodes)
-    for n in named:
-        p = parts[n.id]
-        k = next((i for i in range(len(p) - 1, -1, -1) if seen[p[i:]] == 1), 0)
-        nodes[n.id] = dataclasses.replace(n, short=".".join(p[k:]))
-    return dataclasses.replace(view, nodes=nodes)
 
 
 def cut_long_edges(view: View) -> View:
@@ -335,7 +252,7 @@ def _by_size(
     view: View, roots: dict[str, str | None], protected: set[str], max_nodes: int
 ) -> dict[str, str | None]:
     """Collapse pruned modules, then every module up to the smallest size that fits."""
-    inside = _members(view)
+    inside = members(view)
     size = {p: len({roots[m] or m for m in ms}) for p, ms in inside.items() if p not in protected}
     pruned = {p for p in size if all(view.nodes[m].pruned for m in inside[p])}
 
@@ -393,7 +310,7 @@ def _count(view: View, roots: Mapping[str, str | None]) -> int:
     return sum(1 for r in roots.values() if r is None) + len(boxes)
 
 
-def _members(view: View) -> dict[str, list[str]]:
+def members(view: View) -> dict[str, list[str]]:
     inside: dict[str, list[str]] = {}
     for node in view.nodes.values():
         for path in prefixes(node.module):

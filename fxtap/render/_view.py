@@ -225,7 +225,7 @@ def _drawn_inputs(node: fx.Node, ids: Mapping[fx.Node, str]) -> list[fx.Node]:
 def _input_checks(
     graph: fx.Graph, names: Mapping[fx.Node, str], requested: Mapping[str, str]
 ) -> set[fx.Node]:
-    """Nodes that feed only ``torch._assert`` calls (input-size checks), not the output."""
+    """Nodes feeding only ``torch._assert`` calls (input-size checks), not the output (networkx)."""
     g = nx.DiGraph()
     for node in graph.nodes:
         g.add_node(node)
@@ -250,6 +250,7 @@ def prefixes(path: str) -> list[str]:
 
 
 def unique(base: str, taken: Mapping[str, object] | set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2`` … whichever is not taken."""
     name, i = base, 1
     while name in taken:
         name, i = f"{base}_{i}", i + 1
