@@ -173,7 +173,7 @@ def test_kept_pruned_filter_and_expand(browser: Any, tmp_path: Path) -> None:
     assert pruned.evaluate("g => getComputedStyle(g).opacity") == "1"
     page.select_option("#filter", "kept")
     assert float(pruned.evaluate("g => getComputedStyle(g).opacity")) < 0.2
-    # Nested's two blocks fold (×2); expand draws every node.
+    # Nested's two pruned blocks fold into one; expand draws every node.
     assert page.locator(".view.on [id='eval:stage.blocks.1.conv']").count() == 0
     page.click("#expand")
     assert page.locator(".view.on [id='eval+:stage.blocks.1.conv']").count() == 1
@@ -201,11 +201,11 @@ def test_5000_node_viewer_first_paint_within_3_s(browser: Any, tmp_path: Path) -
     errors: list[str] = []
     start = time.perf_counter()
     page = open_page(browser, r.html, errors)
-    paint = page.evaluate(
-        "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? -1"
-    )
+    page.wait_for_function("window.fxtapPainted !== undefined")
     wall = time.perf_counter() - start
-    print(f"5,000-node viewer: first contentful paint {paint:.0f} ms, load {wall:.2f} s")
-    assert 0 < paint <= 3000
+    # The page's own clock: navigation start to the first frame with the drawing shown.
+    painted = page.evaluate("window.fxtapPainted")
+    print(f"5,000-node viewer: drawing painted at {painted:.0f} ms, {wall:.2f} s wall")
+    assert 0 < painted <= 3000
     page.context.close()
     assert errors == []

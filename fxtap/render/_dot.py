@@ -94,9 +94,18 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
     def emit(path: str, pad: str, column: int | None = None) -> None:
         if view.columns and path == view.wrap_at and column is None:
             # A wrapped chain: one invisible cluster per column, laid out side by side.
-            for c in sorted(set(view.columns.values())):
+            parts = sorted(set(view.columns.values()))
+            for c in parts:
+                # NOTE: dot orders clusters by its own crossing minimisation, not by the
+                # order written, so each column says which part of the chain it holds.
+                label = f"part {c + 1} of {len(parts)}" + (
+                    " ↓ then part " + str(c + 2) if c + 1 < len(parts) else ""
+                )
                 lines.append(f"{pad}subgraph {_q(f'cluster_{prefix}fxtap:column{c}')} {{")
-                lines.append(f'{pad}  style=invis; label="";')
+                lines.append(
+                    f'{pad}  id={_q(f"{prefix}fxtap:column{c}")}; style="dashed"; color="#DDDDDD"; '
+                    f'fontcolor="#888888"; fontsize="9"; labeljust="r"; label={_q(label)};'
+                )
                 emit(path, pad + "  ", c)
                 lines.append(f"{pad}}}")
             return

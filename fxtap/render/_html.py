@@ -197,7 +197,11 @@ _JS = r"""
       b => b.classList.toggle("on", b.dataset.mode === mode));
     document.getElementById("expand").textContent = expanded ? "fold" : "expand";
     document.getElementById("expand").disabled = !data.expandable[m];
-    if (!(picked && go(picked, false))) fit();
+    if (!(picked && go(picked, false))) {
+      if (picked) { field.value = ""; document.getElementById("row").textContent = "";
+        document.getElementById("copied").textContent = picked + " is not in the " + mode + " graph"; }
+      picked = null; fit();
+    }
   }
   function element(name) {
     const el = document.getElementById(key() + ":" + name);
@@ -315,5 +319,7 @@ _JS = r"""
   });
   window.fxtap = { go, show, find, state: () => ({ mode, expanded, picked, s, tx, ty }) };
   show(mode, false);
+  // The first frame with the drawing on screen, for tests and timing.
+  requestAnimationFrame(() => setTimeout(() => { window.fxtapPainted = performance.now(); }));
 })();
 """

@@ -393,11 +393,8 @@ def _requested_names(traced: Traced, requested: Mapping[str, str]) -> dict[str, 
 
 
 def _shape_text(meta: object) -> str | None:
+    """A tensor's ``shape dtype`` from ``tensor_meta`` set by someone else's ``ShapeProp``."""
     shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
-    if shape is not None:
-        dims = "×".join(str(d) for d in shape) or "scalar"
-        return f"{dims} {str(dtype).removeprefix('torch.')}" if dtype is not None else dims
-    if isinstance(meta, (tuple, list)):
-        parts = [p for p in (_shape_text(m) for m in meta[:3]) if p]
-        return ", ".join(parts) + (", …" if len(meta) > 3 else "") if parts else None
-    return None
+    if shape is None or dtype is None:
+        return None
+    return f"{'×'.join(str(d) for d in shape) or 'scalar'} {str(dtype).removeprefix('torch.')}"

@@ -63,19 +63,21 @@ def wrap(view: View) -> View:
             break
         chain.append(big)
         at = big
-    span = ranks / columns
-    best: tuple[str, list[tuple[int, int, list[str]]]] | None = None
+    # Pick the module whose columns give the shortest drawing: its chain split into columns
+    # (no column shorter than its tallest child), plus the ranks it does not cover.
+    best: tuple[float, str, list[tuple[int, int, list[str]]]] | None = None
     for at in chain:
         items = _items(view, at, rank)
-        widest = max((hi - lo + 1 for lo, hi, _ in items), default=ranks)
-        if len(items) >= 2 and widest <= 1.5 * span:
-            best = (at, items)
-            break
-        if len(items) >= 2 and (best is None or widest < max(h - lo + 1 for lo, h, _ in best[1])):
-            best = (at, items)
+        if len(items) < 2:
+            continue
+        widest = max(hi - lo + 1 for lo, hi, _ in items)
+        covered = max(hi for _, hi, _ in items) - items[0][0] + 1
+        height = max(widest, covered / min(columns, len(items))) + ranks - covered
+        if best is None or height < best[0]:
+            best = (height, at, items)
     if best is None:
         return view
-    at, items = best
+    _, at, items = best
     low, high = items[0][0], max(hi for _, hi, _ in items)
     target = (high - low + 1) / min(columns, len(items))
     placed: dict[str, int] = {}
