@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fxtap.errors import DotNotFoundError, InvalidArgumentError, OutputPathError, format_choices
+from fxtap._io import write_atomic
+from fxtap.errors import DotNotFoundError, InvalidArgumentError, format_choices
 from fxtap.render._dot import FAST_SETTINGS, to_dot
 from fxtap.render._view import View
 
@@ -154,7 +155,7 @@ def compose(
 
 def copy_drawing(drawing: Drawing, mode: str, dot_path: Path, out: Path) -> Drawing:
     if drawing.path is not None and drawing.path != out:
-        shutil.copyfile(drawing.path, out)
+        write_atomic(out, drawing.path.read_bytes())
     path = out if drawing.path is not None else None
     return dataclasses.replace(drawing, mode=mode, dot_path=dot_path, path=path)
 
@@ -186,11 +187,5 @@ def find_dot(dot: str | os.PathLike[str] | None, written: list[Path]) -> str:
 
 
 def write(path: Path, text: str) -> Path:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot write {str(path)!r}: {exc.strerror or exc}. Pass a writable folder with "
-            "out_dir= (-o DIR)."
-        ) from exc
-    return path
+    """Write a drawing's text with fxtap's one atomic writer."""
+    return write_atomic(path, text, hint="Pass a writable folder with out_dir= (-o DIR).")
