@@ -198,10 +198,8 @@ def render(
     jobs = [(m, [views[m]]) for m in drawn]
     if mode == "both" and fmt != "svg" and not same:
         jobs.append(("both", [views["train"], views["eval"]]))
-    dot_paths = {m: write(folder / f"{stem}.{m}.dot", to_dot(vs, name=title)) for m, vs in jobs}
-    if same:
-        for m in ("train", "both"):
-            dot_paths[m] = write(folder / f"{stem}.{m}.dot", to_dot([views["eval"]], name=title))
+    written = [("train", [views["eval"]]), *jobs, ("both", [views["eval"]])] if same else jobs
+    dot_paths = {m: write(folder / f"{stem}.{m}.dot", to_dot(vs, name=title)) for m, vs in written}
     if fmt == "dot":
         shown = {**views, "both": views["eval"]} if same else views
         return Rendering(
