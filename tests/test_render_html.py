@@ -209,3 +209,18 @@ def test_5000_node_viewer_first_paint_within_3_s(browser: Any, tmp_path: Path) -
     assert 0 < painted <= 3000
     page.context.close()
     assert errors == []
+
+
+def test_cli_render_html_writes_the_viewer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    argv = ["render", "tests/models.py:Nested", "--input", "1x3x8x8", "--html", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    page = tmp_path / "Nested.html"
+    assert f"wrote {page}" in capsys.readouterr().out
+    text = page.read_text(encoding="utf-8")
+    assert 'id="fxtap-data"' in text and re.search(r"1×\d+×8×8 float32", text)
+    assert main([*argv[:-2], "--format", "png", "-o", str(tmp_path)]) == 1
+    assert "fmt='svg'" in capsys.readouterr().err
