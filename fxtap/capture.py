@@ -13,7 +13,7 @@ from torch import fx, nn
 from fxtap._fx import clone_structure
 from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.errors import MistraceError, NodeNotFoundError, TraceError, close_matches, format_choices
-from fxtap.prune import prune
+from fxtap.prune import clone_tensors, prune
 from fxtap.trace import (
     NodePathTracer,
     Traced,
@@ -139,7 +139,7 @@ class CaptureExtractor(nn.Module):
         return hook
 
     def _hook(self, mode: str, path: str, plan: _Plan) -> Any:
-        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
             store = self._store
             if store is None or self._replaying or self._mode() != mode:
                 return
@@ -147,15 +147,28 @@ class CaptureExtractor(nn.Module):
             if seen in store:
                 return
             store[seen] = True
-            # NOTE: cloned because later model code may write into these tensors in place
-            # (``result += input`` after a block); the value of the module call is returned.
-            for key in plan.module_outputs.get(path, ()):
-                store[key] = _clone(output)
             for key in plan.module_inputs.get(path, ()):
+                # NOTE: cloned because later model code may write into the input in place; the
+                # input itself cannot be swapped, other code of the model may hold it.
                 store[key] = _clone(args[0] if args else next(iter(kwargs.values()), None))
             island = plan.island_at.get(path)
             if island is not None:
                 store.update(self._replay(island, module, args, kwargs, output, store, path))
+            keys = plan.module_outputs.get(path, ())
+            if not keys:
+                return None
+            if _aliases(output, (args, kwargs)):
+                # the output shares memory with an input (an in-place module, Identity): a
+                # later write through that input would reach it, so a copy is kept instead
+                for key in keys:
+                    store[key] = _clone(output)
+                return None
+            # NOTE: later model code may write into the output in place (``out += identity``);
+            # the copy goes on as the module's output, so the tapped value stays as the call
+            # returned it and on the autograd path to everything computed after it.
+            for key in keys:
+                store[key] = output
+            return _clone(output)
 
         return hook
 
@@ -374,5 +387,20 @@ def _detach(value: Any) -> Any:
     return fx.node.map_aggregate(value, lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
 
 
+def _aliases(output: Any, inputs: Any) -> bool:
+    """True when a tensor of ``output`` shares memory with a tensor of ``inputs``."""
+    seen = {
+        t.untyped_storage().data_ptr()
+        for t in torch.utils._pytree.tree_leaves(inputs)
+        if isinstance(t, torch.Tensor) and t.layout == torch.strided
+    }
+    return any(
+        isinstance(t, torch.Tensor)
+        and t.layout == torch.strided
+        and t.untyped_storage().data_ptr() in seen
+        for t in torch.utils._pytree.tree_leaves(output)
+    )
+
+
 def _clone(value: Any) -> Any:
-    return fx.node.map_aggregate(value, lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
+    return clone_tensors(value)

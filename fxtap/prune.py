@@ -21,6 +21,8 @@ if hasattr(torch, "_assert_scalar"):
     _ASSERTS.add(torch._assert_scalar)
 #: ``node.meta`` key marking a clone that protects a returned value from a later in-place op.
 _CLONE_OF = "fxtap_clone_of"
+#: ``node.meta`` key marking such a clone that feeds the later uses (the node itself is returned).
+_FEEDS = "fxtap_clone_feeds"
 
 
 def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx.GraphModule:
@@ -29,7 +31,8 @@ def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx
     Removes every node that no longer contributes, including ``torch._assert`` checks that
     would keep otherwise-dead code alive, but keeps in-place ops that mutate a value still
     read. A returned value that a later in-place op overwrites is cloned right after it is
-    produced, so the extractor returns the value of the node itself. Unused parameters,
+    produced and the clone feeds the later code, so the extractor returns the node itself,
+    at its value and on the autograd path (``_protect_from_inplace``). Unused parameters,
     buffers and submodules are not copied into the result.
 
     Before::
@@ -43,8 +46,8 @@ def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx
 
         def forward(self, x):
             conv1 = self.conv1(x);  bn1 = self.bn1(conv1);  clone = bn1.clone()
-            relu = self.relu(bn1)
-            return {'bn1': clone}
+            relu = self.relu(clone)
+            return {'bn1': bn1}
     """
     owner = traced.graph_module
     graph = fx.Graph()
@@ -237,7 +240,14 @@ def _maybe_tensor(node: fx.Node) -> bool:
 def _protect_from_inplace(
     graph: fx.Graph, outputs: dict[str, Any], facts: _Facts
 ) -> dict[str, Any]:
-    """Clone each returned node that a later in-place op overwrites (only those)."""
+    """Keep each returned node that a later in-place op overwrites at the value it had.
+
+    A node that is its own storage (not a view of an earlier value) stays on the autograd
+    path: a copy made right after it feeds every later use, so later writes go into the copy
+    and ``torch.autograd.grad(score, tap)`` flows through the copy back to the returned node.
+    A view of an earlier value may be overwritten through another alias, so a copy of it is
+    returned instead (that copy is off the path to the model's output).
+    """
     last_write: dict[fx.Node, int] = {}
     for node, written in facts.writes.items():
         last_write[facts.root[written]] = facts.order[node]
@@ -256,7 +266,12 @@ def _protect_from_inplace(
                 else:
                     clone = graph.call_method("clone", (node,))
             clone.meta[_CLONE_OF] = node.meta.get(NAME_KEY)
-            clones[node] = clone
+            if facts.root[node] is node:
+                node.replace_all_uses_with(clone, delete_user_cb=lambda user: user is not clone)
+                clone.meta[_FEEDS] = True
+                clones[node] = node
+            else:
+                clones[node] = clone
         return clones[node]
 
     return {key: fx.node.map_arg(value, protect) for key, value in outputs.items()}
@@ -266,14 +281,16 @@ def _drop_needless_clones(graph: fx.Graph, owner: fx.GraphModule) -> None:
     """Remove the protective clones whose in-place writer was pruned away.
 
     A clone is inserted before pruning, when the cut is not yet known; if every later write
-    into the value went with the pruned code, the value is returned as it is.
+    into the value went with the pruned code, the value is used as it is.
     """
     facts = _Facts(graph, owner)
     for node in list(graph.nodes):
         if _CLONE_OF not in node.meta:
             continue
         source = node.args[0]
-        here, root = facts.order[node], facts.root[source]
+        here = facts.order[node]
+        # a feeding clone receives the later writes itself; a returned clone guards its source
+        root = node if node.meta.get(_FEEDS) else facts.root[source]
         if not any(
             facts.root[written] is root and facts.order[writer] > here
             for writer, written in facts.writes.items()

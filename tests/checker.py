@@ -22,7 +22,10 @@ __all__ = [
     "bitwise_equal",
     "capture_reference",
     "check_extractor",
+    "check_tap_gradient",
+    "hook_gradient",
     "preserved",
+    "tensor_grads",
 ]
 
 
@@ -234,3 +237,96 @@ def _check_grads(ex: fx.GraphModule, model: nn.Module, inputs: Sequence[Any], se
         sum(t.float().sum() for t in leaves).backward()
         missing = [n for n, p in ex.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"kept parameters got no gradient: {missing[:5]}"
+
+
+def tensor_grads(score: torch.Tensor, value: Any) -> tuple[torch.Tensor | None, ...]:
+    """``torch.autograd.grad`` of ``score`` with respect to every tensor in ``value``."""
+    leaves = [v for v in torch.utils._pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
+    return torch.autograd.grad(score, leaves, allow_unused=True)
+
+
+def output_score(output: Any) -> torch.Tensor:
+    """A scalar that depends on every differentiable tensor of a model's output."""
+    leaves = [
+        t
+        for t in torch.utils._pytree.tree_leaves(output)
+        if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+    ]
+    return sum((t.float().sum() for t in leaves), torch.zeros(()))
+
+
+def hook_gradient(
+    model: nn.Module, path: str, inputs: Sequence[Any], score: Any, *, seed: int = 0
+) -> tuple[Any, tuple[torch.Tensor | None, ...]]:
+    """Value and gradient of ``score(output)`` at module ``path``, seen by a forward hook.
+
+    The hook keeps the module's output and hands a copy on as the output (the Grad-CAM hook
+    that survives later in-place ops such as ResNet's ``relu(bn1)``).
+    """
+    kept: list[Any] = []
+
+    def hook(_m: nn.Module, _args: Any, out: Any) -> Any:
+        if kept:
+            return None
+        kept.append(out)
+        return torch.utils._pytree.tree_map(
+            lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out
+        )
+
+    handle = model.get_submodule(path).register_forward_hook(hook)
+    try:
+        # NOTE: gradients are taken before ``preserved`` writes the running statistics back:
+        # an eval-mode BatchNorm saved them for its backward
+        with preserved(model):
+            torch.manual_seed(seed)
+            output = model(*inputs)
+            return kept[0], tensor_grads(score(output), kept[0])
+    finally:
+        handle.remove()
+
+
+def check_tap_gradient(model: nn.Module, inputs: Sequence[Any], *, seed: int = 0) -> str | None:
+    """Tap the middle differentiable top-level module; value and gradient equal a hook's.
+
+    The score is the sum of the model's floating-point outputs. Returns the tapped path, or
+    ``None`` when no top-level module has a differentiable tensor output (quantized models).
+    """
+    called: list[str] = []
+    handles = []
+    for path, module in model.named_children():
+
+        def hook(_m: nn.Module, _args: Any, out: Any, path: str = path) -> None:
+            if (
+                path not in called
+                and isinstance(out, torch.Tensor)
+                and out.requires_grad
+                and out.is_floating_point()
+            ):
+                called.append(path)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(seed)
+            with torch.enable_grad():
+                model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    if not called:
+        return None
+    path = called[len(called) // 2]
+    value, expected = hook_gradient(model, path, inputs, output_score, seed=seed)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ex = fxtap.create_feature_extractor(model, {path: "tap", ":output": "out"})
+    ex.train(model.training)
+    with preserved(model):
+        torch.manual_seed(seed)
+        out = ex(*inputs)
+        got = tensor_grads(output_score(out["out"]), out["tap"])
+    assert bitwise_equal(out["tap"], value), f"tapped value of {path!r}"
+    assert bitwise_equal(got, expected), f"gradient at {path!r}"
+    return path

@@ -47,7 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxtap
 from fxtap.capture import CaptureExtractor
 from fxtap.trace import restore_training
-from tests.checker import _is_write, bitwise_equal, capture_reference, preserved
+from tests.checker import (
+    _is_write,
+    bitwise_equal,
+    capture_reference,
+    check_tap_gradient,
+    preserved,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -454,6 +460,10 @@ def test_every_model_can_be_tapped(name: str) -> None:
         check_capture(name, model)
     else:
         check_full_trace(name, model)
+    # one tap per model on the autograd path: value and gradient equal a hook's (eval mode)
+    with restore_training(model):
+        model.eval()
+        check_tap_gradient(model, example_inputs(name, training=False))
 
 
 def path_taken(name: str) -> str:
