@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import warnings
 from collections.abc import Mapping, Sequence
@@ -14,12 +15,14 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fxtap._fx import module_type_name, owned_params, target_text
-from fxtap.errors import InputShapeError, InvalidArgumentError
+from fxtap.capture import capture_node_names, find_islands
+from fxtap.errors import InputShapeError, InvalidArgumentError, TraceError
 from fxtap.trace import (
     NAME_KEY,
     SCOPE_KEY,
     SOURCE_KEY,
     Traced,
+    is_root_failure,
     restore_training,
     trace,
     trace_names,
@@ -126,16 +129,26 @@ def get_graph_node_names(
     ['input', '0', '1']
     """
     # NOTE: names only, no graph modules: compiling their code would cost a third of each trace.
-    train, evaluated = (
-        trace_names(
-            model,
-            training=training,
-            tracer_kwargs=tracer_kwargs,
-            concrete_args=concrete_args,
-            auto_leaf=auto_leaf,
+    try:
+        train, evaluated = [
+            trace_names(
+                model,
+                training=training,
+                tracer_kwargs=tracer_kwargs,
+                concrete_args=concrete_args,
+                auto_leaf=auto_leaf,
+            )
+            for training in (True, False)
+        ]
+    except TraceError as exc:
+        if not (auto_leaf and is_root_failure(exc)):
+            raise
+        # NOTE: what create_feature_extractor's capture path serves: nodes inside the
+        # traceable submodules under their full paths, and the other modules' outputs
+        return (
+            capture_node_names(model, training=True, tracer_kwargs=tracer_kwargs),
+            capture_node_names(model, training=False, tracer_kwargs=tracer_kwargs),
         )
-        for training in (True, False)
-    )
     train_names = list(train.values())
     eval_names = list(evaluated.values())
     if not suppress_diff_warning and train_names != eval_names:
@@ -202,7 +215,14 @@ def node_table(
         kwargs = dict(tracer_kwargs or {})
         kwargs.setdefault("record_source", True)
         tracer_options(kwargs)
-        traced = trace(model, training=training, tracer_kwargs=kwargs, concrete_args=concrete_args)
+        try:
+            traced = trace(
+                model, training=training, tracer_kwargs=kwargs, concrete_args=concrete_args
+            )
+        except TraceError as exc:
+            if not is_root_failure(exc):
+                raise
+            return _capture_table(model, training, tracer_kwargs, example_inputs)
     gm = traced.graph_module
     if example_inputs is not None:
         propagate_shapes(
@@ -228,6 +248,39 @@ def node_table(
                 value=node.meta.get(VALUE_KEY) if shape is None else None,
             )
         )
+    return rows
+
+
+def _capture_table(
+    model: nn.Module,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None,
+    example_inputs: Sequence[torch.Tensor] | None,
+) -> list[NodeInfo]:
+    """The node table of a model whose root forward cannot be traced (the capture path).
+
+    Nodes of each traceable submodule come under their full paths; every other module is one
+    ``call_module`` row. Shapes are not filled in (the islands' inputs are not known).
+    """
+    del example_inputs
+    islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
+    rows: list[NodeInfo] = []
+    inside: str | None = None
+    for path, module in model.named_modules():
+        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            continue
+        if inside is not None and path.startswith(inside):
+            continue
+        inside = None
+        island = islands.get(path)
+        if island is None:
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+            rows.append(NodeInfo(path, "call_module", path, type(module).__name__, params))
+            continue
+        inside = path + "."
+        for row in node_table(module, training=training, traced=island.traced):
+            if row.op != "placeholder":
+                rows.append(dataclasses.replace(row, name=f"{path}.{row.name}"))
     return rows
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "DropoutNet",
     "FunctionalNextToModule",
     "InplaceReLU",
+    "ListRoot",
     "MixedModes",
     "Nested",
     "SuffixedNames",
@@ -321,3 +322,26 @@ TRACER_KWARGS: dict[type[nn.Module], dict[str, Any]] = {
 
 #: Every fixture of ``EXPECTED_NAMES`` that traces without options.
 FIXTURES: tuple[type[nn.Module], ...] = tuple(k for k in EXPECTED_NAMES if k not in TRACER_KWARGS)
+
+
+class ListBody(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.bn(self.conv1(x)).relu()).relu()
+
+
+class ListRoot(nn.Module):
+    """The root forward iterates over a list of images, as torchvision's detection models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ListBody()
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.head(self.body(img[None]).mean((2, 3))) for img in images]

@@ -1,4 +1,4 @@
-"""Tests of fxtap.trace's fallback and fxtap.capture: automatic leaves, autowrap, capture, eager checks."""
+"""Tests of fxtap.trace's fallback: automatic leaves, autowrap, eager checks (capture: test_capture)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from torch.fx._symbolic_trace import is_fx_tracing
 import fxtap
 import fxtap.trace._fallback
 from fxtap import MistraceError, NodeNotFoundError, TraceError, create_feature_extractor
-from fxtap.capture import CaptureExtractor
 from fxtap.names import node_table
 from tests.checker import bitwise_equal, capture_reference, preserved
+from tests.models import ListRoot
 
 # --- fixture models -------------------------------------------------------------------------------
 
@@ -94,29 +94,6 @@ class Helpers(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = scale_by_width(self.a(x))
         return self.b(repeat_by_length(y)).sigmoid()
-
-
-class Body(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.bn(self.conv1(x)).relu()).relu()
-
-
-class ListRoot(nn.Module):
-    """The root forward iterates over a list of images, as torchvision's detection models do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = Body()
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.head(self.body(img[None]).mean((2, 3))) for img in images]
 
 
 class TracingShortcut(nn.Module):
@@ -346,97 +323,6 @@ def test_trace_keeps_failing_by_default() -> None:
     # the pipeline stage itself stays strict; only the user-facing functions fall back
     with pytest.raises(TraceError, match=r"module 'block.inner.gate' \(SignGate\)"):
         fxtap.trace(DeepControlFlow(), training=False)
-
-
-# --- untraceable root: capture during a normal forward --------------------------------------------
-
-
-def test_list_iterating_root_is_served_by_capture() -> None:
-    torch.manual_seed(0)
-    model = ListRoot()
-    images = [torch.randn(3, 8, 8), torch.randn(3, 6, 6)]
-    nodes = {"body.bn": "bn", "body.relu": "relu", "body.conv2": "conv2", "head": "head"}
-    nodes |= {"body:input": "body_in", ":output": "out"}
-    ex = build(model, nodes, r"cannot trace the root ListRoot\.forward.*nothing is pruned")
-    assert isinstance(ex, CaptureExtractor)
-    assert ex.prunes is False
-    assert ex.islands == {"train": ("body",), "eval": ("body",)}
-    for training in (True, False):
-        ex.train(training)
-        with preserved(model):
-            torch.manual_seed(0)
-            outputs = ex(images)
-        # the first call of each module: ``body`` on the first image
-        reference, body_out = capture_reference(model.body, [images[0][None]], training=training)
-        with preserved(model), torch.no_grad():
-            model.train(training)
-            expected_out = model(images)
-        assert bitwise_equal(outputs["bn"], reference["bn"])
-        assert bitwise_equal(outputs["relu"], reference["relu"])
-        assert bitwise_equal(outputs["conv2"], reference["conv2"])
-        assert bitwise_equal(outputs["body_in"], images[0][None])
-        assert bitwise_equal(outputs["head"], expected_out[0])
-        assert bitwise_equal(outputs["out"], expected_out)
-        assert bitwise_equal(model.body(images[0][None]).detach(), body_out)
-
-
-class InplaceAfterCall(ListRoot):
-    """Writes into a submodule's output in place after the call."""
-
-    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        outs = []
-        for img in images:
-            y = self.body(img[None])
-            y += 1
-            outs.append(self.head(y.mean((2, 3))))
-        return outs
-
-
-def test_capture_returns_the_value_of_the_call_despite_later_inplace_writes() -> None:
-    model = InplaceAfterCall().eval()
-    ex = build(model, ["body", "body.relu_1"], "cannot trace the root").eval()
-    image = torch.randn(3, 8, 8)
-    with torch.no_grad():
-        outputs = ex([image])
-        expected = model.body(image[None])
-    assert bitwise_equal(outputs["body"], expected)
-    assert bitwise_equal(outputs["body.relu_1"], expected)
-
-
-def test_capture_leaves_the_model_and_its_state_alone() -> None:
-    model = ListRoot().train()
-    ex = build(model, ["body.relu"], "cannot trace the root")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    ex.eval()
-    assert model.training and model.body.bn.training
-    ex.train()
-    ex([torch.randn(3, 8, 8)])
-    after = model.state_dict()
-    # one real forward updates BatchNorm once, as the model alone would; replays leave no trace
-    with torch.no_grad():
-        reference = ListRoot()
-        reference.load_state_dict(before)
-        reference([torch.randn(3, 8, 8)])
-    assert int(after["body.bn.num_batches_tracked"]) == 1
-    assert not model.body._forward_hooks
-
-
-def test_capture_rejects_nodes_of_the_root_code_and_says_why() -> None:
-    message = (
-        r"node 'mean' cannot be served in train mode: torch.fx cannot trace the root "
-        r"ListRoot\.forward .* nodes inside the traceable submodules 'body'"
-    )
-    with pytest.raises(NodeNotFoundError, match=message):
-        create_feature_extractor(ListRoot(), ["mean"])
-
-
-def test_capture_gradients_reach_traced_submodules() -> None:
-    model = ListRoot()
-    ex = build(model, ["body.conv2"], "cannot trace the root")
-    ex.eval()
-    ex([torch.randn(3, 8, 8)])["body.conv2"].sum().backward()
-    assert model.body.conv2.weight.grad is not None
-    assert model.body.conv1.weight.grad is not None
 
 
 # --- silent mis-traces ----------------------------------------------------------------------------

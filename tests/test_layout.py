@@ -70,5 +70,5 @@ def test_module_is_small(name):
 
 def test_tests_mirror_the_stages():
     tests = Path(__file__).resolve().parent
-    for stage in ("trace", "names", "prune", "extractor", "save", "render", "cost"):
+    for stage in ("trace", "names", "prune", "extractor", "capture", "save", "render", "cost"):
         assert (tests / f"test_{stage}.py").exists() or (tests / stage).is_dir(), stage

@@ -1,0 +1,297 @@
+"""Capture path: serve nodes of a model whose root forward cannot be traced, during a real forward."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from fxtap._fx import clone_structure
+from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
+from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
+from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
+from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
+from fxtap.trace import user_stacklevel
+
+__all__ = [
+    "CaptureExtractor",
+    "Island",
+    "build_capture_extractor",
+    "capture_node_names",
+    "find_islands",
+]
+
+
+class CaptureExtractor(nn.Module):
+    """Runs the model and returns a dict of the requested values, captured on the way.
+
+    Built by ``create_feature_extractor`` when the root forward of a model cannot be traced
+    (a detection model iterating over its list of images). **Nothing is pruned**: the model
+    runs exactly as it would without fxtap, on a structural copy (sharing parameters and
+    buffers), until every requested value is captured; with ``":output"`` requested it runs to
+    the end and its output is returned under that key.
+
+    - a module output (``"roi_heads"``) or input (``"rpn:input"``): the first call of that
+      module in each forward, kept by a hook; the output is handed on as a copy, so the kept
+      tensor stays on the autograd path of everything after it;
+    - a node inside one of the largest traceable submodules (``islands``), such as
+      ``"backbone.body.layer2"``: on the submodule's first call, its traced graph with the
+      requested nodes as extra outputs runs instead of its forward (gradients flow through the
+      tapped nodes); on the first call of each mode it is compared with the eager forward
+      (``MistraceError`` when they differ).
+
+    Each call keeps its own state: the extractor may be called from many threads at once, and
+    from inside one of its own calls. It can be deep-copied and pickled.
+
+    Attributes:
+        prunes: always ``False``: nothing is pruned, the model runs up to the last tap.
+        reason: why the root could not be traced.
+        islands: by mode, the traced submodule paths.
+        outputs: by mode, output key -> requested node name.
+        opaque: module paths kept opaque inside the islands by the automatic fallback.
+    """
+
+    prunes = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plans: Mapping[str, _Plan],
+        *,
+        reason: str,
+        training: bool,
+        opaque: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.reason = reason
+        self.opaque = opaque
+        self._plans = dict(plans)
+        self._channel = Channel()
+        self.islands = {mode: tuple(p.names) for mode, p in self._plans.items()}
+        self.outputs = {mode: dict(p.outputs) for mode, p in self._plans.items()}
+        runs: dict[str, dict[str, IslandRun]] = {}
+        for mode, plan in self._plans.items():
+            for path, keys in plan.module_inputs.items():
+                tap = InputTap(self._channel, mode, path, tuple(keys))
+                model.get_submodule(path).register_forward_pre_hook(tap, with_kwargs=True)
+            for path, keys in plan.module_outputs.items():
+                hook = OutputTap(self._channel, mode, path, tuple(keys))
+                model.get_submodule(path).register_forward_hook(hook, with_kwargs=True)
+            for path, run in plan.runs.items():
+                runs.setdefault(path, {})[mode] = run
+        for path, by_mode in runs.items():
+            module = model.get_submodule(path)
+            module.forward = IslandForward(self._channel, module, by_mode)
+        self.train(training)
+
+    @property
+    def return_nodes(self) -> dict[str, dict[str, str]]:
+        """By mode, requested node name -> output key (``outputs`` inverted)."""
+        return {m: {n: k for k, n in outs.items()} for m, outs in self.outputs.items()}
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        mode = "train" if self.training else "eval"
+        plan = self._plans[mode]
+        wanted = frozenset(k for k, n in plan.outputs.items() if n != MODEL_OUTPUT)
+        call = Call(self._channel, mode, wanted, stop_early=len(wanted) == len(plan.outputs))
+        output: Any = None
+        # NOTE: ``Stop`` ends the forward once every requested value is captured
+        with running(call), contextlib.suppress(Stop):
+            output = self.model(*args, **kwargs)
+        store = call.store
+        result: dict[str, Any] = {}
+        for key, name in plan.outputs.items():
+            if name == MODEL_OUTPUT:
+                result[key] = output
+            elif key in store:
+                result[key] = store[key]
+            else:
+                raise RuntimeError(
+                    f"node {name!r} (output key {key!r}) was not reached: its module was not "
+                    f"called during this {mode}-mode forward of {self.model._get_name()}"
+                )
+        return result
+
+    def node_names(self, mode: str) -> list[str]:
+        """Names servable in ``mode``: island nodes under their full paths, other modules."""
+        return _listing(self.model, self._plans[mode].names)
+
+
+@dataclass
+class _Plan:
+    """How one mode serves its requests.
+
+    Attributes:
+        names: island path -> names of its nodes (relative to the island).
+        outputs: output key -> query.
+        module_outputs: module path -> output keys of its output.
+        module_inputs: module path -> output keys of its first argument.
+        runs: island path -> the graph run with the requested nodes inside it.
+    """
+
+    names: dict[str, tuple[str, ...]]
+    outputs: dict[str, str] = field(default_factory=dict)
+    module_outputs: dict[str, list[str]] = field(default_factory=dict)
+    module_inputs: dict[str, list[str]] = field(default_factory=dict)
+    runs: dict[str, IslandRun] = field(default_factory=dict)
+
+
+def build_capture_extractor(
+    model: nn.Module,
+    requests: Mapping[str, list[Request]],
+    *,
+    error: TraceError,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+) -> CaptureExtractor:
+    """Build a ``CaptureExtractor`` for a model whose root forward raised ``error``.
+
+    Raises:
+        NodeNotFoundError: a request is neither a module nor a node inside a traceable
+            submodule; the message says why and what can be requested instead.
+    """
+    clone = clone_structure(model, {})
+    plans: dict[str, _Plan] = {}
+    opaque: dict[str, None] = {}
+    name = type(model).__name__
+    for mode in ("train", "eval"):
+        islands = find_islands(clone, training=mode == "train", tracer_kwargs=tracer_kwargs)
+        for island in islands.values():
+            for leaf in island.traced.leaves:
+                opaque[f"{island.path}.{leaf}"] = None
+        plans[mode] = _plan(clone, requests[mode], islands, error, name, mode, tracer_kwargs)
+    ex = CaptureExtractor(
+        clone, plans, reason=error.reason, training=model.training, opaque=tuple(opaque)
+    )
+    islands_text = format_choices(ex.islands["eval"]) if ex.islands["eval"] else "none"
+    kept = f"; inside them, kept opaque: {format_choices(opaque)}" if opaque else ""
+    warnings.warn(
+        f"torch.fx cannot trace the root {name}.forward ({_first_line(error.reason)}); fxtap "
+        f"serves the requested values by capturing them during a normal forward of the "
+        f"model (CaptureExtractor: nothing is pruned, the model runs up to the last tap). "
+        f"Traced submodules: {islands_text}{kept}. Pass auto_leaf=False to get the TraceError.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+    return ex
+
+
+def capture_node_names(
+    model: nn.Module, *, training: bool, tracer_kwargs: Mapping[str, Any] | None = None
+) -> list[str]:
+    """What a ``CaptureExtractor`` of ``model`` can serve in one mode, in module order.
+
+    Nodes inside the islands come under their full paths, named as a full trace would name
+    them (``backbone.body.layer1.0.relu``); placeholders are left out. Every other called
+    module is listed by its path (its output is served by a hook).
+    """
+    islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
+    return _listing(model, {p: _names(i) for p, i in islands.items()})
+
+
+def _names(island: Island) -> tuple[str, ...]:
+    return tuple(n for node, n in island.traced.names.items() if node.op != "placeholder")
+
+
+def _listing(model: nn.Module, names: Mapping[str, tuple[str, ...]]) -> list[str]:
+    listed: list[str] = []
+    inside: str | None = None
+    for path, module in model.named_modules():
+        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            continue
+        if inside is not None and path.startswith(inside):
+            continue
+        inside = None
+        if path in names:
+            listed += [f"{path}.{n}" for n in names[path]]
+            inside = path + "."
+        else:
+            listed.append(path)
+    return listed
+
+
+def _plan(
+    model: nn.Module,
+    requests: list[Request],
+    islands: Mapping[str, Island],
+    error: TraceError,
+    model_name: str,
+    mode: str,
+    tracer_kwargs: Mapping[str, Any] | None,
+) -> _Plan:
+    plan = _Plan({p: _names(i) for p, i in islands.items()})
+    paths = {p for p, _ in model.named_modules() if p}
+    by_island: dict[str, dict[str, Any]] = {}
+    queries: dict[str, dict[str, str]] = {}
+    for req in requests:
+        query = req.query
+        plan.outputs[req.key] = query
+        parsed = parse_query(query)
+        if parsed.port == "model":
+            continue
+        base = parsed.path if parsed.port == "node" else query
+        island = _island_of(base, islands)
+        if island is not None:
+            local = Request(base[len(island.path) + 1 :], req.key)
+            try:
+                found = resolve([local], island.traced, model_name=f"{model_name}.{island.path}")
+            except NodeNotFoundError as exc:
+                if base not in paths and parsed.port != "input":
+                    pool = [f"{island.path}.{n}" for n in _names(island)]
+                    raise NodeNotFoundError(
+                        f"node {query!r} not found in the {mode} graph of the traced submodule "
+                        f"{island.path!r} of {model_name}; closest: "
+                        f"{format_choices(close_matches(query, pool))}. List names with "
+                        "fxtap.get_graph_node_names(model) or: fxtap nodes MODEL"
+                    ) from exc
+            else:
+                by_island.setdefault(island.path, {}).update(found)
+                queries.setdefault(island.path, {})[req.key] = local.query
+                continue
+        if parsed.port == "node" and parsed.path in paths:
+            plan.module_outputs.setdefault(parsed.path, []).append(req.key)
+        elif parsed.port == "input" and parsed.path in paths:
+            plan.module_inputs.setdefault(parsed.path, []).append(req.key)
+        else:
+            raise _unservable(query, model_name, mode, error, islands, paths)
+    for path, selected in by_island.items():
+        plan.runs[path] = IslandRun(islands[path], selected, queries[path], tracer_kwargs)
+    return plan
+
+
+def _island_of(query: str, islands: Mapping[str, Island]) -> Island | None:
+    parts = query.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        island = islands.get(".".join(parts[:i]))
+        if island is not None:
+            return island
+    return None
+
+
+def _unservable(
+    query: str,
+    model_name: str,
+    mode: str,
+    error: TraceError,
+    islands: Mapping[str, Island],
+    paths: set[str],
+) -> NodeNotFoundError:
+    pool = [f"{i.path}.{n}" for i in islands.values() for n in i.traced.names.values()]
+    hint = close_matches(query, [*pool, *sorted(paths)])
+    return NodeNotFoundError(
+        f"node {query!r} cannot be served in {mode} mode: torch.fx cannot trace the root "
+        f"{model_name}.forward ({_first_line(error.reason)}), so fxtap captures values during a "
+        "normal forward, which reaches only module outputs ('NAME' or 'NAME:input' for any "
+        f"module) and nodes inside the traceable submodules {format_choices(islands)}. "
+        f"Closest: {format_choices(hint)}. To reach code of the root itself, make it traceable "
+        "(concrete_args=, or move the failing code into a submodule)."
+    )
+
+
+def _first_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 120 else line[:117] + "..."
