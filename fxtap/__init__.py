@@ -2,6 +2,7 @@
 
 from fxtap import render, trace  # callable stage packages: fxtap.trace(...), fxtap.render(...)
 from fxtap._version import __version__
+from fxtap._protocol import Extractor
 from fxtap.capture import CaptureExtractor
 from fxtap.cost import CostReport, compare
 from fxtap.errors import (
@@ -17,7 +18,7 @@ from fxtap.errors import (
     ResourceError,
     TraceError,
 )
-from fxtap.extractor import FeatureExtractor, create_feature_extractor
+from fxtap.extractor import ExtractorInfo, FeatureExtractor, create_feature_extractor
 from fxtap.names import NodeInfo, get_graph_node_names, node_table
 from fxtap.render import Rendering
 from fxtap.save import load, save
@@ -37,6 +38,8 @@ __all__ = [
     "CaptureExtractor",
     "CostReport",
     "DotNotFoundError",
+    "Extractor",
+    "ExtractorInfo",
     "FeatureExtractor",
     "FxtapError",
     "InputShapeError",

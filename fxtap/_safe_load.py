@@ -23,7 +23,7 @@ import fxtap._manifest as _manifest
 from fxtap._manifest import MANIFEST, MODES, WEIGHTS
 from fxtap._schema import Checked, ModuleSpec, NodeSpec, Ref
 from fxtap.errors import LoadError
-from fxtap.extractor import FeatureExtractor
+from fxtap.extractor import ExtractorInfo, FeatureExtractor
 from fxtap.trace import NAME_KEY
 
 __all__ = [
@@ -77,12 +77,7 @@ def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) 
         tensors[key] = nn.Parameter(value, requires_grad=requires_grad) if parameter else value
     root = _build_root(checked, tensors, trust=trust)
     graphs = {mode: _build_graph(checked.graphs[mode], mode, trust=trust) for mode in MODES}
-    info = {
-        "outputs": checked.outputs,
-        "return_nodes": {m: {n: k for k, n in outs.items()} for m, outs in checked.outputs.items()},
-        "kept": checked.kept,
-        "opaque": checked.opaque,
-    }
+    info = ExtractorInfo(outputs=checked.outputs, opaque=tuple(checked.opaque))
     return FeatureExtractor(
         root, graphs, class_name=checked.class_name, training=checked.training, info=info
     )

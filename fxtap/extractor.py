@@ -4,35 +4,59 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from torch import fx, nn
 
 from fxtap._fx import clone_structure, get_path
+from fxtap._protocol import Extractor
 from fxtap._query import normalize_return_nodes, resolve
-from fxtap.capture import build_capture_extractor
+from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.prune import prune
 from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
 
-__all__ = ["MODES", "FeatureExtractor", "create_feature_extractor"]
+__all__ = ["MODES", "ExtractorInfo", "FeatureExtractor", "create_feature_extractor"]
 
 MODES = ("train", "eval")
 
 
-class FeatureExtractor(fx.GraphModule):
+@dataclass(frozen=True)
+class ExtractorInfo:
+    """What a ``FeatureExtractor`` serves, beside its graphs.
+
+    Attributes:
+        outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
+        opaque: module paths made opaque leaves by the automatic fallback.
+        full: by mode, the unpruned traces; empty unless requested (``keep_traces=True``),
+            since a full trace holds every module of the model, pruned or not.
+    """
+
+    outputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    opaque: tuple[str, ...] = ()
+    full: dict[str, Traced] = field(default_factory=dict)
+
+
+class FeatureExtractor(fx.GraphModule, Extractor):
     """A ``GraphModule`` with one pruned graph per mode; its forward returns a dict.
 
     ``.train()`` and ``.eval()`` select the graph traced in that mode without regenerating
     code: each mode's code is compiled once, when the extractor is built.
 
+    It keeps no reference to what it pruned: parameters, buffers and modules outside its
+    graphs are freed with the model.
+
     Attributes:
-        full: the unpruned traces, by mode (absent after pickling).
-        return_nodes: by mode, resolved node name -> output key.
+        prunes: always ``True``: only what the requested nodes need runs.
+        full: the unpruned traces, by mode, when built with ``keep_traces=True``; else empty.
         outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
-        kept: by mode, names of the nodes kept after pruning.
         opaque: module paths made opaque leaves by the automatic fallback.
     """
+
+    prunes = True
+    # NOTE: GraphModule's list comes first in the bases, so the shared one is named here
+    __jit_unused_properties__ = list(Extractor.__jit_unused_properties__)  # noqa: RUF012 - torch.jit reads it
 
     def __init__(
         self,
@@ -41,7 +65,7 @@ class FeatureExtractor(fx.GraphModule):
         *,
         class_name: str,
         training: bool,
-        info: Mapping[str, Any] | None = None,
+        info: ExtractorInfo | None = None,
     ) -> None:
         first = graphs["train" if training else "eval"]
         super().__init__(root, first, class_name)
@@ -68,13 +92,21 @@ class FeatureExtractor(fx.GraphModule):
                 self._prologue_start,
                 type(self).forward,
             )
-        info = dict(info or {})
-        self.full = info.get("full", {})
-        self.return_nodes = info.get("return_nodes", {})
-        self.outputs = info.get("outputs", {})
-        self.kept = info.get("kept", {})
-        self.opaque = tuple(info.get("opaque", ()))
+        info = info or ExtractorInfo()
+        # NOTE: the same dict, not a copy: a deep copy shares the traces with its original
+        self.full = info.full
+        self.outputs = {mode: dict(outs) for mode, outs in info.outputs.items()}
+        self.opaque = tuple(info.opaque)
         self.train(training)
+
+    @property
+    def kept(self) -> dict[str, frozenset[str]]:
+        """By mode, names of the nodes kept after pruning (read from the graphs)."""
+        return {m: frozenset(self.node_names(m)) for m in MODES}
+
+    def node_names(self, mode: str) -> list[str]:
+        """Names of the nodes the ``mode`` graph kept, in execution order."""
+        return [n.meta[NAME_KEY] for n in self.graph_for(mode).nodes if NAME_KEY in n.meta]
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         """Set the mode and select that mode's graph (no code is regenerated)."""
@@ -120,13 +152,14 @@ class FeatureExtractor(fx.GraphModule):
             "buffers": dict(self._buffers),
             "non_persistent": set(self._non_persistent_buffers_set),
         }
-        info = {
-            "return_nodes": self.return_nodes,
-            "outputs": self.outputs,
-            "kept": self.kept,
-            "opaque": self.opaque,
+        info = ExtractorInfo(outputs=self.outputs, opaque=self.opaque)
+        names = {
+            mode: {
+                n.name: n.meta[NAME_KEY] for n in self.graph_for(mode).nodes if NAME_KEY in n.meta
+            }
+            for mode in MODES
         }
-        return (_rebuild, (sources, state, info, self.training, self._get_name()))
+        return (_rebuild, (sources, state, info, self.training, self._get_name(), names))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
         root = nn.Module()
@@ -134,13 +167,9 @@ class FeatureExtractor(fx.GraphModule):
         root._parameters = copy.deepcopy(self._parameters, memo)
         root._buffers = copy.deepcopy(self._buffers, memo)
         graphs = {m: copy.deepcopy(self.graph_for(m), memo) for m in MODES}
-        info = {
-            "full": self.full,
-            "return_nodes": copy.deepcopy(self.return_nodes),
-            "outputs": copy.deepcopy(self.outputs),
-            "kept": dict(self.kept),
-            "opaque": self.opaque,
-        }
+        info = ExtractorInfo(
+            outputs=copy.deepcopy(self.outputs), opaque=self.opaque, full=self.full
+        )
         return FeatureExtractor(
             root, graphs, class_name=self._get_name(), training=self.training, info=info
         )
@@ -158,7 +187,8 @@ def create_feature_extractor(
     auto_leaf: bool = True,
     example_inputs: Any = None,
     tracer: str = "auto",
-) -> FeatureExtractor:
+    keep_traces: bool = False,
+) -> FeatureExtractor | CaptureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
 
     Same signature and semantics as torchvision's ``create_feature_extractor``, with fixes:
@@ -187,6 +217,9 @@ def create_feature_extractor(
         tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
             ``example_inputs`` are given; else capture), ``"fx"`` (torch.fx, else capture) or
             ``"export"`` (torch.export only). See docs/tracing.md.
+        keep_traces: keep the unpruned traces in ``ex.full`` (for ``render`` and ``compare``);
+            they hold the whole model, so by default they are dropped and the extractor
+            keeps only what it runs.
 
     Returns:
         A ``FeatureExtractor`` in the mode ``model`` was in (or a ``CaptureExtractor``).
@@ -202,12 +235,14 @@ def create_feature_extractor(
     >>> {k: tuple(v.shape) for k, v in ex(torch.rand(1, 3, 64, 64)).items()}
     {'mid': (1, 128, 8, 8), 'out': (1, 512, 2, 2)}
     """
-    del suppress_diff_warning  # mode differences are explicit in ex.full; nothing to warn about
+    del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
     check_model(model)
     requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
-    info: dict[str, Any] = {"full": {}, "return_nodes": {}, "outputs": {}, "kept": {}, "opaque": ()}
+    full: dict[str, Traced] = {}
+    outputs: dict[str, dict[str, str]] = {}
+    opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
     for mode in MODES:
         try:
@@ -223,24 +258,17 @@ def create_feature_extractor(
         except TraceError as exc:
             if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
                 raise
-            # NOTE: typed as FeatureExtractor so existing callers keep type-checking; callers
-            # that save or prune further check isinstance(ex, CaptureExtractor) first.
-            capture = build_capture_extractor(
-                model, requests, error=exc, tracer_kwargs=tracer_kwargs
-            )
-            return cast(FeatureExtractor, capture)
-        info["opaque"] = tuple(dict.fromkeys((*info["opaque"], *traced.leaves)))
+            return build_capture_extractor(model, requests, error=exc, tracer_kwargs=tracer_kwargs)
+        opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
         selected = resolve(requests[mode], traced, model_name=name)
         pruned = prune(traced, selected, class_name=name)
         graphs[mode] = pruned.graph
-        info["full"][mode] = traced
-        info["outputs"][mode] = {key: _describe(value, traced) for key, value in selected.items()}
-        info["return_nodes"][mode] = {name: key for key, name in info["outputs"][mode].items()}
-        info["kept"][mode] = frozenset(
-            n.meta[NAME_KEY] for n in pruned.graph.nodes if NAME_KEY in n.meta
-        )
+        if keep_traces:
+            full[mode] = traced
+        outputs[mode] = {key: _describe(value, traced) for key, value in selected.items()}
         pruned_modules[mode] = pruned
     root = _union_root(pruned_modules)
+    info = ExtractorInfo(outputs=outputs, opaque=opaque, full=full)
     return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
 
 
@@ -340,9 +368,10 @@ def _detach_submodules(gm: fx.GraphModule) -> None:
 def _rebuild(
     sources: Mapping[str, str],
     state: Mapping[str, Any],
-    info: Mapping[str, Any],
+    info: ExtractorInfo,
     training: bool,
     class_name: str,
+    names: Mapping[str, Mapping[str, str]],
 ) -> FeatureExtractor:
     from torch.fx.graph_module import reduce_graph_module
 
@@ -356,4 +385,8 @@ def _rebuild(
         body = dict(root.__dict__)
         body["_code"] = src
         graphs[mode] = cast(fx.GraphModule, reduce_graph_module(body, "")).graph
+        # the generated code keeps torch.fx's node names; fxtap's names go back on them
+        for node in graphs[mode].nodes:
+            if node.name in names.get(mode, {}):
+                node.meta[NAME_KEY] = names[mode][node.name]
     return FeatureExtractor(root, graphs, class_name=class_name, training=training, info=info)

@@ -25,6 +25,7 @@ import torch
 
 from fxtap._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap._pack import pack
+from fxtap._protocol import Extractor, require_graphs
 from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError, format_choices
 from fxtap.extractor import FeatureExtractor
 
@@ -34,7 +35,7 @@ __all__ = ["FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "l
 FORMATS = ("fxtap", "pickle")
 
 
-def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str = "fxtap") -> Path:
+def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxtap") -> Path:
     """Write ``extractor`` to ``path``, both modes included.
 
     Args:
@@ -57,29 +58,29 @@ def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str 
     >>> save(ex, tmp / "resnet18.fxtap").name
     'resnet18.fxtap'
     """
-    if type(extractor).__name__ == "CaptureExtractor":
-        raise InvalidArgumentError(
-            "this extractor captures values with hooks while running the whole model (its root "
-            "forward could not be traced), so it has no graph to save; save the model's "
-            "state_dict and call create_feature_extractor again after loading, or make the "
-            "root traceable (docs/tracing.md)"
-        )
-    if not isinstance(extractor, FeatureExtractor):
-        raise InvalidArgumentError(
-            f"extractor is a {type(extractor).__name__}, not an fxtap extractor; pass the "
-            "FeatureExtractor that fxtap.create_feature_extractor returns"
-        )
-    target = _as_path(path, "save(extractor, path)", "path='resnet18.fxtap'")
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"fmt {fmt!r} is not one of {format_choices(FORMATS)}")
+    if fmt == "fxtap":
+        require_graphs(
+            extractor,
+            action="save(fmt='fxtap')",
+            instead="save it with fmt='pickle' (--format pickle) and load it with trust=True",
+        )
+    elif not isinstance(extractor, Extractor):
+        raise InvalidArgumentError(
+            f"extractor is a {type(extractor).__name__}, not an fxtap extractor (FeatureExtractor "
+            "or CaptureExtractor); pass what fxtap.create_feature_extractor returns"
+        )
+    target = _as_path(path, "save(extractor, path)", "path='resnet18.fxtap'")
     if fmt == "pickle":
         _write_atomic(target, lambda f: _pickle(extractor, f))
     else:
+        assert isinstance(extractor, FeatureExtractor)  # require_graphs checked it
         _write_atomic(target, lambda f: pack(extractor, f))
     return target
 
 
-def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtractor:
+def load(path: str | os.PathLike[str], *, trust: bool = False) -> Extractor:
     """Load an extractor written by ``save``, in the mode it was saved in.
 
     Without ``trust`` no code from the file runs, at load time or when the extractor is
@@ -152,10 +153,10 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtract
         loaded = torch.load(source, weights_only=False)
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
         raise _corrupt(source, exc) from exc
-    if not isinstance(loaded, FeatureExtractor):
+    if not isinstance(loaded, Extractor):
         raise LoadError(
             f"cannot load {str(source)!r}: it holds a {type(loaded).__name__}, not a fxtap "
-            "FeatureExtractor"
+            "extractor"
         )
     return loaded
 
@@ -163,10 +164,10 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtract
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _pickle(extractor: FeatureExtractor, file: IO[bytes]) -> None:
+def _pickle(extractor: Extractor, file: IO[bytes]) -> None:
     try:
         torch.save(extractor, file)
-    except (AttributeError, TypeError, pickle.PicklingError) as exc:
+    except (AttributeError, TypeError, RuntimeError, pickle.PicklingError) as exc:
         raise InvalidArgumentError(
             f"the extractor cannot be pickled: {exc}. Keep what it holds importable (no local "
             "functions or lambdas on its modules)"

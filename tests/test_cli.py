@@ -114,9 +114,9 @@ def test_extract_pickle_needs_trust_to_read_back(capsys, tmp_path):
     assert main(["nodes", str(path)]) == 1
     assert "--trust" in one_error_line(capsys)
     assert main(["nodes", str(path), "--trust"]) == 0
-    # A pickle keeps torch.fx's node names only (node.meta is not pickled).
+    # A pickle carries fxtap's node names along with its code (node.meta is not pickled).
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
-    assert names[:2] == ["x", "stem"] and names[-1] == "relu"
+    assert names[:2] == ["x", "stem"] and names[-1] == "stage.relu"
 
 
 def test_nodes_of_a_saved_extractor_lists_its_kept_nodes(capsys, tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import pickle
+import weakref
 from typing import Any
 from unittest import mock
 
@@ -247,6 +249,7 @@ def test_copies_keep_both_modes() -> None:
         model,
         train_return_nodes=["aux1", "inception4a"],
         eval_return_nodes=["inception4a"],
+        keep_traces=True,
     ).eval()
     buffer = io.BytesIO()
     torch.save(ex, buffer)
@@ -349,3 +352,56 @@ def test_not_found_lists_closest_and_mode() -> None:
         fxtap.create_feature_extractor(torchvision.models.resnet18(), ["layer1.relu"])
     assert "in the train graph of ResNet" in str(info.value)
     assert "'layer1.0.relu'" in str(info.value)
+
+
+# --- what an extractor keeps alive ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_pruned_parameters_are_freed_with_the_model(mode: str) -> None:
+    model = torchvision.models.resnet18().train(mode == "train")
+    pruned = [weakref.ref(p) for p in (model.fc.weight, model.layer4[1].conv2.weight)]
+    kept = weakref.ref(model.layer1[0].conv1.weight)
+    ex = fxtap.create_feature_extractor(model, ["layer1"])
+    assert ex.training == (mode == "train")
+    assert ex.kept[mode] and ex.return_nodes[mode] == {"layer1.1.relu_1": "layer1"}
+    del model
+    gc.collect()
+    assert all(ref() is None for ref in pruned)
+    assert kept() is not None  # the extractor still runs layer1
+
+
+class _ListRoot(nn.Module):
+    """An untraceable root (it iterates over a list) with a head after the tapped body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.head(self.body(img[None]).mean((2, 3))) for img in images]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_capture_extractor_holds_only_the_model_it_runs(mode: str) -> None:
+    model = _ListRoot().train(mode == "train")
+    params = [weakref.ref(p) for p in model.parameters()]
+    with pytest.warns(UserWarning, match="cannot trace the root"):
+        ex = fxtap.create_feature_extractor(model, ["body.0"])
+    assert isinstance(ex, fxtap.CaptureExtractor) and isinstance(ex, fxtap.Extractor)
+    del model
+    gc.collect()
+    # nothing is pruned on the capture path: it runs (and holds) the model itself, no more
+    assert all(ref() is not None for ref in params)
+    del ex
+    gc.collect()
+    assert all(ref() is None for ref in params)
+
+
+def test_traces_are_kept_only_on_request() -> None:
+    model = torchvision.models.resnet18()
+    ex = fxtap.create_feature_extractor(model, ["layer1"])
+    assert ex.full == {}
+    ex = fxtap.create_feature_extractor(model, ["layer1"], keep_traces=True)
+    assert set(ex.full) == {"train", "eval"}

@@ -234,7 +234,7 @@ def test_control_flow_at_several_depths_becomes_leaves() -> None:
     torch.manual_seed(0)
     model = DeepControlFlow()
     nodes = ["stem", "block.inner.norm", "block.inner.gate", "block.inner.add", "head", "out"]
-    ex = build(model, nodes, r"kept 2 part\(s\) opaque")
+    ex = build(model, nodes, r"kept 2 part\(s\) opaque", keep_traces=True)
     assert ex.opaque == ("block.inner.gate", "head")
     assert ex.full["eval"].leaves == ("block.inner.gate", "head")
     assert ex.full["eval"].wrapped == ()
@@ -271,7 +271,9 @@ def test_each_retry_costs_one_trace(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plain_functions_are_autowrapped() -> None:
     torch.manual_seed(0)
     model = Helpers()
-    ex = build(model, ["a", "scale_by_width", "repeat_by_length", "b"], r"kept 2 part")
+    ex = build(
+        model, ["a", "scale_by_width", "repeat_by_length", "b"], r"kept 2 part", keep_traces=True
+    )
     traced = ex.full["train"]
     assert traced.wrapped == (f"{__name__}.scale_by_width", f"{__name__}.repeat_by_length")
     assert traced.leaves == ()

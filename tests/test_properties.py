@@ -560,7 +560,7 @@ def test_extractor_matches_full_run(spec: tuple[Any, ...], data: st.DataObject) 
     if data.draw(st.booleans(), label="one request for both modes"):
         queries = data.draw(_query_strategy(common), label="queries")
         ex = fxtap.create_feature_extractor(
-            model, _requests(queries, as_dict), tracer_kwargs=TRACER_KWARGS
+            model, _requests(queries, as_dict), tracer_kwargs=TRACER_KWARGS, keep_traces=True
         )
     else:
         train_q = data.draw(_query_strategy(train_names), label="train queries")
@@ -570,6 +570,7 @@ def test_extractor_matches_full_run(spec: tuple[Any, ...], data: st.DataObject) 
             train_return_nodes=_requests(train_q, as_dict),
             eval_return_nodes=_requests(eval_q, as_dict),
             tracer_kwargs=TRACER_KWARGS,
+            keep_traces=True,
         )
     assert ex.training == model.training
     event(f"model depth {_depth(spec)}")

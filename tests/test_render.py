@@ -131,7 +131,9 @@ def test_golden_dropout_in_both_modes(tmp_path: Path) -> None:
 
 def test_golden_extractor_pruned_dashed_and_folded(tmp_path: Path) -> None:
     model = Nested()
-    ex = create_feature_extractor(model, {"stage.blocks.0.relu": "mid"}, tracer_kwargs=NO_SOURCE)
+    ex = create_feature_extractor(
+        model, {"stage.blocks.0.relu": "mid"}, tracer_kwargs=NO_SOURCE, keep_traces=True
+    )
     text = dot_text(render(ex, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
     check_golden("extractor_pruned.eval.dot", text)
     assert re.search(r'"head" \[[^\n]*style="rounded,dashed"', text)
@@ -215,7 +217,7 @@ def test_numbered_names_fold_only_with_the_same_stem_and_sizes(tmp_path: Path) -
 
 
 def test_extractor_without_full_traces_is_refused() -> None:
-    ex = create_feature_extractor(Nested(), ["stem"])
+    ex = create_feature_extractor(Nested(), ["stem"], keep_traces=True)
     ex.full = {}
     with pytest.raises(InvalidArgumentError, match="render the model"):
         render(ex, fmt="dot")
@@ -263,7 +265,7 @@ def test_opaque_leaves_and_heat(tmp_path: Path) -> None:
 def test_model_and_extractor_are_left_untouched(tmp_path: Path) -> None:
     model = Nested().train()
     model.head.eval()
-    ex = create_feature_extractor(model, ["stage"])
+    ex = create_feature_extractor(model, ["stage"], keep_traces=True)
     render(ex, fmt="dot", out_dir=tmp_path, example_inputs=torch.zeros(1, 3, 4, 4))
     render(model, fmt="dot", out_dir=tmp_path, example_inputs=torch.zeros(1, 3, 4, 4))
     assert model.training and not model.head.training
@@ -532,3 +534,9 @@ def test_identical_modes_draw_once_and_say_so(tmp_path: Path) -> None:
     assert all("train and eval: identical graphs" in d.dot_path.read_text() for d in r.drawings)
     different = render(TrainOnlyBranch(), fmt="dot", out_dir=tmp_path)
     assert "identical" not in dot_text(different, "both")
+
+
+def test_extractor_built_without_traces_says_how_to_keep_them() -> None:
+    ex = create_feature_extractor(Nested(), ["stem"])
+    with pytest.raises(InvalidArgumentError, match="keep_traces=True"):
+        render(ex, fmt="dot")

@@ -259,15 +259,18 @@ class DataDependentRoot(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_capture_extractors_are_refused_with_the_way_out(tmp_path):
+def test_capture_extractors_save_as_pickle_and_say_so_for_the_safe_format(tmp_path):
     extractor = create_feature_extractor(DataDependentRoot(), ["fc"])
     assert type(extractor).__name__ == "CaptureExtractor"
-    for fmt in ("fxtap", "pickle"):
-        with pytest.raises(
-            InvalidArgumentError, match=r"no graph to save.*create_feature_extractor"
-        ):
-            save(extractor, tmp_path / "c.fxtap", fmt=fmt)
+    # the safe format describes graphs; a capture extractor runs the model's own code
+    with pytest.raises(InvalidArgumentError, match=r"traced graphs.*fmt='pickle'"):
+        save(extractor, tmp_path / "c.fxtap", fmt="fxtap")
     assert not list(tmp_path.iterdir())
+    save(extractor, tmp_path / "c.fxtap", fmt="pickle")
+    loaded = load(tmp_path / "c.fxtap", trust=True)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["fc"], extractor(x)["fc"])
 
 
 def test_meta_device_extractors_are_refused_with_the_fix(tmp_path):

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from fxtap._fx import clone_structure
+from fxtap._protocol import Extractor
 from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-class CaptureExtractor(nn.Module):
+class CaptureExtractor(Extractor):
     """Runs the model and returns a dict of the requested values, captured on the way.
 
     Built by ``create_feature_extractor`` when the root forward of a model cannot be traced
@@ -88,11 +89,6 @@ class CaptureExtractor(nn.Module):
             module = model.get_submodule(path)
             module.forward = IslandForward(self._channel, module, by_mode)
         self.train(training)
-
-    @property
-    def return_nodes(self) -> dict[str, dict[str, str]]:
-        """By mode, requested node name -> output key (``outputs`` inverted)."""
-        return {m: {n: k for k, n in outs.items()} for m, outs in self.outputs.items()}
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         mode = "train" if self.training else "eval"

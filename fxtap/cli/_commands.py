@@ -80,7 +80,7 @@ def _render(args: argparse.Namespace) -> int:
 
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
-            model = create_feature_extractor(model, _nodes_arg(args))
+            model = create_feature_extractor(model, _nodes_arg(args), keep_traces=True)
     with progress(f"drawing {args.model}"), quiet_stderr():
         result = render(
             model,

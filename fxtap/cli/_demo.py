@@ -102,7 +102,7 @@ def run(
         files["node table (JSON)"] = _write(folder / "nodes.json", json.dumps(data, indent=1))
 
     with step(3, f"extractor for {', '.join(nodes)}"):
-        extractor = create_feature_extractor(model, list(nodes))
+        extractor = create_feature_extractor(model, list(nodes), keep_traces=True)
         path = save(extractor, folder / f"{stem}.fxtap")
         files["extractor"] = path
         reloaded = load(path)

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 
 from fxtap._fx import node_name, node_scope, owned_params, target_text
+from fxtap._protocol import require_graphs
 from fxtap.cost._count import (
     count_flops,
     count_params,
@@ -113,7 +114,16 @@ def compare(
         with restore_training(work):
             work.train(training)
             show.show("tracing")
-            extractor = create_feature_extractor(work, return_nodes, tracer_kwargs=tracer_kwargs)
+            extractor = create_feature_extractor(
+                work, return_nodes, tracer_kwargs=tracer_kwargs, keep_traces=True
+            )
+            require_graphs(
+                extractor,
+                action="compare()",
+                instead="time the extractor with torch.utils.benchmark.Timer "
+                "(benchmarks/bench_capture.py does), or compare one of its traced submodules: "
+                "compare(model.get_submodule(PATH), ...)",
+            )
             extractor.train(training)
             report = _measure(
                 work, extractor, mode, inputs, dev, threads, return_nodes, show,

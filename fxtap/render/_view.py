@@ -11,6 +11,7 @@ import networkx as nx
 from torch import fx, nn
 
 from fxtap._fx import owned_params, target_text
+from fxtap._protocol import Extractor, require_graphs
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
 from fxtap.names import VALUE_KEY, propagate_shapes
@@ -273,20 +274,27 @@ def sources(
             )
         traces = {model.mode: model}
         opaque = set(model.leaves)
-    elif isinstance(getattr(model, "full", None), Mapping) and hasattr(model, "kept"):
+    elif isinstance(model, Extractor):
+        islands = format_choices(getattr(model, "islands", {}).get(modes[-1], ()))
+        require_graphs(
+            model,
+            action="render()",
+            instead=f"draw one of its traced submodules ({islands}) with "
+            "render(model.get_submodule(PATH)), or render the model's parts with nodes=",
+        )
         if nodes is not None:
             raise InvalidArgumentError(
                 "nodes= is for a model; an extractor draws its own return_nodes. "
                 "Pass the model itself to mark other nodes."
             )
-        traces = dict(model.full)
+        traces = dict(getattr(model, "full", {}))
         if not all(m in traces for m in modes):
             raise InvalidArgumentError(
                 f"this {type(model).__name__} extractor holds no full {format_choices(modes)} "
-                "trace (extractors loaded from disk drop them); render the model with nodes= "
-                "instead"
+                "trace (built without keep_traces=True, or loaded from disk); render the model "
+                "with nodes= instead, or build the extractor with keep_traces=True"
             )
-        kept = {m: set(model.kept[m]) for m in traces}
+        kept = {m: set(model.node_names(m)) for m in traces}
         requested = {m: dict(model.return_nodes.get(m, {})) for m in traces}
         return traces, kept, requested, set(getattr(model, "opaque", ()))
     elif isinstance(model, nn.Module):
