@@ -7,7 +7,6 @@ pruner, the node table, the renderer and the cost report never disagree.
 from __future__ import annotations
 
 import builtins
-import copy
 import operator
 from typing import Any
 
@@ -213,7 +212,10 @@ def clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     """
     if id(module) in memo:
         return memo[id(module)]
-    clone = copy.copy(module)
+    # NOTE: not copy.copy: a parametrized module (weight_norm, spectral_norm, orthogonal)
+    # refuses to be copied or pickled, but its state is plain attributes like any module's
+    clone = object.__new__(type(module))
+    clone.__dict__.update(module.__dict__)
     memo[id(module)] = clone
     clone._parameters = dict(module._parameters)
     clone._buffers = dict(module._buffers)
@@ -225,3 +227,4 @@ def clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if "hooks" in attr and isinstance(value, dict):
             setattr(clone, attr, type(value)(value))
     return clone
+

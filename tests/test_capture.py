@@ -348,3 +348,77 @@ def test_preserved_state_after_many_calls() -> None:
     with preserved(model):
         ex([torch.randn(5, 4)])
     assert all(bitwise_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- parametrized modules (wav2vec2's weight-norm positional convolution) -------------------------
+
+
+class PositionalConv(nn.Module):
+    """wav2vec2's positional embedding: a grouped convolution under weight_norm over time."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        conv = nn.Conv1d(width, width, 5, padding=2, groups=2)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + nn.functional.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+
+
+class Wav2Vec2Like(nn.Module):
+    """Feature convolution, weight-norm positional convolution, spectral and orthogonal norms."""
+
+    def __init__(self, lists: bool) -> None:
+        super().__init__()
+        self.lists = lists
+        self.feature = nn.Conv1d(1, 8, 10, stride=5)
+        self.pos = PositionalConv()
+        self.proj = nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8))
+        self.out = nn.utils.parametrizations.orthogonal(nn.Linear(8, 8))
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.out(self.proj(self.pos(self.feature(wav).transpose(1, 2))))
+
+    def forward(self, wavs: Any) -> Any:
+        return [self.encode(w[None]) for w in wavs] if self.lists else self.encode(wavs)
+
+
+def _hooked(model: nn.Module, paths: list[str], args: list[Any]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    handles = [
+        model.get_submodule(p).register_forward_hook(
+            lambda _m, _a, out, p=p: seen.setdefault(p, out.detach().clone())
+        )
+        for p in paths
+    ]
+    try:
+        with preserved(model), torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("lists", [False, True], ids=["traced-root", "capture"])
+def test_parametrized_modules_build_prune_copy_and_leave_the_model_alone(lists: bool) -> None:
+    torch.manual_seed(0)
+    model = Wav2Vec2Like(lists).eval()
+    paths = ["pos.conv", "proj", "out"]
+    wav = torch.randn(2, 1, 100)
+    args = [[w for w in wav]] if lists else [wav]
+    if lists:
+        ex = build(model, paths)
+        assert isinstance(ex, CaptureExtractor)
+    else:
+        ex = create_feature_extractor(model, ["pos.conv", "proj"])
+        assert "out" not in dict(ex.named_children())  # pruned
+        paths = ["pos.conv", "proj"]
+    expected = _hooked(model, paths, args)
+    for other in (ex, copy.deepcopy(ex)):
+        with torch.no_grad():
+            got = other.eval()(*args)
+        for p in paths:
+            assert bitwise_equal(got[p], expected[p]), p
+    assert nn.utils.parametrize.is_parametrized(model.pos.conv)
+    assert not model.pos.conv._forward_hooks
