@@ -422,3 +422,41 @@ def test_parametrized_modules_build_prune_copy_and_leave_the_model_alone(lists: 
             assert bitwise_equal(got[p], expected[p]), p
     assert nn.utils.parametrize.is_parametrized(model.pos.conv)
     assert not model.pos.conv._forward_hooks
+
+
+# --- the command line on a detection model ---------------------------------------------------------
+
+DETECTION = [
+    "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
+    *("--model-arg", "weights_backbone=None", "--model-arg", "min_size=96"),
+    *("--model-arg", "max_size=128", "--input", "1x3x96x128"),
+]
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = [e for e in capsys.readouterr().err.strip().splitlines() if not e.endswith(" ...")]
+    return lines[-1]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cli_on_a_detection_model(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    from fxtap.cli import main
+
+    assert main(["nodes", *DETECTION]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert "backbone.body.1.add" in names and "roi_heads" in names
+    out = tmp_path / "det.fxtap"
+    # the safe format needs traced graphs; the error says what works
+    assert main(["extract", *DETECTION, "--nodes", "backbone.body", "-o", str(out)]) == 1
+    assert "--format pickle" in _error_line(capsys)
+    argv = ["extract", *DETECTION, "--nodes", "backbone.body", "-o", str(out), "--format", "pickle"]
+    assert main(argv) == 0
+    assert "captures" in capsys.readouterr().out
+    loaded = fxtap.load(out, trust=True)
+    assert isinstance(loaded, CaptureExtractor) and loaded.outputs["eval"] == {
+        "backbone.body": "backbone.body"
+    }
+    assert main(["bench", *DETECTION, "--nodes", "backbone", "--rounds", "1"]) == 1
+    assert "compare(model.get_submodule(PATH)" in _error_line(capsys)
+    assert main(["render", *DETECTION, "--nodes", "backbone", "-o", str(tmp_path)]) == 1
+    assert "render(model.get_submodule(PATH))" in _error_line(capsys)
