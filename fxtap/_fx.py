@@ -227,4 +227,3 @@ def clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if "hooks" in attr and isinstance(value, dict):
             setattr(clone, attr, type(value)(value))
     return clone
-

@@ -26,7 +26,7 @@ class Extractor(nn.Module):
 
     prunes = True
     #: properties torch.jit.script leaves alone (it would compile them with the module)
-    __jit_unused_properties__ = ("return_nodes", "kept", "graph", "_boxed_call")
+    __jit_unused_properties__ = ["return_nodes", "kept", "graph", "_boxed_call"]  # noqa: RUF012
     if TYPE_CHECKING:
         # NOTE: annotations only for type checkers; torch.jit.script reads class annotations
         # at run time and cannot parse these

@@ -56,7 +56,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
 
     prunes = True
     # NOTE: GraphModule's list comes first in the bases, so the shared one is named here
-    __jit_unused_properties__ = list(Extractor.__jit_unused_properties__)  # noqa: RUF012 - torch.jit reads it
+    __jit_unused_properties__ = Extractor.__jit_unused_properties__
 
     def __init__(
         self,

@@ -405,3 +405,76 @@ def test_final_error_explains_the_root_failure() -> None:
     assert info.value.module_path == ""
     assert re.search(r"cannot help: the failure is in the root ListRoot\.forward", text)
     assert "CaptureExtractor" in text and "concrete_args=" in text
+
+
+# --- honest fallback: private functions, fixes that apply, None outputs ------------------------------
+
+
+def _private_loop(x: torch.Tensor) -> torch.Tensor:
+    for _ in range(int(x.shape[0])):
+        x = x + 1
+    return x
+
+
+class CallsPrivate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _private_loop(self.lin(x))
+
+
+class HoldsPrivate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = CallsPrivate()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.inner(x))
+
+
+def test_private_functions_make_their_caller_opaque_and_say_so() -> None:
+    model = HoldsPrivate().eval()
+    # torch.fx never autowraps names starting with '_': the module calling it is kept opaque
+    ex = build(model, ["inner", "head"], r"module 'inner'.*never autowraps .*_private_loop")
+    assert ex.opaque == ("inner",)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert bitwise_equal(ex(x)["head"], model(x))
+    with pytest.raises(TraceError) as info:
+        fxtap.trace(model, training=False)
+    text = str(info.value)
+    assert "autowrap_functions=[" not in text and "never autowraps names starting with '_'" in text
+
+
+class Decorated(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("co_varnames is too small")
+
+
+def test_trace_error_suggests_only_fixes_that_apply() -> None:
+    with pytest.raises(TraceError) as info:
+        fxtap.trace(Decorated(), training=False)
+    assert "concrete_args" not in str(info.value)
+    assert "leaf_modules=" in str(info.value)
+    with pytest.raises(TraceError, match="concrete_args="):
+        fxtap.trace(ListRoot(), training=False)
+
+
+class NoneInDict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> dict[str, Any]:
+        return {"out": self.lin(x), "extra": extra}
+
+
+def test_none_in_an_eager_output_is_not_a_mistrace() -> None:
+    model = NoneInDict().eval()
+    ex = create_feature_extractor(model, ["lin"], example_inputs=(torch.randn(2, 4),))
+    assert ex.opaque == ()
+    with torch.no_grad():
+        assert bitwise_equal(ex(torch.ones(2, 4))["lin"], model.lin(torch.ones(2, 4)))

@@ -224,12 +224,20 @@ def _next_opaque(
 ) -> Opaque | None:
     """What to keep opaque next: the failing plain function, else the failing module."""
     reason = exc.reason or str(exc)
-    if exc.function and exc.function not in functions:
+    private = (exc.function or "").rpartition(".")[2].startswith("_")
+    if exc.function and exc.function not in functions and not private:
         fn = _function_object(exc)
         if fn is not None:
             functions[exc.function] = fn
             return Opaque("function", exc.function, reason, exc.source)
     if exc.module_path and exc.module_path not in leaves:
+        if private:
+            # NOTE: torch.fx's autowrap skips globals whose name starts with '_', so the
+            # function cannot be one node: the module calling it is kept opaque instead
+            reason = (
+                f"{reason}; torch.fx never autowraps {exc.function} (its name starts with "
+                "'_'), so the module calling it is kept opaque"
+            )
         return Opaque("module", exc.module_path, reason, exc.source)
     return None
 

@@ -20,10 +20,6 @@ __all__ = ["Mismatch", "difference", "find_mistrace", "frozen_state", "shorten"]
 #: mis-trace shows up far above them.
 RTOL, ATOL = 1e-4, 1e-5
 
-#: Tolerances of the eager check: a faithful graph runs the very same ops, so any real
-#: mis-trace shows up far above them.
-RTOL, ATOL = 1e-4, 1e-5
-
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -173,7 +169,9 @@ _MISSING = object()
 
 def difference(traced: Any, eager: Any) -> str | None:
     """A short description of how ``traced`` differs from ``eager``, or ``None`` when equal."""
-    if traced is _MISSING or isinstance(traced, fx.Proxy):
+    if traced is _MISSING or isinstance(traced, fx.Proxy) or eager is None:
+        # NOTE: an output that is None when the model runs (a ModelOutput field, a dict value
+        # the graph fills in) is the same structure whatever the graph holds there
         return None
     if isinstance(eager, torch.Tensor) or isinstance(traced, torch.Tensor):
         if not (isinstance(eager, torch.Tensor) and isinstance(traced, torch.Tensor)):
@@ -187,6 +185,9 @@ def difference(traced: Any, eager: Any) -> str | None:
             return f"max abs diff {gap:.3g}"
         return None if torch.equal(traced, eager) else "integer values differ"
     if isinstance(eager, Mapping) and isinstance(traced, Mapping):
+        # keys holding None are left out: transformers' ModelOutput drops them from its keys
+        eager = {k: v for k, v in eager.items() if v is not None}
+        traced = {k: v for k, v in traced.items() if v is not None}
         if list(eager) != list(traced):
             return f"keys {list(traced)[:4]} instead of {list(eager)[:4]}"
         return next((d for k in eager if (d := difference(traced[k], eager[k]))), None)

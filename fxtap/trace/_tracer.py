@@ -344,13 +344,26 @@ def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) ->
             f"keep the module opaque with tracer_kwargs={{'leaf_modules': [{path!r}]}} "
             f"(or its class {mtype.__name__})"
         )
-    if function:
+    if function and not function.rpartition(".")[2].startswith("_"):
         fixes.append(f"record the function as one node with autowrap_functions=[{function}]")
-    fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
+    elif function:
+        # NOTE: torch.fx's autowrap skips every global whose name starts with '_'
+        fixes.append(
+            f"wrap {function} in a public function of your own and pass that with "
+            "autowrap_functions= (torch.fx never autowraps names starting with '_')"
+        )
+    if any(marker in reason for marker in _DATA_DEPENDENT):
+        fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
+    if not fixes:
+        fixes.append("move the failing code into a submodule and pass it in leaf_modules=")
     parts.append(" Fix: " + "; or ".join(fixes) + ".")
     return TraceError(
         "".join(parts), module_path=path, source=source, reason=reason, function=function
     )
+
+
+#: Words of torch.fx failures that fixing an argument's value (``concrete_args``) can cure.
+_DATA_DEPENDENT = ("control flow", "cannot be iterated", "len(", "__bool__", "__index__")
 
 
 def _sanitize(op: str) -> str:
