@@ -1,8 +1,8 @@
 """fxtap: tap any intermediate value of a PyTorch model with torch.fx."""
 
 from fxtap import render, trace  # callable stage packages: fxtap.trace(...), fxtap.render(...)
-from fxtap._version import __version__
 from fxtap._protocol import Extractor
+from fxtap._version import __version__
 from fxtap.capture import CaptureExtractor
 from fxtap.cost import CostReport, compare
 from fxtap.errors import (

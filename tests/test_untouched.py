@@ -217,7 +217,9 @@ ENTRY_POINTS = [
     EntryPoint("save-load-pickle", lambda m, d: _save_load(m, d, fmt="pickle")),
     EntryPoint(
         "render-extractor",
-        lambda m, d: _render(fxtap.create_feature_extractor(m, ["bn"]), d, fmt="dot"),
+        lambda m, d: _render(
+            fxtap.create_feature_extractor(m, ["bn"], keep_traces=True), d, fmt="dot"
+        ),
     ),
     EntryPoint(
         "node_table-of-a-trace",

@@ -21,10 +21,11 @@ import fxtap.dataset._data as _data
 import fxtap.dataset._spec as spec
 import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
+from fxtap._protocol import Extractor
 from fxtap.dataset._shard import Ranks, chunks_of, join
 from fxtap.dataset._writer import Chunk, Writer
 from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError
-from fxtap.extractor import FeatureExtractor, create_feature_extractor
+from fxtap.extractor import create_feature_extractor
 
 __all__ = ["JobResult", "extract_dataset"]
 
@@ -340,10 +341,10 @@ def _forward(extractor: nn.Module, inputs: Any, device: torch.device) -> dict[st
 
 
 def _extractor(model: nn.Module, return_nodes: Any, device: torch.device) -> tuple[nn.Module, Any]:
-    if isinstance(model, FeatureExtractor):
+    if isinstance(model, Extractor):
         if return_nodes is not None:
             raise InvalidArgumentError(
-                "return_nodes= was given with a FeatureExtractor, which already has its taps; "
+                "return_nodes= was given with an extractor, which already has its taps; "
                 "pass the model instead, or leave return_nodes=None"
             )
         extractor: nn.Module = model

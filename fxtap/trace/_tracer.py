@@ -346,12 +346,9 @@ def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) ->
         )
     if function and not function.rpartition(".")[2].startswith("_"):
         fixes.append(f"record the function as one node with autowrap_functions=[{function}]")
-    elif function:
-        # NOTE: torch.fx's autowrap skips every global whose name starts with '_'
-        fixes.append(
-            f"wrap {function} in a public function of your own and pass that with "
-            "autowrap_functions= (torch.fx never autowraps names starting with '_')"
-        )
+    elif function:  # NOTE: torch.fx's autowrap skips every global whose name starts with '_'
+        fixes.append(f"wrap {function} in a public function of your own for autowrap_functions= "
+                     "(torch.fx never autowraps names starting with '_')")  # fmt: skip
     if any(marker in reason for marker in _DATA_DEPENDENT):
         fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
     if not fixes:
