@@ -58,8 +58,10 @@ def require_graphs(extractor: Any, *, action: str, instead: str) -> None:
             "fxtap.create_feature_extractor returns"
         )
     if not extractor.prunes:
+        islands = getattr(extractor, "islands", {}).get("eval", ())
+        listed = f" (its traced submodules: {', '.join(map(repr, islands))})" if islands else ""
         raise InvalidArgumentError(
             f"{action} needs an extractor with traced graphs, and this "
             f"{type(extractor).__name__} has none: the root forward of its model cannot be "
-            f"traced, so it captures values during a real forward; {instead}"
+            f"traced, so it captures values during a real forward; {instead}{listed}"
         )

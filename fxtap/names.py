@@ -15,7 +15,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fxtap._fx import module_type_name, owned_params, target_text
-from fxtap.capture import capture_node_names, find_islands
+from fxtap.capture import capture_rows
 from fxtap.errors import InputShapeError, InvalidArgumentError, TraceError
 from fxtap.trace import (
     NAME_KEY,
@@ -128,27 +128,19 @@ def get_graph_node_names(
     >>> train
     ['input', '0', '1']
     """
+    options: dict[str, Any] = {"concrete_args": concrete_args, "auto_leaf": auto_leaf}
     # NOTE: names only, no graph modules: compiling their code would cost a third of each trace.
     try:
         train, evaluated = [
-            trace_names(
-                model,
-                training=training,
-                tracer_kwargs=tracer_kwargs,
-                concrete_args=concrete_args,
-                auto_leaf=auto_leaf,
-            )
-            for training in (True, False)
+            trace_names(model, training=t, tracer_kwargs=tracer_kwargs, **options)
+            for t in (True, False)
         ]
     except TraceError as exc:
         if not (auto_leaf and is_root_failure(exc)):
             raise
-        # NOTE: what create_feature_extractor's capture path serves: nodes inside the
-        # traceable submodules under their full paths, and the other modules' outputs
-        return (
-            capture_node_names(model, training=True, tracer_kwargs=tracer_kwargs),
-            capture_node_names(model, training=False, tracer_kwargs=tracer_kwargs),
-        )
+        # NOTE: the capture path serves the traceable submodules' nodes and the other modules
+        names = [[r.name for r in _capture_table(model, t, tracer_kwargs)] for t in (True, False)]
+        return names[0], names[1]
     train_names = list(train.values())
     eval_names = list(evaluated.values())
     if not suppress_diff_warning and train_names != eval_names:
@@ -222,7 +214,7 @@ def node_table(
         except TraceError as exc:
             if not is_root_failure(exc):
                 raise
-            return _capture_table(model, training, tracer_kwargs, example_inputs)
+            return _capture_table(model, training, tracer_kwargs)
     gm = traced.graph_module
     if example_inputs is not None:
         propagate_shapes(
@@ -252,36 +244,22 @@ def node_table(
 
 
 def _capture_table(
-    model: nn.Module,
-    training: bool,
-    tracer_kwargs: Mapping[str, Any] | None,
-    example_inputs: Sequence[torch.Tensor] | None,
+    model: nn.Module, training: bool, tracer_kwargs: Mapping[str, Any] | None
 ) -> list[NodeInfo]:
-    """The node table of a model whose root forward cannot be traced (the capture path).
-
-    Nodes of each traceable submodule come under their full paths; every other module is one
-    ``call_module`` row. Shapes are not filled in (the islands' inputs are not known).
-    """
-    del example_inputs
-    islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
-    rows: list[NodeInfo] = []
-    inside: str | None = None
-    for path, module in model.named_modules():
-        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-            continue
-        if inside is not None and path.startswith(inside):
-            continue
-        inside = None
-        island = islands.get(path)
-        if island is None:
-            params = sum(p.numel() for p in module.parameters(recurse=False))
-            rows.append(NodeInfo(path, "call_module", path, type(module).__name__, params))
-            continue
-        inside = path + "."
-        for row in node_table(module, training=training, traced=island.traced):
-            if row.op != "placeholder":
-                rows.append(dataclasses.replace(row, name=f"{path}.{row.name}"))
-    return rows
+    """Node table of an untraceable root: island nodes under full paths, other modules (no shapes)."""
+    return capture_rows(
+        model,
+        training=training,
+        tracer_kwargs=tracer_kwargs,
+        module_row=lambda path, m: NodeInfo(
+            path, "call_module", path, type(m).__name__, sum(p.numel() for p in m.parameters(False))
+        ),
+        island_rows=lambda island: [
+            dataclasses.replace(row, name=f"{island.path}.{row.name}")
+            for row in node_table(island.traced.graph_module, traced=island.traced)
+            if row.op != "placeholder"
+        ],
+    )
 
 
 def propagate_shapes(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -23,8 +23,11 @@ __all__ = [
     "Island",
     "build_capture_extractor",
     "capture_node_names",
+    "capture_rows",
     "find_islands",
 ]
+
+R = TypeVar("R")
 
 
 class CaptureExtractor(Extractor):
@@ -115,7 +118,13 @@ class CaptureExtractor(Extractor):
 
     def node_names(self, mode: str) -> list[str]:
         """Names servable in ``mode``: island nodes under their full paths, other modules."""
-        return _listing(self.model, self._plans[mode].names)
+        names = self._plans[mode].names
+        return _listing(
+            self.model,
+            {p: p for p in names},
+            lambda path, _module: path,
+            lambda path: [f"{path}.{n}" for n in names[path]],
+        )
 
 
 @dataclass
@@ -182,19 +191,42 @@ def capture_node_names(
     """What a ``CaptureExtractor`` of ``model`` can serve in one mode, in module order.
 
     Nodes inside the islands come under their full paths, named as a full trace would name
-    them (``backbone.body.layer1.0.relu``); placeholders are left out. Every other called
-    module is listed by its path (its output is served by a hook).
+    them (``backbone.body.layer1.0.relu``); placeholders are left out. Every other module is
+    listed by its path (its output is served by a hook).
     """
+    return capture_rows(
+        model,
+        training=training,
+        tracer_kwargs=tracer_kwargs,
+        module_row=lambda path, _module: path,
+        island_rows=lambda island: [f"{island.path}.{n}" for n in _names(island)],
+    )
+
+
+def capture_rows(
+    model: nn.Module,
+    *,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None,
+    module_row: Callable[[str, nn.Module], R],
+    island_rows: Callable[[Island], list[R]],
+) -> list[R]:
+    """One row per servable module or island node, in module order (``node_table`` uses it)."""
     islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
-    return _listing(model, {p: _names(i) for p, i in islands.items()})
+    return _listing(model, islands, module_row, island_rows)
 
 
 def _names(island: Island) -> tuple[str, ...]:
     return tuple(n for node, n in island.traced.names.items() if node.op != "placeholder")
 
 
-def _listing(model: nn.Module, names: Mapping[str, tuple[str, ...]]) -> list[str]:
-    listed: list[str] = []
+def _listing(
+    model: nn.Module,
+    islands: Mapping[str, Any],
+    module_row: Callable[[str, nn.Module], R],
+    island_rows: Callable[[Any], list[R]],
+) -> list[R]:
+    rows: list[R] = []
     inside: str | None = None
     for path, module in model.named_modules():
         if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
@@ -202,12 +234,12 @@ def _listing(model: nn.Module, names: Mapping[str, tuple[str, ...]]) -> list[str
         if inside is not None and path.startswith(inside):
             continue
         inside = None
-        if path in names:
-            listed += [f"{path}.{n}" for n in names[path]]
+        if path in islands:
+            rows += island_rows(islands[path])
             inside = path + "."
         else:
-            listed.append(path)
-    return listed
+            rows.append(module_row(path, module))
+    return rows
 
 
 def _plan(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fxtap._protocol import Extractor, require_graphs
 from fxtap._stage import make_callable
 from fxtap.errors import InvalidArgumentError, ensure_output_dir, format_choices
 from fxtap.names import diff_modes
@@ -155,6 +156,12 @@ def render(
             f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
         )
     modes = ("train", "eval") if mode == "both" else (mode,)
+    if isinstance(model, Extractor):
+        require_graphs(
+            model,
+            action="render()",
+            instead="draw a traced submodule: render(model.get_submodule(PATH))",
+        )
     traces, kept, requested, opaque = sources(model, modes, nodes, tracer_kwargs, concrete_args)
     title = name or model_name(model)
     only: dict[str, set[str]] = {m: set() for m in traces}

@@ -11,7 +11,6 @@ import networkx as nx
 from torch import fx, nn
 
 from fxtap._fx import owned_params, target_text
-from fxtap._protocol import Extractor, require_graphs
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
 from fxtap.names import VALUE_KEY, propagate_shapes
@@ -274,20 +273,13 @@ def sources(
             )
         traces = {model.mode: model}
         opaque = set(model.leaves)
-    elif isinstance(model, Extractor):
-        islands = format_choices(getattr(model, "islands", {}).get(modes[-1], ()))
-        require_graphs(
-            model,
-            action="render()",
-            instead=f"draw one of its traced submodules ({islands}) with "
-            "render(model.get_submodule(PATH)), or render the model's parts with nodes=",
-        )
+    elif isinstance(getattr(model, "full", None), Mapping) and hasattr(model, "kept"):
         if nodes is not None:
             raise InvalidArgumentError(
                 "nodes= is for a model; an extractor draws its own return_nodes. "
                 "Pass the model itself to mark other nodes."
             )
-        traces = dict(getattr(model, "full", {}))
+        traces = dict(model.full)
         if not all(m in traces for m in modes):
             raise InvalidArgumentError(
                 f"this {type(model).__name__} extractor holds no full {format_choices(modes)} "

@@ -18,6 +18,7 @@ __all__ = [
     "default_autowrap_modules",
     "default_leaf_modules",
     "restore_training",
+    "trace_fixes",
     "tracer_options",
 ]
 
@@ -151,3 +152,34 @@ class restore_training:
             # NOTE: nn.Module.__setattr__ is slow; most flags did not change.
             if m.training is not flag:
                 m.training = flag
+
+
+#: Words of torch.fx failures that fixing an argument's value (``concrete_args``) can cure.
+_DATA_DEPENDENT = ("control flow", "cannot be iterated", "len(", "__bool__", "__index__")
+
+
+def trace_fixes(path: str, type_name: str, function: str | None, reason: str) -> list[str]:
+    """The options that can fix one trace failure, in the words of the interface.
+
+    Only fixes that apply are offered: ``autowrap_functions=`` never for a name starting
+    with ``_`` (torch.fx's autowrap skips those), ``concrete_args=`` only for data-dependent
+    control flow.
+    """
+    fixes = []
+    if path:
+        fixes.append(
+            f"keep the module opaque with tracer_kwargs={{'leaf_modules': [{path!r}]}} "
+            f"(or its class {type_name})"
+        )
+    if function and not function.rpartition(".")[2].startswith("_"):
+        fixes.append(f"record the function as one node with autowrap_functions=[{function}]")
+    elif function:
+        fixes.append(
+            f"wrap {function} in a public function of your own for autowrap_functions= "
+            "(torch.fx never autowraps names starting with '_')"
+        )
+    if any(marker in reason for marker in _DATA_DEPENDENT):
+        fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
+    if not fixes:
+        fixes.append("move the failing code into a submodule and pass it in leaf_modules=")
+    return fixes

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
 from fxtap.errors import InvalidArgumentError, TraceError
-from fxtap.trace._options import restore_training
+from fxtap.trace._options import restore_training, trace_fixes
 
 __all__ = [
     "NAME_KEY",
@@ -338,29 +338,11 @@ def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) ->
         parts.append(f" at {source}" + (f" `{code}`" if code else ""))
     reason = f"{type(exc).__name__}: {exc}".strip()
     parts.append(f": {reason}.")
-    fixes = []
-    if path:
-        fixes.append(
-            f"keep the module opaque with tracer_kwargs={{'leaf_modules': [{path!r}]}} "
-            f"(or its class {mtype.__name__})"
-        )
-    if function and not function.rpartition(".")[2].startswith("_"):
-        fixes.append(f"record the function as one node with autowrap_functions=[{function}]")
-    elif function:  # NOTE: torch.fx's autowrap skips every global whose name starts with '_'
-        fixes.append(f"wrap {function} in a public function of your own for autowrap_functions= "
-                     "(torch.fx never autowraps names starting with '_')")  # fmt: skip
-    if any(marker in reason for marker in _DATA_DEPENDENT):
-        fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
-    if not fixes:
-        fixes.append("move the failing code into a submodule and pass it in leaf_modules=")
+    fixes = trace_fixes(path, mtype.__name__, function, reason)
     parts.append(" Fix: " + "; or ".join(fixes) + ".")
     return TraceError(
         "".join(parts), module_path=path, source=source, reason=reason, function=function
     )
-
-
-#: Words of torch.fx failures that fixing an argument's value (``concrete_args``) can cure.
-_DATA_DEPENDENT = ("control flow", "cannot be iterated", "len(", "__bool__", "__index__")
 
 
 def _sanitize(op: str) -> str:
