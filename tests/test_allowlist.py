@@ -31,6 +31,7 @@ from fxtap import _allowlist
 from fxtap._pack import pack
 from fxtap.errors import InvalidArgumentError
 from fxtap.save import MANIFEST
+from tests.standard_ops import standard_functions, standard_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (
@@ -221,6 +222,12 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
     assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
 
 
+def test_standard_ops_are_allowed() -> None:
+    """Plain tensor math a user model writes (``x.relu()``, ``F.silu``) loads without trust."""
+    assert standard_functions() <= _allowlist.FUNCTIONS
+    assert standard_methods() <= _allowlist.METHODS
+
+
 def test_module_configuration_keys_are_set_by_the_class() -> None:
     """Every configuration key is a constructor argument or set on instances by __init__."""
     import importlib
@@ -257,6 +264,8 @@ def main() -> None:
     emitted = collect(torchvision_extractors(torchvision.models.list_models()))
     emitted.merge(collect(fixture_extractors()))
     emitted.merge(collect(timm_extractors()))
+    emitted.functions |= standard_functions()
+    emitted.methods |= standard_methods()
     _allowlist.PATH.write_text(render(emitted), encoding="utf-8")
 
 

@@ -181,6 +181,15 @@ def _compare(model: nn.Module, nodes: list[str], inputs: Any = X, training: bool
     )
 
 
+def _dataset_job(model: nn.Module, folder: Path) -> Any:
+    """Run a dataset job over the model, then read the store back."""
+    data = torch.utils.data.TensorDataset(torch.randn(4, *X.shape[1:]), torch.arange(4))
+    fxtap.extract_dataset(
+        model, data, folder / "store", return_nodes=["twice"], batch_size=2, progress=False
+    )
+    return fxtap.open_features(folder / "store")["twice"][:]
+
+
 def _names_with_fallback(model: nn.Module) -> Any:
     with pytest.warns(UserWarning, match="opaque"):
         return fxtap.get_graph_node_names(model, suppress_diff_warning=True)
@@ -227,6 +236,7 @@ ENTRY_POINTS = [
     ),
     EntryPoint("cost.compare", lambda m, d: _compare(m, ["twice"])),
     EntryPoint("cost.compare-train", lambda m, d: _compare(m, ["bn"], training=True)),
+    EntryPoint("extract_dataset", _dataset_job),
     EntryPoint("names-fallback", lambda m, d: _names_with_fallback(m), model=untraceable),
     EntryPoint("extract-fallback", lambda m, d: _extract_with_fallback(m), model=untraceable),
     EntryPoint(
@@ -320,6 +330,7 @@ def test_registry_covers_public_api() -> None:
     """Every public callable of fxtap has an entry point here (add one line when adding API)."""
     covered = {"get_graph_node_names", "node_table", "trace", "create_feature_extractor"}
     covered |= {"NodePathTracer", "FeatureExtractor", "save", "load", "render", "compare"}
+    covered |= {"extract_dataset", "open_features"}
     # fxtap.trace and fxtap.render are callable stage packages, so test callability.
     public = {
         n
