@@ -7,10 +7,12 @@ torchvision zoo, timm's smaller models (when installed) and the test suite's fix
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ATTRIBUTES", "FUNCTIONS", "METHODS", "MODULES", "PATH"]
+__all__ = ["ATTRIBUTES", "FUNCTIONS", "METHODS", "MODULES", "PATH", "resolve"]
 
 PATH = Path(__file__).with_name("_allowlist.json")
 _DATA = json.loads(PATH.read_text(encoding="utf-8"))
@@ -27,3 +29,20 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     cls: (tuple(spec["config"]), tuple(spec["optional"]), tuple(spec["tensors"]))
     for cls, spec in _DATA["modules"].items()
 }
+
+
+def resolve(module_name: str, qualname: str) -> Any:
+    """The object at ``module_name:qualname``, or ``None``.
+
+    The saver asks it whether a name gives back a function; the loader asks it only for names
+    that already matched the allowlist exactly, so no name read from a file is walked.
+    """
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj

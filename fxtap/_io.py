@@ -47,7 +47,7 @@ def write_atomic(
             f"cannot write {str(target)!r}: {exc.strerror or exc}. {hint}"
         ) from exc
     if mode is not None and not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
         raise OutputPathError(
             f"cannot write {str(target)!r}: it is {kind}; fxtap writes only regular files or "
             f"new paths. {hint}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import zipfile
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from typing import IO, Any
 import torch
 from torch import fx, nn
 
+from fxtap._allowlist import resolve
 from fxtap._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.errors import InvalidArgumentError
 from fxtap.extractor import MODES, FeatureExtractor
@@ -202,21 +202,9 @@ def _function_path(fn: Any) -> str:
     candidates = [(module, qualname), (module, name)]
     candidates += [(home, name) for home in ("torch", "torch.nn.functional", "operator", "math")]
     for home, attr in candidates:
-        if home and attr and _lookup(home, attr) is fn:
+        if home and attr and resolve(home, attr) is fn:
             return f"{'operator' if home == '_operator' else home}:{attr}"
     raise _unsavable(f"function {fn!r} (no importable module path)")
-
-
-def _lookup(module_name: str, qualname: str) -> Any:
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def _attr(module: nn.Module, target: str) -> Any:

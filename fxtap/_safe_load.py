@@ -9,7 +9,6 @@ Functions, methods and classes come from the allowlist, resolved by their exact 
 
 from __future__ import annotations
 
-import importlib
 import json
 import zipfile
 import zlib
@@ -20,6 +19,7 @@ import torch
 from torch import fx, nn
 
 import fxtap._manifest as _manifest
+from fxtap._allowlist import resolve
 from fxtap._manifest import MANIFEST, MODES, WEIGHTS
 from fxtap._schema import Checked, ModuleSpec, NodeSpec, Ref
 from fxtap.errors import LoadError
@@ -231,7 +231,7 @@ def _function(path: str, *, trust: bool) -> Any:
         return _exact(path)
     if not trust:  # checked by _manifest already
         raise AssertionError(f"unchecked function {path!r}")
-    found = _walk(path)
+    found = resolve(*path.partition(":")[::2])
     if not callable(found):
         raise LoadError(f"its graph calls {path!r}, which does not exist in this install")
     return found
@@ -244,7 +244,7 @@ def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
     if found is None:
         if not trust:
             raise AssertionError(f"unchecked module class {path!r}")
-        found = _walk(path)
+        found = resolve(*path.partition(":")[::2])
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
         raise LoadError(f"{path!r} is not a torch.nn.Module class in this install")
     return found
@@ -258,23 +258,10 @@ def _manifest_functions() -> frozenset[str]:
 
 def _exact(path: str) -> Any:
     """The object an allowlisted ``module:qualname`` names (the name comes from the allowlist)."""
-    found = _walk(path)
+    found = resolve(*path.partition(":")[::2])
     if found is None:
         raise LoadError(f"{path!r} does not exist in this install of torch and torchvision")
     return found
-
-
-def _walk(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def _ensure_path(root: nn.Module, path: str) -> nn.Module:

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from fxtap._io import write_atomic
 from fxtap._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap._pack import pack
 from fxtap._protocol import Extractor, require_graphs
-from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError, format_choices
+from fxtap.errors import InvalidArgumentError, LoadError, format_choices
 from fxtap.extractor import FeatureExtractor
 
 __all__ = ["FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load", "save"]
@@ -73,10 +72,10 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
         )
     target = _as_path(path, "save(extractor, path)", "path='resnet18.fxtap'")
     if fmt == "pickle":
-        _write_atomic(target, lambda f: _pickle(extractor, f))
+        write_atomic(target, lambda f: _pickle(extractor, f))
     else:
         assert isinstance(extractor, FeatureExtractor)  # require_graphs checked it
-        _write_atomic(target, lambda f: pack(extractor, f))
+        write_atomic(target, lambda f: pack(extractor, f))
     return target
 
 
@@ -171,31 +170,6 @@ def _pickle(extractor: Extractor, file: IO[bytes]) -> None:
         raise InvalidArgumentError(
             f"the extractor cannot be pickled: {exc}. Keep what it holds importable (no local "
             "functions or lambdas on its modules)"
-        ) from exc
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write`` to a temporary file next to ``path``, then rename it over."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory")
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                write(f)
-            # NOTE: mkstemp creates files readable by their owner only; use the usual mode.
-            mask = os.umask(0o022)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot write {str(path)!r}: {exc.strerror or exc}. Pick a path in a folder that "
-            "exists and that you can write to"
         ) from exc
 
 

@@ -46,7 +46,7 @@ def test_refuses_a_device_node():
 
 
 def test_refuses_a_folder_and_a_missing_folder(tmp_path):
-    with pytest.raises(OutputPathError, match="it is a folder"):
+    with pytest.raises(OutputPathError, match="it is a directory"):
         write_atomic(tmp_path, "x")
     with pytest.raises(OutputPathError, match=r"does not exist\. Pass -o FILE\."):
         write_atomic(tmp_path / "nope" / "f.txt", "x", hint="Pass -o FILE.")
