@@ -1,26 +1,32 @@
 """fxtap: tap any intermediate value of a PyTorch model with torch.fx."""
 
-from fxtap import render, trace  # callable stage packages: fxtap.trace(...), fxtap.render(...)
-from fxtap.capture import CaptureExtractor
-from fxtap.cost import CostReport, compare
-from fxtap.errors import (
-    DotNotFoundError,
-    FxtapError,
-    InputShapeError,
-    InvalidArgumentError,
-    LoadError,
-    MistraceError,
-    ModelSpecError,
-    NodeNotFoundError,
-    OutputPathError,
-    ResourceError,
-    TraceError,
-)
-from fxtap.extractor import FeatureExtractor, create_feature_extractor
-from fxtap.names import NodeInfo, get_graph_node_names, node_table
-from fxtap.render import Rendering
-from fxtap.save import load, save
-from fxtap.trace import NodePathTracer, Traced
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fxtap import render, trace
+    from fxtap.capture import CaptureExtractor
+    from fxtap.cost import CostReport, compare
+    from fxtap.errors import (
+        DotNotFoundError,
+        FxtapError,
+        InputShapeError,
+        InvalidArgumentError,
+        LoadError,
+        MistraceError,
+        ModelSpecError,
+        NodeNotFoundError,
+        OutputPathError,
+        ResourceError,
+        TraceError,
+    )
+    from fxtap.extractor import FeatureExtractor, create_feature_extractor
+    from fxtap.names import NodeInfo, get_graph_node_names, node_table
+    from fxtap.render import Rendering
+    from fxtap.save import load, save
+    from fxtap.trace import NodePathTracer, Traced
 
 __version__ = "0.1.0"
 
@@ -52,3 +58,39 @@ __all__ = [
     "save",
     "trace",
 ]
+
+# NOTE: names load on first use (PEP 562), so that ``fxtap --help`` answers without importing
+# torch. ``fxtap.render`` and ``fxtap.trace`` are callable stage packages.
+_HOME = {
+    "CaptureExtractor": "fxtap.capture",
+    "CostReport": "fxtap.cost",
+    "compare": "fxtap.cost",
+    "FeatureExtractor": "fxtap.extractor",
+    "create_feature_extractor": "fxtap.extractor",
+    "NodeInfo": "fxtap.names",
+    "get_graph_node_names": "fxtap.names",
+    "node_table": "fxtap.names",
+    "Rendering": "fxtap.render",
+    "load": "fxtap.save",
+    "save": "fxtap.save",
+    "NodePathTracer": "fxtap.trace",
+    "Traced": "fxtap.trace",
+}
+_PACKAGES = {"render", "trace"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:
+        value: Any = importlib.import_module(f"fxtap.{name}")
+    elif name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    elif name in __all__:  # the error classes
+        value = getattr(importlib.import_module("fxtap.errors"), name)
+    else:
+        raise AttributeError(f"module 'fxtap' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

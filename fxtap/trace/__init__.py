@@ -24,6 +24,7 @@ from fxtap.trace._fallback import (
 from fxtap.trace._mistrace import Mismatch, difference, find_mistrace, frozen_state
 from fxtap.trace._options import (
     check_concrete_args,
+    check_flags,
     check_model,
     default_autowrap_modules,
     default_leaf_modules,
@@ -50,6 +51,7 @@ __all__ = [
     "QualnameLeaves",
     "Traced",
     "check_concrete_args",
+    "check_flags",
     "check_model",
     "default_autowrap_modules",
     "default_leaf_modules",
@@ -103,6 +105,7 @@ def trace(
         InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
     """
     check_model(model)
+    check_flags(training=training, auto_leaf=auto_leaf)
     options = tracer_options(tracer_kwargs)
     concrete = check_concrete_args(model, concrete_args)
     if auto_leaf or example_inputs is not None:
