@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,plot]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,plot,timm,gradcam]'
 	@touch $(STAMP)
 
 # Graphviz's dot: installed from Debian when missing and running as root, else a clear message.
