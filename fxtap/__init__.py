@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -94,3 +96,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The ``fxtap`` package: ``fxtap.save`` stays the function once ``fxtap.save`` is imported."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # NOTE: importing a submodule binds it on the package; the function of the same name
+        # (fxtap.save, in fxtap/save.py) is what ``fxtap.save`` means.
+        if name == "save" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
