@@ -582,3 +582,15 @@ def test_check_trace_default_agrees_with_the_docs():
     text = " ".join((root / "docs" / "tracing.md").read_text().split())
     assert "always runs this check" not in text
     assert "`fxtap extract --check-trace` runs this check" in text and "off by default" in text
+
+
+def test_package_names_load_lazily_and_stay_functions():
+    import types
+
+    import fxtap
+    import fxtap.save
+
+    assert isinstance(fxtap.save, types.FunctionType) and fxtap.save.__module__ == "fxtap.save"
+    assert callable(fxtap.render) and callable(fxtap.trace)
+    assert set(fxtap.__all__) <= set(dir(fxtap))
+    assert all(getattr(fxtap, name) is not None for name in fxtap.__all__)
