@@ -4,9 +4,10 @@
 plain ``torch.fx.symbolic_trace`` calls. Times are CPU seconds of this process
 (``time.process_time``) with an explicit torch thread count. Variants are interleaved within each repeat and the
 median is reported. torchvision is skipped on a size when its fitted growth predicts more
-than ``--tv-limit`` seconds.
+than ``--tv-limit`` seconds. Every model is measured with its weights on the ``meta`` device
+(no storage) and on the CPU (real, randomly initialised weights, as a user traces them).
 
-Run:  python benchmarks/bench_names.py [--repeat 3] [--threads 1] [--json [FILE]]
+Run:  python benchmarks/bench_names.py [--repeat 3] [--threads 1] [--devices meta cpu] [--json]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["Row", "main", "run", "synthetic"]
 TOOLS = ("plain", "fxtap", "torchvision")
 ZOO = ("resnet18", "resnet152", "vit_h_14", "densenet201", "maxvit_t")
 SIZES = (500, 1000, 2000, 4000, 6000)
+DEVICES = ("meta", "cpu")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Row:
     """Median CPU seconds of each tool on one model (``None`` where skipped)."""
 
     model: str
+    device: str
     nodes: int
     seconds: dict[str, float | None] = field(default_factory=dict)
     synthetic_blocks: int | None = None
@@ -66,9 +69,9 @@ class Residual(nn.Module):
         return torch.relu(self.fc(x)) + x
 
 
-def synthetic(blocks: int, width: int = 4) -> nn.Sequential:
+def synthetic(blocks: int, width: int = 4, device: str = "meta") -> nn.Sequential:
     """An ``nn.Sequential`` of ``blocks`` residual blocks (about ``3 * blocks`` nodes)."""
-    with torch.device("meta"):
+    with torch.device(device):
         return nn.Sequential(*(Residual(width) for _ in range(blocks)))
 
 
@@ -78,37 +81,42 @@ def run(
     repeat: int = 3,
     tv_limit: float = 60.0,
     log: Callable[[str], None] = print,
+    devices: Sequence[str] = DEVICES,
 ) -> list[Row]:
-    """Time the three tools on the zoo models and the synthetic sizes; return one row each."""
+    """Time the three tools on the zoo models and the synthetic sizes; one row per device each."""
     rows = []
     for name in zoo:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(name, weights=None)
-        rows.append(_measure(name, model, repeat, skip=()))
-        log(_format_row(rows[-1]))
-    tv_points: list[tuple[int, float]] = []
+        for device in devices:
+            with torch.device(device):
+                model = torchvision.models.get_model(name, weights=None)
+            rows.append(_measure(name, device, model, repeat, skip=()))
+            del model
+            log(_format_row(rows[-1]))
+    tv_points: dict[str, list[tuple[int, float]]] = {d: [] for d in devices}
     for blocks in sizes:
-        model = synthetic(blocks)
-        nodes = 3 * blocks + 1  # input and three per block, as named by fxtap
-        predicted = _predict(tv_points, nodes)
-        skip = ("torchvision",) if predicted is not None and predicted > tv_limit else ()
-        row = _measure(f"synthetic-{blocks}", model, repeat, skip=skip)
-        row.synthetic_blocks = blocks
-        rows.append(row)
-        tv_seconds = row.seconds.get("torchvision")
-        if tv_seconds is not None:
-            tv_points.append((row.nodes, tv_seconds))
-        note = f"  (torchvision skipped: predicted {predicted:.0f} s)" if skip else ""
-        log(_format_row(row) + note)
+        for device in devices:
+            model = synthetic(blocks, device=device)
+            nodes = 3 * blocks + 1  # input and three per block, as named by fxtap
+            predicted = _predict(tv_points[device], nodes)
+            skip = ("torchvision",) if predicted is not None and predicted > tv_limit else ()
+            row = _measure(f"synthetic-{blocks}", device, model, repeat, skip=skip)
+            del model
+            row.synthetic_blocks = blocks
+            rows.append(row)
+            tv_seconds = row.seconds.get("torchvision")
+            if tv_seconds is not None:
+                tv_points[device].append((row.nodes, tv_seconds))
+            note = f"  (torchvision skipped: predicted {predicted:.0f} s)" if skip else ""
+            log(_format_row(row) + note)
     return rows
 
 
-def growth_exponent(rows: Sequence[Row], tool: str) -> float | None:
+def growth_exponent(rows: Sequence[Row], tool: str, device: str = "meta") -> float | None:
     """Least-squares slope of log(seconds) against log(nodes) over the synthetic rows."""
     points = [
         (math.log(r.nodes), math.log(s))
         for r in rows
-        if r.synthetic_blocks is not None and (s := r.seconds.get(tool))
+        if r.synthetic_blocks is not None and r.device == device and (s := r.seconds.get(tool))
     ]
     if len(points) < 2:
         return None
@@ -129,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--zoo", nargs="*", default=list(ZOO), help=f"torchvision models (default: {' '.join(ZOO)})"
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=DEVICES,
+        default=list(DEVICES),
+        help=f"where the weights live: meta (no storage) or cpu (default: {' '.join(DEVICES)})",
     )
     parser.add_argument(
         "--tv-limit",
@@ -153,20 +168,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{fxtap.__version__}, {args.threads} thread(s), median of {args.repeat}"
     )
     print(_header())
-    rows = run(args.sizes, args.zoo, args.repeat, args.tv_limit)
+    rows = run(args.sizes, args.zoo, args.repeat, args.tv_limit, devices=args.devices)
     print()
     print(_markdown(rows))
-    exponents = {tool: growth_exponent(rows, tool) for tool in TOOLS}
+    exponents = {
+        device: {tool: growth_exponent(rows, tool, device) for tool in TOOLS}
+        for device in args.devices
+    }
     print()
-    print(
-        "growth exponent over the synthetic sizes (log-log least squares): "
-        + ", ".join(f"{t} {_fmt(e, '.2f')}" for t, e in exponents.items())
-    )
-    worst = max((r.ratio("fxtap") or 0.0) for r in rows)
-    print(
-        f"worst fxtap / 2 plain traces: {worst:.2f} (target <= 1.50); "
-        f"fxtap exponent {_fmt(exponents['fxtap'], '.2f')} (target <= 1.10)"
-    )
+    for device, by_tool in exponents.items():
+        print(
+            f"growth exponent over the synthetic sizes ({device}, log-log least squares): "
+            + ", ".join(f"{t} {_fmt(e, '.2f')}" for t, e in by_tool.items())
+        )
+    for device in args.devices:
+        worst = max((r.ratio("fxtap") or 0.0) for r in rows if r.device == device)
+        print(
+            f"worst fxtap / 2 plain traces ({device}): {worst:.2f} (target <= 1.50); "
+            f"fxtap exponent {_fmt(exponents[device]['fxtap'], '.2f')} (target <= 1.10)"
+        )
     if args.json is not None:
         path = args.json or f"bench_names_cpu_torch-{torch.__version__}.json"
         payload = {
@@ -175,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fxtap": fxtap.__version__,
             "python": platform.python_version(),
             "threads": args.threads,
+            "devices": args.devices,
             "repeat": args.repeat,
             "rows": [asdict(r) | {"ratios": {t: r.ratio(t) for t in TOOLS}} for r in rows],
             "growth_exponent": exponents,
@@ -195,7 +216,7 @@ def _variants() -> dict[str, Callable[[nn.Module], Any]]:
     }
 
 
-def _measure(name: str, model: nn.Module, repeat: int, skip: Sequence[str]) -> Row:
+def _measure(name: str, device: str, model: nn.Module, repeat: int, skip: Sequence[str]) -> Row:
     variants = {k: v for k, v in _variants().items() if k not in skip}
     times: dict[str, list[float]] = {k: [] for k in variants}
     nodes = len(fxtap.trace(model, training=False).names)  # also warms up imports and caches
@@ -211,7 +232,7 @@ def _measure(name: str, model: nn.Module, repeat: int, skip: Sequence[str]) -> R
                 times[tool].append(time.process_time() - start)
     seconds: dict[str, float | None] = {t: None for t in TOOLS}
     seconds.update({t: statistics.median(v) for t, v in times.items()})
-    return Row(name, nodes, seconds)
+    return Row(name, device, nodes, seconds)
 
 
 def _predict(points: Sequence[tuple[int, float]], nodes: int) -> float | None:
@@ -241,7 +262,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _header() -> str:
     return (
-        f"{'model':<18} {'nodes':>6} {'plain ms':>9} {'fxtap ms':>9} {'tv ms':>9} "
+        f"{'model':<18} {'device':<6} {'nodes':>6} {'plain ms':>9} {'fxtap ms':>9} {'tv ms':>9} "
         f"{'fxtap/2plain':>12} {'tv/2plain':>9}"
     )
 
@@ -250,7 +271,7 @@ def _format_row(row: Row) -> str:
     s = row.seconds
     ms = {t: (None if s.get(t) is None else 1000 * s[t]) for t in TOOLS}  # type: ignore[operator]
     return (
-        f"{row.model:<18} {row.nodes:>6} {_fmt(ms['plain'], '9.1f')} "
+        f"{row.model:<18} {row.device:<6} {row.nodes:>6} {_fmt(ms['plain'], '9.1f')} "
         f"{_fmt(ms['fxtap'], '9.1f')} {_fmt(ms['torchvision'], '9.1f')} "
         f"{_fmt(row.ratio('fxtap'), '12.2f')} {_fmt(row.ratio('torchvision'), '9.2f')}"
     )
@@ -258,15 +279,15 @@ def _format_row(row: Row) -> str:
 
 def _markdown(rows: Sequence[Row]) -> str:
     lines = [
-        "| model | nodes | plain trace (ms) | fxtap (ms) | torchvision (ms) "
+        "| model | weights | nodes | plain trace (ms) | fxtap (ms) | torchvision (ms) "
         "| fxtap / 2 plain | torchvision / 2 plain |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         s = r.seconds
         cells = [_fmt(None if s.get(t) is None else 1000 * s[t], ".1f") for t in TOOLS]  # type: ignore[operator]
         lines.append(
-            f"| {r.model} | {r.nodes} | {' | '.join(cells)} "
+            f"| {r.model} | {r.device} | {r.nodes} | {' | '.join(cells)} "
             f"| {_fmt(r.ratio('fxtap'), '.2f')} | {_fmt(r.ratio('torchvision'), '.2f')} |"
         )
     return "\n".join(lines)

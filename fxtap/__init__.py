@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from fxtap import render, trace
     from fxtap.capture import CaptureExtractor
     from fxtap.cost import CostReport, compare
+    from fxtap.dataset import extract_dataset, open_features
     from fxtap.errors import (
         DotNotFoundError,
         FxtapError,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from fxtap.save import load, save
     from fxtap.trace import NodePathTracer, Traced
 
-__version__ = "0.1.0"
+from fxtap._version import __version__
 
 __all__ = [
     "CaptureExtractor",
@@ -51,11 +52,14 @@ __all__ = [
     "ResourceError",
     "TraceError",
     "Traced",
+    "__version__",
     "compare",
     "create_feature_extractor",
+    "extract_dataset",
     "get_graph_node_names",
     "load",
     "node_table",
+    "open_features",
     "render",
     "save",
     "trace",
@@ -77,6 +81,9 @@ _HOME = {
     "save": "fxtap.save",
     "NodePathTracer": "fxtap.trace",
     "Traced": "fxtap.trace",
+    # The dataset stage needs the optional zarr: it loads only when used.
+    "extract_dataset": "fxtap.dataset",
+    "open_features": "fxtap.dataset",
 }
 _PACKAGES = {"render", "trace"}
 
@@ -86,7 +93,7 @@ def __getattr__(name: str) -> Any:
         value: Any = importlib.import_module(f"fxtap.{name}")
     elif name in _HOME:
         value = getattr(importlib.import_module(_HOME[name]), name)
-    elif name in __all__:  # the error classes
+    elif name in __all__ and name != "__version__":  # the error classes
         value = getattr(importlib.import_module("fxtap.errors"), name)
     else:
         raise AttributeError(f"module 'fxtap' has no attribute {name!r}")

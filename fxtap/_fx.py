@@ -21,6 +21,7 @@ __all__ = [
     "SOURCE_KEY",
     "VIEW_FUNCTIONS",
     "VIEW_METHODS",
+    "aten_alias_arg",
     "clone_structure",
     "get_path",
     "inplace_arg",
@@ -128,6 +129,8 @@ def inplace_arg(node: fx.Node, owner: nn.Module | None) -> fx.Node | None:
         if name.endswith("_") and not name.endswith("__"):
             return first
     elif node.op == "call_function":
+        if isinstance(node.target, torch._ops.OpOverload):
+            return _aten_written_arg(node)
         if node.target in INPLACE_OPERATORS or node.kwargs.get("inplace") is True:
             return first
         name = getattr(node.target, "__name__", "")
@@ -152,7 +155,48 @@ def shares_storage(node: fx.Node, owner: nn.Module | None) -> fx.Node | None:
         node.op == "call_function" and node.target in VIEW_FUNCTIONS
     ):
         return first
+    return aten_alias_arg(node)
+
+
+def aten_alias_arg(node: fx.Node) -> fx.Node | None:
+    """The input an ATen op's result may share memory with: a view's base, dropout's input.
+
+    Read from the op's schema (``Tensor(a) self -> Tensor(a)``), as torch.export records ops;
+    ``aten.dropout`` returns its input itself in eval mode although its schema does not say so.
+    """
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return None
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if first is None:
+        return None
+    if target.overloadpacket in _ATEN_PASS_THROUGH:
+        return first
+    returns = target._schema.returns
+    if returns and returns[0].alias_info is not None:
+        return first
     return None
+
+
+def _aten_written_arg(node: fx.Node) -> fx.Node | None:
+    """The node argument an ATen op writes into (``add_``, ``copy_``, ``out=``), if any."""
+    schema = node.target._schema  # type: ignore[union-attr]
+    if not schema.is_mutable:
+        return None
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+        if isinstance(value, fx.Node):
+            return value
+    return None
+
+
+_ATEN_PASS_THROUGH = {
+    getattr(torch.ops.aten, n)
+    for n in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+    if hasattr(torch.ops.aten, n)
+}
 
 
 def get_path(module: nn.Module, target: str) -> Any:

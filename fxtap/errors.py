@@ -24,6 +24,7 @@ __all__ = [
     "close_matches",
     "ensure_output_dir",
     "format_choices",
+    "unknown_choice",
 ]
 
 
@@ -170,3 +171,39 @@ def ensure_output_dir(path: str | os.PathLike[str], *, hint: str) -> Path:
     if not os.access(folder, os.W_OK):
         raise OutputPathError(f"output folder {str(folder)!r} is not writable. {hint}")
     return folder
+
+
+def unknown_choice(
+    what: str,
+    value: object,
+    choices: Iterable[str],
+    *,
+    fix: str,
+    error: type[FxtapError] | None = None,
+) -> FxtapError:
+    """The error for a value that is not among ``choices``: names it, lists close matches.
+
+    Args:
+        what: the input as the user wrote it, e.g. ``"tracer_kwargs key"`` or ``"--format"``.
+        value: the bad value.
+        choices: every accepted value.
+        fix: the sentence saying what to do, in the words of the interface used.
+        error: the error class (default ``InvalidArgumentError``).
+
+    >>> str(unknown_choice("mode", "evaluation", ["train", "eval"], fix="Pass 'eval'."))
+    "mode 'evaluation' is unknown. Expected one of 'train', 'eval'; closest: 'eval'. Pass 'eval'."
+    """
+    pool = [str(c) for c in choices]
+    close = close_matches(str(value), pool)
+    if not close:
+        # Case and abbreviation: 'Eval', 'evaluation' and 'ev' all mean 'eval'.
+        word = str(value).lower()
+        close = [
+            c
+            for c in pool
+            if c.lower() and (word.startswith(c.lower()) or c.lower().startswith(word))
+        ]
+    return (error or InvalidArgumentError)(
+        f"{what} {value!r} is unknown. Expected one of {format_choices(pool)}; closest: "
+        f"{format_choices(close)}. {fix}"
+    )

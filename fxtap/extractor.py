@@ -167,6 +167,7 @@ def create_feature_extractor(
     *,
     auto_leaf: bool = True,
     example_inputs: Any = None,
+    tracer: str = "auto",
 ) -> FeatureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
 
@@ -190,7 +191,12 @@ def create_feature_extractor(
             traced, a ``CaptureExtractor`` is returned instead: it runs the whole model
             (nothing pruned) and captures the values on the way.
         example_inputs: inputs to check each graph against eager execution, module by module;
-            a module that mis-traces is made a leaf, or ``MistraceError`` raised.
+            a module that mis-traces is made a leaf, or ``MistraceError`` raised. On the
+            export path, the inputs to export with: a tensor, a tuple, or a dict of keyword
+            inputs (``{"input_ids": ids, "attention_mask": mask}``).
+        tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
+            ``example_inputs`` are given; else capture), ``"fx"`` (torch.fx, else capture) or
+            ``"export"`` (torch.export only). See docs/tracing.md.
 
     Returns:
         A ``FeatureExtractor`` in the mode ``model`` was in (or a ``CaptureExtractor``).
@@ -222,9 +228,10 @@ def create_feature_extractor(
                 concrete_args=concrete_args,
                 auto_leaf=auto_leaf,
                 example_inputs=example_inputs,
+                tracer=tracer,
             )
         except TraceError as exc:
-            if not (auto_leaf and is_root_failure(exc)):
+            if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
                 raise
             # NOTE: typed as FeatureExtractor so existing callers keep type-checking; callers
             # that save or prune further check isinstance(ex, CaptureExtractor) first.

@@ -24,18 +24,25 @@ from fxtap.trace import (
     check_flags,
     restore_training,
     trace,
+    trace_names,
     tracer_options,
 )
 
 __all__ = [
+    "VALUE_KEY",
     "ModeDiff",
     "NodeInfo",
+    "describe_value",
     "diff_modes",
     "get_graph_node_names",
     "node_key",
     "node_table",
     "propagate_shapes",
 ]
+
+#: ``node.meta`` key holding what a node returned on the example input, as text (set by
+#: ``propagate_shapes``), such as ``None``, ``int 224`` or a tensor's shape and dtype.
+VALUE_KEY = "fxtap_value"
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class NodeInfo:
         shape: output shape when example inputs were given, else ``None``.
         dtype: output dtype as text when example inputs were given, else ``None``.
         opaque: the module was made a leaf by the automatic fallback.
+        value: what the node returned when it is not one tensor (``'None'``, ``'int 224'``,
+            ``'(1×197×768 float32, None)'``), when example inputs were given; else ``None``.
     """
 
     name: str
@@ -63,6 +72,7 @@ class NodeInfo:
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
     opaque: bool = False
+    value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,8 +127,9 @@ def get_graph_node_names(
     >>> train
     ['input', '0', '1']
     """
+    # NOTE: names only, no graph modules: compiling their code would cost a third of each trace.
     train, evaluated = (
-        trace(
+        trace_names(
             model,
             training=training,
             tracer_kwargs=tracer_kwargs,
@@ -127,10 +138,10 @@ def get_graph_node_names(
         )
         for training in (True, False)
     )
-    train_names = list(train.names.values())
-    eval_names = list(evaluated.names.values())
+    train_names = list(train.values())
+    eval_names = list(evaluated.values())
     if not suppress_diff_warning and train_names != eval_names:
-        diff = diff_modes(train, evaluated)
+        diff = _diff_names(train, evaluated)
         detail = diff.message() if diff else "the same nodes appear in a different order"
         warnings.warn(
             f"{type(model).__name__} gives different nodes in train and eval mode: {detail}. "
@@ -154,6 +165,10 @@ def diff_modes(train: Traced, evaluated: Traced) -> ModeDiff:
     One extra op in train mode renumbers every later torch.fx node name; matching by this key
     does not, so only the really extra nodes are reported.
     """
+    return _diff_names(train.names, evaluated.names)
+
+
+def _diff_names(train: Mapping[fx.Node, str], evaluated: Mapping[fx.Node, str]) -> ModeDiff:
     train_keys = _occurrence_keys(train)
     eval_keys = _occurrence_keys(evaluated)
     return ModeDiff(
@@ -217,6 +232,7 @@ def node_table(
                 shape=shape,
                 dtype=dtype,
                 opaque=node.op == "call_module" and node.target in opaque,
+                value=node.meta.get(VALUE_KEY) if shape is None else None,
             )
         )
     return rows
@@ -284,7 +300,36 @@ class _ShapeProp(ShapeProp):
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
-        return super().run_node(n)
+        result = super().run_node(n)
+        n.meta[VALUE_KEY] = describe_value(result)
+        return result
+
+
+def describe_value(value: Any, *, limit: int = 3) -> str:
+    """What a node returned, as shown in node tables and drawings.
+
+    >>> describe_value((torch.zeros(2, 3), None))
+    '(2×3 float32, None)'
+    """
+    if isinstance(value, torch.Tensor):
+        dims = "×".join(str(d) for d in value.shape) or "scalar"
+        return f"{dims} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, torch.Size):
+        return "Size(" + ", ".join(map(str, value)) + ")"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return "None" if value is None else f"{type(value).__name__} {value!r:.20}"
+    if isinstance(value, (tuple, list)):
+        parts = [describe_value(v, limit=limit) for v in value[:limit]]
+        more = ", …" if len(value) > limit else ""
+        inner = ", ".join(parts) + more
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    if isinstance(value, Mapping):
+        return (
+            "{"
+            + ", ".join(f"{k}: {describe_value(v)}" for k, v in list(value.items())[:limit])
+            + "}"
+        )
+    return type(value).__name__
 
 
 def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
@@ -326,10 +371,10 @@ def _shape_message(
     )
 
 
-def _occurrence_keys(traced: Traced) -> dict[tuple[Any, ...], str]:
+def _occurrence_keys(names: Mapping[fx.Node, str]) -> dict[tuple[Any, ...], str]:
     seen: dict[tuple[str, str, str], int] = {}
     keys: dict[tuple[Any, ...], str] = {}
-    for node, name in traced.names.items():
+    for node, name in names.items():
         key = node_key(node, name)
         i = seen.get(key, 0)
         seen[key] = i + 1

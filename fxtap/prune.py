@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxtap._fx import VIEW_FUNCTIONS, VIEW_METHODS, inplace_arg
+from fxtap._fx import VIEW_FUNCTIONS, VIEW_METHODS, aten_alias_arg, inplace_arg
 from fxtap.trace import NAME_KEY, Traced
 
 __all__ = ["clone_tensors", "prune"]
@@ -114,6 +114,7 @@ class _Facts:
                 or (node.op == "call_method" and node.target in VIEW_METHODS)
                 or (node.op == "call_function" and node.target in VIEW_FUNCTIONS)
                 or _passes_through(node, owner)
+                or aten_alias_arg(node) is not None
             )
             self.root[node] = self.root[src] if shares and src is not None else node
             for arg in node.all_input_nodes:

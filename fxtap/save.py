@@ -3,70 +3,35 @@
 The default ``.fxtap`` format is a zip holding ``fxtap.json`` (both modes' graphs as node lists,
 the leaf modules as class path plus plain attributes, the output keys), ``weights.safetensors``
 and, for reading only, each mode's generated Python code under ``code/``. Loading it runs no
-code from the file: nothing is unpickled or executed, and every function and module class the
-graphs name is resolved from an allowlist (torch, torchvision, ``operator``, ``math``). The
-pickle format (``torch.save`` of the extractor) keeps anything but runs code stored in the file
-when loaded, so ``load`` refuses it unless ``trust=True``.
+code from the file: the archive is read within limits, the manifest is validated against a
+strict schema (``fxtap._manifest``) and every function, method and module class is matched by
+its exact name against the allowlist of what this saver writes for the torchvision zoo
+(``fxtap._allowlist``) before a graph is built (``fxtap._safe_load``); ``fxtap._pack`` writes it. The pickle format
+(``torch.save`` of the extractor) keeps anything but runs code stored in the file when loaded,
+so ``load`` refuses it unless ``trust=True``. docs/saving.md states the threat model.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import operator
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from torch import fx, nn
 
+from fxtap._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
+from fxtap._pack import pack
 from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError, format_choices
-from fxtap.extractor import MODES, FeatureExtractor
-from fxtap.trace import NAME_KEY
+from fxtap.extractor import FeatureExtractor
 
-__all__ = ["FORMATS", "load", "save"]
+__all__ = ["FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load", "save"]
 
 #: ``fmt`` values of ``save``: the safe default and the pickle that needs trust to load.
 FORMATS = ("fxtap", "pickle")
-FORMAT_NAME = "fxtap-extractor"
-FORMAT_VERSION = 1
-MANIFEST = "fxtap.json"
-WEIGHTS = "weights.safetensors"
-
-# Modules whose functions a graph may call when loaded without trust.
-_SAFE_FUNCTION_MODULES = {
-    "torch",
-    "torch.functional",
-    "torch.nn.functional",
-    "torch._C._nn",
-    "torch._C._VariableFunctions",
-    "torch.fx._symbolic_trace",
-    "operator",
-    "_operator",
-    "math",
-}
-_UNSAFE_TORCH_NAMES = {"load", "save", "from_file", "hub", "set_default_device"}
-# torchvision's graph helpers are allowed; its file and network code is not.
-_UNSAFE_TORCHVISION = (
-    "torchvision.io.",
-    "torchvision.datasets.",
-    "torchvision.utils.",
-    "torchvision._",
-)
-_UNSAFE_WORDS = ("load", "save", "read", "write", "download", "file", "url")
-_SAFE_BUILTINS = {
-    "getattr", "len", "int", "float", "bool", "slice", "range", "tuple", "list",
-    "min", "max", "abs", "sum", "round", "isinstance",
-}  # fmt: skip
-_MODULE_ROOTS = ("torch.", "torchvision.")
-# Keys every fresh nn.Module has; the rest of a module's __dict__ is its configuration.
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
-_SCALARS = (bool, int, float, str, type(None))
 
 
 def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str = "fxtap") -> Path:
@@ -83,8 +48,9 @@ def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str 
         The path written.
 
     Raises:
-        InvalidArgumentError: not an extractor, an unknown ``fmt``, or a graph or module the
-            safe format cannot describe (the message suggests ``fmt='pickle'``).
+        InvalidArgumentError: not an extractor, ``path`` not a path, an unknown ``fmt``, or a
+            graph or module the safe format cannot describe (the message suggests
+            ``fmt='pickle'``).
         OutputPathError: ``path`` cannot be written.
 
     >>> ex = create_feature_extractor(torchvision.models.resnet18(), ["layer4"])
@@ -103,38 +69,56 @@ def save(extractor: FeatureExtractor, path: str | os.PathLike[str], *, fmt: str 
             f"extractor is a {type(extractor).__name__}, not an fxtap extractor; pass the "
             "FeatureExtractor that fxtap.create_feature_extractor returns"
         )
+    target = _as_path(path, "save(extractor, path)", "path='resnet18.fxtap'")
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"fmt {fmt!r} is not one of {format_choices(FORMATS)}")
-    target = Path(path)
     if fmt == "pickle":
         _write_atomic(target, lambda f: _pickle(extractor, f))
     else:
-        _write_atomic(target, lambda f: _pack(extractor, f))
+        _write_atomic(target, lambda f: pack(extractor, f))
     return target
 
 
 def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtractor:
     """Load an extractor written by ``save``, in the mode it was saved in.
 
+    Without ``trust`` no code from the file runs, at load time or when the extractor is
+    called, and reading it takes time and memory bounded by the file's size (docs/saving.md,
+    "Threat model").
+
     Args:
         path: a ``.fxtap`` file (either format).
-        trust: allow what the safe loader refuses: a pickled extractor, whose loading runs
-            arbitrary code stored in the file, and module classes or functions outside torch,
-            torchvision, ``operator`` and ``math`` (importing them runs their package's code).
-            Only pass ``True`` for files from a source you trust.
+        trust: ``True`` allows what the safe loader refuses: a pickled extractor, whose
+            loading runs arbitrary code stored in the file, and functions, methods and module
+            classes outside the allowlist (importing them runs their package's code). Only
+            pass ``True`` for files from a source you trust.
 
     Returns:
         The ``FeatureExtractor``; its outputs equal the saved one's bit for bit.
 
     Raises:
-        LoadError: missing, truncated, corrupted or foreign file, or one that needs ``trust``.
+        InvalidArgumentError: ``path`` is not a path or ``trust`` not a bool.
+        LoadError: missing, truncated, corrupted, malformed or foreign file, or one that needs
+            ``trust``; the message names the member and field at fault.
     """
-    source = Path(path)
+    source = _as_path(path, "load(path)", "path='resnet18.fxtap'")
+    if not isinstance(trust, bool):
+        raise InvalidArgumentError(
+            f"trust={trust!r} is not a bool; pass trust=True only for files from a source you "
+            "trust, else leave the default trust=False"
+        )
+    if source.is_dir():
+        raise LoadError(
+            f"cannot load {str(source)!r}: it is a folder; pass path= a file written by "
+            "fxtap.save(extractor, PATH)"
+        )
     if not source.is_file():
         raise LoadError(
             f"cannot load {str(source)!r}: no such file. Write one with "
             "fxtap.save(extractor, PATH) or: fxtap extract MODEL --nodes NAME -o PATH"
         )
+    from fxtap._safe_load import read_archive
+
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -143,11 +127,15 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtract
         names = archive.namelist()
         if MANIFEST in names:
             try:
-                return _unpack(archive, trust=trust)
+                return read_archive(archive, trust=trust)
             except LoadError as exc:
-                raise LoadError(f"cannot load {str(source)!r}: {exc}") from exc
-            except Exception as exc:
-                raise _corrupt(source, exc) from exc
+                detail = str(exc).rstrip(".")
+                if not any(hint in detail for hint in ("trust=True", "fxtap.save(", "Upgrade")):
+                    detail += (
+                        ". fxtap.save does not write such files: save the extractor again with "
+                        "fxtap.save(extractor, PATH)"
+                    )
+                raise LoadError(f"cannot load {str(source)!r}: {detail}") from exc
         if not any(n.endswith("data.pkl") for n in names):
             raise LoadError(
                 f"cannot load {str(source)!r}: it is a zip file but not a saved fxtap extractor "
@@ -162,7 +150,7 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtract
         )
     try:
         loaded = torch.load(source, weights_only=False)
-    except Exception as exc:
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
         raise _corrupt(source, exc) from exc
     if not isinstance(loaded, FeatureExtractor):
         raise LoadError(
@@ -175,86 +163,6 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> FeatureExtract
 # --- writing ---------------------------------------------------------------------------------
 
 
-class _Tensors:
-    """Tensors to store, each object once; keys are ``t0``, ``t1``, ..."""
-
-    def __init__(self) -> None:
-        self.keys: dict[int, str] = {}
-        self.data: dict[str, torch.Tensor] = {}
-        self.info: dict[str, dict[str, bool]] = {}
-        self.storages: set[int] = set()
-
-    def add(self, tensor: torch.Tensor) -> str:
-        key = self.keys.get(id(tensor))
-        if key is None:
-            key = f"t{len(self.keys)}"
-            self.keys[id(tensor)] = key
-            value = tensor.detach().to("cpu").contiguous()
-            storage = value.untyped_storage()
-            # NOTE: safetensors refuses tensors that share storage; a clone owns its storage.
-            if storage.data_ptr() in self.storages or storage.nbytes() != value.nbytes:
-                value = value.clone()
-            self.storages.add(value.untyped_storage().data_ptr())
-            self.data[key] = value
-            self.info[key] = {
-                "parameter": isinstance(tensor, nn.Parameter),
-                "requires_grad": bool(tensor.requires_grad),
-            }
-        return key
-
-
-def _pack(extractor: FeatureExtractor, file: IO[bytes]) -> None:
-    from safetensors.torch import save as save_tensors
-
-    tensors = _Tensors()
-    graphs = {mode: _encode_graph(extractor.graph_for(mode)) for mode in MODES}
-    targets: dict[str, str] = {}
-    for mode in MODES:
-        for node in extractor.graph_for(mode).nodes:
-            if node.op in ("call_module", "get_attr"):
-                targets[str(node.target)] = node.op
-    modules: dict[str, Any] = {}
-    attrs: dict[str, Any] = {}
-    memo: dict[int, str] = {}
-    for target in sorted(targets, key=lambda t: (t.count("."), t)):
-        if any(target.startswith(leaf + ".") for leaf in modules):
-            continue  # part of a module already stored whole
-        value = _attr(extractor, target)
-        if isinstance(value, nn.Module):
-            modules[target] = _encode_module(value, target, tensors, memo)
-        elif isinstance(value, torch.Tensor):
-            owner = _attr(extractor, target.rpartition(".")[0]) if "." in target else extractor
-            field = target.rpartition(".")[2]
-            attrs[target] = {
-                "tensor": tensors.add(value),
-                "persistent": field not in owner._non_persistent_buffers_set,
-            }
-        else:
-            raise _unsavable(f"attribute {target!r} is a {type(value).__name__}")
-    manifest = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "torch": torch.__version__,
-        "class_name": extractor._get_name(),
-        "training": extractor.training,
-        "graphs": graphs,
-        "modules": modules,
-        "attributes": attrs,
-        "tensors": tensors.info,
-        "outputs": extractor.outputs,
-        "kept": {mode: sorted(names) for mode, names in extractor.kept.items()},
-        "opaque": list(extractor.opaque),
-    }
-    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
-        archive.writestr(
-            WEIGHTS, save_tensors(tensors.data) if tensors.data else b"", zipfile.ZIP_STORED
-        )
-        for mode in MODES:
-            code = extractor.graph_for(mode).python_code(root_module="self").src
-            archive.writestr(f"code/{mode}.py", f"# {mode} mode, for reading only\n{code}")
-
-
 def _pickle(extractor: FeatureExtractor, file: IO[bytes]) -> None:
     try:
         torch.save(extractor, file)
@@ -263,103 +171,6 @@ def _pickle(extractor: FeatureExtractor, file: IO[bytes]) -> None:
             f"the extractor cannot be pickled: {exc}. Keep what it holds importable (no local "
             "functions or lambdas on its modules)"
         ) from exc
-
-
-def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
-    nodes = []
-    for node in graph.nodes:
-        if node.op == "call_function":
-            target: Any = {"function": _function_path(node.target)}
-        else:
-            target = str(node.target)
-        entry: dict[str, Any] = {
-            "name": node.name,
-            "op": node.op,
-            "target": target,
-            "args": _encode(node.args),
-            "kwargs": _encode(node.kwargs),
-        }
-        if NAME_KEY in node.meta:
-            entry["fxtap_name"] = node.meta[NAME_KEY]
-        nodes.append(entry)
-    return nodes
-
-
-def _encode(value: Any) -> Any:
-    """JSON for an fx argument; containers and torch values are tagged one-key objects."""
-    if isinstance(value, fx.Node):
-        return {"node": value.name}
-    if isinstance(value, _SCALARS):
-        return value
-    if isinstance(value, torch.Size):
-        return {"size": list(value)}
-    if isinstance(value, tuple):
-        return {"tuple": [_encode(v) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    if isinstance(value, Mapping):
-        return {"dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
-    if isinstance(value, slice):
-        return {"slice": [_encode(value.start), _encode(value.stop), _encode(value.step)]}
-    if value is Ellipsis:
-        return {"ellipsis": True}
-    if isinstance(value, torch.dtype):
-        return {"dtype": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.device):
-        return {"device": str(value)}
-    if isinstance(value, torch.memory_format):
-        return {"memory_format": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.layout):
-        return {"layout": str(value).removeprefix("torch.")}
-    raise _unsavable(f"value {value!r:.60} of type {type(value).__name__}")
-
-
-def _encode_module(
-    module: nn.Module, path: str, tensors: _Tensors, memo: dict[int, str]
-) -> dict[str, Any]:
-    if id(module) in memo:
-        return {"same_as": memo[id(module)]}
-    memo[id(module)] = path
-    cls = type(module)
-    config = {}
-    for key, value in vars(module).items():
-        if key in _MODULE_INTERNALS:
-            continue
-        try:
-            config[key] = _encode(value)
-        except InvalidArgumentError as exc:
-            raise _unsavable(
-                f"module {path!r} ({cls.__name__}) attribute {key!r} is a {type(value).__name__}"
-            ) from exc
-    return {
-        "class": f"{cls.__module__}:{cls.__qualname__}",
-        "training": module.training,
-        "config": config,
-        "parameters": {
-            k: (tensors.add(v) if v is not None else None) for k, v in module._parameters.items()
-        },
-        "buffers": {
-            k: (tensors.add(v) if v is not None else None) for k, v in module._buffers.items()
-        },
-        "non_persistent": sorted(module._non_persistent_buffers_set),
-        "modules": {
-            k: (_encode_module(v, f"{path}.{k}", tensors, memo) if v is not None else None)
-            for k, v in module._modules.items()
-        },
-    }
-
-
-def _function_path(fn: Any) -> str:
-    """``module:name`` such that importing it gives back ``fn`` itself."""
-    module = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__name__", None) or ""
-    qualname = getattr(fn, "__qualname__", None) or name
-    candidates = [(module, qualname), (module, name)]
-    candidates += [(home, name) for home in ("torch", "torch.nn.functional", "operator", "math")]
-    for home, attr in candidates:
-        if home and attr and _lookup(home, attr) is fn:
-            return f"{'operator' if home == '_operator' else home}:{attr}"
-    raise _unsavable(f"function {fn!r} (no importable module path)")
 
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -387,226 +198,18 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         ) from exc
 
 
-def _unsavable(what: str) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        f"{what} cannot be stored in the safe fxtap format, which keeps only torch values and "
-        "plain data; save with fmt='pickle' (--format pickle) and load it with trust=True"
-    )
-
-
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _unpack(archive: zipfile.ZipFile, *, trust: bool) -> FeatureExtractor:
-    from safetensors.torch import load as load_tensors
-
-    manifest = json.loads(archive.read(MANIFEST))
-    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
-        raise LoadError(
-            f"it is format {manifest.get('format')!r} version {manifest.get('version')!r}; "
-            f"this fxtap reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Upgrade fxtap"
-        )
-    raw = archive.read(WEIGHTS)
-    stored = load_tensors(raw) if raw else {}
-    tensors: dict[str, torch.Tensor] = {}
-    for key, info in manifest["tensors"].items():
-        value = stored[key]
-        if info["parameter"]:
-            value = nn.Parameter(value, requires_grad=info["requires_grad"])
-        tensors[key] = value
-    root = nn.Module()
-    built: dict[str, nn.Module] = {}
-    for path, spec in manifest["modules"].items():
-        _set_path(root, path, _decode_module(spec, tensors, built, path, trust=trust))
-    for path, spec in manifest["attributes"].items():
-        owner_path, _, field = path.rpartition(".")
-        owner = _ensure_path(root, owner_path)
-        value = tensors[spec["tensor"]]
-        if isinstance(value, nn.Parameter):
-            owner.register_parameter(field, value)
-        else:
-            owner.register_buffer(field, value, persistent=spec["persistent"])
-    graphs = {mode: _decode_graph(manifest["graphs"][mode], trust=trust) for mode in MODES}
-    outputs = manifest["outputs"]
-    info = {
-        "outputs": outputs,
-        "return_nodes": {m: {n: k for k, n in outs.items()} for m, outs in outputs.items()},
-        "kept": {m: frozenset(names) for m, names in manifest["kept"].items()},
-        "opaque": tuple(manifest["opaque"]),
-    }
-    return FeatureExtractor(
-        root,
-        graphs,
-        class_name=manifest["class_name"],
-        training=manifest["training"],
-        info=info,
+def _as_path(path: Any, call: str, example: str) -> Path:
+    if isinstance(path, (str, os.PathLike)) and not isinstance(path, bytes):
+        text = os.fspath(path)
+        if isinstance(text, str) and text:
+            return Path(text)
+    raise InvalidArgumentError(
+        f"path={path!r:.60} ({type(path).__name__}) is not a file path; {call} takes a str or "
+        f"os.PathLike naming a file, e.g. {example}"
     )
-
-
-def _decode_graph(entries: Iterable[Mapping[str, Any]], *, trust: bool) -> fx.Graph:
-    graph = fx.Graph()
-    env: dict[str, fx.Node] = {}
-    for entry in entries:
-        op = entry["op"]
-        args = _decode(entry["args"], env)
-        kwargs = _decode(entry["kwargs"], env)
-        if op == "output":
-            graph.output(args[0])
-            continue
-        if op == "call_function":
-            target: Any = _safe_function(entry["target"]["function"], args, trust=trust)
-        else:
-            target = str(entry["target"])
-            if op == "call_method" and not trust:
-                _check_method(target)
-        node = graph.create_node(op, target, tuple(args), dict(kwargs), name=entry["name"])
-        if "fxtap_name" in entry:
-            node.meta[NAME_KEY] = entry["fxtap_name"]
-        env[entry["name"]] = node
-    graph.lint()
-    return graph
-
-
-def _decode(value: Any, env: Mapping[str, fx.Node]) -> Any:
-    if isinstance(value, list):
-        return [_decode(v, env) for v in value]
-    if not isinstance(value, dict):
-        return value
-    ((tag, body),) = value.items()
-    if tag == "node":
-        return env[body]
-    if tag == "tuple":
-        return tuple(_decode(v, env) for v in body)
-    if tag == "dict":
-        return {_decode(k, env): _decode(v, env) for k, v in body}
-    if tag == "size":
-        return torch.Size(body)
-    if tag == "slice":
-        return slice(*(_decode(v, env) for v in body))
-    if tag == "ellipsis":
-        return Ellipsis
-    if tag in ("dtype", "memory_format", "layout"):
-        found = getattr(torch, body)
-        kinds = {"dtype": torch.dtype, "memory_format": torch.memory_format, "layout": torch.layout}
-        if not isinstance(found, kinds[tag]):
-            raise LoadError(f"{body!r} is not a torch {tag}")
-        return found
-    if tag == "device":
-        return torch.device(body)
-    raise LoadError(f"unknown value tag {tag!r}")
-
-
-def _decode_module(
-    spec: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
-    built: dict[str, nn.Module],
-    path: str,
-    *,
-    trust: bool,
-) -> nn.Module:
-    if "same_as" in spec:
-        return built[spec["same_as"]]
-    cls = _safe_class(spec["class"], trust=trust)
-    # NOTE: the constructor is not called (its arguments are unknown); the module gets
-    # nn.Module's internals, then the configuration and tensors it had when saved.
-    module = cls.__new__(cls)
-    nn.Module.__init__(module)
-    built[path] = module
-    for key, value in spec["config"].items():
-        object.__setattr__(module, key, _decode(value, {}))
-    module.training = bool(spec["training"])
-    for key, ref in spec["parameters"].items():
-        module._parameters[key] = tensors[ref] if ref is not None else None  # type: ignore[assignment]
-    for key, ref in spec["buffers"].items():
-        module._buffers[key] = tensors[ref] if ref is not None else None
-    module._non_persistent_buffers_set = set(spec["non_persistent"])
-    for key, child in spec["modules"].items():
-        module._modules[key] = (
-            _decode_module(child, tensors, built, f"{path}.{key}", trust=trust)
-            if child is not None
-            else None
-        )
-    return module
-
-
-def _safe_class(path: str, *, trust: bool) -> type[nn.Module]:
-    module_name, _, qualname = path.partition(":")
-    if not trust and not (module_name + ".").startswith(_MODULE_ROOTS):
-        raise LoadError(
-            f"it uses module class {path!r}; the safe loader imports classes from torch and "
-            "torchvision only. Pass trust=True (--trust) if you trust the file and that package"
-        )
-    found = _lookup(module_name, qualname)
-    if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise LoadError(f"{path!r} is not a torch.nn.Module class")
-    return found
-
-
-def _safe_function(path: str, args: Any, *, trust: bool) -> Any:
-    module_name, _, name = path.partition(":")
-    if not trust:
-        allowed = (
-            module_name in _SAFE_FUNCTION_MODULES
-            or (
-                (module_name + ".").startswith("torchvision.")
-                and not (module_name + ".").startswith(_UNSAFE_TORCHVISION)
-                and not any(word in name.lower() for word in _UNSAFE_WORDS)
-            )
-            or (module_name == "builtins" and name in _SAFE_BUILTINS)
-            or (module_name == "fxtap.prune" and name == "clone_tensors")
-        )
-        if not allowed or name in _UNSAFE_TORCH_NAMES or "__" in name:
-            raise LoadError(
-                f"its graph calls {path!r}, which the safe loader does not import. Pass "
-                "trust=True (--trust) if you trust the file"
-            )
-        if name == "getattr" and len(args) > 1 and str(args[1]).startswith("_"):
-            raise LoadError(f"its graph reads the private attribute {args[1]!r}; pass trust=True")
-    found = _lookup(module_name, name)
-    if found is None or not callable(found):
-        raise LoadError(f"its graph calls {path!r}, which does not exist in this install")
-    return found
-
-
-def _check_method(name: str) -> None:
-    dunder_operator = name.startswith("__") and hasattr(operator, name.strip("_"))
-    if name.startswith("_") and not dunder_operator:
-        raise LoadError(f"its graph calls the private method {name!r}; pass trust=True")
-
-
-def _lookup(module_name: str, qualname: str) -> Any:
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _attr(module: nn.Module, target: str) -> Any:
-    obj: Any = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _ensure_path(root: nn.Module, path: str) -> nn.Module:
-    module = root
-    for part in path.split(".") if path else ():
-        child = module._modules.get(part)
-        if child is None:
-            child = nn.Module()
-            module.add_module(part, child)
-        module = child
-    return module
-
-
-def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
-    owner_path, _, field = path.rpartition(".")
-    _ensure_path(root, owner_path).add_module(field, value)
 
 
 def _corrupt(path: Path, exc: BaseException) -> LoadError:

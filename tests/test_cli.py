@@ -283,15 +283,21 @@ def test_demo_function_writes_every_file(tmp_path):
     expected = {"nodes.txt", "nodes.json", "Nested.fxtap", "cost.json", "cost.txt"}
     assert expected <= names
     # Every file written is listed once: "wrote N files" counts what is in the folder.
-    assert names == {p.name for p in (tmp_path / "out").iterdir()}
+    out = tmp_path / "out"
+    assert {p.relative_to(out).parts[0] for p in result.files.values()} == {
+        p.name for p in out.iterdir()
+    }
     assert len(result.files) == len(names)
     drawings = {n for n in names if ".train." in n or ".eval." in n}
     assert {n.rsplit(".", 1)[0] for n in drawings} == {"Nested.train", "Nested.eval"}
     assert {n for n in drawings if n.endswith(".dot")} == {"Nested.train.dot", "Nested.eval.dot"}
-    assert all(p.is_file() and p.stat().st_size > 0 for p in result.files.values())
+    assert all(
+        (p.is_file() and p.stat().st_size > 0) or (p.is_dir() and any(p.iterdir()))
+        for p in result.files.values()
+    )
     assert "stage.blocks.0.add" in (tmp_path / "out" / "nodes.txt").read_text()
     assert load(tmp_path / "out" / "Nested.fxtap").outputs["eval"]["stage"] == "stage.relu"
-    assert "[5/5]" in stream.getvalue()
+    assert "[6/6]" in stream.getvalue()
     summary = result.summary()
     assert summary.startswith(f"fxtap demo wrote {len(result.files)} files to")
     assert all(str(p) in summary for p in result.files.values())
@@ -414,8 +420,8 @@ def test_ctrl_c_during_render_leaves_no_half_sets(capsys, tmp_path, monkeypatch)
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fxtap.render, "_find_dot", lambda dot, written: "dot")
-    monkeypatch.setattr(fxtap.render, "_layout", interrupted)
+    monkeypatch.setattr(fxtap.render, "find_dot", lambda dot, written: "dot")
+    monkeypatch.setattr(fxtap.render, "layout", interrupted)
     keep = tmp_path / "notes.dot"
     keep.write_text("not ours")
     assert main(["render", NESTED, "-o", str(tmp_path)]) == 130

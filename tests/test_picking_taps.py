@@ -81,7 +81,10 @@ COPIED = pytest.mark.xfail(
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=COPIED) if n in ("densenet161", "swin_t") else n for n in sorted(TARGETS)],
+    [
+        pytest.param(n, marks=COPIED) if n in ("densenet161", "swin_t") else n
+        for n in sorted(TARGETS)
+    ],
 )
 def test_grad_cam_of_the_tap_equals_grad_cams(name: str) -> None:
     tap, layer, reshape, side = TARGETS[name]

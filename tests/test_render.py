@@ -352,10 +352,16 @@ def test_svg_has_an_element_per_drawn_node(tmp_path: Path) -> None:
         expected = set(node_ids(drawing.dot_path.read_text()))
         assert f"parts.{ODD}" in expected
         assert expected <= svg_ids(drawing.path)
-    both = svg_ids(tmp_path / "OddNames.both.svg")
-    assert {f"train:parts.{ODD}", f"eval:parts.{ODD}", "train:output", "eval:output"} <= both
+    # Identical train and eval graphs: one drawing that says so, no side-by-side copy.
+    both = (tmp_path / "OddNames.both.svg").read_text()
+    assert "train and eval: identical graphs" in both and f"parts.{ODD}" in svg_ids(
+        tmp_path / "OddNames.both.svg"
+    )
     svg = r._repr_svg_()
     assert svg is not None and "<svg" in svg
+    r = render(TrainOnlyBranch(), out_dir=tmp_path)
+    both_ids = svg_ids(tmp_path / "TrainOnlyBranch.both.svg")
+    assert {"train:randn_like", "train:fc", "eval:fc", "train:output", "eval:output"} <= both_ids
 
 
 @needs_dot
@@ -427,3 +433,102 @@ def test_svg_renders_in_headless_chromium(tmp_path: Path) -> None:
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG")
     assert not _blank(png)
+
+
+# --- readable defaults (issue: drawings a person can read) -------------------------------------
+
+
+class Checked(nn.Module):
+    """ViT-style input-size check: getattr/eq/_assert nodes that feed nothing but the assert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        _n, d = x.shape
+        torch._assert(d == 4, "wrong width")
+        return self.fc(x), None
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(x, x, x, need_weights=False)
+        return out
+
+
+def test_input_checks_hidden_unless_asked(tmp_path: Path) -> None:
+    hidden = dot_text(render(Checked(), mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert "_assert" not in node_ids(hidden) and "input-check nodes hidden" in hidden
+    shown = render(Checked(), mode="eval", fmt="dot", out_dir=tmp_path, checks=True)
+    assert "_assert" in node_ids(dot_text(shown, "eval"))
+
+
+def test_none_and_tuple_values_are_shown_as_what_they_are(tmp_path: Path) -> None:
+    from fxtap.names import node_table
+
+    x = torch.zeros(1, 3, 4)
+    text = dot_text(
+        render(Attention(), mode="eval", fmt="dot", out_dir=tmp_path, example_inputs=x), "eval"
+    )
+    assert "(1×3×4 float32, None)" in text
+    rows = {r.name: r for r in node_table(Attention(), example_inputs=(x,))}
+    assert rows["attn"].shape is None and rows["attn"].value == "(1×3×4 float32, None)"
+    assert rows["x"].value is None and rows["x"].shape == (1, 3, 4)
+    rows = {r.name: r for r in node_table(Checked(), example_inputs=(torch.zeros(2, 4),))}
+    assert rows["_assert"].value == "None" and rows["getitem_1"].value == "int 4"
+
+
+def test_an_unnamed_output_tuple_keeps_the_output_connected(tmp_path: Path) -> None:
+    import collections
+
+    Pair = collections.namedtuple("Pair", "a b")
+
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> Pair:
+            return Pair(self.fc(x), x)
+
+    text = dot_text(render(Named(), mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert '"fc" -> "output"' in text and '"x" -> "output"' in text
+
+
+def test_labels_are_the_shortest_unique_suffix(tmp_path: Path) -> None:
+    r = render(Nested(), mode="eval", fmt="dot", out_dir=tmp_path, fold_repeats=False)
+    labels = dict(
+        re.findall(
+            r'^\s*"([^"]+)" \[id="[^"]*".*?label=<<b>([^<]*)</b>', dot_text(r, "eval"), flags=re.M
+        )
+    )
+    assert labels["head"] == "head"
+    assert labels["stage.blocks.0.conv"] == "0.conv" and labels["stage.blocks.1.conv"] == "1.conv"
+    assert labels["stage.relu"] == "stage.relu"  # 'relu' alone is also stage.blocks.N.relu
+    assert len(set(labels.values())) == len(labels)
+
+
+@needs_dot
+def test_long_chain_wraps_into_columns(tmp_path: Path) -> None:
+    chain = nn.Sequential(*[nn.Linear(4, 4) for _ in range(120)])
+    r = render(chain, mode="eval", out_dir=tmp_path, max_nodes=None)
+    (drawing,) = r.drawings
+    dot = drawing.dot_path.read_text()
+    assert "part 1 of" in dot and "constraint=false" in dot
+    svg = drawing.path.read_text()  # type: ignore[union-attr]
+    w, h = (float(re.search(rf'{k}="([\d.]+)pt"', svg).group(1)) for k in ("width", "height"))  # type: ignore[union-attr]
+    assert max(w / h, h / w) <= 3, (w, h)
+    assert len(re.findall(r'class="node[ "]', svg)) >= 122
+
+
+def test_identical_modes_draw_once_and_say_so(tmp_path: Path) -> None:
+    r = render(Nested(), fmt="dot", out_dir=tmp_path)
+    assert [d.mode for d in r.drawings] == ["train", "eval", "both"]
+    assert all("train and eval: identical graphs" in d.dot_path.read_text() for d in r.drawings)
+    different = render(TrainOnlyBranch(), fmt="dot", out_dir=tmp_path)
+    assert "identical" not in dot_text(different, "both")

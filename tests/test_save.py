@@ -158,7 +158,9 @@ def test_safe_loader_refuses_module_classes_outside_torch(tmp_path):
         manifest["modules"]["stem"]["class"] = "tests.models:Nested"
 
     _rewrite_manifest(path, swap_class)
-    with pytest.raises(LoadError, match=r"tests\.models:Nested.*torch and torchvision only"):
+    with pytest.raises(
+        LoadError, match=r"modules\.stem\.class.*'tests\.models:Nested'.*not allow.*trust=True"
+    ):
         load(path)
 
 
@@ -266,3 +268,60 @@ def test_capture_extractors_are_refused_with_the_way_out(tmp_path):
         ):
             save(extractor, tmp_path / "c.fxtap", fmt=fmt)
     assert not list(tmp_path.iterdir())
+
+
+def test_meta_device_extractors_are_refused_with_the_fix(tmp_path):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    extractor = create_feature_extractor(model, ["1"])
+    with pytest.raises(InvalidArgumentError, match=r"meta device.*load_state_dict"):
+        save(extractor, tmp_path / "m.fxtap")
+    assert not list(tmp_path.iterdir())
+
+
+def test_refusals_name_the_file_member_and_field(tmp_path):
+    path = save(create_feature_extractor(fixtures.Nested(), ["stage"]), tmp_path / "m.fxtap")
+
+    def rename(manifest):
+        manifest["graphs"]["eval"][0]["target"] = "x=__import__('os')"
+
+    _rewrite_manifest(path, rename)
+    with pytest.raises(LoadError, match=r"m\.fxtap.*graphs\.eval\[0\]\.target.*plain identifier"):
+        load(path)
+
+
+def test_trust_must_be_a_bool(resnet_extractor, tmp_path):
+    path = save(resnet_extractor, tmp_path / "r.pt", fmt="pickle")
+    for value in ("false", 1, None):
+        with pytest.raises(InvalidArgumentError, match=r"trust=.* is not a bool"):
+            load(path, trust=value)  # type: ignore[arg-type]
+
+
+def test_bugs_in_fxtap_surface_as_themselves(tmp_path, monkeypatch):
+    from fxtap import _safe_load
+
+    path = save(create_feature_extractor(fixtures.Nested(), ["stage"]), tmp_path / "m.fxtap")
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in fxtap, not in the file")
+
+    monkeypatch.setattr(_safe_load, "_build_graph", broken)
+    with pytest.raises(KeyError, match="a bug in fxtap"):
+        load(path)
+
+
+def test_the_command_line_loads_through_the_safe_loader(tmp_path, capsys):
+    from fxtap.cli import main
+
+    sentinel = tmp_path / "ran"
+    path = save(create_feature_extractor(fixtures.Nested(), ["stage"]), tmp_path / "m.fxtap")
+
+    def inject(manifest):
+        for mode in ("train", "eval"):
+            manifest["graphs"][mode][0]["target"] = f"x=open({str(sentinel)!r}, 'w')"
+
+    _rewrite_manifest(path, inject)
+    for argv in (["nodes", str(path)], ["render", str(path), "-o", str(tmp_path / "out")]):
+        assert main(argv) == 1
+        assert "plain identifier" in capsys.readouterr().err
+    assert not sentinel.exists()

@@ -10,11 +10,12 @@ import torch
 from torch import fx, nn
 
 from fxtap import InvalidArgumentError, NodePathTracer, TraceError, trace
-from fxtap.trace import NAME_KEY, SCOPE_KEY, restore_training, tracer_options
+from fxtap.trace import NAME_KEY, SCOPE_KEY, restore_training, trace_names, tracer_options
 from tests.models import (
     EXPECTED_NAMES,
     EXPECTED_TRAIN_NAMES,
     FIXTURES,
+    TRACER_KWARGS,
     Block,
     CalledTwice,
     ConcreteFlag,
@@ -56,6 +57,30 @@ def test_eval_names_match_fixture(cls: type[nn.Module]) -> None:
 def test_train_names_match_fixture(cls: type[nn.Module]) -> None:
     expected = EXPECTED_TRAIN_NAMES.get(cls, EXPECTED_NAMES[cls])
     assert names(cls(), training=True) == expected
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls", list(EXPECTED_NAMES), ids=lambda c: c.__name__)
+def test_trace_names_are_the_names_of_trace(cls: type[nn.Module], training: bool) -> None:
+    kwargs = TRACER_KWARGS.get(cls)
+    listed = trace_names(cls(), training=training, tracer_kwargs=kwargs)
+    traced = trace(cls(), training=training, tracer_kwargs=kwargs)
+    assert list(listed.values()) == list(traced.names.values())
+    assert [n.meta[SCOPE_KEY] for n in listed] == [n.meta[SCOPE_KEY] for n in traced.names]
+    assert [(n.op, n.target) for n in listed] == [(n.op, n.target) for n in traced.names]
+
+
+@pytest.mark.parametrize("cls", [DataDependent, UsesHelper], ids=lambda c: c.__name__)
+def test_trace_names_falls_back_as_trace_does(cls: type[nn.Module]) -> None:
+    with pytest.warns(UserWarning, match=r"kept 1 part\(s\) opaque") as listed_warning:
+        listed = trace_names(cls(), training=False, auto_leaf=True)
+    with pytest.warns(UserWarning, match=r"kept 1 part\(s\) opaque") as traced_warning:
+        traced = trace(cls(), training=False, auto_leaf=True)
+    assert list(listed.values()) == list(traced.names.values())
+    assert [str(w.message) for w in listed_warning] == [str(w.message) for w in traced_warning]
+    assert listed_warning[0].filename == __file__
+    with pytest.raises(TraceError, match=cls.__name__):
+        trace_names(cls(), training=False)
 
 
 def test_leaf_call_is_named_by_module_path_and_function_by_scope() -> None:
@@ -245,7 +270,7 @@ def test_non_sequence_option_is_rejected(bad: object) -> None:
 
 
 def test_unknown_tracer_option_suggests_the_close_one() -> None:
-    with pytest.raises(InvalidArgumentError, match=r"did you mean 'leaf_modules'"):
+    with pytest.raises(InvalidArgumentError, match=r"closest: 'leaf_modules'"):
         tracer_options({"leaf_module": [Block]})
 
 

@@ -10,6 +10,9 @@ Models whose root forward cannot be traced (detection, RAFT) are served by the c
 hooks for module outputs, and the shared checker's capture of each traced submodule run on the
 arguments the submodule received.
 
+Each traced extractor is also saved in the safe ``.fxtap`` format, loaded without trust and
+compared bitwise with itself, in both modes (``check_round_trip``).
+
 Train mode, honestly: the checker seeds the RNG before both runs, so a dropout or stochastic
 depth draws the same mask in both as long as the extractor runs the same random ops in the same
 order. Requesting the last node keeps every random op on the main path, but a pruned side
@@ -242,7 +245,35 @@ def check_full_trace(name: str, model: nn.Module) -> str:
         if mode == "train" and name in TRAIN_EXCLUDED:
             continue
         check_mode(ex, model, mode, example_inputs(name, mode == "train"))
+    check_round_trip(name, ex)
     return f"full trace, {len(ex.opaque)} leaves" if ex.opaque else "full trace"
+
+
+def check_round_trip(name: str, ex: Any) -> None:
+    """The extractor saved in the safe format and loaded without trust computes the same bits."""
+    import io
+    import zipfile
+
+    from fxtap._pack import pack
+    from fxtap._safe_load import read_archive
+
+    buffer = io.BytesIO()
+    pack(ex, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        loaded = read_archive(archive, trust=False)
+    for mode in ("eval", "train"):
+        if mode == "train" and name in TRAIN_EXCLUDED:
+            continue
+        inputs = example_inputs(name, mode == "train")
+        results = []
+        for extractor in (ex, loaded):
+            extractor.train(mode == "train")
+            torch.manual_seed(0)
+            with torch.no_grad():
+                results.append(extractor(*inputs))
+        assert list(results[0]) == list(results[1])
+        for key in results[0]:
+            assert bitwise_equal(results[0][key], results[1][key]), f"loaded {mode} {key!r}"
 
 
 def check_mode(ex: Any, model: nn.Module, mode: str, inputs: list[Any]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import fxtap.cli._run as _run
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
@@ -110,6 +111,7 @@ def _render(args: argparse.Namespace) -> int:
             fmt=args.format,
             depth=args.depth,
             max_nodes=args.max_nodes,
+            html=args.html,
         )
     for message in getattr(result, "messages", ()):
         print(f"note: {cli_words(message)}", file=sys.stderr)
@@ -279,4 +281,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "render": _render,
     "bench": _bench,
     "demo": _demo,
+    "run": _run.run,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any, TextIO
 
 import torch
 
+from fxtap._io import write_atomic
 from fxtap.cli._output import check_regular
-from fxtap.errors import DotNotFoundError, OutputPathError, ensure_output_dir
+from fxtap.errors import DotNotFoundError, ensure_output_dir
 
 __all__ = ["DemoResult", "run"]
 
@@ -86,7 +88,7 @@ def run(
     inputs = make_inputs([parse_input(input)] if input else None)
     files: dict[str, Path] = {}
     notes: list[str] = []
-    total = 5
+    total = 6
 
     def step(i: int, label: str) -> progress:
         return progress(f"demo [{i}/{total}] {label}", after=0, stream=stream)
@@ -120,9 +122,11 @@ def run(
             notes.append(f"drawings skipped: the renderer is not available ({exc})")
         else:
             try:
-                result = render(extractor, mode="both", out_dir=folder, name=stem)
+                result = render(extractor, out_dir=folder, name=stem, example_inputs=inputs)
             except DotNotFoundError:
-                result = render(extractor, mode="both", out_dir=folder, name=stem, fmt="dot")
+                result = render(
+                    extractor, out_dir=folder, name=stem, example_inputs=inputs, fmt="dot"
+                )
                 notes.append(
                     "Graphviz's dot is not installed: wrote DOT text instead of SVGs "
                     "(install it with 'apt-get install graphviz')"
@@ -152,6 +156,17 @@ def run(
             report.to_json(cost_json)
             files["cost report"] = cost_json
             files["cost table"] = _write(folder / "cost.txt", report.table() + "\n")
+
+    with step(6, "dataset job over generated images"):
+        try:
+            from fxtap.dataset import demo_job
+        except ImportError as exc:  # pragma: no cover - zarr is in the dataset extra
+            notes.append(f"dataset job skipped: {exc}; install the 'dataset' extra")
+        else:
+            job = demo_job(folder / "dataset", progress=(stream or sys.stderr).isatty())
+            files["dataset images"] = folder / "dataset" / "images"
+            files["feature store"] = folder / "dataset" / "features"
+            notes.append(job.summary())
     return DemoResult(folder, files, tuple(notes))
 
 
@@ -162,9 +177,5 @@ _STEM_PARTS += ("fxtap",)
 
 
 def _write(path: Path, text: str) -> Path:
-    check_regular(path)
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputPathError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
-    return path
+    check_regular(path)  # an atomic rename would replace a FIFO or device node
+    return write_atomic(path, text, hint="Pass a writable folder with -o DIR.")

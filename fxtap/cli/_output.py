@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import torch
 
+from fxtap._io import write_atomic
 from fxtap.cli._parser import PROG
 from fxtap.errors import FxtapError, OutputPathError
 
@@ -103,7 +104,8 @@ def format_table(rows: Sequence[Any], *, shapes: bool) -> str:
     for r in rows:
         line = [r.name, r.op, r.target, r.module_type or "-", f"{r.num_params:,}"]
         if shapes:
-            line += ["x".join(map(str, r.shape)) if r.shape is not None else "-", r.dtype or "-"]
+            shape = "x".join(map(str, r.shape)) if r.shape is not None else None
+            line += [shape or getattr(r, "value", None) or "-", r.dtype or "-"]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     right = {4}
@@ -179,14 +181,8 @@ def check_writable(folder: Path, target: Path) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    target = Path(path)
-    check_regular(target)
-    try:
-        target.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputPathError(
-            f"cannot write {path!r}: {exc.strerror or exc}. Pick a path in a folder that exists"
-        ) from exc
+    check_regular(Path(path))  # an atomic rename would replace a FIFO or device node
+    write_atomic(path, text, hint="Pick a path in a folder that exists.")
 
 
 def row_dict(row: Any) -> dict[str, Any]:

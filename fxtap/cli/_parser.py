@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
+from fxtap.cli._run import add_parser as add_run_parser
 
 __all__ = ["PROG", "build_parser"]
 
@@ -139,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-nodes",
         type=_count_type,
-        default=800,
-        help="collapse modules to draw about this many nodes (default: 800)",
+        default=150,
+        help="collapse modules to draw about this many nodes (default: 150)",
+    )
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write NAME.html, an interactive viewer with search (default: off)",
     )
     p.set_defaults(handler="render")
 
@@ -205,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time fewer rounds, for a fast look (default: off)",
     )
     p.set_defaults(handler="demo")
+    add_run_parser(sub)
     return parser
 
 
@@ -269,6 +276,6 @@ def _usage(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _version() -> str:
-    from fxtap import __version__
+    from fxtap._version import __version__
 
     return __version__

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -11,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fxtap._io import write_atomic
 from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError
 
 __all__ = ["CSV_FIELDS", "SCHEMA", "CostReport", "NodeCost", "VariantCost"]
 
 #: Identifies the JSON layout written by ``CostReport.to_json``.
 SCHEMA = "fxtap.cost/1"
+_HINT = "Pick a path in an existing, writable directory."
 #: Columns of ``CostReport.to_csv``, one row per node of the full graph.
 CSV_FIELDS = ("name", "op", "target", "module", "flops", "params", "output_bytes", "kept", "time_s")
 
@@ -250,7 +253,7 @@ class CostReport:
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write ``to_dict()`` as JSON; raises ``OutputPathError`` if ``path`` is unwritable."""
-        _write(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n", hint=_HINT)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CostReport:
@@ -289,14 +292,12 @@ class CostReport:
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """Write one row per node of the full graph with the columns of ``CSV_FIELDS``."""
-        try:
-            with open(path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-                writer.writeheader()
-                for n in self.nodes:
-                    writer.writerow(dataclasses.asdict(n))
-        except OSError as exc:
-            raise _path_error(path, exc) from exc
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for n in self.nodes:
+            writer.writerow(dataclasses.asdict(n))
+        write_atomic(path, text.getvalue(), hint=_HINT)
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Draw FLOPs accumulated along the graph with the cut marked, and latency per variant."""
@@ -306,14 +307,6 @@ class CostReport:
             plot_report(self, path)
         except OSError as exc:
             raise _path_error(path, exc) from exc
-
-
-def _write(path: str | os.PathLike[str], text: str) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as exc:
-        raise _path_error(path, exc) from exc
 
 
 def _path_error(path: Any, exc: OSError) -> OutputPathError:

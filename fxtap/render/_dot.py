@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from fxtap.render._view import View, ViewNode
+from fxtap.render._view import View, ViewNode, prefixes
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
 
@@ -20,6 +20,8 @@ PALETTE = {
     "opaque": "#0072B2",
 }
 ONLY_COLOUR = "#D55E00"
+#: Marks ops that compute differently per mode (dropout, batch norm, stochastic depth).
+MODE_COLOUR = "#882255"
 PRUNED_COLOUR = "#999999"
 #: Graph attributes that trade layout quality for speed, used when ``dot`` runs out of time.
 FAST_SETTINGS = {
@@ -89,26 +91,67 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             children.setdefault(path.rpartition(".")[0], []).append(path)
     lines: list[str] = []
 
-    def emit(path: str, pad: str) -> None:
+    def emit(path: str, pad: str, column: int | None = None) -> None:
+        if view.columns and path == view.wrap_at and column is None:
+            # A wrapped chain: one invisible cluster per column, laid out side by side.
+            parts = sorted(set(view.columns.values()))
+            for c in parts:
+                # NOTE: dot orders clusters by its own crossing minimisation, not by the
+                # order written, so each column says which part of the chain it holds.
+                label = f"part {c + 1} of {len(parts)}" + (
+                    " ↓ then part " + str(c + 2) if c + 1 < len(parts) else ""
+                )
+                lines.append(f"{pad}subgraph {_q(f'cluster_{prefix}fxtap:column{c}')} {{")
+                lines.append(
+                    f'{pad}  id={_q(f"{prefix}fxtap:column{c}")}; style="dashed"; color="#DDDDDD"; '
+                    f'fontcolor="#888888"; fontsize="9"; labeljust="r"; label={_q(label)};'
+                )
+                emit(path, pad + "  ", c)
+                lines.append(f"{pad}}}")
+            return
         for node in by_module.get(path, ()):
+            if column is not None and view.columns.get(node.id) != column:
+                continue
             lines.append(f"{pad}{_q(prefix + node.id)} [{_attrs(_node_attrs(node, prefix))}];")
         for child in children.get(path, ()):
+            if column is not None and view.columns.get(first.get(child, ""), column) != column:
+                continue
             lines.append(f"{pad}subgraph {_q('cluster_' + prefix + child)} {{")
             lines.append(f"{pad}  {_attrs(_cluster_attrs(view, child, prefix), ';')};")
             emit(child, pad + "  ")
             lines.append(f"{pad}}}")
 
+    first: dict[str, str] = {}
+    for node in view.nodes.values():
+        for p in prefixes(node.module):
+            first.setdefault(p, node.id)
     emit("", indent)
     legend = _legend(view)
     if legend:
         lines.append(
             f"{indent}{_q(prefix + 'fxtap:legend')} [id={_q(prefix + 'fxtap:legend')}, shape=plain, style=solid, label=<{legend}>];"
         )
+    some_pruned = any(n.pruned for n in view.nodes.values())
     for a, b in view.edges:
-        style = ""
+        attrs = []
         if view.nodes[a].pruned or view.nodes[b].pruned:
-            style = f' [style=dashed, color="{PRUNED_COLOUR}"]'
+            attrs.append(f'style=dashed, color="{PRUNED_COLOUR}", class="pruned"')
+        elif some_pruned:
+            attrs.append('penwidth=1.6, color="#000000"')  # the path feeding the taps
+        ca, cb = view.columns.get(a), view.columns.get(b)
+        if ca is not None and cb is not None and ca != cb:
+            attrs.append("constraint=false")
+        style = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"{indent}{_q(prefix + a)} -> {_q(prefix + b)}{style};")
+    # Column tops on one rank, joined left to right: dot keeps flat edges in order.
+    tops: dict[int, str] = {}
+    for k, c in view.columns.items():
+        tops.setdefault(c, k)
+    ordered = [tops[c] for c in sorted(tops)]
+    if len(ordered) > 1:
+        same = "; ".join(_q(prefix + k) for k in ordered)
+        lines.append(f"{indent}{{rank=same; {same};}}")
+        lines.append(f"{indent}{' -> '.join(_q(prefix + k) for k in ordered)} [style=invis];")
     return lines
 
 
@@ -120,6 +163,7 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.kind == "ref":
         attrs.update(shape="plain", style="solid", fontsize="8", fontcolor="#555555")
         attrs["label"] = f"<<i>↪ {_h(node.short)}</i>>"
+        attrs["class"] = "ref pruned" if node.pruned else "ref kept"
         return attrs
     if node.kind == "module":
         rows.append(_small(f"{node.module_type} · {node.count} ops"))
@@ -134,6 +178,14 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
         rows.append(_small("opaque (fallback leaf)"))
     if node.shape:
         rows.append(_small(node.shape))
+    if node.mode_dependent and node.only is None:
+        what = (
+            "differs in train/eval"
+            if node.kind == "op"
+            else f"{node.mode_dependent} differ in train/eval"
+        )
+        rows.append(f'<font color="{MODE_COLOUR}" point-size="8">◐ {what}</font>')
+        attrs["peripheries"] = "2"
     if node.heat is not None:
         attrs["fillcolor"] = _heat_colour(node.heat)
         if node.heat > 0.55:
@@ -149,7 +201,19 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
         if attrs.get("shape") != "box3d":
             attrs.pop("fillcolor", None)
     attrs["label"] = "<" + "<br/>".join(rows) + ">"
+    attrs["class"] = _classes(node)
     return attrs
+
+
+def _classes(node: ViewNode) -> str:
+    """SVG classes the HTML viewer filters on."""
+    flags = [
+        ("pruned", node.pruned),
+        ("requested", node.key is not None),
+        ("only", node.only is not None),
+        ("folded", node.kind in ("module", "pruned")),
+    ]
+    return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
 
 def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:
@@ -165,10 +229,13 @@ def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:
     }
     fold = view.folds.get(path)
     if fold:
-        count, last = fold
+        count, last, exact = fold
+        alike = "identical" if exact else "similar (sizes vary)"
         attrs.update(style="rounded,filled", fillcolor="#F2F2F2", penwidth="2")
-        attrs["tooltip"] = f"{path} … {last}: {count} identical {kind} modules, first drawn"
+        attrs["tooltip"] = f"{path} … {last}: {count} {alike} {kind} modules, first drawn"
         label = f"<b>{_h(short)} … {_h(last.rpartition('.')[2])}  ×{count}</b>"
+        if not exact:
+            label += ' <font point-size="8">sizes vary</font>'
     else:
         label = f"<b>{_h(short)}</b>"
     attrs["label"] = f'<{label} <font color="#666666">{_h(kind)}</font>>' if kind else f"<{label}>"
@@ -178,11 +245,14 @@ def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:
 def _title(view: View) -> str:
     c = view.counts
     drawn = sum(1 for n in view.nodes.values() if n.kind != "ref")
+    mode = "train and eval: identical graphs" if view.same else f"{view.mode} mode"
     parts = [
         f"<b>{_h(view.title)}</b>",
-        f"{view.mode} mode",
+        mode,
         f"{drawn} of {c.get('total', 0)} nodes drawn",
     ]
+    if c.get("checks"):
+        parts.append(f"{c['checks']} input-check nodes hidden")
     if c.get("only"):
         parts.append(f'<font color="{ONLY_COLOUR}">{c["only"]} only in {view.mode} mode</font>')
     return " · ".join(parts)
@@ -206,6 +276,12 @@ def _legend(view: View) -> str:
         (c.get("only"), f"only in {view.mode} mode", "", ONLY_COLOUR),
         (c.get("pruned"), "pruned", "dashed grey", PRUNED_COLOUR),
         (c.get("opaque"), "opaque leaf (fallback)", "3-D box", PALETTE["opaque"]),
+        (
+            c.get("mode_dependent"),
+            "differ in train/eval (dropout, batch norm…)",
+            "◐, double border",
+            MODE_COLOUR,
+        ),
     ]
     for count, text, style, colour in extra:
         if count:
@@ -248,6 +324,7 @@ def _tooltip(node: ViewNode) -> str:
         (node.only is not None, f"only in {node.only} mode"),
         (node.pruned, "pruned"),
         (node.opaque, "opaque leaf (tracing fell back)"),
+        (node.mode_dependent > 0, "computes differently in train and eval mode"),
         (node.heat is not None, f"relative cost {node.heat or 0:.2f}"),
     ):
         if flag:

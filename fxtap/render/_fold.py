@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fxtap.render._view import View, ViewNode, prefixes, unique
 
-__all__ = ["collapse", "cut_long_edges", "fold_pruned", "fold_repeats"]
+__all__ = ["collapse", "cut_long_edges", "fold_pruned", "fold_repeats", "members"]
 
 #: A source keeps at most this many drawn edges when it has more users (a hub).
 HUB_KEEP = 2
@@ -57,13 +57,13 @@ def fold_repeats(view: View) -> View:
     edges move to the matching node of the first. A module holding a requested or mode-only
     node breaks a run.
     """
-    inside = _members(view)
+    inside = members(view)
     children: dict[str, list[str]] = {}
     for path in view.clusters():
         if path:
             children.setdefault(path.rpartition(".")[0], []).append(path)
     mapping: dict[str, str] = {}
-    folds: dict[str, tuple[int, str]] = {}
+    folds: dict[str, tuple[int, str, bool]] = {}
     member_of: dict[str, dict[str, str]] = {}
     hidden: set[str] = set()
     for parent, kids in children.items():
@@ -71,21 +71,24 @@ def fold_repeats(view: View) -> View:
             continue  # inside a module that an outer fold hides
         run: list[str] = []
         first_sig: tuple[object, ...] | None = None
+        exact: set[object] = set()
         for child in [*kids, None]:
             sig = _signature(view, child, inside[child]) if child is not None else None
-            if child is not None and run and sig is not None and sig == first_sig:
+            if child is not None and run and sig is not None and sig[:-1] == first_sig:
                 run.append(child)
+                exact.add(sig[-1])
                 continue
             if len(run) > 1:
                 first = run[0]
-                folds[first] = (len(run), run[-1])
+                folds[first] = (len(run), run[-1], len(exact) == 1)
                 hidden.update(run[1:])
                 for member in run:
                     for a, b in zip(inside[member], inside[first]):
                         mapping[a] = b
                         member_of.setdefault(a, {})[first] = member
             run = [child] if sig is not None and child is not None else []
-            first_sig = sig
+            first_sig = sig[:-1] if sig is not None else None
+            exact = {sig[-1]} if sig is not None else set()
     if not mapping:
         return view
 
@@ -108,11 +111,18 @@ def fold_repeats(view: View) -> View:
 
     nodes = {k: v for k, v in view.nodes.items() if resolve(k) == k}
     edges = {(resolve(a), resolve(b)): None for a, b in view.edges if not crosses(a, b)}
+    for k in view.nodes:
+        if k not in nodes:
+            rep = nodes[resolve(k)]
+            nodes[rep.id] = dataclasses.replace(
+                rep, mode_dependent=rep.mode_dependent + view.nodes[k].mode_dependent
+            )
     return dataclasses.replace(
         view,
         nodes=nodes,
         edges=[e for e in edges if e[0] != e[1]],
         folds={**view.folds, **folds},
+        where=_moved(view, {k: resolve(k) for k in view.nodes if k not in nodes}),
     )
 
 
@@ -120,16 +130,17 @@ def collapse(view: View, *, depth: int | None, max_nodes: int | None) -> View:
     """Draw modules deeper than ``depth`` as one box each; collapse more to fit ``max_nodes``.
 
     Modules holding a requested or mode-only node are never collapsed (their unprotected
-    submodules are). Auto-collapsing starts at the deepest level and goes up one level at a
-    time until at most ``max_nodes`` nodes remain, or nothing more can be collapsed.
+    submodules are). To fit ``max_nodes``, modules whose nodes are all pruned go first, then
+    modules by size: every module of at most ``s`` drawn nodes becomes a box, for the smallest
+    ``s`` that fits, so many small blocks collapse before one big stage does.
     """
     protected = {p for n in view.nodes.values() if n.protected for p in prefixes(n.module)}
+    protected.add("")
     deepest = max((_depth(n.module) for n in view.nodes.values()), default=0)
     level = deepest + 1 if depth is None else depth + 1
     roots = _collapse_roots(view, level, protected)
-    while max_nodes is not None and level > 1 and _count(view, roots) > max_nodes:
-        level -= 1
-        roots = _collapse_roots(view, level, protected)
+    if max_nodes is not None and _count(view, roots) > max_nodes:
+        roots = _by_size(view, roots, protected, max_nodes)
     if not any(roots.values()):
         return view
     mapping: dict[str, str] = {}
@@ -160,6 +171,7 @@ def collapse(view: View, *, depth: int | None, max_nodes: int | None) -> View:
         mapping[node.id] = box.id
         box.count += node.count
         box.params += node.params
+        box.mode_dependent += node.mode_dependent
         box.pruned = box.pruned and node.pruned
         box.opaque = box.opaque or node.opaque
         if node.heat is not None:
@@ -226,7 +238,56 @@ def _remap(view: View, nodes: dict[str, ViewNode], mapping: Mapping[str, str]) -
         a, b = mapping.get(a, a), mapping.get(b, b)
         if a != b:
             edges.setdefault((a, b), None)
-    return dataclasses.replace(view, nodes=nodes, edges=list(edges))
+    return dataclasses.replace(view, nodes=nodes, edges=list(edges), where=_moved(view, mapping))
+
+
+def _moved(view: View, mapping: Mapping[str, str]) -> dict[str, str]:
+    """``view.where`` after the nodes in ``mapping`` moved into other drawn nodes."""
+    where = {k: mapping.get(v, v) for k, v in view.where.items()}
+    where.update((k, v) for k, v in mapping.items() if k != v)
+    return where
+
+
+def _by_size(
+    view: View, roots: dict[str, str | None], protected: set[str], max_nodes: int
+) -> dict[str, str | None]:
+    """Collapse pruned modules, then every module up to the smallest size that fits."""
+    inside = members(view)
+    size = {p: len({roots[m] or m for m in ms}) for p, ms in inside.items() if p not in protected}
+    pruned = {p for p in size if all(view.nodes[m].pruned for m in inside[p])}
+
+    def pick(limit: int, pruned_limit: int) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for node in view.nodes.values():
+            root = roots[node.id]
+            for path in prefixes(node.module)[1:]:
+                s = size.get(path)
+                if s is not None and s <= (pruned_limit if path in pruned else limit):
+                    root = path if root is None or len(path) < len(root) else root
+                    break
+            out[node.id] = root
+        return out
+
+    sizes = sorted(set(size.values()))
+    if not sizes:
+        return roots
+    big = sizes[-1]
+
+    def smallest(fits: Callable[[int], bool]) -> int | None:
+        if not fits(sizes[-1]):
+            return None
+        lo, hi = 0, len(sizes) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(sizes[mid]) else (mid + 1, hi)
+        return sizes[lo]
+
+    if pruned:
+        s = smallest(lambda s: _count(view, pick(0, s)) <= max_nodes)
+        if s is not None:
+            return pick(0, s)
+    s = smallest(lambda s: _count(view, pick(s, big)) <= max_nodes)
+    return pick(big if s is None else s, big)
 
 
 def _collapse_roots(view: View, level: int, protected: set[str]) -> dict[str, str | None]:
@@ -249,7 +310,7 @@ def _count(view: View, roots: Mapping[str, str | None]) -> int:
     return sum(1 for r in roots.values() if r is None) + len(boxes)
 
 
-def _members(view: View) -> dict[str, list[str]]:
+def members(view: View) -> dict[str, list[str]]:
     inside: dict[str, list[str]] = {}
     for node in view.nodes.values():
         for path in prefixes(node.module):
@@ -261,7 +322,8 @@ def _members(view: View) -> dict[str, list[str]]:
 def _signature(view: View, path: str, members: list[str]) -> tuple[object, ...] | None:
     """What must match for sibling modules to fold; ``None`` for modules that never fold.
 
-    Only numbered siblings fold: ``blocks.3`` or ``encoder_layer_3`` (same stem).
+    Only numbered siblings fold: ``blocks.3`` or ``encoder_layer_3`` (same stem), with the
+    same ops and edges; the last item (shapes, parameter counts) may differ.
     """
     numbered = _NUMBERED.fullmatch(path.rpartition(".")[2])
     if numbered is None:
@@ -273,11 +335,12 @@ def _signature(view: View, path: str, members: list[str]) -> tuple[object, ...] 
     index = {m: i for i, m in enumerate(members)}
     rel = path + "."
     rows = tuple(
-        (n.id[cut:], n.op, _relative(n.target, rel), n.module[cut:], n.shape, n.params, n.pruned)
-        for n in nodes
+        (n.id[cut:], n.op, _relative(n.target, rel), n.module[cut:], n.pruned) for n in nodes
     )
     inner = tuple(sorted((index[a], index[b]) for a, b in view.edges if a in index and b in index))
-    return (numbered.group(1), view.module_types.get(path), rows, inner)
+    # The last item tells identical runs from similar ones (a dense block's growing widths).
+    sizes = tuple((n.shape, n.params) for n in nodes)
+    return (numbered.group(1), view.module_types.get(path), rows, inner, sizes)
 
 
 def _relative(target: str, prefix: str) -> str:

@@ -7,18 +7,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 from torch import fx, nn
 
 from fxtap._fx import owned_params, target_text
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
-from fxtap.names import propagate_shapes
+from fxtap.names import VALUE_KEY, propagate_shapes
 from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
 
 __all__ = [
     "View",
     "ViewNode",
     "build_view",
+    "mode_dependent",
     "model_name",
     "prefixes",
     "sources",
@@ -51,6 +53,7 @@ class ViewNode:
     opaque: bool = False
     heat: float | None = None
     count: int = 1
+    mode_dependent: int = 0
 
     @property
     def protected(self) -> bool:
@@ -67,8 +70,17 @@ class View:
     nodes: dict[str, ViewNode]
     edges: list[tuple[str, str]]
     module_types: dict[str, str]
-    folds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: First module of a fold -> (count, last module, identical sizes).
+    folds: dict[str, tuple[int, str, bool]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    #: Names not drawn themselves -> the drawn node standing for them (a fold or a box).
+    where: dict[str, str] = field(default_factory=dict)
+    #: Long chains wrapped into side-by-side columns: drawn node -> column (see ``wrap``).
+    columns: dict[str, int] = field(default_factory=dict)
+    #: The module whose children are split into columns.
+    wrap_at: str = ""
+    #: Drawn for both modes at once: the train and eval graphs are identical.
+    same: bool = False
 
     def clusters(self) -> list[str]:
         """Every module path holding a drawn node, parents first, in order of appearance."""
@@ -88,8 +100,13 @@ def build_view(
     only: Iterable[str] = (),
     opaque: Iterable[str] = (),
     heat: Mapping[str, float] | None = None,
+    checks: bool = False,
 ) -> View:
     """Describe every fx node of ``traced`` as a drawn node; parameters fold into their users.
+
+    Nodes without a name (a namedtuple built for the output) pass their edges through, so the
+    output is never drawn unconnected. Input checks (nodes that only feed ``torch._assert``,
+    as ViT's input-size check) are hidden unless ``checks`` is true.
 
     Args:
         traced: the trace to draw (``node.meta['tensor_meta']`` gives shapes when present).
@@ -99,8 +116,10 @@ def build_view(
         only: names of the nodes that exist in this mode only.
         opaque: module paths made opaque leaves by fallback.
         heat: node name -> cost, coloured as a heat map.
+        checks: draw input checks too.
     """
     gm = traced.graph_module
+    hidden = set() if checks else _input_checks(gm.graph, traced.names, requested or {})
     kept_set = None if kept is None else set(kept)
     requested = _requested_names(traced, requested or {})
     only_set, opaque_set = set(only), set(opaque) | set(traced.leaves)
@@ -112,6 +131,8 @@ def build_view(
     types: dict[str, str] = {}
     for node in gm.graph.nodes:
         name = traced.names.get(node)
+        if node in hidden:
+            continue
         if node.op == "get_attr" and name not in requested:
             # Parameters, buffers and constants are drawn inside the node that uses them.
             size = owned_params(gm, node)
@@ -140,7 +161,7 @@ def build_view(
             target=target_text(node) if node.op != "output" else "output",
             module=module,
             module_type=module_type,
-            shape=_shape_text(node.meta.get("tensor_meta")),
+            shape=node.meta.get(VALUE_KEY) or _shape_text(node.meta.get("tensor_meta")),
             params=owned_params(gm, node) if node.op == "call_module" else 0,
             source=node.meta.get(SOURCE_KEY),
             key=requested.get(name),
@@ -148,13 +169,13 @@ def build_view(
             only=traced.mode if name in only_set else None,
             opaque=node.op == "call_module" and node.target in opaque_set,
             heat=heat[name] / top if name in heat else None,
+            mode_dependent=int(mode_dependent(node.op, target_text(node), module_type)),
         )
     edges: dict[tuple[str, str], None] = {}
     for node, name in ids.items():
         nodes[name].params += folded_params.get(node, 0)
-        for arg in node.all_input_nodes:
-            if arg in ids:
-                edges.setdefault((ids[arg], name), None)
+        for arg in _drawn_inputs(node, ids):
+            edges.setdefault((ids[arg], name), None)
     for path in {n.module for n in nodes.values()}:
         for prefix in prefixes(path):
             if prefix not in types:
@@ -167,8 +188,57 @@ def build_view(
         "pruned": sum(n.pruned for n in nodes.values()),
         "only": sum(n.only is not None for n in nodes.values()),
         "opaque": sum(n.opaque for n in nodes.values()),
+        "checks": sum(1 for n in hidden if n.op != "get_attr"),
+        "mode_dependent": sum(n.mode_dependent for n in nodes.values()),
     }
     return View(title, traced.mode, nodes, list(edges), types, counts=counts)
+
+
+#: Module classes and functions that compute differently in train and eval mode.
+_MODE_DEPENDENT = ("dropout", "batchnorm", "batch_norm", "stochasticdepth", "stochastic_depth")
+
+
+def mode_dependent(op: str, target: str, module_type: str) -> bool:
+    """Dropout, batch norm and stochastic depth: the same node, different values per mode."""
+    what = module_type if op == "call_module" else target if op.startswith("call_") else ""
+    what = what.rpartition(".")[2].lower()
+    return any(word in what for word in _MODE_DEPENDENT)
+
+
+def _drawn_inputs(node: fx.Node, ids: Mapping[fx.Node, str]) -> list[fx.Node]:
+    """The drawn nodes ``node`` reads, in argument order, looking through undrawn ones."""
+    out: dict[fx.Node, None] = {}
+    seen: set[fx.Node] = set()
+    stack = list(reversed(node.all_input_nodes))
+    while stack:
+        arg = stack.pop()
+        if arg in seen:
+            continue
+        seen.add(arg)
+        if arg in ids:
+            out.setdefault(arg, None)
+        elif arg.op not in ("get_attr", "placeholder"):
+            stack.extend(reversed(arg.all_input_nodes))
+    return list(out)
+
+
+def _input_checks(
+    graph: fx.Graph, names: Mapping[fx.Node, str], requested: Mapping[str, str]
+) -> set[fx.Node]:
+    """Nodes feeding only ``torch._assert`` calls (input-size checks), not the output (networkx)."""
+    g = nx.DiGraph()
+    for node in graph.nodes:
+        g.add_node(node)
+        g.add_edges_from((arg, node) for arg in node.all_input_nodes)
+    asserts = [
+        n for n in graph.nodes if n.op == "call_function" and target_text(n).endswith("_assert")
+    ]
+    if not asserts:
+        return set()
+    wanted = [graph.output_node()] + [n for n, name in names.items() if name in requested]
+    live = set(wanted).union(*(nx.ancestors(g, n) for n in wanted))
+    feeding = set(asserts).union(*(nx.ancestors(g, n) for n in asserts))
+    return {n for n in feeding - live if n.op != "placeholder"}
 
 
 def prefixes(path: str) -> list[str]:
@@ -180,6 +250,7 @@ def prefixes(path: str) -> list[str]:
 
 
 def unique(base: str, taken: Mapping[str, object] | set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2`` … whichever is not taken."""
     name, i = base, 1
     while name in taken:
         name, i = f"{base}_{i}", i + 1
@@ -274,13 +345,11 @@ def _nodes_of(value: Any) -> list[fx.Node]:
 def _ancestors(traced: Traced, names: Mapping[str, str]) -> set[str]:
     """Names of the nodes the requested ones depend on, themselves included."""
     by_name = {n: node for node, n in traced.names.items()}
-    stack = [by_name[n] for n in names]
-    seen: set[fx.Node] = set(stack)
-    while stack:
-        for arg in stack.pop().all_input_nodes:
-            if arg not in seen:
-                seen.add(arg)
-                stack.append(arg)
+    g = nx.DiGraph(
+        (arg, node) for node in traced.graph_module.graph.nodes for arg in node.all_input_nodes
+    )
+    wanted = [by_name[n] for n in names]
+    seen = set(wanted).union(*(nx.ancestors(g, n) for n in wanted if n in g))
     return {traced.names[n] for n in seen if n in traced.names}
 
 
@@ -324,11 +393,8 @@ def _requested_names(traced: Traced, requested: Mapping[str, str]) -> dict[str, 
 
 
 def _shape_text(meta: object) -> str | None:
+    """A tensor's ``shape dtype`` from ``tensor_meta`` set by someone else's ``ShapeProp``."""
     shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
-    if shape is not None:
-        dims = "×".join(str(d) for d in shape) or "scalar"
-        return f"{dims} {str(dtype).removeprefix('torch.')}" if dtype is not None else dims
-    if isinstance(meta, (tuple, list)):
-        parts = [p for p in (_shape_text(m) for m in meta[:3]) if p]
-        return ", ".join(parts) + (", …" if len(meta) > 3 else "") if parts else None
-    return None
+    if shape is None or dtype is None:
+        return None
+    return f"{'×'.join(str(d) for d in shape) or 'scalar'} {str(dtype).removeprefix('torch.')}"

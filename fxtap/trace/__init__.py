@@ -2,7 +2,8 @@
 
 ``trace`` is the front door: one trace with ``NodePathTracer`` (``_tracer``), with options
 checked first (``_options``), and on request the automatic leaf fallback (``_fallback``) and
-the eager mis-trace check (``_mistrace``).
+the eager mis-trace check (``_mistrace``). ``tracer="export"`` traces with ``torch.export``
+instead (``_export``), and ``tracer="auto"`` does so when torch.fx cannot trace the root.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from fxtap._stage import make_callable
+from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_matches, format_choices
+from fxtap.trace._export import export_trace
 from fxtap.trace._fallback import (
     Opaque,
     QualnameLeaves,
     is_root_failure,
+    names_with_fallback,
     trace_with_fallback,
     user_stacklevel,
     warn_opaque,
@@ -38,6 +42,7 @@ from fxtap.trace._tracer import (
     NodePathTracer,
     Traced,
     trace_error,
+    trace_graph,
     trace_with_options,
 )
 
@@ -45,6 +50,7 @@ __all__ = [
     "NAME_KEY",
     "SCOPE_KEY",
     "SOURCE_KEY",
+    "TRACERS",
     "Mismatch",
     "NodePathTracer",
     "Opaque",
@@ -53,21 +59,30 @@ __all__ = [
     "check_concrete_args",
     "check_flags",
     "check_model",
+    "check_tracer",
     "default_autowrap_modules",
     "default_leaf_modules",
     "difference",
+    "export_trace",
     "find_mistrace",
     "frozen_state",
     "is_root_failure",
+    "names_with_fallback",
     "restore_training",
     "trace",
     "trace_error",
+    "trace_graph",
+    "trace_names",
     "trace_with_fallback",
     "trace_with_options",
     "tracer_options",
     "user_stacklevel",
     "warn_opaque",
 ]
+
+
+#: Values of the ``tracer`` option: torch.fx, torch.export, or torch.fx then torch.export.
+TRACERS = ("fx", "export", "auto")
 
 
 def trace(
@@ -78,6 +93,7 @@ def trace(
     concrete_args: Mapping[str, Any] | None = None,
     auto_leaf: bool = False,
     example_inputs: Any = None,
+    tracer: str = "fx",
 ) -> Traced:
     """Trace ``model`` in one mode with a ``NodePathTracer``; the model is left as it was.
 
@@ -93,7 +109,11 @@ def trace(
             on in ``create_feature_extractor`` and ``get_graph_node_names``.
         example_inputs: a tensor or tuple of inputs; when given, the graph is checked against
             an eager run module by module, and a module whose traced value differs is made a
-            leaf (``auto_leaf``) or reported with ``MistraceError``.
+            leaf (``auto_leaf``) or reported with ``MistraceError``. On the export path, the
+            inputs to export with (a tensor, a tuple, or a dict of keyword inputs).
+        tracer: ``"fx"`` (``NodePathTracer``), ``"export"`` (``torch.export``, needs
+            ``example_inputs``; docs/tracing.md) or ``"auto"``: torch.fx, and torch.export when
+            torch.fx cannot trace the root forward and ``example_inputs`` are given.
 
     Returns:
         A ``Traced`` whose graph module shares submodules and parameters with ``model``;
@@ -106,6 +126,44 @@ def trace(
     """
     check_model(model)
     check_flags(training=training, auto_leaf=auto_leaf)
+    check_tracer(tracer)
+    if tracer == "export":
+        return export_trace(
+            model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+        )
+    try:
+        return _trace_fx(model, training, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
+    except TraceError as exc:
+        if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
+            raise
+        try:
+            return export_trace(
+                model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+            )
+        except FxtapError as second:
+            exc.add_note(f"torch.export could not trace it either: {second}")
+            raise exc from None
+
+
+def check_tracer(tracer: Any) -> None:
+    """Raise ``InvalidArgumentError`` unless ``tracer`` is one of ``TRACERS``."""
+    if tracer not in TRACERS:
+        hint = close_matches(str(tracer), TRACERS)
+        raise InvalidArgumentError(
+            f"tracer {tracer!r} is not a tracer; expected one of {format_choices(TRACERS)}"
+            + (f" (closest: {format_choices(hint)})" if hint else "")
+            + "; pass tracer='auto' to let fxtap choose"
+        )
+
+
+def _trace_fx(
+    model: nn.Module,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None,
+    concrete_args: Mapping[str, Any] | None,
+    auto_leaf: bool,
+    example_inputs: Any,
+) -> Traced:
     options = tracer_options(tracer_kwargs)
     concrete = check_concrete_args(model, concrete_args)
     if auto_leaf or example_inputs is not None:
@@ -118,6 +176,34 @@ def trace(
             example_inputs=example_inputs,
         )
     return trace_with_options(model, training=training, options=options, concrete_args=concrete)
+
+
+def trace_names(
+    model: nn.Module,
+    *,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    concrete_args: Mapping[str, Any] | None = None,
+    auto_leaf: bool = False,
+) -> dict[fx.Node, str]:
+    """``trace(...).names`` without building the graph module: the same names, checks and errors.
+
+    For callers that only list names (``get_graph_node_names``): compiling the graph module's
+    code is about a third of a trace's cost.
+
+    Raises:
+        TraceError: torch.fx could not trace the model.
+        InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
+    """
+    check_model(model)
+    options = tracer_options(tracer_kwargs)
+    concrete = check_concrete_args(model, concrete_args)
+    if auto_leaf:
+        return names_with_fallback(
+            model, training=training, options=options, concrete_args=concrete
+        )
+    tracer = trace_graph(model, training=training, options=options, concrete_args=concrete)
+    return tracer.node_to_qualname
 
 
 make_callable(__name__, trace)

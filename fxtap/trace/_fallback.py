@@ -8,22 +8,31 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from torch import nn
+from torch import fx, nn
 
 from fxtap.errors import MistraceError, TraceError
 from fxtap.trace._mistrace import Mismatch, find_mistrace, shorten
-from fxtap.trace._tracer import PACKAGE_DIR, Traced, failing_user_frame, trace_with_options
+from fxtap.trace._tracer import (
+    PACKAGE_DIR,
+    Traced,
+    failing_user_frame,
+    trace_graph,
+    trace_with_options,
+)
 
 __all__ = [
     "Opaque",
     "QualnameLeaves",
     "is_root_failure",
+    "names_with_fallback",
     "trace_with_fallback",
     "user_stacklevel",
     "warn_opaque",
 ]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -87,52 +96,55 @@ def trace_with_fallback(
             ``auto_leaf`` is off.
         MistraceError: the graph differs from eager execution and no leaf fixes it.
     """
-    opaque: dict[str, Opaque] = {}
-    leaves: set[str] = set()
-    functions: dict[str, Callable[..., Any]] = {}
-    attempts = sum(1 for _ in model.modules()) + 32
-    for _ in range(attempts):
-        opts = dict(options)
-        opts["leaf_modules"] = (*options.get("leaf_modules", ()), QualnameLeaves(set(leaves)))
-        opts["autowrap_functions"] = (
-            *options.get("autowrap_functions", ()),
-            *functions.values(),
+
+    def check(traced: Traced, leaves: set[str]) -> Opaque | None:
+        bad = find_mistrace(model, traced, example_inputs)
+        if bad is None:
+            return None
+        if not auto_leaf or bad.module_path == "" or bad.module_path in leaves:
+            raise _mistrace_error(model, traced, bad, auto_leaf)
+        return Opaque("module", bad.module_path, bad.reason)
+
+    def once(opts: dict[str, Any]) -> Traced:
+        return trace_with_options(
+            model, training=training, options=opts, concrete_args=concrete_args
         )
-        try:
-            traced = trace_with_options(
-                model, training=training, options=opts, concrete_args=concrete_args
-            )
-        except TraceError as exc:
-            if not auto_leaf:
-                raise
-            found = _next_opaque(exc, leaves, functions)
-            if found is None:
-                raise _final_error(model, exc, opaque) from exc
-            opaque[found.name] = found
-            if found.kind == "module":
-                leaves.add(found.name)
-            continue
-        if example_inputs is not None:
-            bad = find_mistrace(model, traced, example_inputs)
-            if bad is not None:
-                if not auto_leaf or bad.module_path == "" or bad.module_path in leaves:
-                    raise _mistrace_error(model, traced, bad, auto_leaf)
-                opaque[bad.module_path] = Opaque("module", bad.module_path, bad.reason)
-                leaves.add(bad.module_path)
-                continue
-        traced = dataclasses.replace(
-            traced,
-            leaves=tuple(o.name for o in opaque.values() if o.kind == "module"),
-            wrapped=tuple(o.name for o in opaque.values() if o.kind == "function"),
-        )
-        if opaque and warn:
-            warn_opaque(type(model).__name__, traced.mode, list(opaque.values()))
-        return traced
-    raise TraceError(  # pragma: no cover - each attempt adds a module or function
-        f"the automatic fallback gave up on {type(model).__name__} after {attempts} traces; "
-        "pass leaf_modules= for the modules that fail, or auto_leaf=False to see the first error",
-        reason="too many retries",
+
+    traced, opaque = _retry(
+        model, options, once, auto_leaf=auto_leaf, check=None if example_inputs is None else check
     )
+    traced = dataclasses.replace(
+        traced,
+        leaves=tuple(o.name for o in opaque.values() if o.kind == "module"),
+        wrapped=tuple(o.name for o in opaque.values() if o.kind == "function"),
+    )
+    if opaque and warn:
+        warn_opaque(type(model).__name__, traced.mode, list(opaque.values()))
+    return traced
+
+
+def names_with_fallback(
+    model: nn.Module,
+    *,
+    training: bool,
+    options: Mapping[str, Any],
+    concrete_args: dict[str, Any] | None,
+    auto_leaf: bool = True,
+) -> dict[fx.Node, str]:
+    """The names ``trace_with_fallback`` gives, with its retries and warning, and no graph module.
+
+    Raises:
+        TraceError: as ``trace_with_fallback``.
+    """
+
+    def once(opts: dict[str, Any]) -> dict[fx.Node, str]:
+        tracer = trace_graph(model, training=training, options=opts, concrete_args=concrete_args)
+        return tracer.node_to_qualname
+
+    names, opaque = _retry(model, options, once, auto_leaf=auto_leaf)
+    if opaque:
+        warn_opaque(type(model).__name__, "train" if training else "eval", list(opaque.values()))
+    return names
 
 
 def is_root_failure(exc: BaseException) -> bool:
@@ -154,6 +166,56 @@ def warn_opaque(model_name: str, mode: str, opaque: list[Opaque]) -> None:
         "traceable (docs/tracing.md).",
         UserWarning,
         stacklevel=user_stacklevel(),
+    )
+
+
+def _retry(
+    model: nn.Module,
+    options: Mapping[str, Any],
+    once: Callable[[dict[str, Any]], _T],
+    *,
+    auto_leaf: bool,
+    check: Callable[[_T, set[str]], Opaque | None] | None = None,
+) -> tuple[_T, dict[str, Opaque]]:
+    """Call ``once`` with growing leaves and autowrapped functions until it traces.
+
+    ``check`` looks at a successful result and returns a module to keep opaque next (or raises);
+    returns the last result and what was kept opaque, in order.
+    """
+    opaque: dict[str, Opaque] = {}
+    leaves: set[str] = set()
+    functions: dict[str, Callable[..., Any]] = {}
+    attempts = sum(1 for _ in model.modules()) + 32
+    for _ in range(attempts):
+        opts = dict(options)
+        opts["leaf_modules"] = (*options.get("leaf_modules", ()), QualnameLeaves(set(leaves)))
+        opts["autowrap_functions"] = (
+            *options.get("autowrap_functions", ()),
+            *functions.values(),
+        )
+        try:
+            result = once(opts)
+        except TraceError as exc:
+            if not auto_leaf:
+                raise
+            found = _next_opaque(exc, leaves, functions)
+            if found is None:
+                raise _final_error(model, exc, opaque) from exc
+            opaque[found.name] = found
+            if found.kind == "module":
+                leaves.add(found.name)
+            continue
+        if check is not None:
+            found = check(result, leaves)
+            if found is not None:
+                opaque[found.name] = found
+                leaves.add(found.name)
+                continue
+        return result, opaque
+    raise TraceError(  # pragma: no cover - each attempt adds a module or function
+        f"the automatic fallback gave up on {type(model).__name__} after {attempts} traces; "
+        "pass leaf_modules= for the modules that fail, or auto_leaf=False to see the first error",
+        reason="too many retries",
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import types
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxtap.errors import InvalidArgumentError, format_choices
+from fxtap.errors import InvalidArgumentError, format_choices, unknown_choice
 
 __all__ = [
     "check_concrete_args",
@@ -96,11 +95,11 @@ def tracer_options(tracer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         )
     for key in user:
         if key not in _TRACER_KWARGS:
-            close = difflib.get_close_matches(str(key), _TRACER_KWARGS, n=2)
-            hint = f"; did you mean {format_choices(close)}?" if close else ""
-            raise InvalidArgumentError(
-                f"tracer_kwargs key {key!r} is not a NodePathTracer option{hint} "
-                f"Expected keys among {format_choices(_TRACER_KWARGS)}."
+            raise unknown_choice(
+                "tracer_kwargs key",
+                key,
+                _TRACER_KWARGS,
+                fix="Pass only NodePathTracer options in tracer_kwargs.",
             )
     for key in ("leaf_modules", "autowrap_modules", "autowrap_functions"):
         value = user.get(key, ())
@@ -145,11 +144,11 @@ def check_concrete_args(
         return dict(concrete_args)
     for key in concrete_args:
         if key not in params:
-            close = difflib.get_close_matches(str(key), params, n=2)
-            hint = f"; closest: {format_choices(close)}" if close else ""
-            raise InvalidArgumentError(
-                f"concrete_args key {key!r} is not an argument of "
-                f"{type(model).__name__}.forward{hint}. Expected one of {format_choices(params)}."
+            raise unknown_choice(
+                "concrete_args key",
+                key,
+                params,
+                fix=f"Keys of concrete_args name arguments of {type(model).__name__}.forward.",
             )
     return dict(concrete_args)
 
@@ -170,4 +169,6 @@ class restore_training:
 
     def __exit__(self, *exc: object) -> None:
         for m, flag in self.flags:
-            m.training = flag
+            # NOTE: nn.Module.__setattr__ is slow; most flags did not change.
+            if m.training is not flag:
+                m.training = flag

@@ -1,0 +1,391 @@
+"""The ``.fxtap`` manifest's schema: check every field of the parsed ``fxtap.json``.
+
+``check`` turns the parsed JSON into plain, validated specs (``Checked``) before anything
+reaches torch.fx: names are identifiers (not keywords, not dunder, unique), op kinds and
+argument structures are exactly those ``fxtap.save`` writes, nodes refer only to earlier
+nodes, each graph has exactly one output, and every function, method and module class is
+named exactly as in the allowlist (``fxtap/_allowlist.json``), unless the caller trusts the
+file. A refusal is a ``LoadError`` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch.fx import graph as fx_graph
+
+import fxtap._allowlist as _allowlist
+from fxtap._schema import (
+    PARAMETER_RESERVED,
+    Checked,
+    ModuleSpec,
+    NodeSpec,
+    Ref,
+    as_bool,
+    as_list,
+    as_object,
+    as_string,
+    as_strings,
+    check_keys,
+    closest,
+    decode,
+    dotted_path,
+    identifier,
+    local_name,
+    member_name,
+    no_nodes,
+    path_part,
+    prefixes,
+)
+from fxtap.errors import LoadError
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Checked", "Ref", "check"]
+
+FORMAT_NAME = "fxtap-extractor"
+FORMAT_VERSION = 1
+MANIFEST = "fxtap.json"
+WEIGHTS = "weights.safetensors"
+MODES = ("train", "eval")
+
+#: Functions that read attributes by name: their name argument must be a literal in
+#: ``_allowlist.ATTRIBUTES``.
+NAMED_ATTRIBUTE = frozenset({"builtins:getattr", "builtins:hasattr"})
+_OPERATOR_FORMS = {**fx_graph.magic_methods, **fx_graph.inplace_methods}
+OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
+_NODE_KEYS = frozenset({"name", "op", "target", "args", "kwargs"})
+_TOP_KEYS = frozenset(
+    {"format", "version", "torch", "class_name", "training", "graphs", "modules"}
+    | {"attributes", "tensors", "outputs", "kept", "opaque"}
+)
+_MODULE_KEYS = frozenset(
+    {"class", "training", "config", "parameters", "buffers", "non_persistent", "modules"}
+)
+
+
+def check(data: Any, *, trust: bool) -> Checked:
+    """Validate a parsed manifest; ``LoadError`` names the first field at fault."""
+    top = as_object(data, MANIFEST)
+    if top.get("format") != FORMAT_NAME or top.get("version") != FORMAT_VERSION:
+        raise LoadError(
+            f"it is format {top.get('format')!r:.40} version {top.get('version')!r:.20}; this "
+            f"fxtap reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Upgrade fxtap"
+        )
+    check_keys(top, _TOP_KEYS, _TOP_KEYS, MANIFEST)
+    as_string(top["torch"], "torch")
+    tensors: dict[str, tuple[bool, bool]] = {}
+    for key, info in as_object(top["tensors"], "tensors").items():
+        where = f"tensors.{key}"
+        check_keys(as_object(info, where), {"parameter", "requires_grad"}, None, where)
+        tensors[as_string(key, where)] = (
+            as_bool(info["parameter"], f"{where}.parameter"),
+            as_bool(info["requires_grad"], f"{where}.requires_grad"),
+        )
+    modules = _Modules(tensors, trust=trust)
+    for path, spec in as_object(top["modules"], "modules").items():
+        modules.add_top(path, spec)
+    attributes: dict[str, tuple[str, bool]] = {}
+    for path, spec in as_object(top["attributes"], "attributes").items():
+        where = f"attributes.{path}"
+        dotted_path(path, where, top_level=True)
+        check_keys(as_object(spec, where), {"tensor", "persistent"}, None, where)
+        ref = modules.tensor(spec["tensor"], f"{where}.tensor", parameter=None)
+        attributes[path] = (ref, as_bool(spec["persistent"], f"{where}.persistent"))
+    modules.check_attributes(attributes)
+    outputs = {}
+    raw_outputs = as_object(top["outputs"], "outputs")
+    check_keys(raw_outputs, set(MODES), None, "outputs")
+    for mode in MODES:
+        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
+        outputs[mode] = {
+            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
+            for k, v in outs.items()
+        }
+    graphs_raw = as_object(top["graphs"], "graphs")
+    check_keys(graphs_raw, set(MODES), None, "graphs")
+    targets = frozenset(attributes) | modules.tensor_paths
+    graphs = {
+        mode: _Graph(mode, modules.paths, targets, trust=trust).check(
+            graphs_raw[mode], outputs[mode]
+        )
+        for mode in MODES
+    }
+    kept_raw = as_object(top["kept"], "kept")
+    check_keys(kept_raw, set(MODES), None, "kept")
+    kept = {m: frozenset(as_strings(kept_raw[m], f"kept.{m}")) for m in MODES}
+    return Checked(
+        class_name=identifier(top["class_name"], "class_name"),
+        training=as_bool(top["training"], "training"),
+        graphs=graphs,
+        modules=modules.top,
+        attributes=attributes,
+        tensors=tensors,
+        outputs=outputs,
+        kept=kept,
+        opaque=tuple(as_strings(top["opaque"], "opaque")),
+    )
+
+
+# --- graphs ----------------------------------------------------------------------------------
+
+
+class _Graph:
+    """Checks one mode's node list."""
+
+    def __init__(
+        self, mode: str, modules: frozenset[str], targets: frozenset[str], *, trust: bool
+    ) -> None:
+        self.mode = mode
+        self.modules = modules
+        self.targets = targets | modules
+        self.trust = trust
+        self.names: set[str] = set()
+        self.parameters: set[str] = set()
+
+    def check(self, raw: Any, outputs: Mapping[str, str]) -> tuple[NodeSpec, ...]:
+        entries = as_list(raw, f"graphs.{self.mode}")
+        nodes: list[NodeSpec] = []
+        for i, entry in enumerate(entries):
+            where = f"graphs.{self.mode}[{i}]"
+            node = self._node(as_object(entry, where), where, last=i == len(entries) - 1)
+            if node.op == "placeholder" and nodes and nodes[-1].op != "placeholder":
+                raise LoadError(f"{where}: a placeholder follows other nodes")
+            nodes.append(node)
+            self.names.add(node.name)
+        if not nodes or nodes[-1].op != "output":
+            raise LoadError(f"graphs.{self.mode} has no output node (it must be the last node)")
+        value = nodes[-1].args[0]
+        if not isinstance(value, dict) or set(value) != set(outputs):
+            raise LoadError(
+                f"graphs.{self.mode}: the output node does not return the keys of "
+                f"outputs.{self.mode}"
+            )
+        return tuple(nodes)
+
+    def _node(self, entry: Mapping[str, Any], where: str, *, last: bool) -> NodeSpec:
+        check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name"}, where)
+        name = local_name(entry["name"], f"{where}.name")
+        if name in self.names:
+            raise LoadError(f"{where}.name: a second node is named {name!r}")
+        op = entry["op"]
+        if op not in OPS:
+            raise LoadError(f"{where}.op: {op!r:.60} is not one of {', '.join(OPS)}")
+        if (op == "output") != last:
+            raise LoadError(f"{where}.op: a graph holds exactly one output node, the last one")
+        args = self._value(entry["args"], f"{where}.args", refs=op != "placeholder")
+        kwargs = self._value(entry["kwargs"], f"{where}.kwargs", refs=op != "placeholder")
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise LoadError(f"{where}: args must be a tuple and kwargs a dict")
+        for key in kwargs:
+            identifier(key, f"{where}.kwargs")
+        target = entry["target"]
+        if op == "call_function":
+            check_keys(as_object(target, f"{where}.target"), {"function"}, None, f"{where}.target")
+            target = self._function(target["function"], args, kwargs, f"{where}.target")
+        elif op == "call_method":
+            target = self._method(target, args, f"{where}.target")
+        elif op == "placeholder":
+            # NOTE: fx renames a placeholder named like a builtin (input -> input_1) but keeps
+            # its target: the target is a parameter name of the generated forward
+            target = identifier(target, f"{where}.target")
+            renamed = re.fullmatch(re.escape(target) + r"_[0-9]+", name)
+            if target in self.parameters or target in PARAMETER_RESERVED:
+                raise LoadError(f"{where}.target: {target!r} cannot name a second parameter")
+            self.parameters.add(target)
+            if target != name and not renamed:
+                raise LoadError(f"{where}.target: {target!r} cannot name a parameter of {name!r}")
+            if len(args) > 1 or kwargs:
+                raise LoadError(f"{where}: a placeholder holds at most a default value")
+        elif op == "output":
+            if target != "output" or len(args) != 1 or kwargs:
+                raise LoadError(f"{where}: the output node returns exactly one value")
+        else:
+            target = as_string(target, f"{where}.target")
+            known = self.modules if op == "call_module" else self.targets
+            if target not in known:
+                raise LoadError(
+                    f"{where}.target: {target!r:.80} is not a stored module or tensor"
+                    f"{closest(target, known)}"
+                )
+            if op == "get_attr" and (args or kwargs):
+                raise LoadError(f"{where}: get_attr takes no arguments")
+        fxtap_name = entry.get("fxtap_name")
+        if fxtap_name is not None:
+            as_string(fxtap_name, f"{where}.fxtap_name")
+        return NodeSpec(name, op, target, args, kwargs, fxtap_name)
+
+    def _function(
+        self, path: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+    ) -> str:
+        path = as_string(path, where)
+        if path not in _allowlist.FUNCTIONS and not self.trust:
+            raise LoadError(
+                f"{where}: its graph calls {path!r:.80}, which the safe loader does not "
+                f"allow{closest(path, _allowlist.FUNCTIONS)}. Pass trust=True (--trust) only "
+                "if you trust the file"
+            )
+        module_name, _, function = path.partition(":")
+        operator_form = _OPERATOR_FORMS.get(function) if module_name == "operator" else None
+        if operator_form is not None and (len(args) != operator_form.count("{}") or kwargs):
+            # NOTE: fx writes operators as expressions ('{} + {}'), one argument per slot
+            raise LoadError(
+                f"{where}: {path} takes exactly {operator_form.count('{}')} positional arguments"
+            )
+        if path in NAMED_ATTRIBUTE:
+            name = args[1] if len(args) == 2 and not kwargs else None
+            if not isinstance(args[0] if args else None, Ref) or not isinstance(name, str):
+                raise LoadError(f"{where}: {path} takes a node and a literal attribute name")
+            if name not in _allowlist.ATTRIBUTES and not (self.trust and not name.startswith("_")):
+                raise LoadError(
+                    f"{where}: its graph reads the attribute {name!r:.80}, which the safe loader "
+                    f"does not allow{closest(name, _allowlist.ATTRIBUTES)}"
+                )
+        return path
+
+    def _method(self, name: Any, args: tuple[Any, ...], where: str) -> str:
+        name = as_string(name, where)
+        allowed = name in _allowlist.METHODS or (
+            self.trust and name.isidentifier() and not name.startswith("_")
+        )
+        if not allowed:
+            raise LoadError(
+                f"{where}: its graph calls the method {name!r:.80}, which the safe loader does "
+                f"not allow{closest(name, _allowlist.METHODS)}"
+            )
+        if not args or not isinstance(args[0], Ref):
+            raise LoadError(f"{where}: a method call's first argument must be a node")
+        return name
+
+    def _value(self, value: Any, where: str, *, refs: bool) -> Any:
+        if isinstance(value, dict) and set(value) == {"node"}:
+            name = value["node"]
+            if not refs or not isinstance(name, str) or name not in self.names:
+                raise LoadError(f"{where}: {name!r:.80} is not an earlier node of this graph")
+            return Ref(name)
+        return decode(value, where, lambda v, w: self._value(v, w, refs=refs))
+
+
+# --- modules ---------------------------------------------------------------------------------
+
+
+class _Modules:
+    """Checks module specs, recording every module path and tensor path they define."""
+
+    def __init__(self, tensors: Mapping[str, tuple[bool, bool]], *, trust: bool) -> None:
+        self.tensors = tensors
+        self.trust = trust
+        self.top: dict[str, ModuleSpec | str] = {}
+        self.paths: frozenset[str] = frozenset()
+        self._paths: set[str] = set()
+        self._finished: set[str] = set()
+        self._containers: set[str] = set()  # proper prefixes of the stored paths
+        self._tensor_paths: set[str] = set()
+
+    @property
+    def tensor_paths(self) -> frozenset[str]:
+        return frozenset(self._tensor_paths)
+
+    def add_top(self, path: str, spec: Any) -> None:
+        where = f"modules.{path}"
+        dotted_path(path, where, top_level=True)
+        for prefix in prefixes(path):
+            if prefix in self._paths:
+                raise LoadError(f"{where}: it lies inside the stored module {prefix!r}")
+        if path in self._containers:
+            raise LoadError(f"{where}: another stored module lies inside it")
+        self._containers.update(prefixes(path))
+        self.top[path] = self._module(spec, path, where)
+        self.paths = frozenset(self.top)
+
+    def tensor(self, ref: Any, where: str, *, parameter: bool | None) -> str:
+        ref = as_string(ref, where)
+        if ref not in self.tensors:
+            raise LoadError(f"{where}: tensor {ref!r:.40} is not listed under tensors")
+        if parameter is not None and self.tensors[ref][0] != parameter:
+            kind = "a parameter" if parameter else "a buffer"
+            raise LoadError(f"{where}: tensor {ref!r} is not stored as {kind}")
+        return ref
+
+    def check_attributes(self, attributes: Mapping[str, Any]) -> None:
+        owners = {p for path in attributes for p in prefixes(path)}
+        for path in attributes:
+            if path in self._paths or any(p in self._paths for p in prefixes(path)):
+                raise LoadError(f"attributes.{path}: it lies inside a stored module")
+            if path in owners:
+                raise LoadError(f"attributes.{path}: another tensor attribute lies inside it")
+            self._tensor_paths.add(path)
+        for path in self._paths:
+            if any(p in attributes for p in prefixes(path)):
+                raise LoadError(f"modules.{path}: it lies inside the tensor attribute")
+
+    def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | str:
+        spec = as_object(raw, where)
+        self._paths.add(path)
+        if "same_as" in spec:
+            check_keys(spec, {"same_as"}, None, where)
+            other = as_string(spec["same_as"], f"{where}.same_as")
+            # a shared module must be complete before it is named again: no cycles
+            if other not in self._finished:
+                raise LoadError(
+                    f"{where}.same_as: {other!r:.80} is not a module stored before this one "
+                    "(a module cannot contain itself)"
+                )
+            return other
+        check_keys(spec, _MODULE_KEYS, None, where)
+        cls = as_string(spec["class"], f"{where}.class")
+        allowed = _allowlist.MODULES.get(cls)
+        if allowed is None and not self.trust:
+            raise LoadError(
+                f"{where}.class: it uses module class {cls!r:.80}, which the safe loader does "
+                f"not allow{closest(cls, _allowlist.MODULES)}. Pass trust=True (--trust) only "
+                "if you trust the file and that package"
+            )
+        required, optional, tensor_names = allowed or ((), (), ())
+        config = {}
+        for key, value in as_object(spec["config"], f"{where}.config").items():
+            field = f"{where}.config.{key}"
+            if allowed is not None and key not in required and key not in optional:
+                raise LoadError(f"{field}: {cls} holds no attribute {key!r:.80}")
+            if allowed is None:
+                member_name(key, field)
+            config[key] = decode(value, field, no_nodes)
+        absent = [k for k in required if k not in config]
+        if absent:
+            raise LoadError(f"{where}.config: {cls} needs {absent[:3]}")
+        state: dict[str, dict[str, str | None]] = {}
+        for kind in ("parameters", "buffers"):
+            state[kind] = {}
+            for name, ref in as_object(spec[kind], f"{where}.{kind}").items():
+                field = f"{where}.{kind}.{name}"
+                if allowed is not None and name not in tensor_names:
+                    raise LoadError(f"{field}: {cls} holds no tensor {name!r:.80}")
+                member_name(name, field)
+                if name in config or name in state.get("parameters", {}):
+                    raise LoadError(f"{field}: {name!r} is stored twice")
+                state[kind][name] = (
+                    None if ref is None else self.tensor(ref, field, parameter=kind == "parameters")
+                )
+                self._tensor_paths.add(f"{path}.{name}")
+        non_persistent = as_strings(spec["non_persistent"], f"{where}.non_persistent")
+        if not set(non_persistent) <= set(state["buffers"]):
+            raise LoadError(f"{where}.non_persistent: names a buffer the module does not hold")
+        children: dict[str, ModuleSpec | str | None] = {}
+        for name, child in as_object(spec["modules"], f"{where}.modules").items():
+            field = f"{where}.modules.{name}"
+            path_part(name, field)
+            if name in config or name in state["parameters"] or name in state["buffers"]:
+                raise LoadError(f"{field}: {name!r} is stored twice")
+            child_path = f"{path}.{name}"
+            children[name] = None if child is None else self._module(child, child_path, field)
+        self._finished.add(path)
+        return ModuleSpec(
+            path=path,
+            cls=cls,
+            training=as_bool(spec["training"], f"{where}.training"),
+            config=config,
+            parameters=state["parameters"],
+            buffers=state["buffers"],
+            non_persistent=tuple(non_persistent),
+            children=children,
+        )

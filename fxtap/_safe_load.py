@@ -1,0 +1,293 @@
+"""Read a ``.fxtap`` archive without running code from it: bounded reads, checks, then build.
+
+The order is the guarantee: each zip member's declared size and compression ratio are checked
+before it is read, the manifest is parsed within limits and validated by ``fxtap._manifest``,
+and only then are modules created (``cls.__new__`` plus ``nn.Module.__init__``, never the
+class's constructor) and graphs built with ``fx.Graph``'s API from the validated specs.
+Functions, methods and classes come from the allowlist, resolved by their exact names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import zipfile
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+import fxtap._manifest as _manifest
+from fxtap._manifest import MANIFEST, MODES, WEIGHTS
+from fxtap._schema import Checked, ModuleSpec, NodeSpec, Ref
+from fxtap.errors import LoadError
+from fxtap.extractor import FeatureExtractor
+from fxtap.trace import NAME_KEY
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_MANIFEST_BYTES",
+    "MAX_RATIO",
+    "MAX_VALUES",
+    "MAX_WEIGHTS_BYTES",
+    "build",
+    "parse",
+    "read_archive",
+]
+
+#: Largest declared size of ``weights.safetensors``, and the largest compression ratio of any
+#: member (fxtap stores the weights uncompressed and deflates JSON about 10:1).
+MAX_WEIGHTS_BYTES = 1 << 40
+MAX_RATIO = 200
+_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+#: Limits on ``fxtap.json``: bytes, JSON values (a bound on the memory parsing takes), depth.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_VALUES = 2_000_000
+MAX_DEPTH = 48
+
+
+def read_archive(archive: zipfile.ZipFile, *, trust: bool) -> FeatureExtractor:
+    """Build the extractor a ``.fxtap`` archive describes (see the module docstring)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    raw = _read(archive, MANIFEST, MAX_MANIFEST_BYTES)
+    checked = _manifest.check(parse(raw), trust=trust)
+    weights = _read(archive, WEIGHTS, MAX_WEIGHTS_BYTES)
+    try:
+        stored = load_tensors(weights) if weights else {}
+    except SafetensorError as exc:
+        raise LoadError(f"{WEIGHTS} is not a valid safetensors file ({exc})") from exc
+    del weights
+    return build(checked, stored, trust=trust)
+
+
+def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) -> FeatureExtractor:
+    """The extractor of a checked manifest, with tensors ``stored`` (shared, not copied)."""
+    absent = sorted(set(checked.tensors) - set(stored))
+    if absent:
+        raise LoadError(f"tensors {absent[:3]} are listed in {MANIFEST} but not in {WEIGHTS}")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, (parameter, requires_grad) in checked.tensors.items():
+        value = stored[key]
+        if requires_grad and not (value.is_floating_point() or value.is_complex()):
+            raise LoadError(f"tensors.{key}.requires_grad: a {value.dtype} tensor has no gradient")
+        tensors[key] = nn.Parameter(value, requires_grad=requires_grad) if parameter else value
+    root = _build_root(checked, tensors, trust=trust)
+    graphs = {mode: _build_graph(checked.graphs[mode], mode, trust=trust) for mode in MODES}
+    info = {
+        "outputs": checked.outputs,
+        "return_nodes": {m: {n: k for k, n in outs.items()} for m, outs in checked.outputs.items()},
+        "kept": checked.kept,
+        "opaque": checked.opaque,
+    }
+    return FeatureExtractor(
+        root, graphs, class_name=checked.class_name, training=checked.training, info=info
+    )
+
+
+def parse(raw: bytes) -> Any:
+    """Parse ``fxtap.json``, refusing files too large, too many values or nested too deep."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise LoadError(f"{MANIFEST} holds {len(raw)} bytes, more than {MAX_MANIFEST_BYTES}")
+    # every JSON value but the first follows a ',', '[' or '{': this bounds the parse's memory
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+    if values > MAX_VALUES:
+        raise LoadError(f"{MANIFEST} holds up to {values} values, more than {MAX_VALUES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise LoadError(f"{MANIFEST} is not valid JSON ({exc})") from exc
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise LoadError(f"{MANIFEST} nests values deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return data
+
+
+def _read(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """One member's bytes, refused before reading if its declared size or ratio is too large."""
+    found = [info for info in archive.infolist() if info.filename == name]
+    if len(found) != 1:
+        raise LoadError(f"the archive holds {len(found)} members named {name!r}; expected one")
+    (info,) = found
+    if info.flag_bits & 0x1:
+        raise LoadError(f"member {name!r} is encrypted")
+    if info.compress_type not in _COMPRESSIONS:
+        raise LoadError(f"member {name!r} uses compression method {info.compress_type}")
+    if info.file_size > limit:
+        raise LoadError(f"member {name!r} declares {info.file_size} bytes, more than {limit}")
+    if info.file_size > MAX_RATIO * max(info.compress_size, 1024):
+        raise LoadError(
+            f"member {name!r} declares {info.file_size} bytes compressed into "
+            f"{info.compress_size}, a ratio above {MAX_RATIO}"
+        )
+    try:
+        with archive.open(info) as f:
+            data = f.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise LoadError(
+            f"member {name!r} is truncated or corrupted ({exc}). Save the extractor again with "
+            "fxtap.save(extractor, PATH)"
+        ) from exc
+    if len(data) != info.file_size:
+        raise LoadError(
+            f"member {name!r} holds {len(data)} bytes, not the {info.file_size} declared"
+        )
+    return data
+
+
+def _build_root(checked: Checked, tensors: Mapping[str, torch.Tensor], *, trust: bool) -> nn.Module:
+    root = nn.Module()
+    built: dict[str, nn.Module] = {}
+    for path, spec in checked.modules.items():
+        owner_path, _, field = path.rpartition(".")
+        _ensure_path(root, owner_path)._modules[field] = _build_module(
+            spec, tensors, built, trust=trust
+        )
+    for path, (ref, persistent) in checked.attributes.items():
+        owner_path, _, field = path.rpartition(".")
+        owner = _ensure_path(root, owner_path)
+        value = tensors[ref]
+        if isinstance(value, nn.Parameter):
+            owner._parameters[field] = value
+        else:
+            owner._buffers[field] = value
+            if not persistent:
+                owner._non_persistent_buffers_set.add(field)
+    return root
+
+
+def _build_module(
+    spec: ModuleSpec | str,
+    tensors: Mapping[str, torch.Tensor],
+    built: dict[str, nn.Module],
+    *,
+    trust: bool,
+) -> nn.Module:
+    if isinstance(spec, str):  # ``same_as``: checked to be complete already
+        return built[spec]
+    cls = _module_class(spec.cls, trust=trust)
+    # NOTE: the constructor is not called: its arguments are unknown and it would allocate
+    # what the file says; the module gets nn.Module's internals, then its saved state.
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in spec.config.items():
+        object.__setattr__(module, key, value)
+    module.training = spec.training
+    for key, ref in spec.parameters.items():
+        module._parameters[key] = None if ref is None else tensors[ref]  # type: ignore[assignment]
+    for key, ref in spec.buffers.items():
+        module._buffers[key] = None if ref is None else tensors[ref]
+    module._non_persistent_buffers_set = set(spec.non_persistent)
+    for key, child in spec.children.items():
+        module._modules[key] = (
+            None if child is None else _build_module(child, tensors, built, trust=trust)
+        )
+    built[spec.path] = module
+    return module
+
+
+def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.Graph:
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, Ref):
+            return env[value.name]
+        if isinstance(value, (list, tuple)):
+            items = [resolve(v) for v in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(resolve(value.start), resolve(value.stop), resolve(value.step))
+        return value
+
+    for spec in specs:
+        args, kwargs = resolve(spec.args), resolve(spec.kwargs)
+        if spec.op == "output":
+            graph.output(args[0])
+            continue
+        target: Any = spec.target
+        if spec.op == "call_function":
+            target = _function(spec.target, trust=trust)
+        node = graph.create_node(spec.op, target, args, kwargs, name=spec.name)
+        if node.name != spec.name:
+            # NOTE: fx renames a node whose name is taken or shadows a builtin; a file fxtap
+            # wrote never needs that.
+            raise LoadError(f"graphs.{mode}: node name {spec.name!r} is reserved in generated code")
+        if spec.fxtap_name is not None:
+            node.meta[NAME_KEY] = spec.fxtap_name
+        env[spec.name] = node
+    graph.lint()
+    return graph
+
+
+def _function(path: str, *, trust: bool) -> Any:
+    if path in _manifest_functions():
+        return _exact(path)
+    if not trust:  # checked by _manifest already
+        raise AssertionError(f"unchecked function {path!r}")
+    found = _walk(path)
+    if not callable(found):
+        raise LoadError(f"its graph calls {path!r}, which does not exist in this install")
+    return found
+
+
+def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
+    import fxtap._allowlist as _allowlist
+
+    found = _exact(path) if path in _allowlist.MODULES else None
+    if found is None:
+        if not trust:
+            raise AssertionError(f"unchecked module class {path!r}")
+        found = _walk(path)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise LoadError(f"{path!r} is not a torch.nn.Module class in this install")
+    return found
+
+
+def _manifest_functions() -> frozenset[str]:
+    import fxtap._allowlist as _allowlist
+
+    return _allowlist.FUNCTIONS
+
+
+def _exact(path: str) -> Any:
+    """The object an allowlisted ``module:qualname`` names (the name comes from the allowlist)."""
+    found = _walk(path)
+    if found is None:
+        raise LoadError(f"{path!r} does not exist in this install of torch and torchvision")
+    return found
+
+
+def _walk(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _ensure_path(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in path.split(".") if path else ():
+        child = module._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            module._modules[part] = child
+        module = child
+    return module

@@ -1,0 +1,276 @@
+"""The manifest schema's parts: the validated specs, tagged values, identifiers and paths."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.fx import graph as fx_graph
+
+from fxtap.errors import LoadError, close_matches
+
+__all__ = [
+    "CONSTANTS",
+    "MAX_STRING",
+    "PARAMETER_RESERVED",
+    "Checked",
+    "ModuleSpec",
+    "NodeSpec",
+    "Ref",
+    "as_bool",
+    "as_list",
+    "as_object",
+    "as_string",
+    "as_strings",
+    "check_keys",
+    "closest",
+    "decode",
+    "dotted_path",
+    "identifier",
+    "local_name",
+    "member_name",
+    "no_nodes",
+    "path_part",
+    "prefixes",
+    "root_internals",
+]
+
+MAX_STRING = 4096
+_DEVICE = re.compile(r"(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?")
+_PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}")
+_SCALARS = (bool, int, float, str, type(None))
+# NOTE: names the generated forward uses besides its locals: self, builtins, fx's globals.
+_RESERVED = frozenset({"self", *dir(builtins), *fx_graph._custom_builtins})
+PARAMETER_RESERVED = frozenset({"self", *fx_graph._custom_builtins})
+
+
+def _torch_values(kind: type) -> dict[str, Any]:
+    return {k: v for k, v in vars(torch).items() if isinstance(v, kind) and not k.startswith("_")}
+
+
+#: The torch constants a value may name, by tag.
+CONSTANTS: dict[str, dict[str, Any]] = {
+    "dtype": _torch_values(torch.dtype),
+    "memory_format": _torch_values(torch.memory_format),
+    "layout": _torch_values(torch.layout),
+}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to an earlier node of the same graph, by name."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One validated graph node; ``args`` and ``kwargs`` hold decoded values and ``Ref``."""
+
+    name: str
+    op: str
+    target: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    fxtap_name: str | None
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One validated module: class path, state and children (``same_as`` for a shared one)."""
+
+    path: str
+    cls: str
+    training: bool
+    config: dict[str, Any]
+    parameters: dict[str, str | None]
+    buffers: dict[str, str | None]
+    non_persistent: tuple[str, ...]
+    children: dict[str, ModuleSpec | str | None]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A manifest that passed every check."""
+
+    class_name: str
+    training: bool
+    graphs: dict[str, tuple[NodeSpec, ...]]
+    modules: dict[str, ModuleSpec | str]
+    attributes: dict[str, tuple[str, bool]]
+    tensors: dict[str, tuple[bool, bool]]
+    outputs: dict[str, dict[str, str]]
+    kept: dict[str, frozenset[str]]
+    opaque: tuple[str, ...]
+
+
+def decode(value: Any, where: str, inner: Any) -> Any:
+    """Decode a tagged JSON value; ``inner(value, where)`` decodes nested values."""
+    if isinstance(value, _SCALARS):
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise LoadError(f"{where}: a string of {len(value)} characters")
+        return value
+    if isinstance(value, list):
+        return [inner(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict) or len(value) != 1:
+        raise LoadError(f"{where}: {value!r:.60} is not a value fxtap writes")
+    ((tag, body),) = value.items()
+    if tag == "tuple":
+        return tuple(inner(v, f"{where}[{i}]") for i, v in enumerate(as_list(body, where)))
+    if tag == "dict":
+        result = {}
+        for i, pair in enumerate(as_list(body, where)):
+            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], (str, int)):
+                raise LoadError(f"{where}[{i}]: a dict entry is a [key, value] pair")
+            result[pair[0]] = inner(pair[1], f"{where}[{i}]")
+        return result
+    if tag == "size":
+        items = as_list(body, where)
+        if not all(type(v) is int for v in items):
+            raise LoadError(f"{where}: a size holds integers only")
+        return torch.Size(items)
+    if tag == "slice":
+        parts = as_list(body, where)
+        if len(parts) != 3:
+            raise LoadError(f"{where}: a slice holds start, stop and step")
+        return slice(*(inner(v, f"{where}[{i}]") for i, v in enumerate(parts)))
+    if tag == "ellipsis" and body is True:
+        return Ellipsis
+    if tag in CONSTANTS:
+        if not isinstance(body, str) or body not in CONSTANTS[tag]:
+            raise LoadError(
+                f"{where}: {body!r:.40} is not a torch {tag}{closest(str(body), CONSTANTS[tag])}"
+            )
+        return CONSTANTS[tag][body]
+    if tag == "device":
+        if not isinstance(body, str) or not _DEVICE.fullmatch(body):
+            raise LoadError(f"{where}: {body!r:.40} is not a device such as 'cpu' or 'cuda:0'")
+        return torch.device(body)
+    raise LoadError(f"{where}: unknown value tag {tag!r:.40}")
+
+
+def no_nodes(value: Any, where: str) -> Any:
+    return decode(value, where, no_nodes)
+
+
+def identifier(name: Any, where: str) -> str:
+    """A Python identifier that is neither a keyword nor a dunder name."""
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or keyword.iskeyword(name)
+        or name.startswith("__")
+        or len(name) > 200
+    ):
+        raise LoadError(f"{where}: {name!r:.80} is not a plain identifier")
+    return name
+
+
+def local_name(name: Any, where: str) -> str:
+    """A name for a local variable of the generated ``forward``: shadows nothing it uses."""
+    name = identifier(name, where)
+    if name in _RESERVED:
+        raise LoadError(f"{where}: {name!r} is reserved in generated code")
+    return name
+
+
+def path_part(name: Any, where: str) -> str:
+    """A module path component: an identifier shadowing no module internals, or a name such as
+    ``0`` or ``block1-0`` (fx writes those as ``getattr(m, "block1-0")``: no quotes allowed)."""
+    if isinstance(name, str) and not name.isidentifier() and _PLAIN_PART.fullmatch(name):
+        return name
+    member_name(name, where)
+    return str(name)
+
+
+def member_name(name: Any, where: str) -> str:
+    name = identifier(name, where)
+    if name in _module_internals():
+        raise LoadError(f"{where}: {name!r} would shadow a torch.nn.Module attribute")
+    return name
+
+
+def dotted_path(path: Any, where: str, *, top_level: bool) -> str:
+    path = as_string(path, where)
+    parts = path.split(".")
+    for part in parts:
+        path_part(part, where)
+    if top_level and parts[0] in root_internals():
+        raise LoadError(f"{where}: {parts[0]!r} would shadow an attribute of the extractor")
+    return path
+
+
+def prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+_INTERNALS: list[frozenset[str]] = []
+
+
+def _module_internals() -> frozenset[str]:
+    if not _INTERNALS:
+        from torch import nn
+
+        from fxtap.extractor import FeatureExtractor
+
+        module = frozenset(dir(nn.Module) + list(vars(nn.Module())))
+        root = {"full", "return_nodes", "outputs", "kept", "opaque", "meta", "_fxtap_modes"}
+        root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls"}
+        _INTERNALS[:] = [module, module | frozenset(dir(FeatureExtractor)) | root]
+    return _INTERNALS[0]
+
+
+def root_internals() -> frozenset[str]:
+    _module_internals()
+    return _INTERNALS[1]
+
+
+def closest(word: str, pool: Any) -> str:
+    found = close_matches(word, pool)
+    return f" (closest: {', '.join(repr(f) for f in found)})" if found else ""
+
+
+def as_object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise LoadError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def as_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise LoadError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def as_string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_STRING:
+        raise LoadError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def as_strings(value: Any, where: str) -> list[str]:
+    return [as_string(v, f"{where}[{i}]") for i, v in enumerate(as_list(value, where))]
+
+
+def as_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise LoadError(f"{where}: expected true or false, got {value!r:.40}")
+    return value
+
+
+def check_keys(value: Mapping[str, Any], required: Any, allowed: Any, where: str) -> None:
+    allowed = required if allowed is None else allowed
+    absent = [k for k in sorted(required) if k not in value]
+    extra = [k for k in value if k not in allowed]
+    if absent or extra:
+        raise LoadError(
+            f"{where}: expected the fields {sorted(required)}"
+            + (f"; missing {absent}" if absent else "")
+            + (f"; unexpected {[e[:40] for e in extra[:3]]}" if extra else "")
+        )

@@ -1,0 +1,297 @@
+"""The export path: trace with ``torch.export`` and turn the program into a named ``Traced``.
+
+For models whose root forward torch.fx cannot trace (Hugging Face transformers, detection
+models), ``torch.export.export(model, args, kwargs, strict=False)`` records ATen ops. The
+exported program's parameter and buffer placeholders become ``get_attr`` nodes of the model's
+own tensors (nothing is copied), its inputs become one placeholder per forward argument, and
+every node is named by NodePathTracer's rules (``fxtap.trace._export_names``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+from torch.utils import _pytree as pytree
+
+from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.trace._export_inputs import UserInputs, check_batch
+from fxtap.trace._export_names import ModuleCalls, assign_names
+from fxtap.trace._options import restore_training, tracer_options
+from fxtap.trace._tracer import NodePathTracer, Traced
+
+__all__ = ["check_batch", "export_trace", "rebuild_output", "split_example_inputs"]
+
+
+def export_trace(
+    model: nn.Module,
+    *,
+    training: bool,
+    example_inputs: Any,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+) -> Traced:
+    """Trace ``model`` in one mode with ``torch.export``; the model is left as it was.
+
+    Args:
+        model: the model to trace.
+        training: trace in train mode (``True``) or eval mode (``False``).
+        example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
+            Non-tensor keyword inputs are fixed at build time. ``use_cache=False`` is added
+            when ``forward`` takes ``use_cache`` (caches are not pytrees).
+        tracer_kwargs: ``NodePathTracer`` options; ``leaf_modules`` decides which module
+            calls are named by their module path.
+
+    Returns:
+        A ``Traced`` whose graph module holds the model's own parameters and buffers, with
+        one placeholder per forward argument; dim 0 is dynamic where the model allows it,
+        and checked where it does not.
+
+    Raises:
+        InvalidArgumentError: ``example_inputs`` is missing or of the wrong type.
+        TraceError: ``torch.export`` could not trace the model.
+    """
+    args, kwargs = split_example_inputs(model, example_inputs)
+    options = tracer_options(tracer_kwargs)
+    ep = _export(model, args, kwargs, training=training)
+    return _to_traced(model, ep, args, kwargs, options=options, training=training)
+
+
+def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:
+    """``(args, kwargs)`` for ``torch.export`` from the ``example_inputs`` a user gave."""
+    if example_inputs is None:
+        raise InvalidArgumentError(
+            f"the export path needs example inputs to trace {type(model).__name__}, and "
+            "example_inputs is None; pass example_inputs=(tensor, ...) or a dict of keyword "
+            "inputs such as example_inputs={'input_ids': ids} (on the command line: --input)"
+        )
+    if isinstance(example_inputs, torch.Tensor):
+        args: tuple[Any, ...] = (example_inputs,)
+        kwargs: dict[str, Any] = {}
+    elif isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    else:
+        raise InvalidArgumentError(
+            f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
+            "expected a tensor, a tuple of forward() inputs or a dict of keyword inputs"
+        )
+    params = _forward_parameters(model)
+    if "use_cache" in params and "use_cache" not in kwargs:
+        # NOTE: transformers' caches (DynamicCache) are not pytrees, so export cannot return
+        # them; the extractor never needs them.
+        kwargs["use_cache"] = False
+    return args, kwargs
+
+
+def rebuild_output(spec: str, leaves: list[Any]) -> Any:
+    """The model's output structure (a ``ModelOutput``, a dataclass...) from its leaves."""
+    proxy = next((v for v in leaves if isinstance(v, fx.Proxy)), None)
+    if proxy is not None:  # re-traced when unpickled: stay one node
+        return proxy.tracer.create_proxy("call_function", rebuild_output, (spec, leaves), {})
+    return pytree.tree_unflatten(leaves, _load_spec(spec))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_spec(spec: str) -> pytree.TreeSpec:
+    return pytree.treespec_loads(spec)
+
+
+def _forward_parameters(model: nn.Module) -> list[str]:
+    try:
+        return list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtin forwards
+        return []
+
+
+def _dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``Dim.AUTO`` on dim 0 of every tensor input whose dim 0 is the batch size (> 1)."""
+    leaves = [v for v in pytree.tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
+    batch = next((v.shape[0] for v in leaves if v.dim() > 0), None)
+    if batch is None or batch < 2:
+        return None
+
+    def spec(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            return {0: torch.export.Dim.AUTO}
+        return None
+
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    shapes: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            shapes[name] = {k: pytree.tree_map(spec, v) for k, v in value.items()}
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes[name] = tuple(pytree.tree_map(spec, v) for v in value)
+        else:
+            shapes[name] = pytree.tree_map(spec, value)
+    return shapes
+
+
+def _export(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    training: bool,
+) -> ExportedProgram:
+    name = type(model).__name__
+    mode = "train" if training else "eval"
+    state = {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
+    with restore_training(model):
+        model.train(training)
+        try:
+            try:
+                ep = torch.export.export(
+                    model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs),
+                    strict=False,
+                )  # fmt: skip
+            except Exception:
+                # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
+                ep = torch.export.export(model, args, kwargs, strict=False)
+        except Exception as exc:
+            raise _export_error(name, mode, exc) from exc
+    changed = [k for k, v in model.state_dict(keep_vars=True).items() if v._version != state[k]]
+    if changed:  # pragma: no cover - export runs on fake tensors
+        raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
+    return ep
+
+
+def _export_error(name: str, mode: str, exc: BaseException) -> TraceError:
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    fixes = []
+    text = str(exc)
+    if "Cache" in text or "pytree" in text.lower():
+        fixes.append(
+            "a value the model returns is not a pytree (a cache object): pass use_cache=False "
+            "or the model's flag that turns it off in example_inputs"
+        )
+    fixes.append("check that the model runs on example_inputs")
+    fixes.append("or use tracer='fx' to take the capture path (nothing pruned)")
+    return TraceError(
+        f"torch.export could not trace {name} in {mode} mode: {reason}. Fix: "
+        + "; ".join(fixes)
+        + ".",
+        module_path="",
+        reason=reason,
+    )
+
+
+def _to_traced(
+    model: nn.Module,
+    ep: ExportedProgram,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    options: Mapping[str, Any],
+    training: bool,
+) -> Traced:
+    """Rebuild the exported program as a ``Traced`` over the model's own tensors."""
+    sig = ep.graph_signature
+    specs = {spec.arg.name: spec for spec in sig.input_specs if hasattr(spec.arg, "name")}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    graph = fx.Graph()
+    attrs: dict[str, Any] = {}
+    env: dict[fx.Node, Any] = {}
+    user = UserInputs(graph, model, args, kwargs, ep)
+    skip: set[fx.Node] = set(user.extra)
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            spec = specs[node.name]
+            if spec.kind is InputKind.USER_INPUT:
+                env[node] = user.next()
+                continue
+            target = _attr_target(spec, params, buffers, ep, attrs)
+            env[node] = graph.get_attr(target)
+        elif node.op == "output":
+            _write_output(graph, node, env, ep, model)
+        else:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    skip |= user.checks
+    graph.lint()
+    gm = fx.GraphModule(attrs, graph, type(model).__name__)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    tracer = NodePathTracer(**options)
+    calls = ModuleCalls(gm.graph, modules, tracer.is_leaf_module)
+    names = assign_names(gm.graph, calls, modules, tracer, skip=skip)
+    return Traced(
+        gm,
+        names,
+        training,
+        calls.first_inputs(),
+        module_outputs=dict(calls.first_outputs()),
+    )
+
+
+def _attr_target(
+    spec: Any,
+    params: Mapping[str, nn.Parameter],
+    buffers: Mapping[str, torch.Tensor],
+    ep: ExportedProgram,
+    attrs: dict[str, Any],
+) -> str:
+    target = str(spec.target)
+    if spec.kind is InputKind.PARAMETER:
+        attrs[target] = params[target]
+    elif spec.kind is InputKind.BUFFER:
+        attrs[target] = buffers[target]
+    elif spec.kind is InputKind.CONSTANT_TENSOR:
+        # NOTE: the extractor stores ``_tensor_constant*`` attributes as non-persistent buffers
+        target = f"_tensor_constant{sum(k.startswith('_tensor_constant') for k in attrs)}"
+        attrs[target] = ep.constants[str(spec.target)]
+    else:
+        raise TraceError(
+            f"torch.export gave an input of kind {spec.kind.name} ({spec.target!r}), which the "
+            "export path does not support; use tracer='fx' to take the capture path",
+            reason=spec.kind.name,
+        )
+    return target
+
+
+def _write_output(
+    graph: fx.Graph, node: fx.Node, env: Mapping[fx.Node, Any], ep: ExportedProgram, model: Any
+) -> None:
+    """Write mutated buffers back in place and return the user outputs in their structure."""
+    values = list(node.args[0])  # type: ignore[arg-type]
+    leaves = []
+    for spec, value in zip(ep.graph_signature.output_specs, values):
+        mapped = env[value] if isinstance(value, fx.Node) else value
+        if spec.kind is OutputKind.USER_OUTPUT:
+            leaves.append(mapped)
+        elif spec.kind is OutputKind.BUFFER_MUTATION:
+            buf = graph.get_attr(str(spec.target))
+            graph.call_function(torch.ops.aten.copy_.default, (buf, mapped))
+        elif spec.kind is OutputKind.USER_INPUT_MUTATION:
+            raise TraceError(
+                f"{type(model).__name__} writes into its input {spec.target!r} in place; the "
+                "export path cannot tap it. Use tracer='fx'",
+                reason="input mutation",
+            )
+    out_spec = ep.call_spec.out_spec
+    assert out_spec is not None
+    if _builtin_only(out_spec):
+        graph.output(pytree.tree_unflatten(leaves, out_spec))
+        return
+    try:
+        text = pytree.treespec_dumps(out_spec)
+    except Exception:
+        graph.output(tuple(leaves))
+        return
+    graph.output(graph.call_function(rebuild_output, (text, leaves)))
+
+
+def _builtin_only(spec: pytree.TreeSpec) -> bool:
+    if spec.type not in (None, tuple, list, dict) and not spec.is_leaf():
+        return False
+    return all(_builtin_only(child) for child in spec.children())

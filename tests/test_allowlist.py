@@ -1,0 +1,264 @@
+"""The safe loader's allowlist (``fxtap/_allowlist.json``) holds everything fxtap's saver emits.
+
+The allowlist is generated: ``python tests/test_allowlist.py`` saves an extractor of every
+torchvision model (and every timm model when timm is installed), collects the functions,
+methods, ``getattr`` names and module classes (with their configuration and tensor names) the
+saved files name, and rewrites ``fxtap/_allowlist.json``. The test below re-saves a sample of
+models and fails if one of them emits something the checked-in allowlist lacks;
+``FXTAP_THOROUGH=1`` checks the whole zoo.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fxtap
+from fxtap import _allowlist
+from fxtap._pack import pack
+from fxtap.errors import InvalidArgumentError
+from fxtap.save import MANIFEST
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = (
+    "resnet18",
+    "mobilenet_v3_small",
+    "vit_b_16",
+    "swin_t",
+    "convnext_tiny",
+    "efficientnet_b0",
+)
+USER_CODE = ("tests.", "__main__")
+THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
+
+
+@dataclass
+class Emitted:
+    """What saved files name, merged over many files."""
+
+    functions: set[str] = field(default_factory=set)
+    methods: set[str] = field(default_factory=set)
+    attributes: set[str] = field(default_factory=set)
+    #: class -> (keys every instance had, keys some instance had, tensor names)
+    classes: dict[str, tuple[set[str], set[str], set[str]]] = field(default_factory=dict)
+
+    def add_manifest(self, manifest: Mapping[str, Any]) -> None:
+        for nodes in manifest["graphs"].values():
+            for node in nodes:
+                if node["op"] == "call_function":
+                    self.functions.add(node["target"]["function"])
+                    if node["target"]["function"] == "builtins:getattr":
+                        self.attributes.add(node["args"]["tuple"][1])
+                elif node["op"] == "call_method":
+                    self.methods.add(node["target"])
+        for spec in manifest["modules"].values():
+            self._add_module(spec)
+
+    def merge(self, other: Emitted) -> None:
+        self.functions |= other.functions
+        self.methods |= other.methods
+        self.attributes |= other.attributes
+        for cls, (req, opt, names) in other.classes.items():
+            if cls in self.classes:
+                a, b, c = self.classes[cls]
+                self.classes[cls] = (a & req, b | opt, c | names)
+            else:
+                self.classes[cls] = (set(req), set(opt), set(names))
+
+    def _add_module(self, spec: Mapping[str, Any]) -> None:
+        if "same_as" in spec:
+            return
+        keys = set(spec["config"])
+        tensors = set(spec["parameters"]) | set(spec["buffers"])
+        if spec["class"] in self.classes:
+            required, optional, names = self.classes[spec["class"]]
+            required &= keys
+            optional |= keys
+            names |= tensors
+        else:
+            self.classes[spec["class"]] = (keys, set(keys), tensors)
+        for child in spec["modules"].values():
+            if child is not None:
+                self._add_module(child)
+
+
+def manifest_of(extractor: Any) -> dict[str, Any]:
+    """The manifest ``save`` writes for ``extractor``."""
+    buffer = io.BytesIO()
+    pack(extractor, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        return json.loads(archive.read(MANIFEST))
+
+
+def torchvision_extractors(names: tuple[str, ...] | list[str]) -> Iterator[tuple[str, Any]]:
+    """Every graph node of each model requested (so nothing is pruned); capture models skipped."""
+    from tests.test_zoo import build
+
+    for name in names:
+        model = build(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                train, evals = fxtap.get_graph_node_names(model)
+            except fxtap.TraceError:
+                continue  # served by the capture path: no graph to save
+            extractor = fxtap.create_feature_extractor(
+                model, train_return_nodes=train, eval_return_nodes=evals
+            )
+        yield name, extractor
+
+
+def fixture_extractors() -> Iterator[tuple[str, Any]]:
+    """The tiny models of tests/models.py: the torch functions small user models call."""
+    from tests import models
+
+    for name, cls in sorted(vars(models).items()):
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            continue
+        try:
+            torch.manual_seed(0)
+            model = cls()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train, evals = fxtap.get_graph_node_names(model)
+                extractor = fxtap.create_feature_extractor(
+                    model, train_return_nodes=train, eval_return_nodes=evals
+                )
+        except (TypeError, fxtap.FxtapError):  # needs arguments, or is not traceable
+            continue
+        if isinstance(extractor, fxtap.FeatureExtractor):
+            yield f"tests.models:{name}", extractor
+
+
+def timm_extractors() -> Iterator[tuple[str, Any]]:
+    """timm models (when installed), as tests/test_zoo_timm.py builds them."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        return
+    from tests.test_zoo_timm import FIXED, FLEXIBLE
+    from tests.test_zoo_timm import build as build_timm
+
+    for name in FLEXIBLE + FIXED:
+        model = build_timm(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                train, evals = fxtap.get_graph_node_names(model)
+            except fxtap.TraceError:
+                continue
+            extractor = fxtap.create_feature_extractor(
+                model, train_return_nodes=train, eval_return_nodes=evals
+            )
+        yield f"timm:{name}", extractor
+
+
+def collect(extractors: Iterator[tuple[str, Any]]) -> Emitted:
+    """What the saver emits for ``extractors``, but the test suite's own functions and classes
+    (user code, which needs ``trust=True``)."""
+    emitted = Emitted()
+    for name, extractor in extractors:
+        try:
+            emitted.add_manifest(manifest_of(extractor))
+        except InvalidArgumentError as exc:  # not describable in the safe format
+            print(f"skipped {name}: {exc}", file=sys.stderr)
+    emitted.functions = {f for f in emitted.functions if not f.startswith(USER_CODE)}
+    emitted.classes = {c: v for c, v in emitted.classes.items() if not c.startswith(USER_CODE)}
+    return emitted
+
+
+def render(emitted: Emitted) -> str:
+    """The text of ``fxtap/_allowlist.json``."""
+    data = {
+        "functions": sorted(emitted.functions),
+        "methods": sorted(emitted.methods),
+        "attributes": sorted(emitted.attributes),
+        "modules": {
+            cls: {"config": sorted(req), "optional": sorted(opt - req), "tensors": sorted(names)}
+            for cls, (req, opt, names) in sorted(emitted.classes.items())
+        },
+    }
+    return json.dumps(data, indent=1) + "\n"
+
+
+def missing(emitted: Emitted) -> list[str]:
+    """What ``emitted`` names that the checked-in allowlist lacks."""
+    gaps = [f"function {f}" for f in sorted(emitted.functions - _allowlist.FUNCTIONS)]
+    gaps += [f"method {m}" for m in sorted(emitted.methods - _allowlist.METHODS)]
+    gaps += [f"getattr name {a}" for a in sorted(emitted.attributes - _allowlist.ATTRIBUTES)]
+    for cls, (req, opt, names) in sorted(emitted.classes.items()):
+        if cls not in _allowlist.MODULES:
+            gaps.append(f"module class {cls}")
+            continue
+        allowed_req, allowed_opt, allowed_names = _allowlist.MODULES[cls]
+        gaps += [f"{cls} config {k}" for k in sorted(opt - set(allowed_req) - set(allowed_opt))]
+        gaps += [f"{cls} always has config {k}" for k in sorted(set(allowed_req) - req)]
+        gaps += [f"{cls} tensor {k}" for k in sorted(names - set(allowed_names))]
+    return gaps
+
+
+def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
+    names = torchvision.models.list_models() if THOROUGH else list(SAMPLE)
+    emitted = collect(torchvision_extractors(names))
+    emitted.merge(collect(fixture_extractors()))
+    if THOROUGH:
+        emitted.merge(collect(timm_extractors()))
+    assert emitted.functions and emitted.classes, "nothing was collected"
+    gaps = missing(emitted)
+    assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
+
+
+def test_module_configuration_keys_are_set_by_the_class() -> None:
+    """Every configuration key is a constructor argument or set on instances by __init__."""
+    import importlib
+
+    for path, (required, optional, _names) in _allowlist.MODULES.items():
+        module_name, _, qualname = path.partition(":")
+        cls = getattr(importlib.import_module(module_name), qualname)
+        assert isinstance(cls, type) and issubclass(cls, torch.nn.Module), path
+        internals = set(dir(cls)) | set(vars(torch.nn.Module()))
+        for key in (*required, *optional):
+            assert key.isidentifier() and not key.startswith("__"), (path, key)
+            assert key not in internals, f"{path} config {key!r} shadows nn.Module"
+        assert not set(required) & set(optional), path
+
+
+def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
+    """The generated allowlist holds no code runners, file or network readers, or dunders."""
+    forbidden = {"builtins:eval", "builtins:exec", "builtins:compile", "builtins:open"}
+    forbidden |= {"builtins:__import__", "builtins:setattr", "builtins:delattr"}
+    forbidden |= {"operator:attrgetter", "operator:methodcaller", "torch:load", "torch:from_file"}
+    assert not forbidden & _allowlist.FUNCTIONS
+    words = ("load", "save", "hub", "serialization", "file", "url", "download", "system")
+    for name in (*_allowlist.FUNCTIONS, *_allowlist.METHODS, *_allowlist.MODULES):
+        assert not any(w in name.lower() for w in words), name
+        assert "__" not in name, name
+        assert name.count(":") <= 1, name
+    assert all(m.isidentifier() and not m.startswith("_") for m in _allowlist.METHODS)
+    assert all(a.isidentifier() and not a.startswith("_") for a in _allowlist.ATTRIBUTES)
+
+
+def main() -> None:
+    """Regenerate ``fxtap/_allowlist.json`` from the whole torchvision (and timm) zoo."""
+    torch.set_num_threads(1)
+    emitted = collect(torchvision_extractors(torchvision.models.list_models()))
+    emitted.merge(collect(fixture_extractors()))
+    emitted.merge(collect(timm_extractors()))
+    _allowlist.PATH.write_text(render(emitted), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
