@@ -79,7 +79,14 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
     """Validate a list or dict of node queries and return them as ``Request``s.
 
     Raises:
-        InvalidArgumentError: empty, wrong type, non-string queries or keys, duplicate keys.
+        InvalidArgumentError: empty, wrong type, queries or keys that are neither strings nor
+            integers, duplicate keys.
+
+    Integer names and keys become their decimal string, as torchvision does: timm's
+    ``FeatureGraphNet`` asks for ``{"layer1": 0, "layer2": 1}`` and gets keys ``"0"`` and ``"1"``.
+
+    >>> normalize_return_nodes({"layer1": 0}, argument="return_nodes")
+    [Request(query='layer1', key='0')]
     """
     if isinstance(return_nodes, str):
         return_nodes = [return_nodes]
@@ -100,16 +107,18 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
         )
     requests: list[Request] = []
     seen: dict[str, str] = {}
-    for query, key in pairs:
-        if not isinstance(query, str):
+    for raw_query, raw_key in pairs:
+        query = _as_name(raw_query)
+        key = _as_name(raw_key)
+        if query is None:
             raise InvalidArgumentError(
-                f"{argument} has a non-string node name {query!r} ({type(query).__name__}); "
+                f"{argument} has a non-string node name {raw_query!r} ({type(raw_query).__name__}); "
                 "node names are strings such as 'layer1.0.relu'"
             )
-        if not isinstance(key, str):
+        if key is None:
             raise InvalidArgumentError(
-                f"{argument}[{query!r}] maps to {key!r} ({type(key).__name__}); output keys must "
-                "be strings"
+                f"{argument}[{query!r}] maps to {raw_key!r} ({type(raw_key).__name__}); output keys "
+                "must be strings (or integers, which become their decimal string as in torchvision)"
             )
         if key in seen:
             raise InvalidArgumentError(
@@ -146,6 +155,15 @@ def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict
         else:
             raise _not_found(req.query, traced, model_name, inputs)
     return selected
+
+
+def _as_name(value: Any) -> str | None:
+    """A query or key as a string: strings as they are, integers (not bools) in decimal."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _prefix_index(names: Mapping[fx.Node, str]) -> dict[str, fx.Node]:
@@ -192,7 +210,11 @@ def _not_found(
         # Names under the same top-level module come first: 'layer1.relu' means layer1's.
         head = query.split(".", 1)[0] + "."
         hint = close_matches(query, [n for n in names if n.startswith(head)])
-        hint += [h for h in close_matches(query, names) if h not in hint][: 3 - len(hint)]
+        # Module paths of the query's depth count too: 'Layer4' -> 'layer4', 'stages.2' ->
+        # 'features.2' (whole names alone would offer only nodes deep inside them).
+        depth = query.count(".") + 1
+        paths = [".".join(n.split(".")[:depth]) for n in names if n.count(".") + 1 >= depth]
+        hint += [h for h in close_matches(query, paths + names) if h not in hint][: 3 - len(hint)]
     return NodeNotFoundError(
         f"node {query!r} not found in the {traced.mode} graph of {model_name}{spelling}; "
         f"closest: {format_choices(hint)}. List names with fxtap.get_graph_node_names(model) "

@@ -104,22 +104,53 @@ class ResourceError(FxtapError, MemoryError):
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` candidates closest to ``word``, best first.
 
-    Dotted names are compared whole and by their last components, so ``layer1.relu`` finds
-    ``layer1.0.relu``.
+    Case is ignored (``Layer4`` finds ``layer4``). Dotted names are compared whole, by their
+    last components (``layer1.relu`` finds ``layer1.0.relu``) and by their shape: a name of the
+    same depth ending in the same component (``stages.2`` finds ``features.2``).
 
     >>> close_matches("layer1.relu", ["layer1.0.relu", "layer2.0.relu", "fc"])
     ['layer1.0.relu', 'layer2.0.relu']
+    >>> close_matches("stages.2", ["features.1", "features.2", "classifier.2.weight"])
+    ['features.2']
     """
     pool = list(dict.fromkeys(candidates))
-    found = difflib.get_close_matches(word, pool, n=n, cutoff=0.6)
-    if len(found) < n and "." in word:
-        tail = word.rsplit(".", 1)[1]
-        head = word.split(".", 1)[0]
+    folded: dict[str, str] = {}
+    for c in pool:
+        folded.setdefault(c.lower(), c)
+    key = word.lower()
+    found = [c for c in pool if c.lower() == key]
+    found += [
+        folded[m]
+        for m in difflib.get_close_matches(key, folded, n=n, cutoff=0.6)
+        if folded[m] not in found
+    ]
+    # A shortened or lengthened spelling: 'evaluation' -> 'eval', 'conv' -> 'conv1'.
+    found += [
+        c
+        for c in pool
+        if c not in found
+        and len(c) >= 2
+        and (key.startswith(c.lower()) or c.lower().startswith(key))
+    ]
+    if "." in word:
+        parts = key.split(".")
+        head, tail = parts[0], parts[-1]
         extra = [
-            c for c in pool if c.startswith(head) and c.endswith("." + tail) and c not in found
+            c
+            for c in pool
+            if c.lower().startswith(head) and c.lower().endswith("." + tail) and c not in found
         ]
-        found += extra[: n - len(found)]
-    return found
+        same_shape = [
+            c
+            for c in pool
+            if c not in found
+            and c not in extra
+            and len(c.split(".")) == len(parts)
+            and c.lower().rsplit(".", 1)[1] == tail
+        ]
+        same_shape.sort(key=lambda c: -difflib.SequenceMatcher(None, key, c.lower()).ratio())
+        found += extra + same_shape
+    return found[:n]
 
 
 def format_choices(names: Iterable[str]) -> str:

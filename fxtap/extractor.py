@@ -13,7 +13,7 @@ from fxtap._fx import clone_structure, get_path
 from fxtap._protocol import Extractor
 from fxtap._query import normalize_return_nodes, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
-from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.errors import InvalidArgumentError, TraceError, close_matches, format_choices
 from fxtap.prune import prune
 from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
 
@@ -124,7 +124,17 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         return self
 
     def graph_for(self, mode: str) -> fx.Graph:
-        """The pruned graph of ``mode`` (``'train'`` or ``'eval'``)."""
+        """The pruned graph of ``mode`` (``'train'`` or ``'eval'``).
+
+        Raises:
+            InvalidArgumentError: ``mode`` is neither; names the closest.
+        """
+        if mode not in MODES:
+            raise InvalidArgumentError(
+                f"mode {mode!r} is not a graph of this extractor; expected 'train' or 'eval' "
+                f"(closest: {format_choices(close_matches(str(mode), MODES))}), e.g. "
+                "ex.graph_for('eval')"
+            )
         return self._fxtap_modes[mode == "train"][0]
 
     def load_state_dict(

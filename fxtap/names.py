@@ -15,6 +15,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fxtap._fx import module_type_name, owned_params, target_text
+from fxtap._shapes import suggest_input_shape, without_proxies
 from fxtap.capture import capture_rows
 from fxtap.errors import InputShapeError, InvalidArgumentError, TraceError
 from fxtap.trace import (
@@ -22,6 +23,7 @@ from fxtap.trace import (
     SCOPE_KEY,
     SOURCE_KEY,
     Traced,
+    check_flags,
     is_root_failure,
     restore_training,
     trace,
@@ -202,7 +204,12 @@ def node_table(
 
     Returns:
         One ``NodeInfo`` per named node, in execution order.
+
+    Raises:
+        InvalidArgumentError: ``training`` is not a bool, or a bad model or tracer option.
+        InputShapeError: ``example_inputs`` do not fit the model.
     """
+    check_flags(training=training)
     if traced is None:
         kwargs = dict(tracer_kwargs or {})
         kwargs.setdefault("record_source", True)
@@ -308,7 +315,7 @@ def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], model_name: str) -> 
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             prop.propagate(*inputs)
     except Exception as exc:
-        raise InputShapeError(_shape_message(model_name, inputs, exc, prop.current)) from (
+        raise InputShapeError(_shape_message(model_name, inputs, exc, prop.current, gm)) from (
             first_error
         )
     finally:
@@ -368,7 +375,11 @@ def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
 
 
 def _shape_message(
-    model_name: str, inputs: tuple[Any, ...], exc: Exception, node: fx.Node | None
+    model_name: str,
+    inputs: tuple[Any, ...],
+    exc: Exception,
+    node: fx.Node | None,
+    gm: fx.GraphModule | None = None,
 ) -> str:
     shapes = ", ".join(
         "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -380,9 +391,14 @@ def _shape_message(
     where = ""
     if node is not None:
         where = f" at node {node.meta.get(NAME_KEY, node.name)!r} ({node.op} {target_text(node)})"
+    rejected = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
+    shape = (
+        suggest_input_shape(gm, rejected=rejected) if gm is not None and len(inputs) == 1 else None
+    )
+    example = f", e.g. (torch.randn{shape},)" if shape else ""
     return (
-        f"example input of shape {shapes} does not fit {model_name}{where}: {reason}. "
-        "Pass inputs of the shape the model expects, e.g. --input 1x3x224x224."
+        f"example input of shape {shapes} does not fit {model_name}{where}: "
+        f"{without_proxies(reason)}. Pass example_inputs of the shape the model expects{example}"
     )
 
 

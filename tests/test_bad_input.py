@@ -229,6 +229,12 @@ def _compare(**kwargs: Any) -> Any:
 
 
 create = fxtap.create_feature_extractor
+
+
+def _graph_for(*, extractor: fxtap.FeatureExtractor, mode: str) -> Any:
+    return extractor.graph_for(mode)
+
+
 names = fxtap.get_graph_node_names
 
 CASES = [
@@ -327,10 +333,10 @@ CASES = [
     Case(
         "non-string-node",
         create,
-        lambda m, d: {"model": m, "return_nodes": ["stem", 3]},
+        lambda m, d: {"model": m, "return_nodes": ["stem", 3.5]},
         InvalidArgumentError,
         ValueError,
-        ("3 (int)",),
+        ("3.5 (float)",),
         "node names are strings",
     ),
     Case(
@@ -503,7 +509,7 @@ CASES = [
         InputShapeError,
         ValueError,
         ("2x7",),
-        "Pass inputs of the shape the model expects",
+        "Pass example_inputs of the shape the model expects, e.g. (torch.randn(1, 4),)",
     ),
     Case(
         "input-not-a-tensor",
@@ -743,6 +749,72 @@ CASES = [
         ("threads=0",),
         "threads=2",
     ),
+    Case(
+        "cost-no-inputs",
+        _compare,
+        lambda m, d: {"model": m, "return_nodes": ["stem"], "example_inputs": None},
+        InvalidArgumentError,
+        ValueError,
+        ("example_inputs None",),
+        "example_inputs=(torch.randn(1, 3, 224, 224),)",
+    ),
+    # --- flags, modes and scripted models ----------------------------------------------------
+    Case(
+        "node-table-training-not-a-bool",
+        fxtap.node_table,
+        lambda m, d: {"model": m, "training": "yes"},
+        InvalidArgumentError,
+        ValueError,
+        ("training='yes'",),
+        "training=True or training=False",
+    ),
+    Case(
+        "auto-leaf-not-a-bool",
+        create,
+        lambda m, d: {"model": m, "return_nodes": ["stem"], "auto_leaf": "no"},
+        InvalidArgumentError,
+        ValueError,
+        ("auto_leaf='no'",),
+        "auto_leaf=True or auto_leaf=False",
+    ),
+    Case(
+        "graph-for-unknown-mode",
+        _graph_for,
+        lambda m, d: {"extractor": _extractor(m), "mode": "evaluation"},
+        InvalidArgumentError,
+        ValueError,
+        ("'evaluation'", "closest: 'eval'"),
+        "ex.graph_for('eval')",
+    ),
+    Case(
+        "scripted-model",
+        create,
+        lambda m, d: {"model": torch.jit.script(m), "return_nodes": ["stem"]},
+        InvalidArgumentError,
+        ValueError,
+        ("TorchScript", "torch.jit.script"),
+        "Pass the eager nn.Module",
+        model=lambda: nn.Sequential(nn.Linear(4, 4)),
+    ),
+    Case(
+        "scripted-model-names",
+        fxtap.get_graph_node_names,
+        lambda m, d: {"model": torch.jit.script(m)},
+        InvalidArgumentError,
+        ValueError,
+        ("TorchScript",),
+        "Pass the eager nn.Module",
+        model=lambda: nn.Sequential(nn.Linear(4, 4)),
+    ),
+    Case(
+        "node-in-another-case",
+        create,
+        lambda m, d: {"model": m, "return_nodes": ["Stem"]},
+        NodeNotFoundError,
+        KeyError,
+        ("'Stem'", "closest: 'stem'"),
+        "fxtap nodes MODEL",
+    ),
 ]
 
 
@@ -770,6 +842,29 @@ def test_bad_input(case: Case, tmp_path: Path, untouched: Any) -> None:
     assert after.keys() == before.keys()
     for key in before:
         assert bitwise_equal(before[key], after[key]), f"argument {key} was changed"
+
+
+def test_integer_keys_as_torchvision() -> None:
+    """``{"layer1": 0}`` is accepted and gives key ``"0"``, as torchvision's extractor does."""
+    from torchvision.models import resnet18
+    from torchvision.models.feature_extraction import create_feature_extractor as tv_create
+
+    torch.manual_seed(0)
+    model = resnet18().eval()
+    x = torch.rand(1, 3, 32, 32)
+    want = tv_create(model, {"layer1": 0, "layer2": 1})(x)
+    got = fxtap.create_feature_extractor(model, {"layer1": 0, "layer2": 1})(x)
+    assert list(got) == list(want) == ["0", "1"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_close_matches_by_structure() -> None:
+    """ConvNeXt's stages are ``features.N``: ``stages.2`` suggests ``features.2``."""
+    from torchvision.models import convnext_tiny
+
+    with pytest.raises(NodeNotFoundError) as info:
+        fxtap.create_feature_extractor(convnext_tiny(), ["stages.2"])
+    assert "closest: 'features.2'" in str(info.value)
 
 
 def test_catalogue_size() -> None:

@@ -282,12 +282,22 @@ def test_demo_function_writes_every_file(tmp_path):
     names = {p.name for p in result.files.values()}
     expected = {"nodes.txt", "nodes.json", "Nested.fxtap", "cost.json", "cost.txt"}
     assert expected <= names
+    # Every file written is listed once: "wrote N files" counts what is in the folder.
+    out = tmp_path / "out"
+    assert {p.relative_to(out).parts[0] for p in result.files.values()} == {
+        p.name for p in out.iterdir()
+    }
+    assert len(result.files) == len(names)
     drawings = {n for n in names if ".train." in n or ".eval." in n}
-    assert len(drawings) == 2, names
-    assert all(p.is_file() and p.stat().st_size > 0 for p in result.files.values())
+    assert {n.rsplit(".", 1)[0] for n in drawings} == {"Nested.train", "Nested.eval"}
+    assert {n for n in drawings if n.endswith(".dot")} == {"Nested.train.dot", "Nested.eval.dot"}
+    assert all(
+        (p.is_file() and p.stat().st_size > 0) or (p.is_dir() and any(p.iterdir()))
+        for p in result.files.values()
+    )
     assert "stage.blocks.0.add" in (tmp_path / "out" / "nodes.txt").read_text()
     assert load(tmp_path / "out" / "Nested.fxtap").outputs["eval"]["stage"] == "stage.relu"
-    assert "[5/5]" in stream.getvalue()
+    assert "[6/6]" in stream.getvalue()
     summary = result.summary()
     assert summary.startswith(f"fxtap demo wrote {len(result.files)} files to")
     assert all(str(p) in summary for p in result.files.values())
@@ -329,3 +339,264 @@ def test_timm_spec(capsys):
     assert fc.split()[-2:] == ["1x1000", "float32"]
     assert main(["nodes", "timm:resnet_18"]) == 1
     assert "timm has no model 'resnet_18'" in one_error_line(capsys)
+
+
+# --- messages a command-line user can act on -------------------------------------------------
+
+FACTORIES = """
+import sys
+
+import torchvision
+from torch import nn
+
+
+def exits():
+    sys.exit(0)
+
+
+def breaks(width=4):
+    return nn.Linear(width, "four")  # a TypeError inside the body, not in the call
+
+
+def tiny_vit():
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8
+    )
+
+
+def fixed_size():
+    # Fits 1x3x32x32 only: the Linear expects 4 channels of 8x8 after the pooling.
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)
+    )
+"""
+
+
+@pytest.fixture
+def factories(tmp_path: Path) -> str:
+    path = tmp_path / "factories.py"
+    path.write_text(FACTORIES)
+    return str(path)
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from fxtap.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'fxtap.extractor') if m in sys.modules))"
+    )
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "fxtap", "--help"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0 and "SUBCOMMAND" in done.stdout
+
+
+def test_ctrl_c_while_importing_prints_no_traceback(capsys, monkeypatch):
+    """Ctrl-C while torch and the stages load (after parsing) ends with one line, exit 130."""
+    import sys
+
+    class Interrupt:
+        def find_spec(self, name, path=None, target=None):
+            if name == "fxtap.cli._output":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "fxtap.cli._output")
+    monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
+    assert main(["nodes", NESTED]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "fxtap: interrupted" and "Traceback" not in err
+
+
+def test_ctrl_c_during_render_leaves_no_half_sets(capsys, tmp_path, monkeypatch):
+    import fxtap.render
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fxtap.render, "find_dot", lambda dot, written: "dot")
+    monkeypatch.setattr(fxtap.render, "layout", interrupted)
+    keep = tmp_path / "notes.dot"
+    keep.write_text("not ours")
+    assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.dot"]
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_bench_noise_warning_names_the_flags(capsys):
+    from types import SimpleNamespace
+
+    from fxtap.cli._output import show_warning
+    from fxtap.cost import _noise_messages
+
+    noisy = SimpleNamespace(name="full", iqr=0.5, median=1.0, samples=(1.0, 1.5, 0.9, 1.6))
+    messages = _noise_messages(SimpleNamespace(variants=[noisy]), 0.1)
+    assert "rounds=" in messages[0]  # Python callers read the argument names
+    show_warning(messages[0], UserWarning, "x.py", 1)
+    line = capsys.readouterr().err
+    for flag in ("--rounds", "--min-run-time", "--threads"):
+        assert flag in line, line
+    assert "rounds=" not in line and "min_run_time=" not in line
+
+
+def test_render_of_a_saved_extractor_names_the_flag(capsys, tmp_path):
+    path = tmp_path / "nested.fxtap"
+    assert main(["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["render", str(path), "--format", "dot", "-o", str(tmp_path)]) == 1
+    line = one_error_line(capsys)
+    assert "render the model with --nodes instead" in line and "nodes=" not in line
+
+
+def test_video_model_without_input_suggests_a_clip(capsys, tmp_path):
+    argv = ["extract", "torchvision:r3d_18", "--nodes", "layer4", "-o", str(tmp_path / "x.fxtap")]
+    assert main(argv) == 1
+    line = one_error_line(capsys)
+    assert "--input 1x3x224x224 does not fit" in line
+    assert "e.g. --input 1x3x16x112x112" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "given", "suggested"),
+    [
+        ("tiny_vit", "1x3x48x48", "1x3x32x32"),  # the ViT's size assert, traced with a Proxy
+        ("fixed_size", "1x3x16x16", "1x3x32x32"),  # mat1 and mat2 shapes cannot be multiplied
+        ("fixed_size", "1x3x224x224", "1x3x32x32"),  # never the rejected input again
+    ],
+)
+def test_input_that_does_not_fit_names_input_and_a_shape_that_fits(
+    capsys, tmp_path, factories, factory, given, suggested
+):
+    spec = f"{factories}:{factory}"
+    node = "encoder" if factory == "tiny_vit" else "3"  # the Linear that needs the size
+    for argv in (
+        ["extract", spec, "--nodes", node, "--input", given, "-o", str(tmp_path / "x.fxtap")],
+        ["nodes", spec, "--input", given],
+    ):
+        assert main(argv) == 1
+        line = one_error_line(capsys)
+        assert f"e.g. --input {suggested}" in line, line
+        assert f"e.g. --input {given}" not in line
+        assert "Proxy(" not in line and "--debug" not in line
+    assert main(["nodes", spec, "--input", suggested]) == 0
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("Stem", "stem"), ("Stage.Blocks.0", "stage.blocks.0")]
+)
+def test_close_matches_ignore_case(capsys, tmp_path, typed, meant):
+    argv = ["extract", NESTED, "--nodes", typed, *SMALL, "-o", str(tmp_path / "x.fxtap")]
+    assert main(argv) == 1
+    assert f"closest: {meant!r}" in one_error_line(capsys)
+
+
+def test_factory_that_exits_is_an_error(capsys, factories):
+    assert main(["nodes", f"{factories}:exits"]) == 1
+    line = one_error_line(capsys)
+    assert "sys.exit(0)" in line and "return an nn.Module" in line
+
+
+def test_type_error_inside_a_factory_is_reported_as_such(capsys, factories):
+    assert main(["nodes", f"{factories}:breaks"]) == 1
+    line = one_error_line(capsys)
+    assert "failed while building the model: TypeError" in line
+    assert "rejected its arguments" not in line
+    assert main(["nodes", f"{factories}:breaks", "--model-arg", "depth=2"]) == 1
+    assert "rejected its arguments {'depth': 2}" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nodes", "torchvision:resnet18", "--model-arg", "weights=DEFAULT"],
+        ["nodes", "torchvision:fasterrcnn_resnet50_fpn", "--model-arg", "weights_backbone=DEFAULT"],
+        ["nodes", "timm:resnet18", "--model-arg", "pretrained=True"],
+    ],
+)
+def test_pretrained_weights_need_allow_download(capsys, argv, monkeypatch):
+    import torch.hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was started")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert main(argv) == 1
+    line = one_error_line(capsys)
+    assert "--allow-download" in line and "downloads pretrained weights" in line
+
+
+def test_outputs_are_never_fifos_or_devices(capsys, tmp_path):
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    runs = [
+        ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(fifo)],
+        ["nodes", NESTED, "--json", str(fifo)],
+        ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", os.devnull],
+    ]
+    for argv in runs:
+        assert main(argv) == 1
+        line = one_error_line(capsys)
+        assert "not a regular file" in line and ("FIFO" in line or "device node" in line)
+    out = tmp_path / "drawings"
+    out.mkdir()
+    os.mkfifo(out / "Nested.eval.dot")
+    assert main(["render", NESTED, "--format", "dot", "--mode", "eval", "-o", str(out)]) == 1
+    assert "FIFO" in one_error_line(capsys)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    os.mkfifo(demo / "nodes.txt")
+    assert main(["demo", "--model", NESTED, "--nodes", "stage", "-o", str(demo)]) == 1
+    assert "FIFO" in one_error_line(capsys)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISFIFO((demo / "nodes.txt").stat().st_mode)
+    assert sorted(p.name for p in demo.iterdir()) == ["nodes.txt"]
+
+
+def test_input_help_matches_what_each_command_does(capsys):
+    from fxtap.cli import build_parser
+
+    parser = build_parser()
+    helps = {}
+    for command in ("nodes", "render", "extract", "bench"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    for command in ("nodes", "render"):
+        assert "(default: none: no shapes are shown)" in helps[command]
+    for command in ("extract", "bench"):
+        assert "repeat for models with several inputs (default: 1x3x224x224)" in helps[command]
+    # And the behaviour: no --input, no shape column.
+    assert main(["nodes", NESTED]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[-1] == "params"
+
+
+def test_check_trace_default_agrees_with_the_docs():
+    from fxtap.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    args = build_parser().parse_args(["extract", NESTED, "--nodes", "stage", "-o", "x.fxtap"])
+    assert args.check_trace is False
+    text = " ".join((root / "docs" / "tracing.md").read_text().split())
+    assert "always runs this check" not in text
+    assert "`fxtap extract --check-trace` runs this check" in text and "off by default" in text
+
+
+def test_package_names_load_lazily_and_stay_functions():
+    import types
+
+    import fxtap
+    import fxtap.save
+
+    assert isinstance(fxtap.save, types.FunctionType) and fxtap.save.__module__ == "fxtap.save"
+    assert callable(fxtap.render) and callable(fxtap.trace)
+    assert set(fxtap.__all__) <= set(dir(fxtap))
+    assert all(getattr(fxtap, name) is not None for name in fxtap.__all__)

@@ -262,11 +262,14 @@ def test_table_names_limit_and_efficiency(conv_report: CostReport) -> None:
     assert "aten.relu" in text  # uncounted ops are listed
 
 
-def test_progress_goes_to_stderr(capsys) -> None:
+def test_progress_goes_to_stderr(capsys, monkeypatch) -> None:
+    import sys
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     compare(linear_chain(), ["1"], torch.randn(B, 8), **{**FAST, "progress": True})
-    captured = capsys.readouterr()
-    assert "fxtap cost: latency round 3/3" in captured.err
-    assert captured.out == ""
+    assert "fxtap cost: latency round 3/3" in terminal.text
+    assert capsys.readouterr().out == ""
 
 
 def test_noisy_runs_warn() -> None:
@@ -339,3 +342,52 @@ def test_attention_matrix_products_are_counted() -> None:
     products = 2 * (2 * B * heads * length * length * (dim // heads))  # q·kᵀ and weights·v
     assert counted.total == projections + products
     assert not any("attention" in op for op in counted.uncounted)
+
+
+def test_json_carries_the_headline_figures_of_the_table(
+    linear_report: CostReport, tmp_path
+) -> None:
+    path = tmp_path / "cost.json"
+    linear_report.to_json(path)
+    summary = json.loads(path.read_text())["summary"]
+    assert summary == {
+        "total_flops": linear_report.total_flops,
+        "kept_flops": linear_report.kept_flops,
+        "kept_fraction": linear_report.kept_fraction,
+        "ideal_time_s": linear_report.ideal_time,
+        "efficiency": linear_report.efficiency,
+        "speedup": linear_report.speedup,
+        "possible_speedup": linear_report.possible_speedup,
+    }
+    table = linear_report.table()
+    assert f"{linear_report.efficiency:.2f}" in table and f"{summary['kept_fraction']:.1%}" in table
+    assert CostReport.from_json(path) == linear_report  # the summary is derived, not read back
+
+
+class _Terminal:
+    """A stream that says it is a terminal."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_redraws_only_on_a_terminal(capsys) -> None:
+    from fxtap.cost._time import Progress
+
+    terminal = _Terminal()
+    shown = Progress(True, stream=terminal)
+    shown.show("timing")
+    shown.done()
+    assert "\r" in terminal.text and "timing" in terminal.text
+    # stderr under pytest is a pipe, as in a log: progress=True writes nothing there.
+    compare(linear_chain(), ["1"], torch.randn(B, 8), **{**FAST, "progress": True})
+    assert "\r" not in capsys.readouterr().err

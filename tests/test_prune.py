@@ -89,6 +89,11 @@ def test_list_and_dict_requests() -> None:
     ]
     assert normalize_return_nodes({"a": "x"}, argument="return_nodes") == [Request("a", "x")]
     assert normalize_return_nodes("a", argument="return_nodes") == [Request("a", "a")]
+    # Integers become their decimal string, as torchvision does (timm passes such keys).
+    assert normalize_return_nodes({"a": 0, 1: "b"}, argument="return_nodes") == [
+        Request("a", "0"),
+        Request("1", "b"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -96,8 +101,8 @@ def test_list_and_dict_requests() -> None:
     [
         ({"a": "k", "b": "k"}, "output key 'k' twice"),
         ([], "is empty"),
-        ([3], "non-string node name 3"),
-        ({"a": 1}, "output keys must be strings"),
+        ([3.5], "non-string node name 3.5"),
+        ({"a": 1.5}, "output keys must be strings"),
         (5, "is a int"),
     ],
 )

@@ -7,8 +7,9 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from fxtap.cli._output import PROG, one_line, show_warning
-from fxtap.cli._parser import build_parser
+# NOTE: only the parser is imported here; torch and the stages load after parsing, so that
+# --help and usage errors answer at once.
+from fxtap.cli._parser import PROG, build_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -27,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    try:
+        from fxtap.cli._output import one_line, show_warning
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     try:
         with warnings.catch_warnings():
             # Filters stay as they are; only how a shown warning looks changes.

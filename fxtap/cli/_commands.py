@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import fxtap.cli._run as _run
+from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
     PROG,
+    check_regular,
     check_writable,
+    cli_words,
     describe_extractor,
     file_size,
     format_table,
@@ -24,7 +29,7 @@ from fxtap.cli._output import (
     row_dict,
     write_text,
 )
-from fxtap.errors import InvalidArgumentError
+from fxtap.errors import FxtapError, InputShapeError, InvalidArgumentError
 from fxtap.extractor import FeatureExtractor
 from fxtap.trace import NAME_KEY, Traced
 
@@ -38,7 +43,7 @@ def _nodes(args: argparse.Namespace) -> int:
     example = _inputs(args) if args.input else None
     training = args.mode == "train"
     traced = _extractor_trace(model, training) if isinstance(model, FeatureExtractor) else None
-    with progress(f"tracing {args.model}"), quiet_stderr():
+    with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
         rows = node_table(model, training=training, example_inputs=example, traced=traced)
     text = format_table(rows, shapes=example is not None)
     if args.json:
@@ -57,9 +62,13 @@ def _extract(args: argparse.Namespace) -> int:
     output = Path(args.output)
     check_writable(output.parent if str(output.parent) else Path("."), output)
     checked = example if args.check_trace else None
-    with progress(f"building the extractor of {args.model}"):
+    with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
         extractor = create_feature_extractor(model, nodes, example_inputs=checked)
-    with progress("checking it on the example input"), torch.no_grad():
+    with (
+        progress("checking it on the example input"),
+        torch.no_grad(),
+        _fitting(args, model, example),
+    ):
         was = extractor.training
         values = extractor.eval()(*example)
         extractor.train(was)
@@ -81,7 +90,18 @@ def _render(args: argparse.Namespace) -> int:
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
             model = create_feature_extractor(model, _nodes_arg(args), keep_traces=True)
-    with progress(f"drawing {args.model}"), quiet_stderr():
+    folder = Path(args.out_dir)
+    drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
+    for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
+        if path.suffix[1:] in drawn and path.stem.rpartition(".")[2] in ("train", "eval", "both"):
+            check_regular(path)
+    before = _snapshot(folder)
+    with (
+        progress(f"drawing {args.model}"),
+        quiet_stderr(),
+        _fitting(args, model, example),
+        _whole_sets(folder, before, drawn),
+    ):
         result = render(
             model,
             mode=args.mode,
@@ -94,7 +114,7 @@ def _render(args: argparse.Namespace) -> int:
             html=args.html,
         )
     for message in getattr(result, "messages", ()):
-        print(f"note: {message}", file=sys.stderr)
+        print(f"note: {cli_words(message)}", file=sys.stderr)
     for path in result.paths:
         print(f"wrote {path}")
     return 0
@@ -109,17 +129,18 @@ def _bench(args: argparse.Namespace) -> int:
     for path in (args.json, args.csv, args.plot):
         if path:
             check_writable(Path(path).parent if str(Path(path).parent) else Path("."), Path(path))
-    report = compare(
-        model,
-        nodes,
-        example,
-        device=args.device,
-        threads=args.threads,
-        rounds=args.rounds,
-        min_run_time=args.min_run_time,
-        training=args.mode == "train",
-        progress=sys.stderr.isatty(),
-    )
+    with _fitting(args, model, example):
+        report = compare(
+            model,
+            nodes,
+            example,
+            device=args.device,
+            threads=args.threads,
+            rounds=args.rounds,
+            min_run_time=args.min_run_time,
+            training=args.mode == "train",
+            progress=sys.stderr.isatty(),
+        )
     print(report.table())
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv)):
         if path:
@@ -145,6 +166,79 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (mtime, size) of the regular files in ``folder``."""
+    if not folder.is_dir():
+        return {}
+    return {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()
+    }
+
+
+@contextlib.contextmanager
+def _whole_sets(
+    folder: Path, before: dict[str, tuple[int, int]], suffixes: set[str]
+) -> Iterator[None]:
+    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for name, stamp in _snapshot(folder).items():
+            if name.rpartition(".")[2] in suffixes and before.get(name) != stamp:
+                (folder / name).unlink(missing_ok=True)
+        raise
+
+
+#: Errors a model raises itself when an input does not fit it (torch's shape checks, asserts).
+_MODEL_FAILURES = (RuntimeError, AssertionError, IndexError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def _fitting(
+    args: argparse.Namespace, model: nn.Module, example: tuple[torch.Tensor, ...] | None
+) -> Iterator[None]:
+    """Turn a model's refusal of the example input into an error that names --input and a fix.
+
+    The suggested shape fits this model (its weights' preprocessing or its first layer) and is
+    never the input just rejected.
+    """
+    try:
+        yield
+    except InputShapeError as exc:
+        if example is None:
+            raise
+        core = str(exc).split(". Pass ", 1)[0]
+        raise InputShapeError(f"{core}. {_input_fix(args, model, example)}") from exc
+    except FxtapError:
+        raise
+    except _MODEL_FAILURES as exc:
+        if example is None:
+            raise
+        given = ", ".join(_shape_text(t) for t in example)
+        reason = without_proxies(" ".join(str(exc).split())).rstrip(".") or type(exc).__name__
+        end = "" if reason.endswith(("!", "?")) else "."
+        raise InputShapeError(
+            f"--input {given} does not fit {args.model}: {type(exc).__name__}: {reason}{end} "
+            f"{_input_fix(args, model, example)}"
+        ) from exc
+
+
+def _input_fix(
+    args: argparse.Namespace, model: nn.Module, example: tuple[torch.Tensor, ...]
+) -> str:
+    from fxtap.cli._examples import suggest_input
+
+    rejected = [tuple(t.shape) for t in example]
+    shape = suggest_input(args.model, model, rejected)
+    if shape is None:
+        return "Pass --input with the shape this model expects (repeat --input for each input)"
+    return f"Pass --input with the shape this model expects, e.g. --input {shape}"
+
+
+def _shape_text(value: object) -> str:
+    return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else "?"
+
+
 def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
     """A saved extractor's own graph of one mode, described as a trace (no re-tracing)."""
     extractor.train(training)
@@ -156,11 +250,13 @@ def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
 
 def _load(args: argparse.Namespace) -> nn.Module:
     with progress(f"building {args.model}"):
-        return load_spec(args.model, args.model_arg, trust=args.trust)
+        return load_spec(
+            args.model, args.model_arg, trust=args.trust, allow_download=args.allow_download
+        )
 
 
 def _inputs(args: argparse.Namespace) -> tuple[torch.Tensor, ...]:
-    from fxtap.cli._models import make_inputs
+    from fxtap.cli._examples import make_inputs
 
     return make_inputs(args.input, dtype=args.dtype)
 

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import torch
 
 from fxtap._io import write_atomic
+from fxtap.cli._output import check_regular
 from fxtap.errors import DotNotFoundError, ensure_output_dir
 
 __all__ = ["DemoResult", "run"]
@@ -73,13 +74,17 @@ def run(
         OutputPathError: ``out_dir`` cannot be created or written.
         ModelSpecError, NodeNotFoundError: a bad model spec or node name.
     """
-    from fxtap.cli._models import load_spec, make_inputs, parse_input
+    from fxtap.cli._examples import make_inputs, parse_input
+    from fxtap.cli._models import load_spec
     from fxtap.cli._output import format_table, progress, quiet_stderr
     from fxtap.extractor import create_feature_extractor
     from fxtap.names import node_table
     from fxtap.save import load, save
 
     folder = ensure_output_dir(out_dir, hint="Pick another with -o DIR")
+    stem = model_spec.rpartition(":")[2].replace("/", "_").removesuffix(".py")
+    for name in _NAMES + tuple(f"{stem}.{part}" for part in _STEM_PARTS):
+        check_regular(folder / name)
     inputs = make_inputs([parse_input(input)] if input else None)
     files: dict[str, Path] = {}
     notes: list[str] = []
@@ -90,7 +95,6 @@ def run(
 
     with step(1, f"building {model_spec}"):
         model = load_spec(model_spec)
-    stem = model_spec.rpartition(":")[2].replace("/", "_").removesuffix(".py")
 
     with step(2, "node table"):
         with quiet_stderr():
@@ -129,9 +133,10 @@ def run(
                 )
             for drawing in result.drawings:
                 label = "train and eval drawing" if drawing.mode == "both" else "drawing"
-                files[f"{drawing.mode} {label}".removeprefix("both ")] = (
-                    drawing.path or drawing.dot_path
-                )
+                label = f"{drawing.mode} {label}".removeprefix("both ")
+                if drawing.path is not None:
+                    files[label] = drawing.path
+                files[f"{label} (DOT)"] = drawing.dot_path
 
     with step(5, "cost report (full model, hooks, extractor)"):
         try:
@@ -165,5 +170,12 @@ def run(
     return DemoResult(folder, files, tuple(notes))
 
 
+#: Files the demo writes under fixed names, and the parts after the model's stem.
+_NAMES = ("nodes.txt", "nodes.json", "cost.json", "cost.txt")
+_STEM_PARTS = tuple(f"{m}.{ext}" for m in ("train", "eval", "both") for ext in ("svg", "dot"))
+_STEM_PARTS += ("fxtap",)
+
+
 def _write(path: Path, text: str) -> Path:
+    check_regular(path)  # an atomic rename would replace a FIFO or device node
     return write_atomic(path, text, hint="Pass a writable folder with -o DIR.")

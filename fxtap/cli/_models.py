@@ -1,4 +1,4 @@
-"""Model specs and example inputs shared by every command-line subcommand."""
+"""Model specs shared by every command-line subcommand (example inputs: ``_examples``)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import ast
 import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from fxtap.errors import InvalidArgumentError, ModelSpecError, ResourceError, format_choices
+from fxtap.cli._examples import DTYPES, make_inputs, parse_input, suggest_input
+from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec
+from fxtap.errors import FxtapError, InvalidArgumentError, ModelSpecError, format_choices
 
 __all__ = [
     "DEFAULT_INPUT",
@@ -27,99 +28,8 @@ __all__ = [
     "make_inputs",
     "parse_input",
     "parse_model_args",
+    "suggest_input",
 ]
-
-#: The example input used when none is given: one 224x224 RGB image.
-DEFAULT_INPUT = "1x3x224x224"
-#: dtype names accepted by ``--input SHAPE:DTYPE`` and ``--dtype``.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "double": torch.float64,
-    "int64": torch.int64,
-    "long": torch.int64,
-    "int32": torch.int32,
-    "int": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One example input: a shape and, optionally, a dtype (else ``--dtype``, else float32).
-
-    >>> parse_input("1x3x64x64:float16")
-    InputSpec(shape=(1, 3, 64, 64), dtype=torch.float16)
-    """
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype | None = None
-
-    def __str__(self) -> str:
-        text = "x".join(map(str, self.shape))
-        return f"{text}:{str(self.dtype).removeprefix('torch.')}" if self.dtype else text
-
-
-def parse_input(text: str) -> InputSpec:
-    """Parse ``"1x3x224x224"`` or ``"1x3x224x224:float16"`` into an ``InputSpec``.
-
-    Raises:
-        InvalidArgumentError: not positive integers separated by ``x``, or an unknown dtype.
-    """
-    shape_text, _, dtype_text = text.strip().partition(":")
-    parts = shape_text.lower().split("x")
-    if not shape_text or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InvalidArgumentError(
-            f"input shape {text!r} is not positive integers separated by 'x'; expected e.g. "
-            f"{DEFAULT_INPUT} or {DEFAULT_INPUT}:float16"
-        )
-    dtype = None
-    if dtype_text:
-        dtype = parse_dtype(dtype_text)
-    return InputSpec(tuple(int(p) for p in parts), dtype)
-
-
-def parse_dtype(text: str) -> torch.dtype:
-    """Parse a dtype name such as ``float16`` (``torch.`` prefix allowed)."""
-    key = text.strip().lower().removeprefix("torch.")
-    if key not in DTYPES:
-        close = difflib.get_close_matches(key, DTYPES, n=3)
-        hint = f"; closest: {format_choices(close)}" if close else ""
-        raise InvalidArgumentError(
-            f"dtype {text!r} is not known{hint}. Expected one of {format_choices(DTYPES)}"
-        )
-    return DTYPES[key]
-
-
-def make_inputs(
-    specs: Sequence[InputSpec] | None = None, *, dtype: torch.dtype | None = None, seed: int = 0
-) -> tuple[torch.Tensor, ...]:
-    """Build reproducible example inputs: normal noise for floats, zeros and ones for integers.
-
-    Args:
-        specs: one per model input (default: one ``1x3x224x224`` input).
-        dtype: dtype of inputs whose spec names none (default: float32).
-        seed: random seed, so two runs see the same inputs.
-    """
-    specs = list(specs) if specs else [parse_input(DEFAULT_INPUT)]
-    generator = torch.Generator().manual_seed(seed)
-    tensors = []
-    for spec in specs:
-        kind = spec.dtype or dtype or torch.float32
-        _check_memory(spec, kind)
-        if kind.is_floating_point:
-            t = torch.randn(spec.shape, generator=generator).to(kind)
-        elif kind == torch.bool:
-            t = torch.randint(0, 2, spec.shape, generator=generator).bool()
-        else:
-            t = torch.randint(0, 2, spec.shape, generator=generator).to(kind)
-        tensors.append(t)
-    return tuple(tensors)
 
 
 def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
@@ -144,16 +54,21 @@ def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_model(spec: str, model_args: Mapping[str, Any] | None = None) -> nn.Module:
+def load_model(
+    spec: str, model_args: Mapping[str, Any] | None = None, *, allow_download: bool = False
+) -> nn.Module:
     """Build the model a spec names, without downloading anything.
 
     Specs: ``torchvision:NAME`` (``weights=None``; ``weights_backbone=None`` for detection and
     segmentation models), ``timm:NAME`` (``pretrained=False``; needs timm),
     ``package.module:factory`` and ``path/to/file.py:factory``. ``factory`` is any callable
     returning an ``nn.Module`` (a class or a function); ``model_args`` are passed to it.
+    Arguments that ask torchvision or timm for pretrained weights (``weights=``,
+    ``weights_backbone=``, ``pretrained=True``) are refused unless ``allow_download``.
 
     Raises:
-        ModelSpecError: the spec does not resolve; says what was tried and the closest names.
+        ModelSpecError: the spec does not resolve, or asks for a download that is not allowed;
+            says what was tried and the closest names.
     """
     kwargs = dict(model_args or {})
     source, sep, name = spec.rpartition(":")
@@ -163,6 +78,8 @@ def load_model(spec: str, model_args: Mapping[str, Any] | None = None) -> nn.Mod
             "timm:resnet18, package.module:factory or path/to/file.py:factory"
             + _suggest_torchvision(spec)
         )
+    if source in ("torchvision", "timm") and not allow_download:
+        _refuse_download(spec, kwargs)
     if source == "torchvision":
         model = _torchvision(name, kwargs)
     elif source == "timm":
@@ -177,6 +94,20 @@ def load_model(spec: str, model_args: Mapping[str, Any] | None = None) -> nn.Mod
             "point it at a function or class that builds the model"
         )
     return model
+
+
+#: Factory arguments that make torchvision or timm fetch pretrained weights, and their offline value.
+_DOWNLOADS = {"weights": None, "weights_backbone": None, "pretrained": False}
+
+
+def _refuse_download(spec: str, kwargs: Mapping[str, Any]) -> None:
+    for key, offline in _DOWNLOADS.items():
+        if key in kwargs and kwargs[key] not in (offline, "None", False):
+            raise ModelSpecError(
+                f"--model-arg {key}={kwargs[key]!r} for {spec!r} downloads pretrained weights "
+                "from the internet; pass --allow-download to fetch them (or use the copy already "
+                f"in torch's cache), or drop --model-arg {key}= to build with random weights"
+            )
 
 
 def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -242,7 +173,7 @@ def _from_file(path_text: str, attr: str, spec: str) -> Any:
     sys.modules[module_name] = module
     try:
         loader_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[module_name]
         raise ModelSpecError(
             f"model spec {spec!r}: running {str(path)!r} failed: {type(exc).__name__}: {exc}"
@@ -269,17 +200,39 @@ def _lookup(module: Any, attr: str, spec: str, where: str) -> Any:
 
 def _call(factory: Any, kwargs: dict[str, Any], spec: str) -> nn.Module:
     try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some C extensions have none
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise ModelSpecError(
+                f"model spec {spec!r} rejected its arguments {kwargs!r}: {exc}. Check the "
+                "--model-arg names against the factory's signature"
+            ) from exc
+    try:
         return factory(**kwargs)
-    except TypeError as exc:
+    except SystemExit as exc:
         raise ModelSpecError(
-            f"model spec {spec!r} rejected its arguments {kwargs!r}: {exc}. Check the "
-            "--model-arg names against the factory's signature"
+            f"model spec {spec!r} called sys.exit({exc.code!r}) while building the model instead "
+            "of returning it; make the factory return an nn.Module"
+        ) from exc
+    except Exception as exc:
+        if isinstance(exc, TypeError) and signature is None:
+            raise ModelSpecError(
+                f"model spec {spec!r} rejected its arguments {kwargs!r}: {exc}. Check the "
+                "--model-arg names against the factory's signature"
+            ) from exc
+        if isinstance(exc, FxtapError):
+            raise
+        raise ModelSpecError(
+            f"model spec {spec!r} failed while building the model: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}. Fix the factory, or its --model-arg values"
         ) from exc
 
 
 def _parameters(fn: Any) -> set[str]:
-    import inspect
-
     try:
         return set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):  # pragma: no cover - builtins
@@ -299,49 +252,13 @@ def _suggest_torchvision(word: str) -> str:
     return "; did you mean " + ", ".join(f"'torchvision:{n}'" for n in close) + "?"
 
 
-def _check_memory(spec: InputSpec, kind: torch.dtype) -> None:
-    """Refuse an input that cannot fit in memory, before allocating anything."""
-    numel = 1
-    for size in spec.shape:
-        numel *= int(size)
-    need = numel * torch.empty((), dtype=kind).element_size()
-    have = available_memory()
-    if have is not None and need > have:
-        shape = "x".join(str(s) for s in spec.shape)
-        raise ResourceError(
-            f"input {shape!r} ({str(kind).removeprefix('torch.')}) needs {_bytes(need)} but only "
-            f"{_bytes(have)} of memory is available; pass a smaller --input, e.g. 1x3x224x224"
-        )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (``MemAvailable``), when known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} PB"
-
-
-def load_spec(spec: str, model_args: Sequence[str] = (), *, trust: bool = False) -> nn.Module:
+def load_spec(
+    spec: str, model_args: Sequence[str] = (), *, trust: bool = False, allow_download: bool = False
+) -> nn.Module:
     """A model from a spec, or a saved extractor when ``spec`` is an existing file."""
     path = Path(spec)
     if path.suffix in (".fxtap", ".pt", ".pth") or (path.is_file() and path.suffix != ".py"):
         from fxtap.save import load
 
         return load(path, trust=trust)
-    return load_model(spec, parse_model_args(model_args))
+    return load_model(spec, parse_model_args(model_args), allow_download=allow_download)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
+import stat
 import sys
 import threading
 import time
@@ -15,13 +17,14 @@ from typing import Any, TextIO
 import torch
 
 from fxtap._io import write_atomic
+from fxtap.cli._parser import PROG
 from fxtap.errors import FxtapError, OutputPathError
-
-PROG = "fxtap"
 
 __all__ = [
     "PROG",
+    "check_regular",
     "check_writable",
+    "cli_words",
     "describe_extractor",
     "file_size",
     "format_table",
@@ -141,7 +144,34 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_regular(path: Path) -> None:
+    """Refuse a path that exists and is not a regular file or folder: a FIFO, device or socket.
+
+    Writing there would feed a pipe or overwrite a device node (as root, a system one).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # a new path
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = (
+        "FIFO"
+        if stat.S_ISFIFO(mode)
+        else "device node"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "socket"
+        if stat.S_ISSOCK(mode)
+        else "special file"
+    )
+    raise OutputPathError(
+        f"cannot write {str(path)!r}: it is a {kind}, not a regular file; fxtap writes only "
+        "regular files or new paths. Give another output path"
+    )
+
+
 def check_writable(folder: Path, target: Path) -> None:
+    check_regular(target)
     if target.is_dir():
         raise OutputPathError(f"cannot write {str(target)!r}: it is a folder; give a file name")
     if not folder.is_dir():
@@ -151,6 +181,7 @@ def check_writable(folder: Path, target: Path) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+    check_regular(Path(path))  # an atomic rename would replace a FIFO or device node
     write_atomic(path, text, hint="Pick a path in a folder that exists.")
 
 
@@ -170,8 +201,37 @@ def file_size(path: Path) -> str:
     return ""  # pragma: no cover
 
 
+#: Python argument names in library messages -> the command-line flag that sets the same thing.
+FLAGS = {
+    "rounds": "--rounds",
+    "min_run_time": "--min-run-time",
+    "threads": "--threads",
+    "nodes": "--nodes",
+    "device": "--device",
+    "depth": "--depth",
+    "max_nodes": "--max-nodes",
+}
+_ARGUMENT = re.compile(
+    r"(?<![\w.\-])(" + "|".join(map(re.escape, FLAGS)) + r")=('[^']*'|[^\s,;)]*)"
+)
+
+
+def cli_words(text: str) -> str:
+    """Say a library message in the words of the command line: ``rounds=`` -> ``--rounds``.
+
+    >>> cli_words("Use more rounds=, a longer min_run_time=, or device='cpu'")
+    'Use more --rounds, a longer --min-run-time, or --device cpu'
+    """
+
+    def flag(match: re.Match[str]) -> str:
+        value = match.group(2).strip("'")
+        return FLAGS[match.group(1)] + (f" {value}" if value else "")
+
+    return _ARGUMENT.sub(flag, text)
+
+
 def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = cli_words(" ".join(str(exc).split()))
     if not isinstance(exc, FxtapError | OSError):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         text += " (run with --debug for the traceback)"
@@ -186,7 +246,7 @@ def show_warning(
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    print(f"{PROG}: warning: {one_line_text(str(message))}", file=file or sys.stderr)
+    print(f"{PROG}: warning: {cli_words(one_line_text(str(message)))}", file=file or sys.stderr)
 
 
 def one_line_text(text: str) -> str:

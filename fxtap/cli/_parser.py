@@ -6,14 +6,13 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from fxtap.cli._models import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
-from fxtap.cli._output import PROG
+from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
 from fxtap.cli._run import add_parser as add_run_parser
-from fxtap.errors import InvalidArgumentError
 
 __all__ = ["PROG", "build_parser"]
+
+#: The program name in usage lines and messages.
+PROG = "fxtap"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,30 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none; torchvision gets weights=None, timm pretrained=False)",
     )
     model.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let --model-arg weights=DEFAULT (timm: pretrained=True) download pretrained "
+        "weights; without it such arguments are refused (default: off, nothing is downloaded)",
+    )
+    model.add_argument(
         "--trust",
         action="store_true",
         help="allow loading a pickled extractor file, which runs code stored in it (default: off)",
     )
-    inputs = argparse.ArgumentParser(add_help=False)
-    inputs.add_argument(
-        "--input",
-        metavar="SHAPE[:DTYPE]",
-        action="append",
-        type=_input_type,
-        help=f"example input shape such as {DEFAULT_INPUT} or {DEFAULT_INPUT}:float16; "
-        f"repeat for models with several inputs (default: {DEFAULT_INPUT})",
-    )
-    inputs.add_argument(
-        "--dtype",
-        type=_dtype_type,
-        default=None,
-        help="dtype of inputs whose --input names none (default: float32)",
-    )
+    # NOTE: extract and bench need an input and default to one; nodes and render show shapes
+    # only when given one.
+    needs_input = _inputs_parser(f"{DEFAULT_INPUT}")
+    shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
 
     p = sub.add_parser(
         "nodes",
-        parents=[model, inputs],
+        parents=[model, shapes_input],
         help="print the node table of a model",
         description="Print every node of a model's traced graph: name, op, target, module type, "
         "parameters, and output shape and dtype when --input is given.",
@@ -89,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        parents=[model, inputs, taps],
+        parents=[model, needs_input, taps],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
         "example input in eval mode, and save it.",
@@ -118,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "render",
-        parents=[model, inputs, _nodes_parser(required=False)],
+        parents=[model, shapes_input, _nodes_parser(required=False)],
         help="draw a model's graph, or the kept and pruned nodes of an extractor",
         description="Draw the traced graph with Graphviz; with --nodes, nodes the taps do not "
         "need are drawn dashed.",
@@ -158,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        parents=[model, inputs, taps],
+        parents=[model, needs_input, taps],
         help="compare the cost of the full model, forward hooks and the extractor",
         description="Measure FLOPs, parameters, peak memory and latency of the full model, the "
         "model with forward hooks, and the fxtap extractor.",
@@ -221,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inputs_parser(default: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--input",
+        metavar="SHAPE[:DTYPE]",
+        action="append",
+        type=_input_type,
+        help=f"example input shape such as {DEFAULT_INPUT} or {DEFAULT_INPUT}:float16; "
+        f"repeat for models with several inputs (default: {default})",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=_dtype_type,
+        default=None,
+        help="dtype of inputs whose --input names none (default: float32)",
+    )
+    return parser
+
+
 def _nodes_parser(*, required: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
@@ -238,7 +251,7 @@ def _input_type(text: str) -> InputSpec:
     return _usage(parse_input)(text)
 
 
-def _dtype_type(text: str) -> torch.dtype:
+def _dtype_type(text: str) -> str:
     return _usage(parse_dtype)(text)
 
 
@@ -256,7 +269,7 @@ def _usage(fn: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return fn(text)
-        except InvalidArgumentError as exc:
+        except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse

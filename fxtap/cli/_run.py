@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fxtap.errors import InvalidArgumentError
-
 __all__ = ["add_parser", "run"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -194,6 +192,8 @@ def transform_for(args: argparse.Namespace, model: Any) -> Any:
 
 
 def load_data(spec: str, transform: Any) -> Any:
+    from fxtap.errors import InvalidArgumentError  # here: the parser must not import torch
+
     """The ``Dataset`` or ``DataLoader`` a ``--data`` SPEC names."""
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
@@ -239,6 +239,8 @@ def load_data(spec: str, transform: Any) -> Any:
 
 
 def _module(source: str, spec: str) -> Any:
+    from fxtap.errors import InvalidArgumentError
+
     if source.endswith(".py"):
         path = Path(source)
         if not path.is_file():

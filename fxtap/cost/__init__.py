@@ -84,7 +84,7 @@ def compare(
         profile_memory: on CPU, also record peak allocations with ``torch.profiler``.
         noise_threshold: warn when a variant's IQR exceeds this fraction of its median
             (``None`` never warns).
-        progress: show progress on stderr.
+        progress: show progress on stderr, when stderr is a terminal (a redrawn line).
 
     Returns:
         A ``CostReport``: ``print(report.table())``, ``report.to_json(path)``, ``.plot(path)``.
@@ -100,9 +100,16 @@ def compare(
     0.547
     """
     check_model(model)
-    inputs = (
-        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    )
+    if isinstance(example_inputs, torch.Tensor):
+        inputs: tuple[Any, ...] = (example_inputs,)
+    elif isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+        inputs = tuple(example_inputs)
+    else:
+        raise InvalidArgumentError(
+            f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
+            "compare runs the model, so it needs a tensor or a tuple of tensors, e.g. "
+            "example_inputs=(torch.randn(1, 3, 224, 224),)"
+        )
     dev = _check_options(device, threads, rounds, min_run_time, warmup, node_repeats)
     threads = threads if threads is not None else torch.get_num_threads()
     inputs = tuple(t.to(dev) if isinstance(t, torch.Tensor) else t for t in inputs)

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -226,8 +227,29 @@ class CostReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything, raw samples included, as JSON-ready values."""
-        return {"schema": SCHEMA, **dataclasses.asdict(self)}
+        """Everything, raw samples included, as JSON-ready values.
+
+        ``"summary"`` repeats the headline figures ``table()`` shows (kept FLOP fraction, ideal
+        time, efficiency, speedup and possible speedup), derived from the rest;
+        ``from_dict`` ignores it.
+        """
+        return {"schema": SCHEMA, "summary": self.summary(), **dataclasses.asdict(self)}
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The headline figures of ``table()``, as numbers (``None`` where undefined)."""
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "total_flops": self.total_flops,
+            "kept_flops": self.kept_flops,
+            "kept_fraction": self.kept_fraction,
+            "ideal_time_s": finite(self.ideal_time),
+            "efficiency": finite(self.efficiency),
+            "speedup": finite(self.speedup),
+            "possible_speedup": finite(self.possible_speedup),
+        }
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write ``to_dict()`` as JSON; raises ``OutputPathError`` if ``path`` is unwritable."""
@@ -241,7 +263,7 @@ class CostReport:
                 f"cost report schema {data.get('schema')!r} is not {SCHEMA!r}; write the "
                 "report again with this fxtap version"
             )
-        body = {k: v for k, v in data.items() if k != "schema"}
+        body = {k: v for k, v in data.items() if k not in ("schema", "summary")}
         body["nodes"] = tuple(NodeCost(**n) for n in body["nodes"])
         body["variants"] = tuple(
             VariantCost(

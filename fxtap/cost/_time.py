@@ -46,11 +46,16 @@ class RoundSamples:
 
 
 class Progress:
-    """A one-line progress indicator on stderr; silent when disabled."""
+    """A one-line progress indicator on stderr; silent when disabled or not on a terminal.
+
+    The line is redrawn with ``\r``, which only a terminal understands: in a log file or a
+    pipe it would pile up, so there nothing is written.
+    """
 
     def __init__(self, enabled: bool, *, stream=None) -> None:  # type: ignore[no-untyped-def]
-        self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = bool(enabled and callable(isatty) and isatty())
         self._width = 0
 
     def show(self, text: str) -> None:

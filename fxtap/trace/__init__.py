@@ -28,6 +28,7 @@ from fxtap.trace._fallback import (
 from fxtap.trace._mistrace import Mismatch, difference, find_mistrace, frozen_state
 from fxtap.trace._options import (
     check_concrete_args,
+    check_flags,
     check_model,
     default_autowrap_modules,
     default_leaf_modules,
@@ -56,6 +57,7 @@ __all__ = [
     "QualnameLeaves",
     "Traced",
     "check_concrete_args",
+    "check_flags",
     "check_model",
     "check_tracer",
     "default_autowrap_modules",
@@ -123,6 +125,7 @@ def trace(
         InvalidArgumentError: bad ``tracer_kwargs`` or ``concrete_args``.
     """
     check_model(model)
+    check_flags(training=training, auto_leaf=auto_leaf)
     check_tracer(tracer)
     if tracer == "export":
         return export_trace(

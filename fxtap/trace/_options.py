@@ -8,12 +8,14 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxtap.errors import InvalidArgumentError, format_choices, unknown_choice
 
 __all__ = [
     "check_concrete_args",
+    "check_flags",
     "check_model",
     "default_autowrap_modules",
     "default_leaf_modules",
@@ -54,12 +56,31 @@ def default_autowrap_modules() -> tuple[types.ModuleType, ...]:
 
 
 def check_model(model: Any) -> None:
-    """Raise ``InvalidArgumentError`` unless ``model`` is an ``nn.Module``."""
+    """Raise ``InvalidArgumentError`` unless ``model`` is an eager ``nn.Module``."""
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(
             f"model {model!r:.80} is a {type(model).__name__}; expected a torch.nn.Module. "
             "Wrap a function in a module whose forward calls it."
         )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InvalidArgumentError(
+            f"model {type(model).__name__} ({getattr(model, 'original_name', '?')}) is a "
+            "TorchScript module (torch.jit.script or torch.jit.trace); torch.fx cannot trace "
+            "scripted models. Pass the eager nn.Module it was scripted from instead"
+        )
+
+
+def check_flags(**flags: Any) -> None:
+    """Raise ``InvalidArgumentError`` for a flag argument that is not ``True`` or ``False``.
+
+    >>> check_flags(auto_leaf=True, training=False)
+    """
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(
+                f"{name}={value!r} is a {type(value).__name__}; expected a bool: pass "
+                f"{name}=True or {name}=False"
+            )
 
 
 def tracer_options(tracer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
