@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "VIEW_METHODS",
     "aten_alias_arg",
     "clone_structure",
+    "detach_submodules",
     "get_path",
     "inplace_arg",
     "module_type_name",
@@ -30,6 +32,7 @@ __all__ = [
     "owned_params",
     "shares_storage",
     "target_text",
+    "union_root",
 ]
 
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.
@@ -227,3 +230,42 @@ def clone_structure(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if "hooks" in attr and isinstance(value, dict):
             setattr(clone, attr, type(value)(value))
     return clone
+
+
+def union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
+    """A root holding every attribute either pruned graph refers to.
+
+    Tensor constants are stored per trace; a name that means different objects in the two
+    modes is renamed in the later graph.
+    """
+    root = nn.Module()
+    for mode, gm in pruned.items():
+        for node in gm.graph.nodes:
+            if node.op not in ("call_module", "get_attr"):
+                continue
+            target = str(node.target)
+            value = get_path(gm, target)
+            try:
+                existing = get_path(root, target)
+            except AttributeError:
+                fx.graph_module._copy_attr(gm, root, target)
+                continue
+            if existing is not value:
+                renamed = f"{target.replace('.', '_')}_{mode}"
+                if isinstance(value, nn.Module):
+                    root.add_module(renamed, value)
+                else:
+                    root.register_buffer(renamed, value, persistent=False)
+                node.target = renamed
+    return root
+
+
+def detach_submodules(gm: fx.GraphModule) -> None:
+    """Give the extractor its own module objects (sharing parameters and buffers).
+
+    Without this, ``extractor.eval()`` would flip the ``training`` flag of the user's
+    submodules, which the extractor's graph modules otherwise share.
+    """
+    memo: dict[int, nn.Module] = {}
+    for name, child in list(gm.named_children()):
+        setattr(gm, name, clone_structure(child, memo))

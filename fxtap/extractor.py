@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from torch import fx, nn
 
-from fxtap._fx import clone_structure, get_path
+from fxtap._fx import detach_submodules, union_root
 from fxtap._protocol import Extractor
 from fxtap._query import normalize_return_nodes, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
@@ -73,7 +73,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         for node in other.nodes:
             if node.op in ("call_module", "get_attr"):
                 fx.graph_module._copy_attr(root, self, str(node.target))
-        _detach_submodules(self)
+        detach_submodules(self)
         for name, buf in list(self.named_buffers()):
             if name.rsplit(".", 1)[-1].startswith("_tensor_constant"):
                 owner = self.get_submodule(name.rpartition(".")[0])
@@ -277,7 +277,7 @@ def create_feature_extractor(
             full[mode] = traced
         outputs[mode] = {key: _describe(value, traced) for key, value in selected.items()}
         pruned_modules[mode] = pruned
-    root = _union_root(pruned_modules)
+    root = union_root(pruned_modules)
     info = ExtractorInfo(outputs=outputs, opaque=opaque, full=full)
     return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
 
@@ -315,34 +315,6 @@ def _describe(value: Any, traced: Traced) -> str:
     return ":output"
 
 
-def _union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
-    """A root holding every attribute either pruned graph refers to.
-
-    Tensor constants are stored per trace; a name that means different objects in the two
-    modes is renamed in the later graph.
-    """
-    root = nn.Module()
-    for mode, gm in pruned.items():
-        for node in gm.graph.nodes:
-            if node.op not in ("call_module", "get_attr"):
-                continue
-            target = str(node.target)
-            value = get_path(gm, target)
-            try:
-                existing = get_path(root, target)
-            except AttributeError:
-                fx.graph_module._copy_attr(gm, root, target)
-                continue
-            if existing is not value:
-                renamed = f"{target.replace('.', '_')}_{mode}"
-                if isinstance(value, nn.Module):
-                    root.add_module(renamed, value)
-                else:
-                    root.register_buffer(renamed, value, persistent=False)
-                node.target = renamed
-    return root
-
-
 def _set_training(root: nn.Module, mode: bool) -> None:
     """Set ``training`` on every module under ``root``, as ``nn.Module.train`` does, faster.
 
@@ -362,17 +334,6 @@ def _set_training(root: nn.Module, mode: bool) -> None:
 
 
 _MODULE_TRAIN = nn.Module.train
-
-
-def _detach_submodules(gm: fx.GraphModule) -> None:
-    """Give the extractor its own module objects (sharing parameters and buffers).
-
-    Without this, ``extractor.eval()`` would flip the ``training`` flag of the user's
-    submodules, which the extractor's graph modules otherwise share.
-    """
-    memo: dict[int, nn.Module] = {}
-    for name, child in list(gm.named_children()):
-        setattr(gm, name, clone_structure(child, memo))
 
 
 def _rebuild(

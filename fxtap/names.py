@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,20 +10,17 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from fxtap._fx import module_type_name, owned_params, target_text
-from fxtap._shapes import suggest_input_shape, without_proxies
+from fxtap._shapes import VALUE_KEY, describe_value, propagate_shapes
 from fxtap.capture import capture_rows
-from fxtap.errors import InputShapeError, InvalidArgumentError, TraceError
+from fxtap.errors import TraceError
 from fxtap.trace import (
-    NAME_KEY,
     SCOPE_KEY,
     SOURCE_KEY,
     Traced,
     check_flags,
     is_root_failure,
-    restore_training,
     trace,
     trace_names,
     tracer_options,
@@ -42,10 +37,6 @@ __all__ = [
     "node_table",
     "propagate_shapes",
 ]
-
-#: ``node.meta`` key holding what a node returned on the example input, as text (set by
-#: ``propagate_shapes``), such as ``None``, ``int 224`` or a tensor's shape and dtype.
-VALUE_KEY = "fxtap_value"
 
 
 @dataclass(frozen=True)
@@ -266,139 +257,6 @@ def _capture_table(
             for row in node_table(island.traced.graph_module, traced=island.traced)
             if row.op != "placeholder"
         ],
-    )
-
-
-def propagate_shapes(
-    gm: fx.GraphModule,
-    example_inputs: Sequence[torch.Tensor],
-    *,
-    model_name: str = "model",
-    training: bool | None = None,
-) -> None:
-    """Fill ``node.meta['tensor_meta']`` by running ``gm`` on fake copies of the inputs.
-
-    Runs on fake tensors (no compute, nothing of the model touched); falls back to a real run
-    without gradients, with buffers put back afterwards, when an op has no fake kernel.
-    ``training`` runs the submodules in that mode (the mode the graph was traced in), and puts
-    their flags back afterwards; ``None`` leaves them as they are.
-
-    Raises:
-        InputShapeError: the inputs do not fit the model; names the node that rejected them.
-    """
-    inputs = _check_inputs(example_inputs)
-    with restore_training(gm):
-        if training is not None:
-            _set_mode(gm, training)
-        _propagate(gm, inputs, model_name)
-
-
-def _set_mode(gm: fx.GraphModule, training: bool) -> None:
-    for module in gm.modules():
-        module.training = training
-
-
-def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], model_name: str) -> None:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    try:
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            mode = FakeTensorMode(allow_non_fake_inputs=True)
-            _ShapeProp(gm, fake_mode=mode).propagate(*inputs)
-        return
-    except Exception as fake_exc:
-        first_error: Exception = fake_exc
-    saved = {k: b.clone() for k, b in gm.named_buffers()}
-    prop = _ShapeProp(gm)
-    try:
-        # NOTE: ShapeProp prints a traceback for every failing node; the error says it better.
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            prop.propagate(*inputs)
-    except Exception as exc:
-        raise InputShapeError(_shape_message(model_name, inputs, exc, prop.current, gm)) from (
-            first_error
-        )
-    finally:
-        with torch.no_grad():
-            for k, b in gm.named_buffers():
-                b.copy_(saved[k])
-
-
-class _ShapeProp(ShapeProp):
-    """``ShapeProp`` that remembers the node it is running, for error messages."""
-
-    current: fx.Node | None = None
-
-    def run_node(self, n: fx.Node) -> Any:
-        self.current = n
-        result = super().run_node(n)
-        n.meta[VALUE_KEY] = describe_value(result)
-        return result
-
-
-def describe_value(value: Any, *, limit: int = 3) -> str:
-    """What a node returned, as shown in node tables and drawings.
-
-    >>> describe_value((torch.zeros(2, 3), None))
-    '(2×3 float32, None)'
-    """
-    if isinstance(value, torch.Tensor):
-        dims = "×".join(str(d) for d in value.shape) or "scalar"
-        return f"{dims} {str(value.dtype).removeprefix('torch.')}"
-    if isinstance(value, torch.Size):
-        return "Size(" + ", ".join(map(str, value)) + ")"
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return "None" if value is None else f"{type(value).__name__} {value!r:.20}"
-    if isinstance(value, (tuple, list)):
-        parts = [describe_value(v, limit=limit) for v in value[:limit]]
-        more = ", …" if len(value) > limit else ""
-        inner = ", ".join(parts) + more
-        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
-    if isinstance(value, Mapping):
-        return (
-            "{"
-            + ", ".join(f"{k}: {describe_value(v)}" for k, v in list(value.items())[:limit])
-            + "}"
-        )
-    return type(value).__name__
-
-
-def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if not isinstance(example_inputs, Sequence):
-        raise InvalidArgumentError(
-            f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
-            "expected a tensor or a tuple of tensors, e.g. (torch.randn(1, 3, 224, 224),)"
-        )
-    return tuple(example_inputs)
-
-
-def _shape_message(
-    model_name: str,
-    inputs: tuple[Any, ...],
-    exc: Exception,
-    node: fx.Node | None,
-    gm: fx.GraphModule | None = None,
-) -> str:
-    shapes = ", ".join(
-        "x".join(map(str, t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-        for t in inputs
-    )
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()]
-    reason = lines[0] if lines else type(cause).__name__
-    where = ""
-    if node is not None:
-        where = f" at node {node.meta.get(NAME_KEY, node.name)!r} ({node.op} {target_text(node)})"
-    rejected = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
-    shape = (
-        suggest_input_shape(gm, rejected=rejected) if gm is not None and len(inputs) == 1 else None
-    )
-    example = f", e.g. (torch.randn{shape},)" if shape else ""
-    return (
-        f"example input of shape {shapes} does not fit {model_name}{where}: "
-        f"{without_proxies(reason)}. Pass example_inputs of the shape the model expects{example}"
     )
 
 

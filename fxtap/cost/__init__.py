@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from fxtap._fx import node_name, node_scope, owned_params, target_text
 from fxtap._protocol import require_graphs
+from fxtap._shapes import propagate_shapes
 from fxtap.cost._count import (
     count_flops,
     count_params,
@@ -34,7 +35,6 @@ from fxtap.cost._time import (
 from fxtap.cost._variants import cuda_peak, resolve_taps, variant_functions
 from fxtap.errors import InvalidArgumentError
 from fxtap.extractor import create_feature_extractor
-from fxtap.names import propagate_shapes
 from fxtap.trace import check_model, restore_training
 
 __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]

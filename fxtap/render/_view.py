@@ -12,8 +12,8 @@ from torch import fx, nn
 
 from fxtap._fx import owned_params, target_text
 from fxtap._query import normalize_return_nodes, parse_query, resolve
+from fxtap._shapes import VALUE_KEY, propagate_shapes
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
-from fxtap.names import VALUE_KEY, propagate_shapes
 from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
 
 __all__ = [
