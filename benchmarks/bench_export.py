@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
+    parser.add_argument(
+        "--tap",
+        default="layers.1",
+        help="node to tap; layers.1 is the second of eight decoder layers (default: layers.1)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     model = transformers.LlamaModel(config).eval()
     ids = torch.randint(0, 1000, (2, 128))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    tap = ["layers.2"]
+    tap = [args.tap]
     exported = fxtap.create_feature_extractor(model, tap, example_inputs=inputs).eval()
     import warnings
 
