@@ -108,6 +108,17 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         """Names of the nodes the ``mode`` graph kept, in execution order."""
         return [n.meta[NAME_KEY] for n in self.graph_for(mode).nodes if NAME_KEY in n.meta]
 
+    def pruned_traces(self) -> dict[str, Traced]:
+        """Each mode's pruned graph as a ``Traced`` of its own: what is drawn without ``full``."""
+        traces = {}
+        for mode in MODES:
+            graph = fx.Graph()
+            graph.output(graph.graph_copy(self.graph_for(mode), {}))
+            gm = fx.GraphModule(self, graph, type(self).__name__)
+            names = {n: n.meta[NAME_KEY] for n in gm.graph.nodes if NAME_KEY in n.meta}
+            traces[mode] = Traced(gm, names, mode == "train")
+        return traces
+
     def train(self, mode: bool = True) -> FeatureExtractor:
         """Set the mode and select that mode's graph (no code is regenerated)."""
         if not isinstance(mode, bool):

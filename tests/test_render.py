@@ -216,13 +216,6 @@ def test_numbered_names_fold_only_with_the_same_stem_and_sizes(tmp_path: Path) -
     assert [i for i in node_ids(text) if i.endswith(".0")] == ["enc_0.0", "dec_3.0", "enc_4.0"]
 
 
-def test_extractor_without_full_traces_is_refused() -> None:
-    ex = create_feature_extractor(Nested(), ["stem"], keep_traces=True)
-    ex.full = {}
-    with pytest.raises(InvalidArgumentError, match="render the model"):
-        render(ex, fmt="dot")
-
-
 def test_depth_and_max_nodes_collapse_but_keep_requested_modules_open(tmp_path: Path) -> None:
     r = render(Nested(), mode="eval", fmt="dot", out_dir=tmp_path, depth=0)
     assert node_ids(dot_text(r, "eval")) == [
@@ -536,7 +529,13 @@ def test_identical_modes_draw_once_and_say_so(tmp_path: Path) -> None:
     assert "identical" not in dot_text(different, "both")
 
 
-def test_extractor_built_without_traces_says_how_to_keep_them() -> None:
+def test_extractor_built_without_traces_draws_what_it_kept(tmp_path: Path) -> None:
+    """No unpruned traces (keep_traces=False, or loaded from disk): the kept graph is drawn."""
     ex = create_feature_extractor(Nested(), ["stem"])
-    with pytest.raises(InvalidArgumentError, match="keep_traces=True"):
-        render(ex, fmt="dot")
+    assert ex.full == {}
+    text = dot_text(render(ex, fmt="dot", out_dir=tmp_path), "eval")
+    kept = set(ex.node_names("eval"))
+    assert kept and all(f'id="{name}"' in text for name in kept)
+    full = create_feature_extractor(Nested(), ["stem"], keep_traces=True)
+    pruned = set(full.full["eval"].names.values()) - kept
+    assert pruned and not any(f'id="{name}"' in text for name in pruned)

@@ -164,7 +164,7 @@ def test_train_eval_toggle_changes_googlenet(browser: Any, pages: dict[str, Path
 def test_kept_pruned_filter_and_expand(browser: Any, tmp_path: Path) -> None:
     from fxtap import create_feature_extractor
 
-    ex = create_feature_extractor(Nested(), {"stem": "s"})
+    ex = create_feature_extractor(Nested(), {"stem": "s"}, keep_traces=True)
     r = render(ex, mode="eval", out_dir=tmp_path, html=True)
     assert r.html is not None
     errors: list[str] = []

@@ -13,7 +13,7 @@ from torch import fx, nn
 from fxtap._fx import owned_params, target_text
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap._shapes import VALUE_KEY, propagate_shapes
-from fxtap.errors import InvalidArgumentError, NodeNotFoundError, format_choices
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError
 from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
 
 __all__ = [
@@ -279,13 +279,8 @@ def sources(
                 "nodes= is for a model; an extractor draws its own return_nodes. "
                 "Pass the model itself to mark other nodes."
             )
-        traces = dict(model.full)
-        if not all(m in traces for m in modes):
-            raise InvalidArgumentError(
-                f"this {type(model).__name__} extractor holds no full {format_choices(modes)} "
-                "trace (built without keep_traces=True, or loaded from disk); render the model "
-                "with nodes= instead, or build the extractor with keep_traces=True"
-            )
+        # Without the unpruned traces (keep_traces=True) only what the extractor kept is drawn.
+        traces = dict(model.full) if all(m in model.full for m in modes) else model.pruned_traces()
         kept = {m: set(model.node_names(m)) for m in traces}
         requested = {m: dict(model.return_nodes.get(m, {})) for m in traces}
         return traces, kept, requested, set(getattr(model, "opaque", ()))
