@@ -1,9 +1,9 @@
-"""The safe loader's allowlist (``fxtap/_allowlist.json``) holds everything fxtap's saver emits.
+"""The safe loader's allowlist (``fxtap/save/_allowlist.json``) holds everything fxtap's saver emits.
 
 The allowlist is generated: ``python tests/test_allowlist.py`` saves an extractor of every
 torchvision model (and every timm model when timm is installed), collects the functions,
 methods, ``getattr`` names and module classes (with their configuration and tensor names) the
-saved files name, and rewrites ``fxtap/_allowlist.json``. The test below re-saves a sample of
+saved files name, and rewrites ``fxtap/save/_allowlist.json``. The test below re-saves a sample of
 models and fails if one of them emits something the checked-in allowlist lacks;
 ``FXTAP_THOROUGH=1`` checks the whole zoo.
 """
@@ -27,10 +27,9 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxtap
-from fxtap import _allowlist
-from fxtap._pack import pack
 from fxtap.errors import InvalidArgumentError
-from fxtap.save import MANIFEST
+from fxtap.save import MANIFEST, _allowlist
+from fxtap.save._pack import pack
 from tests.standard_ops import standard_functions, standard_methods
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +181,7 @@ def collect(extractors: Iterator[tuple[str, Any]]) -> Emitted:
 
 
 def render(emitted: Emitted) -> str:
-    """The text of ``fxtap/_allowlist.json``."""
+    """The text of ``fxtap/save/_allowlist.json``."""
     data = {
         "functions": sorted(emitted.functions),
         "methods": sorted(emitted.methods),
@@ -259,7 +258,7 @@ def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
 
 
 def main() -> None:
-    """Regenerate ``fxtap/_allowlist.json`` from the whole torchvision (and timm) zoo."""
+    """Regenerate ``fxtap/save/_allowlist.json`` from the whole torchvision (and timm) zoo."""
     torch.set_num_threads(1)
     emitted = collect(torchvision_extractors(torchvision.models.list_models()))
     emitted.merge(collect(fixture_extractors()))

@@ -301,7 +301,7 @@ def test_trust_must_be_a_bool(resnet_extractor, tmp_path):
 
 
 def test_bugs_in_fxtap_surface_as_themselves(tmp_path, monkeypatch):
-    from fxtap import _safe_load
+    from fxtap.save import _safe_load
 
     path = save(create_feature_extractor(fixtures.Nested(), ["stage"]), tmp_path / "m.fxtap")
 

@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fxtap import _manifest, _safe_load, create_feature_extractor
-from fxtap._pack import pack
+from fxtap import create_feature_extractor
 from fxtap.errors import LoadError
-from fxtap.save import MANIFEST, WEIGHTS
+from fxtap.save import MANIFEST, WEIGHTS, _manifest, _safe_load
+from fxtap.save._pack import pack
 from tests.test_save_hostile import Small
 
 EXAMPLES = {"ci": 500, "thorough": 10_000, "quick": 50}[

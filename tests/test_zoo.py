@@ -260,8 +260,8 @@ def check_round_trip(name: str, ex: Any) -> None:
     import io
     import zipfile
 
-    from fxtap._pack import pack
-    from fxtap._safe_load import read_archive
+    from fxtap.save._pack import pack
+    from fxtap.save._safe_load import read_archive
 
     buffer = io.BytesIO()
     pack(ex, buffer)

@@ -10,10 +10,10 @@ from typing import IO, Any
 import torch
 from torch import fx, nn
 
-from fxtap._allowlist import resolve
-from fxtap._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.errors import InvalidArgumentError
 from fxtap.extractor import MODES, FeatureExtractor
+from fxtap.save._allowlist import resolve
+from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.trace import NAME_KEY
 
 __all__ = ["pack"]

@@ -4,7 +4,7 @@
 reaches torch.fx: names are identifiers (not keywords, not dunder, unique), op kinds and
 argument structures are exactly those ``fxtap.save`` writes, nodes refer only to earlier
 nodes, each graph has exactly one output, and every function, method and module class is
-named exactly as in the allowlist (``fxtap/_allowlist.json``), unless the caller trusts the
+named exactly as in the allowlist (``fxtap/save/_allowlist.json``), unless the caller trusts the
 file. A refusal is a ``LoadError`` naming the field at fault.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 
 from torch.fx import graph as fx_graph
 
-import fxtap._allowlist as _allowlist
-from fxtap._schema import (
+import fxtap.save._allowlist as _allowlist
+from fxtap.errors import LoadError
+from fxtap.save._schema import (
     PARAMETER_RESERVED,
     Checked,
     ModuleSpec,
@@ -39,7 +40,6 @@ from fxtap._schema import (
     path_part,
     prefixes,
 )
-from fxtap.errors import LoadError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Checked", "Ref", "check"]
 

@@ -1,7 +1,7 @@
 """Read a ``.fxtap`` archive without running code from it: bounded reads, checks, then build.
 
 The order is the guarantee: each zip member's declared size and compression ratio are checked
-before it is read, the manifest is parsed within limits and validated by ``fxtap._manifest``,
+before it is read, the manifest is parsed within limits and validated by ``fxtap.save._manifest``,
 and only then are modules created (``cls.__new__`` plus ``nn.Module.__init__``, never the
 class's constructor) and graphs built with ``fx.Graph``'s API from the validated specs.
 Functions, methods and classes come from the allowlist, resolved by their exact names.
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-import fxtap._manifest as _manifest
-from fxtap._allowlist import resolve
-from fxtap._manifest import MANIFEST, MODES, WEIGHTS
-from fxtap._schema import Checked, ModuleSpec, NodeSpec, Ref
+import fxtap.save._manifest as _manifest
 from fxtap.errors import LoadError
 from fxtap.extractor import ExtractorInfo, FeatureExtractor
+from fxtap.save._allowlist import resolve
+from fxtap.save._manifest import MANIFEST, MODES, WEIGHTS
+from fxtap.save._schema import Checked, ModuleSpec, NodeSpec, Ref
 from fxtap.trace import NAME_KEY
 
 __all__ = [
@@ -238,7 +238,7 @@ def _function(path: str, *, trust: bool) -> Any:
 
 
 def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
-    import fxtap._allowlist as _allowlist
+    import fxtap.save._allowlist as _allowlist
 
     found = _exact(path) if path in _allowlist.MODULES else None
     if found is None:
@@ -251,7 +251,7 @@ def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
 
 
 def _manifest_functions() -> frozenset[str]:
-    import fxtap._allowlist as _allowlist
+    import fxtap.save._allowlist as _allowlist
 
     return _allowlist.FUNCTIONS
 

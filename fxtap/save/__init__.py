@@ -4,9 +4,9 @@ The default ``.fxtap`` format is a zip holding ``fxtap.json`` (both modes' graph
 the leaf modules as class path plus plain attributes, the output keys), ``weights.safetensors``
 and, for reading only, each mode's generated Python code under ``code/``. Loading it runs no
 code from the file: the archive is read within limits, the manifest is validated against a
-strict schema (``fxtap._manifest``) and every function, method and module class is matched by
+strict schema (``fxtap.save._manifest``) and every function, method and module class is matched by
 its exact name against the allowlist of what this saver writes for the torchvision zoo
-(``fxtap._allowlist``) before a graph is built (``fxtap._safe_load``); ``fxtap._pack`` writes it. The pickle format
+(``fxtap.save._allowlist``) before a graph is built (``fxtap.save._safe_load``); ``fxtap.save._pack`` writes it. The pickle format
 (``torch.save`` of the extractor) keeps anything but runs code stored in the file when loaded,
 so ``load`` refuses it unless ``trust=True``. docs/saving.md states the threat model.
 """
@@ -22,11 +22,11 @@ from typing import IO, Any
 import torch
 
 from fxtap._io import write_atomic
-from fxtap._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
-from fxtap._pack import pack
 from fxtap._protocol import Extractor, require_graphs
 from fxtap.errors import InvalidArgumentError, LoadError, format_choices
 from fxtap.extractor import FeatureExtractor
+from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
+from fxtap.save._pack import pack
 
 __all__ = ["FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load", "save"]
 
@@ -117,7 +117,7 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> Extractor:
             f"cannot load {str(source)!r}: no such file. Write one with "
             "fxtap.save(extractor, PATH) or: fxtap extract MODEL --nodes NAME -o PATH"
         )
-    from fxtap._safe_load import read_archive
+    from fxtap.save._safe_load import read_archive
 
     try:
         archive = zipfile.ZipFile(source)
