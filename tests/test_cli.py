@@ -445,13 +445,22 @@ def test_bench_noise_warning_names_the_flags(capsys):
     assert "rounds=" not in line and "min_run_time=" not in line
 
 
-def test_render_of_a_saved_extractor_names_the_flag(capsys, tmp_path):
+def test_render_of_a_saved_extractor_draws_what_it_kept(capsys, tmp_path):
+    """A saved file holds only the kept graphs: those are drawn (the model draws the rest)."""
     path = tmp_path / "nested.fxtap"
     assert main(["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(path)]) == 0
     capsys.readouterr()
-    assert main(["render", str(path), "--format", "dot", "-o", str(tmp_path)]) == 1
-    line = one_error_line(capsys)
-    assert "render the model with --nodes instead" in line and "nodes=" not in line
+    assert main(["render", str(path), "--format", "dot", "-o", str(tmp_path)]) == 0
+    kept = load(path).node_names("eval")
+    (dot,) = tmp_path.glob("*.eval.dot")
+    text = dot.read_text(encoding="utf-8")
+    # Repeated blocks may be folded; the input, the stem and the tapped output are drawn.
+    assert all(f'id="{name}"' in text for name in (kept[0], "stem", kept[-1]))
+    import fxtap
+    from tests.models import Nested
+
+    pruned = set(fxtap.get_graph_node_names(Nested())[1]) - set(kept)
+    assert pruned and not any(f'id="{name}"' in text for name in pruned)
 
 
 def test_video_model_without_input_suggests_a_clip(capsys, tmp_path):

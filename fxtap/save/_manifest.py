@@ -16,8 +16,8 @@ from typing import Any
 
 from torch.fx import graph as fx_graph
 
-import fxtap.save._allowlist as _allowlist
 from fxtap.errors import LoadError
+from fxtap.save import _allowlist
 from fxtap.save._schema import (
     PARAMETER_RESERVED,
     Checked,

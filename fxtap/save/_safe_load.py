@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-import fxtap.save._manifest as _manifest
 from fxtap.errors import LoadError
 from fxtap.extractor import ExtractorInfo, FeatureExtractor
+from fxtap.save import _manifest
 from fxtap.save._allowlist import resolve
 from fxtap.save._manifest import MANIFEST, MODES, WEIGHTS
 from fxtap.save._schema import Checked, ModuleSpec, NodeSpec, Ref
@@ -238,7 +238,7 @@ def _function(path: str, *, trust: bool) -> Any:
 
 
 def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
-    import fxtap.save._allowlist as _allowlist
+    from fxtap.save import _allowlist
 
     found = _exact(path) if path in _allowlist.MODULES else None
     if found is None:
@@ -251,7 +251,7 @@ def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
 
 
 def _manifest_functions() -> frozenset[str]:
-    import fxtap.save._allowlist as _allowlist
+    from fxtap.save import _allowlist
 
     return _allowlist.FUNCTIONS
 
