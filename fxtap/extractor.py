@@ -13,7 +13,11 @@ from fxtap._fx import detach_submodules, union_root
 from fxtap._protocol import Extractor
 from fxtap._query import normalize_return_nodes, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
-from fxtap.errors import InvalidArgumentError, TraceError, close_matches, format_choices
+from fxtap.errors import (
+    InvalidArgumentError,
+    TraceError,
+    unknown_choice,
+)
 from fxtap.prune import prune
 from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
 
@@ -141,11 +145,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             InvalidArgumentError: ``mode`` is neither; names the closest.
         """
         if mode not in MODES:
-            raise InvalidArgumentError(
-                f"mode {mode!r} is not a graph of this extractor; expected 'train' or 'eval' "
-                f"(closest: {format_choices(close_matches(str(mode), MODES))}), e.g. "
-                "ex.graph_for('eval')"
-            )
+            raise unknown_choice("mode", mode, MODES, fix="Pass a mode, e.g. ex.graph_for('eval').")
         return self._fxtap_modes[mode == "train"][0]
 
     def load_state_dict(
