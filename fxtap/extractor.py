@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,6 +25,11 @@ from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
 __all__ = ["MODES", "ExtractorInfo", "FeatureExtractor", "create_feature_extractor"]
 
 MODES = ("train", "eval")
+
+# NOTE: one lock for every extractor's mode switch: the flags and the selected graph change
+# together, so switches racing from many threads leave each extractor in one consistent mode.
+# A module-level lock, since torch.jit.script cannot hold a lock attribute.
+_MODE_SWITCH = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -124,18 +130,24 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         return traces
 
     def train(self, mode: bool = True) -> FeatureExtractor:
-        """Set the mode and select that mode's graph (no code is regenerated)."""
+        """Set the mode and select that mode's graph (no code is regenerated).
+
+        Switches from many threads at once leave the extractor in one consistent mode (the
+        last switch's flags and graph). As with any ``nn.Module``, a switch while another
+        thread's call is running changes the mode of the leaf modules that call still runs.
+        """
         if not isinstance(mode, bool):
             raise InvalidArgumentError(f"training mode {mode!r} is not a bool; pass True or False")
-        _set_training(self, mode)
-        cached = getattr(self, "_fxtap_modes", None)
-        if cached is not None and self._graph is not cached[mode][0]:
-            graph, code, lineno_map, prologue_start, forward = cached[mode]
-            self._graph = graph
-            self._code = code
-            self._lineno_map = lineno_map
-            self._prologue_start = prologue_start
-            type(self).forward = forward
+        with _MODE_SWITCH:
+            _set_training(self, mode)
+            cached = getattr(self, "_fxtap_modes", None)
+            if cached is not None and self._graph is not cached[mode][0]:
+                graph, code, lineno_map, prologue_start, forward = cached[mode]
+                self._graph = graph
+                self._code = code
+                self._lineno_map = lineno_map
+                self._prologue_start = prologue_start
+                type(self).forward = forward
         return self
 
     def graph_for(self, mode: str) -> fx.Graph:

@@ -405,3 +405,59 @@ def test_traces_are_kept_only_on_request() -> None:
     assert ex.full == {}
     ex = fxtap.create_feature_extractor(model, ["layer1"], keep_traces=True)
     assert set(ex.full) == {"train", "eval"}
+
+
+# --- threads ---------------------------------------------------------------------------------
+
+
+def test_calls_from_many_threads_equal_serial_calls() -> None:
+    import threading
+
+    model = torchvision.models.resnet18().eval()
+    ex = fxtap.create_feature_extractor(model, {"layer1.0.relu": "a", "layer2": "b"})
+    inputs = [
+        torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(8)
+    ]
+    with torch.no_grad():
+        serial = [ex(x) for x in inputs]
+    wrong: list[tuple[int, int]] = []
+
+    def work(worker: int) -> None:
+        with torch.no_grad():
+            for call in range(25):
+                i = (worker + call) % len(inputs)
+                if not bitwise_equal(ex(inputs[i]), serial[i]):
+                    wrong.append((worker, call))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_mode_switches_from_many_threads_leave_one_consistent_mode() -> None:
+    import threading
+
+    model = torchvision.models.resnet18()
+    ex = fxtap.create_feature_extractor(model, ["layer1"])
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        for call in range(300):
+            ex.train((worker + call) % 2 == 0)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mode = "train" if ex.training else "eval"
+    assert ex.graph is ex.graph_for(mode)
+    assert type(ex).forward is ex._fxtap_modes[ex.training][4]
+    assert all(m.training == ex.training for m in ex.modules())
+    x = torch.randn(2, 3, 32, 32)
+    reference, _ = capture_reference(model, (x,), training=ex.training, names=["layer1.1.relu_1"])
+    assert bitwise_equal(run(ex, model, x)["layer1"], reference["layer1.1.relu_1"])
