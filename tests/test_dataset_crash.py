@@ -153,6 +153,56 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert torch.equal(feats.tensor("fc"), fxtap.open_features(tmp_path / "one").tensor("fc"))
 
 
+def test_two_nodes_on_a_shared_folder_equal_one_process(tmp_path):
+    """Two launchers, as on two hosts (``--nnodes 2 --node-rank 0|1``), one rank each."""
+    model = tiny_model()
+    dataset = image_folder(tmp_path / "images", count=16)
+    fxtap.extract_dataset(model, dataset, tmp_path / "one", **KW)
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(SCRIPT).format(
+            root=str(root),
+            tests=str(root / "tests"),
+            images=str(tmp_path / "images"),
+            out=str(tmp_path / "two"),
+            nodes=NODES,
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    port = str(_free_port())
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                str(script),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    said_by_launchers = [p.communicate(timeout=120)[0] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], said_by_launchers
+    said = [(tmp_path / f"two.rank{r}").read_text() for r in (0, 1)]
+    assert said == ["rank 0 of 2 computed 10", "rank 1 of 2 computed 6"]
+    assert tree(tmp_path / "two") == tree(tmp_path / "one")
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_resumed_job_computes_only_what_is_missing(tmp_path):
     model = tiny_model()
