@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,plot,timm,hf,gradcam,browser,dataset]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,plot,timm,hf,audio,gradcam,browser,dataset]'
 	@touch $(STAMP)
 
 # Graphviz's dot and Chromium (browser tests): each installed from Debian when missing and running

@@ -225,7 +225,9 @@ def _next_opaque(
     """What to keep opaque next: the failing plain function, else the failing module."""
     reason = exc.reason or str(exc)
     private = (exc.function or "").rpartition(".")[2].startswith("_")
-    if exc.function and exc.function not in functions and not private:
+    # NOTE: a private function is recorded as one node only where no module can take it in
+    # (the root): torch.fx never autowraps it, NodePathTracer patches it itself (_private)
+    if exc.function and exc.function not in functions and (not private or not exc.module_path):
         fn = _function_object(exc)
         if fn is not None:
             functions[exc.function] = fn

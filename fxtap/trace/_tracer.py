@@ -19,6 +19,7 @@ from torch import fx, nn
 from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._options import restore_training, trace_fixes
+from fxtap.trace._private import is_private, patched_private
 
 __all__ = [
     "NAME_KEY",
@@ -86,7 +87,8 @@ class NodePathTracer(fx.Tracer):
             ``(module, qualname) -> bool``.
         autowrap_modules: modules whose functions are recorded as single ``call_function``
             nodes (torch.fx's argument).
-        autowrap_functions: functions recorded as single nodes (torch.fx's argument).
+        autowrap_functions: functions recorded as single nodes (torch.fx's argument); unlike
+            torch.fx, names starting with ``_`` are recorded too (``_private``).
         param_shapes_constant: torch.fx's argument.
         record_source: record the user's ``file:line`` for each node in ``node.meta``.
 
@@ -104,9 +106,10 @@ class NodePathTracer(fx.Tracer):
         param_shapes_constant: bool = False,
         record_source: bool = False,
     ) -> None:
+        autowrap_functions = tuple(autowrap_functions)
         super().__init__(
             autowrap_modules=tuple(autowrap_modules),  # type: ignore[arg-type]
-            autowrap_functions=tuple(autowrap_functions),
+            autowrap_functions=autowrap_functions,
             param_shapes_constant=param_shapes_constant,
         )
         self.leaf_types: tuple[type, ...] = ()
@@ -114,6 +117,7 @@ class NodePathTracer(fx.Tracer):
         self.leaf_predicates: tuple[Callable[[nn.Module, str], bool], ...] = ()
         self._split_leaf_specs(leaf_modules)
         self.record_source = record_source
+        self._private = tuple(fn for fn in autowrap_functions if is_private(fn))
         self.node_to_qualname: dict[fx.Node, str] = {}
         self.module_inputs: dict[str, fx.Node] = {}
         self.failed_module: tuple[str, type] | None = None
@@ -179,7 +183,8 @@ class NodePathTracer(fx.Tracer):
             warnings.filterwarnings(
                 "ignore", message="For backward hooks to be called", category=UserWarning
             )
-            graph = super().trace(root, concrete_args)
+            with patched_private(self._private, root):
+                graph = super().trace(root, concrete_args)
         self._assign_names()
         return graph
 

@@ -1,0 +1,236 @@
+"""torchaudio models (the ``[audio]`` extra): Conformer and wav2vec 2.0 on tiny configs.
+
+The same checks as the Hugging Face models of tests/test_export.py: the extractor is pruned, and
+each tap equals a forward hook on the unmodified model bitwise, in eval mode and in train mode
+with the same seed, gradients included. docs/zoo.md says which path each model takes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+import fxtap
+from fxtap import FeatureExtractor, NodeNotFoundError, TraceError
+from fxtap.prune import prune
+from fxtap.trace import NAME_KEY
+from tests.checker import bitwise_equal
+from tests.test_export import Hooks, _graph_params, num_params
+
+pytestmark = pytest.mark.audio
+
+ta = pytest.importorskip("torchaudio")
+
+_G = torch.Generator().manual_seed(0)
+FEATURES = torch.randn(2, 20, 16, generator=_G)
+LENGTHS = torch.tensor([20, 15])
+WAVES = torch.randn(2, 400, generator=_G)
+
+
+def conformer() -> nn.Module:
+    torch.manual_seed(0)
+    return ta.models.Conformer(
+        input_dim=16, num_heads=2, ffn_dim=32, num_layers=4, depthwise_conv_kernel_size=3
+    )
+
+
+def wav2vec2(layer_drop: float = 0.1) -> nn.Module:
+    torch.manual_seed(0)
+    return ta.models.wav2vec2_model(
+        extractor_mode="group_norm",
+        extractor_conv_layer_config=[(8, 10, 5), (8, 3, 2)],
+        extractor_conv_bias=False,
+        encoder_embed_dim=16,
+        encoder_projection_dropout=0.1,
+        encoder_pos_conv_kernel=16,
+        encoder_pos_conv_groups=2,
+        encoder_num_layers=4,
+        encoder_num_heads=2,
+        encoder_attention_dropout=0.1,
+        encoder_ff_interm_features=32,
+        encoder_ff_interm_dropout=0.1,
+        encoder_dropout=0.1,
+        encoder_layer_norm_first=False,
+        encoder_layer_drop=layer_drop,
+        aux_num_out=None,
+    )
+
+
+def _check_exact(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    ex: FeatureExtractor,
+    spec: tuple[str, str, str],
+) -> None:
+    """Eval and train values of the ``leaf`` and ``func`` taps and ``:output``, and gradients."""
+    leaf, _, before = spec
+
+    def reference() -> tuple[dict[str, Any], Any]:
+        hooks = Hooks(model, {"leaf": leaf}, {"func": before})
+        torch.manual_seed(0)
+        out = model(*inputs)
+        hooks.remove()
+        return hooks.values, out
+
+    model.eval()
+    with torch.no_grad():
+        ref, _ = reference()
+        got = ex.eval()(*inputs)
+    assert bitwise_equal(got["leaf"], ref["leaf"]) and bitwise_equal(got["func"], ref["func"])
+    # train mode, same seed: every dropout draws the same numbers
+    model.train()
+    ref, out = reference()
+    torch.manual_seed(0)
+    got = ex.train()(*inputs)
+    assert type(got["out"]) is type(out)
+    assert bitwise_equal(pytree.tree_leaves(got["out"]), pytree.tree_leaves(out))
+    assert bitwise_equal(got["leaf"], ref["leaf"]) and bitwise_equal(got["func"], ref["func"])
+    # NOTE: one tap at a time: with both in one loss, the gradient reaching a value that
+    # feeds both taps sums its three parts in another order than the hooks' clones do
+    # (last bits differ)
+    for key in ("leaf", "func"):
+        want, grads = _param_grads(model, ref[key]), _param_grads(model, got[key])
+        assert want.keys() == grads.keys() and want, key
+        assert all(bitwise_equal(grads[k], want[k]) for k in grads), key
+
+
+def _param_grads(model: nn.Module, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(
+        value.sum(), [p for _, p in named], retain_graph=True, allow_unused=True
+    )
+    return {n: g for (n, _), g in zip(named, grads) if g is not None}
+
+
+def _build(model: nn.Module, taps: dict[str, str], match: str, **kwargs: Any) -> Any:
+    with pytest.warns(UserWarning, match=match):
+        return fxtap.create_feature_extractor(
+            model,
+            train_return_nodes={**taps, ":output": "out"},
+            eval_return_nodes=taps,
+            **kwargs,
+        )
+
+
+# ---------------------------------------------------------------- Conformer: torch.fx
+
+#: leaf-module tap, functional-op tap, the module whose first input is that op's value.
+CONFORMER = (
+    "conformer_layers.1.conv_module.sequential.0",
+    "conformer_layers.1.add",
+    "conformer_layers.1.self_attn_layer_norm",
+)
+#: Conformer.forward builds its padding mask with a private function that reads a tensor
+#: value (int(lengths.max())): fxtap records it as one node, the rest traces with torch.fx.
+_MASK = r"function torchaudio\.models\.conformer\._lengths_to_padding_mask"
+
+
+@pytest.mark.parametrize("with_inputs", [False, True], ids=["no_inputs", "example_inputs"])
+def test_conformer_takes_the_fx_path_is_pruned_and_exact(with_inputs: bool) -> None:
+    model = conformer()
+    leaf, func, _ = CONFORMER
+    extra = {"example_inputs": (FEATURES, LENGTHS)} if with_inputs else {}
+    ex = _build(model, {leaf: "leaf", func: "func"}, _MASK, **extra)
+    assert isinstance(ex, FeatureExtractor), "torch.fx did not trace the root"
+    assert _graph_params(ex, "eval") < num_params(model)
+    assert not any(n.startswith("conformer_layers.2") for n in ex.kept["eval"])
+    assert ex.outputs["eval"] == {"leaf": leaf, "func": func}
+    masks = [n for n in ex.graph_for("eval").nodes if n.op == "call_function"]
+    assert any(getattr(n.target, "__name__", "") == "_lengths_to_padding_mask" for n in masks)
+    _check_exact(model, (FEATURES, LENGTHS), ex, CONFORMER)
+
+
+def test_conformer_other_lengths_and_tracers() -> None:
+    model = conformer().eval()
+    # the mask node runs the function, so other lengths give other masks
+    with pytest.warns(UserWarning, match=_MASK):
+        ex = fxtap.create_feature_extractor(model, ["conformer_layers.0"], tracer="fx")
+    short = torch.tensor([9, 4])
+    hooks = Hooks(model, {"v": "conformer_layers.0"}, {})
+    with torch.no_grad():
+        model(FEATURES[:, :9], short)
+        got = ex(FEATURES[:, :9], short)["conformer_layers.0"]
+    hooks.remove()
+    assert bitwise_equal(got, hooks.values["v"])
+    # torch.export cannot size the mask: int(lengths.max()) is data-dependent
+    with pytest.raises(TraceError, match=r"torch.export could not trace Conformer"):
+        fxtap.create_feature_extractor(
+            model, ["conformer_layers.0"], tracer="export", example_inputs=(FEATURES, LENGTHS)
+        )
+
+
+# ---------------------------------------------------------------- wav2vec 2.0
+
+#: Names on the export path (eval mode).
+WAV2VEC2 = (
+    "encoder.transformer.layers.1.attention.q_proj",
+    "encoder.transformer.layers.1.add",
+    "encoder.transformer.layers.1.layer_norm",
+)
+#: what torch.fx keeps opaque: shape checks on proxies (x.ndim != 2) in the feature
+#: extractor, and then in the encoder a mask built from the extractor's (opaque) lengths.
+_OPAQUE = r"module 'feature_extractor'.*module 'encoder'"
+
+
+def test_wav2vec2_takes_the_fx_path_with_two_opaque_modules() -> None:
+    model = wav2vec2()
+    # torch.fx traces the root, so fxtap takes that path; taps inside the encoder do not exist
+    with pytest.warns(UserWarning, match=_OPAQUE), pytest.raises(NodeNotFoundError):
+        fxtap.create_feature_extractor(model, [WAV2VEC2[0]], example_inputs=(WAVES,))
+    # the outputs of the opaque modules are taps ("getitem" is the features the encoder gets),
+    # exact in both modes: the opaque encoder runs the model's own LayerDrop
+    taps = {"encoder": "leaf", "getitem": "func"}
+    ex = _build(model, taps, _OPAQUE, example_inputs=(WAVES,))
+    assert isinstance(ex, FeatureExtractor) and ex.opaque == ("feature_extractor", "encoder")
+    _check_exact(model, (WAVES,), ex, ("encoder", "getitem", "encoder"))
+    with pytest.warns(UserWarning, match=_OPAQUE):
+        pruned = fxtap.create_feature_extractor(model, ["feature_extractor", "getitem"])
+    assert num_params(pruned) < num_params(model)
+    assert "encoder" not in pruned.kept["eval"] and "encoder" not in pruned.kept["train"]
+
+
+def test_wav2vec2_export_path_in_eval_mode_is_pruned_and_exact() -> None:
+    model = wav2vec2().eval()
+    leaf, func, before = WAV2VEC2
+    traced = fxtap.trace(model, training=False, tracer="export", example_inputs=(WAVES,))
+    by_name = {name: node for node, name in traced.names.items()}
+    # weight_norm's parametrization is one node of the positional convolution
+    assert "encoder.transformer.pos_conv_embed.conv._weight_norm" in by_name
+    graph = prune(traced, {"leaf": by_name[leaf], "func": by_name[func]}, class_name="W2V")
+    kept = {n.meta.get(NAME_KEY) for n in graph.graph.nodes}
+    assert leaf in kept and func in kept
+    assert not any(str(n).startswith("encoder.transformer.layers.2") for n in kept)
+    attrs = {str(n.target) for n in graph.graph.nodes if n.op == "get_attr"}
+    kept_params = sum(p.numel() for name, p in graph.named_parameters() if name in attrs)
+    assert 0 < kept_params < num_params(model)
+    hooks = Hooks(model, {"leaf": leaf}, {"func": before})
+    waves = WAVES.clone()
+    model(waves)
+    ref_leaf, ref_func = hooks.values["leaf"], hooks.values["func"]
+    hooks.remove()
+    got = graph(waves)
+    assert bitwise_equal(got["leaf"], ref_leaf) and bitwise_equal(got["func"], ref_func)
+    # gradients, in eval mode
+    for key, want in (("leaf", ref_leaf), ("func", ref_func)):
+        ref_grads, grads = _param_grads(model, want), _param_grads(model, got[key])
+        assert ref_grads.keys() == grads.keys() and ref_grads, key
+        assert all(bitwise_equal(grads[k], ref_grads[k]) for k in grads), key
+
+
+@pytest.mark.parametrize("layer_drop", [0.1, 0.0])
+def test_wav2vec2_export_fails_in_train_mode_on_layer_drop(layer_drop: float) -> None:
+    # NOTE: Transformer.forward draws torch.rand(1).item() per layer in train mode, even with
+    # layer_drop=0.0: export cannot guard on the drawn value (docs/zoo.md)
+    model = wav2vec2(layer_drop)
+    with pytest.raises(TraceError, match=r"in train mode: .*data-dependent expression"):
+        fxtap.create_feature_extractor(
+            model, [WAV2VEC2[0]], tracer="export", example_inputs=(WAVES,)
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fxtap.trace(model, training=False, tracer="export", example_inputs=(WAVES,))
