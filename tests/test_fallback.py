@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import pickle
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -447,6 +448,40 @@ def test_private_functions_make_their_caller_opaque_and_say_so() -> None:
         fxtap.trace(model, training=False)
     text = str(info.value)
     assert "autowrap_functions=[" not in text and "never autowraps names starting with '_'" in text
+
+
+class PrivateAtRoot(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(_private_loop(self.lin(x)))
+
+
+def test_a_private_function_in_the_root_forward_is_one_node() -> None:
+    # no module can take in the root's own call: fxtap records the function itself
+    model = PrivateAtRoot().eval()
+    ex = build(model, ["lin", "head"], r"function (tests\.)?test_fallback\._private_loop")
+    assert isinstance(ex, fxtap.FeatureExtractor) and ex.opaque == ()
+    calls = [n.target for n in ex.graph_for("eval").nodes if n.op == "call_function"]
+    assert calls == [_private_loop]
+    assert not hasattr(_private_loop, "__wrapped__"), "the patch outlived the trace"
+    with torch.no_grad():
+        for x in (torch.randn(3, 4), torch.randn(5, 4)):  # loops x.shape[0] times, at run time
+            assert bitwise_equal(ex(x)["head"], model(x))
+            assert bitwise_equal(pickle.loads(pickle.dumps(ex))(x)["head"], model(x))
+
+
+def test_node_path_tracer_records_private_autowrap_functions() -> None:
+    tracer = fxtap.NodePathTracer(autowrap_functions=[_private_loop])
+    graph = tracer.trace(HoldsPrivate())
+    assert "inner._private_loop" in tracer.node_to_qualname.values()
+    assert [n.target for n in graph.nodes if n.op == "call_function"] == [_private_loop]
+    assert not hasattr(_private_loop, "__wrapped__")
+    with pytest.raises(TypeError):
+        fxtap.NodePathTracer().trace(HoldsPrivate())  # without it, torch.fx traces into it
 
 
 class Decorated(nn.Module):

@@ -7,7 +7,10 @@ with the same seed, gradients included. docs/zoo.md says which path each model t
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import fxtap
-from fxtap import FeatureExtractor, NodeNotFoundError, TraceError
+from fxtap import FeatureExtractor, LoadError, NodeNotFoundError, TraceError
 from fxtap.prune import prune
 from fxtap.trace import NAME_KEY
 from tests.checker import bitwise_equal
@@ -162,6 +165,26 @@ def test_conformer_other_lengths_and_tracers() -> None:
         fxtap.create_feature_extractor(
             model, ["conformer_layers.0"], tracer="export", example_inputs=(FEATURES, LENGTHS)
         )
+
+
+def test_conformer_extractor_copies_pickles_saves_and_runs_in_threads(tmp_path: Any) -> None:
+    model = conformer().eval()
+    with pytest.warns(UserWarning, match=_MASK):
+        ex = fxtap.create_feature_extractor(model, {CONFORMER[1]: "v"})
+    with torch.no_grad():
+        want = ex(FEATURES, LENGTHS)["v"]
+        for other in (copy.deepcopy(ex), pickle.loads(pickle.dumps(ex))):
+            assert bitwise_equal(other(FEATURES, LENGTHS)["v"], want)
+        path = fxtap.save(ex, tmp_path / "conformer.fxtap")
+        try:
+            loaded = fxtap.load(path)
+        except LoadError as exc:  # the safe loader names what it does not allow
+            assert "trust=True" in str(exc)
+            loaded = fxtap.load(path, trust=True)
+        assert bitwise_equal(loaded(FEATURES, LENGTHS)["v"], want)
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda _: ex(FEATURES, LENGTHS)["v"], range(8)))
+    assert all(bitwise_equal(r, want) for r in runs)
 
 
 # ---------------------------------------------------------------- wav2vec 2.0

@@ -79,6 +79,10 @@ def _record_as_node(fn: Callable[..., Any]) -> Callable[..., Any]:
         )
         if not proxies:
             return fn(*args, **kwargs)
-        return proxies[0].tracer.create_proxy("call_function", fn, args, kwargs)
+        proxy = proxies[0].tracer.create_proxy("call_function", fn, args, kwargs)
+        # NOTE: torch.fx's own mark: the generated code then calls torch.fx.wrap on the name,
+        # so a re-trace of that code (unpickling a GraphModule) keeps the node
+        proxy.node.meta["is_wrapped"] = True
+        return proxy
 
     return wrapped
