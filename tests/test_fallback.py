@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import pickle
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -447,7 +448,16 @@ def test_private_functions_make_their_caller_opaque_and_say_so() -> None:
     with pytest.raises(TraceError) as info:
         fxtap.trace(model, training=False)
     text = str(info.value)
-    assert "autowrap_functions=[" not in text and "never autowraps names starting with '_'" in text
+    assert "autowrap_functions=[" in text and "never autowraps names starting with '_'" in text
+    # the fix it names works: the function is one node and the module stays traced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped = create_feature_extractor(
+            model, ["inner.lin", "head"], tracer_kwargs={"autowrap_functions": [_private_loop]}
+        )
+    assert wrapped.opaque == ()
+    with torch.no_grad():
+        assert bitwise_equal(wrapped(x)["head"], model(x))
 
 
 class PrivateAtRoot(nn.Module):

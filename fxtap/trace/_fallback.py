@@ -238,7 +238,8 @@ def _next_opaque(
             # function cannot be one node: the module calling it is kept opaque instead
             reason = (
                 f"{reason}; torch.fx never autowraps {exc.function} (its name starts with "
-                "'_'), so the module calling it is kept opaque"
+                "'_'), so the module calling it is kept opaque; pass tracer_kwargs="
+                f"{{'autowrap_functions': [{exc.function}]}} to record it as one node instead"
             )
         return Opaque("module", exc.module_path, reason, exc.source)
     return None

@@ -182,9 +182,9 @@ _DATA_DEPENDENT = ("control flow", "cannot be iterated", "len(", "__bool__", "__
 def trace_fixes(path: str, type_name: str, function: str | None, reason: str) -> list[str]:
     """The options that can fix one trace failure, in the words of the interface.
 
-    Only fixes that apply are offered: ``autowrap_functions=`` never for a name starting
-    with ``_`` (torch.fx's autowrap skips those), ``concrete_args=`` only for data-dependent
-    control flow.
+    Only fixes that apply are offered: ``autowrap_functions=`` for a plain function (one
+    whose name starts with ``_`` too: ``NodePathTracer`` records those, torch.fx does not),
+    ``concrete_args=`` only for data-dependent control flow.
     """
     fixes = []
     if path:
@@ -196,8 +196,8 @@ def trace_fixes(path: str, type_name: str, function: str | None, reason: str) ->
         fixes.append(f"record the function as one node with autowrap_functions=[{function}]")
     elif function:
         fixes.append(
-            f"wrap {function} in a public function of your own for autowrap_functions= "
-            "(torch.fx never autowraps names starting with '_')"
+            f"record the function as one node with autowrap_functions=[{function}] (torch.fx "
+            "never autowraps names starting with '_'; fxtap's NodePathTracer does)"
         )
     if any(marker in reason for marker in _DATA_DEPENDENT):
         fixes.append("fix data-dependent arguments with concrete_args={'name': value}")
