@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from fxtap._protocol import Extractor, require_graphs
+from fxtap._protocol import Extractor
 from fxtap._stage import make_callable
 from fxtap.errors import InvalidArgumentError, ensure_output_dir, format_choices
 from fxtap.names import diff_modes
+from fxtap.render._capture import capture_views
 from fxtap.render._dot import FAST_SETTINGS, to_dot
 from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
 from fxtap.render._fold import fold_repeats as fold_repeats_
@@ -156,34 +157,26 @@ def render(
             f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
         )
     modes = ("train", "eval") if mode == "both" else (mode,)
-    if isinstance(model, Extractor):
-        require_graphs(
-            model,
-            action="render()",
-            instead="draw a traced submodule: render(model.get_submodule(PATH))",
-        )
-    traces, kept, requested, opaque = sources(model, modes, nodes, tracer_kwargs, concrete_args)
-    title = name or model_name(model)
-    only: dict[str, set[str]] = {m: set() for m in traces}
-    if "train" in traces and "eval" in traces:
-        diff = diff_modes(traces["train"], traces["eval"])
-        only = {"train": set(diff.train_only), "eval": set(diff.eval_only)}
-    if example_inputs is not None:
-        for m in modes:
-            traces[m] = with_shapes(traces[m], example_inputs, title)
-    bases = {
-        m: build_view(
-            traces[m],
-            title=title,
-            kept=kept.get(m),
-            requested=requested.get(m),
-            only=only.get(m, ()),
-            opaque=opaque,
-            heat=heat,
-            checks=checks,
-        )
-        for m in modes
-    }
+    messages: list[str] = []
+    if isinstance(model, Extractor) and not model.prunes:
+        if nodes is not None:
+            raise InvalidArgumentError(
+                "nodes= is for a model; an extractor draws its own return_nodes. "
+                "Pass the model itself to mark other nodes."
+            )
+        title = name or type(model.model).__name__
+        bases, messages = capture_views(
+            model, modes, example_inputs, title=title, tracer_kwargs=tracer_kwargs,
+            heat=heat, checks=checks,
+        )  # fmt: skip
+        modes = tuple(bases)
+        mode = "both" if len(modes) == 2 else modes[0]
+    else:
+        title = name or model_name(model)
+        bases = _graph_views(
+            model, modes, nodes, example_inputs, title, tracer_kwargs, concrete_args,
+            heat=heat, checks=checks,
+        )  # fmt: skip
 
     def make_view(m: str, limit: int | None, folds: bool = fold_repeats) -> View:
         view = bases[m]
@@ -209,14 +202,16 @@ def render(
     dot_paths = {m: write(folder / f"{stem}.{m}.dot", to_dot(vs, name=title)) for m, vs in written}
     if fmt == "dot":
         shown = {**views, "both": views["eval"]} if same else views
+        for message in messages:
+            warnings.warn(message, UserWarning, stacklevel=2)
         return Rendering(
             tuple(
                 drawing(m, p, None, [shown[m]] if m in shown else list(views.values()), "none")
                 for m, p in dot_paths.items()
-            )
+            ),
+            tuple(messages),
         )
     program = find_dot(dot, list(dot_paths.values()))
-    messages: list[str] = []
 
     def run(job: tuple[str, list[View]]) -> Drawing:
         m, vs = job
@@ -269,6 +264,42 @@ def render(
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
     return Rendering(tuple(drawings), tuple(messages), html_path, viewer)
+
+
+def _graph_views(
+    model: Any,
+    modes: Sequence[str],
+    nodes: Sequence[str] | Mapping[str, str] | None,
+    example_inputs: Any,
+    title: str,
+    tracer_kwargs: Mapping[str, Any] | None,
+    concrete_args: Mapping[str, Any] | None,
+    *,
+    heat: Mapping[str, float] | None,
+    checks: bool,
+) -> dict[str, View]:
+    """One view per mode of a model, a pruning extractor or a trace."""
+    traces, kept, requested, opaque = sources(model, modes, nodes, tracer_kwargs, concrete_args)
+    only: dict[str, set[str]] = {m: set() for m in traces}
+    if "train" in traces and "eval" in traces:
+        diff = diff_modes(traces["train"], traces["eval"])
+        only = {"train": set(diff.train_only), "eval": set(diff.eval_only)}
+    if example_inputs is not None:
+        for m in modes:
+            traces[m] = with_shapes(traces[m], example_inputs, title)
+    return {
+        m: build_view(
+            traces[m],
+            title=title,
+            kept=kept.get(m),
+            requested=requested.get(m),
+            only=only.get(m, ()),
+            opaque=opaque,
+            heat=heat,
+            checks=checks,
+        )
+        for m in modes
+    }
 
 
 def _expanded(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from fxtap.render._calls import ISLAND_COLOUR, call_legend, style_call
 from fxtap.render._view import View, ViewNode, prefixes
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
@@ -134,7 +135,9 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
     some_pruned = any(n.pruned for n in view.nodes.values())
     for a, b in view.edges:
         attrs = []
-        if view.nodes[a].pruned or view.nodes[b].pruned:
+        if (a, b) in view.sequence:
+            attrs.append('style=dotted, class="sequence"')
+        elif view.nodes[a].pruned or view.nodes[b].pruned:
             attrs.append(f'style=dashed, color="{PRUNED_COLOUR}", class="pruned"')
         elif some_pruned:
             attrs.append('penwidth=1.6, color="#000000"')  # the path feeding the taps
@@ -176,6 +179,7 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.opaque:
         attrs.update(shape="box3d", style="filled", fillcolor=PALETTE["opaque"] + _FILL_ALPHA)
         rows.append(_small("opaque (fallback leaf)"))
+    style_call(node, attrs, rows)
     if node.shape:
         rows.append(_small(node.shape))
     if node.mode_dependent and node.only is None:
@@ -212,6 +216,8 @@ def _classes(node: ViewNode) -> str:
         ("requested", node.key is not None),
         ("only", node.only is not None),
         ("folded", node.kind in ("module", "pruned")),
+        ("untraced", bool(node.untraced)),
+        ("skipped", node.skipped),
     ]
     return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
@@ -227,6 +233,8 @@ def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:
         "labeljust": "l",
         "fontsize": "9",
     }
+    if path in view.islands:
+        attrs.update(color=ISLAND_COLOUR, penwidth="2")
     fold = view.folds.get(path)
     if fold:
         count, last, exact = fold
@@ -282,6 +290,7 @@ def _legend(view: View) -> str:
             "◐, double border",
             MODE_COLOUR,
         ),
+        *call_legend(view),
     ]
     for count, text, style, colour in extra:
         if count:
@@ -322,8 +331,10 @@ def _tooltip(node: ViewNode) -> str:
     for flag, text in (
         (node.key is not None, f"requested output {node.key!r}"),
         (node.only is not None, f"only in {node.only} mode"),
-        (node.pruned, "pruned"),
+        (node.pruned and not node.skipped, "pruned"),
         (node.opaque, "opaque leaf (tracing fell back)"),
+        (bool(node.untraced), f"untraced: {node.untraced}"),
+        (node.skipped, "not run: after the early exit"),
         (node.mode_dependent > 0, "computes differently in train and eval mode"),
         (node.heat is not None, f"relative cost {node.heat or 0:.2f}"),
     ):

@@ -54,11 +54,13 @@ class ViewNode:
     heat: float | None = None
     count: int = 1
     mode_dependent: int = 0
+    untraced: str = ""  # why a capture extractor's module call is not traced ('' if it is)
+    skipped: bool = False  # a capture extractor's early exit skips it
 
     @property
     def protected(self) -> bool:
-        """Requested and mode-only nodes are never folded or collapsed away."""
-        return self.key is not None or self.only is not None
+        """Requested, mode-only and untraced nodes are never folded or collapsed away."""
+        return self.key is not None or self.only is not None or bool(self.untraced)
 
 
 @dataclass
@@ -81,6 +83,9 @@ class View:
     wrap_at: str = ""
     #: Drawn for both modes at once: the train and eval graphs are identical.
     same: bool = False
+    #: A capture extractor's traced islands, and its call-order edges (no data flow seen).
+    islands: tuple[str, ...] = ()
+    sequence: frozenset[tuple[str, str]] = frozenset()
 
     def clusters(self) -> list[str]:
         """Every module path holding a drawn node, parents first, in order of appearance."""

@@ -1,0 +1,239 @@
+"""Stage 3a: describe a capture extractor's forward: its module calls, islands and early exit."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fxtap._query import parse_query
+from fxtap.capture import Island, find_islands
+from fxtap.capture._probe import ModuleCall, Probe, probe
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError
+from fxtap.render._view import View, ViewNode, build_view, prefixes, sources, unique
+
+__all__ = ["capture_views"]
+
+_WHY = {
+    "leaf": "leaf module, runs eagerly",
+    "opaque": "forward not traceable",
+}
+
+
+def capture_views(
+    extractor: Any,
+    modes: Sequence[str],
+    example_inputs: Any,
+    *,
+    title: str,
+    tracer_kwargs: Mapping[str, Any] | None,
+    heat: Mapping[str, float] | None,
+    checks: bool,
+) -> tuple[dict[str, View], list[str]]:
+    """One view per mode whose probe run succeeds, and a message for each mode that failed.
+
+    The root is drawn as the module calls of a probe run in order of their first call: each
+    island as a cluster holding its traced graph, every other call as a hatched box, the calls
+    after the extractor's early exit dashed as not run. Edges follow the tensors handed from
+    call to call; where none is seen, a dotted edge gives the call order.
+
+    Raises:
+        InvalidArgumentError: ``example_inputs`` is missing, or the probe fails in every mode.
+    """
+    if example_inputs is None:
+        raise InvalidArgumentError(
+            f"render() of a {type(extractor).__name__} runs its model once per mode to see "
+            "which modules it calls, and example_inputs is None; pass example_inputs= "
+            "(--input SHAPE on the command line), e.g. example_inputs=torch.rand(1, 3, 224, 224)"
+        )
+    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    views: dict[str, View] = {}
+    failures: list[str] = []
+    for m in modes:
+        try:
+            found = probe(extractor, args, mode=m)
+        except Exception as exc:  # the model refusing the input in this mode (missing targets)
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            failures.append(
+                f"{title} could not be drawn in {m} mode: its probe run with example_inputs= "
+                f"raised {type(exc).__name__}: {reason}; pass example_inputs= that the model "
+                f"accepts in {m} mode, or mode={'eval' if m == 'train' else 'train'!r}"
+            )
+            continue
+        islands = find_islands(extractor.model, training=m == "train", tracer_kwargs=tracer_kwargs)
+        views[m] = _view(extractor, found, islands, title, heat, checks)
+    if not views:
+        raise InvalidArgumentError(" ".join(failures))
+    return views, failures
+
+
+def _view(
+    extractor: Any,
+    found: Probe,
+    islands: Mapping[str, Island],
+    title: str,
+    heat: Mapping[str, float] | None,
+    checks: bool,
+) -> View:
+    mode = found.mode
+    taps = dict(extractor.outputs[mode])
+    nodes: dict[str, ViewNode] = {}
+    edges: dict[tuple[str, str], None] = {}
+    sequence: set[tuple[str, str]] = set()
+    types: dict[str, str] = {p: f"{t} · forward not traced" for p, t in found.containers.items()}
+    entry: dict[str, str] = {}
+    exits: dict[str, str] = {"": "input"}
+    nodes["input"] = ViewNode("input", "input", "placeholder", "input", "")
+    extra = {"checks": 0, "opaque": 0, "mode_dependent": 0}
+    drawn: list[ModuleCall] = []
+    for call in found.calls:
+        island = islands.get(call.path) if call.kind == "island" else None
+        if island is None and call.kind == "island":
+            continue  # traced with other tracer_kwargs than render() was given
+        drawn.append(call)
+        if island is None:
+            parent = call.path.rpartition(".")[0]
+            nodes[call.path] = ViewNode(
+                id=call.path,
+                short=call.path[len(parent) + 1 :] if parent else call.path,
+                op="call_module",
+                target=call.module_type,
+                module=parent,
+                module_type=call.module_type,
+                params=sum(p.numel() for p in extractor.model.get_submodule(call.path).parameters()),
+                key=_module_key(taps, call.path),
+                pruned=not call.ran,
+                untraced=_WHY[call.kind] + (f", called {call.calls}×" if call.calls > 1 else ""),
+                skipped=not call.ran,
+            )
+            entry[call.path] = exits[call.path] = call.path
+            continue
+        local = _island_taps(taps, island)
+        inner = build_view(
+            island.traced,
+            title=title,
+            requested=local,
+            opaque=island.traced.leaves,
+            checks=checks,
+        )
+        for k in extra:
+            extra[k] += inner.counts.get(k, 0)
+        rename = {}
+        for node in inner.nodes.values():
+            new = unique(f"{call.path}.{node.id}", nodes)
+            rename[node.id] = new
+            nodes[new] = dataclasses.replace(
+                node,
+                id=new,
+                module=f"{call.path}.{node.module}" if node.module else call.path,
+                pruned=node.pruned or not call.ran,
+                skipped=not call.ran,
+            )
+        edges.update({(rename[a], rename[b]): None for a, b in inner.edges})
+        for path, kind in inner.module_types.items():
+            types[f"{call.path}.{path}" if path else call.path] = kind
+        times = f" · called {call.calls}×, traced graph on the first" if call.calls > 1 else ""
+        types[call.path] = f"{call.module_type} · traced island{times}"
+        places = [rename[n.id] for n in inner.nodes.values() if n.op == "placeholder"]
+        outs = [rename[n.id] for n in inner.nodes.values() if n.op == "output"]
+        entry[call.path] = places[0] if places else rename[next(iter(inner.nodes))]
+        exits[call.path] = outs[-1] if outs else rename[list(inner.nodes)[-1]]
+        tapped = _module_key(taps, call.path)
+        if tapped is not None:  # a hook on the island's own output
+            nodes[exits[call.path]].key = tapped
+    before = "input"
+    for call in drawn:
+        sources_ = [exits[p] for p in call.inputs if p in exits]
+        for src in sources_ or [before]:
+            edges.setdefault((src, entry[call.path]), None)
+            if not sources_:
+                sequence.add((src, entry[call.path]))
+        before = exits[call.path]
+    out = unique("output", nodes)
+    model_key = next((k for k, q in taps.items() if parse_query(q).port == "model"), None)
+    nodes[out] = ViewNode(out, "output", "output", "output", "", key=model_key)
+    ends = [exits[p] for p in found.output_from if p in exits]
+    for src in ends or [before]:
+        edges.setdefault((src, out), None)
+        if not ends:
+            sequence.add((src, out))
+    _container_taps(taps, found, drawn, nodes, edges, entry, exits)
+    if heat:
+        top = max(abs(v) for v in heat.values()) or 1.0
+        for name, value in heat.items():
+            if name in nodes:
+                nodes[name].heat = value / top
+    for path in {n.module for n in nodes.values()}:
+        for prefix in prefixes(path):
+            types.setdefault(prefix, "")
+    counts = {
+        "total": len(nodes),
+        "requested": sum(n.key is not None for n in nodes.values()),
+        "untraced": sum(bool(n.untraced) for n in nodes.values()),
+        "skipped": sum(n.skipped for n in nodes.values()),
+        **extra,
+    }
+    return View(
+        title,
+        mode,
+        nodes,
+        list(edges),
+        types,
+        counts=counts,
+        islands=tuple(c.path for c in drawn if c.kind == "island"),
+        sequence=frozenset(sequence),
+    )
+
+
+def _module_key(taps: Mapping[str, str], path: str) -> str | None:
+    """The output key of a tap on the output of the module call ``path``, if any."""
+    return next((k for k, q in taps.items() if q == path), None)
+
+
+def _island_taps(taps: Mapping[str, str], island: Island) -> dict[str, str]:
+    """Requested node names inside ``island`` (relative to it) -> output key."""
+    wanted: dict[str, str] = {}
+    head = island.path + "."
+    for key, query in taps.items():
+        parsed = parse_query(query)
+        base = parsed.path if parsed.port == "node" else query
+        if parsed.port == "model" or not base.startswith(head):
+            continue
+        try:
+            _, _, requested, _ = sources(
+                island.traced, (island.traced.mode,), {query[len(head) :]: key}, None, None
+            )
+        except NodeNotFoundError:
+            continue  # a module hook serves it (a module kept opaque inside the island)
+        wanted.update(requested[island.traced.mode])
+    return wanted
+
+
+def _container_taps(
+    taps: Mapping[str, str],
+    found: Probe,
+    drawn: list[ModuleCall],
+    nodes: dict[str, ViewNode],
+    edges: dict[tuple[str, str], None],
+    entry: Mapping[str, str],
+    exits: Mapping[str, str],
+) -> None:
+    """Tap nodes for inputs of calls and for module outputs that no drawn node stands for."""
+    for key, query in taps.items():
+        parsed = parse_query(query)
+        path = parsed.path
+        if parsed.port not in ("node", "input") or any(n.key == key for n in nodes.values()):
+            continue  # the model's output, or a node already marked
+        inside = [c.path for c in drawn if c.path == path or c.path.startswith(path + ".")]
+        if not inside or (parsed.port == "node" and path not in found.containers):
+            continue
+        port = "input" if parsed.port == "input" else "output"
+        tap = unique(f"{path}:{port}", nodes)
+        module = path.rpartition(".")[0] if path in entry else path
+        nodes[tap] = ViewNode(tap, port, "output", port, module, key=key)
+        if port == "input":
+            edges.setdefault((tap, entry[inside[0]]), None)
+        else:
+            edges.setdefault((exits[inside[-1]], tap), None)
