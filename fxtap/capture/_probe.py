@@ -38,6 +38,7 @@ class ModuleCall:
         inputs: paths of the calls whose outputs its arguments are (``''``: the model's input),
             in argument order; empty when the data flow is not seen (values rebuilt in between).
         flops: FLOPs of all its calls in the full forward (``FlopCounterMode``).
+        ran_flops: FLOPs of its calls in the extractor's forward.
     """
 
     path: str
@@ -47,6 +48,7 @@ class ModuleCall:
     ran: bool
     inputs: tuple[str, ...]
     flops: int
+    ran_flops: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Probe:
             nor drawn as a call (its forward runs eagerly and calls the drawn ones).
         output_from: paths of the calls whose outputs the model's output holds.
         full_flops: FLOPs of the model's full forward.
+        op_flops: aten op -> FLOPs of the full forward.
         extractor_flops: FLOPs of the extractor's call (up to its early exit).
         stopped_early: whether the extractor's call skipped calls of the full forward.
     """
@@ -69,6 +72,7 @@ class Probe:
     containers: dict[str, str]
     output_from: tuple[str, ...]
     full_flops: int
+    op_flops: dict[str, int]
     extractor_flops: int
     stopped_early: bool
 
@@ -97,6 +101,7 @@ def probe(extractor: Any, args: Sequence[Any], *, mode: str) -> Probe:
             full.watch_inputs(args)
             output = model(*args)
         full_flops = int(counter.get_total_flops())
+        op_flops = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
         torch.set_rng_state(rng)
         with torch.no_grad():
             work(*args)  # NOTE: the first call of a mode also checks each island's graph
@@ -116,7 +121,8 @@ def probe(extractor: Any, args: Sequence[Any], *, mode: str) -> Probe:
             calls=full.count[path],
             ran=path in cut.count,
             inputs=tuple(full.inputs[path]),
-            flops=full.flops[path],
+            flops=full.flops.get(path, 0),
+            ran_flops=cut.flops.get(path, 0),
         )
         for path in full.count
     )
@@ -126,6 +132,7 @@ def probe(extractor: Any, args: Sequence[Any], *, mode: str) -> Probe:
         containers={p: containers[p] for p in full.entered},
         output_from=tuple(full.producers(output)),
         full_flops=full_flops,
+        op_flops=op_flops,
         extractor_flops=extractor_flops,
         stopped_early=set(cut.count) != set(full.count),
     )
@@ -192,8 +199,14 @@ class _Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # a call cut short by the early exit (``Stop`` raised in its own hook) ends here
+        for path, start in self._start.items():
+            self.flops[path] = self.flops.get(path, 0) + self._flops() - start
         for handle in self._handles:
             handle.remove()
+
+    def _flops(self) -> int:
+        return int(self.counter.get_total_flops())
 
     def watch_inputs(self, args: Any) -> None:
         self._mark(args, "")
@@ -219,13 +232,13 @@ class _Recorder:
             for made in self.producers((args, kwargs)):
                 if made != path:
                     seen.setdefault(made, None)
-            self._start[path] = int(self.counter.get_total_flops())
+            self._start[path] = self._flops()
 
         return hook
 
     def _post(self, path: str) -> Any:
         def hook(_module: nn.Module, _args: Any, _kwargs: Any, output: Any) -> None:
-            done = int(self.counter.get_total_flops()) - self._start[path]
+            done = self._flops() - self._start.pop(path)
             self.flops[path] = self.flops.get(path, 0) + done
             self._mark(output, path)
 

@@ -13,8 +13,8 @@ import torch
 from torch import fx, nn
 
 from fxtap._fx import node_name, node_scope, owned_params, target_text
-from fxtap._protocol import require_graphs
 from fxtap._shapes import propagate_shapes
+from fxtap.cost._capture import measure_capture
 from fxtap.cost._count import (
     count_flops,
     count_params,
@@ -124,15 +124,9 @@ def compare(
             extractor = create_feature_extractor(
                 work, return_nodes, tracer_kwargs=tracer_kwargs, keep_traces=True
             )
-            require_graphs(
-                extractor,
-                action="compare()",
-                instead="time the extractor with torch.utils.benchmark.Timer "
-                "(benchmarks/bench_capture.py does), or compare one of its traced submodules: "
-                "compare(model.get_submodule(PATH), ...)",
-            )
             extractor.train(training)
-            report = _measure(
+            measure = _measure if extractor.prunes else _measure_capture
+            report = measure(
                 work, extractor, mode, inputs, dev, threads, return_nodes, show,
                 min_run_time=min_run_time, rounds=rounds, warmup=warmup,
                 node_repeats=node_repeats, profile_memory=profile_memory,
@@ -260,6 +254,14 @@ def _measure(
         variants=tuple(results),
         notes=notes,
         environment=_environment(dev, threads),
+    )
+
+
+def _measure_capture(*args: Any, **opts: Any) -> CostReport:
+    """A capture extractor's cost: real runs instead of graphs (``fxtap.cost._capture``)."""
+    dev, threads = args[4], args[5]
+    return measure_capture(
+        *args, environment=_environment(dev, threads), storage_bytes=_storage_bytes, **opts
     )
 
 

@@ -214,7 +214,8 @@ class CostReport:
         if share is not None:
             lines.append(f"kept nodes take {share:.1%} of the full run's node-by-node time")
         ex = self.variant("extractor")
-        lines.append(f"peak activations at {ex.peak_node!r} (extractor, liveness estimate)")
+        if ex.peak_node:  # a capture extractor has no graph to estimate from
+            lines.append(f"peak activations at {ex.peak_node!r} (extractor, liveness estimate)")
         lines.append(
             f"weights: dropping the original model frees {_bytes(self.freed_bytes)}; the "
             f"extractor shares its {_bytes(self.shared_bytes)} with it"

@@ -156,7 +156,7 @@ def render(
         raise InvalidArgumentError(
             f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
         )
-    modes = ("train", "eval") if mode == "both" else (mode,)
+    modes: tuple[str, ...] = ("train", "eval") if mode == "both" else (mode,)
     messages: list[str] = []
     if isinstance(model, Extractor) and not model.prunes:
         if nodes is not None:

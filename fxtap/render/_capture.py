@@ -102,7 +102,9 @@ def _view(
                 target=call.module_type,
                 module=parent,
                 module_type=call.module_type,
-                params=sum(p.numel() for p in extractor.model.get_submodule(call.path).parameters()),
+                params=sum(
+                    p.numel() for p in extractor.model.get_submodule(call.path).parameters()
+                ),
                 key=_module_key(taps, call.path),
                 pruned=not call.ran,
                 untraced=_WHY[call.kind] + (f", called {call.calls}×" if call.calls > 1 else ""),
@@ -153,7 +155,9 @@ def _view(
         before = exits[call.path]
     out = unique("output", nodes)
     model_key = next((k for k, q in taps.items() if parse_query(q).port == "model"), None)
-    nodes[out] = ViewNode(out, "output", "output", "output", "", key=model_key)
+    stop = found.stopped_early and model_key is None
+    nodes[out] = ViewNode(out, "output", "output", "output", "", key=model_key, pruned=stop)
+    nodes[out].skipped = stop
     ends = [exits[p] for p in found.output_from if p in exits]
     for src in ends or [before]:
         edges.setdefault((src, out), None)
