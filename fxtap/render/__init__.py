@@ -18,9 +18,9 @@ import torch
 
 from fxtap._protocol import Extractor
 from fxtap._stage import make_callable
-from fxtap.errors import InvalidArgumentError, ensure_output_dir, format_choices
+from fxtap.errors import InvalidArgumentError, TraceError, ensure_output_dir, format_choices
 from fxtap.names import diff_modes
-from fxtap.render._capture import capture_views
+from fxtap.render._capture import capture_of, capture_views
 from fxtap.render._dot import FAST_SETTINGS, to_dot
 from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
 from fxtap.render._fold import fold_repeats as fold_repeats_
@@ -158,25 +158,32 @@ def render(
         )
     modes: tuple[str, ...] = ("train", "eval") if mode == "both" else (mode,)
     messages: list[str] = []
-    if isinstance(model, Extractor) and not model.prunes:
-        if nodes is not None:
-            raise InvalidArgumentError(
-                "nodes= is for a model; an extractor draws its own return_nodes. "
-                "Pass the model itself to mark other nodes."
-            )
-        title = name or type(model.model).__name__
+    capture = model if isinstance(model, Extractor) and not model.prunes else None
+    if capture is not None and nodes is not None:
+        raise InvalidArgumentError(
+            "nodes= is for a model; an extractor draws its own return_nodes. "
+            "Pass the model itself to mark other nodes."
+        )
+    if capture is None:
+        title = name or model_name(model)
+        try:
+            bases = _graph_views(
+                model, modes, nodes, example_inputs, title, tracer_kwargs, concrete_args,
+                heat=heat, checks=checks,
+            )  # fmt: skip
+        except TraceError as exc:
+            # the root forward cannot be traced: draw what a capture extractor runs
+            capture = capture_of(model, nodes, exc, tracer_kwargs)
+            if capture is None:
+                raise
+    if capture is not None:
+        title = name or type(capture.model).__name__
         bases, messages = capture_views(
-            model, modes, example_inputs, title=title, tracer_kwargs=tracer_kwargs,
+            capture, modes, example_inputs, title=title, tracer_kwargs=tracer_kwargs,
             heat=heat, checks=checks,
         )  # fmt: skip
         modes = tuple(bases)
         mode = "both" if len(modes) == 2 else modes[0]
-    else:
-        title = name or model_name(model)
-        bases = _graph_views(
-            model, modes, nodes, example_inputs, title, tracer_kwargs, concrete_args,
-            heat=heat, checks=checks,
-        )  # fmt: skip
 
     def make_view(m: str, limit: int | None, folds: bool = fold_repeats) -> View:
         view = bases[m]

@@ -3,23 +3,52 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
-from fxtap._query import parse_query
-from fxtap.capture import Island, find_islands
+from fxtap._query import MODEL_OUTPUT, Request, normalize_return_nodes, parse_query
+from fxtap.capture import CaptureExtractor, Island, build_capture_extractor, find_islands
 from fxtap.capture._probe import ModuleCall, Probe, probe
-from fxtap.errors import InvalidArgumentError, NodeNotFoundError
+from fxtap.errors import InvalidArgumentError, NodeNotFoundError, TraceError
 from fxtap.render._view import View, ViewNode, build_view, prefixes, sources, unique
+from fxtap.trace import is_root_failure
 
-__all__ = ["capture_views"]
+__all__ = ["capture_of", "capture_views"]
 
 _WHY = {
     "leaf": "leaf module, runs eagerly",
     "opaque": "forward not traceable",
 }
+
+
+def capture_of(
+    model: Any,
+    nodes: Sequence[str] | Mapping[str, str] | None,
+    error: TraceError,
+    tracer_kwargs: Mapping[str, Any] | None,
+) -> CaptureExtractor | None:
+    """The capture extractor drawn for a model whose root forward raised ``error``.
+
+    It serves ``nodes`` (default: the model's output); ``None`` when ``error`` is not a
+    failure of the root forward itself (a submodule's own error is the user's to fix).
+    """
+    if not isinstance(model, nn.Module) or not is_root_failure(error):
+        return None
+    wanted = (
+        [Request(MODEL_OUTPUT, MODEL_OUTPUT)]
+        if nodes is None
+        else normalize_return_nodes(nodes, argument="nodes")
+    )
+    with warnings.catch_warnings():
+        # NOTE: the drawing says what the warning says (islands, untraced calls)
+        warnings.simplefilter("ignore", UserWarning)
+        return build_capture_extractor(
+            model, {"train": wanted, "eval": wanted}, error=error, tracer_kwargs=tracer_kwargs
+        )
 
 
 def capture_views(
@@ -44,8 +73,8 @@ def capture_views(
     """
     if example_inputs is None:
         raise InvalidArgumentError(
-            f"render() of a {type(extractor).__name__} runs its model once per mode to see "
-            "which modules it calls, and example_inputs is None; pass example_inputs= "
+            f"render() of {title}, whose root forward cannot be traced, runs it once per mode "
+            "to see which modules it calls, and example_inputs is None; pass example_inputs= "
             "(--input SHAPE on the command line), e.g. example_inputs=torch.rand(1, 3, 224, 224)"
         )
     args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
