@@ -345,3 +345,42 @@ class ListRoot(nn.Module):
 
     def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.head(self.body(img[None]).mean((2, 3))) for img in images]
+
+
+class DataGate(nn.Module):
+    """No submodules, and a forward that branches on a value: torch.fx cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if float(x.sum()) > 0 else -x
+
+
+class ListHead(nn.Module):
+    """Iterates over its list argument (untraceable); calls an opaque module and a leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = DataGate()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.fc(self.gate(f)) for f in feats]
+
+
+class ListPipeline(nn.Module):
+    """A detection-like root: iterates over images, refuses train mode without targets.
+
+    Capture path: ``body`` is an island (called once per image), ``head`` an untraced module
+    whose calls are ``head.gate`` (opaque: no submodules, untraceable) and ``head.fc`` (leaf).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ListBody()
+        self.head = ListHead()
+
+    def forward(
+        self, images: list[torch.Tensor], targets: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode")
+        return self.head([self.body(img[None]).mean((2, 3)) for img in images])

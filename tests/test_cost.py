@@ -391,3 +391,58 @@ def test_progress_redraws_only_on_a_terminal(capsys) -> None:
     # stderr under pytest is a pipe, as in a log: progress=True writes nothing there.
     compare(linear_chain(), ["1"], torch.randn(B, 8), **{**FAST, "progress": True})
     assert "\r" not in capsys.readouterr().err
+
+
+# --- capture extractors (the root forward cannot be traced) ---------------------------------------
+
+
+def _flops(fn: object, *args: object) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        fn(*args)  # type: ignore[operator]
+    return int(counter.get_total_flops())
+
+
+def test_capture_extractor_flops_stop_at_the_early_exit() -> None:
+    from tests.models import ListPipeline
+
+    torch.manual_seed(0)
+    model = ListPipeline().eval()
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="cannot trace the root"):
+        report = compare(model, ["body.conv2"], (images,), **FAST)
+    # independent references: FlopCounterMode around the eager model and its first body call
+    full = _flops(model, images)
+    first_body = _flops(model.body, images[0][None])
+    assert full > 2 * first_body > 0
+    assert report.total_flops == full
+    assert report.kept_flops == first_body  # the tap is in the first call of the island
+    assert report.kept_fraction < 1
+    rows = {n.name: n for n in report.nodes}
+    assert rows["body"].kept and rows["body"].flops == first_body
+    assert not rows["body (after the exit)"].kept  # the second image's call
+    assert not rows["head.fc"].kept and rows["head.fc"].flops == _flops(
+        model.head.fc, torch.rand(2, 6)
+    )
+    assert sum(n.flops for n in report.nodes) == full
+    assert [v.name for v in report.variants] == ["full", "hooks", "extractor"]
+    assert all(len(v.samples) == FAST["rounds"] and v.median > 0 for v in report.variants)
+    assert "capture extractor" in report.notes[0]
+    assert "body.conv2" in report.table()
+    assert not model.training and not model.body.conv1._forward_hooks
+
+
+def test_capture_extractor_without_early_exit_keeps_everything() -> None:
+    from tests.models import ListPipeline
+
+    model = ListPipeline().eval()
+    images = torch.rand(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="cannot trace the root"):
+        report = compare(model, {"head.fc": "fc", "body.relu": "r"}, (images,), **FAST)
+    assert report.kept_flops == report.total_flops == _flops(model, images)
+    assert "no early exit" in report.notes[0]
+    # a node inside an island is no module output: the hooks variant is left out, and said why
+    assert [v.name for v in report.variants] == ["full", "extractor"]
+    assert "body.relu" in report.notes[1]

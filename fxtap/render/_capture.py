@@ -13,7 +13,7 @@ from torch import nn
 from fxtap._query import MODEL_OUTPUT, Request, normalize_return_nodes, parse_query
 from fxtap.capture import CaptureExtractor, Island, build_capture_extractor, find_islands
 from fxtap.capture._probe import ModuleCall, Probe, probe
-from fxtap.errors import InvalidArgumentError, NodeNotFoundError, TraceError
+from fxtap.errors import FxtapError, InvalidArgumentError, NodeNotFoundError, TraceError
 from fxtap.render._view import View, ViewNode, build_view, prefixes, sources, unique
 from fxtap.trace import is_root_failure
 
@@ -77,18 +77,31 @@ def capture_views(
             "to see which modules it calls, and example_inputs is None; pass example_inputs= "
             "(--input SHAPE on the command line), e.g. example_inputs=torch.rand(1, 3, 224, 224)"
         )
-    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        args: tuple[Any, ...] = (example_inputs,)
+    elif isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
+        args = tuple(example_inputs)
+    else:
+        raise InvalidArgumentError(
+            f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
+            "expected a tensor or a tuple of the model's positional arguments, e.g. "
+            "example_inputs=([image],) for a model taking a list of images"
+        )
     views: dict[str, View] = {}
     failures: list[str] = []
     for m in modes:
         try:
             found = probe(extractor, args, mode=m)
+        except FxtapError:
+            raise  # a mistraced island: the extractor's own error, not the input's
         except Exception as exc:  # the model refusing the input in this mode (missing targets)
+            other = "eval" if m == "train" else "train"
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             failures.append(
                 f"{title} could not be drawn in {m} mode: its probe run with example_inputs= "
-                f"raised {type(exc).__name__}: {reason}; pass example_inputs= that the model "
-                f"accepts in {m} mode, or mode={'eval' if m == 'train' else 'train'!r}"
+                f"raised {type(exc).__name__}: {reason}; pass inputs the model accepts in {m} "
+                f"mode (example_inputs=, --input), or draw the other mode only "
+                f"(mode={other!r}, --mode {other})"
             )
             continue
         islands = find_islands(extractor.model, training=m == "train", tracer_kwargs=tracer_kwargs)
