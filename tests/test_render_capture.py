@@ -59,6 +59,9 @@ def test_early_tap_draws_island_untraced_calls_and_the_part_not_run(tmp_path: Pa
     assert 'subgraph "cluster_head"' in dot and "forward not traced" in dot
     gate, fc = _node(dot, "head.gate"), _node(dot, "head.fc")
     assert "untraced: forward not traceable" in gate and "untraced: leaf module" in fc
+    # what the first call of each returned: islands by shape propagation, calls by the probe
+    assert "1×4×8×8 float32" in tap and "1×6×8×8 float32" in _node(dot, "body.conv2")
+    assert "shape: 1×2 float32" in fc and "shape: 1×6 float32" in gate
     for attrs in (gate, fc, _node(dot, "output")):
         assert "not run: after the early exit" in attrs and "skipped" in attrs
         assert "dashed" in attrs

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fxtap._shapes import describe_value
 from fxtap.trace import NodePathTracer
 
 __all__ = ["ModuleCall", "Probe", "probe"]
@@ -39,6 +40,8 @@ class ModuleCall:
             in argument order; empty when the data flow is not seen (values rebuilt in between).
         flops: FLOPs of all its calls in the full forward (``FlopCounterMode``).
         ran_flops: FLOPs of its calls in the extractor's forward.
+        shape: what its first call returned (``describe_value``).
+        first_args: the positional arguments of its first call (``None`` with keywords).
     """
 
     path: str
@@ -49,6 +52,8 @@ class ModuleCall:
     inputs: tuple[str, ...]
     flops: int
     ran_flops: int
+    shape: str | None = None
+    first_args: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ def probe(extractor: Any, args: Sequence[Any], *, mode: str) -> Probe:
             inputs=tuple(full.inputs[path]),
             flops=full.flops.get(path, 0),
             ran_flops=cut.flops.get(path, 0),
+            shape=full.shapes.get(path),
+            first_args=full.first_args.get(path),
         )
         for path in full.count
     )
@@ -182,6 +189,8 @@ class _Recorder:
         self.flops: dict[str, int] = {}
         self.inputs: dict[str, dict[str, None]] = {}
         self.entered: dict[str, None] = {}
+        self.shapes: dict[str, str] = {}
+        self.first_args: dict[str, tuple[Any, ...] | None] = {}
         self._made: dict[int, str] = {}
         self._alive: list[torch.Tensor] = []  # keeps storages from being reused mid-run
         self._start: dict[str, int] = {}
@@ -228,6 +237,7 @@ class _Recorder:
     def _pre(self, path: str) -> Any:
         def hook(_module: nn.Module, args: Any, kwargs: Any) -> None:
             self.count[path] = self.count.get(path, 0) + 1
+            self.first_args.setdefault(path, None if kwargs else tuple(args))
             seen = self.inputs.setdefault(path, {})
             for made in self.producers((args, kwargs)):
                 if made != path:
@@ -240,6 +250,7 @@ class _Recorder:
         def hook(_module: nn.Module, _args: Any, _kwargs: Any, output: Any) -> None:
             done = self._flops() - self._start.pop(path)
             self.flops[path] = self.flops.get(path, 0) + done
+            self.shapes.setdefault(path, describe_value(output))
             self._mark(output, path)
 
         return hook

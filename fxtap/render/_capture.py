@@ -14,7 +14,15 @@ from fxtap._query import MODEL_OUTPUT, Request, normalize_return_nodes, parse_qu
 from fxtap.capture import CaptureExtractor, Island, build_capture_extractor, find_islands
 from fxtap.capture._probe import ModuleCall, Probe, probe
 from fxtap.errors import FxtapError, InvalidArgumentError, NodeNotFoundError, TraceError
-from fxtap.render._view import View, ViewNode, build_view, prefixes, sources, unique
+from fxtap.render._view import (
+    View,
+    ViewNode,
+    build_view,
+    prefixes,
+    sources,
+    unique,
+    with_shapes,
+)
 from fxtap.trace import is_root_failure
 
 __all__ = ["capture_of", "capture_views"]
@@ -144,6 +152,7 @@ def _view(
                 target=call.module_type,
                 module=parent,
                 module_type=call.module_type,
+                shape=call.shape,
                 params=sum(
                     p.numel() for p in extractor.model.get_submodule(call.path).parameters()
                 ),
@@ -156,7 +165,7 @@ def _view(
             continue
         local = _island_taps(taps, island)
         inner = build_view(
-            island.traced,
+            _shaped(island, call, title),
             title=title,
             requested=local,
             opaque=island.traced.leaves,
@@ -231,6 +240,16 @@ def _view(
         islands=tuple(c.path for c in drawn if c.kind == "island"),
         sequence=frozenset(sequence),
     )
+
+
+def _shaped(island: Island, call: ModuleCall, title: str) -> Any:
+    """The island's trace with the shapes of its first call, when they can be propagated."""
+    if call.first_args is None:
+        return island.traced
+    try:
+        return with_shapes(island.traced, call.first_args, f"{title}.{call.path}")
+    except (FxtapError, RuntimeError, TypeError, ValueError):
+        return island.traced  # arguments the graph was not traced for (a None fixed)
 
 
 def _module_key(taps: Mapping[str, str], path: str) -> str | None:
