@@ -155,3 +155,24 @@ def test_svg_and_viewer(tmp_path: Path) -> None:
     svg = next(p for p in r.paths if p.suffix == ".svg").read_text(encoding="utf-8")
     assert 'id="head.gate"' in svg and "skipped" in svg and "untraced" in svg
     assert r.html is not None and "head.gate" in r.html.read_text(encoding="utf-8")
+
+
+@pytest.mark.filterwarnings("ignore:torch.fx cannot trace the root")
+@pytest.mark.filterwarnings("ignore:ListPipeline could not be drawn")  # the CLI prints it as a note
+def test_cli_render_and_bench(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from fxtap.cli import main
+
+    spec = ["tests.models:ListPipeline", "--nodes", "body.conv1"]
+    assert main(["render", *spec, "-o", str(tmp_path), "--format", "dot"]) == 1
+    assert "--input" in capsys.readouterr().err
+    argv = ["render", *spec, "--input", "2x3x8x8", "-o", str(tmp_path), "--format", "dot"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "note: ListPipeline could not be drawn in train mode" in captured.err
+    assert f"wrote {tmp_path / 'ListPipeline.eval.dot'}" in captured.out
+    dot = (tmp_path / "ListPipeline.eval.dot").read_text(encoding="utf-8")
+    assert "untraced: forward not traceable" in _node(dot, "head.gate")
+    argv = ["bench", *spec, "--input", "2x3x8x8", "--rounds", "1", "--min-run-time", "0.01"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("ListPipeline -> body.conv1") and "capture extractor" in table
