@@ -30,6 +30,8 @@ __all__ = ["capture_of", "capture_views"]
 _WHY = {
     "leaf": "leaf module, runs eagerly",
     "opaque": "forward not traceable",
+    # the extractor traced it with other tracer_kwargs than render() was given
+    "island": "traced island, graph not drawn: pass the extractor's tracer_kwargs=",
 }
 
 
@@ -140,8 +142,6 @@ def _view(
     drawn: list[ModuleCall] = []
     for call in found.calls:
         island = islands.get(call.path) if call.kind == "island" else None
-        if island is None and call.kind == "island":
-            continue  # traced with other tracer_kwargs than render() was given
         drawn.append(call)
         if island is None:
             parent = call.path.rpartition(".")[0]
@@ -237,7 +237,7 @@ def _view(
         list(edges),
         types,
         counts=counts,
-        islands=tuple(c.path for c in drawn if c.kind == "island"),
+        islands=tuple(c.path for c in drawn if c.kind == "island" and c.path in islands),
         sequence=frozenset(sequence),
     )
 
