@@ -113,11 +113,14 @@ def render(
 
     Args:
         model: an ``nn.Module``, an fxtap extractor (kept nodes solid, pruned ones dashed) or a
-            ``Traced``.
+            ``Traced``. A ``CaptureExtractor``, or a model whose root forward cannot be traced,
+            is drawn as the module calls of a probe run: islands as clusters of their graphs,
+            untraced calls hatched, what the early exit skips dashed (docs/render.md).
         mode: ``'train'``, ``'eval'`` or ``'both'``.
         nodes: for a model, node names (or name -> output key) to mark as requested; the
             nodes they do not depend on are drawn pruned. Extractors show their own.
-        example_inputs: inputs whose shapes and dtypes are shown on each node.
+        example_inputs: inputs whose shapes and dtypes are shown on each node; required for
+            the probe run of a capture extractor.
         tracer_kwargs: ``NodePathTracer`` options, for a model.
         concrete_args: torch.fx's ``concrete_args``, for a model.
         out_dir: folder written to (created when missing).
