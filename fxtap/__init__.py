@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fxtap.dataset import extract_dataset, open_features
     from fxtap.errors import (
         DotNotFoundError,
+        DroppedModuleError,
         FxtapError,
         InputShapeError,
         InvalidArgumentError,
@@ -38,6 +39,7 @@ __all__ = [
     "CaptureExtractor",
     "CostReport",
     "DotNotFoundError",
+    "DroppedModuleError",
     "Extractor",
     "ExtractorInfo",
     "FeatureExtractor",

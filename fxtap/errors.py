@@ -11,6 +11,7 @@ import torch.fx.proxy
 
 __all__ = [
     "DotNotFoundError",
+    "DroppedModuleError",
     "FxtapError",
     "InputShapeError",
     "InvalidArgumentError",
@@ -99,6 +100,10 @@ class DotNotFoundError(FxtapError, FileNotFoundError):
 
 class ResourceError(FxtapError, MemoryError):
     """A request needs more memory than is available."""
+
+
+class DroppedModuleError(FxtapError, RuntimeError):
+    """A call reached a module that a capture extractor dropped after its build-time probe."""
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:

@@ -291,7 +291,13 @@ def create_feature_extractor(
         except TraceError as exc:
             if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
                 raise
-            return build_capture_extractor(model, requests, error=exc, tracer_kwargs=tracer_kwargs)
+            return build_capture_extractor(
+                model,
+                requests,
+                error=exc,
+                tracer_kwargs=tracer_kwargs,
+                example_inputs=example_inputs,
+            )
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
         selected = resolve(requests[mode], traced, model_name=name)
         pruned = prune(traced, selected, class_name=name)

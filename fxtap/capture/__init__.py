@@ -15,11 +15,13 @@ from fxtap._protocol import Extractor
 from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
+from fxtap.capture._reach import Dropped, count_tensors, drop_unreached, probe_reach
 from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
-from fxtap.trace import user_stacklevel
+from fxtap.trace import split_example_inputs, user_stacklevel
 
 __all__ = [
     "CaptureExtractor",
+    "Dropped",
     "Island",
     "build_capture_extractor",
     "capture_node_names",
@@ -48,6 +50,13 @@ class CaptureExtractor(Extractor):
       tapped nodes); on the first call of each mode it is compared with the eager forward
       (``MistraceError`` when they differ).
 
+    When every mode stops early (``":output"`` not requested) and ``example_inputs=`` were
+    given, one probe forward per mode runs at build time, and each largest subtree that no
+    probe called (a detection model's heads, when only its backbone is tapped) is replaced by
+    a ``Dropped`` stub: the extractor keeps only the parameters the taps need. A later call
+    that reaches a stub (its control flow differs from the probe's) raises
+    ``DroppedModuleError``.
+
     Each call keeps its own state: the extractor may be called from many threads at once, and
     from inside one of its own calls. It can be deep-copied and pickled.
 
@@ -57,6 +66,7 @@ class CaptureExtractor(Extractor):
         islands: by mode, the traced submodule paths.
         outputs: by mode, output key -> requested node name.
         opaque: module paths kept opaque inside the islands by the automatic fallback.
+        dropped: module paths replaced by ``Dropped`` stubs after the build-time probe.
     """
 
     prunes = False
@@ -74,6 +84,7 @@ class CaptureExtractor(Extractor):
         self.model = model
         self.reason = reason
         self.opaque = opaque
+        self.dropped: tuple[str, ...] = ()
         self._plans = dict(plans)
         self._channel = Channel()
         self.islands = {mode: tuple(p.names) for mode, p in self._plans.items()}
@@ -152,8 +163,12 @@ def build_capture_extractor(
     *,
     error: TraceError,
     tracer_kwargs: Mapping[str, Any] | None = None,
+    example_inputs: Any = None,
 ) -> CaptureExtractor:
     """Build a ``CaptureExtractor`` for a model whose root forward raised ``error``.
+
+    With ``example_inputs`` and no ``":output"`` request, the modules no probe run on them
+    reaches are dropped (``CaptureExtractor.dropped``).
 
     Raises:
         NodeNotFoundError: a request is neither a module nor a node inside a traceable
@@ -172,13 +187,15 @@ def build_capture_extractor(
     ex = CaptureExtractor(
         clone, plans, reason=error.reason, training=model.training, opaque=tuple(opaque)
     )
+    dropping = _drop(ex, example_inputs, name)
     islands_text = format_choices(ex.islands["eval"]) if ex.islands["eval"] else "none"
     kept = f"; inside them, kept opaque: {format_choices(opaque)}" if opaque else ""
     warnings.warn(
         f"torch.fx cannot trace the root {name}.forward ({_first_line(error.reason)}); fxtap "
         f"serves the requested values by capturing them during a normal forward of the "
         f"model (CaptureExtractor: nothing is pruned, the model runs up to the last tap). "
-        f"Traced submodules: {islands_text}{kept}. Pass auto_leaf=False to get the TraceError.",
+        f"Traced submodules: {islands_text}{kept}. {dropping}Pass auto_leaf=False to get the "
+        "TraceError.",
         UserWarning,
         stacklevel=user_stacklevel(),
     )
@@ -216,6 +233,42 @@ def capture_rows(
     return _listing(model, islands, module_row, island_rows)
 
 
+def _drop(ex: CaptureExtractor, example_inputs: Any, model_name: str) -> str:
+    """Probe each mode on ``example_inputs`` and drop what no probe reached; say what happened."""
+    if any(MODEL_OUTPUT in plan.outputs.values() for plan in ex._plans.values()):
+        return ""  # the whole model runs: every module may be reached
+    if example_inputs is None:
+        return (
+            "Every call stops at the last tap; pass example_inputs= to drop the modules "
+            "after it (the extractor keeps the whole model). "
+        )
+    args, kwargs = split_example_inputs(ex.model, example_inputs)
+    reached: set[str] = set()
+    training = ex.training
+    try:
+        for mode in ex._plans:
+            ex.train(mode == "train")
+            seen, failure = probe_reach(ex.model, lambda: ex(*args, **kwargs))
+            if failure is not None:
+                why = _first_line(f"{type(failure).__name__}: {failure}")
+                return (
+                    f"Nothing dropped: the {mode}-mode probe run on example_inputs= raised "
+                    f"{why}; pass example_inputs= that the model accepts in both modes. "
+                )
+            reached |= seen
+    finally:
+        ex.train(training)
+    before = count_tensors(ex.model)
+    ex.dropped = drop_unreached(ex.model, reached, model_name=model_name)
+    if not ex.dropped:
+        return "The probe run on example_inputs= reached every module: nothing dropped. "
+    return (
+        f"Dropped after the probe run on example_inputs= (never reached before the last "
+        f"tap): {format_choices(ex.dropped)}; {count_tensors(ex.model):,} of {before:,} "
+        "parameter and buffer elements kept. "
+    )
+
+
 def _names(island: Island) -> tuple[str, ...]:
     return tuple(n for node, n in island.traced.names.items() if node.op != "placeholder")
 
@@ -229,7 +282,7 @@ def _listing(
     rows: list[R] = []
     inside: str | None = None
     for path, module in model.named_modules():
-        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict, Dropped)):
             continue
         if inside is not None and path.startswith(inside):
             continue

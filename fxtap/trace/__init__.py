@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from fxtap._stage import make_callable
 from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_matches, format_choices
-from fxtap.trace._export import export_trace
+from fxtap.trace._export import export_trace, split_example_inputs
 from fxtap.trace._fallback import (
     Opaque,
     QualnameLeaves,
@@ -69,6 +69,7 @@ __all__ = [
     "is_root_failure",
     "names_with_fallback",
     "restore_training",
+    "split_example_inputs",
     "trace",
     "trace_error",
     "trace_graph",

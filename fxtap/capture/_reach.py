@@ -1,0 +1,153 @@
+"""Reach: which modules an early-exit capture runs, probed once at build, and dropping the rest.
+
+A capture extractor whose calls all stop at the last tap never runs the modules after it (a
+detection model's RPN, RoI heads or box head when only ``backbone`` is tapped). Built with
+``example_inputs=``, the extractor runs one probe forward per mode on them, records every module
+called before the stop, and replaces each largest subtree that was never called with a
+``Dropped`` stub: the extractor then holds only the parameters the taps need. A later call
+whose control flow differs from the probe's and does reach a dropped module gets a
+``DroppedModuleError`` that says how to rebuild, never a wrong value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+from fxtap.errors import DroppedModuleError
+
+__all__ = ["Dropped", "count_tensors", "drop_unreached", "probe_reach"]
+
+
+class Dropped(nn.Module):
+    """Stands in for a module that the build-time probe never reached; any use raises.
+
+    Attributes:
+        path: the module's path in the model.
+        kind: the class name of the module it replaces.
+        model_name: the class name of the model.
+    """
+
+    def __init__(self, path: str, kind: str, model_name: str) -> None:
+        super().__init__()
+        self.path, self.kind, self.model_name = path, kind, model_name
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise self.error("called")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("path", "kind", "model_name"):
+            return super().__getattr__(name)  # nn.Module's own lookups (pickle, deepcopy)
+        raise self.error(f"asked for its attribute {name!r}")
+
+    def __iter__(self) -> Iterator[Any]:
+        raise self.error("iterated over")
+
+    def __len__(self) -> int:
+        raise self.error("asked for its length")
+
+    def __getitem__(self, _key: Any) -> NoReturn:
+        raise self.error("indexed")
+
+    def extra_repr(self) -> str:
+        return f"{self.path!r}, was {self.kind}"
+
+    def error(self, what: str) -> DroppedModuleError:
+        """The error for a use of this stub; ``what`` says how it was used."""
+        path, kind, model = (self.__dict__.get(k, "?") for k in ("path", "kind", "model_name"))
+        return DroppedModuleError(
+            f"module {path!r} ({kind}) of {model} was {what}, but this capture extractor "
+            "dropped it: the probe run on example_inputs= at build time stopped at the last "
+            "tap without reaching it, and this call's control flow differs from the probe's. "
+            "Rebuild with example_inputs= that take the same path as these inputs, or without "
+            "example_inputs= (nothing is dropped), or request ':output' to keep the whole model"
+        )
+
+
+def probe_reach(model: nn.Module, run: Callable[[], Any]) -> tuple[set[str], BaseException | None]:
+    """Paths of the modules called while ``run()`` runs in one mode, and what it raised.
+
+    ``run`` runs the model in the mode the caller set. Every buffer (BatchNorm statistics),
+    training flag and the RNG state are put back afterwards, so the probe leaves no trace on
+    the model the structure shares its tensors with.
+    """
+    reached: set[str] = set()
+    handles = [
+        # NOTE: prepended, so that a module is recorded even when a tap's own pre-hook
+        # ends the forward at that module (an input tap)
+        module.register_forward_pre_hook(lambda *_a, path=path: reached.add(path), prepend=True)
+        for path, module in model.named_modules()
+        if path
+    ]
+    failure: BaseException | None = None
+    try:
+        with _state_kept(model), torch.no_grad():
+            run()
+    except Exception as exc:  # the reason is shown in the build warning
+        failure = exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return reached, failure
+
+
+def drop_unreached(model: nn.Module, reached: set[str], *, model_name: str) -> tuple[str, ...]:
+    """Replace each largest never-reached subtree of ``model`` by a ``Dropped`` stub.
+
+    A module is kept when it or a module below it was reached (a ``ModuleList`` is never
+    called itself). ``model`` must be a structural copy owned by the caller: its module
+    dictionaries are rewritten.
+
+    Returns:
+        The paths of the dropped modules, in module order.
+    """
+    needed = {""}
+    for path in reached:
+        parts = path.split(".")
+        needed.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    dropped: list[str] = []
+    todo: list[tuple[str, nn.Module]] = [("", model)]
+    while todo:
+        prefix, parent = todo.pop()
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if path in needed:
+                todo.append((path, child))
+            elif _holds_tensors(child):
+                parent._modules[name] = Dropped(path, type(child).__name__, model_name)
+                dropped.append(path)
+    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
+    return tuple(sorted(dropped, key=lambda p: order.get(p, len(order))))
+
+
+def count_tensors(model: nn.Module) -> int:
+    """Number of parameter and buffer elements under ``model``."""
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+
+def _holds_tensors(module: nn.Module) -> bool:
+    # a module without parameters or buffers costs nothing to keep, and keeping it keeps its
+    # attributes readable (a transform's settings read by code that does not call it)
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    training = {m: m.training for m in model.modules()}
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        torch.set_rng_state(rng)
+        for m, flag in training.items():
+            m.training = flag
