@@ -55,22 +55,39 @@ def _score(tap: Any) -> torch.Tensor:
 
 
 def _grads(taps: list[Any], params: list[nn.Parameter]) -> list[tuple[Any, ...]]:
-    """The gradient of each tap's score with respect to ``params``, one backward per tap."""
+    """The gradients of each tap's score and of their sum with respect to ``params``.
+
+    The sum is taken in the order of ``taps``: a sum in another order runs the backward
+    branches in another order and accumulates in the last bits differently.
+    """
     return [
-        torch.autograd.grad(_score(tap), params, allow_unused=True, retain_graph=True)
-        for tap in taps
+        torch.autograd.grad(_score(group), params, allow_unused=True, retain_graph=True)
+        for group in [*taps, taps]
     ]
 
 
 def _reference(
-    model: nn.Module, paths: list[str], args: tuple[Any, ...], params: list[nn.Parameter]
+    model: nn.Module,
+    paths: list[str],
+    args: tuple[Any, ...],
+    params: list[nn.Parameter],
+    *,
+    cloned: str,
 ) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
-    """Values at ``paths`` seen by forward hooks on the model, and the gradient of their score."""
+    """Values at ``paths`` seen by forward hooks on the model, and the gradients of their scores.
+
+    The hook at ``cloned`` hands a copy on as the module's output, as the capture extractor
+    does for a module output it taps (the copy is an extra autograd node); the others return
+    nothing, as a node tapped inside a traced submodule flows on unchanged. With a copy at
+    every tap, the gradient of a sum over two taps would be accumulated in another order at
+    the inner tap, and differ in the last bits.
+    """
     kept: dict[str, Any] = {}
 
     def keep(path: str) -> Callable[..., Any]:
         def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
-            if path in kept:
+            if path in kept or path != cloned:
+                kept.setdefault(path, out)
                 return None
             kept[path] = out
             return torch.utils._pytree.tree_map(
@@ -132,7 +149,9 @@ def test_backbone_taps_run_and_keep_no_head_and_equal_hooks(
         model.train(training)
         ex.train(training)
         args = (images, targets) if training else (images,)
-        expected, expected_grads = _reference(model, ["backbone", inner], args, params)
+        expected, expected_grads = _reference(
+            model, ["backbone", inner], args, params, cloned="backbone"
+        )
         assert all(calls[h] for h in heads)  # the counters count: the model runs its heads
         for seen in calls.values():
             seen.clear()
