@@ -194,8 +194,8 @@ def build_capture_extractor(
         f"torch.fx cannot trace the root {name}.forward ({_first_line(error.reason)}); fxtap "
         f"serves the requested values by capturing them during a normal forward of the "
         f"model (CaptureExtractor: nothing is pruned, the model runs up to the last tap). "
-        f"Traced submodules: {islands_text}{kept}. {dropping}Pass auto_leaf=False to get the "
-        "TraceError.",
+        f"Traced submodules: {islands_text}{kept}. {dropping}{_export_notes(error)}Pass "
+        "auto_leaf=False to get the TraceError.",
         UserWarning,
         stacklevel=user_stacklevel(),
     )
@@ -363,14 +363,21 @@ def _unservable(
 ) -> NodeNotFoundError:
     pool = [f"{i.path}.{n}" for i in islands.values() for n in i.traced.names.values()]
     hint = close_matches(query, [*pool, *sorted(paths)])
-    return NodeNotFoundError(
+    message = (
         f"node {query!r} cannot be served in {mode} mode: torch.fx cannot trace the root "
         f"{model_name}.forward ({_first_line(error.reason)}), so fxtap captures values during a "
         "normal forward, which reaches only module outputs ('NAME' or 'NAME:input' for any "
         f"module) and nodes inside the traceable submodules {format_choices(islands)}. "
         f"Closest: {format_choices(hint)}. To reach code of the root itself, make it traceable "
-        "(concrete_args=, or move the failing code into a submodule)."
+        f"(concrete_args=, or move the failing code into a submodule). {_export_notes(error)}"
     )
+    return NodeNotFoundError(message.rstrip())
+
+
+def _export_notes(error: TraceError) -> str:
+    """What torch.export said when it was tried after torch.fx (the auto tracer), if it was."""
+    notes = [n for n in getattr(error, "__notes__", ()) if n.startswith("torch.export")]
+    return "".join(f"{n.rstrip('.')}. " for n in notes)
 
 
 def _first_line(text: str) -> str:
