@@ -206,6 +206,7 @@ def test_a_call_that_reaches_a_dropped_module_gets_a_typed_error() -> None:
     one = [torch.randn(3, 8, 8)]
     ex = _build(model, ["body.relu"], r"Dropped .*: 'head'", example_inputs=(one,)).eval()
     assert ex.dropped == ("head",) and isinstance(model.head, nn.Linear)
+    assert "head" not in ex.node_names("eval") and "body.relu" in ex.node_names("eval")
     with torch.no_grad():
         assert ex(one)["body.relu"].shape[0] == 1
         with pytest.raises(DroppedModuleError, match=r"module 'head' \(Linear\) of Branchy was "

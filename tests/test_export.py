@@ -37,19 +37,20 @@ def first_tensor(value: Any) -> torch.Tensor:
 class Hooks:
     """Forward hooks on the model: a module's output, or the first input it receives.
 
-    The hooks keep the tensors themselves, not copies: a copy is one more autograd node on the
-    tapped tensor, and where three gradients meet there (mistral's ``layers.0.add_1``: the
-    loss, layer 1's ``input_layernorm`` and its residual add) it changes the order they are
-    summed in, so the gradient of a loss over both taps differs in the last bits (up to
-    7e-7 on gradients of about 6) from the model's own. A later in-place write into a kept
-    tensor would show as a value mismatch.
+    An output is kept as a copy (an in-place ReLU after ``bn1`` writes into it); an input
+    is kept as the tensor itself: a copy is one more autograd node on the tapped tensor, and
+    where three gradients meet there (mistral's ``layers.0.add_1``, the first input of layer
+    1's ``input_layernorm``: the loss, that norm and layer 1's residual add) it changes the
+    order they are summed in, so the gradient of a loss over both taps would differ in the
+    last bits (up to 7e-7 on gradients of about 6) from the model's own. A later in-place
+    write into a kept input would show as a value mismatch.
     """
 
     def __init__(self, model: nn.Module, outputs: dict[str, str], inputs: dict[str, str]):
         self.values: dict[str, Any] = {}
         self.handles = []
         for key, path in outputs.items():
-            hook = self._keep(key, first_tensor)
+            hook = self._keep(key, lambda o: first_tensor(o).clone())
             self.handles.append(model.get_submodule(path).register_forward_hook(hook))
         for key, path in inputs.items():
             pre = self._keep_input(key)
