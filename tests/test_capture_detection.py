@@ -246,6 +246,14 @@ def test_dropped_extractors_copy_pickle_and_run_on_threads() -> None:
         assert bitwise_equal(got, serial[w:] + serial[:w])
 
 
+def test_render_of_a_dropped_extractor_says_to_draw_the_model(tmp_path: Any) -> None:
+    model = ListRoot()
+    one = ([torch.randn(3, 8, 8)],)
+    ex = _build(model, ["body.relu"], "Dropped", example_inputs=one)
+    with pytest.raises(fxtap.InvalidArgumentError, match=r"it dropped 'head' .* render\(model, "):
+        fxtap.render(ex, example_inputs=one, out_dir=tmp_path, fmt="dot")
+
+
 def test_nothing_is_dropped_when_the_whole_model_runs_or_the_probe_fails() -> None:
     model = ListRoot()
     one = ([torch.randn(3, 8, 8)],)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxtap._shapes import describe_value
+from fxtap.errors import InvalidArgumentError, format_choices
 from fxtap.trace import NodePathTracer
 
 __all__ = ["ModuleCall", "Probe", "probe"]
@@ -92,7 +93,21 @@ def probe(extractor: Any, args: Sequence[Any], *, mode: str) -> Probe:
         extractor: a ``CaptureExtractor``.
         args: positional inputs of one forward.
         mode: ``'train'`` or ``'eval'``.
+
+    Raises:
+        InvalidArgumentError: the extractor dropped modules after its build-time probe, so
+            its model cannot run in full.
     """
+    dropped = getattr(extractor, "dropped", ())
+    if dropped:
+        name = type(extractor.model).__name__
+        raise InvalidArgumentError(
+            f"this capture extractor of {name} cannot run its model in full, as drawing and "
+            f"measuring it need: it dropped {format_choices(dropped)} after its probe run on "
+            "example_inputs= at build time. Pass the model itself with the taps: "
+            "render(model, nodes=[...], example_inputs=...) (fxtap render MODEL --nodes NAME "
+            "--input SHAPE), or build the extractor without example_inputs="
+        )
     work = copy.deepcopy(extractor)
     work.train(mode == "train")
     model = work.model
