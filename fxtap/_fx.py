@@ -29,6 +29,7 @@ __all__ = [
     "module_type_name",
     "node_name",
     "node_scope",
+    "op_label",
     "owned_params",
     "shares_storage",
     "target_text",
@@ -88,10 +89,16 @@ def module_type_name(gm: nn.Module, node: fx.Node) -> str:
 
 
 def target_text(node: fx.Node) -> str:
-    """A node's target as users write it: ``torch.flatten``, ``add``, ``layer1.0.conv1``."""
+    """A node's target as users write it: ``torch.flatten``, ``add``, ``layer1.0.conv1``.
+
+    ATen ops of export-path graphs read as torch writes them, without ``.default``:
+    ``aten.linear``, ``aten.add.Tensor``.
+    """
     target = node.target
     if isinstance(target, str):
         return target
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(target).removesuffix(".default")
     module = str(getattr(target, "__module__", None) or "")
     qualname = str(
         getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
@@ -103,6 +110,21 @@ def target_text(node: fx.Node) -> str:
     if module in ("", "_operator", "builtins"):
         return qualname
     return f"{module}.{qualname}"
+
+
+def op_label(node: fx.Node) -> str | None:
+    """The short label of an ATen op, without its overload: ``aten.add``; else ``None``.
+
+    >>> g = fx.Graph()
+    >>> op_label(g.call_function(torch.ops.aten.add.Tensor, (1, 2)))
+    'aten.add'
+    """
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}"
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return str(target)
+    return None
 
 
 def owned_params(gm: nn.Module, node: fx.Node) -> int:

@@ -121,7 +121,7 @@ VALUE_KEY = "fxtap_value"
 
 def propagate_shapes(
     gm: fx.GraphModule,
-    example_inputs: Sequence[torch.Tensor],
+    example_inputs: Sequence[torch.Tensor] | Mapping[str, Any],
     *,
     model_name: str = "model",
     training: bool | None = None,
@@ -136,7 +136,7 @@ def propagate_shapes(
     Raises:
         InputShapeError: the inputs do not fit the model; names the node that rejected them.
     """
-    inputs = _check_inputs(example_inputs)
+    inputs = _check_inputs(example_inputs, gm)
     with restore_training(gm):
         if training is not None:
             _set_mode(gm, training)
@@ -213,9 +213,20 @@ def describe_value(value: Any, *, limit: int = 3) -> str:
     return type(value).__name__
 
 
-def _check_inputs(example_inputs: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+def _check_inputs(example_inputs: Any, gm: fx.GraphModule) -> tuple[Any, ...]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        # NOTE: keyword inputs (the export path's) go to the placeholders of the same name;
+        # non-tensor ones were fixed when the model was exported and have none.
+        names = [str(n.target) for n in gm.graph.find_nodes(op="placeholder")]
+        missing = [n for n in names if n not in example_inputs]
+        if missing:
+            raise InvalidArgumentError(
+                f"example_inputs has no {missing[0]!r}; the graph takes "
+                f"{', '.join(map(repr, names))}. Pass example_inputs with those keys"
+            )
+        return tuple(example_inputs[n] for n in names)
     if not isinstance(example_inputs, Sequence):
         raise InvalidArgumentError(
             f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "

@@ -14,15 +14,17 @@ from torch import fx, nn
 from fxtap._fx import module_type_name, owned_params, target_text
 from fxtap._shapes import VALUE_KEY, describe_value, propagate_shapes
 from fxtap.capture import capture_rows
-from fxtap.errors import TraceError
+from fxtap.errors import FxtapError, TraceError
 from fxtap.trace import (
     SCOPE_KEY,
     SOURCE_KEY,
     Traced,
     check_flags,
+    check_tracer,
+    export_trace,
     is_root_failure,
-    trace,
     trace_names,
+    trace_or_export,
     tracer_options,
 )
 
@@ -97,6 +99,8 @@ def get_graph_node_names(
     concrete_args: Mapping[str, Any] | None = None,
     *,
     auto_leaf: bool = True,
+    tracer: str = "auto",
+    example_inputs: Any = None,
 ) -> tuple[list[str], list[str]]:
     """Return the node names of ``model`` traced in train mode and in eval mode.
 
@@ -110,6 +114,11 @@ def get_graph_node_names(
         concrete_args: torch.fx's ``concrete_args``.
         auto_leaf: keep untraceable submodules and functions opaque, with a warning, instead
             of raising ``TraceError`` (docs/tracing.md).
+        tracer: as in ``create_feature_extractor``: ``"auto"`` (torch.fx; torch.export when
+            torch.fx cannot trace the root and ``example_inputs`` are given), ``"fx"`` or
+            ``"export"``. The names are those the extractor built the same way takes.
+        example_inputs: the inputs torch.export traces with (a tensor, a tuple, or a dict of
+            keyword inputs); unused by torch.fx.
 
     Returns:
         ``(train_names, eval_names)`` in execution order.
@@ -121,19 +130,33 @@ def get_graph_node_names(
     >>> train
     ['input', '0', '1']
     """
+    check_tracer(tracer)
     options: dict[str, Any] = {"concrete_args": concrete_args, "auto_leaf": auto_leaf}
-    # NOTE: names only, no graph modules: compiling their code would cost a third of each trace.
     try:
-        train, evaluated = [
-            trace_names(model, training=t, tracer_kwargs=tracer_kwargs, **options)
-            for t in (True, False)
-        ]
+        if tracer == "export":
+            train, evaluated = _export_names(model, example_inputs, tracer_kwargs)
+        else:
+            # NOTE: names only, no graph modules: compiling their code would cost a third of
+            # each trace.
+            train, evaluated = [
+                trace_names(model, training=t, tracer_kwargs=tracer_kwargs, **options)
+                for t in (True, False)
+            ]
     except TraceError as exc:
-        if not (auto_leaf and is_root_failure(exc)):
+        if tracer == "export" or not is_root_failure(exc):
             raise
-        # NOTE: the capture path serves the traceable submodules' nodes and the other modules
-        names = [[r.name for r in _capture_table(model, t, tracer_kwargs)] for t in (True, False)]
-        return names[0], names[1]
+        try:
+            if tracer != "auto" or example_inputs is None:
+                raise exc
+            train, evaluated = _export_names(model, example_inputs, tracer_kwargs)
+        except FxtapError:
+            if not auto_leaf:
+                raise exc from None
+            # NOTE: the capture path serves the traceable submodules' nodes and the other modules
+            names = [
+                [r.name for r in _capture_table(model, t, tracer_kwargs)] for t in (True, False)
+            ]
+            return names[0], names[1]
     train_names = list(train.values())
     eval_names = list(evaluated.values())
     if not suppress_diff_warning and train_names != eval_names:
@@ -147,6 +170,17 @@ def get_graph_node_names(
             stacklevel=2,
         )
     return train_names, eval_names
+
+
+def _export_names(
+    model: nn.Module, example_inputs: Any, tracer_kwargs: Mapping[str, Any] | None
+) -> list[dict[fx.Node, str]]:
+    return [
+        export_trace(
+            model, training=t, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+        ).names
+        for t in (True, False)
+    ]
 
 
 def node_key(node: fx.Node, name: str) -> tuple[str, str, str]:
@@ -177,10 +211,11 @@ def node_table(
     model: nn.Module,
     *,
     training: bool = False,
-    example_inputs: Sequence[torch.Tensor] | None = None,
+    example_inputs: Sequence[torch.Tensor] | Mapping[str, Any] | None = None,
     tracer_kwargs: Mapping[str, Any] | None = None,
     concrete_args: Mapping[str, Any] | None = None,
     traced: Traced | None = None,
+    tracer: str = "auto",
 ) -> list[NodeInfo]:
     """Describe every named node of ``model``: name, op, target, module type, size, source.
 
@@ -188,10 +223,14 @@ def node_table(
         model: the model to trace (left unchanged).
         training: describe the train-mode graph instead of the eval-mode one.
         example_inputs: when given, output shape and dtype of each node are filled in
-            (``torch.fx.passes.shape_prop``, on fake tensors where possible).
+            (``torch.fx.passes.shape_prop``, on fake tensors where possible). They are also
+            what torch.export traces with (a dict of keyword inputs is allowed there).
         tracer_kwargs: ``NodePathTracer`` options.
         concrete_args: torch.fx's ``concrete_args``.
         traced: an existing trace to describe instead of tracing again.
+        tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
+            ``example_inputs`` are given; else the capture path's modules), ``"fx"`` or
+            ``"export"``, as in ``create_feature_extractor``.
 
     Returns:
         One ``NodeInfo`` per named node, in execution order.
@@ -201,16 +240,22 @@ def node_table(
         InputShapeError: ``example_inputs`` do not fit the model.
     """
     check_flags(training=training)
+    check_tracer(tracer)
     if traced is None:
         kwargs = dict(tracer_kwargs or {})
         kwargs.setdefault("record_source", True)
         tracer_options(kwargs)
         try:
-            traced = trace(
-                model, training=training, tracer_kwargs=kwargs, concrete_args=concrete_args
+            traced = trace_or_export(
+                model,
+                training=training,
+                tracer_kwargs=kwargs,
+                concrete_args=concrete_args,
+                example_inputs=example_inputs,
+                tracer=tracer,
             )
         except TraceError as exc:
-            if not is_root_failure(exc):
+            if tracer == "export" or not is_root_failure(exc):
                 raise
             return _capture_table(model, training, tracer_kwargs)
     gm = traced.graph_module
@@ -222,7 +267,7 @@ def node_table(
     rows = []
     for node, name in traced.names.items():
         meta: Any = node.meta.get("tensor_meta")
-        shape = tuple(meta.shape) if hasattr(meta, "shape") else None
+        shape = _concrete(meta.shape) if hasattr(meta, "shape") else None
         dtype = str(meta.dtype).removeprefix("torch.") if hasattr(meta, "dtype") else None
         rows.append(
             NodeInfo(
@@ -230,7 +275,7 @@ def node_table(
                 op=node.op,
                 target=target_text(node),
                 module_type=module_type_name(gm, node),
-                num_params=owned_params(gm, node),
+                num_params=_params(gm, node, traced.names),
                 source=node.meta.get(SOURCE_KEY),
                 shape=shape,
                 dtype=dtype,
@@ -239,6 +284,25 @@ def node_table(
             )
         )
     return rows
+
+
+def _concrete(shape: Sequence[Any]) -> tuple[int, ...] | None:
+    """A shape of plain ints, or ``None`` for a symbolic one (export's dynamic batch)."""
+    if not all(isinstance(d, int) for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _params(gm: nn.Module, node: fx.Node, names: Mapping[fx.Node, str]) -> int:
+    """A node's own parameters, and those of unnamed ``get_attr`` inputs (export's leaf ops)."""
+    own = owned_params(gm, node)
+    if node.op != "call_function":
+        return own
+    return own + sum(
+        owned_params(gm, arg)
+        for arg in dict.fromkeys(node.all_input_nodes)
+        if arg.op == "get_attr" and arg not in names
+    )
 
 
 def _capture_table(

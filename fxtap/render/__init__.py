@@ -36,6 +36,7 @@ from fxtap.render._layout import (
 )
 from fxtap.render._view import View, build_view, model_name, sources, with_shapes
 from fxtap.render._wrap import shorten, wrap
+from fxtap.trace import check_tracer
 
 __all__ = ["Drawing", "Rendering", "render"]
 
@@ -90,7 +91,7 @@ def render(
     *,
     mode: str = "both",
     nodes: Sequence[str] | Mapping[str, str] | None = None,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor | Mapping[str, Any] | None = None,
     tracer_kwargs: Mapping[str, Any] | None = None,
     concrete_args: Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike[str] = ".",
@@ -105,6 +106,7 @@ def render(
     dot: str | os.PathLike[str] | None = None,
     checks: bool = False,
     html: bool = False,
+    tracer: str = "auto",
 ) -> Rendering:
     """Draw a model's graph (or an extractor's kept and pruned nodes) with Graphviz.
 
@@ -120,7 +122,8 @@ def render(
         nodes: for a model, node names (or name -> output key) to mark as requested; the
             nodes they do not depend on are drawn pruned. Extractors show their own.
         example_inputs: inputs whose shapes and dtypes are shown on each node; required for
-            the probe run of a capture extractor.
+            the probe run of a capture extractor. For a model traced with torch.export, the
+            inputs it traces with (a dict of keyword inputs is allowed there).
         tracer_kwargs: ``NodePathTracer`` options, for a model.
         concrete_args: torch.fx's ``concrete_args``, for a model.
         out_dir: folder written to (created when missing).
@@ -137,6 +140,8 @@ def render(
         heat: node name -> cost; fills nodes on a colour-blind-safe scale.
         dot: path of Graphviz's ``dot`` program (default: found on ``PATH``).
         checks: draw input checks (nodes feeding only ``torch._assert``) instead of hiding them.
+        tracer: for a model: ``"auto"`` (torch.fx; torch.export with ``example_inputs`` when
+            torch.fx cannot trace the root), ``"fx"`` or ``"export"`` (docs/tracing.md).
         html: also write ``NAME.html``, a self-contained viewer (search, pan and zoom, node
             rows, train/eval toggle, kept/pruned filter, an expanded drawing when it has at
             most ``EXPAND_UP_TO`` nodes). Needs ``fmt='svg'``.
@@ -155,6 +160,7 @@ def render(
     ['Sequential.eval.dot']
     """
     _check_options(mode, fmt, depth, max_nodes, timeout, pruned)
+    check_tracer(tracer)
     if html and fmt != "svg":
         raise InvalidArgumentError(
             f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
@@ -172,11 +178,11 @@ def render(
         try:
             bases = _graph_views(
                 model, modes, nodes, example_inputs, title, tracer_kwargs, concrete_args,
-                heat=heat, checks=checks,
+                heat=heat, checks=checks, tracer=tracer,
             )  # fmt: skip
         except TraceError as exc:
             # the root forward cannot be traced: draw what a capture extractor runs
-            capture = capture_of(model, nodes, exc, tracer_kwargs)
+            capture = None if tracer == "export" else capture_of(model, nodes, exc, tracer_kwargs)
             if capture is None:
                 raise
     if capture is not None:
@@ -287,9 +293,18 @@ def _graph_views(
     *,
     heat: Mapping[str, float] | None,
     checks: bool,
+    tracer: str,
 ) -> dict[str, View]:
     """One view per mode of a model, a pruning extractor or a trace."""
-    traces, kept, requested, opaque = sources(model, modes, nodes, tracer_kwargs, concrete_args)
+    traces, kept, requested, opaque = sources(
+        model,
+        modes,
+        nodes,
+        tracer_kwargs,
+        concrete_args,
+        tracer=tracer,
+        example_inputs=example_inputs,
+    )
     only: dict[str, set[str]] = {m: set() for m in traces}
     if "train" in traces and "eval" in traces:
         diff = diff_modes(traces["train"], traces["eval"])

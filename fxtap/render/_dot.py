@@ -362,7 +362,7 @@ def _op_text(node: ViewNode) -> str:
         return node.module_type
     if node.op in ("placeholder", "output", "get_attr"):
         return "" if node.op != "get_attr" else node.target
-    return node.target.rpartition(".")[2]
+    return node.label or node.target.rpartition(".")[2]
 
 
 def _heat_colour(value: float) -> str:

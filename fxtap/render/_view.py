@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,11 +12,11 @@ from typing import Any
 import networkx as nx
 from torch import fx, nn
 
-from fxtap._fx import owned_params, target_text
+from fxtap._fx import op_label, owned_params, target_text
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap._shapes import VALUE_KEY, propagate_shapes
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError
-from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace, tracer_options
+from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace_or_export, tracer_options
 
 __all__ = [
     "View",
@@ -56,6 +58,8 @@ class ViewNode:
     mode_dependent: int = 0
     untraced: str = ""  # why a capture extractor's module call is not traced ('' if it is)
     skipped: bool = False  # a capture extractor's early exit skips it
+    #: What the label shows for the op when not its target's last part (``aten.add``).
+    label: str | None = None
 
     @property
     def protected(self) -> bool:
@@ -134,6 +138,14 @@ def build_view(
     nodes: dict[str, ViewNode] = {}
     folded_params: dict[fx.Node, int] = {}
     types: dict[str, str] = {}
+    # NOTE: on the export path a leaf module's call is ATen ops in the leaf's own scope, the
+    # last one named by the module path; a call of one op is drawn in the parent, as a
+    # ``call_module`` node is, not as a cluster of one.
+    per_scope = collections.Counter(
+        node.meta.get(SCOPE_KEY, ("", None))[0]
+        for node in traced.names
+        if node.op == "call_function" and node not in hidden
+    )
     for node in gm.graph.nodes:
         name = traced.names.get(node)
         if node in hidden:
@@ -155,6 +167,8 @@ def build_view(
         else:
             module = scope
             module_type = getattr(scope_type, "__name__", "")
+            if scope and name == scope and per_scope[scope] == 1:
+                module = scope.rpartition(".")[0]
         for path, kind in node.meta.get("nn_module_stack", {}).values():
             types.setdefault(path, getattr(kind, "__name__", str(kind).rpartition(".")[2]))
         is_kept = kept_set is None or name in kept_set or name in requested
@@ -174,7 +188,10 @@ def build_view(
             only=traced.mode if name in only_set else None,
             opaque=node.op == "call_module" and node.target in opaque_set,
             heat=heat[name] / top if name in heat else None,
-            mode_dependent=int(mode_dependent(node.op, target_text(node), module_type)),
+            mode_dependent=int(
+                mode_dependent(node.op, op_label(node) or target_text(node), module_type)
+            ),
+            label=op_label(node),
         )
     edges: dict[tuple[str, str], None] = {}
     for node, name in ids.items():
@@ -236,7 +253,10 @@ def _input_checks(
         g.add_node(node)
         g.add_edges_from((arg, node) for arg in node.all_input_nodes)
     asserts = [
-        n for n in graph.nodes if n.op == "call_function" and target_text(n).endswith("_assert")
+        n
+        for n in graph.nodes
+        if n.op == "call_function"
+        and (target_text(n).endswith("_assert") or op_label(n) in _ATEN_CHECKS)
     ]
     if not asserts:
         return set()
@@ -244,6 +264,13 @@ def _input_checks(
     live = set(wanted).union(*(nx.ancestors(g, n) for n in wanted))
     feeding = set(asserts).union(*(nx.ancestors(g, n) for n in asserts))
     return {n for n in feeding - live if n.op != "placeholder"}
+
+
+#: ATen ops of export-path graphs that check their inputs and compute nothing drawn.
+_ATEN_CHECKS = frozenset({
+    "aten._assert_tensor_metadata", "aten._assert_scalar", "aten._assert_async",
+    "aten.sym_constrain_range", "aten.sym_constrain_range_for_size",
+})  # fmt: skip
 
 
 def prefixes(path: str) -> list[str]:
@@ -268,8 +295,15 @@ def sources(
     nodes: Sequence[str] | Mapping[str, str] | None,
     tracer_kwargs: Mapping[str, Any] | None,
     concrete_args: Mapping[str, Any] | None,
+    *,
+    tracer: str = "auto",
+    example_inputs: Any = None,
 ) -> tuple[dict[str, Traced], dict[str, set[str]], dict[str, dict[str, str]], set[str]]:
-    """Traces per mode, kept names, requested name -> key, and opaque module paths."""
+    """Traces per mode, kept names, requested name -> key, and opaque module paths.
+
+    A model is traced by ``tracer`` (``trace_or_export``): torch.export traces it with
+    ``example_inputs`` for ``"export"``, and for ``"auto"`` when torch.fx cannot.
+    """
     if isinstance(model, Traced):
         if modes != (model.mode,):
             raise InvalidArgumentError(
@@ -294,8 +328,13 @@ def sources(
         kwargs.setdefault("record_source", True)
         tracer_options(kwargs)
         traces = {
-            m: trace(
-                model, training=m == "train", tracer_kwargs=kwargs, concrete_args=concrete_args
+            m: trace_or_export(
+                model,
+                training=m == "train",
+                tracer_kwargs=kwargs,
+                concrete_args=concrete_args,
+                example_inputs=example_inputs,
+                tracer=tracer,
             )
             for m in ("train", "eval")
         }
@@ -397,4 +436,9 @@ def _shape_text(meta: object) -> str | None:
     shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
     if shape is None or dtype is None:
         return None
-    return f"{'×'.join(str(d) for d in shape) or 'scalar'} {str(dtype).removeprefix('torch.')}"
+    # NOTE: torch.export's dynamic batch is a symbol (``s72``); it reads as N.
+    dims = [d if isinstance(d, int) else _SYMBOL.sub("N", str(d)) for d in shape]
+    return f"{'×'.join(str(d) for d in dims) or 'scalar'} {str(dtype).removeprefix('torch.')}"
+
+
+_SYMBOL = re.compile(r"\bs\d+\b")

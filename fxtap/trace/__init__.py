@@ -74,6 +74,7 @@ __all__ = [
     "trace_error",
     "trace_graph",
     "trace_names",
+    "trace_or_export",
     "trace_with_fallback",
     "trace_with_options",
     "tracer_options",
@@ -134,6 +135,49 @@ def trace(
         )
     try:
         return _trace_fx(model, training, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
+    except TraceError as exc:
+        if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
+            raise
+        try:
+            return export_trace(
+                model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+            )
+        except FxtapError as second:
+            exc.add_note(f"torch.export could not trace it either: {second}")
+            raise exc from None
+
+
+def trace_or_export(
+    model: nn.Module,
+    *,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None = None,
+    concrete_args: Mapping[str, Any] | None = None,
+    example_inputs: Any = None,
+    tracer: str = "auto",
+) -> Traced:
+    """Trace ``model`` to list or draw it: ``tracer`` picks torch.fx or torch.export.
+
+    Unlike ``trace``, ``example_inputs`` never run an eager check of the torch.fx graph; they
+    are what ``torch.export`` traces with, for ``tracer="export"``, and for ``tracer="auto"``
+    when torch.fx cannot trace the root forward (Hugging Face models). The node table, the
+    renderer and the command line trace through here.
+
+    Raises:
+        TraceError: the model cannot be traced (with the export error attached for ``"auto"``).
+        InvalidArgumentError: a bad ``tracer``, ``tracer_kwargs`` or ``concrete_args``; the
+            export path without ``example_inputs``.
+    """
+    check_model(model)
+    check_tracer(tracer)
+    if tracer == "export":
+        return export_trace(
+            model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+        )
+    try:
+        return trace(
+            model, training=training, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args
+        )
     except TraceError as exc:
         if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
             raise
