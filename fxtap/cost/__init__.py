@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import os
 import platform
 import warnings
@@ -33,9 +35,9 @@ from fxtap.cost._time import (
     time_rounds,
 )
 from fxtap.cost._variants import cuda_peak, resolve_taps, variant_functions
-from fxtap.errors import InvalidArgumentError
-from fxtap.extractor import create_feature_extractor
-from fxtap.trace import check_model, restore_training
+from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.extractor import FeatureExtractor, create_feature_extractor
+from fxtap.trace import check_model, check_tracer, restore_training
 
 __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
 
@@ -59,6 +61,7 @@ def compare(
     profile_memory: bool = True,
     noise_threshold: float | None = 0.1,
     progress: bool = True,
+    tracer: str = "auto",
 ) -> CostReport:
     """Compare the full model, the full model with forward hooks, and the fxtap extractor.
 
@@ -85,6 +88,9 @@ def compare(
         noise_threshold: warn when a variant's IQR exceeds this fraction of its median
             (``None`` never warns).
         progress: show progress on stderr, when stderr is a terminal (a redrawn line).
+        tracer: ``"auto"`` (torch.fx; torch.export on ``example_inputs`` when torch.fx cannot
+            trace the root forward, as for Hugging Face models), ``"fx"`` or ``"export"``
+            (docs/tracing.md).
 
     Returns:
         A ``CostReport``: ``print(report.table())``, ``report.to_json(path)``, ``.plot(path)``.
@@ -121,9 +127,7 @@ def compare(
         with restore_training(work):
             work.train(training)
             show.show("tracing")
-            extractor = create_feature_extractor(
-                work, return_nodes, tracer_kwargs=tracer_kwargs, keep_traces=True
-            )
+            extractor = _build(work, return_nodes, tracer_kwargs, tracer, inputs)
             extractor.train(training)
             measure = _measure if extractor.prunes else _measure_capture
             report = measure(
@@ -263,6 +267,34 @@ def _measure_capture(*args: Any, **opts: Any) -> CostReport:
     return measure_capture(
         *args, environment=_environment(dev, threads), storage_bytes=_storage_bytes, **opts
     )
+
+
+def _build(
+    model: nn.Module,
+    return_nodes: Any,
+    tracer_kwargs: Mapping[str, Any] | None,
+    tracer: str,
+    inputs: tuple[Any, ...],
+) -> Any:
+    """The extractor to measure, with its unpruned traces; export traces on the timed inputs."""
+    check_tracer(tracer)
+    build = functools.partial(
+        create_feature_extractor, model, return_nodes, tracer_kwargs=tracer_kwargs, keep_traces=True
+    )
+    if tracer == "export":
+        return build(tracer="export", example_inputs=inputs)
+    # NOTE: no example_inputs for torch.fx: they would run the eager check of every module
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extractor = build(tracer="fx")
+    if tracer == "auto" and not isinstance(extractor, FeatureExtractor):
+        # torch.fx cannot trace the root: torch.export on the timed inputs, and the capture
+        # path's warning only when that fails too
+        with contextlib.suppress(TraceError):
+            extractor, caught = build(tracer="export", example_inputs=inputs), []
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return extractor
 
 
 def _check_options(
