@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +47,9 @@ def _nodes(args: argparse.Namespace) -> int:
     training = args.mode == "train"
     traced = _extractor_trace(model, training) if isinstance(model, FeatureExtractor) else None
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
-        rows = node_table(model, training=training, example_inputs=example, traced=traced)
+        rows = node_table(
+            model, training=training, example_inputs=example, traced=traced, tracer=args.tracer
+        )
     text = format_table(rows, shapes=example is not None)
     if args.json:
         write_text(args.json, json.dumps([row_dict(r) for r in rows], indent=1) + "\n")
@@ -53,7 +58,6 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from fxtap.extractor import create_feature_extractor
     from fxtap.save import save
 
     model = _load(args)
@@ -61,9 +65,9 @@ def _extract(args: argparse.Namespace) -> int:
     example = _inputs(args)
     output = Path(args.output)
     check_writable(output.parent if str(output.parent) else Path("."), output)
-    checked = example if args.check_trace else None
+    checked = example if args.check_trace or args.tracer == "export" else None
     with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
-        extractor = create_feature_extractor(model, nodes, example_inputs=checked)
+        extractor = _build(model, nodes, checked, example, args.tracer)
     with (
         progress("checking it on the example input"),
         torch.no_grad(),
@@ -85,11 +89,12 @@ def _render(args: argparse.Namespace) -> int:
     model = _load(args)
     example = _inputs(args) if args.input else None
     if args.nodes:
-        from fxtap.extractor import create_feature_extractor
-
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
-            model = create_feature_extractor(model, _nodes_arg(args), keep_traces=True)
+            exported = example if args.tracer == "export" else None
+            model = _build(
+                model, _nodes_arg(args), exported, example, args.tracer, keep_traces=True
+            )
     folder = Path(args.out_dir)
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
@@ -112,6 +117,7 @@ def _render(args: argparse.Namespace) -> int:
             depth=args.depth,
             max_nodes=args.max_nodes,
             html=args.html,
+            tracer=args.tracer,
         )
     for message in getattr(result, "messages", ()):
         print(f"note: {cli_words(message)}", file=sys.stderr)
@@ -140,6 +146,7 @@ def _bench(args: argparse.Namespace) -> int:
             min_run_time=args.min_run_time,
             training=args.mode == "train",
             progress=sys.stderr.isatty(),
+            tracer=args.tracer,
         )
     print(report.table())
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv)):
@@ -164,6 +171,37 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(result.summary())
     return 0
+
+
+def _build(
+    model: nn.Module,
+    nodes: dict[str, str],
+    checked: tuple[torch.Tensor, ...] | None,
+    example: tuple[torch.Tensor, ...] | None,
+    tracer: str,
+    *,
+    keep_traces: bool = False,
+) -> Any:
+    """The extractor; with ``--tracer auto``, torch.export on ``--input`` when the root fails.
+
+    ``checked`` are the inputs create_feature_extractor gets (``--check-trace``, or the export
+    path's); without them ``auto`` first takes torch.fx, as it does in Python.
+    """
+    from fxtap.extractor import create_feature_extractor
+
+    build = functools.partial(create_feature_extractor, model, nodes, keep_traces=keep_traces)
+    if tracer != "auto" or checked is not None or example is None:
+        return build(example_inputs=checked, tracer=tracer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extractor = build(tracer="fx")
+    if not isinstance(extractor, FeatureExtractor):
+        # NOTE: torch.fx cannot trace the root; the capture path's warning only if export fails
+        with contextlib.suppress(FxtapError):
+            extractor, caught = build(tracer="export", example_inputs=example), []
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return extractor
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:

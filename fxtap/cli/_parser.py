@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     needs_input = _inputs_parser(f"{DEFAULT_INPUT}")
     shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
+    tracing = _tracer_parser()
 
     p = sub.add_parser(
         "nodes",
-        parents=[model, shapes_input],
+        parents=[model, shapes_input, tracing],
         help="print the node table of a model",
         description="Print every node of a model's traced graph: name, op, target, module type, "
         "parameters, and output shape and dtype when --input is given.",
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        parents=[model, needs_input, taps],
+        parents=[model, needs_input, taps, tracing],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
         "example input in eval mode, and save it.",
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "render",
-        parents=[model, shapes_input, _nodes_parser(required=False)],
+        parents=[model, shapes_input, _nodes_parser(required=False), tracing],
         help="draw a model's graph, or the kept and pruned nodes of an extractor",
         description="Draw the traced graph with Graphviz; with --nodes, nodes the taps do not "
         "need are drawn dashed.",
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        parents=[model, needs_input, taps],
+        parents=[model, needs_input, taps, tracing],
         help="compare the cost of the full model, forward hooks and the extractor",
         description="Measure FLOPs, parameters, peak memory and latency of the full model, the "
         "model with forward hooks, and the fxtap extractor.",
@@ -230,6 +231,20 @@ def _inputs_parser(default: str) -> argparse.ArgumentParser:
         type=_dtype_type,
         default=None,
         help="dtype of inputs whose --input names none (default: float32)",
+    )
+    return parser
+
+
+def _tracer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--tracer",
+        choices=("auto", "fx", "export"),
+        default="auto",
+        help="fx traces with torch.fx; export with torch.export on the --input (ATen ops, "
+        "for models torch.fx cannot trace, such as Hugging Face ones); auto uses torch.fx, "
+        "and torch.export when torch.fx cannot trace the model's forward and an --input is "
+        "given (default: auto)",
     )
     return parser
 
