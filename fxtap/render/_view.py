@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from fxtap._fx import op_label, owned_params, target_text
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap._shapes import VALUE_KEY, propagate_shapes
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError
+from fxtap.render._ops import input_checks, mode_dependent, shape_text
 from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace_or_export, tracer_options
 
 __all__ = [
@@ -128,7 +128,7 @@ def build_view(
         checks: draw input checks too.
     """
     gm = traced.graph_module
-    hidden = set() if checks else _input_checks(gm.graph, traced.names, requested or {})
+    hidden = set() if checks else input_checks(gm.graph, traced.names, requested or {})
     kept_set = None if kept is None else set(kept)
     requested = _requested_names(traced, requested or {})
     only_set, opaque_set = set(only), set(opaque) | set(traced.leaves)
@@ -180,7 +180,7 @@ def build_view(
             target=target_text(node) if node.op != "output" else "output",
             module=module,
             module_type=module_type,
-            shape=node.meta.get(VALUE_KEY) or _shape_text(node.meta.get("tensor_meta")),
+            shape=node.meta.get(VALUE_KEY) or shape_text(node.meta.get("tensor_meta")),
             params=owned_params(gm, node) if node.op == "call_module" else 0,
             source=node.meta.get(SOURCE_KEY),
             key=requested.get(name),
@@ -216,17 +216,6 @@ def build_view(
     return View(title, traced.mode, nodes, list(edges), types, counts=counts)
 
 
-#: Module classes and functions that compute differently in train and eval mode.
-_MODE_DEPENDENT = ("dropout", "batchnorm", "batch_norm", "stochasticdepth", "stochastic_depth")
-
-
-def mode_dependent(op: str, target: str, module_type: str) -> bool:
-    """Dropout, batch norm and stochastic depth: the same node, different values per mode."""
-    what = module_type if op == "call_module" else target if op.startswith("call_") else ""
-    what = what.rpartition(".")[2].lower()
-    return any(word in what for word in _MODE_DEPENDENT)
-
-
 def _drawn_inputs(node: fx.Node, ids: Mapping[fx.Node, str]) -> list[fx.Node]:
     """The drawn nodes ``node`` reads, in argument order, looking through undrawn ones."""
     out: dict[fx.Node, None] = {}
@@ -242,35 +231,6 @@ def _drawn_inputs(node: fx.Node, ids: Mapping[fx.Node, str]) -> list[fx.Node]:
         elif arg.op not in ("get_attr", "placeholder"):
             stack.extend(reversed(arg.all_input_nodes))
     return list(out)
-
-
-def _input_checks(
-    graph: fx.Graph, names: Mapping[fx.Node, str], requested: Mapping[str, str]
-) -> set[fx.Node]:
-    """Nodes feeding only ``torch._assert`` calls (input-size checks), not the output (networkx)."""
-    g = nx.DiGraph()
-    for node in graph.nodes:
-        g.add_node(node)
-        g.add_edges_from((arg, node) for arg in node.all_input_nodes)
-    asserts = [
-        n
-        for n in graph.nodes
-        if n.op == "call_function"
-        and (target_text(n).endswith("_assert") or op_label(n) in _ATEN_CHECKS)
-    ]
-    if not asserts:
-        return set()
-    wanted = [graph.output_node()] + [n for n, name in names.items() if name in requested]
-    live = set(wanted).union(*(nx.ancestors(g, n) for n in wanted))
-    feeding = set(asserts).union(*(nx.ancestors(g, n) for n in asserts))
-    return {n for n in feeding - live if n.op != "placeholder"}
-
-
-#: ATen ops of export-path graphs that check their inputs and compute nothing drawn.
-_ATEN_CHECKS = frozenset({
-    "aten._assert_tensor_metadata", "aten._assert_scalar", "aten._assert_async",
-    "aten.sym_constrain_range", "aten.sym_constrain_range_for_size",
-})  # fmt: skip
 
 
 def prefixes(path: str) -> list[str]:
@@ -429,16 +389,3 @@ def _requested_names(traced: Traced, requested: Mapping[str, str]) -> dict[str, 
             name = traced.names.get(inputs[query.path], name)
         out[name] = key
     return out
-
-
-def _shape_text(meta: object) -> str | None:
-    """A tensor's ``shape dtype`` from ``tensor_meta`` set by someone else's ``ShapeProp``."""
-    shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
-    if shape is None or dtype is None:
-        return None
-    # NOTE: torch.export's dynamic batch is a symbol (``s72``); it reads as N.
-    dims = [d if isinstance(d, int) else _SYMBOL.sub("N", str(d)) for d in shape]
-    return f"{'×'.join(str(d) for d in dims) or 'scalar'} {str(dtype).removeprefix('torch.')}"
-
-
-_SYMBOL = re.compile(r"\bs\d+\b")
