@@ -92,6 +92,10 @@ def test_node_table_of_resnet18_on_the_export_path() -> None:
     assert evaluated == [r.name for r in rows]
     # batch norm counts its batches in train mode only: export's add_ on num_batches_tracked
     assert "bn1.add_" in train and "bn1.add_" not in evaluated
+    # module types as on the fx path: the class of the leaf, none at the root
+    fx_types = {r.name: r.module_type for r in node_table(model, tracer="fx")}
+    types = {r.name: r.module_type for r in rows}
+    assert all(types[k] == fx_types[k] for k in ("x", "conv1", "layer1.0.bn1", "flatten", "fc"))
     shapes = {r.name: r.shape for r in rows}
     assert "layer2" not in shapes and shapes["layer2.1.relu_1"] == (2, 128, 4, 4)
     assert shapes["fc"] == (2, 1000)

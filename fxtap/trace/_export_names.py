@@ -114,7 +114,8 @@ def assign_names(
         if node.op in ("get_attr", "output") or node in skip:
             continue
         scope = calls.scope.get(node, "")
-        node.meta[SCOPE_KEY] = (scope, type(modules[scope]))
+        # NOTE: the root scope has no module type, as in torch.fx's Scope("", None)
+        node.meta[SCOPE_KEY] = (scope, type(modules[scope]) if scope else None)
         if node in outputs:
             pending.append((node, outputs[node], True))
             continue
