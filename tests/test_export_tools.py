@@ -225,8 +225,8 @@ def test_compare_of_a_transformers_model_tapped_in_the_middle() -> None:
     assert report.outputs == {"encoder.layer.1": "encoder.layer.1.output.LayerNorm"}
     assert 0 < report.kept_flops < report.total_flops
     assert 0.3 < report.kept_fraction < 0.9
+    # time: the median of the paired per-round ratios extractor / full
     assert report.variant("extractor").ratio < 1.0
-    assert report.variant("extractor").median < report.variant("full").median
     assert any(n.target == "aten.linear" and n.flops > 0 for n in report.nodes)
 
 
