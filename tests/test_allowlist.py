@@ -40,6 +40,7 @@ SAMPLE = (
     "swin_t",
     "convnext_tiny",
     "efficientnet_b0",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",  # a capture extractor: the module tree is saved
 )
 USER_CODE = ("tests.", "__main__")
 THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
@@ -54,9 +55,12 @@ class Emitted:
     attributes: set[str] = field(default_factory=set)
     #: class -> (keys every instance had, keys some instance had, tensor names)
     classes: dict[str, tuple[set[str], set[str], set[str]]] = field(default_factory=dict)
+    #: plain object class -> (attributes every instance had, attributes some instance had)
+    objects: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+    enums: set[str] = field(default_factory=set)
 
     def add_manifest(self, manifest: Mapping[str, Any]) -> None:
-        for nodes in manifest["graphs"].values():
+        for nodes in manifest.get("graphs", {}).values():
             for node in nodes:
                 if node["op"] == "call_function":
                     self.functions.add(node["target"]["function"])
@@ -64,13 +68,23 @@ class Emitted:
                         self.attributes.add(node["args"]["tuple"][1])
                 elif node["op"] == "call_method":
                     self.methods.add(node["target"])
-        for spec in manifest["modules"].values():
+        for spec in manifest["modules"].values() if "modules" in manifest else ():
             self._add_module(spec)
+        if "model" in manifest:  # a capture extractor's module tree and tracer options
+            self._add_module(manifest["model"])
+            self.functions |= set(manifest["tracer"].get("autowrap_functions", ()))
 
     def merge(self, other: Emitted) -> None:
         self.functions |= other.functions
         self.methods |= other.methods
         self.attributes |= other.attributes
+        self.enums |= other.enums
+        for cls, (req, opt) in other.objects.items():
+            if cls in self.objects:
+                a, b = self.objects[cls]
+                self.objects[cls] = (a & req, b | opt)
+            else:
+                self.objects[cls] = (set(req), set(opt))
         for cls, (req, opt, names) in other.classes.items():
             if cls in self.classes:
                 a, b, c = self.classes[cls]
@@ -90,9 +104,35 @@ class Emitted:
             names |= tensors
         else:
             self.classes[spec["class"]] = (keys, set(keys), tensors)
+        for value in spec["config"].values():
+            self._add_value(value)
         for child in spec["modules"].values():
             if child is not None:
                 self._add_module(child)
+
+    def _add_value(self, value: Any) -> None:
+        """Objects, enums and functions a configuration value names (tagged JSON)."""
+        if isinstance(value, list):
+            for item in value:
+                self._add_value(item)
+        elif isinstance(value, dict) and len(value) == 1:
+            ((tag, body),) = value.items()
+            if tag == "function":
+                self.functions.add(body)
+            elif tag == "enum":
+                self.enums.add(body["class"])
+            elif tag == "object":
+                keys = set(body["state"])
+                if body["class"] in self.objects:
+                    required, optional = self.objects[body["class"]]
+                    required &= keys
+                    optional |= keys
+                else:
+                    self.objects[body["class"]] = (keys, set(keys))
+                for item in body["state"].values():
+                    self._add_value(item)
+            elif tag in ("tuple", "dict"):
+                self._add_value(body)
 
 
 def manifest_of(extractor: Any) -> dict[str, Any]:
@@ -104,7 +144,8 @@ def manifest_of(extractor: Any) -> dict[str, Any]:
 
 
 def torchvision_extractors(names: tuple[str, ...] | list[str]) -> Iterator[tuple[str, Any]]:
-    """Every graph node of each model requested (so nothing is pruned); capture models skipped."""
+    """Every graph node of each model requested (so nothing is pruned); a capture extractor
+    where the root cannot be traced (its whole module tree is saved)."""
     from tests.test_zoo import build
 
     for name in names:
@@ -177,6 +218,8 @@ def collect(extractors: Iterator[tuple[str, Any]]) -> Emitted:
             print(f"skipped {name}: {exc}", file=sys.stderr)
     emitted.functions = {f for f in emitted.functions if not f.startswith(USER_CODE)}
     emitted.classes = {c: v for c, v in emitted.classes.items() if not c.startswith(USER_CODE)}
+    emitted.objects = {c: v for c, v in emitted.objects.items() if not c.startswith(USER_CODE)}
+    emitted.enums = {c for c in emitted.enums if not c.startswith(USER_CODE)}
     return emitted
 
 
@@ -190,6 +233,11 @@ def render(emitted: Emitted) -> str:
             cls: {"config": sorted(req), "optional": sorted(opt - req), "tensors": sorted(names)}
             for cls, (req, opt, names) in sorted(emitted.classes.items())
         },
+        "objects": {
+            cls: {"config": sorted(req), "optional": sorted(opt - req)}
+            for cls, (req, opt) in sorted(emitted.objects.items())
+        },
+        "enums": sorted(emitted.enums),
     }
     return json.dumps(data, indent=1) + "\n"
 
@@ -199,6 +247,14 @@ def missing(emitted: Emitted) -> list[str]:
     gaps = [f"function {f}" for f in sorted(emitted.functions - _allowlist.FUNCTIONS)]
     gaps += [f"method {m}" for m in sorted(emitted.methods - _allowlist.METHODS)]
     gaps += [f"getattr name {a}" for a in sorted(emitted.attributes - _allowlist.ATTRIBUTES)]
+    gaps += [f"enum {e}" for e in sorted(emitted.enums - _allowlist.ENUMS)]
+    for cls, (req, opt) in sorted(emitted.objects.items()):
+        if cls not in _allowlist.OBJECTS:
+            gaps.append(f"object class {cls}")
+            continue
+        allowed_req, allowed_opt = _allowlist.OBJECTS[cls]
+        gaps += [f"{cls} attribute {k}" for k in sorted(opt - set(allowed_req) - set(allowed_opt))]
+        gaps += [f"{cls} always has attribute {k}" for k in sorted(set(allowed_req) - req)]
     for cls, (req, opt, names) in sorted(emitted.classes.items()):
         if cls not in _allowlist.MODULES:
             gaps.append(f"module class {cls}")

@@ -22,9 +22,8 @@ from typing import IO, Any
 import torch
 
 from fxtap._io import write_atomic
-from fxtap._protocol import Extractor, require_graphs
+from fxtap._protocol import Extractor
 from fxtap.errors import InvalidArgumentError, LoadError, format_choices
-from fxtap.extractor import FeatureExtractor
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._pack import pack
 
@@ -59,13 +58,7 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
     """
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"fmt {fmt!r} is not one of {format_choices(FORMATS)}")
-    if fmt == "fxtap":
-        require_graphs(
-            extractor,
-            action="save(fmt='fxtap')",
-            instead="save it with fmt='pickle' (--format pickle) and load it with trust=True",
-        )
-    elif not isinstance(extractor, Extractor):
+    if not isinstance(extractor, Extractor):
         raise InvalidArgumentError(
             f"extractor is a {type(extractor).__name__}, not an fxtap extractor (FeatureExtractor "
             "or CaptureExtractor); pass what fxtap.create_feature_extractor returns"
@@ -74,7 +67,6 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
     if fmt == "pickle":
         write_atomic(target, lambda f: _pickle(extractor, f))
     else:
-        assert isinstance(extractor, FeatureExtractor)  # require_graphs checked it
         write_atomic(target, lambda f: pack(extractor, f))
     return target
 
