@@ -203,6 +203,10 @@ def _config_key(m: dict[str, Any]) -> None:
     m["model"]["config"]["x=1;import os"] = 1
 
 
+def _child_name(m: dict[str, Any]) -> None:
+    m["model"]["modules"]["x=__import__('os')"] = m["model"]["modules"].pop("rpn")
+
+
 def _extra_top(m: dict[str, Any]) -> None:
     m["code"] = "print(1)"
 
@@ -255,7 +259,8 @@ def _same_as(m: dict[str, Any]) -> None:
     ("edit", "message"),
     [
         (_root_class, r"model\.class.*FasterRCNNX.*does not allow.*closest: .*FasterRCNN'"),
-        (_config_key, r"model\.config.*not a plain identifier"),
+        (_config_key, r"model\.config.*FasterRCNN holds no attribute 'x=1;import os'"),
+        (_child_name, r"model\.modules\.x=__import__.*is not a plain identifier"),
         (_extra_top, r"unexpected \['code'\]"),
         (_extra_module_key, r"rpn: expected the fields.*unexpected \['forward'\]"),
         (_object_class, r"object class 'os:system'.*does not allow"),
@@ -269,7 +274,7 @@ def _same_as(m: dict[str, Any]) -> None:
         (_kind, r"kind: 'graphs' is not 'capture'"),
         (_same_as, r"not a module stored before"),
     ],
-    ids=lambda v: getattr(v, "__name__", "").strip("_") or None,
+    ids=lambda v: v.__name__.strip("_") if callable(v) else "",
 )
 def test_hostile_capture_files_are_refused(
     detection_file: Path, tmp_path: Path, edit: Any, message: str

@@ -95,7 +95,7 @@ def check_capture(data: Any, *, trust: bool) -> CheckedCapture:
         raise LoadError(f"kind: {top['kind']!r:.40} is not {KIND!r}")
     tensors = tensor_list(top["tensors"])
     modules = Modules(tensors, trust=trust)
-    modules.add_top("model", top["model"])
+    modules.add_top("model", top["model"], "model")
     model = modules.top["model"]
     if not isinstance(model, ModuleSpec):
         raise LoadError("model: the model is a module spec, not a reference")

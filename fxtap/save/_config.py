@@ -21,6 +21,7 @@ from fxtap.save import _allowlist
 from fxtap.save._schema import (
     ModuleSpec,
     as_bool,
+    as_list,
     as_object,
     as_string,
     as_strings,
@@ -94,6 +95,11 @@ def check_value(value: Any, where: str, *, tensor: Callable[[Any, str], str], tr
         ((tag, body),) = v.items()
         if tag == "tensor":
             return TensorRef(tensor(body, w))
+        if tag in ("set", "frozenset"):
+            items = as_list(body, w)
+            if not all(isinstance(v, (bool, int, float, str, type(None))) for v in items):
+                raise LoadError(f"{w}: a set holds plain values only")
+            return set(items) if tag == "set" else frozenset(items)
         if tag == "function":
             path = as_string(body, w)
             _allowed(path, _allowlist.FUNCTIONS, "function", w, trust=trust)
@@ -178,8 +184,8 @@ class Modules:
     def tensor_paths(self) -> frozenset[str]:
         return frozenset(self._tensor_paths)
 
-    def add_top(self, path: str, spec: Any) -> None:
-        where = f"modules.{path}"
+    def add_top(self, path: str, spec: Any, where: str | None = None) -> None:
+        where = where or f"modules.{path}"
         dotted_path(path, where, top_level=True)
         for prefix in prefixes(path):
             if prefix in self._paths:

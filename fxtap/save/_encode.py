@@ -94,6 +94,9 @@ def _encode_object(value: Any, tensors: Tensors) -> Any:
     """A configuration value that is no plain data: tensor, enum, function or plain object."""
     if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
         return {"tensor": tensors.add(value)}
+    if type(value) in (set, frozenset) and all(isinstance(v, _SCALARS) for v in value):
+        tag = type(value).__name__
+        return {tag: sorted((encode(v) for v in value), key=repr)}
     cls = type(value)
     if isinstance(value, enum.Enum) and resolve(cls.__module__, cls.__qualname__) is cls:
         return {"enum": {"class": f"{cls.__module__}:{cls.__qualname__}", "name": value.name}}
