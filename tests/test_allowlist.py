@@ -207,6 +207,24 @@ def timm_extractors() -> Iterator[tuple[str, Any]]:
         yield f"timm:{name}", extractor
 
 
+def hf_extractors() -> Iterator[tuple[str, Any]]:
+    """Capture extractors of tiny transformers (when installed), as tests/test_capture_hf.py
+    builds them: their roots cannot be traced, so their module trees and configs are saved."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return
+    from tests.test_capture_hf import CASES, _model
+
+    for name, (_stack, path) in CASES.items():
+        torch.manual_seed(0)
+        model = _model(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            extractor = fxtap.create_feature_extractor(model, [path, ":output"])
+        yield f"transformers:{name}", extractor
+
+
 def collect(extractors: Iterator[tuple[str, Any]]) -> Emitted:
     """What the saver emits for ``extractors``, but the test suite's own functions and classes
     (user code, which needs ``trust=True``)."""
@@ -272,6 +290,7 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
     emitted.merge(collect(fixture_extractors()))
     if THOROUGH:
         emitted.merge(collect(timm_extractors()))
+        emitted.merge(collect(hf_extractors()))
     assert emitted.functions and emitted.classes, "nothing was collected"
     gaps = missing(emitted)
     assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
@@ -319,6 +338,7 @@ def main() -> None:
     emitted = collect(torchvision_extractors(torchvision.models.list_models()))
     emitted.merge(collect(fixture_extractors()))
     emitted.merge(collect(timm_extractors()))
+    emitted.merge(collect(hf_extractors()))
     emitted.functions |= standard_functions()
     emitted.methods |= standard_methods()
     _allowlist.PATH.write_text(render(emitted), encoding="utf-8")
