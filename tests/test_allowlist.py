@@ -10,6 +10,7 @@ models and fails if one of them emits something the checked-in allowlist lacks;
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -310,11 +311,36 @@ def test_module_configuration_keys_are_set_by_the_class() -> None:
         module_name, _, qualname = path.partition(":")
         cls = getattr(importlib.import_module(module_name), qualname)
         assert isinstance(cls, type) and issubclass(cls, torch.nn.Module), path
-        internals = set(dir(cls)) | set(vars(torch.nn.Module()))
+        internals = set(dir(torch.nn.Module)) | set(vars(torch.nn.Module()))
         for key in (*required, *optional):
             assert key.isidentifier() and not key.startswith("__"), (path, key)
             assert key not in internals, f"{path} config {key!r} shadows nn.Module"
+            # a class-level default that instances override (transformers' ``_tp_plan``) is
+            # plain data; a method, property or other descriptor must never be shadowed
+            default = inspect.getattr_static(cls, key, None)
+            assert not (callable(default) or hasattr(type(default), "__get__")), (
+                f"{path} config {key!r} shadows {type(default).__name__} {key!r} of the class"
+            )
         assert not set(required) & set(optional), path
+
+
+def test_helper_objects_are_plain_and_their_attributes_shadow_no_method() -> None:
+    """Objects in configurations are built with ``cls.__new__`` and given their attributes."""
+    import enum
+    import importlib
+
+    for path, (required, optional) in _allowlist.OBJECTS.items():
+        module_name, _, qualname = path.partition(":")
+        cls = getattr(importlib.import_module(module_name), qualname)
+        assert isinstance(cls, type) and not issubclass(cls, (torch.nn.Module, enum.Enum)), path
+        assert cls.__new__ is object.__new__, f"{path} has its own __new__"
+        for key in (*required, *optional):
+            assert key.isidentifier() and not key.startswith("__"), (path, key)
+            default = inspect.getattr_static(cls, key, None)
+            assert not (callable(default) or hasattr(type(default), "__get__")), (path, key)
+    for path in _allowlist.ENUMS:
+        module_name, _, qualname = path.partition(":")
+        assert issubclass(getattr(importlib.import_module(module_name), qualname), enum.Enum)
 
 
 def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
@@ -324,7 +350,8 @@ def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
     forbidden |= {"operator:attrgetter", "operator:methodcaller", "torch:load", "torch:from_file"}
     assert not forbidden & _allowlist.FUNCTIONS
     words = ("load", "save", "hub", "serialization", "file", "url", "download", "system")
-    for name in (*_allowlist.FUNCTIONS, *_allowlist.METHODS, *_allowlist.MODULES):
+    names = (*_allowlist.FUNCTIONS, *_allowlist.METHODS, *_allowlist.MODULES)
+    for name in (*names, *_allowlist.OBJECTS, *_allowlist.ENUMS):
         assert not any(w in name.lower() for w in words), name
         assert "__" not in name, name
         assert name.count(":") <= 1, name
