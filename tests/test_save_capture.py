@@ -291,3 +291,22 @@ def test_unsavable_tracer_options_are_refused_with_the_fix(tmp_path: Path):
     with pytest.raises(fxtap.InvalidArgumentError, match=r"fmt='pickle'"):
         save(ex, tmp_path / "s.fxtap")
     assert not list(tmp_path.iterdir())
+
+
+def test_helper_objects_that_cannot_be_described_are_refused_with_the_fix(tmp_path: Path):
+    """A cycle of plain objects, or an object with its own pickling, is not plain data."""
+    from tests.test_capture import Stack
+
+    class Loop:
+        def __init__(self) -> None:
+            self.me = self
+
+    for helper in (Loop(), torch.Generator()):
+        model = Stack(depth=2)
+        model.embed.helper = helper
+        ex = capture(model, ["blocks.1"])
+        with pytest.raises(
+            fxtap.InvalidArgumentError, match=r"'model\.embed'.*'helper'.*fmt='pickle'"
+        ):
+            save(ex, tmp_path / "h.fxtap")
+        assert not list(tmp_path.iterdir())

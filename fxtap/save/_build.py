@@ -30,7 +30,9 @@ def tensors_of(
     those ``stored`` in the weights file (shared, not copied)."""
     absent = sorted(set(listed) - set(stored))
     if absent:
-        raise LoadError(f"tensors {absent[:3]} are listed in fxtap.json but not in the weights")
+        raise LoadError(
+            f"tensors {absent[:3]} are listed in fxtap.json but not in weights.safetensors"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for key, (parameter, requires_grad) in listed.items():
         value = stored[key]
@@ -47,6 +49,7 @@ def build_module(
     *,
     trust: bool,
 ) -> nn.Module:
+    """The module of a checked spec; ``built`` maps the paths built so far to their modules."""
     if isinstance(spec, str):  # ``same_as``: checked to be complete already
         return built[spec]
     cls = module_class(spec.cls, trust=trust)

@@ -131,7 +131,7 @@ def encode_module(
             continue
         try:
             config[key] = encode(value, tensors)
-        except InvalidArgumentError as exc:
+        except (InvalidArgumentError, RecursionError) as exc:  # a cycle of plain objects
             raise unsavable(
                 f"module {path!r} ({cls.__name__}) attribute {key!r} is a {type(value).__name__}"
             ) from exc
