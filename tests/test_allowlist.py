@@ -226,6 +226,26 @@ def hf_extractors() -> Iterator[tuple[str, Any]]:
         yield f"transformers:{name}", extractor
 
 
+def audio_extractors() -> Iterator[tuple[str, Any]]:
+    """torchaudio's wav2vec2 (weight_norm on its positional convolution) and Conformer, when
+    installed, as tests/test_zoo_audio.py builds them; every graph node requested."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchaudio") is None:
+        return
+    from tests.test_zoo_audio import conformer, wav2vec2
+
+    for name, build in (("wav2vec2", wav2vec2), ("conformer", conformer)):
+        model = build()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train, evals = fxtap.get_graph_node_names(model)
+            extractor = fxtap.create_feature_extractor(
+                model, train_return_nodes=train, eval_return_nodes=evals
+            )
+        yield f"torchaudio:{name}", extractor
+
+
 def collect(extractors: Iterator[tuple[str, Any]]) -> Emitted:
     """What the saver emits for ``extractors``, but the test suite's own functions and classes
     (user code, which needs ``trust=True``)."""
@@ -292,6 +312,7 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
     if THOROUGH:
         emitted.merge(collect(timm_extractors()))
         emitted.merge(collect(hf_extractors()))
+        emitted.merge(collect(audio_extractors()))
     assert emitted.functions and emitted.classes, "nothing was collected"
     gaps = missing(emitted)
     assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
@@ -366,6 +387,7 @@ def main() -> None:
     emitted.merge(collect(fixture_extractors()))
     emitted.merge(collect(timm_extractors()))
     emitted.merge(collect(hf_extractors()))
+    emitted.merge(collect(audio_extractors()))
     emitted.functions |= standard_functions()
     emitted.methods |= standard_methods()
     _allowlist.PATH.write_text(render(emitted), encoding="utf-8")

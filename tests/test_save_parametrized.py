@@ -247,3 +247,34 @@ def test_hostile_parametrizations_are_refused(tmp_path: Path, edit: Any, message
     _rewrite(path, edit)
     with pytest.raises(LoadError, match=message):
         load(path)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_torchaudio_wav2vec2_loads_without_trust(tmp_path: Path, training: bool):
+    """wav2vec2's positional convolution is weight-normed; its opaque encoder is saved whole."""
+    pytest.importorskip("torchaudio")
+    from tests.test_zoo_audio import WAVES, wav2vec2
+
+    model = wav2vec2(layer_drop=0.0).train(training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the opaque feature extractor and encoder
+        extractor = fxtap.create_feature_extractor(model, {"encoder": "leaf", "getitem": "func"})
+    loaded = load(save(extractor, tmp_path / "w2v.fxtap"))
+    conv = loaded.get_submodule("encoder.transformer.pos_conv_embed.conv")
+    assert parametrize.is_parametrized(conv, "weight")
+    reference = copy.deepcopy(model)
+    seen: dict[str, torch.Tensor] = {}
+    handle = reference.encoder.register_forward_hook(lambda _m, _i, out: seen.update(leaf=out))
+    torch.manual_seed(0)
+    reference(WAVES)
+    handle.remove()
+    torch.manual_seed(0)
+    got = loaded(WAVES)
+    assert bitwise_equal(got["leaf"], seen["leaf"])
+    want, have = grads({"leaf": seen["leaf"]}, reference), grads({"leaf": got["leaf"]}, loaded)
+    assert (
+        have["encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1"]
+        is not None
+    )
+    for name, grad in have.items():
+        assert grad is not None and bitwise_equal(grad, want[name]), name
