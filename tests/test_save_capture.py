@@ -90,7 +90,8 @@ def island_node(model: nn.Module) -> str:
     """A node inside a traced submodule (not a module output): served by the island's graph."""
     modules = dict(model.named_modules())
     names = fxtap.get_graph_node_names(model)[1]
-    return next(n for n in names if n not in modules and n.startswith("backbone") and "add" in n)
+    inside = [n for n in names if n not in modules and n.startswith("backbone")]
+    return next((n for n in inside if "add" in n), inside[-1])  # VGG has no residual add
 
 
 def param_grads(score: torch.Tensor, module: nn.Module) -> dict[str, torch.Tensor | None]:
