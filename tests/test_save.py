@@ -329,3 +329,27 @@ def test_the_command_line_loads_through_the_safe_loader(tmp_path, capsys):
         assert main(argv) == 1
         assert "plain identifier" in capsys.readouterr().err
     assert not sentinel.exists()
+
+
+class Indexes(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[0] + 1
+
+
+@pytest.mark.parametrize("warnings_as", ["error", "default"])
+def test_code_that_can_only_fail_is_refused_whatever_the_warning_filters(tmp_path, warnings_as):
+    """``None[0]`` compiles with a SyntaxWarning (an error under -W error): a LoadError either way."""
+    import warnings
+
+    path = save(create_feature_extractor(Indexes(), [":output"]), tmp_path / "i.fxtap")
+
+    def index_none(manifest):
+        for mode in ("train", "eval"):
+            getitem = next(n for n in manifest["graphs"][mode] if n["name"] == "getitem")
+            getitem["args"]["tuple"][0] = None
+
+    _rewrite_manifest(path, index_none)
+    with warnings.catch_warnings():
+        warnings.simplefilter(warnings_as, SyntaxWarning)
+        with pytest.raises(LoadError, match=r"graphs: the generated code cannot run"):
+            load(path)

@@ -10,6 +10,7 @@ Functions, methods and classes come from the allowlist, resolved by their exact 
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -75,9 +76,16 @@ def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) 
     root = _build_root(checked, tensors, trust=trust)
     graphs = {mode: _build_graph(checked.graphs[mode], mode, trust=trust) for mode in MODES}
     info = ExtractorInfo(outputs=checked.outputs, opaque=tuple(checked.opaque))
-    return FeatureExtractor(
-        root, graphs, class_name=checked.class_name, training=checked.training, info=info
-    )
+    # NOTE: Python warns at compile time about code that can only fail (``None[0]``, a
+    # literal called); the generated forward of a file fxtap wrote never holds such code
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SyntaxWarning)
+        try:
+            return FeatureExtractor(
+                root, graphs, class_name=checked.class_name, training=checked.training, info=info
+            )
+        except SyntaxError as exc:
+            raise LoadError(f"graphs: the generated code cannot run ({exc.msg})") from exc
 
 
 def parse(raw: bytes) -> Any:
