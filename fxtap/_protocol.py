@@ -48,7 +48,7 @@ def require_graphs(extractor: Any, *, action: str, instead: str) -> None:
 
     Args:
         extractor: any extractor.
-        action: what was asked, in the interface's words (``"save(fmt='fxtap')"``).
+        action: what was asked, in the interface's words (``"render(extractor)"``).
         instead: what works for a capture extractor, in the interface's words.
     """
     if not isinstance(extractor, Extractor):

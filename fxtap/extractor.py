@@ -11,6 +11,7 @@ from typing import Any, cast
 from torch import fx, nn
 
 from fxtap._fx import detach_submodules, union_root
+from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
 from fxtap._query import normalize_return_nodes, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
@@ -180,7 +181,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             code = self._fxtap_modes[flag][0].python_code(root_module="self")
             sources[mode] = _format_import_block(code.globals, sys_importer) + code.src
         state = {
-            "modules": dict(self._modules),
+            "modules": picklable(self._modules),
             "parameters": dict(self._parameters),
             "buffers": dict(self._buffers),
             "non_persistent": set(self._non_persistent_buffers_set),

@@ -28,6 +28,7 @@ __all__ = [
     "ListRoot",
     "MixedModes",
     "Nested",
+    "Parametrized",
     "SuffixedNames",
     "TensorConstant",
     "TopLevelFunctions",
@@ -384,3 +385,20 @@ class ListPipeline(nn.Module):
         if self.training and targets is None:
             raise ValueError("targets are needed in training mode")
         return self.head([self.body(img[None]).mean((2, 3)) for img in images])
+
+
+class Parametrized(nn.Module):
+    """Modules under torch's parametrizations: weight_norm (as wav2vec2's positional
+    convolution), spectral_norm (power iteration buffers, updated in train mode), orthogonal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        P = nn.utils.parametrizations
+        self.conv = P.weight_norm(nn.Conv1d(2, 4, 3, padding=1), dim=2)
+        self.proj = P.spectral_norm(nn.Linear(4, 4))
+        self.rotate = P.orthogonal(nn.Linear(4, 4))
+        self.plain = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).relu().mean(-1)
+        return self.plain(self.rotate(self.proj(h)))

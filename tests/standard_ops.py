@@ -322,7 +322,7 @@ MATH = ["ceil", "floor", "sqrt", "prod"]
 
 def standard_functions() -> set[str]:
     """``module:name`` of every standard function, as the saver writes it."""
-    from fxtap.save._pack import _function_path
+    from fxtap.save._encode import function_path as _function_path
 
     paths = set()
     for module, names in ((torch, TORCH), (F, FUNCTIONAL), (operator, OPERATORS), (math, MATH)):

@@ -447,9 +447,13 @@ def test_cli_on_a_detection_model(capsys: pytest.CaptureFixture[str], tmp_path: 
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert "backbone.body.1.add" in names and "roi_heads" in names
     out = tmp_path / "det.fxtap"
-    # the safe format needs traced graphs; the error says what works
-    assert main(["extract", *DETECTION, "--nodes", "backbone.body", "-o", str(out)]) == 1
-    assert "--format pickle" in _error_line(capsys)
+    # the safe format stores the module tree and the requests; loading needs no trust
+    assert main(["extract", *DETECTION, "--nodes", "backbone.body", "-o", str(out)]) == 0
+    assert "format fxtap" in capsys.readouterr().out
+    safe = fxtap.load(out)
+    assert isinstance(safe, CaptureExtractor) and safe.outputs["eval"] == {
+        "backbone.body": "backbone.body"
+    }
     argv = ["extract", *DETECTION, "--nodes", "backbone.body", "-o", str(out), "--format", "pickle"]
     assert main(argv) == 0
     assert "captures" in capsys.readouterr().out

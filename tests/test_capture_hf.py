@@ -69,3 +69,29 @@ def test_islands_inside_layer_stacks_give_hook_values_and_gradients(name: str) -
     assert got[0] is not None and bitwise_equal(got, expected)
     with torch.no_grad():
         assert bitwise_equal(out["out"].last_hidden_state, model(ids).last_hidden_state)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_capture_extractors_load_from_the_safe_format(name: str, training: bool, tmp_path) -> None:
+    """The module tree and the config (a PretrainedConfig, stored as an allowlisted plain object)
+    load without trust; values and gradients equal forward hooks on the unmodified model."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _model(name).train(training)
+    _stack, path = CASES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ex = fxtap.create_feature_extractor(model, {path: "tap", ":output": "out"})
+    loaded = fxtap.load(fxtap.save(ex, tmp_path / f"{name}.fxtap"))
+    assert isinstance(loaded, CaptureExtractor) and loaded.training == training
+    assert type(loaded.model.config) is type(model.config)
+    assert loaded.model.config.to_dict() == model.config.to_dict()
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    value, expected = hook_gradient(copy.deepcopy(model), path, [ids], score, seed=0)
+    torch.manual_seed(0)  # the same dropout draws in train mode
+    out = loaded(ids)
+    got = tensor_grads(score(out["out"]), out["tap"])
+    assert bitwise_equal(out["tap"], value)
+    assert got[0] is not None and bitwise_equal(got, expected)

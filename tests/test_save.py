@@ -259,15 +259,16 @@ class DataDependentRoot(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_capture_extractors_save_as_pickle_and_say_so_for_the_safe_format(tmp_path):
+@pytest.mark.parametrize("fmt", ["fxtap", "pickle"])
+def test_capture_extractors_save_in_both_formats(tmp_path, fmt):
     extractor = create_feature_extractor(DataDependentRoot(), ["fc"])
     assert type(extractor).__name__ == "CaptureExtractor"
-    # the safe format describes graphs; a capture extractor runs the model's own code
-    with pytest.raises(InvalidArgumentError, match=r"traced graphs.*fmt='pickle'"):
-        save(extractor, tmp_path / "c.fxtap", fmt="fxtap")
-    assert not list(tmp_path.iterdir())
-    save(extractor, tmp_path / "c.fxtap", fmt="pickle")
-    loaded = load(tmp_path / "c.fxtap", trust=True)
+    path = save(extractor, tmp_path / "c.fxtap", fmt=fmt)
+    # the model's class is this test's own code: loading it needs trust in either format
+    with pytest.raises(LoadError, match=r"trust=True"):
+        load(path)
+    loaded = load(path, trust=True)
+    assert type(loaded).__name__ == "CaptureExtractor"
     x = torch.randn(2, 4)
     with torch.no_grad():
         assert torch.equal(loaded(x)["fc"], extractor(x)["fc"])
@@ -328,3 +329,27 @@ def test_the_command_line_loads_through_the_safe_loader(tmp_path, capsys):
         assert main(argv) == 1
         assert "plain identifier" in capsys.readouterr().err
     assert not sentinel.exists()
+
+
+class Indexes(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[0] + 1
+
+
+@pytest.mark.parametrize("warnings_as", ["error", "default"])
+def test_code_that_can_only_fail_is_refused_whatever_the_warning_filters(tmp_path, warnings_as):
+    """``None[0]`` compiles with a SyntaxWarning (an error under -W error): a LoadError either way."""
+    import warnings
+
+    path = save(create_feature_extractor(Indexes(), [":output"]), tmp_path / "i.fxtap")
+
+    def index_none(manifest):
+        for mode in ("train", "eval"):
+            getitem = next(n for n in manifest["graphs"][mode] if n["name"] == "getitem")
+            getitem["args"]["tuple"][0] = None
+
+    _rewrite_manifest(path, index_none)
+    with warnings.catch_warnings():
+        warnings.simplefilter(warnings_as, SyntaxWarning)
+        with pytest.raises(LoadError, match=r"graphs: the generated code cannot run"):
+            load(path)

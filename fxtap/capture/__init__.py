@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from fxtap._fx import clone_structure
+from fxtap._parametrized import dumps, is_parametrized, loads
 from fxtap._protocol import Extractor
 from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
@@ -67,6 +68,7 @@ class CaptureExtractor(Extractor):
         outputs: by mode, output key -> requested node name.
         opaque: module paths kept opaque inside the islands by the automatic fallback.
         dropped: module paths replaced by ``Dropped`` stubs after the build-time probe.
+        tracer_kwargs: the tracer options the islands were traced with (a copy).
     """
 
     prunes = False
@@ -79,9 +81,11 @@ class CaptureExtractor(Extractor):
         reason: str,
         training: bool,
         opaque: tuple[str, ...],
+        tracer_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.tracer_kwargs = dict(tracer_kwargs or {})
         self.reason = reason
         self.opaque = opaque
         self.dropped: tuple[str, ...] = ()
@@ -127,6 +131,12 @@ class CaptureExtractor(Extractor):
                 )
         return result
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if not any(is_parametrized(m) for m in self.modules()):
+            return super().__reduce_ex__(protocol)
+        # NOTE: torch refuses to pickle parametrized modules; they go as descriptions
+        return (loads, (dumps(self),))
+
     def node_names(self, mode: str) -> list[str]:
         """Names servable in ``mode``: island nodes under their full paths, other modules."""
         names = self._plans[mode].names
@@ -164,11 +174,13 @@ def build_capture_extractor(
     error: TraceError,
     tracer_kwargs: Mapping[str, Any] | None = None,
     example_inputs: Any = None,
+    warn: bool = True,
 ) -> CaptureExtractor:
     """Build a ``CaptureExtractor`` for a model whose root forward raised ``error``.
 
     With ``example_inputs`` and no ``":output"`` request, the modules no probe run on them
-    reaches are dropped (``CaptureExtractor.dropped``).
+    reaches are dropped (``CaptureExtractor.dropped``). ``warn=False`` (a saved extractor
+    being loaded) skips the warning that says capture is used.
 
     Raises:
         NodeNotFoundError: a request is neither a module nor a node inside a traceable
@@ -185,9 +197,16 @@ def build_capture_extractor(
                 opaque[f"{island.path}.{leaf}"] = None
         plans[mode] = _plan(clone, requests[mode], islands, error, name, mode, tracer_kwargs)
     ex = CaptureExtractor(
-        clone, plans, reason=error.reason, training=model.training, opaque=tuple(opaque)
+        clone,
+        plans,
+        reason=error.reason,
+        training=model.training,
+        opaque=tuple(opaque),
+        tracer_kwargs=tracer_kwargs,
     )
     dropping = _drop(ex, example_inputs, name)
+    if not warn:
+        return ex
     islands_text = format_choices(ex.islands["eval"]) if ex.islands["eval"] else "none"
     kept = f"; inside them, kept opaque: {format_choices(opaque)}" if opaque else ""
     warnings.warn(

@@ -2,13 +2,18 @@
 
 The default ``.fxtap`` format is a zip holding ``fxtap.json`` (both modes' graphs as node lists,
 the leaf modules as class path plus plain attributes, the output keys), ``weights.safetensors``
-and, for reading only, each mode's generated Python code under ``code/``. Loading it runs no
+and, for reading only, each mode's generated Python code under ``code/``. A capture extractor
+(an untraceable root) is stored as its model's module tree, its requests and tracer options
+(``fxtap.save._capture``), and built again on load by fxtap's capture builder. Loading runs no
 code from the file: the archive is read within limits, the manifest is validated against a
-strict schema (``fxtap.save._manifest``) and every function, method and module class is matched by
-its exact name against the allowlist of what this saver writes for the torchvision zoo
-(``fxtap.save._allowlist``) before a graph is built (``fxtap.save._safe_load``); ``fxtap.save._pack`` writes it. The pickle format
-(``torch.save`` of the extractor) keeps anything but runs code stored in the file when loaded,
-so ``load`` refuses it unless ``trust=True``. docs/saving.md states the threat model.
+strict schema (``fxtap.save._manifest``, ``fxtap.save._config``) and every function, method,
+module class, enum and helper object class is matched by its exact name against the allowlist
+of what this saver writes for the torchvision zoo (``fxtap.save._allowlist``) before anything is
+built (``fxtap.save._safe_load``, ``fxtap.save._build``); ``fxtap.save._pack`` writes it.
+Parametrized modules (``weight_norm``...) are stored as their base class and parametrizations
+in both formats (``fxtap._parametrized``). The pickle format (``torch.save`` of the extractor)
+keeps anything but runs code stored in the file when loaded, so ``load`` refuses it unless
+``trust=True``. docs/saving.md states the threat model.
 """
 
 from __future__ import annotations
@@ -22,9 +27,8 @@ from typing import IO, Any
 import torch
 
 from fxtap._io import write_atomic
-from fxtap._protocol import Extractor, require_graphs
+from fxtap._protocol import Extractor
 from fxtap.errors import InvalidArgumentError, LoadError, format_choices
-from fxtap.extractor import FeatureExtractor
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._pack import pack
 
@@ -49,8 +53,8 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
 
     Raises:
         InvalidArgumentError: not an extractor, ``path`` not a path, an unknown ``fmt``, or a
-            graph or module the safe format cannot describe (the message suggests
-            ``fmt='pickle'``).
+            graph, module or tracer option the safe format cannot describe (the message
+            suggests ``fmt='pickle'``).
         OutputPathError: ``path`` cannot be written.
 
     >>> ex = create_feature_extractor(torchvision.models.resnet18(), ["layer4"])
@@ -59,13 +63,7 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
     """
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"fmt {fmt!r} is not one of {format_choices(FORMATS)}")
-    if fmt == "fxtap":
-        require_graphs(
-            extractor,
-            action="save(fmt='fxtap')",
-            instead="save it with fmt='pickle' (--format pickle) and load it with trust=True",
-        )
-    elif not isinstance(extractor, Extractor):
+    if not isinstance(extractor, Extractor):
         raise InvalidArgumentError(
             f"extractor is a {type(extractor).__name__}, not an fxtap extractor (FeatureExtractor "
             "or CaptureExtractor); pass what fxtap.create_feature_extractor returns"
@@ -74,7 +72,6 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
     if fmt == "pickle":
         write_atomic(target, lambda f: _pickle(extractor, f))
     else:
-        assert isinstance(extractor, FeatureExtractor)  # require_graphs checked it
         write_atomic(target, lambda f: pack(extractor, f))
     return target
 
@@ -94,7 +91,8 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> Extractor:
             pass ``True`` for files from a source you trust.
 
     Returns:
-        The ``FeatureExtractor``; its outputs equal the saved one's bit for bit.
+        The ``FeatureExtractor`` or ``CaptureExtractor``; its outputs equal the saved one's
+        bit for bit.
 
     Raises:
         InvalidArgumentError: ``path`` is not a path or ``trust`` not a bool.

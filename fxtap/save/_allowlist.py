@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ATTRIBUTES", "FUNCTIONS", "METHODS", "MODULES", "PATH", "resolve"]
+__all__ = ["ATTRIBUTES", "ENUMS", "FUNCTIONS", "METHODS", "MODULES", "OBJECTS", "PATH", "resolve"]
 
 PATH = Path(__file__).with_name("_allowlist.json")
 _DATA = json.loads(PATH.read_text(encoding="utf-8"))
@@ -29,6 +29,15 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     cls: (tuple(spec["config"]), tuple(spec["optional"]), tuple(spec["tensors"]))
     for cls, spec in _DATA["modules"].items()
 }
+
+#: ``module:qualname`` of each plain (non-module) class a configuration may hold -> (attribute
+#: names every instance holds, names some instances hold).
+OBJECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    cls: (tuple(spec["config"]), tuple(spec["optional"]))
+    for cls, spec in _DATA.get("objects", {}).items()
+}
+#: ``module:qualname`` of each enum whose members a configuration may hold.
+ENUMS: frozenset[str] = frozenset(_DATA.get("enums", ()))
 
 
 def resolve(module_name: str, qualname: str) -> Any:

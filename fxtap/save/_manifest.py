@@ -18,10 +18,10 @@ from torch.fx import graph as fx_graph
 
 from fxtap.errors import LoadError
 from fxtap.save import _allowlist
+from fxtap.save._config import Modules
 from fxtap.save._schema import (
     PARAMETER_RESERVED,
     Checked,
-    ModuleSpec,
     NodeSpec,
     Ref,
     as_bool,
@@ -35,13 +35,19 @@ from fxtap.save._schema import (
     dotted_path,
     identifier,
     local_name,
-    member_name,
-    no_nodes,
-    path_part,
-    prefixes,
 )
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Checked", "Ref", "check"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "WEIGHTS",
+    "Checked",
+    "Ref",
+    "check",
+    "header",
+    "tensor_list",
+]
 
 FORMAT_NAME = "fxtap-extractor"
 FORMAT_VERSION = 1
@@ -59,30 +65,13 @@ _TOP_KEYS = frozenset(
     {"format", "version", "torch", "class_name", "training", "graphs", "modules"}
     | {"attributes", "tensors", "outputs", "kept", "opaque"}
 )
-_MODULE_KEYS = frozenset(
-    {"class", "training", "config", "parameters", "buffers", "non_persistent", "modules"}
-)
 
 
 def check(data: Any, *, trust: bool) -> Checked:
     """Validate a parsed manifest; ``LoadError`` names the first field at fault."""
-    top = as_object(data, MANIFEST)
-    if top.get("format") != FORMAT_NAME or top.get("version") != FORMAT_VERSION:
-        raise LoadError(
-            f"it is format {top.get('format')!r:.40} version {top.get('version')!r:.20}; this "
-            f"fxtap reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Upgrade fxtap"
-        )
-    check_keys(top, _TOP_KEYS, _TOP_KEYS, MANIFEST)
-    as_string(top["torch"], "torch")
-    tensors: dict[str, tuple[bool, bool]] = {}
-    for key, info in as_object(top["tensors"], "tensors").items():
-        where = f"tensors.{key}"
-        check_keys(as_object(info, where), {"parameter", "requires_grad"}, None, where)
-        tensors[as_string(key, where)] = (
-            as_bool(info["parameter"], f"{where}.parameter"),
-            as_bool(info["requires_grad"], f"{where}.requires_grad"),
-        )
-    modules = _Modules(tensors, trust=trust)
+    top = header(data, _TOP_KEYS)
+    tensors = tensor_list(top["tensors"])
+    modules = Modules(tensors, trust=trust)
     for path, spec in as_object(top["modules"], "modules").items():
         modules.add_top(path, spec)
     attributes: dict[str, tuple[str, bool]] = {}
@@ -125,6 +114,32 @@ def check(data: Any, *, trust: bool) -> Checked:
         kept=kept,
         opaque=tuple(as_strings(top["opaque"], "opaque")),
     )
+
+
+def header(data: Any, keys: frozenset[str]) -> dict[str, Any]:
+    """The top-level object, of this format and version, holding exactly ``keys``."""
+    top = as_object(data, MANIFEST)
+    if top.get("format") != FORMAT_NAME or top.get("version") != FORMAT_VERSION:
+        raise LoadError(
+            f"it is format {top.get('format')!r:.40} version {top.get('version')!r:.20}; this "
+            f"fxtap reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Upgrade fxtap"
+        )
+    check_keys(top, keys, keys, MANIFEST)
+    as_string(top["torch"], "torch")
+    return top
+
+
+def tensor_list(raw: Any) -> dict[str, tuple[bool, bool]]:
+    """``tensors``: key -> (parameter, requires_grad)."""
+    tensors: dict[str, tuple[bool, bool]] = {}
+    for key, info in as_object(raw, "tensors").items():
+        where = f"tensors.{key}"
+        check_keys(as_object(info, where), {"parameter", "requires_grad"}, None, where)
+        tensors[as_string(key, where)] = (
+            as_bool(info["parameter"], f"{where}.parameter"),
+            as_bool(info["requires_grad"], f"{where}.requires_grad"),
+        )
+    return tensors
 
 
 # --- graphs ----------------------------------------------------------------------------------
@@ -264,128 +279,3 @@ class _Graph:
                 raise LoadError(f"{where}: {name!r:.80} is not an earlier node of this graph")
             return Ref(name)
         return decode(value, where, lambda v, w: self._value(v, w, refs=refs))
-
-
-# --- modules ---------------------------------------------------------------------------------
-
-
-class _Modules:
-    """Checks module specs, recording every module path and tensor path they define."""
-
-    def __init__(self, tensors: Mapping[str, tuple[bool, bool]], *, trust: bool) -> None:
-        self.tensors = tensors
-        self.trust = trust
-        self.top: dict[str, ModuleSpec | str] = {}
-        self.paths: frozenset[str] = frozenset()
-        self._paths: set[str] = set()
-        self._finished: set[str] = set()
-        self._containers: set[str] = set()  # proper prefixes of the stored paths
-        self._tensor_paths: set[str] = set()
-
-    @property
-    def tensor_paths(self) -> frozenset[str]:
-        return frozenset(self._tensor_paths)
-
-    def add_top(self, path: str, spec: Any) -> None:
-        where = f"modules.{path}"
-        dotted_path(path, where, top_level=True)
-        for prefix in prefixes(path):
-            if prefix in self._paths:
-                raise LoadError(f"{where}: it lies inside the stored module {prefix!r}")
-        if path in self._containers:
-            raise LoadError(f"{where}: another stored module lies inside it")
-        self._containers.update(prefixes(path))
-        self.top[path] = self._module(spec, path, where)
-        self.paths = frozenset(self.top)
-
-    def tensor(self, ref: Any, where: str, *, parameter: bool | None) -> str:
-        ref = as_string(ref, where)
-        if ref not in self.tensors:
-            raise LoadError(f"{where}: tensor {ref!r:.40} is not listed under tensors")
-        if parameter is not None and self.tensors[ref][0] != parameter:
-            kind = "a parameter" if parameter else "a buffer"
-            raise LoadError(f"{where}: tensor {ref!r} is not stored as {kind}")
-        return ref
-
-    def check_attributes(self, attributes: Mapping[str, Any]) -> None:
-        owners = {p for path in attributes for p in prefixes(path)}
-        for path in attributes:
-            if path in self._paths or any(p in self._paths for p in prefixes(path)):
-                raise LoadError(f"attributes.{path}: it lies inside a stored module")
-            if path in owners:
-                raise LoadError(f"attributes.{path}: another tensor attribute lies inside it")
-            self._tensor_paths.add(path)
-        for path in self._paths:
-            if any(p in attributes for p in prefixes(path)):
-                raise LoadError(f"modules.{path}: it lies inside the tensor attribute")
-
-    def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | str:
-        spec = as_object(raw, where)
-        self._paths.add(path)
-        if "same_as" in spec:
-            check_keys(spec, {"same_as"}, None, where)
-            other = as_string(spec["same_as"], f"{where}.same_as")
-            # a shared module must be complete before it is named again: no cycles
-            if other not in self._finished:
-                raise LoadError(
-                    f"{where}.same_as: {other!r:.80} is not a module stored before this one "
-                    "(a module cannot contain itself)"
-                )
-            return other
-        check_keys(spec, _MODULE_KEYS, None, where)
-        cls = as_string(spec["class"], f"{where}.class")
-        allowed = _allowlist.MODULES.get(cls)
-        if allowed is None and not self.trust:
-            raise LoadError(
-                f"{where}.class: it uses module class {cls!r:.80}, which the safe loader does "
-                f"not allow{closest(cls, _allowlist.MODULES)}. Pass trust=True (--trust) only "
-                "if you trust the file and that package"
-            )
-        required, optional, tensor_names = allowed or ((), (), ())
-        config = {}
-        for key, value in as_object(spec["config"], f"{where}.config").items():
-            field = f"{where}.config.{key}"
-            if allowed is not None and key not in required and key not in optional:
-                raise LoadError(f"{field}: {cls} holds no attribute {key!r:.80}")
-            if allowed is None:
-                member_name(key, field)
-            config[key] = decode(value, field, no_nodes)
-        absent = [k for k in required if k not in config]
-        if absent:
-            raise LoadError(f"{where}.config: {cls} needs {absent[:3]}")
-        state: dict[str, dict[str, str | None]] = {}
-        for kind in ("parameters", "buffers"):
-            state[kind] = {}
-            for name, ref in as_object(spec[kind], f"{where}.{kind}").items():
-                field = f"{where}.{kind}.{name}"
-                if allowed is not None and name not in tensor_names:
-                    raise LoadError(f"{field}: {cls} holds no tensor {name!r:.80}")
-                member_name(name, field)
-                if name in config or name in state.get("parameters", {}):
-                    raise LoadError(f"{field}: {name!r} is stored twice")
-                state[kind][name] = (
-                    None if ref is None else self.tensor(ref, field, parameter=kind == "parameters")
-                )
-                self._tensor_paths.add(f"{path}.{name}")
-        non_persistent = as_strings(spec["non_persistent"], f"{where}.non_persistent")
-        if not set(non_persistent) <= set(state["buffers"]):
-            raise LoadError(f"{where}.non_persistent: names a buffer the module does not hold")
-        children: dict[str, ModuleSpec | str | None] = {}
-        for name, child in as_object(spec["modules"], f"{where}.modules").items():
-            field = f"{where}.modules.{name}"
-            path_part(name, field)
-            if name in config or name in state["parameters"] or name in state["buffers"]:
-                raise LoadError(f"{field}: {name!r} is stored twice")
-            child_path = f"{path}.{name}"
-            children[name] = None if child is None else self._module(child, child_path, field)
-        self._finished.add(path)
-        return ModuleSpec(
-            path=path,
-            cls=cls,
-            training=as_bool(spec["training"], f"{where}.training"),
-            config=config,
-            parameters=state["parameters"],
-            buffers=state["buffers"],
-            non_persistent=tuple(non_persistent),
-            children=children,
-        )

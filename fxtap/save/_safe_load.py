@@ -10,6 +10,7 @@ Functions, methods and classes come from the allowlist, resolved by their exact 
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -18,12 +19,14 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap._protocol import Extractor
 from fxtap.errors import LoadError
 from fxtap.extractor import ExtractorInfo, FeatureExtractor
 from fxtap.save import _manifest
-from fxtap.save._allowlist import resolve
+from fxtap.save._build import build_module, function, tensors_of
+from fxtap.save._capture import CheckedCapture, build_capture, check_capture
 from fxtap.save._manifest import MANIFEST, MODES, WEIGHTS
-from fxtap.save._schema import Checked, ModuleSpec, NodeSpec, Ref
+from fxtap.save._schema import Checked, NodeSpec, Ref
 from fxtap.trace import NAME_KEY
 
 __all__ = [
@@ -48,39 +51,41 @@ MAX_VALUES = 2_000_000
 MAX_DEPTH = 48
 
 
-def read_archive(archive: zipfile.ZipFile, *, trust: bool) -> FeatureExtractor:
+def read_archive(archive: zipfile.ZipFile, *, trust: bool) -> Extractor:
     """Build the extractor a ``.fxtap`` archive describes (see the module docstring)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
 
-    raw = _read(archive, MANIFEST, MAX_MANIFEST_BYTES)
-    checked = _manifest.check(parse(raw), trust=trust)
+    data = parse(_read(archive, MANIFEST, MAX_MANIFEST_BYTES))
+    capture = isinstance(data, dict) and "kind" in data
+    checked = check_capture(data, trust=trust) if capture else _manifest.check(data, trust=trust)
     weights = _read(archive, WEIGHTS, MAX_WEIGHTS_BYTES)
     try:
         stored = load_tensors(weights) if weights else {}
     except SafetensorError as exc:
         raise LoadError(f"{WEIGHTS} is not a valid safetensors file ({exc})") from exc
     del weights
+    if isinstance(checked, CheckedCapture):
+        return build_capture(checked, tensors_of(checked.tensors, stored), trust=trust)
     return build(checked, stored, trust=trust)
 
 
 def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) -> FeatureExtractor:
     """The extractor of a checked manifest, with tensors ``stored`` (shared, not copied)."""
-    absent = sorted(set(checked.tensors) - set(stored))
-    if absent:
-        raise LoadError(f"tensors {absent[:3]} are listed in {MANIFEST} but not in {WEIGHTS}")
-    tensors: dict[str, torch.Tensor] = {}
-    for key, (parameter, requires_grad) in checked.tensors.items():
-        value = stored[key]
-        if requires_grad and not (value.is_floating_point() or value.is_complex()):
-            raise LoadError(f"tensors.{key}.requires_grad: a {value.dtype} tensor has no gradient")
-        tensors[key] = nn.Parameter(value, requires_grad=requires_grad) if parameter else value
+    tensors = tensors_of(checked.tensors, stored)
     root = _build_root(checked, tensors, trust=trust)
     graphs = {mode: _build_graph(checked.graphs[mode], mode, trust=trust) for mode in MODES}
     info = ExtractorInfo(outputs=checked.outputs, opaque=tuple(checked.opaque))
-    return FeatureExtractor(
-        root, graphs, class_name=checked.class_name, training=checked.training, info=info
-    )
+    # NOTE: Python warns at compile time about code that can only fail (``None[0]``, a
+    # literal called); the generated forward of a file fxtap wrote never holds such code
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SyntaxWarning)
+        try:
+            return FeatureExtractor(
+                root, graphs, class_name=checked.class_name, training=checked.training, info=info
+            )
+        except SyntaxError as exc:
+            raise LoadError(f"graphs: the generated code cannot run ({exc.msg})") from exc
 
 
 def parse(raw: bytes) -> Any:
@@ -144,7 +149,7 @@ def _build_root(checked: Checked, tensors: Mapping[str, torch.Tensor], *, trust:
     built: dict[str, nn.Module] = {}
     for path, spec in checked.modules.items():
         owner_path, _, field = path.rpartition(".")
-        _ensure_path(root, owner_path)._modules[field] = _build_module(
+        _ensure_path(root, owner_path)._modules[field] = build_module(
             spec, tensors, built, trust=trust
         )
     for path, (ref, persistent) in checked.attributes.items():
@@ -158,36 +163,6 @@ def _build_root(checked: Checked, tensors: Mapping[str, torch.Tensor], *, trust:
             if not persistent:
                 owner._non_persistent_buffers_set.add(field)
     return root
-
-
-def _build_module(
-    spec: ModuleSpec | str,
-    tensors: Mapping[str, torch.Tensor],
-    built: dict[str, nn.Module],
-    *,
-    trust: bool,
-) -> nn.Module:
-    if isinstance(spec, str):  # ``same_as``: checked to be complete already
-        return built[spec]
-    cls = _module_class(spec.cls, trust=trust)
-    # NOTE: the constructor is not called: its arguments are unknown and it would allocate
-    # what the file says; the module gets nn.Module's internals, then its saved state.
-    module = cls.__new__(cls)
-    nn.Module.__init__(module)
-    for key, value in spec.config.items():
-        object.__setattr__(module, key, value)
-    module.training = spec.training
-    for key, ref in spec.parameters.items():
-        module._parameters[key] = None if ref is None else tensors[ref]  # type: ignore[assignment]
-    for key, ref in spec.buffers.items():
-        module._buffers[key] = None if ref is None else tensors[ref]
-    module._non_persistent_buffers_set = set(spec.non_persistent)
-    for key, child in spec.children.items():
-        module._modules[key] = (
-            None if child is None else _build_module(child, tensors, built, trust=trust)
-        )
-    built[spec.path] = module
-    return module
 
 
 def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.Graph:
@@ -213,7 +188,7 @@ def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.G
             continue
         target: Any = spec.target
         if spec.op == "call_function":
-            target = _function(spec.target, trust=trust)
+            target = function(spec.target, trust=trust)
         node = graph.create_node(spec.op, target, args, kwargs, name=spec.name)
         if node.name != spec.name:
             # NOTE: fx renames a node whose name is taken or shadows a builtin; a file fxtap
@@ -224,44 +199,6 @@ def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.G
         env[spec.name] = node
     graph.lint()
     return graph
-
-
-def _function(path: str, *, trust: bool) -> Any:
-    if path in _manifest_functions():
-        return _exact(path)
-    if not trust:  # checked by _manifest already
-        raise AssertionError(f"unchecked function {path!r}")
-    found = resolve(*path.partition(":")[::2])
-    if not callable(found):
-        raise LoadError(f"its graph calls {path!r}, which does not exist in this install")
-    return found
-
-
-def _module_class(path: str, *, trust: bool) -> type[nn.Module]:
-    from fxtap.save import _allowlist
-
-    found = _exact(path) if path in _allowlist.MODULES else None
-    if found is None:
-        if not trust:
-            raise AssertionError(f"unchecked module class {path!r}")
-        found = resolve(*path.partition(":")[::2])
-    if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise LoadError(f"{path!r} is not a torch.nn.Module class in this install")
-    return found
-
-
-def _manifest_functions() -> frozenset[str]:
-    from fxtap.save import _allowlist
-
-    return _allowlist.FUNCTIONS
-
-
-def _exact(path: str) -> Any:
-    """The object an allowlisted ``module:qualname`` names (the name comes from the allowlist)."""
-    found = resolve(*path.partition(":")[::2])
-    if found is None:
-        raise LoadError(f"{path!r} does not exist in this install of torch and torchvision")
-    return found
 
 
 def _ensure_path(root: nn.Module, path: str) -> nn.Module:

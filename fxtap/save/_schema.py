@@ -92,6 +92,7 @@ class ModuleSpec:
     buffers: dict[str, str | None]
     non_persistent: tuple[str, ...]
     children: dict[str, ModuleSpec | str | None]
+    parametrized: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,208 @@
+"""Capture extractors in the safe format: the model's module tree, the requests, the options.
+
+A ``CaptureExtractor`` runs its model's own code, so the archive stores no graph: it holds
+the model as a module tree (allowlisted classes, plain configuration, tensors), the requested
+queries by mode and the tracer options. Loading builds the module tree from the checked specs
+(``fxtap.save._build``) and hands it to fxtap's capture builder, which traces the islands of
+those installed, allowlisted classes again: nothing in the file becomes code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fxtap._fx import clone_structure
+from fxtap._query import Request
+from fxtap.capture import CaptureExtractor, build_capture_extractor
+from fxtap.capture._islands import IslandForward
+from fxtap.errors import FxtapError, LoadError, TraceError
+from fxtap.save import _allowlist
+from fxtap.save._build import build_module, function, module_class
+from fxtap.save._config import Modules
+from fxtap.save._encode import Tensors, encode_module, function_path, unsavable
+from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MODES, header, tensor_list
+from fxtap.save._schema import (
+    ModuleSpec,
+    as_bool,
+    as_object,
+    as_string,
+    as_strings,
+    check_keys,
+    closest,
+    dotted_path,
+    identifier,
+)
+
+__all__ = ["KIND", "CheckedCapture", "build_capture", "check_capture", "describe_capture"]
+
+#: ``kind`` of a capture extractor's manifest.
+KIND = "capture"
+_TOP_KEYS = frozenset(
+    {"format", "version", "torch", "kind", "class_name", "training", "model", "tensors"}
+    | {"outputs", "reason", "tracer"}
+)
+_TRACER_KEYS = frozenset(
+    {"leaf_modules", "autowrap_modules", "autowrap_functions"}
+    | {"param_shapes_constant", "record_source"}
+)
+#: Modules whose functions the tracer may wrap without trust (torch.fx's default).
+_AUTOWRAP_MODULES = frozenset({"math"})
+
+
+@dataclass(frozen=True)
+class CheckedCapture:
+    """A capture manifest that passed every check."""
+
+    class_name: str
+    training: bool
+    model: ModuleSpec
+    tensors: dict[str, tuple[bool, bool]]
+    outputs: dict[str, dict[str, str]]
+    reason: str
+    tracer: dict[str, Any]
+
+
+def describe_capture(extractor: CaptureExtractor, tensors: Tensors) -> dict[str, Any]:
+    """The manifest of ``extractor``; its tensors go to ``tensors``."""
+    model = clone_structure(extractor.model, {})
+    for module in model.modules():
+        if isinstance(vars(module).get("forward"), IslandForward):
+            del module.__dict__["forward"]  # the extractor's own, rebuilt on load
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "torch": torch.__version__,
+        "kind": KIND,
+        "class_name": model._get_name(),
+        "training": extractor.training,
+        "model": encode_module(model, "model", tensors, {}),
+        "tensors": tensors.info,
+        "outputs": extractor.outputs,
+        "reason": extractor.reason,
+        "tracer": _encode_tracer(extractor.tracer_kwargs),
+    }
+
+
+def check_capture(data: Any, *, trust: bool) -> CheckedCapture:
+    """Validate a parsed capture manifest; ``LoadError`` names the first field at fault."""
+    top = header(data, _TOP_KEYS)
+    if top["kind"] != KIND:
+        raise LoadError(f"kind: {top['kind']!r:.40} is not {KIND!r}")
+    tensors = tensor_list(top["tensors"])
+    modules = Modules(tensors, trust=trust)
+    modules.add_top("model", top["model"], "model")
+    model = modules.top["model"]
+    if not isinstance(model, ModuleSpec):
+        raise LoadError("model: the model is a module spec, not a reference")
+    raw_outputs = as_object(top["outputs"], "outputs")
+    check_keys(raw_outputs, set(MODES), None, "outputs")
+    outputs: dict[str, dict[str, str]] = {}
+    for mode in MODES:
+        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
+        if not outs:
+            raise LoadError(f"outputs.{mode}: no output is requested")
+        outputs[mode] = {
+            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
+            for k, v in outs.items()
+        }
+    return CheckedCapture(
+        class_name=identifier(top["class_name"], "class_name"),
+        training=as_bool(top["training"], "training"),
+        model=model,
+        tensors=tensors,
+        outputs=outputs,
+        reason=as_string(top["reason"], "reason"),
+        tracer=_check_tracer(top["tracer"], trust=trust),
+    )
+
+
+def build_capture(
+    checked: CheckedCapture, tensors: Mapping[str, torch.Tensor], *, trust: bool
+) -> CaptureExtractor:
+    """The extractor of a checked capture manifest, built by fxtap's capture builder."""
+    model = build_module(checked.model, tensors, {}, trust=trust)
+    options = _build_tracer(checked.tracer, trust=trust)
+    requests = {
+        mode: [Request(query, key) for key, query in checked.outputs[mode].items()]
+        for mode in MODES
+    }
+    error = TraceError(checked.reason, module_path="", reason=checked.reason)
+    try:
+        extractor = build_capture_extractor(
+            model, requests, error=error, tracer_kwargs=options, warn=False
+        )
+    except FxtapError as exc:
+        raise LoadError(
+            f"the stored requests cannot be served by the stored {checked.class_name}: {exc}"
+        ) from exc
+    return extractor.train(checked.training)
+
+
+# --- tracer options ----------------------------------------------------------------------------
+
+
+def _encode_tracer(options: Mapping[str, Any]) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "leaf_modules":
+            paths = [f"{c.__module__}:{c.__qualname__}" for c in value]
+            for cls, path in zip(value, paths, strict=True):
+                if not (isinstance(cls, type) and _allowlist.resolve(*path.split(":")) is cls):
+                    raise unsavable(f"tracer_kwargs['leaf_modules'] item {cls!r}")
+            encoded[key] = paths
+        elif key == "autowrap_functions":
+            encoded[key] = [function_path(fn) for fn in value]
+        elif key == "autowrap_modules":
+            encoded[key] = [getattr(m, "__name__", repr(m)) for m in value]
+        elif key in ("param_shapes_constant", "record_source") and isinstance(value, bool):
+            encoded[key] = value
+        else:
+            raise unsavable(f"tracer_kwargs[{key!r}] = {value!r:.40}")
+    return encoded
+
+
+def _check_tracer(raw: Any, *, trust: bool) -> dict[str, Any]:
+    options = as_object(raw, "tracer")
+    check_keys(options, set(), _TRACER_KEYS, "tracer")
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        where = f"tracer.{key}"
+        if key in ("param_shapes_constant", "record_source"):
+            checked[key] = as_bool(value, where)
+            continue
+        items = as_strings(value, where)
+        pool = {
+            "leaf_modules": _allowlist.MODULES,
+            "autowrap_functions": _allowlist.FUNCTIONS,
+            "autowrap_modules": _AUTOWRAP_MODULES,
+        }[key]
+        for i, item in enumerate(items):
+            if key == "autowrap_modules":
+                dotted_path(item, f"{where}[{i}]", top_level=False)
+            if item not in pool and not trust:
+                raise LoadError(
+                    f"{where}[{i}]: {item!r:.80} is not allowed by the safe loader"
+                    f"{closest(item, pool)}. Pass trust=True (--trust) only if you trust the file"
+                )
+        checked[key] = items
+    return checked
+
+
+def _build_tracer(checked: Mapping[str, Any], *, trust: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in checked.items():
+        if key == "leaf_modules":
+            options[key] = [module_class(path, trust=trust) for path in value]
+        elif key == "autowrap_functions":
+            options[key] = [function(path, trust=trust) for path in value]
+        elif key == "autowrap_modules":
+            # the names were checked: allowlisted, or trusted
+            options[key] = [importlib.import_module(name) for name in value]
+        else:
+            options[key] = value
+    return options
