@@ -226,6 +226,22 @@ def hf_extractors() -> Iterator[tuple[str, Any]]:
         yield f"transformers:{name}", extractor
 
 
+def dropped_extractors() -> Iterator[tuple[str, Any]]:
+    """A detection capture extractor built with example inputs: its heads are ``Dropped``."""
+    from tests.test_zoo import build
+
+    model = build("fasterrcnn_mobilenet_v3_large_320_fpn")
+    images = [torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([1])}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extractor = fxtap.create_feature_extractor(
+            model, ["backbone"], example_inputs=(images, targets)
+        )
+    assert extractor.dropped, "the probe dropped nothing"
+    yield "dropped:fasterrcnn_mobilenet_v3_large_320_fpn", extractor
+
+
 def audio_extractors() -> Iterator[tuple[str, Any]]:
     """torchaudio's wav2vec2 (weight_norm on its positional convolution) and Conformer, when
     installed, as tests/test_zoo_audio.py builds them; every graph node requested."""
@@ -313,6 +329,7 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
         emitted.merge(collect(timm_extractors()))
         emitted.merge(collect(hf_extractors()))
         emitted.merge(collect(audio_extractors()))
+    emitted.merge(collect(dropped_extractors()))
     assert emitted.functions and emitted.classes, "nothing was collected"
     gaps = missing(emitted)
     assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
@@ -388,6 +405,7 @@ def main() -> None:
     emitted.merge(collect(timm_extractors()))
     emitted.merge(collect(hf_extractors()))
     emitted.merge(collect(audio_extractors()))
+    emitted.merge(collect(dropped_extractors()))
     emitted.functions |= standard_functions()
     emitted.methods |= standard_methods()
     _allowlist.PATH.write_text(render(emitted), encoding="utf-8")

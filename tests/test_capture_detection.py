@@ -269,3 +269,20 @@ def test_nothing_is_dropped_when_the_whole_model_runs_or_the_probe_fails() -> No
     ex = _build(model, ["body"], match, example_inputs=(torch.randn(3, 8, 8),))
     assert ex.dropped == () and isinstance(ex.model.head, nn.Linear)
     assert fxtap.DroppedModuleError is DroppedModuleError
+
+
+@pytest.mark.parametrize("fmt", ["fxtap", "pickle"])
+def test_a_dropped_detection_extractor_saves_and_loads(tmp_path: Any, fmt: str) -> None:
+    torch.manual_seed(0)
+    builder = torchvision.models.get_model_builder("fasterrcnn_mobilenet_v3_large_320_fpn")
+    model = builder(weights=None, weights_backbone=None, num_classes=3, **SMALL).eval()
+    images, targets = _inputs(1)
+    ex = _build(model, ["backbone"], "Dropped", example_inputs=(images, targets)).eval()
+    assert ex.dropped == ("rpn", "roi_heads")
+    loaded = fxtap.load(fxtap.save(ex, tmp_path / "det.fxtap", fmt=fmt), trust=fmt == "pickle")
+    assert isinstance(loaded, CaptureExtractor) and loaded.dropped == ex.dropped
+    assert all(isinstance(loaded.model.get_submodule(p), Dropped) for p in ex.dropped)
+    with torch.no_grad():
+        assert bitwise_equal(loaded(images), ex(images))
+    with pytest.raises(DroppedModuleError, match="'rpn'"):
+        _ = loaded.model.rpn.head

@@ -42,6 +42,9 @@ class Dropped(nn.Module):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("path", "kind", "model_name"):
             return super().__getattr__(name)  # nn.Module's own lookups (pickle, deepcopy)
+        if name == "parametrizations":
+            # NOTE: torch's parametrize.is_parametrized looks for it: a stub has none
+            raise AttributeError(name)
         raise self.error(f"asked for its attribute {name!r}")
 
     def __iter__(self) -> Iterator[Any]:

@@ -20,6 +20,7 @@ from fxtap._fx import clone_structure
 from fxtap._query import Request
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.capture._islands import IslandForward
+from fxtap.capture._reach import Dropped
 from fxtap.errors import FxtapError, LoadError, TraceError
 from fxtap.save import _allowlist
 from fxtap.save._build import build_module, function, module_class
@@ -140,6 +141,10 @@ def build_capture(
         raise LoadError(
             f"the stored requests cannot be served by the stored {checked.class_name}: {exc}"
         ) from exc
+    # NOTE: the stubs of modules the build-time probe never reached were stored as such
+    extractor.dropped = tuple(
+        path for path, module in extractor.model.named_modules() if isinstance(module, Dropped)
+    )
     return extractor.train(checked.training)
 
 

@@ -9,8 +9,10 @@ every node is named by NodePathTracer's rules (``fxtap.trace._export_names``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import io
 import linecache
 import re
 import traceback
@@ -154,15 +156,19 @@ def _export(
     state = {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
     with restore_training(model):
         model.train(training)
+        # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
+        # stderr; the TraceError says what failed, so that print is swallowed
         try:
             try:
-                ep = torch.export.export(
-                    model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs),
-                    strict=False,
-                )  # fmt: skip
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ep = torch.export.export(
+                        model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs),
+                        strict=False,
+                    )  # fmt: skip
             except Exception:
                 # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-                ep = torch.export.export(model, args, kwargs, strict=False)
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
             raise _export_error(name, mode, exc, model=model) from exc
     changed = [k for k, v in model.state_dict(keep_vars=True).items() if v._version != state[k]]
