@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 __all__ = [
+    "BUFFER_WRITE_KEY",
     "INPLACE_OPERATORS",
     "NAME_KEY",
     "SCOPE_KEY",
@@ -35,6 +36,10 @@ __all__ = [
     "union_root",
 ]
 
+#: ``node.meta`` key of an op that writes a module's buffer (running statistics, counters): the
+#: path of the module that owns the buffer. The pruner keeps such a write whenever that module
+#: still runs, as a module call on the fx path updates its buffers.
+BUFFER_WRITE_KEY = "fxtap_buffer_write"
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.
 NAME_KEY = "fxtap_name"
 #: ``node.meta`` key holding ``(module_path, module_type)`` of the scope that created a node.

@@ -493,3 +493,61 @@ def test_transformers_extractor_leaves_the_model_untouched(untouched: Any) -> No
         ex = fxtap.create_feature_extractor(model, ["encoder.layer.0"], example_inputs=inputs)
         ex.eval()(**inputs)
     assert model.training and not ex.training
+
+
+# ---------------------------------------------------------------- buffer updates in train mode
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+@pytest.mark.parametrize("taps", [["fc"], ["layer2.0"]])
+def test_train_calls_update_buffers_as_the_fx_path_does(taps: list[str]) -> None:
+    """BatchNorm's running statistics and ``num_batches_tracked`` of every module that runs."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().train()
+    eager, by_fx = copy.deepcopy(model), copy.deepcopy(model)
+    start = _buffers(model)
+    ex = fxtap.create_feature_extractor(model, taps, tracer="export", example_inputs=X)
+    fx_ex = fxtap.create_feature_extractor(by_fx, taps, tracer="fx")
+    with torch.no_grad():
+        for i in range(3):
+            x = torch.randn(2 + i, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+            ex(x)
+            fx_ex(x)
+            eager(x)
+    after, by_fx_after, eager_after = _buffers(model), _buffers(by_fx), _buffers(eager)
+    assert after.keys() == by_fx_after.keys() == eager_after.keys()
+    assert all(bitwise_equal(after[k], by_fx_after[k]) for k in after)
+    ran = {k for k in after if not bitwise_equal(after[k], start[k])}
+    counted = {k for k in ran if k.endswith("num_batches_tracked")}
+    assert all(int(after[k]) == 3 for k in counted) and counted
+    if taps == ["fc"]:  # every module ran: every buffer equals eager's
+        assert ran == set(after)
+        assert all(bitwise_equal(after[k], eager_after[k]) for k in after)
+    else:  # the pruned layers' statistics did not move
+        assert "layer3.0.bn1.num_batches_tracked" not in ran
+        assert "layer2.0.bn2.num_batches_tracked" in ran
+
+
+class MutatesBuffer(nn.Module):
+    """Counts its calls in a buffer of its own (a write nothing reads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return self.conv(x).relu()
+
+
+def test_buffer_written_outside_a_leaf_module_is_updated() -> None:
+    model = MutatesBuffer().train()
+    ex = fxtap.create_feature_extractor(model, ["conv"], tracer="export", example_inputs=X)
+    with torch.no_grad():
+        ex(X)
+        ex.eval()(X)
+    assert int(model.calls) == 2
