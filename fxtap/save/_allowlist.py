@@ -1,7 +1,8 @@
 """What the safe loader may name, read from ``_allowlist.json`` (generated, checked in).
 
 ``python tests/test_allowlist.py`` regenerates the JSON from what fxtap's saver writes for the
-torchvision zoo, timm's smaller models (when installed) and the test suite's fixtures;
+torchvision zoo, timm's smaller models (when installed), the test suite's fixtures and the
+export path's zoo (ATen ops and output types), plus the ATen ops tagged ``torch.Tag.core``;
 ``tests/test_allowlist.py`` fails when the saver writes something it lacks.
 """
 
@@ -12,7 +13,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ATTRIBUTES", "FUNCTIONS", "METHODS", "MODULES", "PATH", "resolve"]
+__all__ = [
+    "ATTRIBUTES",
+    "FUNCTIONS",
+    "METHODS",
+    "MODULES",
+    "OPS",
+    "OUTPUT_TYPES",
+    "PATH",
+    "resolve",
+]
 
 PATH = Path(__file__).with_name("_allowlist.json")
 _DATA = json.loads(PATH.read_text(encoding="utf-8"))
@@ -29,6 +39,16 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     cls: (tuple(spec["config"]), tuple(spec["optional"]), tuple(spec["tensors"]))
     for cls, spec in _DATA["modules"].items()
 }
+
+#: ``ns::name.overload`` of every operator an exported graph may call -> its three name parts.
+OPS: dict[str, tuple[str, str, str]] = {}
+for _key in _DATA.get("ops", ()):
+    _namespace, _, _rest = _key.partition("::")
+    _name, _, _overload = _rest.partition(".")
+    OPS[_key] = (_namespace, _name, _overload)
+#: pytree serialized type name of each output structure an extractor may rebuild ->
+#: ``module:qualname`` of its class.
+OUTPUT_TYPES: dict[str, str] = dict(_DATA.get("output_types", {}))
 
 
 def resolve(module_name: str, qualname: str) -> Any:

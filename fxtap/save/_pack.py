@@ -14,6 +14,7 @@ from fxtap.errors import InvalidArgumentError
 from fxtap.extractor import MODES, FeatureExtractor
 from fxtap.save._allowlist import resolve
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
+from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
 from fxtap.trace import NAME_KEY
 
 __all__ = ["pack"]
@@ -113,15 +114,18 @@ def pack(extractor: FeatureExtractor, file: IO[bytes]) -> None:
 def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
     nodes = []
     for node in graph.nodes:
+        args = _encode(node.args)
         if node.op == "call_function":
-            target: Any = {"function": _function_path(node.target)}
+            target: Any = encode_op(node.target) or {"function": _function_path(node.target)}
+            if target.get("function") == REBUILD_OUTPUT:  # (spec text, leaves)
+                args = {"tuple": [encode_treespec(node.args[0]), _encode(node.args[1])]}
         else:
             target = str(node.target)
         entry: dict[str, Any] = {
             "name": node.name,
             "op": node.op,
             "target": target,
-            "args": _encode(node.args),
+            "args": args,
             "kwargs": _encode(node.kwargs),
         }
         if NAME_KEY in node.meta:
