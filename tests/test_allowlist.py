@@ -64,7 +64,6 @@ SYMBOLIC_OPS = (
     "aten::sym_size.int",
     "aten::sym_stride.int",
     "aten::sym_numel.default",
-    "aten::sym_storage_offset.default",
     "aten::_assert_scalar.default",
     "aten::sym_constrain_range.default",
     "aten::sym_constrain_range_for_size.default",
@@ -231,7 +230,7 @@ def export_extractors(
 ) -> Iterator[tuple[str, Any]]:
     """Every node (or only ``:output``) of each model through ``tracer="export"``: the Hugging
     Face configs of tests/test_export.py by their name there, other names from torchvision (in
-    64x64 inputs, 224x224 for those that need them); models export cannot trace are skipped."""
+    64x64 inputs, else the size a model was built for); models export cannot trace are skipped."""
     from tests import test_export
 
     for name in names:
@@ -250,8 +249,9 @@ def export_extractors(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             extractor = _export_all(model, inputs, every_node)
-            if extractor is None and isinstance(inputs, torch.Tensor):
-                extractor = _export_all(model, torch.rand(2, 3, 224, 224), every_node)
+            for size in (32, 224, 299) if isinstance(inputs, torch.Tensor) else ():
+                if extractor is None:  # the image size the model was built for
+                    extractor = _export_all(model, torch.rand(2, 3, size, size), every_node)
         print(f"export:{name}: {'saved' if extractor else 'not exportable'}", file=sys.stderr)
         if extractor is not None:
             yield f"export:{name}", extractor
