@@ -10,7 +10,9 @@ outside it) are refused with ``LoadError``. Hugging Face models are tiny configs
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,10 @@ def test_torchvision_extractor_loads_safely_exactly_and_trains(tmp_path: Path) -
     assert mine.keys() == theirs.keys() and any("num_batches_tracked" in k for k in mine)
     assert all(bitwise_equal(mine[k], theirs[k]) for k in mine)
     assert int(theirs["layer1.0.bn1.num_batches_tracked"]) == 2
+    with torch.no_grad():  # copies of the loaded extractor run the same graphs
+        for other in (copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded))):
+            assert bitwise_equal(other.eval()(X)["fc"], loaded.eval()(X)["fc"])
+    loaded.train()
     grads = []
     for extractor, out in ((ex, want), (loaded, got)):
         extractor.zero_grad(set_to_none=True)
@@ -233,6 +239,11 @@ def test_model_output_is_rebuilt_from_checked_data(structured: tuple[Path, nn.Mo
         out, want = loaded.eval()(x)[":output"], model(x)
     assert type(out) is type(want) and type(out.hidden_states) is tuple
     assert bitwise_equal(pytree.tree_leaves(out), pytree.tree_leaves(want))
+    for other in (copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded))):
+        with torch.no_grad():
+            again = other.eval()(x)[":output"]
+        assert type(again) is type(want)
+        assert bitwise_equal(pytree.tree_leaves(again), pytree.tree_leaves(want))
     with zipfile.ZipFile(path) as archive:
         spec = _spec(json.loads(archive.read(MANIFEST)))[0]["treespec"]
     assert (
