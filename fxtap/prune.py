@@ -13,11 +13,11 @@ from torch import fx, nn
 
 from fxtap._fx import (
     BUFFER_WRITE_KEY,
-    SCOPE_KEY,
     VIEW_FUNCTIONS,
     VIEW_METHODS,
     aten_alias_arg,
     inplace_arg,
+    module_stack,
 )
 from fxtap.trace import NAME_KEY, Traced
 
@@ -109,12 +109,11 @@ class _Facts:
     ) -> None:
         self.live = live
         self.assert_only = assert_only or set()
-        # modules that still run: the scope of each live node and every module around it
+        # modules that still run: every module call a live node ran in (leaf modules included)
         self.running: set[str] = set()
         for node in live or ():
             if BUFFER_WRITE_KEY not in node.meta:
-                parts = str(node.meta.get(SCOPE_KEY, ("", None))[0]).split(".")
-                self.running.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+                self.running.update(module_stack(node))
         self.order: dict[fx.Node, int] = {}
         self.root: dict[fx.Node, fx.Node] = {}
         self.writes: dict[fx.Node, fx.Node] = {}

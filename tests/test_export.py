@@ -523,6 +523,26 @@ def test_train_calls_update_buffers_as_the_fx_path_does(taps: list[str]) -> None
         assert "layer2.0.bn2.num_batches_tracked" in ran
 
 
+def test_buffers_inside_a_leaf_module_update_when_it_runs() -> None:
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().train()
+    by_fx = copy.deepcopy(model)
+    options = {"leaf_modules": [BasicBlock]}
+    ex = fxtap.create_feature_extractor(
+        model, ["layer1"], tracer_kwargs=options, tracer="export", example_inputs=X
+    )
+    fx_ex = fxtap.create_feature_extractor(by_fx, ["layer1"], tracer_kwargs=options, tracer="fx")
+    with torch.no_grad():
+        ex(X)
+        fx_ex(X)
+    after, by_fx_after = _buffers(model), _buffers(by_fx)
+    assert all(bitwise_equal(after[k], by_fx_after[k]) for k in after)
+    assert int(after["layer1.1.bn2.num_batches_tracked"]) == 1
+    assert int(after["layer2.0.bn1.num_batches_tracked"]) == 0
+
+
 class MutatesBuffer(nn.Module):
     """Counts its calls in a buffer of its own (a write nothing reads)."""
 
