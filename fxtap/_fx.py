@@ -15,10 +15,12 @@ import torch
 from torch import fx, nn
 
 __all__ = [
+    "BUFFER_WRITE_KEY",
     "INPLACE_OPERATORS",
     "NAME_KEY",
     "SCOPE_KEY",
     "SOURCE_KEY",
+    "STACK_KEY",
     "VIEW_FUNCTIONS",
     "VIEW_METHODS",
     "aten_alias_arg",
@@ -26,6 +28,7 @@ __all__ = [
     "detach_submodules",
     "get_path",
     "inplace_arg",
+    "module_stack",
     "module_type_name",
     "node_name",
     "node_scope",
@@ -36,6 +39,12 @@ __all__ = [
     "union_root",
 ]
 
+#: ``node.meta`` key of an op that writes a module's buffer (running statistics, counters): the
+#: path of the module that owns the buffer. The pruner keeps such a write whenever that module
+#: still runs, as a module call on the fx path updates its buffers.
+BUFFER_WRITE_KEY = "fxtap_buffer_write"
+#: ``node.meta`` key where torch.export records the module calls a node ran in.
+STACK_KEY = "nn_module_stack"
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.
 NAME_KEY = "fxtap_name"
 #: ``node.meta`` key holding ``(module_path, module_type)`` of the scope that created a node.
@@ -78,6 +87,12 @@ def node_scope(node: fx.Node) -> str:
     if node.op == "call_module":
         return str(node.target)
     return str(node.meta.get(SCOPE_KEY, ("", None))[0])
+
+
+def module_stack(node: fx.Node) -> list[str]:
+    """The module paths of every call an exported node ran in, outermost first (``""`` the root)."""
+    stack = node.meta.get(STACK_KEY) or {}
+    return [str(v[0]) for v in dict(stack).values() if isinstance(v, tuple) and v]
 
 
 def module_type_name(gm: nn.Module, node: fx.Node) -> str:

@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxtap._fx import VIEW_FUNCTIONS, VIEW_METHODS, aten_alias_arg, inplace_arg
+from fxtap._fx import (
+    BUFFER_WRITE_KEY,
+    VIEW_FUNCTIONS,
+    VIEW_METHODS,
+    aten_alias_arg,
+    inplace_arg,
+    module_stack,
+)
 from fxtap.trace import NAME_KEY, Traced
 
 __all__ = ["clone_tensors", "prune"]
@@ -102,6 +109,11 @@ class _Facts:
     ) -> None:
         self.live = live
         self.assert_only = assert_only or set()
+        # modules that still run: every module call a live node ran in (leaf modules included)
+        self.running: set[str] = set()
+        for node in live or ():
+            if BUFFER_WRITE_KEY not in node.meta:
+                self.running.update(module_stack(node))
         self.order: dict[fx.Node, int] = {}
         self.root: dict[fx.Node, fx.Node] = {}
         self.writes: dict[fx.Node, fx.Node] = {}
@@ -124,11 +136,15 @@ class _Facts:
                 self.readers.setdefault(self.root[arg], []).append(node)
 
     def is_impure(self, node: fx.Node) -> bool:
-        """DCE predicate: placeholders, observed in-place writes, and asserts on live code."""
+        """DCE predicate: placeholders, observed in-place writes, buffer updates of modules that
+        run (``BUFFER_WRITE_KEY``, on the second pass), and asserts on live code."""
         if node.op in ("placeholder", "output"):
             return True
         if node.op == "call_function" and node.target in _ASSERTS:
             return self.live is not None and _checks_live(node, self.live, self.assert_only)
+        owner = node.meta.get(BUFFER_WRITE_KEY)
+        if owner is not None and self.live is not None and (not owner or owner in self.running):
+            return True  # a buffer update of a module that runs, as its call on the fx path
         written = self.writes.get(node)
         if written is None:
             return False

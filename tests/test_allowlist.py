@@ -3,9 +3,13 @@
 The allowlist is generated: ``python tests/test_allowlist.py`` saves an extractor of every
 torchvision model (and every timm model when timm is installed), collects the functions,
 methods, ``getattr`` names and module classes (with their configuration and tensor names) the
-saved files name, and rewrites ``fxtap/save/_allowlist.json``. The test below re-saves a sample of
-models and fails if one of them emits something the checked-in allowlist lacks;
-``FXTAP_THOROUGH=1`` checks the whole zoo.
+saved files name, and rewrites ``fxtap/save/_allowlist.json``. For the export path it also saves
+one torchvision classification model of each family and the Hugging Face configs of
+tests/test_export.py through ``tracer="export"`` and collects their ATen ops and output types, and adds the ATen ops
+tagged ``torch.Tag.core``; ops that touch files, streams or global state are left out
+(``EXCLUDED_OP_WORDS``). ``python tests/test_allowlist.py --export`` redoes only that part.
+The test below re-saves a sample of models and fails if one of them emits something the
+checked-in allowlist lacks; ``FXTAP_THOROUGH=1`` checks the whole zoo.
 """
 
 from __future__ import annotations
@@ -43,7 +47,38 @@ SAMPLE = (
     "efficientnet_b0",
     "fasterrcnn_mobilenet_v3_large_320_fpn",  # a capture extractor: the module tree is saved
 )
+#: Models saved through ``tracer="export"`` by the test (the generator saves ``EXPORT_ZOO``).
+EXPORT_SAMPLE = ("resnet18", "bert")
+#: One torchvision classification model of each family (the families share their ops), saved
+#: through ``tracer="export"`` by the generator with the Hugging Face configs of test_export.py.
+EXPORT_ZOO = (
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
+    "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small",
+    "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5",
+    "squeezenet1_0", "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_16", "wide_resnet50_2",
+)  # fmt: skip
 USER_CODE = ("tests.", "__main__")
+#: Words of ATen op names never allowed: files, serialization, printing, streams, global state.
+EXCLUDED_OP_WORDS = ("file", "save", "load", "print", "seed", "rng", "set_", "storage", "stream")
+EXCLUDED_OP_WORDS += ("hub", "serialization", "url", "download", "system", "manual", "device_")
+#: Shape and check helpers of exported graphs with dynamic dims, besides the core ops.
+SYMBOLIC_OPS = (
+    "aten::sym_size.int",
+    "aten::sym_stride.int",
+    "aten::sym_numel.default",
+    "aten::_assert_scalar.default",
+    "aten::sym_constrain_range.default",
+    "aten::sym_constrain_range_for_size.default",
+    "aten::_assert_tensor_metadata.default",
+)
+SYMBOLIC_FUNCTIONS = ("torch:sym_float", "torch:sym_int", "torch:sym_max", "torch:sym_min")
+SYMBOLIC_FUNCTIONS += ("torch:sym_not", "torch:sym_sqrt")
+#: Output structures nested inside a model's output.
+BUILTIN_OUTPUT_TYPES = {
+    "builtins.tuple": "builtins:tuple",
+    "builtins.list": "builtins:list",
+    "builtins.dict": "builtins:dict",
+}
 THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
 
 
@@ -54,6 +89,10 @@ class Emitted:
     functions: set[str] = field(default_factory=set)
     methods: set[str] = field(default_factory=set)
     attributes: set[str] = field(default_factory=set)
+    #: ``ns::name.overload`` of ATen (and other) operators
+    ops: set[str] = field(default_factory=set)
+    #: pytree serialized type name -> ``module:qualname``
+    output_types: dict[str, str] = field(default_factory=dict)
     #: class -> (keys every instance had, keys some instance had, tensor names)
     classes: dict[str, tuple[set[str], set[str], set[str]]] = field(default_factory=dict)
     #: plain object class -> (attributes every instance had, attributes some instance had)
@@ -63,8 +102,12 @@ class Emitted:
     def add_manifest(self, manifest: Mapping[str, Any]) -> None:
         for nodes in manifest.get("graphs", {}).values():
             for node in nodes:
-                if node["op"] == "call_function":
+                if node["op"] == "call_function" and "op" in node["target"]:
+                    namespace, name, overload = node["target"]["op"]
+                    self.ops.add(f"{namespace}::{name}.{overload}")
+                elif node["op"] == "call_function":
                     self.functions.add(node["target"]["function"])
+                    self._add_types(node["args"])
                     if node["target"]["function"] == "builtins:getattr":
                         self.attributes.add(node["args"]["tuple"][1])
                 elif node["op"] == "call_method":
@@ -76,6 +119,8 @@ class Emitted:
             self.functions |= set(manifest["tracer"].get("autowrap_functions", ()))
 
     def merge(self, other: Emitted) -> None:
+        self.ops |= other.ops
+        self.output_types |= other.output_types
         self.functions |= other.functions
         self.methods |= other.methods
         self.attributes |= other.attributes
@@ -92,6 +137,20 @@ class Emitted:
                 self.classes[cls] = (a & req, b | opt, c | names)
             else:
                 self.classes[cls] = (set(req), set(opt), set(names))
+
+    def _add_types(self, value: Any) -> None:
+        """The output types of the ``{"treespec": ...}`` values in ``value``."""
+        from torch.utils import _pytree as pytree
+
+        if isinstance(value, list):
+            for item in value:
+                self._add_types(item)
+        elif isinstance(value, dict):
+            if set(value) == {"type", "context", "children"}:
+                cls = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE[value["type"]]
+                self.output_types[value["type"]] = f"{cls.__module__}:{cls.__qualname__}"
+            for item in value.values():
+                self._add_types(item)
 
     def _add_module(self, spec: Mapping[str, Any]) -> None:
         if "same_as" in spec:
@@ -262,6 +321,74 @@ def audio_extractors() -> Iterator[tuple[str, Any]]:
         yield f"torchaudio:{name}", extractor
 
 
+def export_extractors(
+    names: tuple[str, ...] | list[str], *, every_node: bool = True
+) -> Iterator[tuple[str, Any]]:
+    """Every node (or only ``:output``) of each model through ``tracer="export"``: the Hugging
+    Face configs of tests/test_export.py by their name there, other names from torchvision (in
+    64x64 inputs, else the size a model was built for); models export cannot trace are skipped."""
+    from tests import test_export
+
+    for name in names:
+        if name in test_export.HF:
+            try:
+                model, inputs = test_export._build(name)
+            except BaseException as exc:  # pytest.skip without transformers
+                if type(exc).__name__ != "Skipped":
+                    raise
+                continue
+        else:
+            from tests.test_zoo import build
+
+            model = build(name)
+            inputs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            extractor = _export_all(model, inputs, every_node)
+            for size in (32, 224, 299) if isinstance(inputs, torch.Tensor) else ():
+                if extractor is None:  # the image size the model was built for
+                    extractor = _export_all(model, torch.rand(2, 3, size, size), every_node)
+        print(f"export:{name}: {'saved' if extractor else 'not exportable'}", file=sys.stderr)
+        if extractor is not None:
+            yield f"export:{name}", extractor
+
+
+def _export_all(model: torch.nn.Module, inputs: Any, every_node: bool) -> Any:
+    def names(training: bool) -> list[str]:
+        if not every_node:
+            return [":output"]
+        traced = fxtap.trace(model, training=training, tracer="export", example_inputs=inputs)
+        return [*traced.names.values(), ":output"]
+
+    try:
+        return fxtap.create_feature_extractor(
+            model,
+            train_return_nodes=names(True),
+            eval_return_nodes=names(False),
+            tracer="export",
+            example_inputs=inputs,
+        )
+    except (fxtap.FxtapError, RuntimeError):
+        return None
+
+
+def core_ops() -> set[str]:
+    """The ATen ops tagged ``torch.Tag.core``."""
+    found = set()
+    for name in dir(torch.ops.aten):
+        packet = getattr(torch.ops.aten, name, None)
+        if isinstance(packet, torch._ops.OpOverloadPacket):
+            for overload in packet.overloads():
+                if torch.Tag.core in getattr(packet, overload).tags:
+                    found.add(f"aten::{name}.{overload}")
+    return found
+
+
+def allowed_op(key: str) -> bool:
+    """False for ops whose name says they touch files, streams or global state."""
+    return not any(word in key.lower() for word in EXCLUDED_OP_WORDS)
+
+
 def collect(extractors: Iterator[tuple[str, Any]]) -> Emitted:
     """What the saver emits for ``extractors``, but the test suite's own functions and classes
     (user code, which needs ``trust=True``)."""
@@ -282,6 +409,8 @@ def render(emitted: Emitted) -> str:
     """The text of ``fxtap/save/_allowlist.json``."""
     data = {
         "functions": sorted(emitted.functions),
+        "ops": sorted(emitted.ops),
+        "output_types": dict(sorted(emitted.output_types.items())),
         "methods": sorted(emitted.methods),
         "attributes": sorted(emitted.attributes),
         "modules": {
@@ -300,6 +429,11 @@ def render(emitted: Emitted) -> str:
 def missing(emitted: Emitted) -> list[str]:
     """What ``emitted`` names that the checked-in allowlist lacks."""
     gaps = [f"function {f}" for f in sorted(emitted.functions - _allowlist.FUNCTIONS)]
+    gaps += [f"op {o}" for o in sorted(emitted.ops - set(_allowlist.OPS))]
+    gaps += [
+        f"output type {t}"
+        for t in sorted(emitted.output_types.keys() - _allowlist.OUTPUT_TYPES.keys())
+    ]
     gaps += [f"method {m}" for m in sorted(emitted.methods - _allowlist.METHODS)]
     gaps += [f"getattr name {a}" for a in sorted(emitted.attributes - _allowlist.ATTRIBUTES)]
     gaps += [f"enum {e}" for e in sorted(emitted.enums - _allowlist.ENUMS)]
@@ -333,6 +467,30 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
     assert emitted.functions and emitted.classes, "nothing was collected"
     gaps = missing(emitted)
     assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
+
+
+def test_allowlist_holds_what_the_saver_emits_for_exported_models() -> None:
+    emitted = collect(export_extractors(list(EXPORT_SAMPLE), every_node=THOROUGH))
+    assert emitted.ops and "fxtap.trace._export_inputs:check_batch" in emitted.functions
+    gaps = missing(emitted)
+    assert not gaps, f"regenerate with: python tests/test_allowlist.py --export; missing: {gaps}"
+
+
+def test_core_and_symbolic_ops_are_allowed_but_none_that_touch_files_or_state() -> None:
+    allowed = set(_allowlist.OPS)
+    wanted = {o for o in core_ops() | set(SYMBOLIC_OPS) if allowed_op(o)}
+    assert wanted and wanted <= allowed, sorted(wanted - allowed)[:5]
+    assert "aten::_local_scalar_dense.default" in allowed
+    assert not {"aten::from_file.default", "aten::_print.default"} & allowed
+    assert all(allowed_op(o) for o in allowed), [o for o in allowed if not allowed_op(o)]
+    for key, (namespace, name, overload) in _allowlist.OPS.items():
+        assert all(p.isidentifier() for p in (namespace, name, overload)), key
+        op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
+        assert isinstance(op, torch._ops.OpOverload), key
+    assert set(SYMBOLIC_FUNCTIONS) <= _allowlist.FUNCTIONS
+    for name, path in _allowlist.OUTPUT_TYPES.items():
+        assert _allowlist.resolve(*path.partition(":")[::2]) is not None, path
+        assert name.rpartition(".")[2] == path.rpartition(":")[2].rpartition(".")[2], name
 
 
 def test_standard_ops_are_allowed() -> None:
@@ -389,7 +547,7 @@ def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
     assert not forbidden & _allowlist.FUNCTIONS
     words = ("load", "save", "hub", "serialization", "file", "url", "download", "system")
     names = (*_allowlist.FUNCTIONS, *_allowlist.METHODS, *_allowlist.MODULES)
-    for name in (*names, *_allowlist.OBJECTS, *_allowlist.ENUMS):
+    for name in (*names, *_allowlist.OBJECTS, *_allowlist.ENUMS, *_allowlist.OUTPUT_TYPES.values()):
         assert not any(w in name.lower() for w in words), name
         assert "__" not in name, name
         assert name.count(":") <= 1, name
@@ -397,17 +555,46 @@ def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
     assert all(a.isidentifier() and not a.startswith("_") for a in _allowlist.ATTRIBUTES)
 
 
-def main() -> None:
-    """Regenerate ``fxtap/save/_allowlist.json`` from the whole torchvision (and timm) zoo."""
+def export_emitted() -> Emitted:
+    """The export path's part: the zoo through ``tracer="export"``, core and symbolic ops."""
+    from tests import test_export
+
+    emitted = collect(export_extractors([*EXPORT_ZOO, *sorted(test_export.HF)], every_node=False))
+    emitted.ops = {o for o in emitted.ops | core_ops() | set(SYMBOLIC_OPS) if allowed_op(o)}
+    emitted.functions |= set(SYMBOLIC_FUNCTIONS)
+    emitted.output_types |= BUILTIN_OUTPUT_TYPES
+    return emitted
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Regenerate ``fxtap/save/_allowlist.json`` from the whole torchvision (and timm) zoo;
+    ``--export``: only the export path's part, the rest kept as it is."""
     torch.set_num_threads(1)
-    emitted = collect(torchvision_extractors(torchvision.models.list_models()))
-    emitted.merge(collect(fixture_extractors()))
-    emitted.merge(collect(timm_extractors()))
-    emitted.merge(collect(hf_extractors()))
-    emitted.merge(collect(audio_extractors()))
-    emitted.merge(collect(dropped_extractors()))
-    emitted.functions |= standard_functions()
-    emitted.methods |= standard_methods()
+    if "--export" in (sys.argv[1:] if argv is None else argv):
+        emitted = Emitted(
+            functions=set(_allowlist.FUNCTIONS),
+            methods=set(_allowlist.METHODS),
+            attributes=set(_allowlist.ATTRIBUTES),
+            classes={
+                cls: (set(req), set(req) | set(opt), set(names))
+                for cls, (req, opt, names) in _allowlist.MODULES.items()
+            },
+            objects={
+                cls: (set(req), set(req) | set(opt))
+                for cls, (req, opt) in _allowlist.OBJECTS.items()
+            },
+            enums=set(_allowlist.ENUMS),
+        )
+    else:
+        emitted = collect(torchvision_extractors(torchvision.models.list_models()))
+        emitted.merge(collect(fixture_extractors()))
+        emitted.merge(collect(timm_extractors()))
+        emitted.merge(collect(hf_extractors()))
+        emitted.merge(collect(audio_extractors()))
+        emitted.merge(collect(dropped_extractors()))
+        emitted.functions |= standard_functions()
+        emitted.methods |= standard_methods()
+    emitted.merge(export_emitted())
     _allowlist.PATH.write_text(render(emitted), encoding="utf-8")
 
 

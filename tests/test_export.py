@@ -179,20 +179,12 @@ def test_copies_pickle_and_save() -> None:
             ex.eval()
 
 
-def test_save_safe_or_clear_error(tmp_path: Any) -> None:
+def test_saves_in_the_safe_format(tmp_path: Any) -> None:
     model = torchvision.models.resnet18().eval()
     ex = fxtap.create_feature_extractor(model, ["layer1"], tracer="export", example_inputs=X)
+    loaded = fxtap.load(fxtap.save(ex, tmp_path / "safe.fxtap"))
     with torch.no_grad():
-        want = ex(X)["layer1"]
-        try:
-            path = fxtap.save(ex, tmp_path / "safe.fxtap")
-        except InvalidArgumentError as exc:
-            assert "fmt='pickle'" in str(exc)
-            path = fxtap.save(ex, tmp_path / "ex.pt", fmt="pickle")
-            loaded = fxtap.load(path, trust=True)
-        else:
-            loaded = fxtap.load(path)
-        assert bitwise_equal(loaded(X)["layer1"], want)
+        assert bitwise_equal(loaded(X)["layer1"], ex(X)["layer1"])
 
 
 def test_detection_model_falls_back_to_capture_with_the_export_error_attached() -> None:
@@ -493,3 +485,81 @@ def test_transformers_extractor_leaves_the_model_untouched(untouched: Any) -> No
         ex = fxtap.create_feature_extractor(model, ["encoder.layer.0"], example_inputs=inputs)
         ex.eval()(**inputs)
     assert model.training and not ex.training
+
+
+# ---------------------------------------------------------------- buffer updates in train mode
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+@pytest.mark.parametrize("taps", [["fc"], ["layer2.0"]])
+def test_train_calls_update_buffers_as_the_fx_path_does(taps: list[str]) -> None:
+    """BatchNorm's running statistics and ``num_batches_tracked`` of every module that runs."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().train()
+    eager, by_fx = copy.deepcopy(model), copy.deepcopy(model)
+    start = _buffers(model)
+    ex = fxtap.create_feature_extractor(model, taps, tracer="export", example_inputs=X)
+    fx_ex = fxtap.create_feature_extractor(by_fx, taps, tracer="fx")
+    with torch.no_grad():
+        for i in range(3):
+            x = torch.randn(2 + i, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+            ex(x)
+            fx_ex(x)
+            eager(x)
+    after, by_fx_after, eager_after = _buffers(model), _buffers(by_fx), _buffers(eager)
+    assert after.keys() == by_fx_after.keys() == eager_after.keys()
+    assert all(bitwise_equal(after[k], by_fx_after[k]) for k in after)
+    ran = {k for k in after if not bitwise_equal(after[k], start[k])}
+    counted = {k for k in ran if k.endswith("num_batches_tracked")}
+    assert all(int(after[k]) == 3 for k in counted) and counted
+    if taps == ["fc"]:  # every module ran: every buffer equals eager's
+        assert ran == set(after)
+        assert all(bitwise_equal(after[k], eager_after[k]) for k in after)
+    else:  # the pruned layers' statistics did not move
+        assert "layer3.0.bn1.num_batches_tracked" not in ran
+        assert "layer2.0.bn2.num_batches_tracked" in ran
+
+
+def test_buffers_inside_a_leaf_module_update_when_it_runs() -> None:
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().train()
+    by_fx = copy.deepcopy(model)
+    options = {"leaf_modules": [BasicBlock]}
+    ex = fxtap.create_feature_extractor(
+        model, ["layer1"], tracer_kwargs=options, tracer="export", example_inputs=X
+    )
+    fx_ex = fxtap.create_feature_extractor(by_fx, ["layer1"], tracer_kwargs=options, tracer="fx")
+    with torch.no_grad():
+        ex(X)
+        fx_ex(X)
+    after, by_fx_after = _buffers(model), _buffers(by_fx)
+    assert all(bitwise_equal(after[k], by_fx_after[k]) for k in after)
+    assert int(after["layer1.1.bn2.num_batches_tracked"]) == 1
+    assert int(after["layer2.0.bn1.num_batches_tracked"]) == 0
+
+
+class MutatesBuffer(nn.Module):
+    """Counts its calls in a buffer of its own (a write nothing reads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return self.conv(x).relu()
+
+
+def test_buffer_written_outside_a_leaf_module_is_updated() -> None:
+    model = MutatesBuffer().train()
+    ex = fxtap.create_feature_extractor(model, ["conv"], tracer="export", example_inputs=X)
+    with torch.no_grad():
+        ex(X)
+        ex.eval()(X)
+    assert int(model.calls) == 2

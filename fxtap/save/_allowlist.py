@@ -1,7 +1,8 @@
 """What the safe loader may name, read from ``_allowlist.json`` (generated, checked in).
 
 ``python tests/test_allowlist.py`` regenerates the JSON from what fxtap's saver writes for the
-torchvision zoo, timm's smaller models (when installed) and the test suite's fixtures;
+torchvision zoo, timm's smaller models (when installed), the test suite's fixtures and the
+export path's zoo (ATen ops and output types), plus the ATen ops tagged ``torch.Tag.core``;
 ``tests/test_allowlist.py`` fails when the saver writes something it lacks.
 """
 
@@ -12,7 +13,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ATTRIBUTES", "ENUMS", "FUNCTIONS", "METHODS", "MODULES", "OBJECTS", "PATH", "resolve"]
+__all__ = [
+    "ATTRIBUTES",
+    "ENUMS",
+    "FUNCTIONS",
+    "METHODS",
+    "MODULES",
+    "OBJECTS",
+    "OPS",
+    "OUTPUT_TYPES",
+    "PATH",
+    "resolve",
+]
 
 PATH = Path(__file__).with_name("_allowlist.json")
 _DATA = json.loads(PATH.read_text(encoding="utf-8"))
@@ -38,6 +50,15 @@ OBJECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 #: ``module:qualname`` of each enum whose members a configuration may hold.
 ENUMS: frozenset[str] = frozenset(_DATA.get("enums", ()))
+#: ``ns::name.overload`` of every operator an exported graph may call -> its three name parts.
+OPS: dict[str, tuple[str, str, str]] = {}
+for _key in _DATA.get("ops", ()):
+    _namespace, _, _rest = _key.partition("::")
+    _name, _, _overload = _rest.partition(".")
+    OPS[_key] = (_namespace, _name, _overload)
+#: pytree serialized type name of each output structure an extractor may rebuild ->
+#: ``module:qualname`` of its class.
+OUTPUT_TYPES: dict[str, str] = dict(_DATA.get("output_types", {}))
 
 
 def resolve(module_name: str, qualname: str) -> Any:

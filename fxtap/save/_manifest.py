@@ -5,7 +5,7 @@ reaches torch.fx: names are identifiers (not keywords, not dunder, unique), op k
 argument structures are exactly those ``fxtap.save`` writes, nodes refer only to earlier
 nodes, each graph has exactly one output, and every function, method and module class is
 named exactly as in the allowlist (``fxtap/save/_allowlist.json``), unless the caller trusts the
-file. A refusal is a ``LoadError`` naming the field at fault.
+file; ATen ops and output structures are checked by ``fxtap.save._ops``. A refusal is a ``LoadError`` naming the field at fault.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch.fx import graph as fx_graph
 from fxtap.errors import LoadError
 from fxtap.save import _allowlist
 from fxtap.save._config import Modules
+from fxtap.save._ops import REBUILD_OUTPUT, check_op, check_rebuild, check_treespec
 from fxtap.save._schema import (
     PARAMETER_RESERVED,
     Checked,
@@ -195,7 +196,9 @@ class _Graph:
         for key in kwargs:
             identifier(key, f"{where}.kwargs")
         target = entry["target"]
-        if op == "call_function":
+        if op == "call_function" and isinstance(target, dict) and "op" in target:
+            target = check_op(target, f"{where}.target", trust=self.trust)
+        elif op == "call_function":
             check_keys(as_object(target, f"{where}.target"), {"function"}, None, f"{where}.target")
             target = self._function(target["function"], args, kwargs, f"{where}.target")
         elif op == "call_method":
@@ -247,6 +250,8 @@ class _Graph:
             raise LoadError(
                 f"{where}: {path} takes exactly {operator_form.count('{}')} positional arguments"
             )
+        if path == REBUILD_OUTPUT:
+            check_rebuild(args, kwargs, where)
         if path in NAMED_ATTRIBUTE:
             name = args[1] if len(args) == 2 and not kwargs else None
             if not isinstance(args[0] if args else None, Ref) or not isinstance(name, str):
@@ -278,4 +283,6 @@ class _Graph:
             if not refs or not isinstance(name, str) or name not in self.names:
                 raise LoadError(f"{where}: {name!r:.80} is not an earlier node of this graph")
             return Ref(name)
+        if isinstance(value, dict) and set(value) == {"treespec"}:
+            return check_treespec(value["treespec"], where)
         return decode(value, where, lambda v, w: self._value(v, w, refs=refs))

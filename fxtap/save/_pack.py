@@ -16,6 +16,7 @@ from fxtap.extractor import MODES, FeatureExtractor
 from fxtap.save._capture import describe_capture
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
+from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
 from fxtap.trace import NAME_KEY
 
 __all__ = ["pack"]
@@ -94,15 +95,18 @@ def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
 def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
     nodes = []
     for node in graph.nodes:
+        args = encode(node.args)
         if node.op == "call_function":
-            target: Any = {"function": function_path(node.target)}
+            target: Any = encode_op(node.target) or {"function": function_path(node.target)}
+            if target.get("function") == REBUILD_OUTPUT:  # (spec text, leaves)
+                args = {"tuple": [encode_treespec(node.args[0]), encode(node.args[1])]}
         else:
             target = str(node.target)
         entry: dict[str, Any] = {
             "name": node.name,
             "op": node.op,
             "target": target,
-            "args": encode(node.args),
+            "args": args,
             "kwargs": encode(node.kwargs),
         }
         if NAME_KEY in node.meta:

@@ -26,6 +26,7 @@ from fxtap.save import _manifest
 from fxtap.save._build import build_module, function, tensors_of
 from fxtap.save._capture import CheckedCapture, build_capture, check_capture
 from fxtap.save._manifest import MANIFEST, MODES, WEIGHTS
+from fxtap.save._ops import TreeSpecText, resolve_op
 from fxtap.save._schema import Checked, NodeSpec, Ref
 from fxtap.trace import NAME_KEY
 
@@ -172,6 +173,8 @@ def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.G
     def resolve(value: Any) -> Any:
         if isinstance(value, Ref):
             return env[value.name]
+        if isinstance(value, TreeSpecText):
+            return value.text
         if isinstance(value, (list, tuple)):
             items = [resolve(v) for v in value]
             return items if isinstance(value, list) else tuple(items)
@@ -187,7 +190,9 @@ def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.G
             graph.output(args[0])
             continue
         target: Any = spec.target
-        if spec.op == "call_function":
+        if spec.op == "call_function" and "::" in spec.target:  # an op, checked by _ops
+            target = resolve_op(spec.target, trust=trust)
+        elif spec.op == "call_function":
             target = function(spec.target, trust=trust)
         node = graph.create_node(spec.op, target, args, kwargs, name=spec.name)
         if node.name != spec.name:

@@ -26,6 +26,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree as pytree
 
+from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._export_inputs import UserInputs, check_batch
 from fxtap.trace._export_names import ModuleCalls, assign_names
@@ -270,6 +271,7 @@ def _to_traced(
         else:
             env[node] = graph.node_copy(node, lambda n: env[n])
     skip |= user.checks
+    _mark_buffer_writes(graph, buffers)
     graph.lint()
     gm = fx.GraphModule(attrs, graph, type(model).__name__)
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -283,6 +285,22 @@ def _to_traced(
         calls.first_inputs(),
         module_outputs=dict(calls.first_outputs()),
     )
+
+
+def _mark_buffer_writes(graph: fx.Graph, buffers: Mapping[str, torch.Tensor]) -> None:
+    """Mark each op that writes into a buffer (``BUFFER_WRITE_KEY``: the owning module's path).
+
+    torch.export records a module's buffer updates as in-place ops (``add_`` on BatchNorm's
+    ``num_batches_tracked``) or as buffer mutations written back by ``_write_output``; nothing
+    reads the result, so the pruner would drop them. Marked, they run whenever their module
+    does, as on the fx path, where a BatchNorm call updates all its buffers.
+    """
+    for node in graph.nodes:
+        written = inplace_arg(node, None) if node.op == "call_function" else None
+        while written is not None and written.op != "get_attr":
+            written = aten_alias_arg(written)  # a write into a view of the buffer
+        if written is not None and str(written.target) in buffers:
+            node.meta[BUFFER_WRITE_KEY] = str(written.target).rpartition(".")[0]
 
 
 def _attr_target(

@@ -13,13 +13,10 @@ from typing import Any
 
 from torch import fx, nn
 
-from fxtap._fx import SCOPE_KEY
+from fxtap._fx import SCOPE_KEY, STACK_KEY
 from fxtap.trace._tracer import NodePathTracer, _sanitize
 
 __all__ = ["STACK_KEY", "ModuleCalls", "assign_names", "op_name"]
-
-#: ``node.meta`` key where torch.export records the module calls a node ran in.
-STACK_KEY = "nn_module_stack"
 
 
 class ModuleCalls:

@@ -1,0 +1,203 @@
+"""Graph targets of the export path in the ``.fxtap`` manifest: ATen ops and output structures.
+
+An exported graph calls operator overloads (``torch.ops.aten.add.Tensor``), stored as the tagged
+target ``{"op": ["aten", "add", "Tensor"]}``, and rebuilds a model's output structure (a
+``ModelOutput``) from a pytree spec, stored as the tagged value ``{"treespec": TREE}`` where
+``TREE`` is ``null`` (a leaf) or ``{"type": NAME, "context": KEYS, "children": [TREE, ...]}``.
+
+On load each op name part must be an identifier and the op ``ns::name.overload`` must be in the
+allowlist (``_allowlist.OPS``) before it is looked up in ``torch.ops``, with the names the
+allowlist holds. A spec's ``type`` must be in ``_allowlist.OUTPUT_TYPES`` and its context plain
+keys (no objects: pytree's JSON hook would import classes named in them); the spec text handed to
+``torch.utils._pytree`` is written here from the checked data, never taken from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from fxtap.errors import InvalidArgumentError, LoadError
+from fxtap.save import _allowlist
+from fxtap.save._schema import as_list, as_object, check_keys, closest, identifier
+
+__all__ = [
+    "REBUILD_OUTPUT",
+    "TreeSpecText",
+    "check_op",
+    "check_rebuild",
+    "check_treespec",
+    "encode_op",
+    "encode_treespec",
+    "op_key",
+    "resolve_op",
+]
+
+#: ``module:name`` of the function that rebuilds a model's output structure from its leaves.
+REBUILD_OUTPUT = "fxtap.trace._export:rebuild_output"
+_PROTOCOL = 1
+_MAX_KEYS = 4096
+_MAX_NODES = 10_000
+
+
+@dataclass(frozen=True)
+class TreeSpecText:
+    """A pytree spec, as text written from a checked ``{"treespec": ...}`` value."""
+
+    text: str
+
+
+def op_key(op: torch._ops.OpOverload) -> str:
+    """``ns::name.overload`` of an operator overload (``aten::add.Tensor``, ``aten::abs.default``)."""
+    return f"{op.namespace}::{op._opname}.{op._overloadname}"
+
+
+def encode_op(target: Any) -> dict[str, list[str]] | None:
+    """The tagged target of an operator overload, or ``None`` when ``target`` is not one."""
+    if not isinstance(target, torch._ops.OpOverload):
+        return None
+    parts = [target.namespace, target._opname, target._overloadname]
+    if not all(p.isidentifier() for p in parts) or _lookup(*parts) is not target:
+        raise InvalidArgumentError(
+            f"operator {target!r} cannot be found again by its name in torch.ops, so the safe "
+            "fxtap format cannot store it; save with fmt='pickle' (--format pickle) and load it "
+            "with trust=True"
+        )
+    return {"op": parts}
+
+
+def check_op(target: Any, where: str, *, trust: bool) -> str:
+    """The op key of a tagged op target, refused unless its parts are identifiers and it is
+    allowlisted (any identifiers pass with ``trust``)."""
+    check_keys(as_object(target, where), {"op"}, None, where)
+    parts = as_list(target["op"], f"{where}.op")
+    if len(parts) != 3:
+        raise LoadError(f"{where}.op: an op is [namespace, name, overload], not {parts!r:.80}")
+    for i, part in enumerate(parts):
+        # NOTE: ATen names dunder ops (``aten::__and__.Tensor``): they pass only by the allowlist
+        if not isinstance(part, str) or not part.isidentifier() or len(part) > 200:
+            raise LoadError(f"{where}.op[{i}]: {part!r:.80} is not a plain identifier")
+    key = f"{parts[0]}::{parts[1]}.{parts[2]}"
+    if key in _allowlist.OPS:
+        return key
+    if trust:
+        for i, part in enumerate(parts):
+            identifier(part, f"{where}.op[{i}]")
+    else:
+        raise LoadError(
+            f"{where}: its graph calls the operator {key!r:.80}, which the safe loader does not "
+            f"allow{closest(key, _allowlist.OPS)}. Pass trust=True (--trust) only if you trust "
+            "the file"
+        )
+    return key
+
+
+def resolve_op(key: str, *, trust: bool) -> torch._ops.OpOverload:
+    """The operator an op key names: looked up by the allowlist's own names when allowlisted."""
+    parts = _allowlist.OPS.get(key)
+    if parts is None:
+        if not trust:  # checked by check_op already
+            raise AssertionError(f"unchecked operator {key!r}")
+        namespace, _, rest = key.partition("::")
+        name, _, overload = rest.partition(".")
+        parts = (namespace, name, overload)
+    found = _lookup(*parts)
+    if not isinstance(found, torch._ops.OpOverload):
+        raise LoadError(f"its graph calls the operator {key!r}, which this install of torch lacks")
+    return found
+
+
+def encode_treespec(text: str) -> dict[str, Any]:
+    """The tagged value of a pytree spec text (``rebuild_output``'s first argument)."""
+    protocol, schema = json.loads(text)
+    if protocol != _PROTOCOL:
+        raise _unsavable(f"a pytree spec of protocol {protocol!r}")
+    return {"treespec": _encode_tree(schema)}
+
+
+def check_treespec(body: Any, where: str) -> TreeSpecText:
+    """Check a ``{"treespec": ...}`` body and write the spec text pytree reads."""
+    count = [0]
+    schema = _check_tree(body, where, count)
+    return TreeSpecText(json.dumps([_PROTOCOL, schema]))
+
+
+def check_rebuild(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> None:
+    """``rebuild_output`` takes a checked spec and a list of leaves, nothing else."""
+    if len(args) != 2 or kwargs or not isinstance(args[0], TreeSpecText):
+        raise LoadError(f"{where}: {REBUILD_OUTPUT} takes a {{'treespec': ...}} value and leaves")
+    if not isinstance(args[1], list):
+        raise LoadError(f"{where}: {REBUILD_OUTPUT}'s leaves are a list")
+
+
+def _lookup(namespace: str, name: str, overload: str) -> Any:
+    # NOTE: called with names from the allowlist, from an op object itself, or with trust=True
+    packet = getattr(getattr(torch.ops, namespace, None), name, None)
+    return getattr(packet, overload, None) if packet is not None else None
+
+
+def _encode_tree(schema: dict[str, Any]) -> Any:
+    if schema["type"] is None:
+        return None
+    name = schema["type"]
+    cls = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(name)
+    node_def = pytree.SUPPORTED_SERIALIZED_TYPES.get(cls) if cls is not None else None
+    if node_def is None or node_def.to_dumpable_context is not None:
+        raise _unsavable(f"output type {name!r}")
+    context = json.loads(schema["context"])
+    if not _plain_keys(context):
+        raise _unsavable(f"output type {name!r} with context {context!r:.60}")
+    return {
+        "type": name,
+        "context": context,
+        "children": [_encode_tree(child) for child in schema["children_spec"]],
+    }
+
+
+def _plain_keys(context: Any) -> bool:
+    if context is None:
+        return True
+    return isinstance(context, list) and all(
+        isinstance(k, (str, int)) and not isinstance(k, bool) for k in context
+    )
+
+
+def _check_tree(value: Any, where: str, count: list[int]) -> dict[str, Any]:
+    count[0] += 1
+    if count[0] > _MAX_NODES:
+        raise LoadError(f"{where}: a pytree spec of more than {_MAX_NODES} nodes")
+    if value is None:
+        return {"type": None, "context": None, "children_spec": []}
+    check_keys(as_object(value, where), {"type", "context", "children"}, None, where)
+    name = value["type"]
+    path = _allowlist.OUTPUT_TYPES.get(name) if isinstance(name, str) else None
+    if path is None:
+        raise LoadError(
+            f"{where}.type: the output type {name!r:.80} is not one the safe loader allows"
+            f"{closest(str(name), _allowlist.OUTPUT_TYPES)}"
+        )
+    cls = _allowlist.resolve(*path.partition(":")[::2])  # imports it: pytree registers it
+    if cls is None or pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(name) is not cls:
+        raise LoadError(f"{where}.type: {name!r} is not a registered pytree type in this install")
+    context = value["context"]
+    if not _plain_keys(context) or (isinstance(context, list) and len(context) > _MAX_KEYS):
+        raise LoadError(f"{where}.context: expected null or a list of keys, got {context!r:.60}")
+    children = as_list(value["children"], f"{where}.children")
+    return {
+        "type": name,
+        "context": json.dumps(context),
+        "children_spec": [
+            _check_tree(child, f"{where}.children[{i}]", count) for i, child in enumerate(children)
+        ],
+    }
+
+
+def _unsavable(what: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"{what} cannot be stored in the safe fxtap format, which keeps only torch values and "
+        "plain data; save with fmt='pickle' (--format pickle) and load it with trust=True"
+    )
