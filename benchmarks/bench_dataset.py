@@ -24,12 +24,12 @@ import json
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
-from torch.utils.benchmark import Timer
 from torchvision.transforms import v2
 
 import fxtap
@@ -121,10 +121,11 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
         seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
         for i, block in enumerate(blocks):
             for name, fn in variants[i % 3 :] + variants[: i % 3]:
-                timer = Timer(
-                    "fn(block)", globals={"fn": fn, "block": block}, num_threads=args.threads
-                )
-                seconds[name].append(timer.timeit(1).median)
+                # NOTE: one timed pass per variant and block: Timer.timeit would first run each
+                # pass twice more to warm up, tripling a run that is minutes long already
+                started = time.perf_counter()
+                fn(block)
+                seconds[name].append(time.perf_counter() - started)
             print(
                 f"{label} block {i + 1}/{len(blocks)}: "
                 + ", ".join(f"{n} {len(block) / s[-1]:.2f}/s" for n, s in seconds.items()),
