@@ -16,9 +16,9 @@ from fxtap._protocol import Extractor
 from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
-from fxtap.capture._reach import Dropped, count_tensors, drop_unreached, probe_reach
+from fxtap.capture._reach import Dropped, drop_after_probe
 from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
-from fxtap.trace import split_example_inputs, user_stacklevel
+from fxtap.trace import user_stacklevel
 
 __all__ = [
     "CaptureExtractor",
@@ -204,7 +204,7 @@ def build_capture_extractor(
         opaque=tuple(opaque),
         tracer_kwargs=tracer_kwargs,
     )
-    dropping = _drop(ex, example_inputs, name)
+    dropping = drop_after_probe(ex, example_inputs, name)
     if not warn:
         return ex
     islands_text = format_choices(ex.islands["eval"]) if ex.islands["eval"] else "none"
@@ -250,42 +250,6 @@ def capture_rows(
     """One row per servable module or island node, in module order (``node_table`` uses it)."""
     islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
     return _listing(model, islands, module_row, island_rows)
-
-
-def _drop(ex: CaptureExtractor, example_inputs: Any, model_name: str) -> str:
-    """Probe each mode on ``example_inputs`` and drop what no probe reached; say what happened."""
-    if any(MODEL_OUTPUT in plan.outputs.values() for plan in ex._plans.values()):
-        return ""  # the whole model runs: every module may be reached
-    if example_inputs is None:
-        return (
-            "Every call stops at the last tap; pass example_inputs= to drop the modules "
-            "after it (the extractor keeps the whole model). "
-        )
-    args, kwargs = split_example_inputs(ex.model, example_inputs)
-    reached: set[str] = set()
-    training = ex.training
-    try:
-        for mode in ex._plans:
-            ex.train(mode == "train")
-            seen, failure = probe_reach(ex.model, lambda: ex(*args, **kwargs))
-            if failure is not None:
-                why = _first_line(f"{type(failure).__name__}: {failure}")
-                return (
-                    f"Nothing dropped: the {mode}-mode probe run on example_inputs= raised "
-                    f"{why}; pass example_inputs= that the model accepts in both modes. "
-                )
-            reached |= seen
-    finally:
-        ex.train(training)
-    before = count_tensors(ex.model)
-    ex.dropped = drop_unreached(ex.model, reached, model_name=model_name)
-    if not ex.dropped:
-        return "The probe run on example_inputs= reached every module: nothing dropped. "
-    return (
-        f"Dropped after the probe run on example_inputs= (never reached before the last "
-        f"tap): {format_choices(ex.dropped)}; {count_tensors(ex.model):,} of {before:,} "
-        "parameter and buffer elements kept. "
-    )
 
 
 def _names(island: Island) -> tuple[str, ...]:

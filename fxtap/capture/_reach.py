@@ -18,9 +18,11 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from fxtap.errors import DroppedModuleError
+from fxtap._query import MODEL_OUTPUT
+from fxtap.errors import DroppedModuleError, format_choices
+from fxtap.trace import split_example_inputs
 
-__all__ = ["Dropped", "count_tensors", "drop_unreached", "probe_reach"]
+__all__ = ["Dropped", "count_tensors", "drop_after_probe", "drop_unreached", "probe_reach"]
 
 
 class Dropped(nn.Module):
@@ -154,3 +156,45 @@ def _state_kept(model: nn.Module) -> Iterator[None]:
         torch.set_rng_state(rng)
         for m, flag in training.items():
             m.training = flag
+
+
+def drop_after_probe(ex: Any, example_inputs: Any, model_name: str) -> str:
+    """Probe each mode of capture extractor ``ex`` on ``example_inputs`` and drop what no probe
+    reached; the text says what happened (for the build warning)."""
+    if any(MODEL_OUTPUT in plan.outputs.values() for plan in ex._plans.values()):
+        return ""  # the whole model runs: every module may be reached
+    if example_inputs is None:
+        return (
+            "Every call stops at the last tap; pass example_inputs= to drop the modules "
+            "after it (the extractor keeps the whole model). "
+        )
+    args, kwargs = split_example_inputs(ex.model, example_inputs)
+    reached: set[str] = set()
+    training = ex.training
+    try:
+        for mode in ex._plans:
+            ex.train(mode == "train")
+            seen, failure = probe_reach(ex.model, lambda: ex(*args, **kwargs))
+            if failure is not None:
+                why = _first_line_of(f"{type(failure).__name__}: {failure}")
+                return (
+                    f"Nothing dropped: the {mode}-mode probe run on example_inputs= raised "
+                    f"{why}; pass example_inputs= that the model accepts in both modes. "
+                )
+            reached |= seen
+    finally:
+        ex.train(training)
+    before = count_tensors(ex.model)
+    ex.dropped = drop_unreached(ex.model, reached, model_name=model_name)
+    if not ex.dropped:
+        return "The probe run on example_inputs= reached every module: nothing dropped. "
+    return (
+        f"Dropped after the probe run on example_inputs= (never reached before the last "
+        f"tap): {format_choices(ex.dropped)}; {count_tensors(ex.model):,} of {before:,} "
+        "parameter and buffer elements kept. "
+    )
+
+
+def _first_line_of(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 120 else line[:117] + "..."
