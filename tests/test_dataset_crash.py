@@ -115,10 +115,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_ranks_equal_one_process(tmp_path):
-    model = tiny_model()
+def _one_process_and_a_job_script(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The single-process store in ``one``; a script (and its environment) that writes ``two``."""
     dataset = image_folder(tmp_path / "images", count=16)
-    fxtap.extract_dataset(model, dataset, tmp_path / "one", **KW)
+    fxtap.extract_dataset(tiny_model(), dataset, tmp_path / "one", **KW)
     root = Path(__file__).resolve().parents[1]
     script = tmp_path / "job.py"
     script.write_text(
@@ -130,7 +130,11 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
             nodes=NODES,
         )
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    return script, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    script, env = _one_process_and_a_job_script(tmp_path)
     cmd = [
         sys.executable,
         "-m",
@@ -155,21 +159,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
 
 def test_two_nodes_on_a_shared_folder_equal_one_process(tmp_path):
     """Two launchers, as on two hosts (``--nnodes 2 --node-rank 0|1``), one rank each."""
-    model = tiny_model()
-    dataset = image_folder(tmp_path / "images", count=16)
-    fxtap.extract_dataset(model, dataset, tmp_path / "one", **KW)
-    root = Path(__file__).resolve().parents[1]
-    script = tmp_path / "job.py"
-    script.write_text(
-        textwrap.dedent(SCRIPT).format(
-            root=str(root),
-            tests=str(root / "tests"),
-            images=str(tmp_path / "images"),
-            out=str(tmp_path / "two"),
-            nodes=NODES,
-        )
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    script, env = _one_process_and_a_job_script(tmp_path)
     port = str(_free_port())
     launchers = [
         subprocess.Popen(

@@ -22,19 +22,11 @@ from fxtap.cost._count import (
     count_params,
     output_bytes,
     peak_liveness,
-    profiler_peak,
     time_nodes,
 )
 from fxtap.cost._report import CostReport, NodeCost, VariantCost
-from fxtap.cost._time import (
-    Progress,
-    bimodal,
-    bootstrap_median_ci,
-    iqr,
-    median,
-    time_rounds,
-)
-from fxtap.cost._variants import cuda_peak, resolve_taps, variant_functions
+from fxtap.cost._time import Progress, bimodal
+from fxtap.cost._variants import measure_variants, resolve_taps, variant_functions
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.extractor import FeatureExtractor, create_feature_extractor
 from fxtap.trace import check_model, check_tracer, restore_training
@@ -194,44 +186,9 @@ def _measure(
         "hooks": peak_liveness(gm.graph, keep_alive=tapped),
         "extractor": peak_liveness(extractor.graph),  # type: ignore[arg-type]
     }
-    profiled: dict[str, int | None] = {}
-    cuda_peaks: dict[str, int | None] = {}
-    for name, fn in variants.items():
-        show.show(f"peak memory: {name}")
-        if dev.type == "cuda":
-            cuda_peaks[name] = cuda_peak(fn, dev)
-        elif opts["profile_memory"]:
-            profiled[name] = profiler_peak(fn)
-    samples = time_rounds(
-        variants,
-        threads=threads,
-        min_run_time=opts["min_run_time"],
-        rounds=opts["rounds"],
-        warmup=opts["warmup"],
-        device=dev,
-        progress=show,
+    results = measure_variants(
+        variants, device=dev, threads=threads, opts=opts, show=show, estimated=live
     )
-    full_wall = samples.wall["full"]
-    results = []
-    for name in variants:
-        wall = samples.wall[name]
-        ratios = [t / f for t, f in zip(wall, full_wall)]
-        results.append(
-            VariantCost(
-                name=name,
-                samples=tuple(wall),
-                device_samples=tuple(samples.device.get(name, ())),
-                runs=tuple(samples.runs[name]),
-                median=median(wall),
-                iqr=iqr(wall),
-                ratio=median(ratios),
-                ratio_ci=bootstrap_median_ci(ratios),
-                peak_bytes=live[name][0],
-                peak_node=live[name][1],
-                profiler_peak_bytes=profiled.get(name),
-                cuda_peak_bytes=cuda_peaks.get(name),
-            )
-        )
     notes: tuple[str, ...] = ()
     if taps.missing:
         notes = (

@@ -10,10 +10,10 @@ from torch import nn
 
 from fxtap._query import normalize_return_nodes, parse_query
 from fxtap.capture._probe import probe
-from fxtap.cost._count import count_params, profiler_peak
-from fxtap.cost._report import CostReport, NodeCost, VariantCost
-from fxtap.cost._time import Progress, bootstrap_median_ci, iqr, median, time_rounds
-from fxtap.cost._variants import Taps, cuda_peak, variant_functions
+from fxtap.cost._count import count_params
+from fxtap.cost._report import CostReport, NodeCost
+from fxtap.cost._time import Progress
+from fxtap.cost._variants import Taps, measure_variants, variant_functions
 
 __all__ = ["OTHER_CODE", "measure_capture"]
 
@@ -71,43 +71,7 @@ def measure_capture(
         nodes.append(NodeCost(name, "call_function", "", "", flops, 0, 0, kept))
     taps = _taps(work, return_nodes)
     variants = variant_functions(work, extractor, inputs, taps)
-    peaks: dict[str, int | None] = {}
-    for name, fn in variants.items():
-        show.show(f"peak memory: {name}")
-        if dev.type == "cuda":
-            peaks[name] = cuda_peak(fn, dev)
-        elif opts["profile_memory"]:
-            peaks[name] = profiler_peak(fn)
-    samples = time_rounds(
-        variants,
-        threads=threads,
-        min_run_time=opts["min_run_time"],
-        rounds=opts["rounds"],
-        warmup=opts["warmup"],
-        device=dev,
-        progress=show,
-    )
-    full_wall = samples.wall["full"]
-    results = []
-    for name in variants:
-        wall = samples.wall[name]
-        ratios = [t / f for t, f in zip(wall, full_wall)]
-        results.append(
-            VariantCost(
-                name=name,
-                samples=tuple(wall),
-                device_samples=tuple(samples.device.get(name, ())),
-                runs=tuple(samples.runs[name]),
-                median=median(wall),
-                iqr=iqr(wall),
-                ratio=median(ratios),
-                ratio_ci=bootstrap_median_ci(ratios),
-                peak_bytes=peaks.get(name) or 0,
-                peak_node="",  # no graph: the peak is measured, not estimated
-                profiler_peak_bytes=peaks.get(name) if dev.type != "cuda" else None,
-                cuda_peak_bytes=peaks.get(name) if dev.type == "cuda" else None,
-            )
-        )
+    results = measure_variants(variants, device=dev, threads=threads, opts=opts, show=show)
     notes = [
         f"capture extractor: the root forward of {type(work).__name__} cannot be traced; FLOPs "
         "and memory are measured on real runs, rows are module calls"

@@ -12,8 +12,11 @@ from torch import fx, nn
 
 from fxtap._fx import node_name
 from fxtap._query import normalize_return_nodes, parse_query
+from fxtap.cost._count import profiler_peak
+from fxtap.cost._report import VariantCost
+from fxtap.cost._time import Progress, bootstrap_median_ci, iqr, median, time_rounds
 
-__all__ = ["Taps", "cuda_peak", "resolve_taps", "variant_functions"]
+__all__ = ["Taps", "cuda_peak", "measure_variants", "resolve_taps", "variant_functions"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,66 @@ def cuda_peak(fn: Any, dev: torch.device) -> int:
     torch.cuda.synchronize(dev)
     del result
     return int(torch.cuda.max_memory_allocated(dev) - base)
+
+
+def measure_variants(
+    variants: Mapping[str, Any],
+    *,
+    device: torch.device,
+    threads: int,
+    opts: Mapping[str, Any],
+    show: Progress,
+    estimated: Mapping[str, tuple[int, str]] | None = None,
+) -> tuple[VariantCost, ...]:
+    """Peak memory and interleaved timing of each variant, as ``VariantCost`` rows.
+
+    Args:
+        variants: name -> callable, ``"full"`` among them (ratios are to it).
+        device: where they run (CUDA peaks there, else the profiler's with ``profile_memory``).
+        threads: intra-op threads of the timing.
+        opts: ``compare``'s ``min_run_time``, ``rounds``, ``warmup`` and ``profile_memory``.
+        show: progress lines.
+        estimated: name -> (peak bytes, peak node) estimated from a graph; without it the
+            measured peak is the row's peak (no node).
+    """
+    profiled: dict[str, int | None] = {}
+    cuda_peaks: dict[str, int | None] = {}
+    for name, fn in variants.items():
+        show.show(f"peak memory: {name}")
+        if device.type == "cuda":
+            cuda_peaks[name] = cuda_peak(fn, device)
+        elif opts["profile_memory"]:
+            profiled[name] = profiler_peak(fn)
+    samples = time_rounds(
+        variants,
+        threads=threads,
+        min_run_time=opts["min_run_time"],
+        rounds=opts["rounds"],
+        warmup=opts["warmup"],
+        device=device,
+        progress=show,
+    )
+    full_wall = samples.wall["full"]
+    results = []
+    for name in variants:
+        wall = samples.wall[name]
+        ratios = [t / f for t, f in zip(wall, full_wall)]
+        measured = cuda_peaks.get(name) or profiled.get(name) or 0
+        peak_bytes, peak_node = estimated[name] if estimated is not None else (measured, "")
+        results.append(
+            VariantCost(
+                name=name,
+                samples=tuple(wall),
+                device_samples=tuple(samples.device.get(name, ())),
+                runs=tuple(samples.runs[name]),
+                median=median(wall),
+                iqr=iqr(wall),
+                ratio=median(ratios),
+                ratio_ci=bootstrap_median_ci(ratios),
+                peak_bytes=peak_bytes,
+                peak_node=peak_node,
+                profiler_peak_bytes=profiled.get(name),
+                cuda_peak_bytes=cuda_peaks.get(name),
+            )
+        )
+    return tuple(results)
