@@ -8,7 +8,7 @@ instead (``_export``), and ``tracer="auto"`` does so when torch.fx cannot trace 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import fx, nn
@@ -129,22 +129,14 @@ def trace(
     check_model(model)
     check_flags(training=training, auto_leaf=auto_leaf)
     check_tracer(tracer)
-    if tracer == "export":
-        return export_trace(
-            model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
-        )
-    try:
-        return _trace_fx(model, training, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
-    except TraceError as exc:
-        if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
-            raise
-        try:
-            return export_trace(
-                model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
-            )
-        except FxtapError as second:
-            exc.add_note(f"torch.export could not trace it either: {second}")
-            raise exc from None
+    return _fx_else_export(
+        lambda: _trace_fx(model, training, tracer_kwargs, concrete_args, auto_leaf, example_inputs),
+        model,
+        training=training,
+        example_inputs=example_inputs,
+        tracer_kwargs=tracer_kwargs,
+        tracer=tracer,
+    )
 
 
 def trace_or_export(
@@ -170,14 +162,35 @@ def trace_or_export(
     """
     check_model(model)
     check_tracer(tracer)
+    return _fx_else_export(
+        lambda: trace(
+            model, training=training, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args
+        ),
+        model,
+        training=training,
+        example_inputs=example_inputs,
+        tracer_kwargs=tracer_kwargs,
+        tracer=tracer,
+    )
+
+
+def _fx_else_export(
+    fx_trace: Callable[[], Traced],
+    model: nn.Module,
+    *,
+    training: bool,
+    example_inputs: Any,
+    tracer_kwargs: Mapping[str, Any] | None,
+    tracer: str,
+) -> Traced:
+    """torch.export for ``tracer="export"``; else ``fx_trace()``, and under ``"auto"``
+    torch.export when torch.fx cannot trace the root and ``example_inputs`` are given."""
     if tracer == "export":
         return export_trace(
             model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
         )
     try:
-        return trace(
-            model, training=training, tracer_kwargs=tracer_kwargs, concrete_args=concrete_args
-        )
+        return fx_trace()
     except TraceError as exc:
         if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
             raise
