@@ -19,8 +19,8 @@ from fxtap._shapes import propagate_shapes
 from fxtap.cost._capture import measure_capture
 from fxtap.cost._count import (
     count_flops,
-    count_params,
     output_bytes,
+    param_fields,
     peak_liveness,
     time_nodes,
 )
@@ -177,7 +177,6 @@ def _measure(
         for n in gm.graph.nodes
         if n.op != "output"
     )
-    full_params, kept_params = count_params([work]), count_params([extractor])
     taps = resolve_taps(work, gm, return_nodes, outputs)
     variants = variant_functions(work, extractor, inputs, taps)
     tapped = set(outputs.values())
@@ -196,7 +195,6 @@ def _measure(
             + ", ".join(repr(m) for m in taps.missing)
             + " (not the output of a module)",
         )
-    shared = kept_params.storages & full_params.storages
     return CostReport(
         model=type(work).__name__,
         mode=mode,
@@ -207,11 +205,7 @@ def _measure(
         op_flops=flops.per_op,
         uncounted_ops=flops.uncounted,
         total_flops=flops.total,
-        full_params=full_params.params,
-        kept_params=kept_params.params,
-        full_bytes=full_params.param_bytes + full_params.buffer_bytes,
-        kept_bytes=kept_params.param_bytes + kept_params.buffer_bytes,
-        shared_bytes=_storage_bytes(extractor, shared),
+        **param_fields(work, extractor),
         variants=tuple(results),
         notes=notes,
         environment=_environment(dev, threads),
@@ -221,9 +215,7 @@ def _measure(
 def _measure_capture(*args: Any, **opts: Any) -> CostReport:
     """A capture extractor's cost: real runs instead of graphs (``fxtap.cost._capture``)."""
     dev, threads = args[4], args[5]
-    return measure_capture(
-        *args, environment=_environment(dev, threads), storage_bytes=_storage_bytes, **opts
-    )
+    return measure_capture(*args, environment=_environment(dev, threads), **opts)
 
 
 def _build(
@@ -316,15 +308,6 @@ def _environment(dev: torch.device, threads: int) -> dict[str, Any]:
     if dev.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(dev)
     return env
-
-
-def _storage_bytes(module: nn.Module, storages: frozenset[int]) -> int:
-    sizes = {}
-    for t in (*module.parameters(), *module.buffers()):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in storages:
-            sizes[ptr] = t.untyped_storage().nbytes()
-    return sum(sizes.values())
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:

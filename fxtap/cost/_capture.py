@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from fxtap._query import normalize_return_nodes, parse_query
 from fxtap.capture._probe import probe
-from fxtap.cost._count import count_params
+from fxtap.cost._count import param_fields
 from fxtap.cost._report import CostReport, NodeCost
 from fxtap.cost._time import Progress
 from fxtap.cost._variants import Taps, measure_variants, variant_functions
@@ -32,7 +32,6 @@ def measure_capture(
     show: Progress,
     *,
     environment: Mapping[str, Any],
-    storage_bytes: Callable[[nn.Module, frozenset[int]], int],
     **opts: Any,
 ) -> CostReport:
     """Time and count a ``CaptureExtractor``'s call against the full model's forward.
@@ -83,8 +82,6 @@ def measure_capture(
             + ", ".join(repr(m) for m in taps.missing)
             + " (not the output of a module)"
         )
-    full_params, kept_params = count_params([work]), count_params([extractor])
-    shared = kept_params.storages & full_params.storages
     return CostReport(
         model=type(work).__name__,
         mode=mode,
@@ -95,11 +92,7 @@ def measure_capture(
         op_flops=dict(found.op_flops),
         uncounted_ops={},
         total_flops=found.full_flops,
-        full_params=full_params.params,
-        kept_params=kept_params.params,
-        full_bytes=full_params.param_bytes + full_params.buffer_bytes,
-        kept_bytes=kept_params.param_bytes + kept_params.buffer_bytes,
-        shared_bytes=storage_bytes(extractor, shared),
+        **param_fields(work, extractor),
         variants=tuple(results),
         notes=tuple(notes),
         environment=dict(environment),

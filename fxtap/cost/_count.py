@@ -24,6 +24,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "output_bytes",
+    "param_fields",
     "peak_liveness",
     "profiler_peak",
     "time_nodes",
@@ -277,3 +278,22 @@ def _synchronizer(inputs: Sequence[Any]) -> Callable[[], None]:
     if cuda is None:
         return lambda: None
     return lambda: torch.cuda.synchronize(cuda)
+
+
+def param_fields(full: nn.Module, extractor: nn.Module) -> dict[str, int]:
+    """``CostReport``'s parameter fields: counts and bytes of ``full`` and ``extractor``, and
+    the bytes of the storages they share (each storage once)."""
+    full_params, kept_params = count_params([full]), count_params([extractor])
+    shared = kept_params.storages & full_params.storages
+    sizes = {}
+    for t in (*extractor.parameters(), *extractor.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in shared:
+            sizes[ptr] = t.untyped_storage().nbytes()
+    return {
+        "full_params": full_params.params,
+        "kept_params": kept_params.params,
+        "full_bytes": full_params.param_bytes + full_params.buffer_bytes,
+        "kept_bytes": kept_params.param_bytes + kept_params.buffer_bytes,
+        "shared_bytes": sum(sizes.values()),
+    }

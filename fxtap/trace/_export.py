@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.utils import _pytree as pytree
 
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
@@ -166,7 +167,9 @@ def _export(
                         model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs),
                         strict=False,
                     )  # fmt: skip
-            except Exception:
+            except Exception as first:
+                if isinstance(first, GuardOnDataDependentSymNode):
+                    raise  # a branch on tensor values: static shapes fail the same way
                 # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
                 with contextlib.redirect_stderr(io.StringIO()):
                     ep = torch.export.export(model, args, kwargs, strict=False)
