@@ -19,11 +19,12 @@ from fxtap._fx import (
     inplace_arg,
     module_stack,
 )
-from fxtap.trace import NAME_KEY, Traced
+from fxtap.trace import INPUT_CHECKS, NAME_KEY, Traced
 
 __all__ = ["clone_tensors", "prune"]
 
-_ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none}
+#: Checks kept while they read live values (the export path's input shape checks too).
+_ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none, *INPUT_CHECKS}
 if hasattr(torch, "_assert_scalar"):
     _ASSERTS.add(torch._assert_scalar)
 #: ``node.meta`` key marking a clone that protects a returned value from a later in-place op.

@@ -91,6 +91,9 @@ class NodePathTracer(fx.Tracer):
             torch.fx, names starting with ``_`` are recorded too (``_private``).
         param_shapes_constant: torch.fx's argument.
         record_source: record the user's ``file:line`` for each node in ``node.meta``.
+        proxy_buffer_attributes: torch.fx's attribute: a buffer read in traced code is a
+            ``get_attr`` proxy, so Python code may index it with traced values
+            (``self.position_ids[:, :seq_length]``).
 
     >>> tracer = NodePathTracer()
     >>> graph = tracer.trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
@@ -105,6 +108,7 @@ class NodePathTracer(fx.Tracer):
         autowrap_functions: Iterable[Callable[..., Any]] = (),
         param_shapes_constant: bool = False,
         record_source: bool = False,
+        proxy_buffer_attributes: bool = False,
     ) -> None:
         autowrap_functions = tuple(autowrap_functions)
         super().__init__(
@@ -117,6 +121,7 @@ class NodePathTracer(fx.Tracer):
         self.leaf_predicates: tuple[Callable[[nn.Module, str], bool], ...] = ()
         self._split_leaf_specs(leaf_modules)
         self.record_source = record_source
+        self.proxy_buffer_attributes = proxy_buffer_attributes
         self._private = tuple(fn for fn in autowrap_functions if is_private(fn))
         self.node_to_qualname: dict[fx.Node, str] = {}
         self.module_inputs: dict[str, fx.Node] = {}
