@@ -111,3 +111,21 @@ def test_higher_order_ops_are_refused_and_the_capture_path_serves_them() -> None
     assert isinstance(ex, CaptureExtractor)
     with torch.no_grad():
         assert bitwise_equal(ex(X)["out"], model.out(X))
+
+
+@pytest.mark.hf
+def test_wav2vec2_spec_augment_is_refused_and_captured() -> None:
+    """SpecAugment draws its mask with numpy in train mode: the export path refuses it and
+    names the line; ``tracer="auto"`` captures it instead (nothing baked in)."""
+    t = pytest.importorskip("transformers")
+    from tests.test_export import _W2V
+
+    config = t.Wav2Vec2Config(**{**_W2V, "mask_time_prob": 0.5, "mask_time_length": 2})
+    config.layerdrop = 0.0
+    model = t.Wav2Vec2Model(config)
+    audio = {"input_values": torch.rand(2, 800, generator=torch.Generator().manual_seed(0))}
+    with pytest.raises(TraceError, match=r"Wav2Vec2Model in train mode.*(numpy|np\.)"):
+        fxtap.trace(model, training=True, tracer="export", example_inputs=audio)
+    with pytest.warns(UserWarning, match=r"CaptureExtractor.*(numpy|np\.)"):
+        ex = fxtap.create_feature_extractor(model, ["encoder.layers.1"], example_inputs=audio)
+    assert isinstance(ex, CaptureExtractor)

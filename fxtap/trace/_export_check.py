@@ -92,7 +92,9 @@ def check_higher_order_ops(ep: Any, model: nn.Module, mode: str) -> None:
     lets ``create_feature_extractor`` fall back to the capture path.
     """
     for node in ep.graph.nodes:
-        if node.op == "call_function" and isinstance(node.target, torch._ops.HigherOrderOperator):
+        # NOTE: torch.ops.higher_order's operators say so in their namespace (their class,
+        # HigherOrderOperator, is not public)
+        if node.op == "call_function" and getattr(node.target, "namespace", None) == "higher_order":
             stack = node.meta.get("nn_module_stack") or {}
             path = next(reversed(stack.values()))[0] if stack else ""
             where = f" in module {path!r}" if path else ""

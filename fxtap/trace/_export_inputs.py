@@ -7,11 +7,11 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-import sympy
 import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
 from fxtap.errors import InputShapeError, TraceError
@@ -223,14 +223,10 @@ def _dims(node: fx.Node) -> Dims | None:
         return None
     dims: list[int | str | None] = []
     for size in val.shape:
-        if isinstance(size, torch.SymInt):
-            fixed = size.node.maybe_as_int()
-            if fixed is not None:
-                dims.append(int(fixed))  # a dim the exported program specialized
-            elif isinstance(size.node.expr, sympy.Symbol):
-                dims.append(str(size.node.expr))
-            else:
-                dims.append(None)
+        if is_concrete_int(size):
+            dims.append(int(size))  # a dim the exported program specialized
+        elif str(size).isidentifier():
+            dims.append(str(size))  # a symbol of its own, such as s53
         else:
-            dims.append(int(size))
+            dims.append(None)  # an expression of other dims
     return tuple(dims)
