@@ -159,7 +159,10 @@ def test_resuming_with_other_arguments_or_into_another_job_is_refused(tmp_path):
     before = tree(out)
     with pytest.raises(InvalidArgumentError, match="batch_size is 4 there, 2 here"):
         fxtap.extract_dataset(model, dataset, out, return_nodes=NODES, batch_size=2, progress=False)
-    with pytest.raises(InvalidArgumentError, match="holds another job: job parameters_sha256"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"holds another job: the weights differ.*--seed.*fxtap run FILE.fxtap.*--restart",
+    ):
         fxtap.extract_dataset(
             tiny_model(seed=1), dataset, out, return_nodes=NODES, batch_size=4, progress=False
         )
