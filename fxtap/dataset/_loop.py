@@ -107,15 +107,14 @@ def compute(
         try:
             for (k, indices), batch in _until(stop, zip(batches, loader)):
                 if current is None or current.index != k:
-                    if current is not None:
-                        writer.put(current)
                     current = _new_chunk(k, chunk, total, plan)
                 _fill(extractor, source, current, batch, plan, device)
                 computed += len(indices)
                 if bar is not None:
                     bar.update(len(indices))
-            if current is not None and stop.signum is None:
-                writer.put(current)
+                if indices[-1] + 1 == current.stop:  # the chunk's last batch: hand it over
+                    writer.put(current)
+                    current = None
             writer.close()  # on a stop, the finished chunks are still written
         except BaseException:
             writer.abort()

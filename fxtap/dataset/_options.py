@@ -73,7 +73,7 @@ def parse_device(device: str | torch.device | None) -> torch.device:
         raise InvalidArgumentError(
             f"device={device!r} is not a device; expected 'cpu' or 'cuda:0' (--device)"
         ) from exc
-    fix = "pass device='cpu' (--device cpu)"
+    fix = "pass device='cpu'"
     if target.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -84,8 +84,7 @@ def parse_device(device: str | torch.device | None) -> torch.device:
         if target.index is not None and target.index >= count:
             raise InvalidArgumentError(
                 f"device={device!r} is not available: this machine has {count} CUDA "
-                f"device(s), cuda:0 to cuda:{count - 1}; pass one of them or device='cpu' "
-                "(--device)"
+                f"device(s), cuda:0 to cuda:{count - 1}; pass one of them or device='cpu'"
             )
     elif target.type == "mps":
         if not torch.backends.mps.is_available():
