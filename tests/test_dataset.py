@@ -365,3 +365,16 @@ def test_cli_run(tmp_path, monkeypatch, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["run", "net.py:build", "--nodes", "1", "--data", "images", "--out", "x"]) == 1
     assert "KIND:VALUE" in capsys.readouterr().err
+
+
+def test_the_docs_python_example_runs_twice(tmp_path, monkeypatch, capsys):
+    """A user runs the example, then runs it again: the second run resumes, computing nothing."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "dataset.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)  # type: ignore[union-attr]
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        exec(compile(code, "docs/dataset.md", "exec"), {})  # noqa: S102 - the docs' own code
+    assert capsys.readouterr().out.splitlines()[-1] == "0 8"

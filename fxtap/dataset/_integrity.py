@@ -37,7 +37,8 @@ MARKER = ".fxtap-job.json"
 #: The temporary files ``write_file`` makes: ``NAME.<32 hex>.partial``.
 OWN_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 #: A chunk file's key inside the store, as zarr v3 writes it: ``array/c/0/0``.
-_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_]+)+")
+#: The array's name is an output key (no "/", never "." or ".."); the rest is chunk coordinates.
+_KEY = re.compile(r"[^/\\\x00.][^/\\\x00]*(/[A-Za-z0-9_]+)+")
 
 
 def digest_bytes(data: bytes) -> list[Any]:
@@ -60,7 +61,7 @@ def parse_record(text: Any) -> dict[str, list[Any]] | None:
         return {}
     out = {}
     for key, value in record.items():
-        ok = isinstance(key, str) and _KEY.fullmatch(key) and ".." not in key.split("/")
+        ok = isinstance(key, str) and _KEY.fullmatch(key)
         if not ok or not isinstance(value, list) or len(value) != 2:
             return {}
         out[key] = value
