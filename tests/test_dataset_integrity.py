@@ -139,8 +139,14 @@ def test_a_store_written_by_another_format_is_not_opened(tmp_path):
 
     group = zarr.open_group(tmp_path / "old", mode="w")
     group.attrs["fxtap"] = {"format": 1, "complete": True, "job": {}, "taps": {}}
+    group.create_array("chunks_done", shape=(2,), dtype="uint8")
     with pytest.raises(InvalidArgumentError, match="of format 1, not 2"):
         fxtap.open_features(tmp_path / "old")
+    dataset = image_folder(tmp_path / "images", count=4)
+    with pytest.raises(InvalidArgumentError, match=r"format 1, written by another.*--restart"):
+        fxtap.extract_dataset(tiny_model(), dataset, tmp_path / "old", **KW)
+    fxtap.extract_dataset(tiny_model(), dataset, tmp_path / "old", resume=False, **KW)
+    assert fxtap.open_features(tmp_path / "old", verify=True)["fc"].shape == (4, 3)
 
 
 def test_run_a_saved_extractor_and_resume_it(tmp_path, monkeypatch, capsys):

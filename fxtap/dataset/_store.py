@@ -232,7 +232,8 @@ def prepare(
     if ours and (existing is None or not resume):
         # Our own leftovers: a job killed during creation, or a restart (resume=False).
         old = (existing or {}).get("taps", {})
-        _integrity.clear_own(folder, [*RESERVED, *old, *(a.name for a in arrays)])
+        # "chunks_done": format 1's done markers
+        _integrity.clear_own(folder, [*RESERVED, "chunks_done", *old, *(a.name for a in arrays)])
         existing = None
     if existing is None:
         others = sorted(p.name for p in folder.iterdir())
@@ -242,6 +243,12 @@ def prepare(
                 f"({format_choices(others[:3])}{' ...' if len(others) > 3 else ''}); fxtap "
                 "deletes only what it wrote. Pass a new or empty folder as out= (--out)"
             )
+    elif existing.get("format") != FORMAT:
+        raise InvalidArgumentError(
+            f"{str(folder)!r} holds a feature store of format {existing.get('format')!r}, "
+            f"written by another fxtap version (this one writes format {FORMAT}); pass "
+            "resume=False (--restart) to erase it and start over, or another out= (--out)"
+        )
     else:
         differs = differences(existing, meta)
         if differs:
