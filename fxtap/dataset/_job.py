@@ -119,6 +119,8 @@ def extract_dataset(
     chunk_size: int | None = None,
     model_spec: str | None = None,
     seed: int | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> JobResult:
     """Compute the taps of every sample of ``data`` and store them in ``out`` (zarr v3).
 
@@ -157,6 +159,12 @@ def extract_dataset(
         model_spec: how the model was named (stored in the metadata; default: its class).
         seed: the seed the model was built with (``torch.manual_seed``), recorded in the
             metadata; the command line sets ``--seed`` (default 0) before building the model.
+        channels_last: run a copy of the extractor, and 4-D inputs, in the channels-last
+            memory format (faster convolutions on CPU; values differ from eager within float
+            rounding, and are the same on every run).
+        compile: run the extractor through ``torch.compile`` (static shapes: one compiled
+            program per batch shape, the same on every run; compiling takes seconds to
+            minutes). Both are recorded: a resume with other settings is refused.
 
     Returns:
         A ``JobResult``; ``.summary()`` gives time, throughput and bytes.
@@ -189,6 +197,8 @@ def extract_dataset(
         chunk_size=chunk_size,
         model_spec=model_spec,
         seed=seed,
+        channels_last=channels_last,
+        compile=compile,
     )
     ranks = join(options.device)
     try:
@@ -214,13 +224,14 @@ def _run(
     if total == 0:
         raise InvalidArgumentError("data= has no samples; pass a dataset with at least one")
     device = o.device
-    extractor = _extractor(model, o.return_nodes, device, ranks)
+    extractor = _extractor(model, o.return_nodes, device, ranks, o.channels_last)
     store_dtype = _taps.parse_dtype(o.dtype)
     was_training = extractor.training
     extractor.eval()
     try:
         with torch.inference_mode():
-            probe = _loop.probe(extractor, source, device, skip_bad=o.skip_bad)
+            layout = torch.channels_last if o.channels_last else None
+            probe = _loop.probe(extractor, source, device, layout, skip_bad=o.skip_bad)
             pools = _taps.parse_pool(o.pool, list(probe))
             taps = {k: _taps.prepare(k, v, pools.get(k), store_dtype, 0) for k, v in probe.items()}
             raw = sum(v.numel() * v.element_size() for v in probe.values())
@@ -252,7 +263,9 @@ def _run(
                 o.skip_bad,
                 _bar_label(ranks) if o.progress and ranks.rank == 0 else None,
             )
-            outcome = _loop.compute(extractor, source, group, store, plan, device)
+            # NOTE: static shapes, so each batch shape always runs the same compiled program
+            runner: Any = torch.compile(extractor, dynamic=False) if o.compile else extractor
+            outcome = _loop.compute(runner, source, group, store, plan, device, layout)
             if outcome.signum is not None:
                 stored = sum(_rows(k, chunk, total) for k in _store.done_chunks(group))
                 raise JobInterrupted(out, stored, total, outcome.signum)
@@ -304,7 +317,7 @@ def _same_weights(ranks: Ranks, mine: str) -> None:
 
 
 def _extractor(
-    model: nn.Module, return_nodes: Any, device: torch.device, ranks: Ranks
+    model: nn.Module, return_nodes: Any, device: torch.device, ranks: Ranks, channels_last: bool
 ) -> nn.Module:
     """The extractor to run, on ``device``, holding rank 0's weights on every rank.
 
@@ -331,11 +344,13 @@ def _extractor(
             "with return_nodes=, or a FeatureExtractor"
         )
     here = {p.device for p in extractor.parameters()} | {b.device for b in extractor.buffers()}
-    if (here and here != {device}) or ranks.world_size > 1:
-        # NOTE: the caller's extractor stays where it is and keeps its weights; the job moves
-        # a copy, and under torchrun that copy receives rank 0's weights.
+    if (here and here != {device}) or ranks.world_size > 1 or channels_last:
+        # NOTE: the caller's extractor stays where it is and keeps its weights and layout; the
+        # job moves a copy, and under torchrun that copy receives rank 0's weights.
         extractor = copy.deepcopy(extractor).to(device)
         ranks.broadcast_module(extractor)
+        if channels_last:
+            extractor.to(memory_format=torch.channels_last)
     return extractor
 
 

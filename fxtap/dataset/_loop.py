@@ -57,7 +57,12 @@ class Outcome:
 
 
 def probe(
-    extractor: nn.Module, source: _data.Source, device: torch.device, *, skip_bad: bool
+    extractor: nn.Module,
+    source: _data.Source,
+    device: torch.device,
+    layout: torch.memory_format | None,
+    *,
+    skip_bad: bool,
 ) -> Probe:
     """The taps of the first readable sample, to learn shapes and dtypes before creating arrays."""
     guarded = _data._Guarded(source.dataset)
@@ -69,7 +74,7 @@ def probe(
                 _data.raise_bad(source.dataset, *batch.bad[0])
             continue
         _data.check_batch_error(batch)
-        result = Probe(forward(extractor, batch.inputs, device))
+        result = Probe(forward(extractor, batch.inputs, device, layout))
         result.labels = batch.labels
         inputs = batch.inputs.values() if isinstance(batch.inputs, dict) else [batch.inputs]
         result.input_bytes = sum(t.numel() * t.element_size() for t in inputs)
@@ -84,6 +89,7 @@ def compute(
     store: Any,
     plan: Plan,
     device: torch.device,
+    layout: torch.memory_format | None,
 ) -> Outcome:
     """Compute ``plan``'s chunks batch by batch and write each finished chunk."""
     total, batch_size, chunk = len(source.dataset), source.batch_size, plan.chunk
@@ -108,7 +114,7 @@ def compute(
             for (k, indices), batch in _until(stop, zip(batches, loader)):
                 if current is None or current.index != k:
                     current = _new_chunk(k, chunk, total, plan)
-                _fill(extractor, source, current, batch, plan, device)
+                _fill(extractor, source, current, batch, plan, device, layout)
                 computed += len(indices)
                 if bar is not None:
                     bar.update(len(indices))
@@ -125,12 +131,22 @@ def compute(
     return Outcome(computed, stop.signum)
 
 
-def forward(extractor: nn.Module, inputs: Any, device: torch.device) -> dict[str, Any]:
-    """Run the extractor on a batch moved to ``device``; its dict of taps."""
+def forward(
+    extractor: nn.Module,
+    inputs: Any,
+    device: torch.device,
+    layout: torch.memory_format | None = None,
+) -> dict[str, Any]:
+    """Run the extractor on a batch moved to ``device`` (4-D inputs in ``layout``); its taps."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device, non_blocking=True)
+        return t.contiguous(memory_format=layout) if layout is not None and t.dim() == 4 else t
+
     if isinstance(inputs, dict):
-        values = extractor(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+        values = extractor(**{k: move(v) for k, v in inputs.items()})
     else:
-        values = extractor(inputs.to(device, non_blocking=True))
+        values = extractor(move(inputs))
     if not isinstance(values, dict):
         raise InvalidArgumentError(
             f"the extractor returned a {type(values).__name__}, not a dict of taps; pass a "
@@ -139,7 +155,9 @@ def forward(extractor: nn.Module, inputs: Any, device: torch.device) -> dict[str
     return values
 
 
-def _fill(extractor, source, current: Chunk, batch: _data.Batch, plan: Plan, device) -> None:
+def _fill(
+    extractor, source, current: Chunk, batch: _data.Batch, plan: Plan, device, layout
+) -> None:
     for index, reason in batch.bad:
         if not plan.skip_bad:
             _data.raise_bad(source.dataset, index, reason)
@@ -152,7 +170,7 @@ def _fill(extractor, source, current: Chunk, batch: _data.Batch, plan: Plan, dev
     _data.check_batch_error(batch)
     if not batch.indices:
         return
-    values = forward(extractor, batch.inputs, device)
+    values = forward(extractor, batch.inputs, device, layout)
     rows = np.asarray(batch.indices) - current.start
     for key in plan.taps:
         value = _taps.prepare(key, values[key], plan.pools.get(key), plan.dtype, batch.indices[0])

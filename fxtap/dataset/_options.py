@@ -44,6 +44,8 @@ class JobOptions:
     chunk_size: int | None = None
     model_spec: str | None = None
     seed: int | None = None
+    channels_last: bool = False
+    compile: bool = False
 
 
 def require_extra() -> None:

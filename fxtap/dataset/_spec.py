@@ -92,6 +92,8 @@ def metadata(o, extractor, source, taps, pools, store_dtype, chunk, model) -> di
     job = {
         "model": o.model_spec or f"{type(model).__module__}.{type(model).__qualname__}",
         "seed": o.seed,
+        "channels_last": o.channels_last,
+        "compile": o.compile,
         "parameters_sha256": digest(extractor),
         "code_sha256": code_digest(extractor),
         "requested_nodes": requested,
