@@ -240,13 +240,11 @@ def _run(
             meta = spec.metadata(o, extractor, source, taps, pools, store_dtype, chunk, model)
             _same_weights(ranks, meta["job"]["parameters_sha256"])
             specs = spec.arrays(meta, taps, probe.labels, total, chunk)
-            if ranks.rank == 0:
-                existing = _store.size_on_disk(out) if out.is_dir() else 0
-                _options.check_disk(out, total * spec.sample_bytes(taps), existing)
             ids = _data.sample_ids(dataset)
             if ids is not None:
                 specs.append(_store.ArraySpec("ids", (total,), (min(chunk, total),), "str", "", {}))
-            state, repaired = _prepare(ranks, out, meta, specs, ids, resume=o.resume)
+            needed = total * spec.sample_bytes(taps)
+            state, repaired = _prepare(ranks, out, meta, specs, ids, o.resume, needed)
             ranks.barrier()
             group, store = _store.open_store(out)
             num_chunks = -(-total // chunk)
@@ -262,6 +260,8 @@ def _run(
                 probe.labels is not None,
                 o.skip_bad,
                 _bar_label(ranks) if o.progress and ranks.rank == 0 else None,
+                ranks.world_size,
+                0 if state == "complete" else total - resumed,
             )
             # NOTE: static shapes, so each batch shape always runs the same compiled program
             runner: Any = torch.compile(extractor, dynamic=False) if o.compile else extractor
@@ -302,7 +302,7 @@ def _rows(k: int, chunk: int, total: int) -> int:
 
 
 def _bar_label(ranks: Ranks) -> str:
-    return "fxtap run" + (f" (rank 0 of {ranks.world_size})" if ranks.world_size > 1 else "")
+    return "fxtap run" + (f" ({ranks.world_size} ranks)" if ranks.world_size > 1 else "")
 
 
 def _same_weights(ranks: Ranks, mine: str) -> None:
@@ -355,12 +355,13 @@ def _extractor(
 
 
 def _prepare(
-    ranks: Ranks, out: Path, meta, specs, ids, *, resume: bool
+    ranks: Ranks, out: Path, meta, specs, ids, resume: bool, needed: int
 ) -> tuple[str, tuple[int, ...]]:
-    """Rank 0 creates or checks the store; every rank gets its answer, or its error."""
+    """Rank 0 checks the disk, creates or checks the store; every rank gets its answer or error."""
     outcome: tuple[str, Any] = ("ok", ("new", ()))
     if ranks.rank == 0:
         try:
+            _options.check_disk(out, needed, _store.size_on_disk(out) if out.is_dir() else 0)
             outcome = ("ok", _store.prepare(out, meta, specs, ids, resume=resume))
         except FxtapError as exc:
             outcome = (type(exc).__name__, str(exc))

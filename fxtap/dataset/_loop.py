@@ -46,6 +46,8 @@ class Plan:
     has_labels: bool
     skip_bad: bool
     progress: str | None  # the progress bar's label, None for no bar
+    ranks: int = 1  # the bar shows all ranks' work, estimated as this rank's times the ranks
+    todo: int = 0  # samples left to compute by all ranks
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,9 @@ def compute(
     if plan.progress is not None:
         from tqdm.auto import tqdm
 
-        n = sum(len(b) for _, b in batches)
-        bar = tqdm(total=n, unit="sample", desc=plan.progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=plan.todo, unit="sample", desc=plan.progress, file=sys.stderr, dynamic_ncols=True
+        )
     computed = 0
     current: Chunk | None = None
     loader = _data.loader(source, [b for _, b in batches], pin_memory=device.type == "cuda")
@@ -117,7 +120,7 @@ def compute(
                 _fill(extractor, source, current, batch, plan, device, layout)
                 computed += len(indices)
                 if bar is not None:
-                    bar.update(len(indices))
+                    bar.update(min(len(indices) * plan.ranks, plan.todo - bar.n))
                 if indices[-1] + 1 == current.stop:  # the chunk's last batch: hand it over
                     writer.put(current)
                     current = None
