@@ -12,6 +12,7 @@ import pytest
 from dataset_helpers import tree
 
 import fxtap
+from fxtap import _extras
 from fxtap.cli import main
 from fxtap.dataset import _options, _store
 
@@ -148,7 +149,7 @@ def test_bad_input_is_one_line_before_the_model_is_built(files, capsys, monkeypa
     small = ["--data", "fakedata:4", "--resize", "16", "--crop", "16"]
     assert main([*base, *small, "--out", "b", "--batch-size", "99999999999"]) == 0
     assert fxtap.open_features("b")["act"].shape == (4, 4, 14, 14)
-    monkeypatch.setattr(_options.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(_extras, "_importable", lambda name: name != "zarr")
     assert main([*base, *small, "--out", "c"]) == 1
     assert "pip install 'fxtap[dataset]'" in capsys.readouterr().err
 

@@ -185,17 +185,14 @@ def run(args: argparse.Namespace) -> int:
     """
     import torch
 
+    from fxtap._extras import require_extra
     from fxtap.cli._datasets import load_data, transform_for
     from fxtap.cli._models import load_spec
-    from fxtap.dataset._options import (
-        check_cpu_workers,
-        check_out_outside_data,
-        parse_device,
-        require_extra,
-    )
     from fxtap.errors import InvalidArgumentError
 
-    require_extra()
+    require_extra("dataset", purpose="fxtap run")
+    from fxtap.dataset._options import check_cpu_workers, check_out_outside_data, parse_device
+
     parse_device(args.device)
     if args.num_workers is not None:
         check_cpu_workers(args.num_workers)

@@ -183,7 +183,6 @@ def extract_dataset(
     >>> result = extract_dataset(model, images, "feats", return_nodes=["layer4"], pool="avg")  # doctest: +SKIP
     """
     start = time.perf_counter()
-    _options.require_extra()
     options = JobOptions(
         return_nodes=return_nodes,
         batch_size=batch_size,

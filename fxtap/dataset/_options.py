@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import warnings
@@ -12,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fxtap.errors import FxtapError, InvalidArgumentError, ResourceError
+from fxtap.errors import InvalidArgumentError, ResourceError
 
 __all__ = [
     "JobOptions",
@@ -21,7 +20,6 @@ __all__ = [
     "check_memory",
     "check_out_outside_data",
     "parse_device",
-    "require_extra",
 ]
 
 
@@ -46,17 +44,6 @@ class JobOptions:
     seed: int | None = None
     channels_last: bool = False
     compile: bool = False
-
-
-def require_extra() -> None:
-    """Raise a one-line error when the ``dataset`` extra (zarr, tqdm) is not installed."""
-    missing = [name for name in ("zarr", "tqdm") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise FxtapError(
-            f"the dataset job needs {' and '.join(missing)}, which "
-            + ("is" if len(missing) == 1 else "are")
-            + " not installed; install the dataset extra: pip install 'fxtap[dataset]'"
-        )
 
 
 def parse_device(device: str | torch.device | None) -> torch.device:
