@@ -34,7 +34,7 @@ def build(act="relu"):
     return Net(act)
 """
 
-# 200 small tensors; loading sample STOP sends SIGINT to this process once (a file arms it).
+# 200 small tensors; a file "armed" makes loading one sample send a signal to this process once.
 DATA_FILE = """
 import os, signal, torch
 from torch.utils.data import Dataset
@@ -44,11 +44,12 @@ class Numbers(Dataset):
         return 200
 
     def __getitem__(self, i):
-        if i == 100 and os.path.exists("armed"):
+        if os.path.exists("armed"):  # "SIGNAL AT": send SIGNAL when sample AT is loaded
             with open("armed") as f:
-                name = f.read() or "SIGINT"
-            os.remove("armed")
-            os.kill(os.getpid(), getattr(signal, name))
+                name, at = f.read().split()
+            if i == int(at):
+                os.remove("armed")
+                os.kill(os.getpid(), getattr(signal, name))
         return torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(i)), i % 3
 
 def make():
@@ -71,7 +72,7 @@ def test_a_random_weight_spec_resumes_with_the_same_seed(files, capsys):
     assert main([*ARGV, "--out", "ref"]) == 0
     meta = fxtap.open_features("ref").metadata["job"]
     assert meta["seed"] == 0 and meta["chunk_size"] == 4  # 200 / 64 samples, whole batches
-    Path("armed").write_text("")
+    Path("armed").write_text("SIGINT 100")
     assert main([*ARGV, "--out", "o"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
@@ -83,6 +84,16 @@ def test_a_random_weight_spec_resumes_with_the_same_seed(files, capsys):
     assert command.startswith("fxtap run net.py:build") and "--restart" not in command
     assert main(shlex.split(command)[1:]) == 0
     assert tree(Path("o")) == tree(Path("ref"))
+    # four more points, a second interruption of a resumed job among them
+    for at in (1, 57, 163, 199):
+        Path("armed").write_text(f"SIGINT {at}")
+        assert main([*ARGV, "--out", f"o{at}"]) == 130, at
+        if at == 57:
+            Path("armed").write_text("SIGINT 130")
+            assert main([*ARGV, "--out", f"o{at}"]) == 130
+        assert main([*ARGV, "--out", f"o{at}"]) == 0
+        assert tree(Path(f"o{at}")) == tree(Path("ref")), at
+    capsys.readouterr()
     # another seed is other weights: refused, saying why and what to do
     assert main([*ARGV, "--out", "o", "--seed", "1"]) == 1
     err = capsys.readouterr().err
@@ -155,7 +166,7 @@ def test_bad_input_is_one_line_before_the_model_is_built(files, capsys, monkeypa
 
 
 def test_sigterm_keeps_the_finished_chunks_too(files, capsys):
-    Path("armed").write_text("SIGTERM")
+    Path("armed").write_text("SIGTERM 100")
     assert main([*ARGV, "--out", "o"]) == 143
     assert "fxtap: interrupted: stored 100 of 200 samples" in capsys.readouterr().err
     assert main([*ARGV, "--out", "o"]) == 0  # the same command resumes
