@@ -1,4 +1,4 @@
-"""Stage 4: build a feature extractor holding one pruned graph per mode."""
+"""Build a feature extractor holding one pruned graph per mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3: prune a traced graph down to what the requested nodes need."""
+"""Prune a traced graph down to what the requested nodes need."""
 
 from __future__ import annotations
 
@@ -190,10 +190,8 @@ def _passes_through(node: fx.Node, owner: fx.GraphModule) -> bool:
 
 def _pass_through_modules() -> tuple[type, ...]:
     kinds: list[type] = [nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd]
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return tuple(kinds)
+    from torchvision.ops import StochasticDepth
+
     return (*kinds, StochasticDepth)
 
 
@@ -205,10 +203,8 @@ def _pass_through_functions() -> set[Any]:
         if hasattr(nn.functional, n)
     }  # fmt: skip
     found |= {getattr(torch, n) for n in ("dropout", "alpha_dropout") if hasattr(torch, n)}
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # pragma: no cover
-        return found
+    from torchvision.ops import stochastic_depth
+
     return found | {stochastic_depth}
 
 

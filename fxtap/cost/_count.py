@@ -1,4 +1,4 @@
-"""Stage 5a: count what a graph costs without timing it: FLOPs per node, parameters, liveness."""
+"""Count what a graph costs without timing it: FLOPs per node, parameters, liveness."""
 
 from __future__ import annotations
 

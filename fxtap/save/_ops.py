@@ -33,7 +33,6 @@ __all__ = [
     "check_treespec",
     "encode_op",
     "encode_treespec",
-    "op_key",
     "resolve_op",
 ]
 
@@ -49,11 +48,6 @@ class TreeSpecText:
     """A pytree spec, as text written from a checked ``{"treespec": ...}`` value."""
 
     text: str
-
-
-def op_key(op: torch._ops.OpOverload) -> str:
-    """``ns::name.overload`` of an operator overload (``aten::add.Tensor``, ``aten::abs.default``)."""
-    return f"{op.namespace}::{op._opname}.{op._overloadname}"
 
 
 def encode_op(target: Any) -> dict[str, list[str]] | None:
