@@ -126,7 +126,7 @@ class CaptureExtractor(Extractor):
             else:
                 raise RuntimeError(
                     f"node {name!r} (output key {key!r}) was not reached: its module was not "
-                    f"called during this {mode}-mode forward of {self.model._get_name()}"
+                    f"called during this {mode}-mode forward of {type(self.model).__name__}"
                 )
         return result
 
