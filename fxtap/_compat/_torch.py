@@ -161,7 +161,7 @@ def tree_map(fn: Callable[[Any], Any], tree: Any) -> Any:
 
 
 def tree_leaves(tree: Any) -> list[Any]:
-    """The leaves of ``tree``, in order (``None`` holds none, as in torch's pytree)."""
+    """The leaves of ``tree``, in order (``None`` is a leaf, as in torch's pytree)."""
     if use_private():
         return torch.utils._pytree.tree_leaves(tree)
     leaves: list[Any] = []
@@ -170,8 +170,6 @@ def tree_leaves(tree: Any) -> list[Any]:
 
 
 def _rebuild(tree: Any, fn: Callable[[Any], Any]) -> Any:
-    if tree is None:
-        return None
     if isinstance(tree, dict):
         items = [(k, _rebuild(v, fn)) for k, v in tree.items()]
         if isinstance(tree, collections.defaultdict):
@@ -232,10 +230,12 @@ class _ModuleFirst:
     """A ``(state_dict, prefix, ...)`` hook in the public ``(module, state_dict, ...)`` form."""
 
     def __init__(self, hook: Callable[..., None]) -> None:
-        self.hook = hook
+        # NOTE: not named ``hook``: torch's wrapper copies this __dict__ onto itself
+        # (functools.update_wrapper), which would put the unwrapped hook back in its place
+        self.inner = hook
 
     def __call__(self, _module: nn.Module, *args: Any) -> None:
-        self.hook(*args)
+        self.inner(*args)
 
 
 def reparametrize(module: nn.Module, names: Iterable[str]) -> None:
