@@ -26,13 +26,8 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
-from torch.utils import _pytree as pytree
 
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - torch runs without numpy
-    np = None  # type: ignore[assignment]
-
+from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._export_check import check_export, check_higher_order_ops, kept_rng
@@ -41,6 +36,11 @@ from fxtap.trace._export_names import ModuleCalls, assign_names
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - torch runs without numpy
+    np = None  # type: ignore[assignment]
 
 __all__ = ["check_batch", "export_trace", "rebuild_output", "split_example_inputs"]
 
@@ -148,7 +148,7 @@ def _export(
     every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes."""
     name = type(model).__name__
     mode = "train" if training else "eval"
-    state = {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
+    state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
     with restore_training(model):
         model.train(training)
         # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
@@ -168,7 +168,9 @@ def _export(
                     ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
             raise _export_error(name, mode, exc, model=model) from exc
-    changed = [k for k, v in model.state_dict(keep_vars=True).items() if v._version != state[k]]
+    changed = [
+        k for k, v in model.state_dict(keep_vars=True).items() if version_mark(v) != state[k]
+    ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
     return ep

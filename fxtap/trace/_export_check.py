@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
+from fxtap._compat import pytree
 from fxtap.errors import TraceError
 from fxtap.trace._mistrace import difference, find_mistrace, frozen_state
 from fxtap.trace._options import restore_training

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
+from fxtap._compat import pytree
 from fxtap.errors import InvalidArgumentError, close_matches, format_choices
 
 __all__ = ["dynamic_shapes_for", "given_shapes"]
