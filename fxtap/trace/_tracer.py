@@ -90,11 +90,8 @@ class NodePathTracer(fx.Tracer):
             nodes (torch.fx's argument).
         autowrap_functions: functions recorded as single nodes (torch.fx's argument); unlike
             torch.fx, names starting with ``_`` are recorded too (``_private``).
-        param_shapes_constant: torch.fx's argument.
+        param_shapes_constant, proxy_buffer_attributes: torch.fx's (buffers read as proxies).
         record_source: record the user's ``file:line`` for each node in ``node.meta``.
-        proxy_buffer_attributes: torch.fx's attribute: a buffer read in traced code is a
-            ``get_attr`` proxy, so Python code may index it with traced values
-            (``self.position_ids[:, :seq_length]``).
 
     >>> tracer = NodePathTracer()
     >>> graph = tracer.trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
