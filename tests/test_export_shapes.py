@@ -206,3 +206,23 @@ def test_transformers_models_are_pruned_with_no_options(arch: str) -> None:
     assert _graph_params(ex, "eval") < num_params(model)
     assert not any(n == later or n.startswith(later + ".") for n in ex.kept["eval"])
     _check(ex, model, arch, inputs)
+
+
+@pytest.mark.hf
+def test_flaubert_built_at_12_tokens_gives_the_shape_and_values_of_7() -> None:
+    """Exported with only the batch dynamic, flaubert returned a (3, 5, 2048) tap for 7 tokens
+    with no error; with every dim dynamic it is the model's value."""
+    pytest.importorskip("transformers")
+    from hf_zoo import tiny_model
+
+    model = tiny_model("flaubert").eval()
+    ids = torch.randint(3, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    ex = fxtap.create_feature_extractor(model, ["layer_norm2.0"], example_inputs={"input_ids": ids})
+    assert isinstance(ex, FeatureExtractor)
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.layer_norm2[0].register_forward_hook(lambda m, a, o: seen.setdefault("v", o))
+    with torch.no_grad():
+        model(input_ids=ids[:, :7])
+        handle.remove()
+        got = ex(input_ids=ids[:, :7])["layer_norm2.0"]
+    assert got.shape == seen["v"].shape == (3, 7, 2048) and bitwise_equal(got, seen["v"])
