@@ -13,6 +13,8 @@ from torch import fx, nn
 from fxtap._parametrized import base_class, is_parametrized
 from fxtap.errors import InvalidArgumentError
 from fxtap.save._allowlist import resolve
+from fxtap.save._hf import encode_transformers, is_transformers_model
+from fxtap.save._state import arguments_of
 
 __all__ = ["Tensors", "encode", "encode_module", "function_path", "unsavable"]
 
@@ -120,14 +122,22 @@ def _encode_object(value: Any, tensors: Tensors) -> Any:
 def encode_module(
     module: nn.Module, path: str, tensors: Tensors, memo: dict[int, str]
 ) -> dict[str, Any]:
+    """The spec of ``module``: class, public attributes, tensors, children.
+
+    Private attributes (``_name``) are never stored: those some torch and torchvision classes
+    need are rebuilt on load (``fxtap.save._state``). A Hugging Face model is stored as its
+    class, config and weights (``fxtap.save._hf``).
+    """
     if id(module) in memo:
         return {"same_as": memo[id(module)]}
     memo[id(module)] = path
+    if is_transformers_model(module):
+        return encode_transformers(module, path, tensors.add)
     parametrized = is_parametrized(module)
     cls = base_class(module)
     config = {}
     for key, value in vars(module).items():
-        if key in _MODULE_INTERNALS:
+        if key in _MODULE_INTERNALS or key.startswith("_"):
             continue
         try:
             config[key] = encode(value, tensors)
@@ -151,6 +161,9 @@ def encode_module(
             for k, v in module._modules.items()
         },
     }
+    arguments = arguments_of(module)
+    if arguments:
+        spec["arguments"] = {k: encode(v) for k, v in arguments.items()}
     if parametrized:  # the tensors under ``parametrizations`` are computed on access
         spec["parametrized"] = True
     return spec

@@ -1,0 +1,354 @@
+"""Hugging Face models in the safe format: class, config, transformers version and kept weights.
+
+A ``transformers.PreTrainedModel`` is not stored as a module tree (its modules hold
+transformers' private state, such as ``_kernel_funcs``, which changes between releases): the
+file records what transformers itself needs to rebuild it, as ``save_pretrained`` does: the
+model class (allowlisted), ``config.to_dict()`` as checked plain data, the attention
+implementation, the transformers version, and the tensors it keeps by path. Loading rebuilds
+the model with the class's ``_from_config`` on the ``meta`` device (no weights are
+downloaded, nothing is initialised, nothing from the file becomes code), puts the stored
+tensors in place and checks that every tensor the rebuilt model holds came from the file.
+
+A file written under another transformers version is refused with a ``LoadError`` naming
+both versions: the same class and config may build a model that computes other values.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxtap.errors import InvalidArgumentError, LoadError
+from fxtap.save import _allowlist
+from fxtap.save._schema import (
+    CONSTANTS,
+    as_bool,
+    as_object,
+    as_string,
+    as_strings,
+    check_keys,
+    closest,
+    decode,
+    dotted_path,
+)
+
+__all__ = [
+    "ATTENTION",
+    "TAG",
+    "TransformersSpec",
+    "build_transformers",
+    "check_transformers",
+    "encode_transformers",
+    "is_transformers_model",
+]
+
+#: The key of a module spec that holds a Hugging Face model.
+TAG = "transformers"
+#: Attention implementations the safe loader rebuilds: transformers' own, never a hub kernel.
+ATTENTION = frozenset({"eager", "sdpa"})
+_KEYS = frozenset({"class", "version", "config", "attention", "training"})
+_KEYS |= {"parameters", "buffers", "dropped"}
+_CONFIG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}|_name_or_path")
+#: Config keys that make transformers fetch or run code from elsewhere, never written.
+_REFUSED_KEYS = frozenset({"auto_map", "quantization_config", "attn_implementation"})
+_PLAIN = (bool, int, float, str, type(None))
+
+
+@dataclass(frozen=True)
+class TransformersSpec:
+    """A checked Hugging Face model: everything ``_from_config`` and the weights need."""
+
+    path: str
+    cls: str
+    version: str
+    config: dict[str, Any]
+    attention: str
+    training: bool
+    parameters: dict[str, str]
+    buffers: dict[str, str]
+    dropped: tuple[str, ...]
+
+
+def is_transformers_model(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``transformers.PreTrainedModel`` (transformers not imported
+    means it cannot be one)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(module, transformers.PreTrainedModel)
+
+
+def encode_transformers(
+    model: nn.Module, path: str, add_tensor: Callable[[torch.Tensor], str]
+) -> dict[str, Any]:
+    """The spec of Hugging Face ``model``; its tensors go to ``add_tensor``.
+
+    Raises:
+        InvalidArgumentError: the model is not what its class and config rebuild (a module
+            replaced or an attribute changed after construction), its config is not plain
+            data, or it uses an attention implementation the safe loader does not rebuild.
+    """
+    from fxtap.capture._reach import Dropped
+    from fxtap.save._encode import encode, unsavable
+
+    cls = type(model)
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    where = f"module {path!r} ({cls.__name__})"
+    # NOTE: transformers keeps the attention implementation in a private config field that
+    # to_dict leaves out; it changes the values (sdpa and eager round differently)
+    attention = getattr(model.config, "_attn_implementation", None) or "eager"
+    if attention not in ATTENTION:
+        raise unsavable(f"{where} attention implementation {attention!r}")
+    config = model.config.to_dict()
+    try:
+        _check_config(config, type(model.config), where)
+    except LoadError as exc:
+        raise unsavable(f"{where} config ({exc})") from exc
+    dropped = [p for p, m in model.named_modules() if isinstance(m, Dropped)]
+    kept = _outside(dropped)
+    spec = {
+        "class": name,
+        "version": _installed() or "",
+        "config": encode(config),
+        "attention": attention,
+        "training": model.training,
+        "parameters": {
+            k: add_tensor(v)
+            for k, v in model.named_parameters(remove_duplicate=False)
+            if kept(k)
+        },
+        "buffers": {
+            k: add_tensor(v) for k, v in model.named_buffers(remove_duplicate=False) if kept(k)
+        },
+        "dropped": dropped,
+    }
+    rebuilt = type(model.config).from_dict(config)
+    if rebuilt.to_dict() != config:
+        raise unsavable(f"{where} config (from_dict does not read its to_dict back)")
+    fresh = _rebuild(cls, rebuilt, attention)
+    difference = _difference(model, fresh, kept)
+    if difference:
+        raise InvalidArgumentError(
+            f"{where} is not what {cls.__name__}._from_config(model.config) builds: "
+            f"{difference}; the safe format stores a Hugging Face model as its class, config "
+            "and weights. Save with fmt='pickle' (--format pickle) and load it with trust=True"
+        )
+    return {TAG: spec}
+
+
+def check_transformers(
+    raw: Any, path: str, where: str, tensor: Callable[[Any, str, bool], str], *, trust: bool
+) -> TransformersSpec:
+    """Validate a Hugging Face model spec; ``tensor(ref, where, parameter)`` checks a key."""
+    spec = as_object(raw, where)
+    check_keys(spec, _KEYS, None, where)
+    cls = as_string(spec["class"], f"{where}.class")
+    if cls not in _allowlist.TRANSFORMERS and not trust:
+        raise LoadError(
+            f"{where}.class: {cls!r:.80} is not a Hugging Face model class the safe loader "
+            f"allows{closest(cls, _allowlist.TRANSFORMERS)}. Pass trust=True (--trust) only if "
+            "you trust the file"
+        )
+    version = as_string(spec["version"], f"{where}.version")
+    installed = _installed()
+    if installed is None:
+        raise LoadError(
+            f"{where}: it holds a {cls.rpartition(':')[2]} saved with transformers {version}, "
+            f"which is not installed. Install it with: pip install 'transformers=={version}'"
+        )
+    if version != installed:
+        raise LoadError(
+            f"{where}: it holds a {cls.rpartition(':')[2]} saved with transformers {version!r:.40}"
+            f", but transformers {installed} is installed; a model rebuilt by another version "
+            f"may compute other values. Install the saving version (pip install "
+            f"'transformers=={version:.40}'), or build the extractor again under "
+            f"transformers {installed} and save it again"
+        )
+    attention = as_string(spec["attention"], f"{where}.attention")
+    if attention not in ATTENTION and not trust:
+        raise LoadError(
+            f"{where}.attention: {attention!r:.40} is not one of {sorted(ATTENTION)}; pass "
+            "trust=True (--trust) only if you trust the file"
+        )
+    config = decode(spec["config"], f"{where}.config", _plain)
+    if not isinstance(config, dict):
+        raise LoadError(f"{where}.config: expected a dict")
+    tensors: dict[str, dict[str, str]] = {}
+    for kind in ("parameters", "buffers"):
+        tensors[kind] = {}
+        for name, ref in as_object(spec[kind], f"{where}.{kind}").items():
+            field = f"{where}.{kind}.{name}"
+            dotted_path(name, field, top_level=False)
+            tensors[kind][name] = tensor(ref, field, kind == "parameters")
+    dropped = as_strings(spec["dropped"], f"{where}.dropped")
+    for i, item in enumerate(dropped):
+        dotted_path(item, f"{where}.dropped[{i}]", top_level=False)
+    return TransformersSpec(
+        path=path,
+        cls=cls,
+        version=version,
+        config=config,
+        attention=attention,
+        training=as_bool(spec["training"], f"{where}.training"),
+        parameters=tensors["parameters"],
+        buffers=tensors["buffers"],
+        dropped=tuple(dropped),
+    )
+
+
+def build_transformers(
+    spec: TransformersSpec,
+    tensors: Mapping[str, torch.Tensor],
+    model_class: Callable[[str], type[nn.Module]],
+) -> nn.Module:
+    """The model of a checked spec: rebuilt by its class's ``_from_config``, then given the
+    stored tensors; ``model_class(path)`` resolves the allowlisted (or trusted) class."""
+    from fxtap.capture._reach import Dropped
+
+    where = f"modules.{spec.path}"
+    cls = model_class(spec.cls)
+    config_class = getattr(cls, "config_class", None)
+    if not (isinstance(cls, type) and _is_model_class(cls)) or config_class is None:
+        raise LoadError(f"{where}.class: {spec.cls} is not a Hugging Face model class")
+    _check_config(spec.config, config_class, f"{where}.config")
+    config = config_class.from_dict(spec.config)
+    if config.to_dict() != spec.config:
+        raise LoadError(f"{where}.config: {config_class.__name__} does not read it back as stored")
+    try:
+        model = _rebuild(cls, config, spec.attention)
+    except (TypeError, ValueError, KeyError, AttributeError, ImportError, RuntimeError) as exc:
+        raise LoadError(f"{where}: {cls.__name__} cannot be built from the stored config: {exc}")
+    for path in spec.dropped:
+        parent, _, name = path.rpartition(".")
+        try:
+            owner = model.get_submodule(parent)
+            replaced = owner.get_submodule(name)
+        except AttributeError as exc:
+            raise LoadError(f"{where}.dropped: {path!r} is not a module of {cls.__name__}") from exc
+        setattr(owner, name, Dropped(path, type(replaced).__name__, cls.__name__))
+    kept = _outside(list(spec.dropped))
+    for kind, stored, held in (
+        ("parameters", spec.parameters, dict(model.named_parameters(remove_duplicate=False))),
+        ("buffers", spec.buffers, dict(model.named_buffers(remove_duplicate=False))),
+    ):
+        held = {k: v for k, v in held.items() if kept(k)}
+        if set(held) != set(stored):
+            extra, absent = sorted(set(stored) - set(held)), sorted(set(held) - set(stored))
+            raise LoadError(
+                f"{where}.{kind}: {cls.__name__} holds {absent[:3]} but the file does not, and "
+                f"the file holds {extra[:3]} but the model does not"
+            )
+        for name, ref in stored.items():
+            value = tensors[ref]
+            if value.shape != held[name].shape:
+                raise LoadError(
+                    f"{where}.{kind}.{name}: a tensor of shape {list(value.shape)}, but "
+                    f"{cls.__name__} holds {list(held[name].shape)} there"
+                )
+            owner_path, _, field = name.rpartition(".")
+            setattr(model.get_submodule(owner_path), field, value)
+    return model.train(spec.training)
+
+
+def _is_model_class(cls: type) -> bool:
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and issubclass(cls, transformers.PreTrainedModel)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _installed() -> str | None:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _rebuild(cls: Any, config: Any, attention: str) -> nn.Module:
+    # NOTE: on the meta device nothing is allocated or initialised (no RNG draw): the stored
+    # tensors replace every tensor the model holds
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model: nn.Module = cls._from_config(config, attn_implementation=attention)
+    return model
+
+
+def _outside(dropped: list[str]) -> Callable[[str], bool]:
+    return lambda name: not any(name.startswith(p + ".") or name == p for p in dropped)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Plain data only: scalars, lists, tuples and dicts of them."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) not in ("tuple", "dict"):
+        raise LoadError(f"{where}: a config holds plain data only")
+    return decode(value, where, _plain)
+
+
+def _check_config(config: Mapping[str, Any], config_class: type, where: str) -> None:
+    """Keys are plain names that run no setter code but transformers' own, values plain."""
+    for key, value in config.items():
+        field = f"{where}.{key}"
+        if not (isinstance(key, str) and _CONFIG_KEY.fullmatch(key)) or key in _REFUSED_KEYS:
+            raise LoadError(f"{field}: {key!r:.60} is not a config key fxtap stores")
+        default = inspect.getattr_static(config_class, key, None)
+        if callable(default) or (
+            hasattr(type(default), "__get__") and not isinstance(default, property)
+        ):
+            raise LoadError(f"{field}: {key!r} names a method of {config_class.__name__}")
+        if key in ("dtype", "torch_dtype") and value is not None:
+            if not (isinstance(value, str) and value in CONSTANTS["dtype"]):
+                raise LoadError(f"{field}: {value!r:.40} is not a torch dtype name")
+        _check_plain(value, field)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise LoadError(f"{where}: a key of type {type(key).__name__}")
+            _check_plain(item, f"{where}.{key}")
+    else:
+        raise LoadError(f"{where}: a {type(value).__name__} is not plain data")
+
+
+def _difference(model: nn.Module, fresh: nn.Module, kept: Callable[[str], bool]) -> str:
+    """The first way ``model`` differs from ``fresh`` (rebuilt from its config), or ''."""
+    from fxtap.capture._reach import Dropped
+
+    built = dict(fresh.named_modules(remove_duplicate=False))
+    for path, module in model.named_modules(remove_duplicate=False):
+        if not kept(path) or isinstance(module, Dropped):
+            continue
+        other = built.get(path)
+        if type(other) is not type(module):
+            return f"module {path!r} is a {type(module).__name__}, not {type(other).__name__}"
+        for key, value in vars(module).items():
+            if key.startswith("_") or key == "training" or not _is_plain(value):
+                continue
+            if key not in vars(other) or vars(other)[key] != value:
+                return f"{path or 'the model'}.{key} = {value!r:.40}, not {vars(other).get(key)!r:.40}"
+    ours = {k: v.shape for k, v in model.state_dict(keep_vars=True).items() if kept(k)}
+    theirs = {k: v.shape for k, v in fresh.state_dict(keep_vars=True).items() if kept(k)}
+    if ours != theirs:
+        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        return f"its tensors differ at {changed[:3]}"
+    return ""
+
+
+def _is_plain(value: Any) -> bool:
+    try:
+        _check_plain(value, "")
+    except LoadError:
+        return False
+    return True
