@@ -25,8 +25,8 @@ from fxtap.errors import FxtapError, LoadError, TraceError
 from fxtap.save import _allowlist
 from fxtap.save._build import build_module, function, module_class
 from fxtap.save._config import Modules
-from fxtap.save._hf import TransformersSpec
 from fxtap.save._encode import Tensors, encode_module, function_path, unsavable
+from fxtap.save._hf import TransformersSpec
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MODES, header, tensor_list
 from fxtap.save._schema import (
     ModuleSpec,

@@ -15,6 +15,7 @@ both versions: the same class and config may build a model that computes other v
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import inspect
 import re
@@ -85,7 +86,7 @@ def is_transformers_model(module: nn.Module) -> bool:
 
 
 def encode_transformers(
-    model: nn.Module, path: str, add_tensor: Callable[[torch.Tensor], str]
+    model: Any, path: str, add_tensor: Callable[[torch.Tensor], str]
 ) -> dict[str, Any]:
     """The spec of Hugging Face ``model``; its tensors go to ``add_tensor``.
 
@@ -119,9 +120,7 @@ def encode_transformers(
         "attention": attention,
         "training": model.training,
         "parameters": {
-            k: add_tensor(v)
-            for k, v in model.named_parameters(remove_duplicate=False)
-            if kept(k)
+            k: add_tensor(v) for k, v in model.named_parameters(remove_duplicate=False) if kept(k)
         },
         "buffers": {
             k: add_tensor(v) for k, v in model.named_buffers(remove_duplicate=False) if kept(k)
@@ -217,13 +216,20 @@ def build_transformers(
     if not (isinstance(cls, type) and _is_model_class(cls)) or config_class is None:
         raise LoadError(f"{where}.class: {spec.cls} is not a Hugging Face model class")
     _check_config(spec.config, config_class, f"{where}.config")
-    config = config_class.from_dict(spec.config)
+    # NOTE: transformers' own validation raises its own types (huggingface_hub's
+    # StrictDataclassFieldValidationError): any failure to read the config refuses the file
+    try:
+        config = config_class.from_dict(spec.config)
+    except Exception as exc:
+        raise LoadError(f"{where}.config: {config_class.__name__} refuses it: {exc}") from exc
     if config.to_dict() != spec.config:
         raise LoadError(f"{where}.config: {config_class.__name__} does not read it back as stored")
     try:
         model = _rebuild(cls, config, spec.attention)
-    except (TypeError, ValueError, KeyError, AttributeError, ImportError, RuntimeError) as exc:
-        raise LoadError(f"{where}: {cls.__name__} cannot be built from the stored config: {exc}")
+    except Exception as exc:  # as above: the library refuses the config
+        raise LoadError(
+            f"{where}: {cls.__name__} cannot be built from the stored config: {exc}"
+        ) from exc
     for path in spec.dropped:
         parent, _, name = path.rpartition(".")
         try:
@@ -297,14 +303,21 @@ def _check_config(config: Mapping[str, Any], config_class: type, where: str) -> 
         if not (isinstance(key, str) and _CONFIG_KEY.fullmatch(key)) or key in _REFUSED_KEYS:
             raise LoadError(f"{field}: {key!r:.60} is not a config key fxtap stores")
         default = inspect.getattr_static(config_class, key, None)
-        if callable(default) or (
-            hasattr(type(default), "__get__") and not isinstance(default, property)
-        ):
+        if isinstance(default, property):
+            # NOTE: setting one runs its setter: only those to_dict itself writes
+            if default.fset is None or key not in _default_keys(config_class):
+                raise LoadError(f"{field}: {key!r} names a property of {config_class.__name__}")
+        elif callable(default) or hasattr(type(default), "__get__"):
             raise LoadError(f"{field}: {key!r} names a method of {config_class.__name__}")
-        if key in ("dtype", "torch_dtype") and value is not None:
-            if not (isinstance(value, str) and value in CONSTANTS["dtype"]):
-                raise LoadError(f"{field}: {value!r:.40} is not a torch dtype name")
+        dtype = key in ("dtype", "torch_dtype") and value is not None
+        if dtype and not (isinstance(value, str) and value in CONSTANTS["dtype"]):
+            raise LoadError(f"{field}: {value!r:.40} is not a torch dtype name")
         _check_plain(value, field)
+
+
+@functools.cache
+def _default_keys(config_class: type) -> frozenset[str]:
+    return frozenset(config_class().to_dict())
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -337,7 +350,9 @@ def _difference(model: nn.Module, fresh: nn.Module, kept: Callable[[str], bool])
             if key.startswith("_") or key == "training" or not _is_plain(value):
                 continue
             if key not in vars(other) or vars(other)[key] != value:
-                return f"{path or 'the model'}.{key} = {value!r:.40}, not {vars(other).get(key)!r:.40}"
+                return (
+                    f"{path or 'the model'}.{key} = {value!r:.40}, not {vars(other).get(key)!r:.40}"
+                )
     ours = {k: v.shape for k, v in model.state_dict(keep_vars=True).items() if kept(k)}
     theirs = {k: v.shape for k, v in fresh.state_dict(keep_vars=True).items() if kept(k)}
     if ours != theirs:

@@ -104,7 +104,7 @@ class Checked:
     class_name: str
     training: bool
     graphs: dict[str, tuple[NodeSpec, ...]]
-    modules: dict[str, ModuleSpec | str]
+    modules: dict[str, Any]  # ModuleSpec, same_as path or TransformersSpec
     attributes: dict[str, tuple[str, bool]]
     tensors: dict[str, tuple[bool, bool]]
     outputs: dict[str, dict[str, str]]

@@ -48,8 +48,8 @@ def restore_private(module: nn.Module, arguments: Mapping[str, Any], where: str)
     rule.restore(module, rule.check(arguments, where))
 
 
-_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
-_CONVOLUTIONS += (nn.ConvTranspose3d,)
+_CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVOLUTIONS += (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # --- torchvision -------------------------------------------------------------------------------
@@ -59,8 +59,15 @@ def _rules() -> list[Any]:
     """The torchvision rules, with their classes resolved (torchvision imported lazily)."""
     global _RULES
     if _RULES is None:
-        from torchvision.models.detection import anchor_utils, fcos, retinanet, rpn, ssd
-        from torchvision.models.detection import generalized_rcnn, transform
+        from torchvision.models.detection import (
+            anchor_utils,
+            fcos,
+            generalized_rcnn,
+            retinanet,
+            rpn,
+            ssd,
+            transform,
+        )
 
         _RULES = [
             _Resolved(rpn.RegionProposalNetwork, _save_rpn, _check_rpn, _restore_rpn),
