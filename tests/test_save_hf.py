@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.test_export import HF, _build
 pytestmark = pytest.mark.hf
 
 ARCHS = ("llama", "mistral", "qwen2", "bert", "t5_decoder", "whisper_encoder")
+EXAMPLES = int(os.environ.get("FXTAP_HF_MUTATIONS", "100"))
 MODES = pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 
 
@@ -353,3 +355,89 @@ def test_private_arguments_are_checked(tmp_path: Path) -> None:
         load_with(lambda s: s["arguments"].update(evil=1))
     with pytest.raises(LoadError, match=r"private attributes \('_loss_type'\) are never stored"):
         load_with(lambda s: s["config"].update(_loss_type="l1"))
+
+
+def _spec_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _spec_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _spec_paths(item, (*prefix, i))
+    return found
+
+
+def test_mutated_transformers_specs_load_or_raise_load_error(
+    llama_file: Path, tmp_path: Path
+) -> None:
+    """One change anywhere in the Hugging Face spec: ``LoadError`` or an extractor, never
+    another exception (seeded mutations)."""
+    import random
+
+    spec = _manifest(llama_file)["model"]["transformers"]
+    paths = [p for p in _spec_paths(spec) if p]
+    hostile = ["__class__", "x=__import__('os')", "", None, -1, 10**30, 1.5, [], {}, True]
+    rng = random.Random(0)
+    outcomes = {"refused": 0, "loaded": 0}
+    for i in range(EXAMPLES):
+        path, value = rng.choice(paths), rng.choice(hostile)
+
+        def edit(
+            manifest: dict[str, Any], path: tuple[Any, ...] = path, value: Any = value
+        ) -> None:
+            owner = manifest["model"]["transformers"]
+            for part in path[:-1]:
+                owner = owner[part]
+            owner[path[-1]] = copy.deepcopy(value)
+
+        mutated = _rewrite(llama_file, tmp_path / f"m{i}.fxtap", edit)
+        try:
+            loaded = fxtap.load(mutated)
+        except LoadError:
+            outcomes["refused"] += 1
+        else:
+            assert isinstance(loaded, CaptureExtractor), (path, value)
+            outcomes["loaded"] += 1
+    assert outcomes["refused"] > EXAMPLES // 2, outcomes
+
+
+def test_a_capture_extractor_with_dropped_layers_keeps_only_their_absence(tmp_path: Path) -> None:
+    """Built with example inputs and no ``:output``, the layers after the tap are ``Dropped``:
+    the file holds none of their weights, and loading drops them again."""
+    from fxtap.capture._reach import Dropped
+
+    torch.manual_seed(0)
+    model, inputs = _build("llama")
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ex = fxtap.create_feature_extractor(
+            model, ["layers.0.mlp.down_proj"], tracer="fx", example_inputs=inputs
+        )
+    assert "layers.2" in ex.dropped
+    path = fxtap.save(ex, tmp_path / "dropped.fxtap")
+    stored = _manifest(path)["model"]["transformers"]
+    assert "layers.2" in stored["dropped"]
+    assert not [k for k in stored["parameters"] if k.startswith("layers.2.")]
+    loaded = fxtap.load(path)
+    assert loaded.dropped == ex.dropped
+    assert all(isinstance(loaded.model.get_submodule(p), Dropped) for p in ex.dropped)
+    with torch.no_grad():
+        want = ex(**inputs)["layers.0.mlp.down_proj"]
+        assert bitwise_equal(loaded(**inputs)["layers.0.mlp.down_proj"], want)
+
+
+@pytest.mark.parametrize("key", ["num_hidden_layers", "intermediate_size", "vocab_size"])
+def test_a_config_far_larger_than_the_weights_stops_early(
+    llama_file: Path, tmp_path: Path, key: str
+) -> None:
+    """Built within a budget: the loader does not build 10**30 layers to find them missing."""
+
+    def edit(manifest: dict[str, Any]) -> None:
+        for pair in manifest["model"]["transformers"]["config"]["dict"]:
+            if pair[0] == key:
+                pair[1] = 10**30
+
+    with pytest.raises(LoadError, match="far larger than the weights the file holds"):
+        fxtap.load(_rewrite(llama_file, tmp_path / "big.fxtap", edit))

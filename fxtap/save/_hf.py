@@ -15,6 +15,7 @@ both versions: the same class and config may build a model that computes other v
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import inspect
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save import _allowlist
@@ -61,6 +63,8 @@ _CONFIG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}|_name_or_path")
 #: Config keys that make transformers fetch or run code from elsewhere, never written.
 _REFUSED_KEYS = frozenset({"auto_map", "quantization_config", "attn_implementation"})
 _PLAIN = (bool, int, float, str, type(None))
+#: Tensor elements a rebuilt model may create beyond twice the file's (small constant buffers).
+_SLACK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -224,8 +228,12 @@ def build_transformers(
         raise LoadError(f"{where}.config: {config_class.__name__} refuses it: {exc}") from exc
     if config.to_dict() != spec.config:
         raise LoadError(f"{where}.config: {config_class.__name__} does not read it back as stored")
+    keys = {*spec.parameters.values(), *spec.buffers.values()}
+    budget = _Budget(2 * sum(tensors[k].numel() for k in keys) + _SLACK, 64 * len(keys) + 10_000)
     try:
-        model = _rebuild(cls, config, spec.attention)
+        model = _rebuild(cls, config, spec.attention, budget)
+    except LoadError as exc:
+        raise LoadError(f"{where}.config: {exc}") from exc
     except Exception as exc:  # as above: the library refuses the config
         raise LoadError(
             f"{where}: {cls.__name__} cannot be built from the stored config: {exc}"
@@ -277,12 +285,34 @@ def _installed() -> str | None:
         return None
 
 
-def _rebuild(cls: Any, config: Any, attention: str) -> nn.Module:
+def _rebuild(cls: Any, config: Any, attention: str, budget: Any = None) -> nn.Module:
     # NOTE: on the meta device nothing is allocated or initialised (no RNG draw): the stored
     # tensors replace every tensor the model holds
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.device("meta"),
+        budget or contextlib.nullcontext(),
+    ):
         model: nn.Module = cls._from_config(config, attn_implementation=attention)
     return model
+
+
+class _Budget(TorchFunctionMode):
+    """Bounds what building a model from a config may create: a config asking for a million
+    layers is refused once the tensors it creates outgrow the file's, not built to the end."""
+
+    def __init__(self, elements: int, calls: int) -> None:
+        super().__init__()
+        self.elements, self.calls = elements, calls
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls -= 1
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor):
+            self.elements -= result.numel()
+        if self.calls < 0 or self.elements < 0:
+            raise LoadError("its config builds a model far larger than the weights the file holds")
+        return result
 
 
 def _outside(dropped: list[str]) -> Callable[[str], bool]:
