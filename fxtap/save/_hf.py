@@ -225,7 +225,9 @@ def build_transformers(
     try:
         config = config_class.from_dict(spec.config)
     except Exception as exc:
-        raise LoadError(f"{where}.config: {config_class.__name__} refuses it: {exc}") from exc
+        raise LoadError(
+            f"{where}.config: {config_class.__name__} refuses it: {_first_line(exc)}"
+        ) from exc
     if config.to_dict() != spec.config:
         raise LoadError(f"{where}.config: {config_class.__name__} does not read it back as stored")
     keys = {*spec.parameters.values(), *spec.buffers.values()}
@@ -236,7 +238,7 @@ def build_transformers(
         raise LoadError(f"{where}.config: {exc}") from exc
     except Exception as exc:  # as above: the library refuses the config
         raise LoadError(
-            f"{where}: {cls.__name__} cannot be built from the stored config: {exc}"
+            f"{where}: {cls.__name__} cannot be built from the stored config: {_first_line(exc)}"
         ) from exc
     for path in spec.dropped:
         parent, _, name = path.rpartition(".")
@@ -343,6 +345,11 @@ def _check_config(config: Mapping[str, Any], config_class: type, where: str) -> 
         if dtype and not (isinstance(value, str) and value in CONSTANTS["dtype"]):
             raise LoadError(f"{field}: {value!r:.40} is not a torch dtype name")
         _check_plain(value, field)
+
+
+def _first_line(exc: BaseException) -> str:
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 @functools.cache
