@@ -11,6 +11,8 @@ tensors in place and checks that every tensor the rebuilt model holds came from 
 
 A file written under another transformers version is refused with a ``LoadError`` naming
 both versions: the same class and config may build a model that computes other values.
+``fxtap.save._encode`` writes the spec, after checking that the class and config rebuild the
+model it describes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from fxtap.errors import InvalidArgumentError, LoadError
+from fxtap.errors import LoadError
 from fxtap.save import _allowlist
 from fxtap.save._schema import (
     CONSTANTS,
@@ -48,9 +50,13 @@ __all__ = [
     "TAG",
     "TransformersSpec",
     "build_transformers",
+    "check_config",
+    "check_plain",
     "check_transformers",
-    "encode_transformers",
+    "installed_version",
     "is_transformers_model",
+    "outside",
+    "rebuild",
 ]
 
 #: The key of a module spec that holds a Hugging Face model.
@@ -89,62 +95,6 @@ def is_transformers_model(module: nn.Module) -> bool:
     return transformers is not None and isinstance(module, transformers.PreTrainedModel)
 
 
-def encode_transformers(
-    model: Any, path: str, add_tensor: Callable[[torch.Tensor], str]
-) -> dict[str, Any]:
-    """The spec of Hugging Face ``model``; its tensors go to ``add_tensor``.
-
-    Raises:
-        InvalidArgumentError: the model is not what its class and config rebuild (a module
-            replaced or an attribute changed after construction), its config is not plain
-            data, or it uses an attention implementation the safe loader does not rebuild.
-    """
-    from fxtap.capture._reach import Dropped
-    from fxtap.save._encode import encode, unsavable
-
-    cls = type(model)
-    name = f"{cls.__module__}:{cls.__qualname__}"
-    where = f"module {path!r} ({cls.__name__})"
-    # NOTE: transformers keeps the attention implementation in a private config field that
-    # to_dict leaves out; it changes the values (sdpa and eager round differently)
-    attention = getattr(model.config, "_attn_implementation", None) or "eager"
-    if attention not in ATTENTION:
-        raise unsavable(f"{where} attention implementation {attention!r}")
-    config = model.config.to_dict()
-    try:
-        _check_config(config, type(model.config), where)
-    except LoadError as exc:
-        raise unsavable(f"{where} config ({exc})") from exc
-    dropped = [p for p, m in model.named_modules() if isinstance(m, Dropped)]
-    kept = _outside(dropped)
-    spec = {
-        "class": name,
-        "version": _installed() or "",
-        "config": encode(config),
-        "attention": attention,
-        "training": model.training,
-        "parameters": {
-            k: add_tensor(v) for k, v in model.named_parameters(remove_duplicate=False) if kept(k)
-        },
-        "buffers": {
-            k: add_tensor(v) for k, v in model.named_buffers(remove_duplicate=False) if kept(k)
-        },
-        "dropped": dropped,
-    }
-    rebuilt = type(model.config).from_dict(config)
-    if rebuilt.to_dict() != config:
-        raise unsavable(f"{where} config (from_dict does not read its to_dict back)")
-    fresh = _rebuild(cls, rebuilt, attention)
-    difference = _difference(model, fresh, kept)
-    if difference:
-        raise InvalidArgumentError(
-            f"{where} is not what {cls.__name__}._from_config(model.config) builds: "
-            f"{difference}; the safe format stores a Hugging Face model as its class, config "
-            "and weights. Save with fmt='pickle' (--format pickle) and load it with trust=True"
-        )
-    return {TAG: spec}
-
-
 def check_transformers(
     raw: Any, path: str, where: str, tensor: Callable[[Any, str, bool], str], *, trust: bool
 ) -> TransformersSpec:
@@ -159,7 +109,7 @@ def check_transformers(
             "you trust the file"
         )
     version = as_string(spec["version"], f"{where}.version")
-    installed = _installed()
+    installed = installed_version()
     if installed is None:
         raise LoadError(
             f"{where}: it holds a {cls.rpartition(':')[2]} saved with transformers {version}, "
@@ -219,7 +169,7 @@ def build_transformers(
     config_class = getattr(cls, "config_class", None)
     if not (isinstance(cls, type) and _is_model_class(cls)) or config_class is None:
         raise LoadError(f"{where}.class: {spec.cls} is not a Hugging Face model class")
-    _check_config(spec.config, config_class, f"{where}.config")
+    check_config(spec.config, config_class, f"{where}.config")
     # NOTE: transformers' own validation raises its own types (huggingface_hub's
     # StrictDataclassFieldValidationError): any failure to read the config refuses the file
     try:
@@ -233,7 +183,7 @@ def build_transformers(
     keys = {*spec.parameters.values(), *spec.buffers.values()}
     budget = _Budget(2 * sum(tensors[k].numel() for k in keys) + _SLACK, 64 * len(keys) + 10_000)
     try:
-        model = _rebuild(cls, config, spec.attention, budget)
+        model = rebuild(cls, config, spec.attention, budget)
     except LoadError as exc:
         raise LoadError(f"{where}.config: {exc}") from exc
     except Exception as exc:  # as above: the library refuses the config
@@ -248,7 +198,7 @@ def build_transformers(
         except AttributeError as exc:
             raise LoadError(f"{where}.dropped: {path!r} is not a module of {cls.__name__}") from exc
         setattr(owner, name, Dropped(path, type(replaced).__name__, cls.__name__))
-    kept = _outside(list(spec.dropped))
+    kept = outside(list(spec.dropped))
     for kind, stored, held in (
         ("parameters", spec.parameters, dict(model.named_parameters(remove_duplicate=False))),
         ("buffers", spec.buffers, dict(model.named_buffers(remove_duplicate=False))),
@@ -280,14 +230,14 @@ def _is_model_class(cls: type) -> bool:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _installed() -> str | None:
+def installed_version() -> str | None:
     try:
         return importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _rebuild(cls: Any, config: Any, attention: str, budget: Any = None) -> nn.Module:
+def rebuild(cls: Any, config: Any, attention: str, budget: Any = None) -> nn.Module:
     # NOTE: on the meta device nothing is allocated or initialised (no RNG draw): the stored
     # tensors replace every tensor the model holds
     with (
@@ -317,7 +267,7 @@ class _Budget(TorchFunctionMode):
         return result
 
 
-def _outside(dropped: list[str]) -> Callable[[str], bool]:
+def outside(dropped: list[str]) -> Callable[[str], bool]:
     return lambda name: not any(name.startswith(p + ".") or name == p for p in dropped)
 
 
@@ -328,7 +278,7 @@ def _plain(value: Any, where: str) -> Any:
     return decode(value, where, _plain)
 
 
-def _check_config(config: Mapping[str, Any], config_class: type, where: str) -> None:
+def check_config(config: Mapping[str, Any], config_class: type, where: str) -> None:
     """Keys are plain names that run no setter code but transformers' own, values plain."""
     for key, value in config.items():
         field = f"{where}.{key}"
@@ -344,7 +294,7 @@ def _check_config(config: Mapping[str, Any], config_class: type, where: str) -> 
         dtype = key in ("dtype", "torch_dtype") and value is not None
         if dtype and not (isinstance(value, str) and value in CONSTANTS["dtype"]):
             raise LoadError(f"{field}: {value!r:.40} is not a torch dtype name")
-        _check_plain(value, field)
+        check_plain(value, field)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -357,50 +307,16 @@ def _default_keys(config_class: type) -> frozenset[str]:
     return frozenset(config_class().to_dict())
 
 
-def _check_plain(value: Any, where: str) -> None:
+def check_plain(value: Any, where: str) -> None:
     if isinstance(value, _PLAIN):
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
+            check_plain(item, f"{where}[{i}]")
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, (str, int)):
                 raise LoadError(f"{where}: a key of type {type(key).__name__}")
-            _check_plain(item, f"{where}.{key}")
+            check_plain(item, f"{where}.{key}")
     else:
         raise LoadError(f"{where}: a {type(value).__name__} is not plain data")
-
-
-def _difference(model: nn.Module, fresh: nn.Module, kept: Callable[[str], bool]) -> str:
-    """The first way ``model`` differs from ``fresh`` (rebuilt from its config), or ''."""
-    from fxtap.capture._reach import Dropped
-
-    built = dict(fresh.named_modules(remove_duplicate=False))
-    for path, module in model.named_modules(remove_duplicate=False):
-        if not kept(path) or isinstance(module, Dropped):
-            continue
-        other = built.get(path)
-        if type(other) is not type(module):
-            return f"module {path!r} is a {type(module).__name__}, not {type(other).__name__}"
-        for key, value in vars(module).items():
-            if key.startswith("_") or key == "training" or not _is_plain(value):
-                continue
-            if key not in vars(other) or vars(other)[key] != value:
-                return (
-                    f"{path or 'the model'}.{key} = {value!r:.40}, not {vars(other).get(key)!r:.40}"
-                )
-    ours = {k: v.shape for k, v in model.state_dict(keep_vars=True).items() if kept(k)}
-    theirs = {k: v.shape for k, v in fresh.state_dict(keep_vars=True).items() if kept(k)}
-    if ours != theirs:
-        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        return f"its tensors differ at {changed[:3]}"
-    return ""
-
-
-def _is_plain(value: Any) -> bool:
-    try:
-        _check_plain(value, "")
-    except LoadError:
-        return False
-    return True
