@@ -97,7 +97,7 @@ class _Op:
         return getattr(packet, self.overload) if self.overload else packet
 
 
-def _ref(node: fx.Node) -> _NodeRef:
+def _ref(node: fx.Node) -> Any:  # Any: map_arg is typed to return fx arguments
     return _NodeRef(node.name)
 
 

@@ -281,7 +281,7 @@ def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
     """A saved extractor's own graph of one mode, described as a trace (no re-tracing)."""
     extractor.train(training)
     graph = extractor.graph_for("train" if training else "eval")
-    # NOTE: pickled extractors lose node.meta; torch.fx names stand in for fxtap's then.
+    # NOTE: a node without fxtap's name (added by a graph pass) shows torch.fx's name.
     names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
     return Traced(extractor, names, training)
 
