@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 import fxtap.cli._run as _run
+from fxtap._io import check_output
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
     PROG,
-    check_regular,
-    check_writable,
     cli_words,
     describe_extractor,
     file_size,
@@ -64,7 +63,6 @@ def _extract(args: argparse.Namespace) -> int:
     nodes = _nodes_arg(args)
     example = _inputs(args)
     output = Path(args.output)
-    check_writable(output.parent if str(output.parent) else Path("."), output)
     checked = example if args.check_trace or args.tracer == "export" else None
     with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
         extractor = _build(model, nodes, checked, example, args.tracer)
@@ -99,7 +97,7 @@ def _render(args: argparse.Namespace) -> int:
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
         if path.suffix[1:] in drawn and path.stem.rpartition(".")[2] in ("train", "eval", "both"):
-            check_regular(path)
+            check_output(path, hint="Pass another folder with -o DIR, or another --name.")
     before = _snapshot(folder)
     with (
         progress(f"drawing {args.model}"),
@@ -132,9 +130,6 @@ def _bench(args: argparse.Namespace) -> int:
     model = _load(args)
     nodes = _nodes_arg(args)
     example = _inputs(args)
-    for path in (args.json, args.csv, args.plot):
-        if path:
-            check_writable(Path(path).parent if str(Path(path).parent) else Path("."), Path(path))
     with _fitting(args, model, example):
         report = compare(
             model,

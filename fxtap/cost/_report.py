@@ -306,6 +306,8 @@ class CostReport:
 
         try:
             plot_report(self, path)
+        except OutputPathError:
+            raise
         except OSError as exc:
             raise _path_error(path, exc) from exc
 
