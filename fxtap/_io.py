@@ -98,10 +98,16 @@ def check_output(
         raise OutputPathError(
             f"cannot write {str(target)!r}: {exc.strerror or exc}. {hint}"
         ) from exc
+    if mode is not None and stat.S_ISLNK(mode):
+        raise UnsafeOutputError(
+            f"cannot write {str(target)!r}: it is a symbolic link (to {_link(target)!r}); fxtap "
+            f"writes only regular files or new paths, and never replaces a link or writes "
+            f"through it. {hint}"
+        )
     if mode is not None and not stat.S_ISREG(mode):
         raise UnsafeOutputError(
-            f"cannot write {str(target)!r}: it is {_kind(target, mode)}, not a regular file; "
-            f"fxtap writes only regular files or new paths. {hint}"
+            f"cannot write {str(target)!r}: it is {_kind(mode)}, not a regular file; fxtap "
+            f"writes only regular files or new paths. {hint}"
         )
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
@@ -111,9 +117,7 @@ def check_output(
     return target
 
 
-def _kind(path: Path, mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return f"a symbolic link (to {os.readlink(path)!r}), which fxtap never replaces"
+def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -123,3 +127,10 @@ def _kind(path: Path, mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a special file"
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # removed since: say so rather than fail
+        return "?"
