@@ -430,6 +430,18 @@ def test_ctrl_c_during_render_leaves_no_half_sets(capsys, tmp_path, monkeypatch)
     keep.write_text("not ours")
     assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.dot"]
+    # a drawing's name written in place by someone else while fxtap ran is theirs: it stays
+    theirs = tmp_path / "Other.eval.dot"
+
+    def written_in_place(*args, **kwargs):
+        theirs.write_text("their drawing")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fxtap.render, "layout", written_in_place)
+    theirs.write_text("")
+    assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
+    assert theirs.read_text() == "their drawing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Other.eval.dot", "notes.dot"]
     assert "interrupted" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import glob
 import json
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -103,7 +104,7 @@ def _render(args: argparse.Namespace) -> int:
         progress(f"drawing {args.model}"),
         quiet_stderr(),
         _fitting(args, model, example),
-        _whole_sets(folder, before, drawn),
+        _whole_sets(folder, before, drawn, args.name),
     ):
         result = render(
             model,
@@ -203,25 +204,37 @@ def _build(
     return extractor
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Name -> (mtime, size) of the regular files in ``folder``."""
+def _snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Name -> (inode, mtime, size) of the regular files in ``folder`` (links not followed)."""
     if not folder.is_dir():
         return {}
-    return {
-        p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()
-    }
+    stamps = {}
+    for path in folder.iterdir():
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            stamps[path.name] = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return stamps
 
 
 @contextlib.contextmanager
 def _whole_sets(
-    folder: Path, before: dict[str, tuple[int, int]], suffixes: set[str]
+    folder: Path, before: dict[str, tuple[int, int, int]], suffixes: set[str], stem: str | None
 ) -> Iterator[None]:
-    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing."""
+    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing.
+
+    Only a drawing's name (``STEM.MODE.EXT``) that is new or was replaced since the run began
+    (a new inode: fxtap's writer renames a new file over the old) is removed; a file written
+    in place, a link, or any other name is someone else's and stays.
+    """
     try:
         yield
     except KeyboardInterrupt:
         for name, stamp in _snapshot(folder).items():
-            if name.rpartition(".")[2] in suffixes and before.get(name) != stamp:
+            base, _, ext = name.rpartition(".")
+            named, _, mode = base.rpartition(".")
+            ours = ext in suffixes and mode in ("train", "eval", "both") and stem in (None, named)
+            old = before.get(name)
+            if ours and (old is None or old[0] != stamp[0]):
                 (folder / name).unlink(missing_ok=True)
         raise
 
