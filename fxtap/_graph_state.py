@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fxtap import _compat
 from fxtap._fx import NAME_KEY
 
 __all__ = ["GraphState", "graph_state", "rebuild_graph"]
@@ -47,7 +48,7 @@ def graph_state(graph: fx.Graph) -> GraphState:
         kwargs = fx.node.map_arg(node.kwargs, _ref)
         meta = {NAME_KEY: node.meta[NAME_KEY]} if NAME_KEY in node.meta else {}
         records.append((node.op, node.name, _target(node.target), args, kwargs, node.type, meta))
-    return GraphState(tuple(records), graph._codegen)
+    return GraphState(tuple(records), _compat.graph_codegen(graph))
 
 
 def rebuild_graph(state: GraphState) -> fx.Graph:
@@ -56,7 +57,8 @@ def rebuild_graph(state: GraphState) -> fx.Graph:
     Postcondition: ``graph.lint()`` passes.
     """
     graph = fx.Graph()
-    graph._codegen = state.codegen
+    if state.codegen is not None:
+        graph.set_codegen(state.codegen)
     env: dict[str, fx.Node] = {}
 
     def lookup(value: Any) -> Any:
@@ -102,9 +104,9 @@ def _ref(node: fx.Node) -> Any:  # Any: map_arg is typed to return fx arguments
 
 
 def _target(target: Any) -> Any:
-    if isinstance(target, torch._ops.OpOverload):
-        return _Op(target.namespace, target._opname, target._overloadname)
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        namespace, _, name = target._qualified_op_name.partition("::")
+    if _compat.is_op_overload(target):
+        return _Op(*_compat.op_parts(target))
+    if _compat.is_op_packet(target):
+        namespace, _, name = str(target).partition(".")  # str(torch.ops.aten.add): 'aten.add'
         return _Op(namespace, name, "")
     return target
