@@ -411,7 +411,7 @@ def test_ctrl_c_while_importing_prints_no_traceback(capsys, monkeypatch):
                 raise KeyboardInterrupt
             return None
 
-    monkeypatch.delitem(sys.modules, "fxtap.cli._output")
+    monkeypatch.delitem(sys.modules, "fxtap.cli._output", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
     assert main(["nodes", NESTED]) == 130
     err = capsys.readouterr().err
