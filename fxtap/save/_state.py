@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from fxtap._compat import restore_derived_state
 from fxtap.errors import LoadError
 from fxtap.save._schema import as_bool, as_string, check_keys
 
@@ -35,21 +36,12 @@ def arguments_of(module: nn.Module) -> dict[str, Any]:
 def restore_private(module: nn.Module, arguments: Mapping[str, Any], where: str) -> None:
     """Set the private attributes ``module``'s class reads, from its public state and the
     stored ``arguments`` (decoded plain data, checked here: exactly those its rule stores)."""
-    if isinstance(module, _CONVOLUTIONS):
-        # NOTE: what torch's convolution __init__ derives from padding, kernel and dilation
-        object.__setattr__(module, "_reversed_padding_repeated_twice", _reversed_padding(module))
-    if isinstance(module, nn.MultiheadAttention):
-        same = module.kdim == module.embed_dim and module.vdim == module.embed_dim
-        object.__setattr__(module, "_qkv_same_embed_dim", same)
+    restore_derived_state(module)
     rule = _rule(module)
     if rule is None:
         check_keys(arguments, set(), set(), where)
         return
     rule.restore(module, rule.check(arguments, where))
-
-
-_CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONVOLUTIONS += (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # --- torchvision -------------------------------------------------------------------------------
@@ -175,16 +167,3 @@ def _check_loss(arguments: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _one(arguments: Mapping[str, Any], name: str, where: str, check: Any) -> Any:
     check_keys(arguments, {name}, None, where)
     return check(arguments[name], f"{where}.{name}")
-
-
-def _reversed_padding(conv: Any) -> Any:
-    kernel, dilation = conv.kernel_size, conv.dilation
-    if isinstance(conv.padding, str):
-        padding = [0, 0] * len(kernel)
-        if conv.padding == "same":
-            for d, k, i in zip(dilation, kernel, range(len(kernel) - 1, -1, -1), strict=True):
-                total = d * (k - 1)
-                padding[2 * i] = total // 2
-                padding[2 * i + 1] = total - total // 2
-        return padding
-    return tuple(x for x in reversed(conv.padding) for _ in range(2))
