@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from fxtap.cost import CostReport, compare
     from fxtap.dataset import extract_dataset, open_features
     from fxtap.errors import (
+        CutError,
         DotNotFoundError,
         DroppedModuleError,
         FxtapError,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from fxtap.names import NodeInfo, get_graph_node_names, node_table
     from fxtap.render import Rendering
     from fxtap.save import load, save
+    from fxtap.split import Split, split
     from fxtap.trace import NodePathTracer, Traced
 
 from fxtap._version import __version__
@@ -38,6 +40,7 @@ from fxtap._version import __version__
 __all__ = [
     "CaptureExtractor",
     "CostReport",
+    "CutError",
     "DotNotFoundError",
     "DroppedModuleError",
     "Extractor",
@@ -55,6 +58,7 @@ __all__ = [
     "OutputPathError",
     "Rendering",
     "ResourceError",
+    "Split",
     "TraceError",
     "Traced",
     "__version__",
@@ -67,6 +71,7 @@ __all__ = [
     "open_features",
     "render",
     "save",
+    "split",
     "trace",
 ]
 
@@ -86,6 +91,8 @@ _HOME = {
     "Rendering": "fxtap.render",
     "load": "fxtap.save",
     "save": "fxtap.save",
+    "Split": "fxtap.split",
+    "split": "fxtap.split",
     "NodePathTracer": "fxtap.trace",
     "Traced": "fxtap.trace",
     # The dataset stage needs the optional zarr: it loads only when used.

@@ -1,0 +1,210 @@
+"""fxtap.split: ``tail(head(x))`` equals ``model(x)`` bitwise, the boundary holds the right values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxtap
+from fxtap.errors import CutError, NodeNotFoundError
+from tests.checker import bitwise_equal, capture_reference, preserved
+from tests.models import DataDependent, ListRoot, TinyUNet, TrainOnlyBranch
+
+X64 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+X32 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+X16 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_split(model: nn.Module, at: Any, x: torch.Tensor, keys: list[str] | None = None) -> None:
+    """``tail(head(x))`` against ``model(x)`` bitwise in both modes (same seed), the boundary's
+    values against a full run of the model, fewer parameters in each half, an untouched boundary."""
+    was = model.training
+    halves = fxtap.split(model, at)
+    head, tail = halves
+    assert model.training == was
+    assert head.training == was and tail.training == was
+    assert _params(head) < _params(model)
+    assert _params(tail) < _params(model)
+    for mode in ("eval", "train"):
+        training = mode == "train"
+        model.train(training)
+        head.train(training)
+        tail.train(training)
+        # NOTE: no_grad as in capture_reference: MultiheadAttention takes its fast path then
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            expected = model(x)
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            boundary = head(x)
+            cached = {
+                k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in boundary.items()
+            }
+            got = tail(boundary)
+        assert bitwise_equal(got, expected), f"tail(head(x)) differs from model(x) in {mode} mode"
+        assert bitwise_equal(boundary, cached), f"the tail wrote into its boundary in {mode} mode"
+        assert list(boundary) == list(halves.boundary[mode])
+        if keys is not None:
+            assert list(boundary) == keys
+        for name in halves.at[mode]:
+            assert name in boundary
+        reference, _ = capture_reference(
+            model, (x,), training=training, names=set(boundary), cross_check=False
+        )
+        for key, value in boundary.items():
+            assert bitwise_equal(value, reference[key]), f"boundary value {key!r} ({mode})"
+        head.graph.lint()
+        tail.graph.lint()
+    model.train(was)
+
+
+@pytest.fixture(scope="module")
+def resnet50() -> nn.Module:
+    return torchvision.models.resnet50().eval()
+
+
+@pytest.mark.parametrize(
+    ("at", "keys"),
+    [
+        ("layer1", ["layer1.2.relu_2"]),
+        # the tail's downsample branch reads layer1's output: a skip across the cut
+        ("layer2.0.bn1", ["layer1.2.relu_2", "layer2.0.bn1"]),
+        ("layer3.2.add", ["layer3.2.add"]),
+        (["layer2", "layer4.0.conv1"], ["layer2.3.relu_2", "layer3.5.relu_2", "layer4.0.conv1"]),
+    ],
+    ids=["layer1", "bn-before-inplace-relu", "add", "two-cuts"],
+)
+def test_resnet50(resnet50: nn.Module, at: Any, keys: list[str]) -> None:
+    check_split(resnet50, at, X64, keys)
+
+
+@pytest.mark.parametrize(
+    ("at", "keys"),
+    [
+        ("enc2", ["x", "enc1.2", "enc2.2"]),
+        # encoder features and the input cross the cut to the decoder
+        ("mid", ["x", "enc1.2", "enc2.2", "mid.1"]),
+        # the in-place ReLU after the cut writes into a copy, not into the boundary
+        ("dec2.1", ["x", "enc1.2", "dec2.1"]),
+        (["enc1", "mid.0.0"], ["x", "enc1.2", "enc2.2", "mid.0.0"]),
+        ("up1", ["x", "enc1.2", "up1"]),
+    ],
+)
+def test_unet_skips_cross_the_cut(at: Any, keys: list[str]) -> None:
+    torch.manual_seed(0)
+    check_split(TinyUNet(), at, X16, keys)
+
+
+def test_vit_b_16() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(image_size=32).eval()
+    # conv_proj: the batch size read from x.shape before the cut crosses it as an int
+    check_split(model, "conv_proj", X32)
+    check_split(
+        model,
+        "encoder.layers.encoder_layer_5.ln_2",
+        X32,
+        ["encoder.layers.encoder_layer_5.add", "encoder.layers.encoder_layer_5.ln_2"],
+    )
+    check_split(
+        model, "encoder.layers.encoder_layer_10", X32, ["encoder.layers.encoder_layer_10.add_1"]
+    )
+
+
+def test_densenet121() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.densenet121().eval()
+    check_split(model, "features.denseblock1", X64, ["features.denseblock1.cat"])
+    # inside a dense block every earlier feature map of the block crosses the cut
+    check_split(
+        model,
+        "features.denseblock2.denselayer3",
+        X64,
+        [
+            "features.transition1.pool",
+            "features.denseblock2.denselayer1.conv2",
+            "features.denseblock2.denselayer2.conv2",
+            "features.denseblock2.denselayer3.conv2",
+        ],
+    )
+    check_split(model, "features.transition3.conv", X64, ["features.transition3.conv"])
+
+
+def test_cached_boundary_serves_many_tail_calls() -> None:
+    model = TinyUNet().eval()
+    head, tail = fxtap.split(model, "mid.0.1")
+    boundary = head(X16)
+    first = tail(boundary)
+    assert bitwise_equal(tail(boundary), first)
+    assert "clone" in tail.code
+
+
+def test_gradients_flow_through_both_halves() -> None:
+    model = TinyUNet().train()
+    head, tail = fxtap.split(model, "mid")
+    with preserved(model):
+        tail(head(X16)).sum().backward()
+        for module in (head, tail):
+            for name, p in module.named_parameters():
+                assert p.grad is not None, name
+        for p in model.parameters():
+            p.grad = None
+
+
+def test_halves_share_the_model_parameters_and_free_the_rest() -> None:
+    model = torchvision.models.resnet18()
+    head, tail = fxtap.split(model, "layer2")
+    names = dict(model.named_parameters())
+    for half in (head, tail):
+        for name, p in half.named_parameters():
+            assert p is names[name]
+    assert not any(n.startswith("layer3") for n, _ in head.named_parameters())
+    assert not any(n.startswith("layer1") for n, _ in tail.named_parameters())
+
+
+def test_split_result_names() -> None:
+    halves = fxtap.split(TinyUNet(), "mid")
+    assert halves.at == {"train": ("mid.1",), "eval": ("mid.1",)}
+    assert halves.boundary["eval"] == ("x", "enc1.2", "enc2.2", "mid.1")
+    assert halves.tail.node_names("eval")[:4] == ["x", "enc1.2", "enc2.2", "mid.1"]
+    assert "up2" in halves.tail.node_names("eval")
+    assert "up2" not in halves.head.node_names("eval")
+
+
+# --- cuts that cannot be made ------------------------------------------------------------------
+
+
+def test_node_of_one_mode_only_is_refused_with_the_nearest_cut() -> None:
+    with pytest.raises(CutError, match=r"'randn_like'.*train graph.*nearest cut: 'fc'") as info:
+        fxtap.split(TrainOnlyBranch(), "randn_like")
+    assert info.value.nearest == "fc"
+    assert isinstance(info.value, ValueError)
+
+
+def test_node_inside_an_opaque_module_is_refused() -> None:
+    with pytest.warns(UserWarning), pytest.raises(CutError, match=r"inside 'gate'") as info:
+        fxtap.split(DataDependent(), "gate.neg")
+    assert info.value.nearest == "gate"
+
+
+def test_model_only_the_capture_path_runs_is_refused() -> None:
+    with pytest.raises(CutError, match=r"capture path.*example_inputs="):
+        fxtap.split(ListRoot(), "body")
+
+
+def test_model_output_is_refused() -> None:
+    with pytest.raises(CutError, match="model's output"):
+        fxtap.split(TinyUNet(), ":output")
+
+
+def test_unknown_node_names_the_closest() -> None:
+    with pytest.raises(NodeNotFoundError, match="closest: 'mid"):
+        fxtap.split(TinyUNet(), "midd")
