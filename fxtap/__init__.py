@@ -8,11 +8,12 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fxtap import render, trace
+    from fxtap import edits, render, trace
     from fxtap._protocol import Extractor
     from fxtap.capture import CaptureExtractor
     from fxtap.cost import CostReport, compare
     from fxtap.dataset import extract_dataset, open_features
+    from fxtap.edit import edit
     from fxtap.errors import (
         CutError,
         DotNotFoundError,
@@ -64,6 +65,8 @@ __all__ = [
     "__version__",
     "compare",
     "create_feature_extractor",
+    "edit",
+    "edits",
     "extract_dataset",
     "get_graph_node_names",
     "load",
@@ -93,13 +96,14 @@ _HOME = {
     "save": "fxtap.save",
     "Split": "fxtap.split",
     "split": "fxtap.split",
+    "edit": "fxtap.edit",
     "NodePathTracer": "fxtap.trace",
     "Traced": "fxtap.trace",
     # The dataset stage needs the optional zarr: it loads only when used.
     "extract_dataset": "fxtap.dataset",
     "open_features": "fxtap.dataset",
 }
-_PACKAGES = {"render", "trace"}
+_PACKAGES = {"edits", "render", "trace"}
 
 
 def __getattr__(name: str) -> Any:

@@ -222,6 +222,7 @@ def create_feature_extractor(
     example_inputs: Any = None,
     tracer: str = "auto",
     keep_traces: bool = False,
+    edits: Mapping[str, Any] | None = None,
 ) -> FeatureExtractor | CaptureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
 
@@ -254,6 +255,10 @@ def create_feature_extractor(
         keep_traces: keep the unpruned traces in ``ex.full`` (for ``render`` and ``compare``);
             they hold the whole model, so by default they are dropped and the extractor
             keeps only what it runs.
+        edits: node query -> edit (``fxtap.edits``), as in ``fxtap.edit``: the values
+            returned are those of the edited model, and a tap at an edited node returns its
+            edited value. On the capture path the edits run as forward hooks, so only module
+            outputs can be edited there (docs/editing.md).
 
     Returns:
         A ``FeatureExtractor`` in the mode ``model`` was in (or a ``CaptureExtractor``).
@@ -278,9 +283,10 @@ def create_feature_extractor(
     outputs: dict[str, dict[str, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
+    traces: dict[str, Traced] = {}
     for mode in MODES:
         try:
-            traced = trace(
+            traces[mode] = trace(
                 model,
                 training=mode == "train",
                 tracer_kwargs=tracer_kwargs,
@@ -299,6 +305,12 @@ def create_feature_extractor(
                 tracer_kwargs=tracer_kwargs,
                 example_inputs=example_inputs,
             )
+    if edits is not None:
+        from fxtap.edit import apply_edits, check_edits
+
+        check_edits(edits)
+        traces = apply_edits(traces, edits, model_name=name)
+    for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
         selected = resolve(requests[mode], traced, model_name=name)
         pruned = prune(traced, selected, class_name=name)

@@ -333,7 +333,9 @@ def _protect_boundary(gm: fx.GraphModule) -> None:
         for node in reversed(placeholders):
             if node in written:
                 copy = gm.graph.call_method("clone", (node,))
-                node.replace_all_uses_with(copy, delete_user_cb=functools.partial(operator.is_not, copy))
+                node.replace_all_uses_with(
+                    copy, delete_user_cb=functools.partial(operator.is_not, copy)
+                )
 
 
 def _boundary_as_dict(graph: fx.Graph, keys: list[str]) -> None:
