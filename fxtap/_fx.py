@@ -16,6 +16,7 @@ from torch import fx, nn
 
 __all__ = [
     "BUFFER_WRITE_KEY",
+    "EDIT_KEY",
     "INPLACE_OPERATORS",
     "NAME_KEY",
     "SCOPE_KEY",
@@ -43,6 +44,8 @@ __all__ = [
 #: path of the module that owns the buffer. The pruner keeps such a write whenever that module
 #: still runs, as a module call on the fx path updates its buffers.
 BUFFER_WRITE_KEY = "fxtap_buffer_write"
+#: ``node.meta`` key of a node ``fxtap.edit`` inserted: the name of the node whose value it replaces.
+EDIT_KEY = "fxtap_edit_of"
 #: ``node.meta`` key where torch.export records the module calls a node ran in.
 STACK_KEY = "nn_module_stack"
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from fxtap._fx import union_root
+from fxtap._fx import EDIT_KEY, union_root
 from fxtap._query import normalize_return_nodes, resolve
 from fxtap.edits import Input
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError, TraceError
@@ -19,8 +19,6 @@ from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
 
 __all__ = ["EDITS_PATH", "EDIT_KEY", "apply_edits", "check_edits", "edit"]
 
-#: ``node.meta`` key of an inserted edit node: the name of the node whose value it replaces.
-EDIT_KEY = "fxtap_edit_of"
 #: Attribute of an edited graph module holding its edit modules (``fxtap_edits.0``, ...).
 EDITS_PATH = "fxtap_edits"
 #: Suffix of an edit node's name: the edit of ``layer3.1.relu_1`` is ``layer3.1.relu_1.edit``,
@@ -115,7 +113,7 @@ def edit(
         unwrap_output(graphs[mode].graph, "output")
         graphs[mode].graph.lint()
         graphs[mode].recompile()
-    info = ExtractorInfo(outputs={mode: {":output": ":output"} for mode in MODES})
+    info = ExtractorInfo(outputs={mode: {} for mode in MODES})
     return FeatureExtractor(
         union_root(graphs),
         {m: gm.graph for m, gm in graphs.items()},

@@ -38,7 +38,9 @@ class ExtractorInfo:
     """What a ``FeatureExtractor`` serves, beside its graphs.
 
     Attributes:
-        outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
+        outputs: by mode, output key -> resolved node name (``":output"`` for the model's);
+            empty when the forward returns what the model returns, not a dict (the tail of
+            ``split``, a module built by ``edit``).
         opaque: module paths made opaque leaves by the automatic fallback.
         full: by mode, the unpruned traces; empty unless requested (``keep_traces=True``),
             since a full trace holds every module of the model, pruned or not.

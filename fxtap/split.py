@@ -120,7 +120,7 @@ def split(
     head_info = ExtractorInfo(
         outputs={mode: {k: k for k in _output_keys(heads[mode])} for mode in MODES}
     )
-    tail_info = ExtractorInfo(outputs={mode: {":output": ":output"} for mode in MODES})
+    tail_info = ExtractorInfo(outputs={mode: {} for mode in MODES})
     head = FeatureExtractor(
         union_root(heads),
         {m: gm.graph for m, gm in heads.items()},

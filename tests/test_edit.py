@@ -317,3 +317,34 @@ def test_bad_edits_are_refused() -> None:
 def test_bad_edit_modules_are_refused(make: Callable[[], nn.Module], match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         make()
+
+
+# --- saving ------------------------------------------------------------------------------------
+
+
+def test_edited_model_saves_and_loads_in_the_safe_format(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    model = TinyUNet()
+    edits: dict[str, Any] = {label: make() for label, make in zip(
+        ["enc1", "enc1.0", "enc1.1", "enc2", "enc2.0", "enc2.1", "mid", "up2", "cat"],
+        [lambda: Zero(), lambda: Zero(1), lambda: Zero([0, 3], dim=1), lambda: Scale(0.5),
+         lambda: Scale(torch.rand(1, 8, 1, 1)), lambda: Add(torch.randn(8, 1, 1)),
+         lambda: Project(torch.randn(16), dim=1), lambda: Replace(torch.randn(8, 8, 8)),
+         lambda: Input("patch")],
+        strict=True,
+    )}  # fmt: skip
+    edited = fxtap.edit(model, edits)
+    loaded = fxtap.load(fxtap.save(edited, tmp_path / "edited.fxtap"))
+    for training in (False, True):
+        for kwargs in ({}, {"patch": PATCH_CAT}):
+            expected = _run(edited, model, training, **kwargs)
+            assert bitwise_equal(_run(loaded, model, training, **kwargs), expected)
+
+
+def test_a_function_edit_saves_only_as_a_pickle(tmp_path: Any) -> None:
+    edited = fxtap.edit(TinyUNet(), {"enc2": torch.neg})
+    with pytest.raises(InvalidArgumentError, match=r"'enc2.2' is the function 'neg'.*fmt='pickle'"):
+        fxtap.save(edited, tmp_path / "neg.fxtap")
+    path = fxtap.save(edited, tmp_path / "neg.fxtap", fmt="pickle")
+    loaded = fxtap.load(path, trust=True)
+    assert bitwise_equal(_run(loaded, loaded, False), _run(edited, edited, False))

@@ -224,3 +224,23 @@ def test_torch_export_of_both_halves() -> None:
         # input spec (a dict) does not match: dict() it
         assert bitwise_equal(tail_program.module()(dict(exported)), tail(boundary))
         assert bitwise_equal(tail(boundary), model(X16))
+
+
+@pytest.mark.parametrize("fmt", ["fxtap", "pickle"])
+def test_both_halves_save_and_load(tmp_path: Any, fmt: str) -> None:
+    torch.manual_seed(0)
+    model = TinyUNet()
+    head, tail = fxtap.split(model, "mid.0.1")
+    new_head = fxtap.load(fxtap.save(head, tmp_path / "head.fxtap", fmt=fmt), trust=True)
+    new_tail = fxtap.load(fxtap.save(tail, tmp_path / "tail.fxtap", fmt=fmt), trust=True)
+    for training in (False, True):
+        for module in (head, tail, new_head, new_tail):
+            module.train(training)
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            expected = tail(head(X16))
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            boundary = new_head(X16)
+            assert list(boundary) == list(head(X16))
+            assert bitwise_equal(new_tail(boundary), expected)
