@@ -16,6 +16,7 @@ from torch import fx, nn
 
 __all__ = [
     "BUFFER_WRITE_KEY",
+    "CUT_KEY",
     "EDIT_KEY",
     "INPLACE_OPERATORS",
     "NAME_KEY",
@@ -46,6 +47,9 @@ __all__ = [
 BUFFER_WRITE_KEY = "fxtap_buffer_write"
 #: ``node.meta`` key of a node ``fxtap.edit`` inserted: the name of the node whose value it replaces.
 EDIT_KEY = "fxtap_edit_of"
+#: ``node.meta`` key of a node on a ``split`` boundary: ``"cut"`` (a cut node, in the head) or
+#: ``"boundary"`` (a value the head returns for the tail, in both halves).
+CUT_KEY = "fxtap_cut"
 #: ``node.meta`` key where torch.export records the module calls a node ran in.
 STACK_KEY = "nn_module_stack"
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.

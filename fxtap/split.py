@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from torch import fx, nn
 
-from fxtap._fx import union_root
+from fxtap._fx import CUT_KEY, union_root
 from fxtap._query import Request, _enclosing_leaf, normalize_return_nodes, parse_query, resolve
 from fxtap.errors import CutError, NodeNotFoundError, TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
@@ -267,8 +267,15 @@ def _cut(
     ]
     keys = {n: traced.names.get(n, n.name) for n in boundary}
     head = prune(traced, {keys[n]: n for n in boundary}, class_name=class_name)
+    marks = {keys[n]: "cut" if n in cut else "boundary" for n in boundary}
+    for node in head.graph.nodes:
+        if node.meta.get(NAME_KEY) in marks:
+            node.meta[CUT_KEY] = marks[node.meta[NAME_KEY]]
     head.graph.lint()
     tail = _tail(traced, boundary, keys, tail_side, class_name=class_name)
+    for node in tail.graph.nodes:
+        if CUT_KEY in node.meta:
+            node.meta[CUT_KEY] = marks[node.meta[NAME_KEY]]
     return head, tail
 
 
@@ -348,6 +355,7 @@ def _boundary_as_dict(graph: fx.Graph, keys: list[str]) -> None:
         with graph.inserting_before(first):
             item = graph.call_function(operator.getitem, (boundary, key))
         item.meta = dict(node.meta)
+        item.meta[CUT_KEY] = "boundary"
         node.replace_all_uses_with(item)
         graph.erase_node(node)
 

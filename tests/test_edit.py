@@ -348,3 +348,11 @@ def test_a_function_edit_saves_only_as_a_pickle(tmp_path: Any) -> None:
     path = fxtap.save(edited, tmp_path / "neg.fxtap", fmt="pickle")
     loaded = fxtap.load(path, trust=True)
     assert bitwise_equal(_run(loaded, loaded, False), _run(edited, edited, False))
+
+
+def test_render_marks_the_edited_nodes(tmp_path: Any) -> None:
+    edited = fxtap.edit(TinyUNet(), {"enc2": Scale(2.0), "cat": Zero(1)})
+    rendering = fxtap.render(edited, mode="eval", fmt="dot", out_dir=tmp_path, max_nodes=None)
+    text = rendering.paths[0].read_text(encoding="utf-8")
+    assert text.count("✎ edited") == 2
+    assert '"enc2.2.edit"' in text

@@ -244,3 +244,14 @@ def test_both_halves_save_and_load(tmp_path: Any, fmt: str) -> None:
             boundary = new_head(X16)
             assert list(boundary) == list(head(X16))
             assert bitwise_equal(new_tail(boundary), expected)
+
+
+def test_render_marks_the_cut(tmp_path: Any) -> None:
+    head, tail = fxtap.split(TinyUNet(), "mid")
+    for half, cut, crossing in ((head, 1, 3), (tail, 1, 3)):
+        rendering = fxtap.render(
+            half, mode="eval", fmt="dot", out_dir=tmp_path, max_nodes=None, fold_repeats=False
+        )
+        text = rendering.paths[0].read_text(encoding="utf-8")
+        assert text.count("✂ cut here") == cut
+        assert text.count("✂ crosses the cut") == crossing

@@ -24,6 +24,9 @@ ONLY_COLOUR = "#D55E00"
 #: Marks ops that compute differently per mode (dropout, batch norm, stochastic depth).
 MODE_COLOUR = "#882255"
 PRUNED_COLOUR = "#999999"
+#: Marks the nodes ``fxtap.edit`` inserted and the values crossing a ``split``.
+MARKS = {"edited": ("#CC79A7", "✎ edited"), "cut": ("#0072B2", "✂ cut here"),
+         "boundary": ("#0072B2", "✂ crosses the cut")}  # fmt: skip
 #: Graph attributes that trade layout quality for speed, used when ``dot`` runs out of time.
 FAST_SETTINGS = {
     # Network simplex iterations, capped at half the node count, are where dot spends its
@@ -197,6 +200,10 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.key is not None:
         attrs.update(penwidth="3", color="#000000")
         rows.append(_small(f"⇒ output {node.key!r}" if node.key != node.id else "⇒ output"))
+    if node.mark in MARKS:
+        colour, text = MARKS[node.mark]
+        attrs.update(penwidth="3", color=colour)
+        rows.append(f'<font color="{colour}" point-size="8"><b>{text}</b></font>')
     if node.only is not None:
         attrs.update(penwidth="3", color=ONLY_COLOUR)
         rows.append(f'<font color="{ONLY_COLOUR}" point-size="8"><b>{node.only} only</b></font>')
@@ -218,6 +225,7 @@ def _classes(node: ViewNode) -> str:
         ("folded", node.kind in ("module", "pruned")),
         ("untraced", bool(node.untraced)),
         ("skipped", node.skipped),
+        (node.mark, bool(node.mark)),
     ]
     return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
