@@ -255,3 +255,34 @@ def test_render_marks_the_cut(tmp_path: Any) -> None:
         text = rendering.paths[0].read_text(encoding="utf-8")
         assert text.count("✂ cut here") == cut
         assert text.count("✂ crosses the cut") == crossing
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def test_cli_split_writes_both_halves(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from fxtap.cli import main
+
+    args = ["split", "torchvision:resnet18", "--at", "layer2.0.bn1", "-o", str(tmp_path)]
+    assert main([*args, "--input", "1x3x64x64"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.1.relu_1  1x64x16x16 float32" in out
+    assert "equals the model's output bitwise" in out
+    head = fxtap.load(tmp_path / "head.fxtap")
+    tail = fxtap.load(tmp_path / "tail.fxtap")
+    assert list(head.outputs["eval"]) == ["layer1.1.relu_1", "layer2.0.bn1"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert tail(head(x)).shape == (1, 1000)
+
+
+def test_cli_split_says_the_nearest_cut_in_flags(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    spec = "tests/models.py:TrainOnlyBranch"
+    out = tmp_path / "halves"
+    assert main(["split", spec, "--at", "randn_like", "-o", str(out), "--input", "2x4"]) == 1
+    assert "nearest cut: 'fc'. Pass --at fc" in capsys.readouterr().err
+    assert not out.exists()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import fxtap.cli._run as _run
+import fxtap.cli._split as _split
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
@@ -320,4 +321,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": _bench,
     "demo": _demo,
     "run": _run.run,
+    "split": _split.split_command,
 }
+
+
+#: The model and the example inputs of a subcommand, for the subcommands in their own modules.
+load_args = _load
+inputs_args = _inputs

@@ -1,0 +1,120 @@
+"""``fxtap split``: cut a model into a head and a tail, check them on an input, save both."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "split_command"]
+
+
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``split`` subcommand; ``parents`` give MODEL, --input and --tracer."""
+    p = subparsers.add_parser(
+        "split",
+        parents=parents,
+        help="cut a model into a head and a tail and save both",
+        description="Cut a model after the given nodes into a head, which returns the boundary "
+        "(every value the rest of the model needs), and a tail, which finishes the forward from "
+        "it. Both are checked on the example input (tail(head(x)) against the model, eval mode) "
+        "and saved as DIR/head.fxtap and DIR/tail.fxtap.",
+    )
+    p.add_argument(
+        "--at",
+        metavar="NAME",
+        nargs="+",
+        required=True,
+        help="node names to cut after: 'layer3', 'layer3.1.conv1:input' (default: none, required)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        required=True,
+        help="folder to write (default: none, required)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("fxtap", "pickle"),
+        default="fxtap",
+        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
+        "(default: fxtap)",
+    )
+    p.set_defaults(handler="split")
+
+
+def split_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from fxtap.cli._commands import inputs_args, load_args
+    from fxtap.cli._output import check_writable, file_size, progress
+    from fxtap.errors import CutError, FxtapError, ensure_output_dir
+    from fxtap.save import save
+    from fxtap.split import split
+
+    model = load_args(args)
+    example = inputs_args(args)
+    with progress(f"cutting {args.model} at {', '.join(args.at)}"):
+        exported = example if args.tracer == "export" else None
+        try:
+            halves = split(model, args.at, example_inputs=exported, tracer=args.tracer)
+        except CutError as exc:
+            # torch.fx cannot trace the root: torch.export on the --input, as extract does
+            if args.tracer != "auto" or not isinstance(exc.__cause__, FxtapError):
+                raise
+            halves = split(model, args.at, example_inputs=example, tracer="export")
+    with progress("checking tail(head(x)) against the model"), torch.no_grad():
+        head, tail = halves
+        was = (model.training, head.training)
+        model.eval()
+        head.eval()
+        tail.eval()
+        boundary = head(*example)
+        same = _same(tail(boundary), model(*example))
+        model.train(was[0])
+        head.train(was[1])
+        tail.train(was[1])
+    folder = ensure_output_dir(args.output, hint="Pass a writable folder with -o DIR.")
+    paths = {half: Path(folder) / f"{half}.fxtap" for half in ("head", "tail")}
+    for path in paths.values():
+        check_writable(folder, path)
+    with progress(f"saving {folder}"):
+        for half, module in zip(("head", "tail"), halves, strict=True):
+            save(module, paths[half], fmt=args.format)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"boundary of {args.model} cut at {', '.join(halves.at['eval'])}:")
+    width = max(len(k) for k in boundary)
+    for key, value in boundary.items():
+        detail = (
+            f"{'x'.join(map(str, value.shape))} {str(value.dtype).removeprefix('torch.')}"
+            if isinstance(value, torch.Tensor)
+            else f"{type(value).__name__} {value!r:.40}"
+        )
+        print(f"  {key.ljust(width)}  {detail}")
+    for half, module in zip(("head", "tail"), halves, strict=True):
+        params = sum(p.numel() for p in module.parameters())
+        print(
+            f"{half}: {len(module.kept['eval'])} eval nodes, {params:,} of {total:,} parameters; "
+            f"saved {paths[half]} ({file_size(paths[half])}, format {args.format})"
+        )
+    print(
+        "tail(head(x)) equals the model's output bitwise (eval mode)"
+        if same
+        else "tail(head(x)) differs from the model's output (eval mode): an op reads state the "
+        "cut reorders; compare with fxtap.split in Python"
+    )
+    return 0 if same else 1
+
+
+def _same(a: Any, b: Any) -> bool:
+    import torch
+
+    flat_a, spec_a = torch.utils._pytree.tree_flatten(a)
+    flat_b, spec_b = torch.utils._pytree.tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    return all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+        for x, y in zip(flat_a, flat_b, strict=True)
+    )
