@@ -104,6 +104,8 @@ _HOME = {
     "open_features": "fxtap.dataset",
 }
 _PACKAGES = {"edits", "render", "trace"}
+#: Modules named like the function they hold: the name on the package is the function.
+_FUNCTION_MODULES = {"edit", "save", "split"}
 
 
 def __getattr__(name: str) -> Any:
@@ -124,12 +126,13 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The ``fxtap`` package: ``fxtap.save`` stays the function once ``fxtap.save`` is imported."""
+    """The ``fxtap`` package: ``fxtap.save``, ``fxtap.split`` and ``fxtap.edit`` stay functions
+    once their modules are imported."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         # NOTE: importing a submodule binds it on the package; the function of the same name
-        # (fxtap.save, in fxtap/save.py) is what ``fxtap.save`` means.
-        if name == "save" and isinstance(value, types.ModuleType):
+        # (fxtap.save, in fxtap/save/) is what ``fxtap.save`` means.
+        if name in _FUNCTION_MODULES and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

@@ -279,6 +279,10 @@ def create_feature_extractor(
     del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
     check_model(model)
     requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    if edits is not None:
+        from fxtap.edit import check_edits
+
+        check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
     full: dict[str, Traced] = {}
@@ -306,11 +310,11 @@ def create_feature_extractor(
                 error=exc,
                 tracer_kwargs=tracer_kwargs,
                 example_inputs=example_inputs,
+                edits=edits,
             )
     if edits is not None:
-        from fxtap.edit import apply_edits, check_edits
+        from fxtap.edit import apply_edits
 
-        check_edits(edits)
         traces = apply_edits(traces, edits, model_name=name)
     for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))

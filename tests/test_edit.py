@@ -16,7 +16,7 @@ import fxtap
 from fxtap.edits import Add, Input, Project, Replace, Scale, Zero
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError
 from tests.checker import bitwise_equal, preserved
-from tests.models import TinyUNet
+from tests.models import ListRoot, TinyUNet
 
 X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 _G = torch.Generator().manual_seed(1)
@@ -356,3 +356,88 @@ def test_render_marks_the_edited_nodes(tmp_path: Any) -> None:
     text = rendering.paths[0].read_text(encoding="utf-8")
     assert text.count("✎ edited") == 2
     assert '"enc2.2.edit"' in text
+
+
+# --- the export path (Hugging Face models) -------------------------------------------------------
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(
+    ("name", "path"), [("llama", "layers.1"), ("bert", "encoder.layer.1.attention.self.query")]
+)
+def test_hugging_face_edit_equals_a_forward_hook(name: str, path: str) -> None:
+    from tests.test_export import _build
+
+    model, inputs = _build(name)
+    steer = torch.randn(32, generator=_seeded(7))
+    edited = fxtap.edit(model, {path: Add(steer)}, example_inputs=inputs)
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
+        # a decoder layer may return a tuple whose first item is the residual stream
+        return (out[0] + steer, *out[1:]) if isinstance(out, tuple) else out + steer
+
+    for training in (False, True):
+        model.train(training)
+        edited.train(training)
+        handle = model.get_submodule(path).register_forward_hook(hook)
+        try:
+            with preserved(model), torch.no_grad():
+                torch.manual_seed(0)
+                expected = model(**inputs)
+        finally:
+            handle.remove()
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            got = edited(**inputs)
+        assert bitwise_equal(got.last_hidden_state, expected.last_hidden_state)
+
+
+# --- the capture path --------------------------------------------------------------------------
+
+
+def _capture_inputs() -> list[torch.Tensor]:
+    return [torch.rand(3, 8, 8, generator=_seeded(8)), torch.rand(3, 8, 8, generator=_seeded(9))]
+
+
+def test_capture_path_edits_module_outputs_with_hooks(tmp_path: Any) -> None:
+    model = ListRoot().eval()
+    images = _capture_inputs()
+    with pytest.warns(UserWarning, match="capturing"):
+        ex = fxtap.create_feature_extractor(
+            model, {"body": "body", ":output": "out"}, edits={"body": Scale(2.0)}
+        )
+    assert isinstance(ex, fxtap.CaptureExtractor) and ex.edited == ("body",)
+    handle = model.body.register_forward_hook(lambda _m, _i, out: Scale(2.0)(out))
+    try:
+        with torch.no_grad():
+            expected_out = model(images)
+            expected_body = model.body(images[0][None])
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        got = ex(images)
+    assert bitwise_equal(got["out"], expected_out)
+    assert bitwise_equal(got["body"], expected_body)  # the first call's value, edited
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(InvalidArgumentError, match=r"forward hooks.*fmt='pickle'"):
+        fxtap.save(ex, tmp_path / "edited.fxtap")
+
+
+@pytest.mark.parametrize(
+    ("edits", "match"),
+    [
+        ({"body": Input("patch")}, "Input edit.*Replace"),
+        ({"bod": Scale(2.0)}, "names no module.*'body'"),
+    ],
+)
+def test_capture_path_refuses_what_hooks_cannot_do(edits: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        fxtap.create_feature_extractor(ListRoot(), [":output"], edits=edits)
+
+
+def test_edit_of_a_model_only_the_capture_path_runs_points_to_the_hooks() -> None:
+    with pytest.raises(fxtap.TraceError) as info:
+        fxtap.edit(ListRoot(), {"body": Scale(2.0)})
+    assert "create_feature_extractor(model, return_nodes, edits=...)" in "".join(
+        info.value.__notes__
+    )

@@ -286,3 +286,52 @@ def test_cli_split_says_the_nearest_cut_in_flags(
     assert main(["split", spec, "--at", "randn_like", "-o", str(out), "--input", "2x4"]) == 1
     assert "nearest cut: 'fc'. Pass --at fc" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- the export path (Hugging Face models) -------------------------------------------------------
+
+
+#: (model, cut, boundary keys): the attention mask, the batch size (an int) and llama's rotary
+#: embeddings cross the cut with the residual stream.
+HF_CUTS = [
+    ("bert", "embeddings", ["attention_mask", "sym_size", "embeddings.dropout"]),
+    ("bert", "encoder.layer.0.attention.output.add",
+     ["sym_size", "expand", "encoder.layer.0.attention.output.add"]),
+    ("bert", "encoder.layer.1", ["sym_size", "expand", "encoder.layer.1.output.LayerNorm"]),
+    ("llama", "embed_tokens", ["attention_mask", "sym_size", "embed_tokens"]),
+    ("llama", "layers.0.add",
+     ["sym_size", "expand", "rotary_emb.to_2", "rotary_emb.to_3", "layers.0.add"]),
+    ("llama", "layers.1.mlp.act_fn",
+     ["sym_size", "expand", "rotary_emb.to_2", "rotary_emb.to_3",
+      "layers.1.post_attention_layernorm.to", "layers.1.post_attention_layernorm.mul_1",
+      "layers.1.mlp.act_fn.silu"]),
+    ("llama", "layers.2", ["layers.2.add_1"]),
+]  # fmt: skip
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_hugging_face_models_on_the_export_path(name: str) -> None:
+    from tests.test_export import _build
+
+    model, inputs = _build(name)
+    torch.manual_seed(0)
+    for _, at, keys in [c for c in HF_CUTS if c[0] == name]:
+        halves = fxtap.split(model, at, example_inputs=inputs)
+        head, tail = halves
+        assert _params(head) < _params(model) and _params(tail) < _params(model)
+        for training in (False, True):
+            for module in (model, head, tail):
+                module.train(training)
+            with preserved(model), torch.no_grad():
+                torch.manual_seed(0)
+                expected = model(**inputs)
+            with preserved(model), torch.no_grad():
+                torch.manual_seed(0)
+                boundary = head(**inputs)
+                got = tail(boundary)
+            assert list(boundary) == keys
+            assert list(boundary) == list(halves.boundary["train" if training else "eval"])
+            for key in ("last_hidden_state", "pooler_output"):
+                if key in expected:
+                    assert bitwise_equal(got[key], expected[key]), f"{name} cut at {at}: {key}"
