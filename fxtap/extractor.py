@@ -10,10 +10,11 @@ from typing import Any, cast
 
 from torch import fx, nn
 
+from fxtap._edit_pass import apply_edits, check_edits
 from fxtap._fx import detach_submodules, union_root
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
-from fxtap._query import normalize_return_nodes, resolve
+from fxtap._query import requests_by_mode, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import (
     InvalidArgumentError,
@@ -278,10 +279,8 @@ def create_feature_extractor(
     """
     del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
     check_model(model)
-    requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    requests = requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
     if edits is not None:
-        from fxtap.edit import check_edits
-
         check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
@@ -313,8 +312,6 @@ def create_feature_extractor(
                 edits=edits,
             )
     if edits is not None:
-        from fxtap.edit import apply_edits
-
         traces = apply_edits(traces, edits, model_name=name)
     for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
@@ -328,33 +325,6 @@ def create_feature_extractor(
     root = union_root(pruned_modules)
     info = ExtractorInfo(outputs=outputs, opaque=opaque, full=full)
     return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
-
-
-def _requests_by_mode(return_nodes: Any, train_nodes: Any, eval_nodes: Any) -> dict[str, Any]:
-    if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
-        raise InvalidArgumentError(
-            "return_nodes was given together with train_return_nodes/eval_return_nodes; pass "
-            "either return_nodes (both modes) or both train_return_nodes and eval_return_nodes"
-        )
-    if return_nodes is None:
-        if train_nodes is None and eval_nodes is None:
-            raise InvalidArgumentError(
-                "no nodes requested: return_nodes is None; pass return_nodes=['layer4'] (or "
-                "both train_return_nodes and eval_return_nodes). List names with "
-                "fxtap.get_graph_node_names(model)"
-            )
-        if train_nodes is None or eval_nodes is None:
-            given = "train_return_nodes" if eval_nodes is None else "eval_return_nodes"
-            missing = "eval_return_nodes" if eval_nodes is None else "train_return_nodes"
-            raise InvalidArgumentError(
-                f"only {given} was given; pass {missing} too, or use return_nodes for both modes"
-            )
-        return {
-            "train": normalize_return_nodes(train_nodes, argument="train_return_nodes"),
-            "eval": normalize_return_nodes(eval_nodes, argument="eval_return_nodes"),
-        }
-    both = normalize_return_nodes(return_nodes, argument="return_nodes")
-    return {"train": both, "eval": both}
 
 
 def _describe(value: Any, traced: Traced) -> str:

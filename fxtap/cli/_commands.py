@@ -323,8 +323,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run.run,
     "split": _split.split_command,
 }
-
-
-#: The model and the example inputs of a subcommand, for the subcommands in their own modules.
-load_args = _load
-inputs_args = _inputs

@@ -1,4 +1,6 @@
-"""``fxtap split``: cut a model into a head and a tail, check them on an input, save both."""
+"""``fxtap split``: cut a model into a head and a tail, check them on an input, save both.
+
+Its arguments are declared in ``fxtap.cli._parser``."""
 
 from __future__ import annotations
 
@@ -6,55 +8,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "split_command"]
-
-
-def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Add the ``split`` subcommand; ``parents`` give MODEL, --input and --tracer."""
-    p = subparsers.add_parser(
-        "split",
-        parents=parents,
-        help="cut a model into a head and a tail and save both",
-        description="Cut a model after the given nodes into a head, which returns the boundary "
-        "(every value the rest of the model needs), and a tail, which finishes the forward from "
-        "it. Both are checked on the example input (tail(head(x)) against the model, eval mode) "
-        "and saved as DIR/head.fxtap and DIR/tail.fxtap.",
-    )
-    p.add_argument(
-        "--at",
-        metavar="NAME",
-        nargs="+",
-        required=True,
-        help="node names to cut after: 'layer3', 'layer3.1.conv1:input' (default: none, required)",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        metavar="DIR",
-        required=True,
-        help="folder to write (default: none, required)",
-    )
-    p.add_argument(
-        "--format",
-        choices=("fxtap", "pickle"),
-        default="fxtap",
-        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
-        "(default: fxtap)",
-    )
-    p.set_defaults(handler="split")
+__all__ = ["split_command"]
 
 
 def split_command(args: argparse.Namespace) -> int:
     import torch
 
-    from fxtap.cli._commands import inputs_args, load_args
+    from fxtap.cli._examples import make_inputs
+    from fxtap.cli._models import load_spec
     from fxtap.cli._output import check_writable, file_size, progress
     from fxtap.errors import CutError, FxtapError, ensure_output_dir
     from fxtap.save import save
     from fxtap.split import split
 
-    model = load_args(args)
-    example = inputs_args(args)
+    with progress(f"building {args.model}"):
+        model = load_spec(
+            args.model, args.model_arg, trust=args.trust, allow_download=args.allow_download
+        )
+    example = make_inputs(args.input, dtype=args.dtype)
     with progress(f"cutting {args.model} at {', '.join(args.at)}"):
         exported = example if args.tracer == "export" else None
         try:

@@ -6,6 +6,7 @@ import html
 from collections.abc import Sequence
 
 from fxtap.render._calls import ISLAND_COLOUR, call_legend, style_call
+from fxtap.render._marks import style_mark
 from fxtap.render._view import View, ViewNode, prefixes
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
@@ -24,9 +25,6 @@ ONLY_COLOUR = "#D55E00"
 #: Marks ops that compute differently per mode (dropout, batch norm, stochastic depth).
 MODE_COLOUR = "#882255"
 PRUNED_COLOUR = "#999999"
-#: Marks the nodes ``fxtap.edit`` inserted and the values crossing a ``split``.
-MARKS = {"edited": ("#CC79A7", "✎ edited"), "cut": ("#0072B2", "✂ cut here"),
-         "boundary": ("#0072B2", "✂ crosses the cut")}  # fmt: skip
 #: Graph attributes that trade layout quality for speed, used when ``dot`` runs out of time.
 FAST_SETTINGS = {
     # Network simplex iterations, capped at half the node count, are where dot spends its
@@ -200,10 +198,7 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.key is not None:
         attrs.update(penwidth="3", color="#000000")
         rows.append(_small(f"⇒ output {node.key!r}" if node.key != node.id else "⇒ output"))
-    if node.mark in MARKS:
-        colour, text = MARKS[node.mark]
-        attrs.update(penwidth="3", color=colour)
-        rows.append(f'<font color="{colour}" point-size="8"><b>{text}</b></font>')
+    style_mark(node, attrs, rows)
     if node.only is not None:
         attrs.update(penwidth="3", color=ONLY_COLOUR)
         rows.append(f'<font color="{ONLY_COLOUR}" point-size="8"><b>{node.only} only</b></font>')
