@@ -128,7 +128,11 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from fxtap._extras import require_extra
     from fxtap.cost import compare
+
+    if args.plot:
+        require_extra("plot", purpose="--plot")
 
     model = _load(args)
     nodes = _nodes_arg(args)
@@ -321,5 +325,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": _bench,
     "demo": _demo,
     "run": _run.run,
+    "verify": _run.verify,
     "split": _split.split_command,
 }

@@ -79,13 +79,17 @@ def split_command(args: argparse.Namespace) -> int:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are outputs of the same type whose leaves are equal (tensors bitwise)."""
     import torch
 
-    flat_a, spec_a = torch.utils._pytree.tree_flatten(a)
-    flat_b, spec_b = torch.utils._pytree.tree_flatten(b)
-    if spec_a != spec_b:
-        return False
-    return all(
-        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
-        for x, y in zip(flat_a, flat_b, strict=True)
+    from fxtap._compat import tree_leaves
+
+    leaves_a, leaves_b = tree_leaves(a), tree_leaves(b)
+    return (
+        type(a) is type(b)
+        and len(leaves_a) == len(leaves_b)
+        and all(
+            torch.equal(x, y) if isinstance(x, torch.Tensor) else bool(x == y)
+            for x, y in zip(leaves_a, leaves_b, strict=True)
+        )
     )
