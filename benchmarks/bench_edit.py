@@ -41,6 +41,25 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def _nnsight_variant(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """nnsight's intervention making the same edit, when nnsight is importable (it is no
+    dependency of fxtap: put it on PYTHONPATH, e.g. ``pip install --target DIR nnsight``)."""
+    try:
+        from nnsight import NNsight
+    except ImportError:
+        print("nnsight is not installed: its row is left out")
+        return {}
+    wrapped = NNsight(model)
+
+    def run() -> Any:
+        with wrapped.trace(x):
+            wrapped.layer3.output = wrapped.layer3.output * 0.5
+            out = wrapped.output.save()
+        return out
+
+    return {"nnsight intervention (Scale)": run}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
@@ -75,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "edited graph (Scale at layer3)": lambda: edited(x),
         "graph with an Identity edit": lambda: unedited(x),
         "forward hook (Scale at layer3)": lambda: model(x),
+        **_nnsight_variant(model, x),
         "head (up to layer3)": lambda: head(x),
         "tail on cached layer3": lambda: tail(boundary),
     }
