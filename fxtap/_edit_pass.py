@@ -122,7 +122,9 @@ def _edit_one(traced: Traced, targets: Mapping[str, fx.Node], edits: Mapping[str
             placeholder.meta[NAME_KEY] = change.name
             last_input.append(placeholder)
             extra = (placeholder,)
-        with graph.inserting_after(current):
+        # NOTE: an edit of a model input goes after every placeholder, its own Input's too
+        after = last_input[-1] if current.op == "placeholder" else current
+        with graph.inserting_after(after):
             if isinstance(change, nn.Module):
                 container.add_module(str(i), change)
                 new = graph.call_module(f"{EDITS_PATH}.{i}", (current, *extra))

@@ -441,3 +441,13 @@ def test_edit_of_a_model_only_the_capture_path_runs_points_to_the_hooks() -> Non
     assert "create_feature_extractor(model, return_nodes, edits=...)" in "".join(
         info.value.__notes__
     )
+
+
+def test_edit_of_a_model_input() -> None:
+    model = TinyUNet().eval()
+    with torch.no_grad():
+        scaled = fxtap.edit(model, {"x": Scale(2.0)})
+        assert bitwise_equal(scaled(X), model(X * 2.0))
+        given = fxtap.edit(model, {"x": Input("other")})
+        assert bitwise_equal(given(X, other=X * 2.0), model(X * 2.0))
+        assert bitwise_equal(given(X), model(X))
