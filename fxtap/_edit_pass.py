@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from fxtap._compat import fx_reserved_globals
 from fxtap._fx import EDIT_KEY, NAME_KEY
 from fxtap._query import normalize_return_nodes, resolve
 from fxtap.edits import Input
@@ -115,6 +116,7 @@ def _edit_one(traced: Traced, targets: Mapping[str, fx.Node], edits: Mapping[str
             label = f"{name}{EDIT_SUFFIX}_{count}"
         extra: tuple[fx.Node, ...] = ()
         if isinstance(change, Input):
+            _check_free(change.name, graph, query)
             where = last_input[-1] if last_input else next(iter(graph.nodes))
             with graph.inserting_after(where):
                 placeholder = graph.placeholder(change.name, default_value=None)
@@ -153,3 +155,15 @@ def _edit_one(traced: Traced, targets: Mapping[str, fx.Node], edits: Mapping[str
         wrapped=traced.wrapped,
         module_outputs={p: moved(v) for p, v in traced.module_outputs.items()},
     )
+
+
+def _check_free(name: str, graph: fx.Graph, query: str) -> None:
+    """Refuse an ``Input`` name the generated ``forward`` already has or reserves."""
+    arguments = {str(n.target) for n in graph.nodes if n.op == "placeholder"}
+    if name in arguments or name == "self" or name in fx_reserved_globals():
+        raise InvalidArgumentError(
+            f"edits[{query!r}] is Input({name!r}), but {name!r} is "
+            + ("already an argument of the model's forward" if name in arguments else
+               "a name the generated forward reserves")
+            + "; give the Input another name, e.g. Input('patch')"
+        )  # fmt: skip

@@ -301,6 +301,9 @@ def test_bad_edits_are_refused() -> None:
         fxtap.edit(TinyUNet(), {"enc1": Input("p"), "enc2": Input("p")})
     with pytest.raises(NodeNotFoundError, match="closest: 'enc2"):
         fxtap.edit(TinyUNet(), {"enc3": Scale(2.0)})
+    for name, why in (("x", "already an argument"), ("self", "reserves"), ("torch", "reserves")):
+        with pytest.raises(InvalidArgumentError, match=f"Input\\('{name}'\\), but .*{why}"):
+            fxtap.edit(TinyUNet(), {"enc2": Input(name)})
 
 
 @pytest.mark.parametrize(
