@@ -106,8 +106,9 @@ def test_unet_skips_cross_the_cut(at: Any, keys: list[str]) -> None:
 def test_vit_b_16() -> None:
     torch.manual_seed(0)
     model = torchvision.models.vit_b_16(image_size=32).eval()
-    # conv_proj: the batch size read from x.shape before the cut crosses it as an int
-    check_split(model, "conv_proj", X32)
+    # conv_proj: the batch size and the patch grid, read from x.shape before the cut, cross it
+    # as ints
+    check_split(model, "conv_proj", X32, ["getitem", "floordiv", "floordiv_1", "conv_proj"])
     check_split(
         model,
         "encoder.layers.encoder_layer_5.ln_2",
