@@ -336,3 +336,44 @@ def test_hugging_face_models_on_the_export_path(name: str) -> None:
             for key in ("last_hidden_state", "pooler_output"):
                 if key in expected:
                     assert bitwise_equal(got[key], expected[key]), f"{name} cut at {at}: {key}"
+
+
+class TwoBranches(nn.Module):
+    """Two branches of the input; ``side`` runs before ``main`` or after it."""
+
+    def __init__(self, side_first: bool) -> None:
+        super().__init__()
+        self.side_first = side_first
+        self.main = nn.Linear(4, 4)
+        self.side = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.side_first:
+            s = self.side(x)
+            m = self.main(x)
+        else:
+            m = self.main(x)
+            s = self.side(x)
+        return m.relu() + s
+
+
+@pytest.mark.parametrize(
+    ("side_first", "keys", "in_head"),
+    [(True, ["side", "main"], True), (False, ["x", "main"], False)],
+    ids=["before-the-cut", "after-the-cut"],
+)
+def test_ops_independent_of_the_cut_run_where_they_come(
+    side_first: bool, keys: list[str], in_head: bool
+) -> None:
+    model = TwoBranches(side_first)
+    halves = fxtap.split(model, "main")
+    assert list(halves.boundary["eval"]) == keys
+
+    def runs_side(half: nn.Module) -> bool:
+        return any(n.op == "call_module" and n.target == "side" for n in half.graph.nodes)
+
+    assert runs_side(halves.head) is in_head
+    assert runs_side(halves.tail) is not in_head
+    x = torch.rand(2, 4)
+    with torch.no_grad():
+        assert bitwise_equal(halves.tail(halves.head(x)), model(x))
