@@ -14,13 +14,18 @@ __all__ = ["split_command"]
 def split_command(args: argparse.Namespace) -> int:
     import torch
 
+    from fxtap._io import check_output
     from fxtap.cli._examples import make_inputs
     from fxtap.cli._models import load_spec
-    from fxtap.cli._output import check_writable, file_size, progress
+    from fxtap.cli._output import file_size, progress
     from fxtap.errors import CutError, FxtapError, ensure_output_dir
     from fxtap.save import save
     from fxtap.split import split
 
+    paths = {half: Path(args.out_dir) / f"{half}.fxtap" for half in ("head", "tail")}
+    if Path(args.out_dir).is_dir():  # before any work, as for every output path
+        for path in paths.values():
+            check_output(path, hint="Pass another folder with -o DIR.")
     with progress(f"building {args.model}"):
         model = load_spec(
             args.model, args.model_arg, trust=args.trust, allow_download=args.allow_download
@@ -46,10 +51,7 @@ def split_command(args: argparse.Namespace) -> int:
         model.train(was[0])
         head.train(was[1])
         tail.train(was[1])
-    folder = ensure_output_dir(args.output, hint="Pass a writable folder with -o DIR.")
-    paths = {half: Path(folder) / f"{half}.fxtap" for half in ("head", "tail")}
-    for path in paths.values():
-        check_writable(folder, path)
+    folder = ensure_output_dir(args.out_dir, hint="Pass a writable folder with -o DIR.")
     with progress(f"saving {folder}"):
         for half, module in zip(("head", "tail"), halves, strict=True):
             save(module, paths[half], fmt=args.format)
