@@ -6,7 +6,7 @@ import html
 from collections.abc import Sequence
 
 from fxtap.render._calls import ISLAND_COLOUR, call_legend, style_call
-from fxtap.render._marks import style_mark
+from fxtap.render._marks import node_classes, style_mark
 from fxtap.render._view import View, ViewNode, prefixes
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
@@ -207,22 +207,8 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
         if attrs.get("shape") != "box3d":
             attrs.pop("fillcolor", None)
     attrs["label"] = "<" + "<br/>".join(rows) + ">"
-    attrs["class"] = _classes(node)
+    attrs["class"] = node_classes(node)
     return attrs
-
-
-def _classes(node: ViewNode) -> str:
-    """SVG classes the HTML viewer filters on."""
-    flags = [
-        ("pruned", node.pruned),
-        ("requested", node.key is not None),
-        ("only", node.only is not None),
-        ("folded", node.kind in ("module", "pruned")),
-        ("untraced", bool(node.untraced)),
-        ("skipped", node.skipped),
-        (node.mark, bool(node.mark)),
-    ]
-    return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
 
 def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:
