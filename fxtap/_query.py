@@ -23,6 +23,7 @@ __all__ = [
     "Request",
     "normalize_return_nodes",
     "parse_query",
+    "requests_by_mode",
     "resolve",
 ]
 
@@ -155,6 +156,40 @@ def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict
         else:
             raise _not_found(req.query, traced, model_name, inputs)
     return selected
+
+
+def requests_by_mode(
+    return_nodes: Any, train_nodes: Any, eval_nodes: Any
+) -> dict[str, list[Request]]:
+    """``create_feature_extractor``'s three node arguments as each mode's ``Request`` list.
+
+    Raises:
+        InvalidArgumentError: both kinds given, one mode's list alone, or none at all.
+    """
+    if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
+        raise InvalidArgumentError(
+            "return_nodes was given together with train_return_nodes/eval_return_nodes; pass "
+            "either return_nodes (both modes) or both train_return_nodes and eval_return_nodes"
+        )
+    if return_nodes is None:
+        if train_nodes is None and eval_nodes is None:
+            raise InvalidArgumentError(
+                "no nodes requested: return_nodes is None; pass return_nodes=['layer4'] (or "
+                "both train_return_nodes and eval_return_nodes). List names with "
+                "fxtap.get_graph_node_names(model)"
+            )
+        if train_nodes is None or eval_nodes is None:
+            given = "train_return_nodes" if eval_nodes is None else "eval_return_nodes"
+            missing = "eval_return_nodes" if eval_nodes is None else "train_return_nodes"
+            raise InvalidArgumentError(
+                f"only {given} was given; pass {missing} too, or use return_nodes for both modes"
+            )
+        return {
+            "train": normalize_return_nodes(train_nodes, argument="train_return_nodes"),
+            "eval": normalize_return_nodes(eval_nodes, argument="eval_return_nodes"),
+        }
+    both = normalize_return_nodes(return_nodes, argument="return_nodes")
+    return {"train": both, "eval": both}
 
 
 def _as_name(value: Any) -> str | None:

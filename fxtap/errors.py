@@ -10,6 +10,7 @@ from pathlib import Path
 import torch.fx.proxy
 
 __all__ = [
+    "CutError",
     "DotNotFoundError",
     "DroppedModuleError",
     "FxtapError",
@@ -92,6 +93,20 @@ class MissingExtraError(FxtapError, ImportError):
 
 class MistraceError(TraceError):
     """The traced graph computes something other than the eager model and no fallback fixed it."""
+
+
+class CutError(InvalidArgumentError):
+    """``split`` cannot cut the model where asked; the message gives the reason and a cut it can make.
+
+    Attributes:
+        query: the cut as the user wrote it.
+        nearest: the nearest node name ``split`` can cut at, or ``None`` when there is none.
+    """
+
+    def __init__(self, message: str, *, query: str = "", nearest: str | None = None) -> None:
+        super().__init__(message)
+        self.query = query
+        self.nearest = nearest
 
 
 class InputShapeError(InvalidArgumentError):

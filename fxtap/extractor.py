@@ -11,11 +11,12 @@ from typing import Any
 from torch import fx, nn
 
 from fxtap import _compat
+from fxtap._edit_pass import apply_edits, check_edits
 from fxtap._fx import detach_submodules, union_root
 from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
-from fxtap._query import normalize_return_nodes, resolve
+from fxtap._query import requests_by_mode, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import (
     InvalidArgumentError,
@@ -40,7 +41,9 @@ class ExtractorInfo:
     """What a ``FeatureExtractor`` serves, beside its graphs.
 
     Attributes:
-        outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
+        outputs: by mode, output key -> resolved node name (``":output"`` for the model's);
+            empty when the forward returns what the model returns, not a dict (the tail of
+            ``split``, a module built by ``edit``).
         opaque: module paths made opaque leaves by the automatic fallback.
         full: by mode, the unpruned traces; empty unless requested (``keep_traces=True``),
             since a full trace holds every module of the model, pruned or not.
@@ -200,6 +203,7 @@ def create_feature_extractor(
     example_inputs: Any = None,
     tracer: str = "auto",
     keep_traces: bool = False,
+    edits: Mapping[str, Any] | None = None,
 ) -> FeatureExtractor | CaptureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
 
@@ -232,6 +236,10 @@ def create_feature_extractor(
         keep_traces: keep the unpruned traces in ``ex.full`` (for ``render`` and ``compare``);
             they hold the whole model, so by default they are dropped and the extractor
             keeps only what it runs.
+        edits: node query -> edit (``fxtap.edits``), as in ``fxtap.edit``: the values
+            returned are those of the edited model, and a tap at an edited node returns its
+            edited value. On the capture path the edits run as forward hooks, so only module
+            outputs can be edited there (docs/editing.md).
 
     Returns:
         A ``FeatureExtractor`` in the mode ``model`` was in (or a ``CaptureExtractor``).
@@ -249,16 +257,19 @@ def create_feature_extractor(
     """
     del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
     check_model(model)
-    requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    requests = requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    if edits is not None:
+        check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
     full: dict[str, Traced] = {}
     outputs: dict[str, dict[str, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
+    traces: dict[str, Traced] = {}
     for mode in MODES:
         try:
-            traced = trace(
+            traces[mode] = trace(
                 model,
                 training=mode == "train",
                 tracer_kwargs=tracer_kwargs,
@@ -276,7 +287,11 @@ def create_feature_extractor(
                 error=exc,
                 tracer_kwargs=tracer_kwargs,
                 example_inputs=example_inputs,
+                edits=edits,
             )
+    if edits is not None:
+        traces = apply_edits(traces, edits, model_name=name)
+    for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
         selected = resolve(requests[mode], traced, model_name=name)
         pruned = prune(traced, selected, class_name=name)
@@ -288,33 +303,6 @@ def create_feature_extractor(
     root = union_root(pruned_modules)
     info = ExtractorInfo(outputs=outputs, opaque=opaque, full=full)
     return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
-
-
-def _requests_by_mode(return_nodes: Any, train_nodes: Any, eval_nodes: Any) -> dict[str, Any]:
-    if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
-        raise InvalidArgumentError(
-            "return_nodes was given together with train_return_nodes/eval_return_nodes; pass "
-            "either return_nodes (both modes) or both train_return_nodes and eval_return_nodes"
-        )
-    if return_nodes is None:
-        if train_nodes is None and eval_nodes is None:
-            raise InvalidArgumentError(
-                "no nodes requested: return_nodes is None; pass return_nodes=['layer4'] (or "
-                "both train_return_nodes and eval_return_nodes). List names with "
-                "fxtap.get_graph_node_names(model)"
-            )
-        if train_nodes is None or eval_nodes is None:
-            given = "train_return_nodes" if eval_nodes is None else "eval_return_nodes"
-            missing = "eval_return_nodes" if eval_nodes is None else "train_return_nodes"
-            raise InvalidArgumentError(
-                f"only {given} was given; pass {missing} too, or use return_nodes for both modes"
-            )
-        return {
-            "train": normalize_return_nodes(train_nodes, argument="train_return_nodes"),
-            "eval": normalize_return_nodes(eval_nodes, argument="eval_return_nodes"),
-        }
-    both = normalize_return_nodes(return_nodes, argument="return_nodes")
-    return {"train": both, "eval": both}
 
 
 def _describe(value: Any, traced: Traced) -> str:

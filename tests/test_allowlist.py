@@ -312,6 +312,25 @@ def dropped_extractors() -> Iterator[tuple[str, Any]]:
     yield "dropped:fasterrcnn_mobilenet_v3_large_320_fpn", extractor
 
 
+def edit_extractors() -> Iterator[tuple[str, Any]]:
+    """Models edited with each ``fxtap.edits`` module, in each of its configurations."""
+    from fxtap.edits import Add, Input, Project, Replace, Scale, Zero
+    from tests.models import TinyUNet
+
+    edits = {
+        "enc1": Zero(),
+        "enc1.0": Zero(1),
+        "enc1.1": Zero([0, 1], dim=-1),
+        "enc2": Scale(0.5),
+        "enc2.0": Scale(torch.ones(1)),
+        "enc2.1": Add(torch.zeros(1)),
+        "mid": Project(torch.ones(16), dim=1),
+        "up2": Replace(torch.zeros(1)),
+        "cat": Input("patch"),
+    }
+    yield "edit:TinyUNet", fxtap.edit(TinyUNet(), edits)
+
+
 def audio_extractors() -> Iterator[tuple[str, Any]]:
     """torchaudio's wav2vec2 (weight_norm on its positional convolution) and Conformer, when
     installed, as tests/test_zoo_audio.py builds them; every graph node requested."""
@@ -468,6 +487,11 @@ def missing(emitted: Emitted) -> list[str]:
     return gaps
 
 
+def test_allowlist_holds_the_edit_modules() -> None:
+    gaps = missing(collect(edit_extractors()))
+    assert not gaps, f"regenerate with: python tests/test_allowlist.py ({gaps})"
+
+
 def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
     names = torchvision.models.list_models() if THOROUGH else list(SAMPLE)
     emitted = collect(torchvision_extractors(names))
@@ -620,6 +644,7 @@ def main(argv: list[str] | None = None) -> None:
         emitted.merge(collect(hf_extractors()))
         emitted.merge(collect(audio_extractors()))
         emitted.merge(collect(dropped_extractors()))
+        emitted.merge(collect(edit_extractors()))
         emitted.functions |= standard_functions()
         emitted.methods |= standard_methods()
     emitted.merge(export_emitted())

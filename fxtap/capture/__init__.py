@@ -15,6 +15,7 @@ from fxtap._parametrized import dumps, is_parametrized, loads
 from fxtap._protocol import Extractor
 from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
+from fxtap.capture._edits import hook_edits
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
 from fxtap.capture._reach import Dropped, drop_after_probe
 from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
@@ -67,6 +68,7 @@ class CaptureExtractor(Extractor):
         outputs: by mode, output key -> requested node name.
         opaque: module paths kept opaque inside the islands by the automatic fallback.
         dropped: module paths replaced by ``Dropped`` stubs after the build-time probe.
+        edited: module paths whose outputs edits change (forward hooks; docs/editing.md).
         tracer_kwargs: the tracer options the islands were traced with (a copy).
     """
 
@@ -88,6 +90,7 @@ class CaptureExtractor(Extractor):
         self.reason = reason
         self.opaque = opaque
         self.dropped: tuple[str, ...] = ()
+        self.edited: tuple[str, ...] = ()
         self._plans = dict(plans)
         self._channel = Channel()
         self.islands = {mode: tuple(p.names) for mode, p in self._plans.items()}
@@ -174,18 +177,23 @@ def build_capture_extractor(
     tracer_kwargs: Mapping[str, Any] | None = None,
     example_inputs: Any = None,
     warn: bool = True,
+    edits: Mapping[str, Any] | None = None,
 ) -> CaptureExtractor:
     """Build a ``CaptureExtractor`` for a model whose root forward raised ``error``.
 
     With ``example_inputs`` and no ``":output"`` request, the modules no probe run on them
     reaches are dropped (``CaptureExtractor.dropped``). ``warn=False`` (a saved extractor
-    being loaded) skips the warning that says capture is used.
+    being loaded) skips the warning that says capture is used. ``edits`` change module
+    outputs with forward hooks on the extractor's own copy of the module tree
+    (``fxtap.capture._edits``); they are listed in ``ex.edited``.
 
     Raises:
         NodeNotFoundError: a request is neither a module nor a node inside a traceable
             submodule; the message says why and what can be requested instead.
     """
     clone = clone_structure(model, {})
+    # NOTE: before the extractor's own hooks, so that its taps see the edited values
+    edited = hook_edits(clone, edits, model_name=type(model).__name__) if edits else ()
     plans: dict[str, _Plan] = {}
     opaque: dict[str, None] = {}
     name = type(model).__name__
@@ -203,6 +211,7 @@ def build_capture_extractor(
         opaque=tuple(opaque),
         tracer_kwargs=tracer_kwargs,
     )
+    ex.edited = edited
     dropping = drop_after_probe(ex, example_inputs, name)
     if not warn:
         return ex

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import fxtap.cli._run as _run
+import fxtap.cli._split as _split
 from fxtap._io import check_output
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
@@ -333,4 +334,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "run": _run.run,
     "verify": _run.verify,
+    "split": _split.split_command,
 }

@@ -191,6 +191,7 @@ FLAGS = {
     "device": "--device",
     "depth": "--depth",
     "max_nodes": "--max-nodes",
+    "at": "--at",
 }
 _ARGUMENT = re.compile(
     r"(?<![\w.\-])(" + "|".join(map(re.escape, FLAGS)) + r")=('[^']*'|[^\s,;)]*)"

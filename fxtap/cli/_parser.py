@@ -219,7 +219,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="demo")
     add_run_parser(sub)
     add_verify_parser(sub)
+    _add_split_parser(sub, [model, needs_input, tracing])
     return parser
+
+
+def _add_split_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``split`` subcommand; ``parents`` give MODEL, --input and --tracer."""
+    p = subparsers.add_parser(
+        "split",
+        parents=parents,
+        help="cut a model into a head and a tail and save both",
+        description="Cut a model after the given nodes into a head, which returns the boundary "
+        "(every value the rest of the model needs), and a tail, which finishes the forward from "
+        "it. Both are checked on the example input (tail(head(x)) against the model, eval mode) "
+        "and saved as DIR/head.fxtap and DIR/tail.fxtap.",
+    )
+    p.add_argument(
+        "--at",
+        metavar="NAME",
+        nargs="+",
+        required=True,
+        help="node names to cut after: 'layer3', 'layer3.1.conv1:input' (default: none, required)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="out_dir",
+        metavar="DIR",
+        required=True,
+        help="folder to write (default: none, required)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("fxtap", "pickle"),
+        default="fxtap",
+        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
+        "(default: fxtap)",
+    )
+    p.set_defaults(handler="split")
 
 
 def _inputs_parser(default: str) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import html
 from collections.abc import Sequence
 
 from fxtap.render._calls import ISLAND_COLOUR, call_legend, style_call
+from fxtap.render._marks import node_classes, style_mark
 from fxtap.render._view import View, ViewNode, prefixes
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
@@ -197,6 +198,7 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.key is not None:
         attrs.update(penwidth="3", color="#000000")
         rows.append(_small(f"⇒ output {node.key!r}" if node.key != node.id else "⇒ output"))
+    style_mark(node, attrs, rows)
     if node.only is not None:
         attrs.update(penwidth="3", color=ONLY_COLOUR)
         rows.append(f'<font color="{ONLY_COLOUR}" point-size="8"><b>{node.only} only</b></font>')
@@ -205,21 +207,8 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
         if attrs.get("shape") != "box3d":
             attrs.pop("fillcolor", None)
     attrs["label"] = "<" + "<br/>".join(rows) + ">"
-    attrs["class"] = _classes(node)
+    attrs["class"] = node_classes(node)
     return attrs
-
-
-def _classes(node: ViewNode) -> str:
-    """SVG classes the HTML viewer filters on."""
-    flags = [
-        ("pruned", node.pruned),
-        ("requested", node.key is not None),
-        ("only", node.only is not None),
-        ("folded", node.kind in ("module", "pruned")),
-        ("untraced", bool(node.untraced)),
-        ("skipped", node.skipped),
-    ]
-    return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
 
 def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:

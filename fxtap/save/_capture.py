@@ -21,7 +21,7 @@ from fxtap._query import Request
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.capture._islands import IslandForward
 from fxtap.capture._reach import Dropped
-from fxtap.errors import FxtapError, LoadError, TraceError
+from fxtap.errors import FxtapError, InvalidArgumentError, LoadError, TraceError, format_choices
 from fxtap.save import _allowlist
 from fxtap.save._build import build_module, function, module_class
 from fxtap.save._config import Modules
@@ -71,6 +71,12 @@ class CheckedCapture:
 
 def describe_capture(extractor: CaptureExtractor, tensors: Tensors) -> dict[str, Any]:
     """The manifest of ``extractor``; its tensors go to ``tensors``."""
+    if extractor.edited:
+        raise InvalidArgumentError(
+            f"the extractor edits {format_choices(extractor.edited)} with forward hooks (its "
+            "model's root forward cannot be traced), which the safe fxtap format does not store; "
+            "save with fmt='pickle' (--format pickle) and load it with trust=True"
+        )
     model = clone_structure(extractor.model, {})
     for module in model.modules():
         if isinstance(vars(module).get("forward"), IslandForward):

@@ -9,6 +9,7 @@ from typing import IO, Any
 import torch
 from torch import fx, nn
 
+from fxtap._fx import EDIT_KEY
 from fxtap._protocol import Extractor
 from fxtap.capture import CaptureExtractor
 from fxtap.errors import InvalidArgumentError
@@ -54,6 +55,8 @@ def pack(extractor: Extractor, file: IO[bytes]) -> None:
 
 
 def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
+    for mode in MODES:
+        _refuse_function_edits(extractor.graph_for(mode))
     graphs = {mode: _encode_graph(extractor.graph_for(mode)) for mode in MODES}
     targets: dict[str, str] = {}
     for mode in MODES:
@@ -92,6 +95,19 @@ def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
         "kept": {mode: sorted(names) for mode, names in extractor.kept.items()},
         "opaque": list(extractor.opaque),
     }
+
+
+def _refuse_function_edits(graph: fx.Graph) -> None:
+    """A function given to ``fxtap.edit`` is code of the user's: only the pickle keeps it."""
+    for node in graph.nodes:
+        if node.op == "call_function" and EDIT_KEY in node.meta:
+            raise InvalidArgumentError(
+                f"the edit of {node.meta[EDIT_KEY]!r} is the function "
+                f"{getattr(node.target, '__name__', node.target)!r}, not a module; the safe "
+                "fxtap format stores edits as modules only. Use an fxtap.edits module or an "
+                "nn.Module, or save with fmt='pickle' (--format pickle) and load it with "
+                "trust=True"
+            )
 
 
 def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
