@@ -73,13 +73,14 @@ def _extract(args: argparse.Namespace) -> int:
         torch.no_grad(),
         _fitting(args, model, example),
     ):
-        was = extractor.training
         values = extractor.eval()(*example)
-        extractor.train(was)
+    # NOTE: saved for inference: eval mode unless --train (a model factory builds in train mode)
+    extractor.train(args.train)
     with progress(f"saving {output}"):
         save(extractor, output, fmt=args.format)
     print(describe_extractor(extractor, values))
-    print(f"saved {output} ({file_size(output)}, format {args.format})")
+    mode = "train" if args.train else "eval"
+    print(f"saved {output} ({file_size(output)}, format {args.format}, {mode} mode)")
     return 0
 
 

@@ -87,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model, needs_input, taps, tracing],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
-        "example input in eval mode, and save it.",
+        "example input in eval mode, and save it in eval mode, ready for inference (--train "
+        "saves it in train mode; .train() and .eval() switch a loaded one).",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="save the extractor in train mode: a plain call then updates BatchNorm running "
+        "statistics and applies dropout (default: off, eval mode)",
     )
     p.add_argument(
         "-o",
