@@ -19,6 +19,7 @@ __all__ = [
     "INPUT_SUFFIX",
     "MODEL_OUTPUT",
     "OUTPUT_SUFFIX",
+    "OutputKey",
     "Query",
     "Request",
     "normalize_return_nodes",
@@ -34,12 +35,16 @@ INPUT_SUFFIX = ":input"
 MODEL_OUTPUT = ":output"
 
 
+#: A key of the output dict: the user's string, or integer, kept as given.
+OutputKey = str | int
+
+
 @dataclass(frozen=True)
 class Request:
     """One requested output: a query and the key it gets in the output dict."""
 
     query: str
-    key: str
+    key: OutputKey
 
 
 #: Query suffix naming a module's own output, the same as the bare name: ``"layer4:output"``.
@@ -82,11 +87,11 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
         InvalidArgumentError: empty, wrong type, queries or keys that are neither strings nor
             integers, duplicate keys.
 
-    Integer names and keys become their decimal string, as torchvision does: timm's
-    ``FeatureGraphNet`` asks for ``{"layer1": 0, "layer2": 1}`` and gets keys ``"0"`` and ``"1"``.
+    Integer keys stay integers, as torchvision's ``IntermediateLayerGetter`` keeps them
+    (``{"layer1": 0}`` returns key ``0``); an integer node name becomes its decimal string.
 
     >>> normalize_return_nodes({"layer1": 0}, argument="return_nodes")
-    [Request(query='layer1', key='0')]
+    [Request(query='layer1', key=0)]
     """
     if isinstance(return_nodes, str):
         return_nodes = [return_nodes]
@@ -106,10 +111,10 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
             "List names with fxtap.get_graph_node_names(model) or: fxtap nodes MODEL"
         )
     requests: list[Request] = []
-    seen: dict[str, str] = {}
+    seen: dict[OutputKey, str] = {}
     for raw_query, raw_key in pairs:
         query = _as_name(raw_query)
-        key = _as_name(raw_key)
+        key = raw_key if _is_int(raw_key) else _as_name(raw_key)
         if query is None:
             raise InvalidArgumentError(
                 f"{argument} has a non-string node name {raw_query!r} ({type(raw_query).__name__}); "
@@ -118,7 +123,7 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
         if key is None:
             raise InvalidArgumentError(
                 f"{argument}[{query!r}] maps to {raw_key!r} ({type(raw_key).__name__}); output keys "
-                "must be strings (or integers, which become their decimal string as in torchvision)"
+                "must be strings or integers"
             )
         if key in seen:
             raise InvalidArgumentError(
@@ -130,7 +135,7 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
     return requests
 
 
-def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[str, Any]:
+def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[OutputKey, Any]:
     """Map each request's key to the node (or output structure) it selects.
 
     A query selects the node of that exact name, or else the last node in execution order
@@ -143,7 +148,7 @@ def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict
     last_under = _prefix_index(traced.names)
     inputs = _module_inputs(traced)
     output_node = traced.graph_module.graph.output_node()
-    selected: dict[str, Any] = {}
+    selected: dict[OutputKey, Any] = {}
     for req in requests:
         query = parse_query(req.query)
         if query.port == "model":
@@ -161,9 +166,13 @@ def _as_name(value: Any) -> str | None:
     """A query or key as a string: strings as they are, integers (not bools) in decimal."""
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         return str(value)
     return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _prefix_index(names: Mapping[fx.Node, str]) -> dict[str, fx.Node]:

@@ -13,7 +13,7 @@ from torch import fx, nn
 from fxtap._fx import detach_submodules, union_root
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
-from fxtap._query import normalize_return_nodes, resolve
+from fxtap._query import OutputKey, normalize_return_nodes, resolve
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import (
     InvalidArgumentError,
@@ -44,7 +44,7 @@ class ExtractorInfo:
             since a full trace holds every module of the model, pruned or not.
     """
 
-    outputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    outputs: Mapping[str, Mapping[OutputKey, str]] = field(default_factory=dict)
     opaque: tuple[str, ...] = ()
     full: dict[str, Traced] = field(default_factory=dict)
 
@@ -275,7 +275,7 @@ def create_feature_extractor(
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
     full: dict[str, Traced] = {}
-    outputs: dict[str, dict[str, str]] = {}
+    outputs: dict[str, dict[OutputKey, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
     for mode in MODES:

@@ -123,7 +123,7 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
     mode = "train" if extractor.training else "eval"
     outputs = extractor.outputs[mode]
     lines = [f"{extractor._get_name()} extractor in {mode} mode, {len(outputs)} output(s):"]
-    width = max(len(k) for k in outputs)
+    width = max(len(str(k)) for k in outputs)
     for key, node in outputs.items():
         value = values.get(key)
         detail = (
@@ -131,7 +131,7 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
             if isinstance(value, torch.Tensor)
             else type(value).__name__
         )
-        lines.append(f"  {key.ljust(width)}  <- {node}  {detail}")
+        lines.append(f"  {str(key).ljust(width)}  <- {node}  {detail}")
     params = sum(p.numel() for p in extractor.parameters())
     kept = getattr(extractor, "kept", None)
     if kept:
