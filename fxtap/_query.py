@@ -25,6 +25,7 @@ __all__ = [
     "normalize_return_nodes",
     "parse_query",
     "resolve",
+    "resolve_in_mode",
 ]
 
 #: Query suffix selecting the first argument a module receives: ``"layer4.1.conv2:input"``.
@@ -160,6 +161,42 @@ def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict
         else:
             raise _not_found(req.query, traced, model_name, inputs)
     return selected
+
+
+def resolve_in_mode(
+    requests: Mapping[str, list[Request]],
+    traces: Mapping[str, Traced],
+    mode: str,
+    *,
+    model_name: str,
+) -> dict[OutputKey, Any]:
+    """``resolve`` in ``mode``; a node that only the other mode's graph has says so.
+
+    Raises:
+        NodeNotFoundError: a query matches nothing in ``mode``; when the other mode's graph
+            has it (GoogLeNet's ``aux1`` in train mode), the message says how to ask per mode.
+    """
+    try:
+        return resolve(requests[mode], traces[mode], model_name=model_name)
+    except NodeNotFoundError:
+        other = "eval" if mode == "train" else "train"
+        for req in requests[mode]:
+            if not _resolves(req, traces[mode]) and _resolves(req, traces[other]):
+                raise NodeNotFoundError(
+                    f"node {req.query!r} not found in the {mode} graph of {model_name}, but the "
+                    f"{other} graph has it: it exists in {other} mode only. Ask for it in that "
+                    f"mode alone: {other}_return_nodes=[{req.query!r}] together with "
+                    f"{mode}_return_nodes= for the {mode} outputs (return_nodes= asks both modes)"
+                ) from None
+        raise
+
+
+def _resolves(request: Request, traced: Traced) -> bool:
+    try:
+        resolve([request], traced, model_name="")
+    except NodeNotFoundError:
+        return False
+    return True
 
 
 def _as_name(value: Any) -> str | None:

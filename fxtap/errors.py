@@ -14,11 +14,14 @@ __all__ = [
     "DroppedModuleError",
     "FxtapError",
     "InputShapeError",
+    "InputTypeError",
     "InvalidArgumentError",
     "LoadError",
+    "MissingDependencyError",
     "MistraceError",
     "ModelSpecError",
     "NodeNotFoundError",
+    "NotReachedError",
     "OutputPathError",
     "ResourceError",
     "TraceError",
@@ -82,6 +85,10 @@ class InputShapeError(InvalidArgumentError):
     """An example input does not fit the model."""
 
 
+class InputTypeError(InvalidArgumentError, TypeError):
+    """An input is not a tensor, or not of the dtype the model computes in."""
+
+
 class ModelSpecError(InvalidArgumentError):
     """A command-line model spec such as ``torchvision:resnet18`` does not resolve."""
 
@@ -100,6 +107,14 @@ class DotNotFoundError(FxtapError, FileNotFoundError):
 
 class ResourceError(FxtapError, MemoryError):
     """A request needs more memory than is available."""
+
+
+class NotReachedError(FxtapError, RuntimeError):
+    """A call of a capture extractor never reached a requested module (a branch skipped it)."""
+
+
+class MissingDependencyError(FxtapError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra."""
 
 
 class DroppedModuleError(FxtapError, RuntimeError):

@@ -10,10 +10,11 @@ from typing import Any, cast
 
 from torch import fx, nn
 
+from fxtap._call_errors import ExplainedCall
 from fxtap._fx import detach_submodules, union_root
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
-from fxtap._query import OutputKey, normalize_return_nodes, resolve
+from fxtap._query import OutputKey, normalize_return_nodes, resolve_in_mode
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import (
     InvalidArgumentError,
@@ -80,6 +81,10 @@ class FeatureExtractor(fx.GraphModule, Extractor):
     ) -> None:
         first = graphs["train" if training else "eval"]
         super().__init__(root, first, class_name)
+        # NOTE: GraphModule made a class of its own for this instance; its call wrapper now
+        # explains calls that fail on their inputs (recompile keeps a wrapper already there)
+        cls = type(self)
+        cls._wrapped_call = ExplainedCall(cls, cls._wrapped_call.cls_call)  # type: ignore[attr-defined]
         other = graphs["eval" if training else "train"]
         for node in other.nodes:
             if node.op in ("call_module", "get_attr"):
@@ -278,9 +283,10 @@ def create_feature_extractor(
     outputs: dict[str, dict[OutputKey, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
+    traces: dict[str, Traced] = {}
     for mode in MODES:
         try:
-            traced = trace(
+            traces[mode] = trace(
                 model,
                 training=mode == "train",
                 tracer_kwargs=tracer_kwargs,
@@ -299,8 +305,9 @@ def create_feature_extractor(
                 tracer_kwargs=tracer_kwargs,
                 example_inputs=example_inputs,
             )
+    for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
-        selected = resolve(requests[mode], traced, model_name=name)
+        selected = resolve_in_mode(requests, traces, mode, model_name=name)
         pruned = prune(traced, selected, class_name=name)
         graphs[mode] = pruned.graph
         if keep_traces:

@@ -17,7 +17,13 @@ from fxtap._query import MODEL_OUTPUT, OutputKey, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
 from fxtap.capture._reach import Dropped, drop_after_probe
-from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
+from fxtap.errors import (
+    NodeNotFoundError,
+    NotReachedError,
+    TraceError,
+    close_matches,
+    format_choices,
+)
 from fxtap.trace import user_stacklevel
 
 __all__ = [
@@ -125,9 +131,11 @@ class CaptureExtractor(Extractor):
             elif key in store:
                 result[key] = store[key]
             else:
-                raise RuntimeError(
+                raise NotReachedError(
                     f"node {name!r} (output key {key!r}) was not reached: its module was not "
-                    f"called during this {mode}-mode forward of {self.model._get_name()}"
+                    f"called during this {mode}-mode forward of {self.model._get_name()}, so "
+                    "a branch of the model's code skipped it on these inputs. Request nodes "
+                    "that this input reaches, or pass inputs that take that branch"
                 )
         return result
 
