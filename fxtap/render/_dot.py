@@ -108,6 +108,16 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
                     f'fontcolor="#888888"; fontsize="9"; labeljust="r"; label={_q(label)};'
                 )
                 emit(path, pad + "  ", c)
+                # NOTE: an invisible anchor per column, chained left to right on the top rank:
+                # with no edge between columns (stubs below), dot keeps the chain's order.
+                anchor = _q(f"{prefix}fxtap:top{c}")
+                lines.append(
+                    f'{pad}  {anchor} [shape=point, style=invis, width=0, height=0, label=""];'
+                )
+                for stub, label in stubs.get(c, ()):
+                    lines.append(
+                        f"{pad}  {_q(prefix + stub)} [{_attrs(_stub_attrs(prefix + stub, label))}];"
+                    )
                 lines.append(f"{pad}}}")
             return
         for node in by_module.get(path, ()):
@@ -122,6 +132,17 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             emit(child, pad + "  ")
             lines.append(f"{pad}}}")
 
+    # An edge between columns would let dot reorder them; it becomes two stubs instead: a
+    # '→ name' below its tail in the tail's column, a '↪ name' above its head in the head's.
+    stubs: dict[int, list[tuple[str, str]]] = {}
+    links: list[tuple[str, str, tuple[str, str]]] = []
+    for a, b in view.edges:
+        ca, cb = view.columns.get(a), view.columns.get(b)
+        if ca is not None and cb is not None and ca != cb:
+            out, into = f"fxtap:to:{a}>{b}", f"fxtap:from:{a}>{b}"
+            stubs.setdefault(ca, []).append((out, f"→ {view.nodes[b].short or b}"))
+            stubs.setdefault(cb, []).append((into, f"↪ {view.nodes[a].short or a}"))
+            links += [(a, out, (a, b)), (into, b, (a, b))]
     first: dict[str, str] = {}
     for node in view.nodes.values():
         for p in prefixes(node.module):
@@ -133,29 +154,36 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             f"{indent}{_q(prefix + 'fxtap:legend')} [id={_q(prefix + 'fxtap:legend')}, shape=plain, style=solid, label=<{legend}>];"
         )
     some_pruned = any(n.pruned for n in view.nodes.values())
-    for a, b in view.edges:
+    crossing = {edge for _, _, edge in links}
+    drawn = [(a, b, (a, b)) for a, b in view.edges if (a, b) not in crossing] + links
+    for a, b, (u, v) in drawn:
         attrs = []
-        if (a, b) in view.sequence:
+        if (u, v) in view.sequence:
             attrs.append('style=dotted, class="sequence"')
-        elif view.nodes[a].pruned or view.nodes[b].pruned:
+        elif view.nodes[u].pruned or view.nodes[v].pruned:
             attrs.append(f'style=dashed, color="{PRUNED_COLOUR}", class="pruned"')
         elif some_pruned:
             attrs.append('penwidth=1.6, color="#000000"')  # the path feeding the taps
-        ca, cb = view.columns.get(a), view.columns.get(b)
-        if ca is not None and cb is not None and ca != cb:
-            attrs.append("constraint=false")
         style = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"{indent}{_q(prefix + a)} -> {_q(prefix + b)}{style};")
-    # Column tops on one rank, joined left to right: dot keeps flat edges in order.
-    tops: dict[int, str] = {}
-    for k, c in view.columns.items():
-        tops.setdefault(c, k)
-    ordered = [tops[c] for c in sorted(tops)]
-    if len(ordered) > 1:
-        same = "; ".join(_q(prefix + k) for k in ordered)
-        lines.append(f"{indent}{{rank=same; {same};}}")
-        lines.append(f"{indent}{' -> '.join(_q(prefix + k) for k in ordered)} [style=invis];")
+    anchors = [_q(f"{prefix}fxtap:top{c}") for c in sorted(set(view.columns.values()))]
+    if len(anchors) > 1:
+        lines.append(f"{indent}{{rank=min; {'; '.join(anchors)};}}")
+        lines.append(f"{indent}{' -> '.join(anchors)} [style=invis];")
     return lines
+
+
+def _stub_attrs(stub_id: str, label: str) -> dict[str, str]:
+    """A small italic note standing for an edge's other end in another column."""
+    return {
+        "id": stub_id,
+        "shape": "plain",
+        "style": "solid",
+        "fontsize": "8",
+        "fontcolor": "#555555",
+        "class": "stub",
+        "label": f"<<i>{_h(label)}</i>>",
+    }
 
 
 def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
