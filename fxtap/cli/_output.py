@@ -132,6 +132,10 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
             else type(value).__name__
         )
         lines.append(f"  {str(key).ljust(width)}  <- {node}  {detail}")
+    other = "eval" if mode == "train" else "train"
+    if extractor.outputs.get(other, outputs) != outputs:  # --train-nodes and --eval-nodes
+        taps = ", ".join(f"{k} <- {n}" for k, n in extractor.outputs[other].items())
+        lines.append(f"  in {other} mode instead: {taps}")
     params = sum(p.numel() for p in extractor.parameters())
     kept = getattr(extractor, "kept", None)
     if kept:
