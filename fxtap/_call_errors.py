@@ -2,26 +2,24 @@
 
 torch's own errors for these (``expected input[1, 1, 32, 32] to have 3 channels``, ``Input
 type (unsigned char) and bias type (float) should be the same``, an assert message that baked
-in ``Proxy(getitem_2)`` at trace time) name neither the input nor what fits. ``ExplainedCall``
-replaces ``GraphModule``'s call wrapper and turns such failures into one typed error.
+in ``Proxy(getitem_2)`` at trace time) name neither the input nor what fits. Extractors pass
+their failing calls here (``fxtap._compat.explain_calls``), which turns such failures into one
+typed error.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import fx
-from torch.fx.graph_module import _WrappedCall
 
 from fxtap._shapes import suggest_input_shape, without_proxies
 from fxtap.errors import FxtapError, InputShapeError, InputTypeError
 
-__all__ = ["ExplainedCall", "explain_call_failure"]
+__all__ = ["explain_call_failure"]
 
 #: What torch raises when an input does not fit (shape checks, dtype checks, traced asserts).
 _FAILURES = (RuntimeError, AssertionError, TypeError, ValueError, IndexError, AttributeError)
@@ -31,41 +29,18 @@ _FAILURES = (RuntimeError, AssertionError, TypeError, ValueError, IndexError, At
 _DTYPE_WORDS = re.compile(r"dtype|scalar type|Input type|should be the same|not implemented for")
 
 
-class ExplainedCall(_WrappedCall):
-    """``GraphModule``'s call wrapper; failures caused by the inputs become one typed error.
-
-    Other failures keep torch.fx's behaviour: the generated code around the failing line is
-    printed, and the error is raised as it was.
-    """
-
-    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if self.cls_call is not None:
-                return self.cls_call(obj, *args, **kwargs)
-            return super(self.cls, obj).__call__(*args, **kwargs)  # type: ignore[arg-type,misc]
-        except _FAILURES as exc:
-            error = explain_call_failure(obj, args, kwargs, exc)
-            if error is not None:
-                raise error from exc
-            frame = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__))[-1]
-            if "eval_with_key" not in frame.filename:
-                raise
-            print(_WrappedCall._generate_error_message(frame), file=sys.stderr)
-            raise exc.with_traceback(None) from None
-
-
 def explain_call_failure(
     module: fx.GraphModule, args: tuple[Any, ...], kwargs: Mapping[str, Any], exc: Exception
-) -> FxtapError | None:
+) -> Exception | None:
     """The typed error for a call that failed because of its inputs; ``None`` for others.
 
     An input that is not a tensor (a NumPy array, an image object) or whose dtype is not the
     model's gives ``InputTypeError``; a single tensor input of a shape the model refuses, when
     another shape fits (checked on fake tensors), gives ``InputShapeError`` with that shape.
     """
-    if isinstance(exc, FxtapError):
+    if isinstance(exc, FxtapError) or not isinstance(exc, _FAILURES):
         return None
-    model = module._get_name()
+    model = type(module).__name__
     names = [str(n.target) for n in module.graph.find_nodes(op="placeholder")]
     given = dict(zip(names, args))
     given.update(kwargs)

@@ -17,7 +17,7 @@ __all__ = [
     "InputTypeError",
     "InvalidArgumentError",
     "LoadError",
-    "MissingDependencyError",
+    "MissingExtraError",
     "MistraceError",
     "ModelSpecError",
     "NodeNotFoundError",
@@ -77,6 +77,20 @@ class TraceError(FxtapError, torch.fx.proxy.TraceError):
         self.function = function
 
 
+class MissingExtraError(FxtapError, ImportError):
+    """An optional package is missing; the message names it and the ``pip install`` that adds it.
+
+    Attributes:
+        extra: the fxtap extra that provides it (``"dataset"``, ``"plot"``, ...).
+        packages: the missing distributions.
+    """
+
+    def __init__(self, message: str, *, extra: str, packages: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.packages = packages
+
+
 class MistraceError(TraceError):
     """The traced graph computes something other than the eager model and no fallback fixed it."""
 
@@ -111,10 +125,6 @@ class ResourceError(FxtapError, MemoryError):
 
 class NotReachedError(FxtapError, RuntimeError):
     """A call of a capture extractor never reached a requested module (a branch skipped it)."""
-
-
-class MissingDependencyError(FxtapError, ImportError):
-    """An optional package a feature needs is not installed; the message names the extra."""
 
 
 class DroppedModuleError(FxtapError, RuntimeError):

@@ -185,14 +185,4 @@ def test_bench_plot_without_matplotlib_fails_before_measuring(capsys, tmp_path, 
     argv = ["bench", "tests/models.py:Nested", "--nodes", "stage", "--input", "1x3x8x8"]
     assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 1
     line = _error_line(capsys)
-    assert "needs matplotlib" in line and "pip install 'fxtap[plot]'" in line
-
-
-def test_cost_report_plot_without_matplotlib_is_typed(monkeypatch):
-    from fxtap.cost._plot import require_matplotlib
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(fxtap.MissingDependencyError, match=r"pip install 'fxtap\[plot\]'"):
-        require_matplotlib()
-    with pytest.raises(ImportError):
-        require_matplotlib()
+    assert "needs 'matplotlib'" in line and "pip install 'fxtap[plot]'" in line

@@ -132,15 +132,15 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from fxtap._extras import require_extra
     from fxtap.cost import compare
+
+    if args.plot:
+        require_extra("plot", purpose="--plot")
 
     model = _load(args)
     nodes = _nodes_arg(args)
     example = _inputs(args)
-    if args.plot:
-        from fxtap.cost._plot import require_matplotlib
-
-        require_matplotlib()  # before the benchmark runs, not after
     for path in (args.json, args.csv, args.plot):
         if path:
             check_writable(Path(path).parent if str(Path(path).parent) else Path("."), Path(path))

@@ -1,4 +1,4 @@
-"""Stage 5d: draw a cost report with matplotlib's Agg backend (no display, no pyplot state)."""
+"""Draw a cost report with matplotlib's Agg backend (no display, no pyplot state)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,7 @@ import os
 from itertools import accumulate
 from typing import Any
 
-__all__ = ["plot_report", "require_matplotlib"]
-
-
-def require_matplotlib() -> None:
-    """Raise ``MissingDependencyError`` unless matplotlib can be imported (checked, not loaded).
-
-    Raises:
-        MissingDependencyError: matplotlib is not installed; names the extra that installs it.
-    """
-    import importlib.util
-
-    from fxtap.errors import MissingDependencyError
-
-    try:
-        found = importlib.util.find_spec("matplotlib") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise MissingDependencyError(
-            "drawing a cost report needs matplotlib, which is not installed; install it with "
-            "pip install 'fxtap[plot]' (or pip install matplotlib)"
-        )
+__all__ = ["plot_report"]
 
 
 def plot_report(report: Any, path: str | os.PathLike[str]) -> None:
@@ -36,7 +15,6 @@ def plot_report(report: Any, path: str | os.PathLike[str]) -> None:
     The left panel shades the nodes the extractor keeps and marks the cut (its last kept node);
     the right panel shows each variant's per-round samples and the ideal extractor time.
     """
-    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 
+from fxtap import _compat
+from fxtap._compat import pytree
 from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save import _allowlist
 from fxtap.save._schema import as_list, as_object, check_keys, closest, identifier
@@ -33,7 +34,6 @@ __all__ = [
     "check_treespec",
     "encode_op",
     "encode_treespec",
-    "op_key",
     "resolve_op",
 ]
 
@@ -51,16 +51,11 @@ class TreeSpecText:
     text: str
 
 
-def op_key(op: torch._ops.OpOverload) -> str:
-    """``ns::name.overload`` of an operator overload (``aten::add.Tensor``, ``aten::abs.default``)."""
-    return f"{op.namespace}::{op._opname}.{op._overloadname}"
-
-
 def encode_op(target: Any) -> dict[str, list[str]] | None:
     """The tagged target of an operator overload, or ``None`` when ``target`` is not one."""
-    if not isinstance(target, torch._ops.OpOverload):
+    if not _compat.is_op_overload(target):
         return None
-    parts = [target.namespace, target._opname, target._overloadname]
+    parts = list(_compat.op_parts(target))
     if not all(p.isidentifier() for p in parts) or _lookup(*parts) is not target:
         raise InvalidArgumentError(
             f"operator {target!r} cannot be found again by its name in torch.ops, so the safe "
@@ -96,7 +91,7 @@ def check_op(target: Any, where: str, *, trust: bool) -> str:
     return key
 
 
-def resolve_op(key: str, *, trust: bool) -> torch._ops.OpOverload:
+def resolve_op(key: str, *, trust: bool) -> _compat.OpOverload:
     """The operator an op key names: looked up by the allowlist's own names when allowlisted."""
     parts = _allowlist.OPS.get(key)
     if parts is None:
@@ -106,7 +101,7 @@ def resolve_op(key: str, *, trust: bool) -> torch._ops.OpOverload:
         name, _, overload = rest.partition(".")
         parts = (namespace, name, overload)
     found = _lookup(*parts)
-    if not isinstance(found, torch._ops.OpOverload):
+    if not _compat.is_op_overload(found):
         raise LoadError(f"its graph calls the operator {key!r}, which this install of torch lacks")
     return found
 
