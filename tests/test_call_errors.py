@@ -107,3 +107,15 @@ def test_a_train_only_node_asked_in_eval_says_the_train_graph_has_it():
     x = torch.rand(2, 3, 64, 64)
     assert extractor.train()(x)["aux1.fc2"].shape == (2, 1000)
     assert extractor.eval()(x)["inception5b"].shape == (2, 1024, 2, 2)
+
+
+def test_public_only_leaves_torchs_own_errors(resnet):
+    """Without torch's private call wrapper (``FXTAP_COMPAT_PUBLIC_ONLY=1``) calls are not
+    explained: torch's own error comes through, as documented in ``fxtap._compat``."""
+    from fxtap import _compat
+
+    with _compat.public_only():
+        extractor = fxtap.create_feature_extractor(torchvision.models.resnet18(), ["layer2"])
+        with pytest.raises(RuntimeError) as exc:
+            extractor(torch.rand(1, 1, 32, 32))
+    assert not isinstance(exc.value, fxtap.FxtapError)

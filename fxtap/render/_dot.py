@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from fxtap.render._calls import ISLAND_COLOUR, call_legend, style_call
 from fxtap.render._view import View, ViewNode, prefixes
+from fxtap.render._wrap import column_stubs
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
 
@@ -37,6 +38,8 @@ FAST_SETTINGS = {
 # Viridis stops from low to high cost: a sequential scale readable without colour vision.
 _HEAT = ("#FDE725", "#5EC962", "#21918C", "#3B528B", "#440154")
 _FILL_ALPHA = "66"
+#: A small italic note standing for an edge's other end in another column.
+_STUB = {"shape": "plain", "style": "solid", "fontsize": "8", "fontcolor": "#555", "class": "stub"}
 
 
 def to_dot(views: Sequence[View], *, name: str, settings: dict[str, str] | None = None) -> str:
@@ -97,8 +100,6 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             # A wrapped chain: one invisible cluster per column, laid out side by side.
             parts = sorted(set(view.columns.values()))
             for c in parts:
-                # NOTE: dot orders clusters by its own crossing minimisation, not by the
-                # order written, so each column says which part of the chain it holds.
                 label = f"part {c + 1} of {len(parts)}" + (
                     " ↓ then part " + str(c + 2) if c + 1 < len(parts) else ""
                 )
@@ -108,16 +109,12 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
                     f'fontcolor="#888888"; fontsize="9"; labeljust="r"; label={_q(label)};'
                 )
                 emit(path, pad + "  ", c)
-                # NOTE: an invisible anchor per column, chained left to right on the top rank:
-                # with no edge between columns (stubs below), dot keeps the chain's order.
-                anchor = _q(f"{prefix}fxtap:top{c}")
-                lines.append(
-                    f'{pad}  {anchor} [shape=point, style=invis, width=0, height=0, label=""];'
-                )
+                # NOTE: anchors chained on the top rank keep the columns in order, as no edge
+                # joins two columns (column_stubs); each still says which part it holds
+                lines.append(f"{pad}  {_q(f'{prefix}fxtap:top{c}')} [style=invis, shape=point];")
                 for stub, label in stubs.get(c, ()):
-                    lines.append(
-                        f"{pad}  {_q(prefix + stub)} [{_attrs(_stub_attrs(prefix + stub, label))}];"
-                    )
+                    attrs = {**_STUB, "id": prefix + stub, "label": f"<<i>{_h(label)}</i>>"}
+                    lines.append(f"{pad}  {_q(prefix + stub)} [{_attrs(attrs)}];")
                 lines.append(f"{pad}}}")
             return
         for node in by_module.get(path, ()):
@@ -132,17 +129,7 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             emit(child, pad + "  ")
             lines.append(f"{pad}}}")
 
-    # An edge between columns would let dot reorder them; it becomes two stubs instead: a
-    # '→ name' below its tail in the tail's column, a '↪ name' above its head in the head's.
-    stubs: dict[int, list[tuple[str, str]]] = {}
-    links: list[tuple[str, str, tuple[str, str]]] = []
-    for a, b in view.edges:
-        ca, cb = view.columns.get(a), view.columns.get(b)
-        if ca is not None and cb is not None and ca != cb:
-            out, into = f"fxtap:to:{a}>{b}", f"fxtap:from:{a}>{b}"
-            stubs.setdefault(ca, []).append((out, f"→ {view.nodes[b].short or b}"))
-            stubs.setdefault(cb, []).append((into, f"↪ {view.nodes[a].short or a}"))
-            links += [(a, out, (a, b)), (into, b, (a, b))]
+    stubs, links = column_stubs(view)
     first: dict[str, str] = {}
     for node in view.nodes.values():
         for p in prefixes(node.module):
@@ -171,19 +158,6 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
         lines.append(f"{indent}{{rank=min; {'; '.join(anchors)};}}")
         lines.append(f"{indent}{' -> '.join(anchors)} [style=invis];")
     return lines
-
-
-def _stub_attrs(stub_id: str, label: str) -> dict[str, str]:
-    """A small italic note standing for an edge's other end in another column."""
-    return {
-        "id": stub_id,
-        "shape": "plain",
-        "style": "solid",
-        "fontsize": "8",
-        "fontcolor": "#555555",
-        "class": "stub",
-        "label": f"<<i>{_h(label)}</i>>",
-    }
 
 
 def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
