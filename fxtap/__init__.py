@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         OutputPathError,
         ResourceError,
         TraceError,
+        UnsafeOutputError,
     )
     from fxtap.extractor import ExtractorInfo, FeatureExtractor, create_feature_extractor
     from fxtap.names import NodeInfo, get_graph_node_names, node_table
@@ -63,6 +64,7 @@ __all__ = [
     "ResourceError",
     "TraceError",
     "Traced",
+    "UnsafeOutputError",
     "__version__",
     "compare",
     "create_feature_extractor",

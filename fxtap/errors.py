@@ -25,6 +25,7 @@ __all__ = [
     "OutputPathError",
     "ResourceError",
     "TraceError",
+    "UnsafeOutputError",
     "close_matches",
     "ensure_output_dir",
     "format_choices",
@@ -109,6 +110,14 @@ class ModelSpecError(InvalidArgumentError):
 
 class OutputPathError(FxtapError, OSError):
     """An output path cannot be written."""
+
+
+class UnsafeOutputError(OutputPathError):
+    """An output path is a symbolic link, folder, FIFO, device node or socket.
+
+    Writing there would replace or feed something that is not fxtap's, so it is refused before
+    anything is written; the command line treats it as bad usage (exit 2).
+    """
 
 
 class LoadError(FxtapError, ValueError):

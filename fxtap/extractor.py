@@ -6,13 +6,14 @@ import copy
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from torch import fx, nn
 
 from fxtap import _compat
 from fxtap._call_errors import explain_call_failure
 from fxtap._fx import detach_submodules, union_root
+from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
 from fxtap._query import OutputKey, normalize_return_nodes, resolve_in_mode
@@ -164,10 +165,9 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         return super().load_state_dict(subset, strict=strict, assign=assign)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        sources = {}
-        for flag, mode in ((True, "train"), (False, "eval")):
-            code = self._fxtap_modes[flag][0].python_code(root_module="self")
-            sources[mode] = _compat.format_import_block(code.globals) + code.src
+        # NOTE: not torch.fx's pickle (generated source traced again on load): tracing again
+        # folds constant-only calls into attributes the source lacks and renames later nodes.
+        graphs = {mode: graph_state(self.graph_for(mode)) for mode in MODES}
         state = {
             "modules": picklable(self._modules),
             "parameters": dict(self._parameters),
@@ -175,13 +175,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             "non_persistent": set(self._non_persistent_buffers_set),
         }
         info = ExtractorInfo(outputs=self.outputs, opaque=self.opaque)
-        names = {
-            mode: {
-                n.name: n.meta[NAME_KEY] for n in self.graph_for(mode).nodes if NAME_KEY in n.meta
-            }
-            for mode in MODES
-        }
-        return (_rebuild, (sources, state, info, self.training, type(self).__name__, names))
+        return (_rebuild, (graphs, state, info, self.training, type(self).__name__))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
         root = nn.Module()
@@ -357,27 +351,16 @@ _MODULE_TRAIN = nn.Module.train
 
 
 def _rebuild(
-    sources: Mapping[str, str],
+    graphs: Mapping[str, GraphState],
     state: Mapping[str, Any],
     info: ExtractorInfo,
     training: bool,
     class_name: str,
-    names: Mapping[str, Mapping[str, str]],
 ) -> FeatureExtractor:
-    from torch.fx.graph_module import reduce_graph_module
-
     root = nn.Module()
     root._modules = dict(state["modules"])
     root._parameters = dict(state["parameters"])
     root._buffers = dict(state["buffers"])
     root._non_persistent_buffers_set = set(state["non_persistent"])
-    graphs: dict[str, fx.Graph] = {}
-    for mode, src in sources.items():
-        body = dict(root.__dict__)
-        body["_code"] = src
-        graphs[mode] = cast(fx.GraphModule, reduce_graph_module(body, "")).graph
-        # the generated code keeps torch.fx's node names; fxtap's names go back on them
-        for node in graphs[mode].nodes:
-            if node.name in names.get(mode, {}):
-                node.meta[NAME_KEY] = names[mode][node.name]
-    return FeatureExtractor(root, graphs, class_name=class_name, training=training, info=info)
+    rebuilt = {mode: rebuild_graph(graph) for mode, graph in graphs.items()}
+    return FeatureExtractor(root, rebuilt, class_name=class_name, training=training, info=info)

@@ -323,3 +323,43 @@ def test_first_view_frames_the_taps(browser: Any, tmp_path: Path) -> None:
     assert stage_scale(page) < 0.75
     page.context.close()
     assert errors == []
+
+
+#: Module names that are markup: the page must show them as text, and still work.
+MARKUP_NAMES = ["<!--<script>", "</script><script>pwned=1</script>", "a&amp;b", "x>y"]
+
+
+def _markup_model() -> nn.Module:
+    model = nn.Sequential()
+    for name in MARKUP_NAMES:
+        model.add_module(name, nn.Linear(2, 2))
+    return model
+
+
+def test_embedded_json_holds_no_markup_characters(tmp_path: Path) -> None:
+    r = render(_markup_model(), mode="eval", out_dir=tmp_path, html=True)
+    assert r.html is not None
+    text = r.html.read_text(encoding="utf-8")
+    opening = '<script type="application/json" id="fxtap-data">'
+    start = text.index(opening) + len(opening)
+    payload = text[start : text.index("</script>", start)]
+    assert not set("<>&") & set(payload), payload[:200]
+    assert "\\u003c!--\\u003cscript\\u003e" in payload and "a\\u0026amp;b" in payload
+    import json
+
+    assert set(MARKUP_NAMES) <= set(json.loads(payload)["rows"]["eval"])
+
+
+def test_markup_in_module_names_leaves_the_page_working(browser: Any, tmp_path: Path) -> None:
+    r = render(_markup_model(), mode="eval", out_dir=tmp_path, html=True)
+    assert r.html is not None
+    errors: list[str] = []
+    page = open_page(browser, r.html, errors)
+    assert page.evaluate("typeof window.fxtap") == "object"  # the viewer's script ran
+    assert page.evaluate("window.pwned") is None  # the injected one did not
+    for name in MARKUP_NAMES:
+        page.fill("#search", name)
+        page.press("#search", "Enter")
+        assert page.input_value("#fullname") == name
+    page.context.close()
+    assert errors == []

@@ -22,6 +22,7 @@ __all__ = [
     "explain_calls",
     "format_import_block",
     "fx_reserved_globals",
+    "graph_codegen",
     "is_assert",
     "is_assert_is_none",
     "is_erased",
@@ -57,6 +58,16 @@ def restore_mode_code(gm: fx.GraphModule, saved: ModeCode) -> None:
         type(gm).forward = saved[4]
     else:
         gm.graph = saved[0]  # the public setter recompiles, as torchvision switches graphs
+
+
+def graph_codegen(graph: fx.Graph) -> Any:
+    """The code generator of ``graph`` (how its forward takes and returns pytrees).
+
+    ``fx.Graph.set_codegen`` is public, reading it back is not. Fallback: ``None``, torch.fx's
+    default generator: a pickled extractor traced with pytree ``concrete_args`` then takes
+    its inputs flat.
+    """
+    return graph._codegen if use_private() else None
 
 
 def copy_attr(from_module: nn.Module, to_module: nn.Module, target: str) -> None:

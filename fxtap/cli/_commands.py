@@ -8,6 +8,7 @@ import functools
 import glob
 import json
 import re
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,12 +19,11 @@ import torch
 from torch import nn
 
 import fxtap.cli._run as _run
+from fxtap._io import check_output
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
     PROG,
-    check_regular,
-    check_writable,
     cli_words,
     describe_extractor,
     file_size,
@@ -49,11 +49,7 @@ def _nodes(args: argparse.Namespace) -> int:
     traced = _extractor_trace(model, training) if isinstance(model, FeatureExtractor) else None
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
         rows = node_table(
-            model,
-            training=training,
-            example_inputs=example,
-            traced=traced,
-            tracer=args.tracer,
+            model, training=training, example_inputs=example, traced=traced, tracer=args.tracer
         )
     text = format_table(rows, shapes=example is not None)
     if args.json:
@@ -69,7 +65,6 @@ def _extract(args: argparse.Namespace) -> int:
     nodes = _requests_arg(args)
     example = _inputs(args)
     output = Path(args.output)
-    check_writable(output.parent if str(output.parent) else Path("."), output)
     checked = example if args.check_trace or args.tracer == "export" else None
     with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
         extractor = _build(model, nodes, checked, example, args.tracer, auto_leaf=args.auto_leaf)
@@ -104,13 +99,13 @@ def _render(args: argparse.Namespace) -> int:
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
         if path.suffix[1:] in drawn and path.stem.rpartition(".")[2] in ("train", "eval", "both"):
-            check_regular(path)
+            check_output(path, hint="Pass another folder with -o DIR, or another --name.")
     before = _snapshot(folder)
     with (
         progress(f"drawing {args.model}"),
         quiet_stderr(),
         _fitting(args, model, example),
-        _whole_sets(folder, before, drawn),
+        _whole_sets(folder, before, drawn, args.name),
     ):
         result = render(
             model,
@@ -141,9 +136,6 @@ def _bench(args: argparse.Namespace) -> int:
     model = _load(args)
     nodes = _nodes_arg(args)
     example = _inputs(args)
-    for path in (args.json, args.csv, args.plot):
-        if path:
-            check_writable(Path(path).parent if str(Path(path).parent) else Path("."), Path(path))
     with _fitting(args, model, example):
         report = compare(
             model,
@@ -217,25 +209,37 @@ def _build(
     return extractor
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Name -> (mtime, size) of the regular files in ``folder``."""
+def _snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Name -> (inode, mtime, size) of the regular files in ``folder`` (links not followed)."""
     if not folder.is_dir():
         return {}
-    return {
-        p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()
-    }
+    stamps = {}
+    for path in folder.iterdir():
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            stamps[path.name] = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return stamps
 
 
 @contextlib.contextmanager
 def _whole_sets(
-    folder: Path, before: dict[str, tuple[int, int]], suffixes: set[str]
+    folder: Path, before: dict[str, tuple[int, int, int]], suffixes: set[str], stem: str | None
 ) -> Iterator[None]:
-    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing."""
+    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing.
+
+    Only a drawing's name (``STEM.MODE.EXT``) that is new or was replaced since the run began
+    (a new inode: fxtap's writer renames a new file over the old) is removed; a file written
+    in place, a link, or any other name is someone else's and stays.
+    """
     try:
         yield
     except KeyboardInterrupt:
         for name, stamp in _snapshot(folder).items():
-            if name.rpartition(".")[2] in suffixes and before.get(name) != stamp:
+            base, _, ext = name.rpartition(".")
+            named, _, mode = base.rpartition(".")
+            ours = ext in suffixes and mode in ("train", "eval", "both") and stem in (None, named)
+            old = before.get(name)
+            if ours and (old is None or old[0] != stamp[0]):
                 (folder / name).unlink(missing_ok=True)
         raise
 
@@ -300,7 +304,7 @@ def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
     """A saved extractor's own graph of one mode, described as a trace (no re-tracing)."""
     extractor.train(training)
     graph = extractor.graph_for("train" if training else "eval")
-    # NOTE: pickled extractors lose node.meta; torch.fx names stand in for fxtap's then.
+    # NOTE: a node without fxtap's name (added by a graph pass) shows torch.fx's name.
     names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
     return Traced(extractor, names, training)
 
@@ -368,4 +372,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": _bench,
     "demo": _demo,
     "run": _run.run,
+    "verify": _run.verify,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import stat
+import os
 import sys
 import threading
 import time
@@ -15,15 +15,14 @@ from typing import Any, TextIO
 
 import torch
 
-from fxtap._io import write_atomic
+from fxtap._io import check_output, write_atomic
 from fxtap.cli._parser import PROG
 from fxtap.cli._words import cli_words
-from fxtap.errors import FxtapError, OutputPathError
+from fxtap.errors import FxtapError, UnsafeOutputError
 
 __all__ = [
     "PROG",
-    "check_regular",
-    "check_writable",
+    "check_outputs",
     "cli_words",
     "describe_extractor",
     "file_size",
@@ -148,44 +147,26 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check_regular(path: Path) -> None:
-    """Refuse a path that exists and is not a regular file or folder: a FIFO, device or socket.
+def check_outputs(args: Any) -> None:
+    """Refuse, before any work, the output paths of a command that fxtap would not write.
 
-    Writing there would feed a pipe or overwrite a device node (as root, a system one).
+    A file (``-o FILE``, ``--json``, ``--csv``, ``--plot``) must be a regular file or a new path
+    in a folder that exists; a folder (``-o DIR``) must be a folder or a new path. A symbolic
+    link, FIFO, socket or device node is refused (``UnsafeOutputError``, exit 2).
     """
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return  # a new path
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return
-    kind = (
-        "FIFO"
-        if stat.S_ISFIFO(mode)
-        else "device node"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        else "socket"
-        if stat.S_ISSOCK(mode)
-        else "special file"
-    )
-    raise OutputPathError(
-        f"cannot write {str(path)!r}: it is a {kind}, not a regular file; fxtap writes only "
-        "regular files or new paths. Give another output path"
-    )
-
-
-def check_writable(folder: Path, target: Path) -> None:
-    check_regular(target)
-    if target.is_dir():
-        raise OutputPathError(f"cannot write {str(target)!r}: it is a folder; give a file name")
-    if not folder.is_dir():
-        raise OutputPathError(
-            f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist; create it first"
+    for flag, attr in (("-o", "output"), ("--json", "json"), ("--csv", "csv"), ("--plot", "plot")):
+        value = getattr(args, attr, None)
+        if value:
+            check_output(value, hint=f"Pass another path with {flag} FILE.")
+    folder = getattr(args, "out_dir", None)
+    if folder and os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UnsafeOutputError(
+            f"cannot write into {str(folder)!r}: it is not a folder. Pass a folder, or a new "
+            "path to create, with -o DIR."
         )
 
 
 def write_text(path: str, text: str) -> None:
-    check_regular(Path(path))  # an atomic rename would replace a FIFO or device node
     write_atomic(path, text, hint="Pick a path in a folder that exists.")
 
 

@@ -6,8 +6,10 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from fxtap._budget import budget_problem
 from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
 from fxtap.cli._run import add_parser as add_run_parser
+from fxtap.cli._run import add_verify_parser
 
 __all__ = ["PROG", "build_parser"]
 
@@ -188,13 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_count_type, default=None, help="intra-op threads (default: torch's)"
     )
     p.add_argument(
-        "--rounds", type=_count_type, default=10, help="interleaved timing rounds (default: 10)"
+        "--rounds",
+        type=_budget_type("rounds"),
+        default=10,
+        help="interleaved timing rounds, at most 1000 (default: 10)",
     )
     p.add_argument(
         "--min-run-time",
-        type=float,
+        type=_budget_type("min_run_time"),
         default=0.2,
-        help="seconds each variant is timed per round (default: 0.2)",
+        help="seconds each variant is timed per round, at most 60 (default: 0.2)",
     )
     p.add_argument(
         "--mode", choices=("train", "eval"), default="eval", help="graph to measure (default: eval)"
@@ -238,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler="demo")
     add_run_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 
@@ -319,6 +325,22 @@ def _count_type(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
     return value
+
+
+def _budget_type(name: str) -> Callable[[str], float]:
+    """A timing budget of ``fxtap bench``, refused before any work when out of its bounds."""
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if name != "min_run_time" else float(text)
+        except ValueError:
+            value = float("nan")
+        problem = budget_problem(name, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _usage(fn: Callable[[str], Any]) -> Callable[[str], Any]:

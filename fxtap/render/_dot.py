@@ -391,9 +391,12 @@ def _q(text: str) -> str:
 
 
 def _attrs(attrs: dict[str, str], sep: str = ",") -> str:
+    # NOTE: Graphviz keeps an entity ("&amp;") in an attribute as is: "&" is written "&amp;".
     out = []
     for key, value in attrs.items():
         out.append(
-            f"{key}={value}" if key == "label" and value.startswith("<") else f"{key}={_q(value)}"
+            f"{key}={value}"
+            if key == "label" and value.startswith("<")
+            else f"{key}={_q(value.replace('&', '&amp;'))}"
         )
     return (sep + " ").join(out)

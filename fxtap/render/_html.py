@@ -50,8 +50,9 @@ def to_html(title: str, pages: list[Page], *, same: bool = False) -> str:
             views.append(
                 f'<div class="view" id="view-{_h(p.mode)}+">{_inline(p.expanded, p.mode + "+")}</div>'
             )
-    # "</" cannot close the script element from inside JSON text.
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # NOTE: HTML reads a script element's text before JSON does: "</script" closes it and
+    # "<!--" changes how it ends. Escaped as JSON escapes, no markup character is left in it.
+    payload = json.dumps(data, separators=(",", ":")).translate(_JSON_ESCAPES)
     buttons = "".join(
         f'<button type="button" class="mode" data-mode="{_h(p.mode)}">'
         f"{'train = eval' if same else _h(p.mode)}</button>"
@@ -66,6 +67,9 @@ def to_html(title: str, pages: list[Page], *, same: bool = False) -> str:
         data=payload,
         note="train and eval graphs are identical" if same else "",
     )
+
+
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 def _rows(page: Page) -> dict[str, list[object]]:

@@ -17,7 +17,7 @@ from fxtap.save._capture import describe_capture
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
-from fxtap.save._schema import encode_outputs
+from fxtap.save._schema import MAX_STRING, encode_outputs
 from fxtap.trace import NAME_KEY
 
 __all__ = ["pack"]
@@ -41,6 +41,7 @@ def pack(extractor: Extractor, file: IO[bytes]) -> None:
             f"extractor is a {type(extractor).__name__}, which the safe fxtap format cannot "
             "describe; save it with fmt='pickle' (--format pickle) and load it with trust=True"
         )
+    _check_strings(manifest)
     with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
         archive.writestr(
@@ -121,3 +122,23 @@ def _attr(module: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _check_strings(manifest: dict[str, Any]) -> None:
+    """Refuse a string the loader would refuse (over ``MAX_STRING`` characters), naming it."""
+    stack: list[tuple[str, Any]] = [("the manifest", manifest)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((f"a key of {where}", key))
+                stack.append((key if where == "the manifest" else f"{where}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and len(value) > MAX_STRING:
+            raise InvalidArgumentError(
+                f"cannot save the extractor: {where[:120]} is a string of {len(value)} "
+                f"characters ({value[:20]!r}...), and the .fxtap format holds strings of at "
+                f"most {MAX_STRING} (output keys, names, configuration values); shorten it, or "
+                "save with fmt='pickle' (--format pickle) and load with trust=True"
+            )

@@ -114,7 +114,10 @@ def decode(value: Any, where: str, inner: Any) -> Any:
     """Decode a tagged JSON value; ``inner(value, where)`` decodes nested values."""
     if isinstance(value, _SCALARS):
         if isinstance(value, str) and len(value) > MAX_STRING:
-            raise LoadError(f"{where}: a string of {len(value)} characters")
+            raise LoadError(
+                f"{where}: expected a string of at most {MAX_STRING} characters, got one of "
+                f"{len(value)}"
+            )
         return value
     if isinstance(value, list):
         return [inner(v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -250,8 +253,13 @@ def as_list(value: Any, where: str) -> list[Any]:
 
 
 def as_string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_STRING:
+    if not isinstance(value, str):
         raise LoadError(f"{where}: expected a string, got {type(value).__name__}")
+    if len(value) > MAX_STRING:
+        raise LoadError(
+            f"{where}: expected a string of at most {MAX_STRING} characters, got one of "
+            f"{len(value)}"
+        )
     return value
 
 
