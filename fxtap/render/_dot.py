@@ -129,7 +129,7 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             emit(child, pad + "  ")
             lines.append(f"{pad}}}")
 
-    stubs, links = column_stubs(view)
+    stubs, drawn = column_stubs(view)
     first: dict[str, str] = {}
     for node in view.nodes.values():
         for p in prefixes(node.module):
@@ -141,8 +141,6 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             f"{indent}{_q(prefix + 'fxtap:legend')} [id={_q(prefix + 'fxtap:legend')}, shape=plain, style=solid, label=<{legend}>];"
         )
     some_pruned = any(n.pruned for n in view.nodes.values())
-    crossing = {edge for _, _, edge in links}
-    drawn = [(a, b, (a, b)) for a, b in view.edges if (a, b) not in crossing] + links
     for a, b, (u, v) in drawn:
         attrs = []
         if (u, v) in view.sequence:

@@ -95,25 +95,28 @@ def wrap(view: View) -> View:
 def column_stubs(
     view: View,
 ) -> tuple[dict[int, list[tuple[str, str]]], list[tuple[str, str, tuple[str, str]]]]:
-    """The stubs standing for edges between wrapped columns, and the edges drawn to them.
+    """The stubs standing for edges between wrapped columns, and the edges to draw.
 
     An edge between two columns lets dot's crossing minimisation reorder the columns
     (GoogLeNet's parts came out 1, 3, 2), so it is drawn as two stubs: ``→ name`` under its
     tail, in the tail's column, and ``↪ name`` over its head, in the head's.
 
     Returns:
-        column -> ``(stub id, label)``, and ``(tail, head, original edge)`` per drawn edge.
+        column -> ``(stub id, label)``, and ``(tail, head, edge of the view)`` per edge to draw:
+        the view's edges within a column, and the two halves of each edge between columns.
     """
     stubs: dict[int, list[tuple[str, str]]] = {}
-    links: list[tuple[str, str, tuple[str, str]]] = []
+    edges: list[tuple[str, str, tuple[str, str]]] = []
     for a, b in view.edges:
         ca, cb = view.columns.get(a), view.columns.get(b)
         if ca is not None and cb is not None and ca != cb:
             out, into = f"fxtap:to:{a}>{b}", f"fxtap:from:{a}>{b}"
             stubs.setdefault(ca, []).append((out, f"→ {view.nodes[b].short or b}"))
             stubs.setdefault(cb, []).append((into, f"↪ {view.nodes[a].short or a}"))
-            links += [(a, out, (a, b)), (into, b, (a, b))]
-    return stubs, links
+            edges += [(a, out, (a, b)), (into, b, (a, b))]
+        else:
+            edges.append((a, b, (a, b)))
+    return stubs, edges
 
 
 def _items(view: View, at: str, rank: dict[str, int]) -> list[tuple[int, int, list[str]]]:

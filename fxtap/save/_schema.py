@@ -315,6 +315,8 @@ def check_outputs(
             key, name = pair
             if not (type(key) is str or (type(key) is int and abs(key) < 2**63)):
                 raise LoadError(f"{where}[{i}]: output key {key!r:.40} is not a string or integer")
+            if type(key) is str:
+                as_string(key, where)
             if key in outs:
                 raise LoadError(f"{where}: output key {key!r:.40} appears twice")
             outs[key] = as_string(name, f"{where}.{key}")
