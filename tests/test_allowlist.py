@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torchvision
 
@@ -57,6 +58,9 @@ EXPORT_ZOO = (
     "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5",
     "squeezenet1_0", "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_16", "wide_resnet50_2",
 )  # fmt: skip
+#: Hugging Face models (tests/test_export.py's configs) saved as capture extractors.
+HF_ZOO = ("bert", "gpt2", "llama", "mistral", "qwen2", "t5_encoder", "t5_decoder")
+HF_ZOO += ("whisper_encoder",)
 USER_CODE = ("tests.", "__main__")
 #: Words of ATen op names never allowed: files, serialization, printing, streams, global state.
 EXCLUDED_OP_WORDS = ("file", "save", "load", "print", "seed", "rng", "set_", "storage", "stream")
@@ -98,6 +102,8 @@ class Emitted:
     #: plain object class -> (attributes every instance had, attributes some instance had)
     objects: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
     enums: set[str] = field(default_factory=set)
+    #: Hugging Face model classes, stored as class, config and weights
+    transformers: set[str] = field(default_factory=set)
 
     def add_manifest(self, manifest: Mapping[str, Any]) -> None:
         for nodes in manifest.get("graphs", {}).values():
@@ -125,6 +131,7 @@ class Emitted:
         self.methods |= other.methods
         self.attributes |= other.attributes
         self.enums |= other.enums
+        self.transformers |= other.transformers
         for cls, (req, opt) in other.objects.items():
             if cls in self.objects:
                 a, b = self.objects[cls]
@@ -154,6 +161,9 @@ class Emitted:
 
     def _add_module(self, spec: Mapping[str, Any]) -> None:
         if "same_as" in spec:
+            return
+        if "transformers" in spec:
+            self.transformers.add(spec["transformers"]["class"])
             return
         keys = set(spec["config"])
         tensors = set(spec["parameters"]) | set(spec["buffers"])
@@ -267,21 +277,22 @@ def timm_extractors() -> Iterator[tuple[str, Any]]:
         yield f"timm:{name}", extractor
 
 
-def hf_extractors() -> Iterator[tuple[str, Any]]:
-    """Capture extractors of tiny transformers (when installed), as tests/test_capture_hf.py
-    builds them: their roots cannot be traced, so their module trees and configs are saved."""
+def hf_extractors(names: tuple[str, ...] = HF_ZOO) -> Iterator[tuple[str, Any]]:
+    """Capture extractors of tiny transformers (when installed), built from the configs of
+    tests/test_export.py: their roots cannot be traced, so each model is saved as its class,
+    config and weights."""
     import importlib.util
 
     if importlib.util.find_spec("transformers") is None:
         return
-    from tests.test_capture_hf import CASES, _model
+    from tests.test_export import HF, _build
 
-    for name, (_stack, path) in CASES.items():
+    for name in names:
         torch.manual_seed(0)
-        model = _model(name)
+        model, _inputs = _build(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            extractor = fxtap.create_feature_extractor(model, [path, ":output"])
+            extractor = fxtap.create_feature_extractor(model, [HF[name][0], ":output"])
         yield f"transformers:{name}", extractor
 
 
@@ -422,6 +433,7 @@ def render(emitted: Emitted) -> str:
             for cls, (req, opt) in sorted(emitted.objects.items())
         },
         "enums": sorted(emitted.enums),
+        "transformers": sorted(emitted.transformers),
     }
     return json.dumps(data, indent=1) + "\n"
 
@@ -437,6 +449,7 @@ def missing(emitted: Emitted) -> list[str]:
     gaps += [f"method {m}" for m in sorted(emitted.methods - _allowlist.METHODS)]
     gaps += [f"getattr name {a}" for a in sorted(emitted.attributes - _allowlist.ATTRIBUTES)]
     gaps += [f"enum {e}" for e in sorted(emitted.enums - _allowlist.ENUMS)]
+    gaps += [f"transformers {c}" for c in sorted(emitted.transformers - _allowlist.TRANSFORMERS)]
     for cls, (req, opt) in sorted(emitted.objects.items()):
         if cls not in _allowlist.OBJECTS:
             gaps.append(f"object class {cls}")
@@ -463,6 +476,8 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
         emitted.merge(collect(timm_extractors()))
         emitted.merge(collect(hf_extractors()))
         emitted.merge(collect(audio_extractors()))
+    else:
+        emitted.merge(collect(hf_extractors(("llama",))))
     emitted.merge(collect(dropped_extractors()))
     assert emitted.functions and emitted.classes, "nothing was collected"
     gaps = missing(emitted)
@@ -518,6 +533,18 @@ def test_module_configuration_keys_are_set_by_the_class() -> None:
                 f"{path} config {key!r} shadows {type(default).__name__} {key!r} of the class"
             )
         assert not set(required) & set(optional), path
+
+
+def test_transformers_classes_are_models_that_rebuild_from_a_config() -> None:
+    transformers = pytest.importorskip("transformers")
+    import importlib
+
+    assert _allowlist.TRANSFORMERS
+    for path in _allowlist.TRANSFORMERS:
+        module_name, _, qualname = path.partition(":")
+        assert module_name.startswith("transformers.models."), path
+        cls = getattr(importlib.import_module(module_name), qualname)
+        assert issubclass(cls, transformers.PreTrainedModel) and cls.config_class, path
 
 
 def test_helper_objects_are_plain_and_their_attributes_shadow_no_method() -> None:
@@ -584,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
                 for cls, (req, opt) in _allowlist.OBJECTS.items()
             },
             enums=set(_allowlist.ENUMS),
+            transformers=set(_allowlist.TRANSFORMERS),
         )
     else:
         emitted = collect(torchvision_extractors(torchvision.models.list_models()))

@@ -26,6 +26,7 @@ from fxtap.save import _allowlist
 from fxtap.save._build import build_module, function, module_class
 from fxtap.save._config import Modules
 from fxtap.save._encode import Tensors, encode_module, function_path, unsavable
+from fxtap.save._hf import TransformersSpec
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MODES, header, tensor_list
 from fxtap.save._schema import (
     ModuleSpec,
@@ -63,7 +64,7 @@ class CheckedCapture:
 
     class_name: str
     training: bool
-    model: ModuleSpec
+    model: ModuleSpec | TransformersSpec
     tensors: dict[str, tuple[bool, bool]]
     outputs: dict[str, dict[str | int, str]]
     reason: str
@@ -100,7 +101,7 @@ def check_capture(data: Any, *, trust: bool) -> CheckedCapture:
     modules = Modules(tensors, trust=trust)
     modules.add_top("model", top["model"], "model")
     model = modules.top["model"]
-    if not isinstance(model, ModuleSpec):
+    if not isinstance(model, (ModuleSpec, TransformersSpec)):
         raise LoadError("model: the model is a module spec, not a reference")
     outputs = check_outputs(top["outputs"], MODES, required=True)
     return CheckedCapture(

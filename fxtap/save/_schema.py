@@ -6,7 +6,7 @@ import builtins
 import keyword
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -91,8 +91,10 @@ class ModuleSpec:
     parameters: dict[str, str | None]
     buffers: dict[str, str | None]
     non_persistent: tuple[str, ...]
-    children: dict[str, ModuleSpec | str | None]
+    children: dict[str, Any]  # ModuleSpec, same_as path, TransformersSpec or None
     parametrized: bool = False
+    #: constructor arguments a class keeps only privately (``fxtap.save._state``)
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class Checked:
     class_name: str
     training: bool
     graphs: dict[str, tuple[NodeSpec, ...]]
-    modules: dict[str, ModuleSpec | str]
+    modules: dict[str, Any]  # ModuleSpec, same_as path or TransformersSpec
     attributes: dict[str, tuple[str, bool]]
     tensors: dict[str, tuple[bool, bool]]
     outputs: dict[str, dict[str | int, str]]
