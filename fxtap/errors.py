@@ -15,12 +15,14 @@ __all__ = [
     "DroppedModuleError",
     "FxtapError",
     "InputShapeError",
+    "InputTypeError",
     "InvalidArgumentError",
     "LoadError",
     "MissingExtraError",
     "MistraceError",
     "ModelSpecError",
     "NodeNotFoundError",
+    "NotReachedError",
     "OutputPathError",
     "ResourceError",
     "TraceError",
@@ -113,6 +115,10 @@ class InputShapeError(InvalidArgumentError):
     """An example input does not fit the model."""
 
 
+class InputTypeError(InvalidArgumentError, TypeError):
+    """An input is not a tensor, or not of the dtype the model computes in."""
+
+
 class ModelSpecError(InvalidArgumentError):
     """A command-line model spec such as ``torchvision:resnet18`` does not resolve."""
 
@@ -139,6 +145,10 @@ class DotNotFoundError(FxtapError, FileNotFoundError):
 
 class ResourceError(FxtapError, MemoryError):
     """A request needs more memory than is available."""
+
+
+class NotReachedError(FxtapError, RuntimeError):
+    """A call of a capture extractor never reached a requested module (a branch skipped it)."""
 
 
 class DroppedModuleError(FxtapError, RuntimeError):

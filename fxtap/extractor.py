@@ -11,12 +11,17 @@ from typing import Any
 from torch import fx, nn
 
 from fxtap import _compat
+from fxtap._call_errors import explain_call_failure
 from fxtap._edit_pass import apply_edits, check_edits
 from fxtap._fx import detach_submodules, union_root
 from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
-from fxtap._query import requests_by_mode, resolve
+from fxtap._query import (
+    OutputKey,
+    requests_by_mode,
+    resolve_in_mode,
+)
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import (
     InvalidArgumentError,
@@ -49,7 +54,7 @@ class ExtractorInfo:
             since a full trace holds every module of the model, pruned or not.
     """
 
-    outputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    outputs: Mapping[str, Mapping[OutputKey, str]] = field(default_factory=dict)
     opaque: tuple[str, ...] = ()
     full: dict[str, Traced] = field(default_factory=dict)
 
@@ -85,6 +90,9 @@ class FeatureExtractor(fx.GraphModule, Extractor):
     ) -> None:
         first = graphs["train" if training else "eval"]
         super().__init__(root, first, class_name)
+        # NOTE: GraphModule made a class of its own for this instance; its call wrapper now
+        # explains calls that fail on their inputs (recompile keeps a wrapper already there)
+        _compat.explain_calls(self, explain_call_failure)
         other = graphs["eval" if training else "train"]
         for node in other.nodes:
             if node.op in ("call_module", "get_attr"):
@@ -263,7 +271,7 @@ def create_feature_extractor(
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
     full: dict[str, Traced] = {}
-    outputs: dict[str, dict[str, str]] = {}
+    outputs: dict[str, dict[OutputKey, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
     traces: dict[str, Traced] = {}
@@ -293,7 +301,7 @@ def create_feature_extractor(
         traces = apply_edits(traces, edits, model_name=name)
     for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
-        selected = resolve(requests[mode], traced, model_name=name)
+        selected = resolve_in_mode(requests, traces, mode, model_name=name)
         pruned = prune(traced, selected, class_name=name)
         graphs[mode] = pruned.graph
         if keep_traces:

@@ -30,7 +30,7 @@ _CLONE_OF = "fxtap_clone_of"
 _FEEDS = "fxtap_clone_feeds"
 
 
-def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx.GraphModule:
+def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx.GraphModule:
     """Copy the traced graph, return ``selected`` as a dict, and drop everything unneeded.
 
     Removes every node that no longer contributes, including ``torch._assert`` checks that
@@ -268,8 +268,8 @@ def _maybe_tensor(node: fx.Node) -> bool:
 
 
 def _protect_from_inplace(
-    graph: fx.Graph, outputs: dict[str, Any], facts: _Facts
-) -> dict[str, Any]:
+    graph: fx.Graph, outputs: dict[Any, Any], facts: _Facts
+) -> dict[Any, Any]:
     """Keep each returned node that a later in-place op overwrites at the value it had.
 
     A node that is its own storage (not a view of an earlier value) stays on the autograd

@@ -40,7 +40,7 @@ class Split:
     @property
     def boundary(self) -> dict[str, tuple[str, ...]]:
         """By mode, the keys of the dict ``head`` returns (and ``tail`` reads)."""
-        return {mode: tuple(self.head.outputs[mode]) for mode in MODES}
+        return {mode: tuple(str(k) for k in self.head.outputs[mode]) for mode in MODES}
 
     def __iter__(self) -> Iterator[FeatureExtractor]:
         return iter((self.head, self.tail))

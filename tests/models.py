@@ -451,3 +451,20 @@ class Parametrized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x).relu().mean(-1)
         return self.plain(self.rotate(self.proj(h)))
+
+
+class SkippedBranch(nn.Module):
+    """The root branches on the input's values: ``a`` runs for a positive sum, else ``b``.
+
+    torch.fx cannot trace the root; a capture extractor reaches only one of the two modules.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.a(x)
+        return self.b(x)

@@ -96,10 +96,10 @@ def test_extract_saves_an_extractor_that_loads(capsys, tmp_path):
     argv = ["extract", NESTED, "--nodes", "stage", "stem=first", *SMALL, "-o", str(path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Nested extractor, 2 output(s):" in out
+    assert "Nested extractor in eval mode, 2 output(s):" in out
     assert "stage  <- stage.relu  1x4x8x8 float32" in out
     assert "first  <- stem  1x4x8x8 float32" in out
-    assert f"saved {path} (" in out and "format fxtap)" in out
+    assert f"saved {path} (" in out and "format fxtap, eval mode)" in out
     loaded = load(path)
     assert loaded.outputs["eval"] == {"stage": "stage.relu", "first": "stem"}
     x = make_inputs([parse_input("1x3x8x8")])

@@ -19,9 +19,11 @@ torch.fx, torch.export and every serializer, and no public API shows a parameter
 from __future__ import annotations
 
 from fxtap._compat._graph import (
+    CallExplainer,
     ModeCode,
     copy_attr,
     dropout_classes,
+    explain_calls,
     format_import_block,
     fx_reserved_globals,
     graph_codegen,
@@ -55,11 +57,13 @@ from fxtap._compat._torch import (
 )
 
 __all__ = [
+    "CallExplainer",
     "CompatError",
     "ModeCode",
     "OpOverload",
     "copy_attr",
     "dropout_classes",
+    "explain_calls",
     "fake_inputs",
     "fake_tensor_mode",
     "format_import_block",

@@ -13,12 +13,18 @@ from torch import nn
 from fxtap._fx import clone_structure
 from fxtap._parametrized import dumps, is_parametrized, loads
 from fxtap._protocol import Extractor
-from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
+from fxtap._query import MODEL_OUTPUT, OutputKey, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
 from fxtap.capture._edits import hook_edits
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
 from fxtap.capture._reach import Dropped, drop_after_probe
-from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
+from fxtap.errors import (
+    NodeNotFoundError,
+    NotReachedError,
+    TraceError,
+    close_matches,
+    format_choices,
+)
 from fxtap.trace import user_stacklevel
 
 __all__ = [
@@ -110,7 +116,7 @@ class CaptureExtractor(Extractor):
             module.forward = IslandForward(self._channel, module, by_mode)
         self.train(training)
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def forward(self, *args: Any, **kwargs: Any) -> dict[OutputKey, Any]:
         mode = "train" if self.training else "eval"
         plan = self._plans[mode]
         wanted = frozenset(k for k, n in plan.outputs.items() if n != MODEL_OUTPUT)
@@ -120,16 +126,18 @@ class CaptureExtractor(Extractor):
         with running(call), contextlib.suppress(Stop):
             output = self.model(*args, **kwargs)
         store = call.store
-        result: dict[str, Any] = {}
+        result: dict[OutputKey, Any] = {}
         for key, name in plan.outputs.items():
             if name == MODEL_OUTPUT:
                 result[key] = output
             elif key in store:
                 result[key] = store[key]
             else:
-                raise RuntimeError(
+                raise NotReachedError(
                     f"node {name!r} (output key {key!r}) was not reached: its module was not "
-                    f"called during this {mode}-mode forward of {type(self.model).__name__}"
+                    f"called during this {mode}-mode forward of {type(self.model).__name__}, so "
+                    "a branch of the model's code skipped it on these inputs. Request nodes "
+                    "that this input reaches, or pass inputs that take that branch"
                 )
         return result
 
@@ -163,9 +171,9 @@ class _Plan:
     """
 
     names: dict[str, tuple[str, ...]]
-    outputs: dict[str, str] = field(default_factory=dict)
-    module_outputs: dict[str, list[str]] = field(default_factory=dict)
-    module_inputs: dict[str, list[str]] = field(default_factory=dict)
+    outputs: dict[OutputKey, str] = field(default_factory=dict)
+    module_outputs: dict[str, list[OutputKey]] = field(default_factory=dict)
+    module_inputs: dict[str, list[OutputKey]] = field(default_factory=dict)
     runs: dict[str, IslandRun] = field(default_factory=dict)
 
 
@@ -279,8 +287,8 @@ def _plan(
 ) -> _Plan:
     plan = _Plan({p: _names(i) for p, i in islands.items()})
     paths = {p for p, _ in model.named_modules() if p}
-    by_island: dict[str, dict[str, Any]] = {}
-    queries: dict[str, dict[str, str]] = {}
+    by_island: dict[str, dict[OutputKey, Any]] = {}
+    queries: dict[str, dict[OutputKey, str]] = {}
     for req in requests:
         query = req.query
         plan.outputs[req.key] = query

@@ -105,7 +105,8 @@ def run(
         files["node table (JSON)"] = _write(folder / "nodes.json", json.dumps(data, indent=1))
 
     with step(3, f"extractor for {', '.join(nodes)}"):
-        extractor = create_feature_extractor(model, list(nodes), keep_traces=True)
+        # saved for inference, as `fxtap extract` saves it
+        extractor = create_feature_extractor(model, list(nodes), keep_traces=True).eval()
         path = save(extractor, folder / f"{stem}.fxtap")
         files["extractor"] = path
         reloaded = load(path)

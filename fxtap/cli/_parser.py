@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
     tracing = _tracer_parser()
+    leaves = _auto_leaf_parser()
 
     p = sub.add_parser(
         "nodes",
@@ -86,10 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        parents=[model, needs_input, taps, tracing],
+        parents=[model, needs_input, tracing, leaves],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
-        "example input in eval mode, and save it.",
+        "example input in eval mode, and save it in eval mode, ready for inference (--train "
+        "saves it in train mode; .train() and .eval() switch a loaded one).",
+    )
+    taps_by_mode = p.add_mutually_exclusive_group(required=True)
+    _add_nodes(taps_by_mode, "(default: none; this or --train-nodes with --eval-nodes)")
+    taps_by_mode.add_argument(
+        "--train-nodes",
+        metavar="NAME[=KEY]",
+        nargs="+",
+        help="nodes to tap in train mode only, for models whose graphs differ between modes "
+        "(GoogLeNet's aux1 exists in train mode only); needs --eval-nodes, replaces --nodes "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--eval-nodes",
+        metavar="NAME[=KEY]",
+        nargs="+",
+        help="nodes to tap in eval mode only; needs --train-nodes, replaces --nodes "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="save the extractor in train mode: a plain call then updates BatchNorm running "
+        "statistics and applies dropout (default: off, eval mode)",
     )
     p.add_argument(
         "-o",
@@ -292,17 +317,33 @@ def _tracer_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _auto_leaf_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--no-auto-leaf",
+        dest="auto_leaf",
+        action="store_false",
+        help="fail with torch.fx's error where a submodule cannot be traced, instead of keeping "
+        "it opaque with a warning (default: off, such submodules are kept opaque)",
+    )
+    return parser
+
+
 def _nodes_parser(*, required: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
+    _add_nodes(parser, "(default: none, required)" if required else "(default: none)", required)
+    return parser
+
+
+def _add_nodes(parser: Any, default: str, required: bool = False) -> None:
     parser.add_argument(
         "--nodes",
         metavar="NAME[=KEY]",
         nargs="+",
         required=required,
         help="node names to tap: 'layer4', 'layer4.1.conv2:input', ':output'; NAME=KEY names "
-        "the output " + ("(default: none, required)" if required else "(default: none)"),
+        f"the output {default}",
     )
-    return parser
 
 
 def _input_type(text: str) -> InputSpec:

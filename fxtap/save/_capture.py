@@ -35,8 +35,10 @@ from fxtap.save._schema import (
     as_string,
     as_strings,
     check_keys,
+    check_outputs,
     closest,
     dotted_path,
+    encode_outputs,
     identifier,
 )
 
@@ -64,7 +66,7 @@ class CheckedCapture:
     training: bool
     model: ModuleSpec | TransformersSpec
     tensors: dict[str, tuple[bool, bool]]
-    outputs: dict[str, dict[str, str]]
+    outputs: dict[str, dict[str | int, str]]
     reason: str
     tracer: dict[str, Any]
 
@@ -90,7 +92,7 @@ def describe_capture(extractor: CaptureExtractor, tensors: Tensors) -> dict[str,
         "training": extractor.training,
         "model": encode_module(model, "model", tensors, {}),
         "tensors": tensors.info,
-        "outputs": extractor.outputs,
+        "outputs": encode_outputs(extractor.outputs),
         "reason": extractor.reason,
         "tracer": _encode_tracer(extractor.tracer_kwargs),
     }
@@ -107,17 +109,7 @@ def check_capture(data: Any, *, trust: bool) -> CheckedCapture:
     model = modules.top["model"]
     if not isinstance(model, (ModuleSpec, TransformersSpec)):
         raise LoadError("model: the model is a module spec, not a reference")
-    raw_outputs = as_object(top["outputs"], "outputs")
-    check_keys(raw_outputs, set(MODES), None, "outputs")
-    outputs: dict[str, dict[str, str]] = {}
-    for mode in MODES:
-        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
-        if not outs:
-            raise LoadError(f"outputs.{mode}: no output is requested")
-        outputs[mode] = {
-            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
-            for k, v in outs.items()
-        }
+    outputs = check_outputs(top["outputs"], MODES, required=True)
     return CheckedCapture(
         class_name=identifier(top["class_name"], "class_name"),
         training=as_bool(top["training"], "training"),

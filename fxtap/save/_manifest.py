@@ -31,6 +31,7 @@ from fxtap.save._schema import (
     as_string,
     as_strings,
     check_keys,
+    check_outputs,
     closest,
     decode,
     dotted_path,
@@ -83,15 +84,7 @@ def check(data: Any, *, trust: bool) -> Checked:
         ref = modules.tensor(spec["tensor"], f"{where}.tensor", parameter=None)
         attributes[path] = (ref, as_bool(spec["persistent"], f"{where}.persistent"))
     modules.check_attributes(attributes)
-    outputs = {}
-    raw_outputs = as_object(top["outputs"], "outputs")
-    check_keys(raw_outputs, set(MODES), None, "outputs")
-    for mode in MODES:
-        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
-        outputs[mode] = {
-            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
-            for k, v in outs.items()
-        }
+    outputs = check_outputs(top["outputs"], MODES)
     graphs_raw = as_object(top["graphs"], "graphs")
     check_keys(graphs_raw, set(MODES), None, "graphs")
     targets = frozenset(attributes) | modules.tensor_paths
@@ -159,7 +152,7 @@ class _Graph:
         self.names: set[str] = set()
         self.parameters: set[str] = set()
 
-    def check(self, raw: Any, outputs: Mapping[str, str]) -> tuple[NodeSpec, ...]:
+    def check(self, raw: Any, outputs: Mapping[str | int, str]) -> tuple[NodeSpec, ...]:
         entries = as_list(raw, f"graphs.{self.mode}")
         nodes: list[NodeSpec] = []
         for i, entry in enumerate(entries):

@@ -18,7 +18,7 @@ from fxtap.save._capture import describe_capture
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
-from fxtap.save._schema import MAX_STRING
+from fxtap.save._schema import MAX_STRING, encode_outputs
 from fxtap.trace import NAME_KEY
 
 __all__ = ["pack"]
@@ -91,7 +91,7 @@ def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
         "modules": modules,
         "attributes": attrs,
         "tensors": tensors.info,
-        "outputs": extractor.outputs,
+        "outputs": encode_outputs(extractor.outputs),
         "kept": {mode: sorted(names) for mode, names in extractor.kept.items()},
         "opaque": list(extractor.opaque),
     }
