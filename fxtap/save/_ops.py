@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 
 from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save import _allowlist
-from fxtap.save._schema import as_list, as_object, check_keys, closest, identifier
+from fxtap.save._schema import NAME, as_list, as_object, check_keys, closest, name
 
 __all__ = [
     "REBUILD_OUTPUT",
@@ -61,7 +61,7 @@ def encode_op(target: Any) -> dict[str, list[str]] | None:
     if not isinstance(target, torch._ops.OpOverload):
         return None
     parts = [target.namespace, target._opname, target._overloadname]
-    if not all(p.isidentifier() for p in parts) or _lookup(*parts) is not target:
+    if not all(NAME.fullmatch(p) for p in parts) or _lookup(*parts) is not target:
         raise InvalidArgumentError(
             f"operator {target!r} cannot be found again by its name in torch.ops, so the safe "
             "fxtap format cannot store it; save with fmt='pickle' (--format pickle) and load it "
@@ -79,14 +79,14 @@ def check_op(target: Any, where: str, *, trust: bool) -> str:
         raise LoadError(f"{where}.op: an op is [namespace, name, overload], not {parts!r:.80}")
     for i, part in enumerate(parts):
         # NOTE: ATen names dunder ops (``aten::__and__.Tensor``): they pass only by the allowlist
-        if not isinstance(part, str) or not part.isidentifier() or len(part) > 200:
+        if not isinstance(part, str) or not NAME.fullmatch(part):
             raise LoadError(f"{where}.op[{i}]: {part!r:.80} is not a plain identifier")
     key = f"{parts[0]}::{parts[1]}.{parts[2]}"
     if key in _allowlist.OPS:
         return key
     if trust:
         for i, part in enumerate(parts):
-            identifier(part, f"{where}.op[{i}]")
+            name(part, f"{where}.op[{i}]")
     else:
         raise LoadError(
             f"{where}: its graph calls the operator {key!r:.80}, which the safe loader does not "
