@@ -21,6 +21,7 @@ from fxtap.save import _allowlist
 from fxtap.save._config import Modules
 from fxtap.save._ops import REBUILD_OUTPUT, check_op, check_rebuild, check_treespec
 from fxtap.save._schema import (
+    MAX_NODES,
     PARAMETER_RESERVED,
     Checked,
     NodeSpec,
@@ -162,6 +163,8 @@ class _Graph:
 
     def check(self, raw: Any, outputs: Mapping[str, str]) -> tuple[NodeSpec, ...]:
         entries = as_list(raw, f"graphs.{self.mode}")
+        if len(entries) > MAX_NODES:
+            raise LoadError(f"graphs.{self.mode}: {len(entries)} nodes, more than {MAX_NODES}")
         nodes: list[NodeSpec] = []
         for i, entry in enumerate(entries):
             where = f"graphs.{self.mode}[{i}]"

@@ -47,8 +47,8 @@ MAX_WEIGHTS_BYTES = 1 << 40
 MAX_RATIO = 200
 _COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 #: Limits on ``fxtap.json``: bytes, JSON values (a bound on the memory parsing takes), depth.
-MAX_MANIFEST_BYTES = 64 << 20
-MAX_VALUES = 2_000_000
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_VALUES = 400_000
 MAX_DEPTH = 48
 
 

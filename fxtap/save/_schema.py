@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import keyword
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -17,6 +18,9 @@ from fxtap.errors import LoadError, close_matches
 
 __all__ = [
     "CONSTANTS",
+    "MAX_MODULES",
+    "MAX_NODES",
+    "MAX_PATH_PARTS",
     "MAX_STRING",
     "NAME",
     "PARAMETER_RESERVED",
@@ -45,6 +49,13 @@ __all__ = [
 ]
 
 MAX_STRING = 4096
+#: Most modules (nested ones included) and most nodes per graph a file may hold: a file at
+#: each cap loads in seconds and a few hundred MB (benchmarks/bench_load.py, docs/benchmarks.md).
+MAX_MODULES = 10_000
+MAX_NODES = 20_000
+#: Most parts in a dotted path: each path's prefixes are checked, so this bounds that work.
+MAX_PATH_PARTS = 64
+_MAX_SUGGESTION_POOL = 20_000
 _DEVICE = re.compile(r"(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?")
 #: The one shape of a name read from a file (``re.ASCII``: no Unicode letter or digit matches).
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}", re.ASCII)
@@ -224,7 +235,9 @@ def member_name(value: Any, where: str) -> str:
 
 def dotted_path(path: Any, where: str, *, top_level: bool) -> str:
     path = as_string(path, where)
-    parts = path.split(".")
+    parts = path.split(".", MAX_PATH_PARTS)
+    if len(parts) > MAX_PATH_PARTS:
+        raise LoadError(f"{where}: a path of more than {MAX_PATH_PARTS} parts")
     for part in parts:
         path_part(part, where)
     if top_level and parts[0] in root_internals():
@@ -286,7 +299,8 @@ def root_internals() -> frozenset[str]:
 
 
 def closest(word: str, pool: Any) -> str:
-    found = close_matches(word, pool)
+    # NOTE: a file may name 100k modules: the suggestion looks at a bounded part of the pool
+    found = close_matches(word, itertools.islice(pool, _MAX_SUGGESTION_POOL))
     return f" (closest: {', '.join(repr(f) for f in found)})" if found else ""
 
 
