@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_load  # noqa: E402
 
 from fxtap.errors import LoadError  # noqa: E402
-from fxtap.save import load  # noqa: E402
-from fxtap.save import _manifest, _safe_load, _schema  # noqa: E402
+from fxtap.save import _manifest, _safe_load, _schema, load  # noqa: E402
 
 
 def _calls(path: Path) -> int:
