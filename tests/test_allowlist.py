@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxtap
 from fxtap.errors import InvalidArgumentError
-from fxtap.save import MANIFEST, _allowlist
+from fxtap.save import MANIFEST, _allowlist, _schema
 from fxtap.save._pack import pack
 from tests.standard_ops import standard_functions, standard_methods
 from tests.test_save_op_fuzz import CRASHING
@@ -491,7 +491,7 @@ def test_core_and_symbolic_ops_are_allowed_but_none_that_touch_files_or_state() 
     assert not {"aten::from_file.default", "aten::_print.default"} & allowed
     assert all(allowed_op(o) for o in allowed), [o for o in allowed if not allowed_op(o)]
     for key, (namespace, name, overload) in _allowlist.OPS.items():
-        assert all(p.isidentifier() for p in (namespace, name, overload)), key
+        assert all(_schema.NAME.fullmatch(p) for p in (namespace, name, overload)), key
         op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
         assert isinstance(op, torch._ops.OpOverload), key
     assert set(SYMBOLIC_FUNCTIONS) <= _allowlist.FUNCTIONS
@@ -558,8 +558,22 @@ def test_nothing_that_reads_files_or_runs_code_is_allowed() -> None:
         assert not any(w in name.lower() for w in words), name
         assert "__" not in name, name
         assert name.count(":") <= 1, name
-    assert all(m.isidentifier() and not m.startswith("_") for m in _allowlist.METHODS)
-    assert all(a.isidentifier() and not a.startswith("_") for a in _allowlist.ATTRIBUTES)
+    assert all(_schema.NAME.fullmatch(m) and not m.startswith("_") for m in _allowlist.METHODS)
+    assert all(_schema.NAME.fullmatch(a) and not a.startswith("_") for a in _allowlist.ATTRIBUTES)
+
+
+def test_every_allowed_name_is_plain_ascii() -> None:
+    """What the allowlist names passes the loader's one name rule (ops by ASCII shape only:
+    ATen names dunder ops such as ``aten::__and__.Tensor``)."""
+    for path, (required, optional, names) in _allowlist.MODULES.items():
+        for key in (*required, *optional, *names):
+            assert _schema.name(key, path) == key
+        assert all(_schema.NAME.fullmatch(part) for part in path.replace(":", ".").split(".")), path
+    for path, (required, optional) in _allowlist.OBJECTS.items():
+        for key in (*required, *optional):
+            assert _schema.name(key, path) == key
+    for key, parts in _allowlist.OPS.items():
+        assert all(_schema.NAME.fullmatch(part) for part in parts), key
 
 
 def export_emitted() -> Emitted:

@@ -275,8 +275,9 @@ def _resolve(key: str) -> Any:
 
     from fxtap.save import _allowlist
 
-    if "::" in key:
-        namespace, name, overload = _allowlist.OPS[key]
+    if "::" in key:  # by the allowlist's names, or by the key's (ops left out of the list)
+        namespace, _, rest = key.partition("::")
+        namespace, name, overload = _allowlist.OPS.get(key, (namespace, *rest.split(".")))
         return getattr(getattr(getattr(torch.ops, namespace), name), overload)
     return _allowlist.resolve(*key.partition(":")[::2])
 
