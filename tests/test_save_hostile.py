@@ -5,7 +5,10 @@ must withstand: code pasted into generated Python (placeholder targets, node nam
 module names with quotes, keyword-argument names), dotted walks through allowed modules,
 dunder access, attribute names computed at run time, module configurations shadowing
 ``nn.Module`` internals, self-referential module specs, zip and JSON bombs, malformed graphs,
-foreign tensors and pickles. Every payload would create its own sentinel file.
+foreign tensors and pickles; names with characters Python folds into ASCII (NFKC) in every
+field that becomes a name, compatibility forms of dunders, ``to_folder``, ``exec`` and ``eval``
+(the fullwidth ``self.__class__.__init__.__globals__`` walk to ``exec``), and backward ATen ops
+that crash on hostile indices. Every payload would create its own sentinel file.
 
 One subprocess loads every file in turn (so a payload that ran cannot hide in the test's own
 process), times each, resets and reads its peak RSS (``/proc/self/clear_refs``) and Python's
