@@ -4,12 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Every package version make test installs; refreshed by `make lock`.
+LOCK := requirements.lock
+# The user extras (pyproject's optional-dependencies); the tests' tools are its `dev` group.
+EXTRAS := plot,timm,hf,dataset
+PIP := --disable-pip-version-check -q
 
-.PHONY: demo test test-timm lint docs-check dot chromium clean
+.PHONY: demo test test-latest test-suite test-timm test-thorough lint lock dot chromium clean
 
-$(STAMP): pyproject.toml
+# The venv holds exactly the lock's versions (--no-deps), then fxtap itself; `pip check` fails
+# if the lock no longer satisfies what pyproject.toml declares.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,plot,timm,hf,audio,gradcam,browser,dataset]'
+	$(PY) -m pip install $(PIP) --no-deps -r $(LOCK)
+	$(PY) -m pip install $(PIP) --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $(STAMP)
 
 # Graphviz's dot and Chromium (browser tests): each installed from Debian when missing and running
@@ -47,9 +56,38 @@ lint: $(STAMP)
 test: $(STAMP) dot chromium lint
 	$(PY) -m pytest -q -n 2 --ignore=tests/test_zoo_timm.py $(PYTEST_ARGS)
 
+# The newest release of every dependency, extra and test tool, ignoring the lock, in a venv of its
+# own; prints what differs from the lock, then runs the same suite. Run it before `make lock`
+# and before a release.
+LATEST := .venv-latest
+test-latest: dot chromium
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install $(PIP) --upgrade pip
+	$(LATEST)/bin/python -m pip install $(PIP) --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]' --group dev
+	@touch $(LATEST)/.installed-stamp
+	$(LATEST)/bin/python tests/lockdiff.py $(LOCK)
+	$(MAKE) --no-print-directory lint test-suite VENV=$(LATEST) STAMP=$(LATEST)/.installed-stamp
+
+test-suite:
+	$(PY) -m pytest -q -n 2 --ignore=tests/test_zoo_timm.py $(PYTEST_ARGS)
+
+# Refresh the lock from the newest releases that resolve today (run make test-latest first).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install $(PIP) --upgrade pip
+	.venv-lock/bin/python -m pip install $(PIP) '.[$(EXTRAS)]' --group dev
+	{ echo "# make test installs exactly these versions (pip install --no-deps -r $(LOCK))."; \
+	  echo "# Refreshed by 'make lock' on $$(date -u +%Y-%m-%d), Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude fxtap | LC_ALL=C sort -f; } > $(LOCK)
+	rm -rf .venv-lock
+
 # Optional: the timm zoo (48 smaller models, about 5 minutes on 2 cores).
 test-timm: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m timm tests/test_zoo_timm.py
 
+# Optional: the slow variants (every allowlisted op fuzzed, every detection model saved, ...).
+test-thorough: $(STAMP) dot chromium
+	FXTAP_THOROUGH=1 $(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) .venv-lock out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -16,6 +16,7 @@ __all__ = [
     "InputShapeError",
     "InvalidArgumentError",
     "LoadError",
+    "MissingExtraError",
     "MistraceError",
     "ModelSpecError",
     "NodeNotFoundError",
@@ -72,6 +73,20 @@ class TraceError(FxtapError, torch.fx.proxy.TraceError):
         self.source = source
         self.reason = reason
         self.function = function
+
+
+class MissingExtraError(FxtapError, ImportError):
+    """An optional package is missing; the message names it and the ``pip install`` that adds it.
+
+    Attributes:
+        extra: the fxtap extra that provides it (``"dataset"``, ``"plot"``, ...).
+        packages: the missing distributions.
+    """
+
+    def __init__(self, message: str, *, extra: str, packages: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.packages = packages
 
 
 class MistraceError(TraceError):

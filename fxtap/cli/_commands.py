@@ -127,7 +127,11 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from fxtap._extras import require_extra
     from fxtap.cost import compare
+
+    if args.plot:
+        require_extra("plot", purpose="--plot")
 
     model = _load(args)
     nodes = _nodes_arg(args)

@@ -122,6 +122,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``fxtap run``: build the model, the data and the job; print what was stored."""
+    from fxtap._extras import require_extra
+
+    require_extra("dataset", purpose="fxtap run")
     from fxtap.cli._models import load_model, parse_model_args
     from fxtap.dataset import extract_dataset
 

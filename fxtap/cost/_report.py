@@ -302,8 +302,10 @@ class CostReport:
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Draw FLOPs accumulated along the graph with the cut marked, and latency per variant."""
+        from fxtap._extras import require_extra
         from fxtap.cost._plot import plot_report
 
+        require_extra("plot", purpose="CostReport.plot()")
         try:
             plot_report(self, path)
         except OSError as exc:
