@@ -4,7 +4,9 @@ A graph the safe loader builds may call any allowlisted ATen op (``_allowlist.OP
 (``_allowlist.FUNCTIONS``) with any argument values a file holds. So every one of them must be
 safe on any values: an exception is fine, a crash (SIGSEGV, abort) or a hang is not.
 
-A child process calls each op in turn. It first searches for arguments that work (small
+A child process calls each op in turn, as a loaded graph calls it: after the loader's check of
+its arguments (``check_op_args``), through its checked stand-in where it has one
+(``fxtap.save._guards``). It first searches for arguments that work (small
 tensors, sizes and flags chosen from the op's schema, or by trying arities for a Python
 function), then changes one to three of them at a time to hostile values: indices of 10**9, -10**9 and 2**62, negative and
 huge sizes, empty, zero-size, 6-D and non-contiguous tensors, NaN and infinite scalars, odd
@@ -15,8 +17,10 @@ importing torch takes), so a hostile size fails to allocate instead of taking th
 
 ``make test`` runs a sample (the ops named in ``KNOWN`` plus ``SAMPLE`` others, drawn with a fixed
 seed); ``FXTAP_THOROUGH=1`` runs every allowlisted op and function. ``CRASHING`` lists the ops
-that crashed it: tests/test_allowlist.py's generator leaves them out, and the test checks that
-the allowlist holds none of them.
+that crashed it and have no stand-in: tests/test_allowlist.py's generator leaves them out, and
+the test checks that the allowlist holds none of them. ``FXTAP_FUZZ_TRACE=1`` prints each
+call's arguments (the last line before a crash reproduces it);
+``python tests/test_save_op_fuzz.py --report [OP ...]`` prints each op's outcome.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +59,10 @@ KNOWN = (
     "aten::scatter.src",
     "aten::as_strided.default",
     "aten::_embedding_bag.default",
+    "aten::_native_batch_norm_legit_no_training.default",
+    "aten::_native_batch_norm_legit.no_stats",
+    "aten::_fft_r2c.default",
+    "aten::zeros.default",
 )
 #: Working arguments for ops whose shapes must agree in ways a random search rarely finds.
 SEEDS: dict[str, Callable[[Any], list[Any]]] = {
@@ -66,6 +76,16 @@ SEEDS: dict[str, Callable[[Any], list[Any]]] = {
     "aten::embedding_dense_backward.default": lambda torch: [
         torch.rand(3, 4), torch.tensor([0, 1, 2]), 10, -1, False,
     ],
+    "aten::_native_batch_norm_legit_no_training.default": lambda torch: [
+        torch.rand(2, 3, 4), torch.rand(3), torch.rand(3), torch.rand(3), torch.rand(3), 0.1, 1e-5,
+    ],
+    "aten::_native_batch_norm_legit.default": lambda torch: [
+        torch.rand(2, 3, 4), torch.rand(3), torch.rand(3), torch.rand(3), torch.rand(3), True,
+        0.1, 1e-5,
+    ],
+    "aten::_native_batch_norm_legit.no_stats": lambda torch: [
+        torch.rand(2, 3, 4), torch.rand(3), torch.rand(3), True, 0.1, 1e-5,
+    ],
     "aten::avg_pool2d_backward.default": lambda torch: [
         torch.rand(1, 1, 2, 2), torch.rand(1, 1, 4, 4), [2, 2], [2, 2], [0, 0], False, True, None,
     ],
@@ -73,6 +93,8 @@ SEEDS: dict[str, Callable[[Any], list[Any]]] = {
 SAMPLE = 24
 THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
 HANG_SECONDS = 60.0
+#: ``FXTAP_FUZZ_TRACE=1`` prints every call's arguments to the child's stderr.
+TRACE = os.environ.get("FXTAP_FUZZ_TRACE") == "1"
 BASE_TRIES = 200
 MUTATIONS = 60
 BIG = (10**9, -(10**9), 2**62, -(2**63), -2)
@@ -127,7 +149,8 @@ def _pools(torch: Any) -> dict[str, tuple[list[Any], list[Any]]]:
         "float": floats,
         "bool": ([False, True], [True, False]),
         "Scalar": ([1, 0.5, 2, 0], [*BIG, math.nan, math.inf, True, 1e308]),
-        "ScalarType": (dtypes, [torch.bool, torch.uint8, torch.float16, torch.complex64]),
+        # ints too: ATen declares these int and a file could give one (the loader refuses it)
+        "ScalarType": (dtypes, [torch.bool, torch.uint8, torch.float16, torch.complex64, -2, 99]),
         "List[Tensor]": (
             [lambda: [benign_t[3]()], lambda: [benign_t[3](), benign_t[3]()]],
             [list, lambda: [hostile_t[0](), benign_t[3]()], lambda: [benign_t[0](), benign_t[4]()]],
@@ -140,9 +163,12 @@ def _pools(torch: Any) -> dict[str, tuple[list[Any], list[Any]]]:
             ["mean", "none", "sum", "ij,jk->ik", "trunc", "floor", "tanh", "constant"],
             ["", "x" * 200, "...->", "i,i,i,i,i,i->", "\x00", "reflect", "circular"],
         ),
-        "Layout": ([torch.strided], [torch.sparse_coo]),
+        "Layout": ([torch.strided], [torch.sparse_coo, -2, 99]),
         "Device": ([torch.device("cpu")], [torch.device("meta")]),
-        "MemoryFormat": ([torch.contiguous_format], [torch.channels_last, torch.channels_last_3d]),
+        "MemoryFormat": (
+            [torch.contiguous_format],
+            [torch.channels_last, torch.channels_last_3d, -2, 99],
+        ),
         "Generator": ([None], [None]),
     }
 
@@ -175,7 +201,7 @@ def _aten_cases(
 ) -> Iterator[tuple[list[Any], dict[str, Any]]]:
     """Arguments for an ATen overload: a working base found by search, then mutations."""
     arguments = [a for a in op._schema.arguments if not a.is_out]
-    spaces = [_choices(str(a.type), pools) for a in arguments]
+    spaces = [_choices(str(a.real_type), pools) for a in arguments]
     has_default = [a.has_default_value() for a in arguments]
 
     def call_args(values: list[Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -271,6 +297,34 @@ def _mutated(
         yield call_args(values)
 
 
+def _describe(value: Any) -> str:
+    """Arguments as text: tensors by dtype, shape, strides and their first values."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        head = value.flatten()[:3].tolist() if value.numel() else []
+        return f"T({value.dtype}, {tuple(value.shape)}, {value.stride()}, {head})"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_describe(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _loaded(key: str) -> Callable[..., Any]:
+    """What a graph loaded without trust calls for ``key``: arguments the loader refuses
+    (``check_op_args``) raise its ``LoadError``, the others reach the op or its stand-in."""
+    from fxtap.save._ops import check_op_args, resolve_op
+
+    op = resolve_op(key, trust=True)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        check_op_args(key, args, kwargs, "fuzz")
+        return op(*args, **kwargs)
+
+    return call
+
+
 def _resolve(key: str) -> Any:
     import torch
 
@@ -300,6 +354,8 @@ def child(keys: list[str]) -> None:
         rng = random.Random(key)
         fn = _resolve(key)
         cases = (_aten_cases if "::" in key else _function_cases)(fn, pools, rng)
+        if "::" in key:  # what a loaded graph calls: the op's stand-in, after the arg check
+            fn = _loaded(key)
         calls = worked_count = 0
         worked = None
         while True:
@@ -308,6 +364,8 @@ def child(keys: list[str]) -> None:
             except StopIteration:
                 break
             calls += 1
+            if TRACE:  # the arguments of each call, so a crash can be reproduced
+                print(key, _describe(args), _describe(kwargs), file=sys.stderr, flush=True)
             try:
                 fn(*args, **kwargs)
                 worked = True
@@ -328,40 +386,43 @@ def fuzz(keys: list[str]) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env["OPENBLAS_NUM_THREADS"] = "1"
     while left:
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, __file__, *left],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=None if TRACE else subprocess.DEVNULL,
             text=True,
             env=env,
-        )
-        assert proc.stdout is not None
-        current = None
-        deadline = time.monotonic() + HANG_SECONDS * 2
-        while True:
-            ready, _, _ = select.select(
-                [proc.stdout], [], [], max(0.0, deadline - time.monotonic())
-            )
-            if not ready:
-                proc.kill()
-                proc.wait()
-                outcome[current or left[0]] = "hung"
-                break
-            line = proc.stdout.readline()
-            if not line:
-                code = proc.wait()
-                if current is not None:
-                    outcome[current] = f"crashed (exit {code})"
-                break
-            if line.startswith("start "):
-                current = line.split()[1]
-                deadline = time.monotonic() + HANG_SECONDS
-            elif line.startswith("{"):
-                done = json.loads(line)
-                outcome[done["op"]] = f"ok {done['calls']} calls, {done['worked']} worked"
-                current = None
+        ) as proc:
+            _watch(proc, left[0], outcome)
         left = [k for k in left if k not in outcome]
     return outcome
+
+
+def _watch(proc: subprocess.Popen[str], first: str, outcome: dict[str, str]) -> None:
+    """Read one child's lines into ``outcome`` until it ends, dies or stalls on an op."""
+    assert proc.stdout is not None
+    current = None
+    deadline = time.monotonic() + HANG_SECONDS * 2
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        if not select.select([proc.stdout], [], [], left)[0]:
+            proc.kill()
+            proc.wait()
+            outcome[current or first] = "hung"
+            return
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait()
+            if current is not None or first not in outcome:
+                outcome[current or first] = f"crashed (exit {code})"
+            return
+        if line.startswith("start "):
+            current = line.split()[1]
+            deadline = time.monotonic() + HANG_SECONDS
+        elif line.startswith("{"):
+            done = json.loads(line)
+            outcome[done["op"]] = f"ok {done['calls']} calls, {done['worked']} worked"
+            current = None
 
 
 def selected() -> list[str]:
@@ -372,6 +433,35 @@ def selected() -> list[str]:
         return everything
     others = [k for k in everything if k not in KNOWN]
     return [*KNOWN, *random.Random(0).sample(others, SAMPLE)]
+
+
+def test_ops_whose_kernels_trust_their_arguments_load_as_checked_stand_ins() -> None:
+    import torch
+
+    from fxtap.save._guards import GUARDS
+    from fxtap.save._ops import encode_op, resolve_op
+
+    for key, guard in GUARDS.items():
+        assert resolve_op(key, trust=False) is guard
+        namespace, _, rest = key.partition("::")
+        assert encode_op(guard) == {"op": [namespace, *rest.split(".")]}, key
+    with pytest.raises(RuntimeError, match="batch norm: mean"):
+        GUARDS["aten::_native_batch_norm_legit_no_training.default"](
+            torch.rand(2, 3, 4), None, None, torch.zeros(0), torch.ones(3), 0.1, 1e-5
+        )
+    with pytest.raises(RuntimeError, match="out of range"):
+        GUARDS["aten::_fft_r2c.default"](torch.rand(4, 4), [10**9], 0, True)
+
+
+def test_ints_in_dtype_arguments_are_refused() -> None:
+    import torch
+
+    from fxtap.errors import LoadError
+    from fxtap.save._ops import check_op_args
+
+    with pytest.raises(LoadError, match=r"'dtype' of aten::zeros\.default is a dtype"):
+        check_op_args("aten::zeros.default", ([2],), {"dtype": -2}, "graphs.eval[1].args")
+    check_op_args("aten::zeros.default", ([2],), {"dtype": torch.float32}, "graphs.eval[1].args")
 
 
 def test_crashing_ops_are_not_allowed() -> None:

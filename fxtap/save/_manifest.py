@@ -19,7 +19,13 @@ from torch.fx import graph as fx_graph
 from fxtap.errors import LoadError
 from fxtap.save import _allowlist
 from fxtap.save._config import Modules
-from fxtap.save._ops import REBUILD_OUTPUT, check_op, check_rebuild, check_treespec
+from fxtap.save._ops import (
+    REBUILD_OUTPUT,
+    check_op,
+    check_op_args,
+    check_rebuild,
+    check_treespec,
+)
 from fxtap.save._schema import (
     MAX_NODES,
     PARAMETER_RESERVED,
@@ -202,6 +208,7 @@ class _Graph:
         target = entry["target"]
         if op == "call_function" and isinstance(target, dict) and "op" in target:
             target = check_op(target, f"{where}.target", trust=self.trust)
+            check_op_args(target, args, kwargs, f"{where}.args")
         elif op == "call_function":
             check_keys(as_object(target, f"{where}.target"), {"function"}, None, f"{where}.target")
             target = self._function(target["function"], args, kwargs, f"{where}.target")

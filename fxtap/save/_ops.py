@@ -15,6 +15,7 @@ keys (no objects: pytree's JSON hook would import classes named in them); the sp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +24,14 @@ from torch.utils import _pytree as pytree
 
 from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save import _allowlist
+from fxtap.save._guards import GUARDS, unguarded
 from fxtap.save._schema import NAME, as_list, as_object, check_keys, closest, name
 
 __all__ = [
     "REBUILD_OUTPUT",
     "TreeSpecText",
     "check_op",
+    "check_op_args",
     "check_rebuild",
     "check_treespec",
     "encode_op",
@@ -42,6 +45,12 @@ REBUILD_OUTPUT = "fxtap.trace._export:rebuild_output"
 _PROTOCOL = 1
 _MAX_KEYS = 4096
 _MAX_NODES = 10_000
+#: Schema types ATen declares ``int`` whose values must be these torch constants.
+_ENUM_ARGUMENTS = {
+    "ScalarType": torch.dtype,
+    "Layout": torch.layout,
+    "MemoryFormat": torch.memory_format,
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,9 @@ def op_key(op: torch._ops.OpOverload) -> str:
 
 
 def encode_op(target: Any) -> dict[str, list[str]] | None:
-    """The tagged target of an operator overload, or ``None`` when ``target`` is not one."""
+    """The tagged target of an operator overload (or of its checked stand-in), or ``None``
+    when ``target`` is not one."""
+    target = unguarded(target)
     if not isinstance(target, torch._ops.OpOverload):
         return None
     parts = [target.namespace, target._opname, target._overloadname]
@@ -96,8 +107,34 @@ def check_op(target: Any, where: str, *, trust: bool) -> str:
     return key
 
 
-def resolve_op(key: str, *, trust: bool) -> torch._ops.OpOverload:
-    """The operator an op key names: looked up by the allowlist's own names when allowlisted."""
+def check_op_args(key: str, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> None:
+    """An allowlisted op's dtype, layout and memory format arguments hold those constants.
+
+    ATen's schemas declare them ``int``: torch accepts any integer there and indexes a table
+    with it unchecked (``aten::zeros([], dtype=-2)`` crashes the process), so a number or a
+    node's value in such a place is refused; a file fxtap wrote holds tagged constants there.
+    """
+    parts = _allowlist.OPS.get(key)
+    op = _lookup(*parts) if parts is not None else None
+    if op is None:  # a trusted op outside the list: nothing to check against
+        return
+    arguments = op._schema.arguments
+    given = [*zip(arguments, args), *((a, kwargs[a.name]) for a in arguments if a.name in kwargs)]
+    for arg, value in given:
+        kind = _ENUM_ARGUMENTS.get(str(arg.real_type).removeprefix("Optional[").rstrip("]"))
+        if kind is not None and value is not None and not isinstance(value, kind):
+            raise LoadError(
+                f"{where}: argument {arg.name!r} of {key} is a {kind.__name__}, not "
+                f"{value!r:.40}; fxtap writes it as a tagged constant such as "
+                '{"dtype": "float32"}'
+            )
+
+
+def resolve_op(key: str, *, trust: bool) -> Callable[..., Any]:
+    """The operator an op key names: looked up by the allowlist's own names when allowlisted,
+    through its checked stand-in when its kernel trusts its arguments (``_guards``)."""
+    if key in GUARDS:
+        return GUARDS[key]
     parts = _allowlist.OPS.get(key)
     if parts is None:
         if not trust:  # checked by check_op already
