@@ -2,7 +2,8 @@
 
 Each file is written directly (a manifest and an empty weights member): ``modules`` files hold N
 top-level ``ReLU`` modules called one after another (N ``call_module`` nodes), ``nodes`` files
-one module and a chain of N ``operator.add`` nodes, ``values`` files one node whose argument
+one module and a chain of N ``operator.add`` nodes in the train graph (the eval graph returns
+its input), ``values`` files one node whose argument
 is a list of N references to the input (the costliest argument value), ``strings`` files
 such a list of N strings of the longest length allowed. Wall seconds and the child's CPU
 seconds are both reported: on a shared machine the CPU seconds are what the load costs. Every file is loaded in a fresh child process (one torch thread)
@@ -72,11 +73,19 @@ def manifest(kind: str, n: int) -> dict[str, Any]:
         nodes.append(_node("pick", "call_function", getitem, [items, 0]))
         last = "pick" if kind == "values" else "x"
     nodes.append(_node("output", "output", "output", [{"dict": [["out", {"node": last}]]}]))
+    # a nodes file holds its chain in the train graph only: both would pass the values cap
+    eval_nodes = [
+        nodes[0],
+        _node("output", "output", "output", [{"dict": [["out", {"node": "x"}]]}]),
+    ]
+    if kind != "nodes":
+        eval_nodes = nodes
+    eval_out = "x" if kind == "nodes" else last
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "torch": torch.__version__,
-        "class_name": "Chain", "training": False, "graphs": {"train": nodes, "eval": nodes},
+        "class_name": "Chain", "training": False, "graphs": {"train": nodes, "eval": eval_nodes},
         "modules": modules, "attributes": {}, "tensors": {},
-        "outputs": {"train": {"out": last}, "eval": {"out": last}},
+        "outputs": {"train": {"out": last}, "eval": {"out": eval_out}},
         "kept": {"train": [], "eval": []}, "opaque": [],
     }  # fmt: skip
 
