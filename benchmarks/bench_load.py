@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fxtap.save import _safe_load, _schema
 
-    # a reference counts as two JSON values, and both modes hold the graph
-    caps = {"modules": _schema.MAX_MODULES, "nodes": _schema.MAX_NODES,
+    # a graph's placeholder and output count as nodes; a reference counts as two JSON
+    # values, and both modes hold the graph
+    caps = {"modules": _schema.MAX_MODULES, "nodes": _schema.MAX_NODES - 2,
             "values": _safe_load.MAX_VALUES // 4 - 500,
             "strings": _safe_load.MAX_MANIFEST_BYTES // (2 * (MAX_STRING + 3)) - 50}  # fmt: skip
     rows = []
