@@ -62,6 +62,7 @@ KNOWN = (
     "aten::_native_batch_norm_legit_no_training.default",
     "aten::_native_batch_norm_legit.no_stats",
     "aten::_fft_r2c.default",
+    "aten::_fft_c2r.default",
     "aten::zeros.default",
 )
 #: Working arguments for ops whose shapes must agree in ways a random search rarely finds.
@@ -86,6 +87,55 @@ SEEDS: dict[str, Callable[[Any], list[Any]]] = {
     "aten::_native_batch_norm_legit.no_stats": lambda torch: [
         torch.rand(2, 3, 4), torch.rand(3), torch.rand(3), True, 0.1, 1e-5,
     ],
+    "aten::_embedding_bag.default": lambda torch: [
+        torch.rand(10, 3), torch.tensor([0, 2, 4, 5]), torch.tensor([0, 2]), False, 0, False,
+        None, False, -1,
+    ],
+    "aten::_fft_c2r.default": lambda torch: [
+        torch.rand(2, 3, dtype=torch.complex64), [1], 0, 4,
+    ],
+    "aten::batch_norm.default": lambda torch: [
+        torch.rand(2, 3, 4), torch.rand(3), torch.rand(3), torch.rand(3), torch.rand(3), False,
+        0.1, 1e-5, False,
+    ],
+    "aten::bmm.default": lambda torch: [torch.rand(2, 3, 4), torch.rand(2, 4, 5)],
+    "aten::col2im.default": lambda torch: [
+        torch.rand(1, 4, 9), [4, 4], [2, 2], [1, 1], [0, 0], [1, 1],
+    ],
+    "aten::conv1d.default": lambda torch: [
+        torch.rand(1, 2, 8), torch.rand(3, 2, 3), torch.rand(3), [1], [0], [1], 1,
+    ],
+    "aten::conv2d.default": lambda torch: [
+        torch.rand(1, 2, 8, 8), torch.rand(3, 2, 3, 3), torch.rand(3), [1, 1], [0, 0], [1, 1], 1,
+    ],
+    "aten::convolution.default": lambda torch: [
+        torch.rand(1, 2, 8, 8), torch.rand(3, 2, 3, 3), torch.rand(3), [1, 1], [0, 0], [1, 1],
+        False, [0, 0], 1,
+    ],
+    "aten::einsum.default": lambda torch: ["ij,jk->ik", [torch.rand(2, 3), torch.rand(3, 4)], None],
+    "aten::layer_norm.default": lambda torch: [
+        torch.rand(2, 3, 4), [4], torch.rand(4), torch.rand(4), 1e-5, True,
+    ],
+    "aten::native_layer_norm.default": lambda torch: [
+        torch.rand(2, 3, 4), [4], torch.rand(4), torch.rand(4), 1e-5,
+    ],
+    "aten::native_group_norm.default": lambda torch: [
+        torch.rand(2, 4, 3), torch.rand(4), torch.rand(4), 2, 4, 3, 2, 1e-5,
+    ],
+    "aten::masked_scatter.default": lambda torch: [
+        torch.rand(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.rand(6),
+    ],
+    "aten::scaled_dot_product_attention.default": lambda torch: [
+        torch.rand(1, 2, 4, 8), torch.rand(1, 2, 4, 8), torch.rand(1, 2, 4, 8), None, 0.0, False,
+        None, False,
+    ],
+    "aten::scatter.src": lambda torch: [
+        torch.rand(3, 4), 0, torch.zeros(2, 4, dtype=torch.long), torch.rand(2, 4),
+    ],
+    "aten::scatter_reduce.two": lambda torch: [
+        torch.rand(3, 4), 0, torch.zeros(2, 4, dtype=torch.long), torch.rand(2, 4), "sum", True,
+    ],
+    "aten::reflection_pad3d.default": lambda torch: [torch.rand(1, 1, 4, 4, 4), [1] * 6],
     "aten::avg_pool2d_backward.default": lambda torch: [
         torch.rand(1, 1, 2, 2), torch.rand(1, 1, 4, 4), [2, 2], [2, 2], [0, 0], False, True, None,
     ],
@@ -451,6 +501,8 @@ def test_ops_whose_kernels_trust_their_arguments_load_as_checked_stand_ins() -> 
         )
     with pytest.raises(RuntimeError, match="out of range"):
         GUARDS["aten::_fft_r2c.default"](torch.rand(4, 4), [10**9], 0, True)
+    with pytest.raises(RuntimeError, match="out of range"):
+        GUARDS["aten::_fft_c2r.default"](torch.rand(2, 3, dtype=torch.complex64), [10**9], 0, 4)
 
 
 def test_ints_in_dtype_arguments_are_refused() -> None:

@@ -3,7 +3,7 @@
 Fuzzing every allowlisted op with hostile arguments (tests/test_save_op_fuzz.py) found kernels
 that read out of bounds instead of raising: batch norm's ``_native_batch_norm_legit*`` with a
 weight, bias or running statistic shorter than the input's channels or, without running
-statistics, in eval mode, and ``_fft_r2c`` with a dim out of range. torch.export writes the batch norm ops for every ``BatchNorm`` layer, so
+statistics, in eval mode, and ``_fft_r2c`` and ``_fft_c2r`` with a dim out of range. torch.export writes the batch norm ops for every ``BatchNorm`` layer, so
 instead of leaving the list they are called through these functions in a loaded graph: each
 checks what the public op (``torch.batch_norm``, ``torch.fft.rfftn``) checks, raises
 ``RuntimeError`` as it would, then calls the op. ``fxtap.save._ops`` resolves an op key to its
@@ -73,13 +73,16 @@ def native_batch_norm_legit_no_stats(
 
 def fft_r2c(self: torch.Tensor, dim: list[int], normalization: int, onesided: bool) -> Any:
     """``aten._fft_r2c`` with its dims checked: distinct, each within the input's dims."""
-    _check_tensor(self, "self")
-    ndim = self.dim()
-    if any(not -ndim <= d < ndim for d in dim):
-        raise RuntimeError(f"_fft_r2c: dims {dim} out of range for a {ndim}-D input")
-    if len({d % ndim for d in dim}) != len(dim) or normalization not in (0, 1, 2):
-        raise RuntimeError(f"_fft_r2c: dims {dim} repeat or normalization {normalization}")
+    _check_fft(self, dim, normalization)
     return _aten._fft_r2c.default(self, dim, normalization, onesided)
+
+
+def fft_c2r(self: torch.Tensor, dim: list[int], normalization: int, last_dim_size: int) -> Any:
+    """``aten._fft_c2r`` with its dims and output size checked."""
+    _check_fft(self, dim, normalization)
+    if not isinstance(last_dim_size, int) or last_dim_size < 1:
+        raise RuntimeError(f"_fft_c2r: last_dim_size {last_dim_size!r} is not a positive size")
+    return _aten._fft_c2r.default(self, dim, normalization, last_dim_size)
 
 
 #: op key -> its checked stand-in.
@@ -88,12 +91,14 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "aten::_native_batch_norm_legit.default": native_batch_norm_legit,
     "aten::_native_batch_norm_legit.no_stats": native_batch_norm_legit_no_stats,
     "aten::_fft_r2c.default": fft_r2c,
+    "aten::_fft_c2r.default": fft_c2r,
 }
 _OPS = {
     native_batch_norm_legit_no_training: _aten._native_batch_norm_legit_no_training.default,
     native_batch_norm_legit: _aten._native_batch_norm_legit.default,
     native_batch_norm_legit_no_stats: _aten._native_batch_norm_legit.no_stats,
     fft_r2c: _aten._fft_r2c.default,
+    fft_c2r: _aten._fft_c2r.default,
 }
 
 
@@ -108,6 +113,15 @@ def unguarded(target: Any) -> Any:
 def _check_tensor(value: Any, name: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise RuntimeError(f"expected a tensor for {name}, got {type(value).__name__}")
+
+
+def _check_fft(value: torch.Tensor, dim: list[int], normalization: int) -> None:
+    _check_tensor(value, "self")
+    ndim = value.dim()
+    if not dim or any(not -ndim <= d < ndim for d in dim):
+        raise RuntimeError(f"fft: dims {dim} out of range for a {ndim}-D input")
+    if len({d % ndim for d in dim}) != len(dim) or normalization not in (0, 1, 2):
+        raise RuntimeError(f"fft: dims {dim} repeat, or normalization {normalization} unknown")
 
 
 def _check_channels(input: torch.Tensor, **stats: torch.Tensor | None) -> None:
