@@ -7,7 +7,12 @@ ratio compares runs made minutes apart at most, whatever else the machine does m
 
 - ``job``: ``fxtap.extract_dataset`` into a zarr store (loading, compute, background writes);
 - ``loop``: the same DataLoader, the extractor called per batch, results kept in memory;
-- ``hooks``: the same loop over the full model with forward hooks (what thingsvision does).
+- ``hooks``: the same loop over the full model with forward hooks (what thingsvision does);
+- ``channels_last`` and ``compile``: the job with that option (``--options``); compiling is
+  done once before the blocks, on one batch, and its seconds are shown apart.
+
+``--torchrun`` adds a row: the whole job as two torchrun ranks of ``threads / 2`` threads each
+against one process of ``threads`` threads, both launched the same way (start-up included).
 
     python benchmarks/bench_dataset.py --images 2000 --blocks 10 --threads 2 [--json FILE]
 
@@ -19,11 +24,16 @@ per block, not once per dataset: the ratios are, if anything, unfavourable to th
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +52,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default: 2)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     parser.add_argument("--blocks", type=int, default=10, help="interleaved blocks (default: 10)")
+    parser.add_argument(
+        "--options",
+        default="channels_last,compile",
+        help="job options to time, comma-separated, or 'none' (default: channels_last,compile)",
+    )
+    parser.add_argument(
+        "--torchrun", action="store_true", help="add the 2-rank torchrun row (default: off)"
+    )
     parser.add_argument("--json", help="write the results as JSON (default: none)")
     args = parser.parse_args()
+    args.options = [o for o in args.options.split(",") if o and o != "none"]
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="fxtap-bench-"))
     try:
         rows = run(args, work)
+        launched = launches(args, work) if args.torchrun else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
@@ -60,8 +80,21 @@ def main() -> None:
             f"{r['taps']:<18}{r['job']:>8.2f}{r['loop']:>8.2f}{r['hooks']:>8.2f}"
             f"{_ratio(r['job/loop']):>22}{_ratio(r['loop/hooks']):>22}"
         )
+    for r in rows:
+        for option in args.options:
+            print(
+                f"{r['taps']:<18}{option:<14}{r[option]:>8.2f} samples/s, {option}/loop "
+                f"{_ratio(r[option + '/loop'])}, compiled in {r.get(option + ' setup s', 0):.1f} s"
+            )
+    if launched is not None:
+        print(
+            f"torchrun 2 ranks x {launched['threads per rank']} threads: "
+            f"{launched['torchrun']:.2f} samples/s; one process x {args.threads} threads: "
+            f"{launched['single']:.2f} samples/s; ratio {launched['torchrun/single']:.2f} "
+            "(start-up included)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "torchrun": launched}, indent=1))
 
 
 def _ratio(values: list[float]) -> str:
@@ -84,7 +117,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
     ):
         extractor = fxtap.create_feature_extractor(model, nodes).eval()
 
-        def job(block: Any, extractor: Any = extractor, pool: Any = pool) -> None:
+        def job(block: Any, extractor: Any = extractor, pool: Any = pool, **options: Any) -> None:
             fxtap.extract_dataset(
                 extractor,
                 block,
@@ -93,6 +126,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
                 pool=pool,
                 progress=False,
                 resume=False,
+                **options,
             )
 
         def loop(block: Any, extractor: Any = extractor) -> None:
@@ -118,9 +152,18 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
                     h.remove()
 
         variants = [("job", job), ("loop", loop), ("hooks", hooks)]
+        setup: dict[str, float] = {}
+        for option in args.options:
+            variant = functools.partial(job, **{option: True})
+            # compiling (or a first channels-last pass) happens here, once, timed apart
+            started = time.perf_counter()
+            variant(torch.utils.data.Subset(dataset, range(min(args.batch_size, args.images))))
+            setup[option + " setup s"] = time.perf_counter() - started
+            variants.append((option, variant))
         seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
         for i, block in enumerate(blocks):
-            for name, fn in variants[i % 3 :] + variants[: i % 3]:
+            turn = i % len(variants)
+            for name, fn in variants[turn:] + variants[:turn]:
                 # NOTE: one timed pass per variant and block: Timer.timeit would first run each
                 # pass twice more to warm up, tripling a run that is minutes long already
                 started = time.perf_counter()
@@ -136,10 +179,59 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
             **{k: args.images / sum(v) for k, v in seconds.items()},
             "job/loop": [j / lo for j, lo in zip(seconds["loop"], seconds["job"])],
             "loop/hooks": [h / lo for lo, h in zip(seconds["loop"], seconds["hooks"])],
+            **{
+                f"{option}/loop": [lo / j for j, lo in zip(seconds[option], seconds["loop"])]
+                for option in args.options
+            },
+            **setup,
             "seconds": seconds,
         }
         rows.append(row)
     return rows
+
+
+SCRIPT = """
+import sys, torch, torchvision
+from torchvision.transforms import v2
+import fxtap
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+model = torchvision.models.resnet50(weights=None)
+transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+dataset = torchvision.datasets.ImageFolder(sys.argv[2], transform=transform)
+fxtap.extract_dataset(model, dataset, sys.argv[3], return_nodes=["layer3"], pool="avg",
+                      batch_size=int(sys.argv[4]), progress=False, resume=False, seed=0)
+"""
+
+
+def launches(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The whole job under torchrun (2 ranks) and as one process, each launched as a program."""
+    script = work / "job.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    per_rank = max(1, args.threads // 2)
+    env = {**os.environ, "OMP_NUM_THREADS": str(per_rank)}
+    common = [str(work / "images"), str(work / "launched"), str(args.batch_size)]
+    seconds = {}
+    for name, cmd in (
+        ("single", [sys.executable, str(script), str(args.threads), *common]),
+        (
+            "torchrun",
+            [
+                *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
+                *("--master-addr", "127.0.0.1", "--master-port", "29533"),
+                *(str(script), str(per_rank), *common),
+            ],
+        ),
+    ):
+        started = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        seconds[name] = time.perf_counter() - started
+    return {
+        "threads per rank": per_rank,
+        "single": args.images / seconds["single"],
+        "torchrun": args.images / seconds["torchrun"],
+        "torchrun/single": seconds["single"] / seconds["torchrun"],
+    }
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap import _compat
+
 __all__ = [
     "BUFFER_WRITE_KEY",
     "INPLACE_OPERATORS",
@@ -112,7 +114,7 @@ def target_text(node: fx.Node) -> str:
     target = node.target
     if isinstance(target, str):
         return target
-    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+    if _compat.is_op_overload(target) or _compat.is_op_packet(target):
         return str(target).removesuffix(".default")
     module = str(getattr(target, "__module__", None) or "")
     qualname = str(
@@ -135,9 +137,9 @@ def op_label(node: fx.Node) -> str | None:
     'aten.add'
     """
     target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return f"{target.namespace}.{target._opname}"
-    if isinstance(target, torch._ops.OpOverloadPacket):
+    if _compat.is_op_overload(target):
+        return "{}.{}".format(*_compat.op_parts(target)[:2])
+    if _compat.is_op_packet(target):
         return str(target)
     return None
 
@@ -168,7 +170,7 @@ def inplace_arg(node: fx.Node, owner: nn.Module | None) -> fx.Node | None:
         if name.endswith("_") and not name.endswith("__"):
             return first
     elif node.op == "call_function":
-        if isinstance(node.target, torch._ops.OpOverload):
+        if _compat.is_op_overload(node.target):
             return _aten_written_arg(node)
         if node.target in INPLACE_OPERATORS or node.kwargs.get("inplace") is True:
             return first
@@ -204,14 +206,14 @@ def aten_alias_arg(node: fx.Node) -> fx.Node | None:
     ``aten.dropout`` returns its input itself in eval mode although its schema does not say so.
     """
     target = node.target
-    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+    if node.op != "call_function" or not _compat.is_op_overload(target):
         return None
     first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     if first is None:
         return None
     if target.overloadpacket in _ATEN_PASS_THROUGH:
         return first
-    returns = target._schema.returns
+    returns = _compat.op_schema(target).returns
     if returns and returns[0].alias_info is not None:
         return first
     return None
@@ -219,7 +221,7 @@ def aten_alias_arg(node: fx.Node) -> fx.Node | None:
 
 def _aten_written_arg(node: fx.Node) -> fx.Node | None:
     """The node argument an ATen op writes into (``add_``, ``copy_``, ``out=``), if any."""
-    schema = node.target._schema  # type: ignore[union-attr]
+    schema = _compat.op_schema(node.target)  # type: ignore[arg-type]
     if not schema.is_mutable:
         return None
     for i, arg in enumerate(schema.arguments):
@@ -285,7 +287,7 @@ def union_root(pruned: Mapping[str, fx.GraphModule]) -> nn.Module:
             try:
                 existing = get_path(root, target)
             except AttributeError:
-                fx.graph_module._copy_attr(gm, root, target)
+                _compat.copy_attr(gm, root, target)
                 continue
             if existing is not value:
                 renamed = f"{target.replace('.', '_')}_{mode}"

@@ -19,6 +19,8 @@ from typing import IO, Any
 from torch import nn
 from torch.nn.utils import parametrize
 
+from fxtap import _compat
+
 __all__ = [
     "WeightNormCompat",
     "add_weight_norm_hooks",
@@ -50,11 +52,10 @@ class WeightNormCompat:
 
 def add_weight_norm_hooks(module: nn.Module) -> None:
     """Register ``WeightNormCompat`` for each weight-normed tensor of a rebuilt ``module``."""
-    from torch.nn.utils.parametrizations import _WeightNorm
-
+    weight_norm = _compat.weight_norm_class()
     for name, plist in _names_and_lists(module):
-        if any(isinstance(p, _WeightNorm) for p in plist.children()):
-            module._register_load_state_dict_pre_hook(WeightNormCompat(name))
+        if any(isinstance(p, weight_norm) for p in plist.children()):
+            _compat.register_load_pre_hook(module, WeightNormCompat(name))
 
 
 def is_parametrized(module: nn.Module) -> bool:
@@ -72,9 +73,7 @@ def restore(module: nn.Module, names: Iterable[str]) -> nn.Module:
     ``ModuleDict``) parametrized again: the tensors ``names`` are computed from it on access."""
     # NOTE: torch's own two steps of register_parametrization, without its first step,
     # which would compute new originals from the current tensor (right_inverse)
-    parametrize._inject_new_class(module)
-    for name in names:
-        parametrize._inject_property(module, name)
+    _compat.reparametrize(module, names)
     return module
 
 
@@ -160,7 +159,7 @@ def _picklable(module: nn.Module, memo: dict[int, Any]) -> Any:
 
 def _state(module: nn.Module) -> dict[str, Any]:
     state = dict(module.__dict__)
-    state["_load_state_dict_pre_hooks"] = _compat_hooks(module._load_state_dict_pre_hooks)
+    state["_load_state_dict_pre_hooks"] = _compat_hooks(_compat.load_pre_hooks(module))
     return state
 
 
@@ -175,13 +174,11 @@ def _names_and_lists(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _compat_hooks(hooks: dict[int, Any]) -> Any:
-    from torch.nn.modules.module import _WrappedHook
-
     copied = type(hooks)(hooks)
     for key, wrapped in hooks.items():
         hook = getattr(wrapped, "hook", None)
         if hook is not None and getattr(hook, "__qualname__", None) == _TORCH_COMPAT_HOOK:
             cells = dict(zip(hook.__code__.co_freevars, hook.__closure__ or (), strict=True))
             name = cells["name"].cell_contents
-            copied[key] = _WrappedHook(WeightNormCompat(name))
+            copied[key] = _compat.wrap_load_pre_hook(WeightNormCompat(name))
     return copied

@@ -13,6 +13,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from fxtap import _compat
 from fxtap._fx import NAME_KEY, target_text
 from fxtap.errors import InputShapeError, InvalidArgumentError
 from fxtap.trace import restore_training
@@ -87,8 +88,6 @@ def _candidate_shapes(model: nn.Module) -> list[tuple[int, ...]]:
 
 def _accepts(model: nn.Module, shape: tuple[int, ...]) -> bool:
     """Whether ``model`` runs on a float input of ``shape``, checked on fake tensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     try:
         with (
             restore_training(model),
@@ -98,8 +97,8 @@ def _accepts(model: nn.Module, shape: tuple[int, ...]) -> bool:
         ):
             warnings.simplefilter("ignore")
             model.eval()
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                model(mode.from_tensor(torch.empty(shape)))
+            with _compat.fake_inputs() as make:
+                model(make(shape))
     except Exception:
         return False
     return True
@@ -149,11 +148,9 @@ def _set_mode(gm: fx.GraphModule, training: bool) -> None:
 
 
 def _propagate(gm: fx.GraphModule, inputs: tuple[Any, ...], model_name: str) -> None:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     try:
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            mode = _compat.fake_tensor_mode()  # CompatError with fallbacks forced: real run
             _ShapeProp(gm, fake_mode=mode).propagate(*inputs)
         return
     except Exception as fake_exc:

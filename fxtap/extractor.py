@@ -1,4 +1,4 @@
-"""Stage 4: build a feature extractor holding one pruned graph per mode."""
+"""Build a feature extractor holding one pruned graph per mode."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from torch import fx, nn
 
+from fxtap import _compat
 from fxtap._fx import detach_submodules, union_root
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
@@ -83,26 +84,17 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         other = graphs["eval" if training else "train"]
         for node in other.nodes:
             if node.op in ("call_module", "get_attr"):
-                fx.graph_module._copy_attr(root, self, str(node.target))
+                _compat.copy_attr(root, self, str(node.target))
         detach_submodules(self)
         for name, buf in list(self.named_buffers()):
             if name.rsplit(".", 1)[-1].startswith("_tensor_constant"):
                 owner = self.get_submodule(name.rpartition(".")[0])
-                owner._non_persistent_buffers_set.add(name.rsplit(".", 1)[-1])
-                del buf
+                owner.register_buffer(name.rsplit(".", 1)[-1], buf, persistent=False)
         self._fxtap_modes = {}
         for flag, mode in ((True, "train"), (False, "eval")):
-            self._graph = graphs[mode]
             # Both graphs belong to this module, so fx passes on either see the right owner.
-            graphs[mode].owning_module = self
-            self.recompile()
-            self._fxtap_modes[flag] = (
-                self._graph,
-                self._code,
-                self._lineno_map,
-                self._prologue_start,
-                type(self).forward,
-            )
+            self.graph = graphs[mode]  # sets owning_module and recompiles
+            self._fxtap_modes[flag] = _compat.save_mode_code(self)
         info = info or ExtractorInfo()
         # NOTE: the same dict, not a copy: a deep copy shares the traces with its original
         self.full = info.full
@@ -142,13 +134,8 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         with _MODE_SWITCH:
             _set_training(self, mode)
             cached = getattr(self, "_fxtap_modes", None)
-            if cached is not None and self._graph is not cached[mode][0]:
-                graph, code, lineno_map, prologue_start, forward = cached[mode]
-                self._graph = graph
-                self._code = code
-                self._lineno_map = lineno_map
-                self._prologue_start = prologue_start
-                type(self).forward = forward
+            if cached is not None:
+                _compat.restore_mode_code(self, cached[mode])
         return self
 
     def graph_for(self, mode: str) -> fx.Graph:
@@ -173,13 +160,10 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         return super().load_state_dict(subset, strict=strict, assign=assign)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from torch.fx.graph_module import _format_import_block
-        from torch.package import sys_importer
-
         sources = {}
         for flag, mode in ((True, "train"), (False, "eval")):
             code = self._fxtap_modes[flag][0].python_code(root_module="self")
-            sources[mode] = _format_import_block(code.globals, sys_importer) + code.src
+            sources[mode] = _compat.format_import_block(code.globals) + code.src
         state = {
             "modules": picklable(self._modules),
             "parameters": dict(self._parameters),
@@ -193,7 +177,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             }
             for mode in MODES
         }
-        return (_rebuild, (sources, state, info, self.training, self._get_name(), names))
+        return (_rebuild, (sources, state, info, self.training, type(self).__name__, names))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
         root = nn.Module()
@@ -205,7 +189,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             outputs=copy.deepcopy(self.outputs), opaque=self.opaque, full=self.full
         )
         return FeatureExtractor(
-            root, graphs, class_name=self._get_name(), training=self.training, info=info
+            root, graphs, class_name=type(self).__name__, training=self.training, info=info
         )
 
 

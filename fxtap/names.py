@@ -1,4 +1,4 @@
-"""Stage 2: list node names (torchvision's API), match nodes across modes, build a node table."""
+"""List node names (torchvision's API), match nodes across modes, build a node table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3: prune a traced graph down to what the requested nodes need."""
+"""Prune a traced graph down to what the requested nodes need."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap import _compat
 from fxtap._fx import (
     BUFFER_WRITE_KEY,
     VIEW_FUNCTIONS,
@@ -23,9 +24,6 @@ from fxtap.trace import NAME_KEY, Traced
 
 __all__ = ["clone_tensors", "prune"]
 
-_ASSERTS = {torch._assert, torch._assert_async, fx._symbolic_trace._assert_is_none}
-if hasattr(torch, "_assert_scalar"):
-    _ASSERTS.add(torch._assert_scalar)
 #: ``node.meta`` key marking a clone that protects a returned value from a later in-place op.
 _CLONE_OF = "fxtap_clone_of"
 #: ``node.meta`` key marking such a clone that feeds the later uses (the node itself is returned).
@@ -140,7 +138,7 @@ class _Facts:
         run (``BUFFER_WRITE_KEY``, on the second pass), and asserts on live code."""
         if node.op in ("placeholder", "output"):
             return True
-        if node.op == "call_function" and node.target in _ASSERTS:
+        if node.op == "call_function" and _compat.is_assert(node.target):
             return self.live is not None and _checks_live(node, self.live, self.assert_only)
         owner = node.meta.get(BUFFER_WRITE_KEY)
         if owner is not None and self.live is not None and (not owner or owner in self.running):
@@ -154,7 +152,7 @@ class _Facts:
         for reader in reversed(self.readers.get(self.root[written], ())):
             if self.order[reader] <= here:
                 break
-            if not getattr(reader, "_erased", False):
+            if not _compat.is_erased(reader):
                 return True
         return False
 
@@ -174,9 +172,7 @@ def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
 
 def clone_tensors(value: Any) -> Any:
     """``value`` with every tensor in it cloned (lists, tuples and dicts rebuilt)."""
-    return torch.utils._pytree.tree_map(
-        lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value
-    )
+    return _compat.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value)
 
 
 def _passes_through(node: fx.Node, owner: fx.GraphModule) -> bool:
@@ -189,11 +185,9 @@ def _passes_through(node: fx.Node, owner: fx.GraphModule) -> bool:
 
 
 def _pass_through_modules() -> tuple[type, ...]:
-    kinds: list[type] = [nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd]
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return tuple(kinds)
+    kinds: list[type] = [nn.Identity, nn.Flatten, nn.Unflatten, *_compat.dropout_classes()]
+    from torchvision.ops import StochasticDepth
+
     return (*kinds, StochasticDepth)
 
 
@@ -205,10 +199,8 @@ def _pass_through_functions() -> set[Any]:
         if hasattr(nn.functional, n)
     }  # fmt: skip
     found |= {getattr(torch, n) for n in ("dropout", "alpha_dropout") if hasattr(torch, n)}
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # pragma: no cover
-        return found
+    from torchvision.ops import stochastic_depth
+
     return found | {stochastic_depth}
 
 
@@ -240,7 +232,7 @@ def _maybe_tensor(node: fx.Node) -> bool:
     """False for nodes known to hold a non-tensor (shapes, numbers, tuples of tensors)."""
     if node.op not in ("call_method", "call_function"):
         return True
-    if node.target in _SPLITS or node.target in _ASSERTS:
+    if node.target in _SPLITS or _compat.is_assert(node.target):
         return False
     if node.op == "call_method":
         return node.target not in _NOT_TENSOR_METHODS
@@ -322,7 +314,7 @@ def _assert_only(graph: fx.Graph) -> set[fx.Node]:
         if node.op in ("placeholder", "output") or not node.users:
             continue
         if all(
-            user in only or (user.op == "call_function" and user.target in _ASSERTS)
+            user in only or (user.op == "call_function" and _compat.is_assert(user.target))
             for user in node.users
         ):
             only.add(node)

@@ -159,7 +159,10 @@ def test_resuming_with_other_arguments_or_into_another_job_is_refused(tmp_path):
     before = tree(out)
     with pytest.raises(InvalidArgumentError, match="batch_size is 4 there, 2 here"):
         fxtap.extract_dataset(model, dataset, out, return_nodes=NODES, batch_size=2, progress=False)
-    with pytest.raises(InvalidArgumentError, match="holds another job: job parameters_sha256"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"holds another job: the weights differ.*--seed.*fxtap run FILE.fxtap.*--restart",
+    ):
         fxtap.extract_dataset(
             tiny_model(seed=1), dataset, out, return_nodes=NODES, batch_size=4, progress=False
         )
@@ -362,3 +365,41 @@ def test_cli_run(tmp_path, monkeypatch, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["run", "net.py:build", "--nodes", "1", "--data", "images", "--out", "x"]) == 1
     assert "KIND:VALUE" in capsys.readouterr().err
+
+
+def test_the_docs_python_example_runs_twice(tmp_path, monkeypatch, capsys):
+    """A user runs the example, then runs it again: the second run resumes, computing nothing."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "dataset.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)  # type: ignore[union-attr]
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        exec(compile(code, "docs/dataset.md", "exec"), {})  # the docs' own code
+    assert capsys.readouterr().out.splitlines()[-1] == "0 8"
+
+
+def test_channels_last_and_compile_are_recorded_and_part_of_the_job(tmp_path, monkeypatch):
+    model = tiny_model()
+    dataset = image_folder(tmp_path / "images", count=8)
+    kw = {"return_nodes": NODES, "batch_size": 4, "progress": False}
+    fxtap.extract_dataset(model, dataset, tmp_path / "eager", **kw)
+    fxtap.extract_dataset(model, dataset, tmp_path / "cl", channels_last=True, **kw)
+    fxtap.extract_dataset(model, dataset, tmp_path / "cl2", channels_last=True, **kw)
+    assert model.conv1.weight.is_contiguous()  # the caller's model keeps its layout
+    assert tree(tmp_path / "cl") == tree(tmp_path / "cl2")  # the same on every run
+    eager, cl = fxtap.open_features(tmp_path / "eager"), fxtap.open_features(tmp_path / "cl")
+    assert cl.metadata["job"]["channels_last"] and not eager.metadata["job"]["channels_last"]
+    for key in NODES:
+        torch.testing.assert_close(cl.tensor(key), eager.tensor(key), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="channels_last is True there, False here"):
+        fxtap.extract_dataset(model, dataset, tmp_path / "cl", **kw)
+    # compile: torch.compile with static shapes (stubbed here: compiling takes minutes on CPU)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda m, **o: calls.append(o) or m)
+    fxtap.extract_dataset(model, dataset, tmp_path / "c", compile=True, **kw)
+    assert calls == [{"dynamic": False}]
+    assert fxtap.open_features(tmp_path / "c").metadata["job"]["compile"] is True
+    with pytest.raises(InvalidArgumentError, match="compile is True there, False here"):
+        fxtap.extract_dataset(model, dataset, tmp_path / "c", **kw)

@@ -13,14 +13,17 @@ import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from dataset_helpers import image_folder, tiny_model, tree
+import torchvision
+from dataset_helpers import TRANSFORM, image_folder, tiny_model, tree
 
 import fxtap
 from fxtap.dataset import _store
+from fxtap.dataset._spec import digest
 
 NODES = ["conv2", "fc"]
 KW = {"return_nodes": NODES, "batch_size": 3, "chunk_size": 6, "progress": False}
@@ -52,7 +55,9 @@ def _killed_run(model, dataset, out: Path, at: int, mid: bool) -> int:
                 if calls[0] == at:
                     if mid:
                         path.parent.mkdir(parents=True, exist_ok=True)
-                        path.with_name(path.name + ".x.partial").write_bytes(data[: len(data) // 2])
+                        path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial").write_bytes(
+                            data[: len(data) // 2]
+                        )
                     else:
                         real(path, data)
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -94,19 +99,43 @@ def test_sigkill_at_many_points_then_resume_gives_the_same_store(tmp_path, monke
         assert tree(out) == want, f"killed at write {at} (mid-write: {mid})"
 
 
+# Each rank builds its model with its own seed: different random weights, as when every rank
+# initialises at random. The job must run rank 0's weights everywhere.
 SCRIPT = """
-import sys, torch
+import os, sys, torch
 sys.path[:0] = [{root!r}, {tests!r}]
 torch.set_num_threads(1)
 import fxtap
 from dataset_helpers import image_folder, tiny_model, TRANSFORM
 import torchvision
 dataset = torchvision.datasets.ImageFolder({images!r}, transform=TRANSFORM)
-result = fxtap.extract_dataset(tiny_model(), dataset, {out!r}, return_nodes={nodes!r},
+model = tiny_model(seed=int(os.environ["RANK"]))
+before = {{k: v.clone() for k, v in model.state_dict().items()}}
+result = fxtap.extract_dataset(model, dataset, {out!r}, return_nodes={nodes!r},
                                batch_size=3, chunk_size=6, progress=False)
+assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # not mutated
 with open({out!r} + f".rank{{result.rank}}", "w") as f:
-    f.write(f"rank {{result.rank}} of {{result.world_size}} computed {{result.computed}}")
+    f.write(f"rank {{result.rank}} of {{result.world_size}} computed {{result.computed_by_rank}}; "
+            + result.summary().split(" in ")[0])
 """
+
+
+def hooked(model, images: Path, batch_size: int) -> dict[str, torch.Tensor]:
+    """Forward hooks on the unmodified model in eval mode: the taps of every batch."""
+    dataset = torchvision.datasets.ImageFolder(str(images), transform=TRANSFORM)
+    seen: dict[str, list[torch.Tensor]] = {k: [] for k in NODES}
+    handles = [
+        getattr(model, k).register_forward_hook(lambda m, a, out, k=k: seen[k].append(out))
+        for k in NODES
+    ]
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            stop = min(start + batch_size, len(dataset))
+            model(torch.stack([dataset[i][0] for i in range(start, stop)]))
+    for h in handles:
+        h.remove()
+    return {k: torch.cat(v) for k, v in seen.items()}
 
 
 def _free_port() -> int:
@@ -150,11 +179,19 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     said = [(tmp_path / f"two.rank{r}").read_text() for r in (0, 1)]
-    assert said == ["rank 0 of 2 computed 10", "rank 1 of 2 computed 6"]
+    # counts are gathered: both ranks say 16 of 16, each rank's share is kept apart
+    assert said == [
+        f"rank {r} of 2 computed (10, 6); 16 of 16 samples done by 2 ranks" for r in (0, 1)
+    ]
+    # bitwise the single-process store of rank 0's model (seed 0), whose weights it records
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
-    feats = fxtap.open_features(tmp_path / "two")
+    feats = fxtap.open_features(tmp_path / "two", verify=True)
     assert feats.metadata["complete"] and feats["fc"].shape == (16, 3)
-    assert torch.equal(feats.tensor("fc"), fxtap.open_features(tmp_path / "one").tensor("fc"))
+    assert feats.metadata["job"]["parameters_sha256"] == digest(tiny_model(seed=0))
+    # and forward hooks on rank 0's model give the same values, batch by batch
+    want = hooked(tiny_model(seed=0), tmp_path / "images", batch_size=3)
+    for key in NODES:
+        assert torch.equal(feats.tensor(key), want[key]), key
 
 
 def test_two_nodes_on_a_shared_folder_equal_one_process(tmp_path):
@@ -189,7 +226,9 @@ def test_two_nodes_on_a_shared_folder_equal_one_process(tmp_path):
     said_by_launchers = [p.communicate(timeout=120)[0] for p in launchers]
     assert [p.returncode for p in launchers] == [0, 0], said_by_launchers
     said = [(tmp_path / f"two.rank{r}").read_text() for r in (0, 1)]
-    assert said == ["rank 0 of 2 computed 10", "rank 1 of 2 computed 6"]
+    assert said == [
+        f"rank {r} of 2 computed (10, 6); 16 of 16 samples done by 2 ranks" for r in (0, 1)
+    ]
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
 
 

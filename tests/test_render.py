@@ -283,6 +283,24 @@ def test_bad_options(option: str, value: object) -> None:
         render(Nested(), **{option: value})  # type: ignore[arg-type]
 
 
+def test_default_output_folder_is_a_fresh_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without out_dir nothing lands in the current folder (once, Nested.*.dot in the repo root)."""
+    repo, temp = tmp_path / "repo", tmp_path / "temp"
+    repo.mkdir()
+    temp.mkdir()
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    first = render(create_feature_extractor(Nested(), ["stem"]), fmt="dot")
+    second = render(Nested(), mode="eval", fmt="dot")
+    assert list(repo.iterdir()) == []
+    folders = {p.parent for r in (first, second) for p in r.paths}
+    assert len(folders) == 2
+    assert all(f.parent == temp and f.name.startswith("fxtap-render-") for f in folders)
+    assert {p.name for p in first.paths} >= {"Nested.train.dot", "Nested.eval.dot"}
+
+
 def test_unwritable_output_dir_names_the_path(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

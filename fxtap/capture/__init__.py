@@ -25,7 +25,6 @@ __all__ = [
     "Dropped",
     "Island",
     "build_capture_extractor",
-    "capture_node_names",
     "capture_rows",
     "find_islands",
 ]
@@ -127,7 +126,7 @@ class CaptureExtractor(Extractor):
             else:
                 raise RuntimeError(
                     f"node {name!r} (output key {key!r}) was not reached: its module was not "
-                    f"called during this {mode}-mode forward of {self.model._get_name()}"
+                    f"called during this {mode}-mode forward of {type(self.model).__name__}"
                 )
         return result
 
@@ -219,24 +218,6 @@ def build_capture_extractor(
         stacklevel=user_stacklevel(),
     )
     return ex
-
-
-def capture_node_names(
-    model: nn.Module, *, training: bool, tracer_kwargs: Mapping[str, Any] | None = None
-) -> list[str]:
-    """What a ``CaptureExtractor`` of ``model`` can serve in one mode, in module order.
-
-    Nodes inside the islands come under their full paths, named as a full trace would name
-    them (``backbone.body.layer1.0.relu``); placeholders are left out. Every other module is
-    listed by its path (its output is served by a hook).
-    """
-    return capture_rows(
-        model,
-        training=training,
-        tracer_kwargs=tracer_kwargs,
-        module_row=lambda path, _module: path,
-        island_rows=lambda island: [f"{island.path}.{n}" for n in _names(island)],
-    )
 
 
 def capture_rows(

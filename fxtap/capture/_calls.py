@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxtap import _compat
 from fxtap.prune import clone_tensors
 
 __all__ = [
@@ -167,8 +168,8 @@ class OutputTap:
 
 def aliases(output: Any, inputs: Any) -> bool:
     """True when a tensor of ``output`` shares memory with a tensor of ``inputs``."""
-    seen = {_storage(t) for t in torch.utils._pytree.tree_leaves(inputs) if _strided(t)}
-    return any(_storage(t) in seen for t in torch.utils._pytree.tree_leaves(output) if _strided(t))
+    seen = {_storage(t) for t in _compat.tree_leaves(inputs) if _strided(t)}
+    return any(_storage(t) in seen for t in _compat.tree_leaves(output) if _strided(t))
 
 
 def _strided(value: Any) -> bool:

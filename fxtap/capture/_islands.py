@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap import _compat
 from fxtap._query import Request, resolve
 from fxtap.capture._calls import Call, Channel, current_call, suspended
 from fxtap.errors import MistraceError, TraceError
@@ -28,7 +29,6 @@ __all__ = ["OUTPUT_KEY", "Island", "IslandForward", "IslandRun", "find_islands"]
 
 #: Key of the island's own output in the dict its graph returns.
 OUTPUT_KEY = "\0output"
-_ASSERT_IS_NONE = fx._symbolic_trace._assert_is_none
 #: Containers without a forward of their own: the search looks at their children.
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 
@@ -209,7 +209,7 @@ def _graph(traced: Traced, selected: Mapping[str, Any]) -> fx.GraphModule:
     # ``torch.fx.wrap`` when it is unpickled, in a namespace that lacks it, and every later
     # trace in the process fails. The graph only runs on calls that pass None, so it goes.
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is _ASSERT_IS_NONE and not node.users:
+        if node.op == "call_function" and _compat.is_assert_is_none(node.target) and not node.users:
             gm.graph.erase_node(node)
     gm.recompile()
     return gm
@@ -256,6 +256,4 @@ def _bind(
 
 
 def _detach(value: Any) -> Any:
-    return torch.utils._pytree.tree_map(
-        lambda v: v.detach() if isinstance(v, torch.Tensor) else v, value
-    )
+    return _compat.tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, value)

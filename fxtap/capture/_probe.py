@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fxtap import _compat
 from fxtap._shapes import describe_value
 from fxtap.errors import InvalidArgumentError, format_choices
 from fxtap.trace import NodePathTracer
@@ -279,8 +280,8 @@ class _Recorder:
 def _tensors(value: Any) -> list[torch.Tensor]:
     """Strided tensors in ``value``, looking one level into plain objects (an ``ImageList``)."""
     out = []
-    for leaf in torch.utils._pytree.tree_leaves(value):
-        inner = torch.utils._pytree.tree_leaves(list(vars(leaf).values())) if _plain(leaf) else []
+    for leaf in _compat.tree_leaves(value):
+        inner = _compat.tree_leaves(list(vars(leaf).values())) if _plain(leaf) else []
         for t in (leaf, *inner):
             if isinstance(t, torch.Tensor) and t.layout == torch.strided:
                 out.append(t)

@@ -324,4 +324,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": _bench,
     "demo": _demo,
     "run": _run.run,
+    "verify": _run.verify,
 }

@@ -116,46 +116,36 @@ def run(
             notes.append(f"{path} reloads with different outputs; please report it")
 
     with step(4, "drawing the train and eval graphs"):
+        from fxtap.render import render
+
         try:
-            from fxtap.render import render
-        except ImportError as exc:  # pragma: no cover - the renderer ships with fxtap
-            notes.append(f"drawings skipped: the renderer is not available ({exc})")
-        else:
-            try:
-                result = render(extractor, out_dir=folder, name=stem, example_inputs=inputs)
-            except DotNotFoundError:
-                result = render(
-                    extractor, out_dir=folder, name=stem, example_inputs=inputs, fmt="dot"
-                )
-                notes.append(
-                    "Graphviz's dot is not installed: wrote DOT text instead of SVGs "
-                    "(install it with 'apt-get install graphviz')"
-                )
-            for drawing in result.drawings:
-                label = "train and eval drawing" if drawing.mode == "both" else "drawing"
-                label = f"{drawing.mode} {label}".removeprefix("both ")
-                if drawing.path is not None:
-                    files[label] = drawing.path
-                files[f"{label} (DOT)"] = drawing.dot_path
+            result = render(extractor, out_dir=folder, name=stem, example_inputs=inputs)
+        except DotNotFoundError:
+            result = render(extractor, out_dir=folder, name=stem, example_inputs=inputs, fmt="dot")
+            notes.append(
+                "Graphviz's dot is not installed: wrote DOT text instead of SVGs "
+                "(install it with 'apt-get install graphviz')"
+            )
+        for drawing in result.drawings:
+            label = "train and eval drawing" if drawing.mode == "both" else "drawing"
+            label = f"{drawing.mode} {label}".removeprefix("both ")
+            if drawing.path is not None:
+                files[label] = drawing.path
+            files[f"{label} (DOT)"] = drawing.dot_path
 
     with step(5, "cost report (full model, hooks, extractor)"):
-        try:
-            from fxtap.cost import compare
-        except ImportError as exc:  # pragma: no cover - the cost stage ships with fxtap
-            notes.append(f"cost report skipped: the cost stage is not available ({exc})")
-        else:
-            # The demo shows the report, it does not publish it: a few short rounds suffice.
-            timing: dict[str, Any] = {"rounds": 3, "min_run_time": 0.05, "node_repeats": 1}
-            if not quick:
-                timing = {"rounds": 5, "min_run_time": 0.1, "node_repeats": 2}
-            # NOTE: a few short rounds are noisy by design here; the report shows the IQR anyway.
-            report = compare(
-                model, list(nodes), inputs, progress=False, noise_threshold=None, **timing
-            )
-            cost_json = folder / "cost.json"
-            report.to_json(cost_json)
-            files["cost report"] = cost_json
-            files["cost table"] = _write(folder / "cost.txt", report.table() + "\n")
+        from fxtap.cost import compare
+
+        # The demo shows the report, it does not publish it: a few short rounds suffice.
+        timing: dict[str, Any] = {"rounds": 3, "min_run_time": 0.05, "node_repeats": 1}
+        if not quick:
+            timing = {"rounds": 5, "min_run_time": 0.1, "node_repeats": 2}
+        # NOTE: a few short rounds are noisy by design here; the report shows the IQR anyway.
+        report = compare(model, list(nodes), inputs, progress=False, noise_threshold=None, **timing)
+        cost_json = folder / "cost.json"
+        report.to_json(cost_json)
+        files["cost report"] = cost_json
+        files["cost table"] = _write(folder / "cost.txt", report.table() + "\n")
 
     with step(6, "dataset job over generated images"):
         try:

@@ -240,10 +240,8 @@ def _parameters(fn: Any) -> set[str]:
 
 
 def _suggest_torchvision(word: str) -> str:
-    try:
-        import torchvision.models
-    except ImportError:  # pragma: no cover
-        return ""
+    import torchvision.models
+
     close = difflib.get_close_matches(
         word.split(":")[-1], torchvision.models.list_models(), n=3, cutoff=0.6
     )

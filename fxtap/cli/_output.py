@@ -122,7 +122,7 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
     """One line per output: key, node, shape and dtype; then kept nodes and parameters."""
     mode = "train" if extractor.training else "eval"
     outputs = extractor.outputs[mode]
-    lines = [f"{extractor._get_name()} extractor, {len(outputs)} output(s):"]
+    lines = [f"{type(extractor).__name__} extractor, {len(outputs)} output(s):"]
     width = max(len(k) for k in outputs)
     for key, node in outputs.items():
         value = values.get(key)

@@ -8,6 +8,7 @@ from typing import Any
 
 from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
 from fxtap.cli._run import add_parser as add_run_parser
+from fxtap.cli._run import add_verify_parser
 
 __all__ = ["PROG", "build_parser"]
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler="demo")
     add_run_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import inspect
+import math
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "add_verify_parser", "resume_command", "run", "verify"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fxtap.cli._datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,8 +28,20 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="torchvision:NAME, timm:NAME, package.module:factory or path/to/file.py:factory "
-        "(default: none, required)",
+        help="torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory, "
+        "or a saved extractor file such as resnet18.fxtap (default: none, required)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_count0,
+        default=0,
+        help="torch.manual_seed before the model is built, so a random-weight model is the "
+        "same on every run and the job resumes (default: 0)",
+    )
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow loading a pickled extractor file, which runs code stored in it (default: off)",
     )
     p.add_argument(
         "--model-arg",
@@ -42,8 +54,9 @@ def add_parser(subparsers: Any) -> None:
         "--nodes",
         metavar="NAME[=KEY]",
         nargs="+",
-        required=True,
-        help="nodes to tap, optionally renamed (default: none, required)",
+        default=None,
+        help="nodes to tap, optionally renamed (default: none; required unless MODEL is a saved "
+        "extractor, which has its taps)",
     )
     p.add_argument(
         "--data",
@@ -57,7 +70,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=_count, default=64, help="samples per batch (default: 64)")
     p.add_argument(
-        "--num-workers", type=_count0, default=2, help="DataLoader worker processes (default: 2)"
+        "--num-workers",
+        type=_count0,
+        default=None,
+        help="DataLoader worker processes (default: 2, or the CPU count if lower)",
     )
     p.add_argument(
         "--pool",
@@ -81,7 +97,20 @@ def add_parser(subparsers: Any) -> None:
         "--chunk-size",
         type=_count,
         default=None,
-        help="samples per chunk, a multiple of --batch-size (default: at most 16 MiB per chunk)",
+        help="samples per chunk, a multiple of --batch-size (default: about 1/64 of the samples "
+        "in whole batches, at most 16 MiB per chunk)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="run the model and 4-D inputs in the channels-last memory format, often faster "
+        "on CPU; values differ from eager within float rounding (default: off)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the extractor through torch.compile; faster after seconds to minutes of "
+        "compiling (default: off)",
     )
     p.add_argument(
         "--restart",
@@ -113,44 +142,112 @@ def add_parser(subparsers: Any) -> None:
     )
     group.add_argument(
         "--std",
-        type=_floats,
+        type=_positive_floats,
         default=None,
         help=f"normalisation std per channel (default: {','.join(map(str, IMAGENET_STD))})",
     )
     p.set_defaults(handler="run")
 
 
+def add_verify_parser(subparsers: Any) -> None:
+    """Add the ``verify`` subcommand: check every chunk of a feature store against its checksum."""
+    p = subparsers.add_parser(
+        "verify",
+        help="check every chunk of a feature store against its checksum",
+        description="Read every chunk file of a store written by 'fxtap run' and compare it "
+        "with the SHA-256 recorded when it was written. Exit 1 naming the damaged chunks.",
+    )
+    p.add_argument("out", metavar="DIR", help="the store folder (default: none, required)")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="also check an unfinished job's finished chunks (default: off)",
+    )
+    p.set_defaults(handler="verify")
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Handle ``fxtap verify DIR``."""
+    from fxtap.dataset import open_features
+
+    feats = open_features(args.out, partial=args.partial, verify=True)
+    chunks = feats.metadata["job"]["chunk_size"]
+    count = -(-len(feats) // chunks)
+    state = "complete" if feats.metadata.get("complete") else "unfinished"
+    print(f"{args.out}: {state} store of {len(feats):,} samples, {count} chunk(s) verified")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Handle ``fxtap run``: build the model, the data and the job; print what was stored."""
+    """Handle ``fxtap run``: check, build the model, the data and the job; print what was stored.
+
+    Everything that can be checked without the model is checked first, in CLI words.
+    """
+    import torch
+
     from fxtap._extras import require_extra
+    from fxtap.cli._datasets import load_data, transform_for
+    from fxtap.cli._models import load_spec
+    from fxtap.errors import InvalidArgumentError
 
     require_extra("dataset", purpose="fxtap run")
-    from fxtap.cli._models import load_model, parse_model_args
-    from fxtap.dataset import extract_dataset
+    from fxtap.dataset._options import check_cpu_workers, check_out_outside_data, parse_device
 
-    model = load_model(args.model, parse_model_args(args.model_arg))
+    parse_device(args.device)
+    if args.num_workers is not None:
+        check_cpu_workers(args.num_workers)
+    kind, _, rest = args.data.partition(":")
+    if kind == "imagefolder" and rest:
+        check_out_outside_data(args.out, rest)
+    from fxtap.dataset import JobInterrupted, extract_dataset
+    from fxtap.dataset._job import JobResult
+
+    torch.manual_seed(args.seed)
+    model = load_spec(args.model, args.model_arg, trust=args.trust)
+    saved = _is_saved(args.model)
+    if saved and args.nodes:
+        raise InvalidArgumentError(
+            f"{args.model!r} is a saved extractor, which has its taps; drop --nodes, or pass "
+            "the model spec with --nodes"
+        )
+    if not saved and not args.nodes:
+        raise InvalidArgumentError(
+            f"--nodes is required with a model spec ({args.model!r}); name the nodes to tap, "
+            "e.g. --nodes layer4 (list them with: fxtap nodes MODEL)"
+        )
     transform = transform_for(args, model)
     data = load_data(args.data, transform)
-    nodes: dict[str, str] = {}
-    for item in args.nodes:
-        name, _, key = item.partition("=")
-        nodes[name] = key or name
-    result = extract_dataset(
-        model,
-        data,
-        args.out,
-        return_nodes=nodes,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        pool=args.pool,
-        dtype=args.dtype,
-        device=args.device,
-        resume=not args.restart,
-        progress=not args.no_progress,
-        skip_bad=args.skip_bad,
-        chunk_size=args.chunk_size,
-        model_spec=args.model,
-    )
+    nodes: dict[str, str] | None = None
+    if args.nodes:
+        nodes = {}
+        for item in args.nodes:
+            name, _, key = item.partition("=")
+            nodes[name] = key or name
+    spec = " ".join([args.model, *(f"--model-arg {a}" for a in args.model_arg)])
+    try:
+        result: JobResult = extract_dataset(
+            model,
+            data,
+            args.out,
+            return_nodes=nodes,
+            batch_size=args.batch_size,
+            num_workers=_workers(args.num_workers),
+            pool=args.pool,
+            dtype=args.dtype,
+            device=args.device,
+            resume=not args.restart,
+            progress=not args.no_progress,
+            skip_bad=args.skip_bad,
+            chunk_size=args.chunk_size,
+            model_spec=spec,
+            seed=args.seed,
+            channels_last=args.channels_last,
+            compile=args.compile,
+        )
+    except JobInterrupted as exc:
+        text = str(exc).split("; run the same")[0]
+        print(f"fxtap: interrupted: {text}; resume with: {resume_command(args)}", file=sys.stderr)
+        return 128 + exc.signum if exc.signum != signal.SIGINT else 130
     if result.rank == 0:
         from fxtap.dataset import open_features
 
@@ -164,107 +261,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def transform_for(args: argparse.Namespace, model: Any) -> Any:
-    """The preprocessing: the model's own (torchvision weights, timm data config) or the flags."""
-    flags = (args.resize, args.crop, args.mean, args.std)
-    source, _, name = args.model.partition(":")
-    if all(f is None for f in flags):
-        if source == "torchvision":
-            import torchvision.models
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this job: the same arguments, without ``--restart``.
 
-            try:
-                # Only the weights' metadata is read: nothing is downloaded.
-                return torchvision.models.get_model_weights(name).DEFAULT.transforms()
-            except (ValueError, KeyError, AttributeError):
-                pass
-        elif source == "timm":
-            import timm.data
-
-            config = timm.data.resolve_data_config({}, model=model)
-            return timm.data.create_transform(**config)
-    from torchvision import transforms
-
-    return transforms.Compose(
-        [
-            transforms.Resize(args.resize or 256),
-            transforms.CenterCrop(args.crop or 224),
-            transforms.ToTensor(),
-            transforms.Normalize(list(args.mean or IMAGENET_MEAN), list(args.std or IMAGENET_STD)),
-        ]
-    )
-
-
-def load_data(spec: str, transform: Any) -> Any:
-    from fxtap.errors import InvalidArgumentError  # here: the parser must not import torch
-
-    """The ``Dataset`` or ``DataLoader`` a ``--data`` SPEC names."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise InvalidArgumentError(
-            f"data spec {spec!r} has no 'KIND:VALUE' form; expected imagefolder:PATH, fakedata:N, "
-            "package.module:factory or path/to/file.py:factory (--data)"
-        )
-    if kind == "imagefolder":
-        import torchvision.datasets
-
-        if not Path(rest).is_dir():
-            raise InvalidArgumentError(
-                f"data spec {spec!r}: folder {rest!r} does not exist (--data)"
-            )
-        return torchvision.datasets.ImageFolder(rest, transform=transform)
-    if kind == "fakedata":
-        import torchvision.datasets
-
-        if not rest.isdigit() or int(rest) < 1:
-            raise InvalidArgumentError(
-                f"data spec {spec!r}: N must be a positive whole number (--data)"
-            )
-        return torchvision.datasets.FakeData(
-            int(rest), image_size=(3, 256, 256), transform=transform
-        )
-    source, _, factory = spec.rpartition(":")
-    if not factory.isidentifier():
-        raise InvalidArgumentError(
-            f"data spec {spec!r}: {factory!r} is not a Python identifier; expected "
-            "package.module:factory or path/to/file.py:factory (--data)"
-        )
-    module = _module(source, spec)
-    fn = getattr(module, factory, None)
-    if not callable(fn):
-        raise InvalidArgumentError(
-            f"data spec {spec!r}: {source!r} has no callable {factory!r} (--data)"
-        )
-    try:
-        takes_transform = "transform" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        takes_transform = False
-    return fn(transform=transform) if takes_transform else fn()
+    Under torchrun, the ``-m fxtap run ...`` part of the same launch.
+    """
+    words = ["fxtap", "run", args.model]
+    for item in args.model_arg:
+        words += ["--model-arg", item]
+    if args.nodes:
+        words += ["--nodes", *args.nodes]
+    words += ["--data", args.data, "--out", args.out, "--seed", str(args.seed)]
+    for flag in (
+        "batch_size",
+        "num_workers",
+        "pool",
+        "dtype",
+        "device",
+        "chunk_size",
+        "resize",
+        "crop",
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            words += ["--" + flag.replace("_", "-"), str(value)]
+    for flag in ("mean", "std"):
+        if getattr(args, flag) is not None:
+            words += ["--" + flag, ",".join(map(str, getattr(args, flag)))]
+    for flag in ("trust", "skip_bad", "no_progress", "channels_last", "compile"):
+        if getattr(args, flag):
+            words.append("--" + flag.replace("_", "-"))
+    command = shlex.join(words)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"the same torchrun launch with -m {command.removeprefix('fxtap ')}"
+    return command
 
 
-def _module(source: str, spec: str) -> Any:
-    from fxtap.errors import InvalidArgumentError
+def _is_saved(spec: str) -> bool:
+    path = Path(spec)
+    return path.suffix in (".fxtap", ".pt", ".pth") or (path.is_file() and path.suffix != ".py")
 
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise InvalidArgumentError(
-                f"data spec {spec!r}: file {source!r} does not exist (--data)"
-            )
-        loader = importlib.util.spec_from_file_location(f"_fxtap_data_{path.stem}", path)
-        if loader is None or loader.loader is None:
-            raise InvalidArgumentError(
-                f"data spec {spec!r}: {source!r} is not a Python file (--data)"
-            )
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[loader.name] = module
-        loader.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(source)
-    except ImportError as exc:
-        raise InvalidArgumentError(
-            f"data spec {spec!r}: cannot import {source!r} ({exc}) (--data)"
-        ) from exc
+
+def _workers(given: int | None) -> int:
+    if given is not None:
+        return given
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(2, cpus or 1)
 
 
 def _count(text: str) -> int:
@@ -281,6 +323,18 @@ def _count0(text: str) -> int:
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not numbers separated by commas") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} holds a value that is not finite")
+    return values
+
+
+def _positive_floats(text: str) -> tuple[float, ...]:
+    values = _floats(text)
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: every standard deviation must be > 0 (normalising divides by it)"
+        )
+    return values

@@ -1,4 +1,4 @@
-"""Stage 5: measure what an extractor costs next to the full model, against the physical limit."""
+"""Measure what an extractor costs next to the full model, against the physical limit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 5f: the cost of a capture extractor (a real forward up to its early exit) next to the model."""
+"""The cost of a capture extractor (a real forward up to its early exit) next to the model."""
 
 from __future__ import annotations
 

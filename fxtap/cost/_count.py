@@ -1,4 +1,4 @@
-"""Stage 5a: count what a graph costs without timing it: FLOPs per node, parameters, liveness."""
+"""Count what a graph costs without timing it: FLOPs per node, parameters, liveness."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import contextlib
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from fxtap import _compat
 from fxtap._fx import node_name, shares_storage
 
 __all__ = [
@@ -78,7 +77,7 @@ def count_flops(gm: fx.GraphModule, inputs: Sequence[Any]) -> FlopCount:
     48
     """
     counter = FlopCounterMode(display=False)
-    recorder = _OpRecorder()
+    recorder = _compat.op_recorder()
     per_node: dict[fx.Node, int] = {}
 
     class _Counting(fx.Interpreter):
@@ -244,18 +243,6 @@ def time_nodes(gm: fx.GraphModule, inputs: Sequence[Any], *, repeats: int) -> di
         for _ in range(repeats):
             _Timing(gm).run(*inputs)
     return {n: sorted(ts)[len(ts) // 2] for n, ts in samples.items()}
-
-
-class _OpRecorder(TorchDispatchMode):
-    """Counts every aten op call it sees, by overload packet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[Any] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.calls[func._overloadpacket] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _meta_bytes(meta: Any) -> int:

@@ -1,4 +1,4 @@
-"""Stage 5d: draw a cost report with matplotlib's Agg backend (no display, no pyplot state)."""
+"""Draw a cost report with matplotlib's Agg backend (no display, no pyplot state)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 5c: the cost report: derived figures, terminal table, JSON, CSV, heat map and plot."""
+"""The cost report: derived figures, terminal table, JSON, CSV, heat map and plot."""
 
 from __future__ import annotations
 

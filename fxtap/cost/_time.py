@@ -1,4 +1,4 @@
-"""Stage 5b: time variants of one computation in interleaved rounds and summarise the samples."""
+"""Time variants of one computation in interleaved rounds and summarise the samples."""
 
 from __future__ import annotations
 

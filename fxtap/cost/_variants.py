@@ -1,4 +1,4 @@
-"""Stage 5e: the variants a cost report times: full model, forward hooks, extractor."""
+"""The variants a cost report times: full model, forward hooks, extractor."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -9,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fxtap.errors import InputShapeError, InvalidArgumentError
 
@@ -116,16 +116,46 @@ def unpack(batch: Any) -> tuple[Any, torch.Tensor | None]:
 
 
 def describe(dataset: Any) -> dict[str, Any]:
-    """What identifies the data of a job: type, length, root folder and transform."""
+    """What identifies the data of a job: type, length, root folder, transform, and files.
+
+    When the dataset lists its files (``ImageFolder``), ``samples_sha256`` covers every
+    sample's id, label, size and modification time, so a renamed, replaced or touched file
+    makes another job.
+    """
     transform = getattr(dataset, "transform", None)
+    target = getattr(dataset, "target_transform", None)
     root = getattr(dataset, "root", None)
     return {
         "type": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
         "length": len(dataset),
         "root": os.fspath(root) if isinstance(root, (str, os.PathLike)) else None,
-        # NOTE: addresses in reprs ('<function f at 0x7f..>') change every run; drop them.
-        "transform": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform)) if transform else None,
+        "transform": _text_of(transform),
+        "target_transform": _text_of(target),
+        "samples_sha256": _samples_digest(dataset),
     }
+
+
+def _text_of(value: Any) -> str | None:
+    # NOTE: addresses in reprs ('<function f at 0x7f..>') change every run; drop them.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value)) if value is not None else None
+
+
+def _samples_digest(dataset: Any) -> str | None:
+    samples = getattr(dataset, "samples", None)
+    ids = sample_ids(dataset)
+    if ids is None or not isinstance(samples, list):
+        return None
+    h = hashlib.sha256()
+    for sample_id, item in zip(ids, samples):
+        path = item[0] if isinstance(item, tuple) else item
+        label = item[1] if isinstance(item, tuple) and len(item) > 1 else None
+        try:
+            stat = os.stat(path)
+            where = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            where = "missing"
+        h.update(f"{sample_id}\0{label!r}\0{where}\n".encode())
+    return h.hexdigest()
 
 
 def sample_ids(dataset: Any) -> list[str] | None:

@@ -12,68 +12,94 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
 import fxtap.dataset._data as _data
+import fxtap.dataset._loop as _loop
+import fxtap.dataset._options as _options
 import fxtap.dataset._spec as spec
 import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
 from fxtap._protocol import Extractor
+from fxtap.dataset._options import JobOptions
 from fxtap.dataset._shard import Ranks, chunks_of, join
-from fxtap.dataset._writer import Chunk, Writer
-from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError
+from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError, ResourceError
 from fxtap.extractor import create_feature_extractor
 
-__all__ = ["JobResult", "extract_dataset"]
+__all__ = ["JobInterrupted", "JobResult", "extract_dataset"]
 
 
 @dataclass(frozen=True)
 class JobResult:
-    """What one ``extract_dataset`` call did.
+    """What one ``extract_dataset`` call did; counts cover every rank.
 
     Attributes:
         out: the store's folder.
         num_samples: samples in the dataset (rows of every array).
-        computed: samples this call computed on this rank (0 when the store was complete).
-        chunks_before: chunks already done when the call started (resumed work).
+        computed: samples this call computed, all ranks together (0 when the store was done).
+        resumed: samples found done when the call started (kept from an earlier run).
+        chunks_before: chunks found done when the call started.
         num_chunks: chunks in the store.
         skipped: indices of samples skipped as unreadable.
+        repaired: chunks found damaged (missing or other bytes) and computed again.
         seconds: wall time of the call.
         bytes: size of the store on disk at the end.
         rank: this process's rank; world_size: number of ranks.
+        computed_by_rank: samples each rank computed.
     """
 
     out: Path
     num_samples: int
     computed: int
+    resumed: int
     chunks_before: int
     num_chunks: int
     skipped: tuple[int, ...]
+    repaired: tuple[int, ...]
     seconds: float
     bytes: int
     rank: int = 0
     world_size: int = 1
+    computed_by_rank: tuple[int, ...] = ()
 
     @property
     def samples_per_second(self) -> float:
-        """Samples computed per second by all ranks together (this rank's count x ranks)."""
-        return self.computed * self.world_size / self.seconds if self.seconds > 0 else 0.0
+        """Samples computed per second by all ranks together."""
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        """One line: samples, time, throughput, bytes, resumed chunks and skipped samples."""
+        """One line: samples, time, throughput, bytes, resumed, repaired and skipped samples."""
+        ranks = f" by {self.world_size} ranks" if self.world_size > 1 else ""
         text = (
-            f"{self.computed * self.world_size:,} of {self.num_samples:,} samples done in "
+            f"{self.computed:,} of {self.num_samples:,} samples done{ranks} in "
             f"{self.seconds:.1f} s ({self.samples_per_second:,.1f} samples/s), "
             f"{self.bytes / 1e6:,.1f} MB in {str(self.out)!r}"
         )
-        if self.chunks_before:
-            text += f"; resumed: {self.chunks_before} of {self.num_chunks} chunks were done"
+        if self.resumed:
+            text += f"; resumed: {self.resumed:,} samples were done"
+        if self.repaired:
+            text += f"; recomputed {len(self.repaired)} damaged chunk(s)"
         if self.skipped:
             text += f"; skipped {len(self.skipped)} unreadable sample(s)"
         return text
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the job; its finished chunks are stored and it resumes.
+
+    Attributes:
+        out: the store's folder. stored: samples stored. total: samples in the dataset.
+        signum: the signal (``signal.SIGINT`` or ``signal.SIGTERM``).
+    """
+
+    def __init__(self, out: Path, stored: int, total: int, signum: int) -> None:
+        super().__init__(
+            f"stored {stored:,} of {total:,} samples in {str(out)!r}; run the same "
+            "extract_dataset call again to resume"
+        )
+        self.out, self.stored, self.total, self.signum = out, stored, total, signum
 
 
 def extract_dataset(
@@ -92,15 +118,20 @@ def extract_dataset(
     skip_bad: bool = False,
     chunk_size: int | None = None,
     model_spec: str | None = None,
+    seed: int | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> JobResult:
     """Compute the taps of every sample of ``data`` and store them in ``out`` (zarr v3).
 
     The extractor runs in eval mode under ``torch.inference_mode()``; its mode is restored
     after. Samples are cut into chunks of ``chunk_size`` (a multiple of ``batch_size``) and
     each batch lies in one chunk, so every run computes the same batches whatever the
-    number of ranks or interruptions: the store is bitwise the same. Under ``torchrun`` each
-    rank computes every ``world_size``-th chunk; rank 0 writes the metadata and, once all
-    ranks are done, marks the store complete.
+    number of ranks or interruptions: the store is bitwise the same. Under ``torchrun`` rank
+    0's parameters and buffers are sent to every rank first (one model everywhere), each rank
+    computes every ``world_size``-th chunk, and rank 0 writes the metadata and, once all
+    ranks are done, marks the store complete. SIGINT or SIGTERM stops between batches,
+    keeps the finished chunks and raises ``JobInterrupted``.
 
     Args:
         model_or_extractor: a ``FeatureExtractor``, or a model to build one of with
@@ -123,16 +154,28 @@ def extract_dataset(
         progress: show a progress bar and a summary on rank 0 (stderr).
         skip_bad: skip samples that fail to load, with a warning; they read as zeros and are
             listed in the metadata (``skipped``). Default: stop, naming the file.
-        chunk_size: samples per chunk (default: the largest multiple of ``batch_size`` whose
-            chunk holds at most 16 MiB of features).
+        chunk_size: samples per chunk (default: about 1/64 of the samples, in whole batches,
+            at most 16 MiB of features per chunk).
         model_spec: how the model was named (stored in the metadata; default: its class).
+        seed: the seed the model was built with (``torch.manual_seed``), recorded in the
+            metadata; the command line sets ``--seed`` (default 0) before building the model.
+        channels_last: run a copy of the extractor, and 4-D inputs, in the channels-last
+            memory format (faster convolutions on CPU; values differ from eager within float
+            rounding, and are the same on every run).
+        compile: run the extractor through ``torch.compile`` (static shapes: one compiled
+            program per batch shape, the same on every run; compiling takes seconds to
+            minutes). Both are recorded: a resume with other settings is refused.
 
     Returns:
         A ``JobResult``; ``.summary()`` gives time, throughput and bytes.
 
     Raises:
-        InvalidArgumentError: bad options, unreadable sample, values beyond ``dtype``, or ``out``
-            holds another job (the message says what differs).
+        InvalidArgumentError: bad options, a device this machine lacks, unreadable sample,
+            values beyond ``dtype``, or ``out`` holds another job (the message says what
+            differs) or is inside the data folder.
+        ResourceError: one batch needs more memory than the machine has, or the store more
+            space than the disk has.
+        JobInterrupted: SIGINT or SIGTERM; the finished chunks are kept (a ``KeyboardInterrupt``).
         InputShapeError: samples of one batch differ in shape.
         OutputPathError: ``out`` cannot be written, or the disk is full (the store stays
             resumable).
@@ -140,72 +183,95 @@ def extract_dataset(
     >>> result = extract_dataset(model, images, "feats", return_nodes=["layer4"], pool="avg")  # doctest: +SKIP
     """
     start = time.perf_counter()
-    target = _device(device)
-    ranks = join(target)
+    options = JobOptions(
+        return_nodes=return_nodes,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pool=pool,
+        dtype=dtype,
+        device=_options.parse_device(device),
+        resume=resume,
+        progress=progress,
+        skip_bad=skip_bad,
+        chunk_size=chunk_size,
+        model_spec=model_spec,
+        seed=seed,
+        channels_last=channels_last,
+        compile=compile,
+    )
+    ranks = join(options.device)
     try:
-        return _run(model_or_extractor, data, Path(out), ranks, start, locals())
+        return _run(model_or_extractor, data, Path(out), ranks, start, options)
     finally:
         ranks.close()
 
 
-def _run(model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: dict) -> JobResult:
-    source, sampler = _data.source_of(
-        data, batch_size=o["batch_size"], num_workers=o["num_workers"]
-    )
+def _run(
+    model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: JobOptions
+) -> JobResult:
+    source, sampler = _data.source_of(data, batch_size=o.batch_size, num_workers=o.num_workers)
     if isinstance(sampler, RandomSampler):
         warnings.warn(
             "the DataLoader shuffles, but the store keeps the dataset's order: its sampler is "
             "not used; pass shuffle=False to silence this",
             stacklevel=3,
         )
+    _options.check_cpu_workers(o.num_workers, stacklevel=3)
     dataset, batch = source.dataset, source.batch_size
+    _options.check_out_outside_data(out, getattr(dataset, "root", None))
     total = len(dataset)
     if total == 0:
         raise InvalidArgumentError("data= has no samples; pass a dataset with at least one")
-    device = o["target"]
-    extractor, requested = _extractor(model, o["return_nodes"], device)
-    store_dtype = _taps.parse_dtype(o["dtype"])
+    device = o.device
+    extractor = _extractor(model, o.return_nodes, device, ranks, o.channels_last)
+    store_dtype = _taps.parse_dtype(o.dtype)
     was_training = extractor.training
     extractor.eval()
     try:
         with torch.inference_mode():
-            probe = _probe(extractor, source, device, skip_bad=o["skip_bad"])
-            keys = list(probe)
-            pools = _taps.parse_pool(o["pool"], keys)
+            layout = torch.channels_last if o.channels_last else None
+            probe = _loop.probe(extractor, source, device, layout, skip_bad=o.skip_bad)
+            pools = _taps.parse_pool(o.pool, list(probe))
             taps = {k: _taps.prepare(k, v, pools.get(k), store_dtype, 0) for k, v in probe.items()}
-            labels = probe.labels
-            chunk = spec.chunk_size(o["chunk_size"], batch, taps, total)
-            meta = spec.metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk)
-            specs = spec.arrays(meta, taps, labels, total, chunk)
+            raw = sum(v.numel() * v.element_size() for v in probe.values())
+            _options.check_memory(min(batch, total) * (probe.input_bytes + raw), batch)
+            chunk = spec.chunk_size(o.chunk_size, batch, taps, total)
+            meta = spec.metadata(o, extractor, source, taps, pools, store_dtype, chunk, model)
+            _same_weights(ranks, meta["job"]["parameters_sha256"])
+            specs = spec.arrays(meta, taps, probe.labels, total, chunk)
             ids = _data.sample_ids(dataset)
             if ids is not None:
-                specs.append(_store.ArraySpec("ids", (total,), (chunk,), "str", "", {}))
-            state = _prepare(ranks, out, meta, specs, ids, resume=o["resume"])
+                specs.append(_store.ArraySpec("ids", (total,), (min(chunk, total),), "str", "", {}))
+            needed = total * spec.sample_bytes(taps)
+            state, repaired = _prepare(ranks, out, meta, specs, ids, o.resume, needed)
             ranks.barrier()
-            group = _store.open_store(out)
+            group, store = _store.open_store(out)
             num_chunks = -(-total // chunk)
             done = _store.done_chunks(group)
-            before = len(done)
+            resumed = sum(_rows(k, chunk, total) for k in done)
             mine = [] if state == "complete" else chunks_of(num_chunks, ranks)
-            mine = [k for k in mine if k not in done]
-            computed = _compute(
-                extractor,
-                source,
-                group,
-                mine,
+            plan = _loop.Plan(
+                [k for k in mine if k not in done],
                 chunk,
+                taps,
                 pools,
                 store_dtype,
-                taps,
-                labels is not None,
-                device,
-                ranks,
-                o,
+                probe.labels is not None,
+                o.skip_bad,
+                _bar_label(ranks) if o.progress and ranks.rank == 0 else None,
+                ranks.world_size,
+                0 if state == "complete" else total - resumed,
             )
-            ranks.barrier()
-            skipped: tuple[int, ...] = tuple(meta.get("skipped", ()))
+            # NOTE: static shapes, so each batch shape always runs the same compiled program
+            runner: Any = torch.compile(extractor, dynamic=False) if o.compile else extractor
+            outcome = _loop.compute(runner, source, group, store, plan, device, layout)
+            if outcome.signum is not None:
+                stored = sum(_rows(k, chunk, total) for k in _store.done_chunks(group))
+                raise JobInterrupted(out, stored, total, outcome.signum)
+            by_rank = tuple(ranks.gather(outcome.computed))
             if ranks.rank == 0 and state != "complete":
-                skipped = _store.finish(group, meta)
+                _store.finish(group, meta)
+                store.check()
             ranks.barrier()
             skipped = tuple(_store.read_metadata(out).get("skipped", ()))  # type: ignore[union-attr]
     finally:
@@ -213,134 +279,50 @@ def _run(model: nn.Module, data: Any, out: Path, ranks: Ranks, start: float, o: 
     result = JobResult(
         out,
         total,
-        computed,
-        before,
+        sum(by_rank),
+        resumed,
+        len(done),
         num_chunks,
         skipped,
+        repaired,
         time.perf_counter() - start,
         _store.size_on_disk(out),
         ranks.rank,
         ranks.world_size,
+        by_rank,
     )
-    if o["progress"] and ranks.rank == 0:
+    if o.progress and ranks.rank == 0:
         print(f"fxtap: run {result.summary()}", file=sys.stderr)
     return result
 
 
-class _Probe(dict):
-    labels: torch.Tensor | None = None
+def _rows(k: int, chunk: int, total: int) -> int:
+    return min((k + 1) * chunk, total) - k * chunk
 
 
-def _probe(
-    extractor: nn.Module, source: _data.Source, device: torch.device, *, skip_bad: bool
-) -> _Probe:
-    """The taps of the first readable sample, to learn shapes and dtypes before creating arrays."""
-    guarded = _data._Guarded(source.dataset)
-    collate = _data._Collate(source.collate_fn)
-    for index in range(len(source.dataset)):
-        batch = collate([guarded[index]])
-        if batch.bad:
-            if not skip_bad:
-                _data.raise_bad(source.dataset, *batch.bad[0])
-            continue
-        _data.check_batch_error(batch)
-        result = _Probe(_forward(extractor, batch.inputs, device))
-        result.labels = batch.labels
-        return result
-    raise InvalidArgumentError("no sample of data= can be loaded; check the dataset's files")
+def _bar_label(ranks: Ranks) -> str:
+    return "fxtap run" + (f" ({ranks.world_size} ranks)" if ranks.world_size > 1 else "")
 
 
-def _compute(
-    extractor, source, group, mine, chunk, pools, store_dtype, taps, has_labels, device, ranks, o
-) -> int:
-    total = len(source.dataset)
-    plan = []  # (chunk index, indices of one batch), chunk by chunk
-    for k in mine:
-        lo, hi = k * chunk, min((k + 1) * chunk, total)
-        plan += [
-            (k, list(range(s, min(s + source.batch_size, hi))))
-            for s in range(lo, hi, source.batch_size)
-        ]
-    names = [*taps, *(["labels"] if has_labels else []), "valid"]
-    writer = Writer(group, names)
-    bar = None
-    if o["progress"] and ranks.rank == 0:
-        from tqdm.auto import tqdm
-
-        n = sum(len(b) for _, b in plan)
-        desc = "fxtap run" + (f" (rank 0 of {ranks.world_size})" if ranks.world_size > 1 else "")
-        bar = tqdm(total=n, unit="sample", desc=desc, file=sys.stderr, dynamic_ncols=True)
-    computed = 0
-    current: Chunk | None = None
-    loader = _data.loader(source, [b for _, b in plan], pin_memory=device.type == "cuda")
-    try:
-        for (k, indices), batch in zip(plan, loader):
-            if current is None or current.index != k:
-                if current is not None:
-                    writer.put(current)
-                current = _new_chunk(k, chunk, total, taps, has_labels)
-            for index, reason in batch.bad:
-                if not o["skip_bad"]:
-                    _data.raise_bad(source.dataset, index, reason)
-                where = _data.file_of(source.dataset, index)
-                warnings.warn(
-                    f"skipped sample {index}" + (f" ({where!r})" if where else "") + f": {reason}; "
-                    "it reads as zeros and is listed in the store's metadata (skipped)",
-                    stacklevel=4,
-                )
-            _data.check_batch_error(batch)
-            if batch.indices:
-                values = _forward(extractor, batch.inputs, device)
-                rows = np.asarray(batch.indices) - current.start
-                for key in taps:
-                    value = _taps.prepare(
-                        key, values[key], pools.get(key), store_dtype, batch.indices[0]
-                    )
-                    current.arrays[key][rows] = _taps.to_numpy(value)
-                if has_labels and batch.labels is not None:
-                    current.arrays["labels"][rows] = _taps.to_numpy(batch.labels)
-                current.arrays["valid"][rows] = True
-            computed += len(indices)
-            if bar is not None:
-                bar.update(len(indices))
-        if current is not None:
-            writer.put(current)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return computed
-
-
-def _new_chunk(k: int, chunk: int, total: int, taps: dict, has_labels: bool) -> Chunk:
-    lo, hi = k * chunk, min((k + 1) * chunk, total)
-    arrays = {
-        key: np.zeros((hi - lo, *v.shape[1:]), dtype=_taps.to_numpy(v[:0]).dtype)
-        for key, v in taps.items()
-    }
-    if has_labels:
-        arrays["labels"] = np.full((hi - lo,), -1, dtype=np.int64)
-    arrays["valid"] = np.zeros((hi - lo,), dtype=bool)
-    return Chunk(k, lo, hi, arrays)
-
-
-def _forward(extractor: nn.Module, inputs: Any, device: torch.device) -> dict[str, Any]:
-    if isinstance(inputs, dict):
-        values = extractor(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
-    else:
-        values = extractor(inputs.to(device, non_blocking=True))
-    if not isinstance(values, dict):
+def _same_weights(ranks: Ranks, mine: str) -> None:
+    """After the broadcast every rank holds rank 0's weights; refuse to write if one does not."""
+    digests = ranks.gather(mine)
+    odd = [r for r, d in enumerate(digests) if d != digests[0]]
+    if odd:
         raise InvalidArgumentError(
-            f"the extractor returned a {type(values).__name__}, not a dict of taps; pass a "
-            "FeatureExtractor or a model with return_nodes="
+            f"rank(s) {odd} hold other weights than rank 0 after receiving rank 0's; nothing "
+            "was written. Build the model the same way on every rank (--seed)"
         )
-    return values
 
 
-def _extractor(model: nn.Module, return_nodes: Any, device: torch.device) -> tuple[nn.Module, Any]:
+def _extractor(
+    model: nn.Module, return_nodes: Any, device: torch.device, ranks: Ranks, channels_last: bool
+) -> nn.Module:
+    """The extractor to run, on ``device``, holding rank 0's weights on every rank.
+
+    The caller's model and extractor are never changed: moving or receiving weights happens
+    on a copy.
+    """
     if isinstance(model, Extractor):
         if return_nodes is not None:
             raise InvalidArgumentError(
@@ -348,7 +330,6 @@ def _extractor(model: nn.Module, return_nodes: Any, device: torch.device) -> tup
                 "pass the model instead, or leave return_nodes=None"
             )
         extractor: nn.Module = model
-        requested: Any = dict(model.outputs["eval"])
     elif isinstance(model, nn.Module):
         if return_nodes is None:
             raise InvalidArgumentError(
@@ -356,36 +337,30 @@ def _extractor(model: nn.Module, return_nodes: Any, device: torch.device) -> tup
                 "e.g. return_nodes=['layer4'] (--nodes on the command line)"
             )
         extractor = create_feature_extractor(model, return_nodes)
-        requested = list(return_nodes) if not isinstance(return_nodes, dict) else dict(return_nodes)
     else:
         raise InvalidArgumentError(
             f"model_or_extractor={type(model).__name__} is not a torch.nn.Module; pass a model "
             "with return_nodes=, or a FeatureExtractor"
         )
     here = {p.device for p in extractor.parameters()} | {b.device for b in extractor.buffers()}
-    if here and here != {device}:
-        # NOTE: the caller's extractor stays where it is; the job moves a copy.
+    if (here and here != {device}) or ranks.world_size > 1 or channels_last:
+        # NOTE: the caller's extractor stays where it is and keeps its weights and layout; the
+        # job moves a copy, and under torchrun that copy receives rank 0's weights.
         extractor = copy.deepcopy(extractor).to(device)
-    return extractor, requested
+        ranks.broadcast_module(extractor)
+        if channels_last:
+            extractor.to(memory_format=torch.channels_last)
+    return extractor
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidArgumentError(
-            f"device={device!r} is not a device; expected 'cpu' or 'cuda:0'"
-        ) from exc
-
-
-def _prepare(ranks: Ranks, out: Path, meta, specs, ids, *, resume: bool) -> str:
-    outcome: tuple[str, str] = ("ok", "")
+def _prepare(
+    ranks: Ranks, out: Path, meta, specs, ids, resume: bool, needed: int
+) -> tuple[str, tuple[int, ...]]:
+    """Rank 0 checks the disk, creates or checks the store; every rank gets its answer or error."""
+    outcome: tuple[str, Any] = ("ok", ("new", ()))
     if ranks.rank == 0:
         try:
+            _options.check_disk(out, needed, _store.size_on_disk(out) if out.is_dir() else 0)
             outcome = ("ok", _store.prepare(out, meta, specs, ids, resume=resume))
         except FxtapError as exc:
             outcome = (type(exc).__name__, str(exc))
@@ -393,6 +368,6 @@ def _prepare(ranks: Ranks, out: Path, meta, specs, ids, *, resume: bool) -> str:
                 raise
     outcome = ranks.broadcast(outcome)
     if outcome[0] != "ok":
-        kind = OutputPathError if outcome[0] == "OutputPathError" else InvalidArgumentError
-        raise kind(outcome[1])
+        kinds = {"OutputPathError": OutputPathError, "ResourceError": ResourceError}
+        raise kinds.get(outcome[0], InvalidArgumentError)(outcome[1])
     return outcome[1]

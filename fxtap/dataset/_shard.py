@@ -41,6 +41,25 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [value]
+        box: list[Any] = [None] * self.world_size
+        dist.all_gather_object(box, value)
+        return box
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Overwrite ``module``'s parameters and buffers with rank 0's, in place."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                data = tensor.data if tensor.data.is_contiguous() else tensor.data.contiguous()
+                dist.broadcast(data, src=0)
+                if data is not tensor.data:
+                    tensor.data.copy_(data)
+
     def close(self) -> None:
         """Destroy the process group if this job created it."""
         if self.owned and dist.is_initialized():

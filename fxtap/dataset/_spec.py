@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Any
 
 import torch
@@ -14,8 +15,10 @@ import fxtap.dataset._taps as _taps
 from fxtap._version import __version__
 from fxtap.errors import InvalidArgumentError, format_choices
 
-#: Default chunk size target: the largest multiple of the batch size under this many bytes.
+#: Default chunk size: about 1/64 of the samples (1.6 %), so that an interrupted job keeps
+#: most of its work, rounded up to whole batches and capped at this many bytes of features.
 CHUNK_BYTES = 16 * 2**20
+CHUNKS_PER_JOB = 64
 
 
 def chunk_size(given: int | None, batch: int, taps: dict, total: int) -> int:
@@ -26,9 +29,16 @@ def chunk_size(given: int | None, batch: int, taps: dict, total: int) -> int:
                 f"e.g. chunk_size={batch * 4} (--chunk-size)"
             )
         return given
-    per_sample = sum(v[:1].numel() * v.element_size() for v in taps.values())
-    batches = max(1, CHUNK_BYTES // max(1, per_sample * batch))
-    return min(batches, -(-total // batch)) * batch
+    per_sample = sample_bytes(taps)
+    cap = max(1, CHUNK_BYTES // max(1, per_sample * batch))
+    samples = -(-total // CHUNKS_PER_JOB)  # ceiling division
+    want = -(-samples // batch)
+    return max(1, min(want, cap, -(-total // batch))) * batch
+
+
+def sample_bytes(taps: dict) -> int:
+    """Bytes one sample's taps take in the store, before compression."""
+    return sum(v[:1].numel() * v.element_size() for v in taps.values())
 
 
 def digest(module: nn.Module) -> str:
@@ -40,7 +50,31 @@ def digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk) -> dict[str, Any]:
+def code_digest(extractor: nn.Module) -> str:
+    """SHA-256 of what the extractor runs: both modes' traced code and every module's type.
+
+    A module's type, settings (``extra_repr``) and the source of its class's ``forward`` are
+    included, so a leaf module swapped for another (ReLU for GELU) or edited code is caught.
+    """
+    h = hashlib.sha256()
+    graph_for = getattr(extractor, "graph_for", None)
+    if getattr(extractor, "prunes", False) and callable(graph_for):
+        for mode in ("train", "eval"):
+            h.update(graph_for(mode).python_code(root_module="self").src.encode())
+    sources: dict[type, str] = {}
+    for name, module in extractor.named_modules():
+        cls = type(module)
+        h.update(f"{name}:{cls.__module__}.{cls.__qualname__}({module.extra_repr()})".encode())
+        if cls not in sources:
+            try:
+                sources[cls] = inspect.getsource(cls.forward)
+            except (OSError, TypeError):
+                sources[cls] = ""
+            h.update(sources[cls].encode())
+    return h.hexdigest()
+
+
+def metadata(o, extractor, source, taps, pools, store_dtype, chunk, model) -> dict[str, Any]:
     outputs = (
         dict(extractor.outputs["eval"]) if hasattr(extractor, "outputs") else {k: k for k in taps}
     )
@@ -50,10 +84,18 @@ def metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk) -
                 f"output key {key!r} cannot name an array (reserved: {format_choices(_store.RESERVED)}); "
                 "rename it with return_nodes={'node': 'new_key'} (--nodes node=new_key)"
             )
+    requested = o.return_nodes
+    if requested is None:
+        requested = outputs
+    elif not isinstance(requested, dict):
+        requested = list(requested)
     job = {
-        "model": o["model_spec"]
-        or f"{type(o['model_or_extractor']).__module__}.{type(o['model_or_extractor']).__qualname__}",
+        "model": o.model_spec or f"{type(model).__module__}.{type(model).__qualname__}",
+        "seed": o.seed,
+        "channels_last": o.channels_last,
+        "compile": o.compile,
         "parameters_sha256": digest(extractor),
+        "code_sha256": code_digest(extractor),
         "requested_nodes": requested,
         "resolved_nodes": outputs,
         "mode": "eval",
@@ -63,7 +105,7 @@ def metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk) -
         "chunk_size": chunk,
         "num_samples": len(source.dataset),
         "data": _data.describe(source.dataset),
-        "device": o["target"].type,
+        "device": o.device.type,
     }
     tap_meta = {
         k: {
@@ -85,18 +127,19 @@ def metadata(o, extractor, requested, source, taps, pools, store_dtype, chunk) -
 
 def arrays(meta, taps, labels, total, chunk) -> list[_store.ArraySpec]:
     specs = []
+    rows = min(chunk, total)  # one chunk never holds more rows than the data has
     for key, value in taps.items():
         shape = tuple(value.shape[1:])
         dtype = str(_taps.to_numpy(value[:0]).dtype)
         specs.append(
-            _store.ArraySpec(key, (total, *shape), (chunk, *shape), dtype, 0, meta["taps"][key])
+            _store.ArraySpec(key, (total, *shape), (rows, *shape), dtype, 0, meta["taps"][key])
         )
     if labels is not None:
         if labels.dim() != 1 or labels.is_floating_point():
             raise InvalidArgumentError(
                 "labels must be one integer per sample; return (tensor, int) samples or drop them"
             )
-        specs.append(_store.ArraySpec("labels", (total,), (chunk,), "int64", -1, {}))
-    specs.append(_store.ArraySpec("valid", (total,), (chunk,), "bool", False, {}))
-    specs.append(_store.ArraySpec("chunks_done", (-(-total // chunk),), (1,), "uint8", 0, {}))
+        specs.append(_store.ArraySpec("labels", (total,), (rows,), "int64", -1, {}))
+    specs.append(_store.ArraySpec("valid", (total,), (rows,), "bool", False, {}))
+    specs.append(_store.ArraySpec("checksums", (-(-total // chunk),), (1,), "str", "", {}))
     return specs

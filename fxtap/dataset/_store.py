@@ -2,7 +2,8 @@
 
 Layout of ``out/``: ``zarr.json`` (the group; its ``fxtap`` attribute holds the job's metadata),
 one array per tap named by its output key, ``labels`` and ``ids`` when the data has them,
-``valid`` (False for skipped samples) and ``chunks_done`` (1 once a chunk is fully written).
+``valid`` (False for skipped samples) and ``checksums`` (each chunk's files with their SHA-256
+and size, written once the chunk is on disk), and the marker ``.fxtap-job.json``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ import torch
 import zarr
 from zarr.storage import LocalStore, WrapperStore
 
+import fxtap.dataset._integrity as _integrity
 from fxtap.errors import (
+    FxtapError,
     InvalidArgumentError,
     OutputPathError,
     ensure_output_dir,
@@ -34,8 +37,8 @@ from fxtap.errors import (
 __all__ = ["RESERVED", "ArraySpec", "Features", "open_features", "write_file"]
 
 #: Array names the store uses itself; no tap may take them.
-RESERVED = ("labels", "ids", "valid", "chunks_done")
-FORMAT = 1
+RESERVED = ("labels", "ids", "valid", "checksums")
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,24 @@ class Features:
         return out
 
 
-def open_features(out: str | os.PathLike[str], *, partial: bool = False) -> Features:
+def open_features(
+    out: str | os.PathLike[str], *, partial: bool = False, verify: bool = False
+) -> Features:
     """Open a feature store written by ``extract_dataset``; nothing is read until sliced.
+
+    Every chunk of a finished store must be present with the size it was written with, so a
+    missing or cut chunk is an error, never zeros; ``verify=True`` also checks every chunk
+    file against its SHA-256 (it reads the whole store).
 
     Args:
         out: the store's folder.
         partial: also open a store whose job has not finished (unwritten rows read as zeros).
+        verify: check every chunk's checksum (``fxtap verify DIR`` on the command line).
 
     Raises:
-        InvalidArgumentError: ``out`` holds no fxtap store, or an unfinished one without
-            ``partial=True``.
+        InvalidArgumentError: ``out`` holds no fxtap store, an unfinished one without
+            ``partial=True``, or a damaged one (the message names the chunks).
+        OutputPathError: the store holds a symbolic link.
 
     >>> feats = open_features("feats")  # doctest: +SKIP
     >>> feats["avgpool"][:2].shape  # doctest: +SKIP
@@ -115,9 +126,10 @@ def open_features(out: str | os.PathLike[str], *, partial: bool = False) -> Feat
     """
     folder = Path(out)
     meta = read_metadata(folder)
-    if meta is None:
+    if meta is None or meta.get("format") != FORMAT:
+        found = "" if meta is None else f" of format {meta.get('format')!r}, not {FORMAT}"
         raise InvalidArgumentError(
-            f"{str(folder)!r} holds no fxtap feature store (no zarr.json with an 'fxtap' "
+            f"{str(folder)!r} holds no fxtap feature store{found} (no zarr.json with an 'fxtap' "
             "attribute); pass the out= folder of an extract_dataset job"
         )
     if not meta.get("complete") and not partial:
@@ -125,11 +137,35 @@ def open_features(out: str | os.PathLike[str], *, partial: bool = False) -> Feat
             f"the job in {str(folder)!r} has not finished; run the same extract_dataset call (or "
             "fxtap run command) again to finish it, or pass partial=True to read it as it is"
         )
+    _integrity.refuse_symlinks(folder)
     group = zarr.open_group(folder, mode="r")
+    problems = check_chunks(folder, group, full=verify, complete=bool(meta.get("complete")))
+    if problems:
+        raise _integrity.damaged(folder, problems)
     arrays = {key: group[key] for key in meta["taps"]}
     labels = group.get("labels")
     ids = group.get("ids")
     return Features(folder, arrays, labels, ids, group["valid"], meta)  # type: ignore[arg-type]
+
+
+def check_chunks(
+    folder: Path, group: zarr.Group, *, full: bool, complete: bool
+) -> list[tuple[int, str]]:
+    """``(chunk, problem)`` for each done chunk whose files do not match their record.
+
+    With ``complete``, a chunk without a record is a problem too.
+    """
+    problems = []
+    for k, text in enumerate(_records(group)):
+        record = _integrity.parse_record(text)
+        if record is None:
+            if complete:
+                problems.append((k, "was never written"))
+            continue
+        why = _integrity.chunk_problem(folder, record, full=full)
+        if why:
+            problems.append((k, why))
+    return problems
 
 
 def read_metadata(folder: Path) -> dict[str, Any] | None:
@@ -168,12 +204,6 @@ def write_file(path: Path, data: bytes) -> None:
         ) from exc
 
 
-def open_store(folder: Path, *, mode: str = "r+") -> zarr.Group:
-    """The group in ``folder``, opened so that every write goes through ``write_file``."""
-    store = _AtomicStore(LocalStore(folder))
-    return zarr.open_group(store=store, mode=mode)  # type: ignore[arg-type]
-
-
 def prepare(
     out: str | os.PathLike[str],
     meta: dict[str, Any],
@@ -181,47 +211,60 @@ def prepare(
     ids: list[str] | None,
     *,
     resume: bool,
-) -> str:
+) -> tuple[str, tuple[int, ...]]:
     """Create the store, or check that the one in ``out`` holds this job; rank 0 only.
 
+    A resumed store's done chunks are checked against their checksums; those that do not
+    match are marked undone, so the job computes them again.
+
     Returns:
-        ``"new"``, ``"resume"`` (same job, unfinished) or ``"complete"`` (same job, finished).
+        ``("new" | "resume" | "complete", chunks found damaged and marked undone)``.
 
     Raises:
         InvalidArgumentError: ``out`` holds another job (the message lists what differs).
-        OutputPathError: ``out`` is a non-empty folder without a store, or cannot be written.
+        OutputPathError: ``out`` holds files fxtap did not write, a symbolic link, or cannot
+            be written.
     """
     folder = ensure_output_dir(out, hint="Pass another out= (--out on the command line)")
+    _integrity.refuse_symlinks(folder)
     existing = read_metadata(folder)
-    if existing is None and _only_partials(folder):
-        # A job killed while writing its very first file left only that file's temporary.
-        _clear(folder)
-    if existing is None and any(folder.iterdir()):
-        raise OutputPathError(
-            f"{str(folder)!r} is not empty and holds no fxtap feature store; pass a new or "
-            "empty folder as out= (--out), so that nothing in it is overwritten"
-        )
-    if existing is not None and not resume:
-        _clear(folder)
+    ours = existing is not None or _integrity.has_marker(folder)
+    if ours and (existing is None or not resume):
+        # Our own leftovers: a job killed during creation, or a restart (resume=False).
+        old = (existing or {}).get("taps", {})
+        # "chunks_done": format 1's done markers
+        _integrity.clear_own(folder, [*RESERVED, "chunks_done", *old, *(a.name for a in arrays)])
         existing = None
-    if existing is not None:
-        differs = _differences(existing, meta)
-        if differs:
-            raise InvalidArgumentError(
-                f"{str(folder)!r} holds another job: "
-                + "; ".join(differs)
-                + ". Pass the same arguments to resume it, resume=False (--restart) to erase "
-                "it and start over, or another out= (--out)"
-            )
-        if existing.get("complete"):
-            return "complete"
-    _remove_partials(folder)
     if existing is None:
-        group = zarr.create_group(
-            store=_AtomicStore(LocalStore(folder)), attributes={"fxtap": meta}
+        others = sorted(p.name for p in folder.iterdir())
+        if others:
+            raise OutputPathError(
+                f"{str(folder)!r} is not empty and holds no fxtap feature store "
+                f"({format_choices(others[:3])}{' ...' if len(others) > 3 else ''}); fxtap "
+                "deletes only what it wrote. Pass a new or empty folder as out= (--out)"
+            )
+    elif existing.get("format") != FORMAT:
+        raise InvalidArgumentError(
+            f"{str(folder)!r} holds a feature store of format {existing.get('format')!r}, "
+            f"written by another fxtap version (this one writes format {FORMAT}); pass "
+            "resume=False (--restart) to erase it and start over, or another out= (--out)"
         )
     else:
-        group = open_store(folder)
+        differs = differences(existing, meta)
+        if differs:
+            raise InvalidArgumentError(
+                f"{str(folder)!r} holds another job: " + "; ".join(differs) + ". Pass the same "
+                "arguments to resume it, resume=False (--restart) to erase it and start over, "
+                "or another out= (--out)"
+            )
+    store = _AtomicStore(LocalStore(folder))
+    if existing is None:
+        write_file(folder / _integrity.MARKER, _integrity.marker_bytes(job_digest(meta)))
+        group = zarr.create_group(store=store, attributes={"fxtap": meta})  # type: ignore[arg-type]
+    else:
+        _integrity.remove_own_partials(folder)
+        group = zarr.open_group(store=store, mode="r+")  # type: ignore[arg-type]
+    store.check()
     for spec in arrays:
         if spec.name not in group:
             group.create_array(
@@ -232,16 +275,32 @@ def prepare(
                 fill_value=spec.fill_value,
                 attributes=dict(spec.attributes),
             )
+            store.check()
     if ids is not None:
         # Rewritten on every resume: the same bytes, and a crash may have cut the first write.
         group["ids"][:] = np.array(ids, dtype=object)  # type: ignore[index]
-    return "new" if existing is None else "resume"
+        store.check()
+    if existing is None:
+        return "new", ()
+    damaged = tuple(k for k, _ in check_chunks(folder, group, full=True, complete=False))
+    marks: Any = group["checksums"]
+    for k in damaged:
+        marks[k] = ""
+    if damaged and existing.get("complete"):
+        group.attrs["fxtap"] = {**existing, "complete": False}
+    store.check()
+    return ("complete" if existing.get("complete") and not damaged else "resume"), damaged
+
+
+def open_store(folder: Path) -> tuple[zarr.Group, _AtomicStore]:
+    """The group in ``folder`` opened for writing, every write through ``write_file``."""
+    store = _AtomicStore(LocalStore(folder))
+    return zarr.open_group(store=store, mode="r+"), store  # type: ignore[arg-type]
 
 
 def done_chunks(group: zarr.Group) -> set[int]:
-    """Indices of the chunks whose every array has been written."""
-    done: Any = group["chunks_done"]
-    return {int(k) for k in np.nonzero(np.asarray(done[:]))[0]}
+    """Indices of the chunks whose every file has been written and recorded."""
+    return {k for k, text in enumerate(_records(group)) if text}
 
 
 def finish(group: zarr.Group, meta: dict[str, Any]) -> tuple[int, ...]:
@@ -254,41 +313,80 @@ def finish(group: zarr.Group, meta: dict[str, Any]) -> tuple[int, ...]:
 
 def size_on_disk(folder: Path) -> int:
     """Bytes of every file under ``folder``."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def job_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of the job's identity (its ``job`` and ``taps`` metadata)."""
+    text = json.dumps([meta.get("job"), meta.get("taps")], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _AtomicStore(WrapperStore[LocalStore]):
-    """A ``LocalStore`` whose writes go through ``write_file`` (atomic, clear disk-full error)."""
+    """A ``LocalStore`` whose writes go through ``write_file`` and are recorded.
+
+    Each written file's ``[sha256, size]`` is kept in ``written`` for the chunk records. A
+    failed write is kept in ``error`` instead of raised inside zarr's asyncio tasks (whose
+    cancellation would print pages of "Task was destroyed"); ``check()`` raises it.
+    """
+
+    def __init__(self, store: LocalStore) -> None:
+        super().__init__(store)
+        self.written: dict[str, list[Any]] = {}
+        self.error: FxtapError | None = None
 
     async def set(self, key: str, value: Any) -> None:
-        path = Path(self._store.root) / key
-        await asyncio.to_thread(write_file, path, value.to_bytes())
+        if self.error is not None:
+            return
+        data = value.to_bytes()
+        try:
+            await asyncio.to_thread(write_file, Path(self._store.root) / key, data)
+        except OutputPathError as exc:
+            self.error = self.error or exc
+            return
+        self.written[key] = _integrity.digest_bytes(data)
+
+    def check(self) -> None:
+        """Raise the first failed write's error, if any."""
+        if self.error is not None:
+            raise self.error
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two jobs' metadata, in words; digests are explained."""
     out = []
     for part in ("job", "taps", "versions"):
         a, b = old.get(part, {}), new.get(part, {})
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"{part} {key} is {a.get(key)!r} there, {b.get(key)!r} here")
+            if a.get(key) == b.get(key):
+                continue
+            if part == "job" and isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+                for sub in sorted(set(a[key]) | set(b[key])):
+                    if a[key].get(sub) != b[key].get(sub):
+                        out.append(_why(f"{key}.{sub}", a[key].get(sub), b[key].get(sub)))
+            else:
+                out.append(_why(key if part == "job" else f"{part} {key}", a.get(key), b.get(key)))
     return out
 
 
-def _remove_partials(folder: Path) -> None:
-    for path in folder.rglob("*.partial"):
-        with contextlib.suppress(OSError):
-            path.unlink()
+#: What a differing digest means, and what to do about it.
+_DIGESTS = {
+    "parameters_sha256": "the weights differ: a model built with random initialisation gets "
+    "new weights on every run unless seeded, and a checkpoint may be another. Build it after "
+    "torch.manual_seed(...) (--seed, default 0, on the command line), run a saved extractor "
+    "(fxtap extract MODEL --nodes ... -o FILE.fxtap, then fxtap run FILE.fxtap), or start over "
+    "with resume=False (--restart)",
+    "code_sha256": "the model's code differs (its traced graphs, module types or settings)",
+    "data.samples_sha256": "the data's files differ (added, removed, renamed or changed)",
+}
 
 
-def _only_partials(folder: Path) -> bool:
-    files = [p for p in folder.rglob("*") if not p.is_dir()]
-    return bool(files) and all(p.name.endswith(".partial") for p in files)
+def _why(key: str, there: Any, here: Any) -> str:
+    if key in _DIGESTS:
+        return f"{_DIGESTS[key]} ({key} {str(there)[:12]}... there, {str(here)[:12]}... here)"
+    return f"{key} is {there!r} there, {here!r} here"
 
 
-def _clear(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def _records(group: zarr.Group) -> list[Any]:
+    marks: Any = group["checksums"]
+    return list(np.asarray(marks[:], dtype=object))

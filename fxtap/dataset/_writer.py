@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from dataclasses import dataclass
@@ -30,14 +31,20 @@ class Chunk:
 class Writer:
     """Writes chunks in a thread behind a queue of ``depth`` chunks, so memory stays bounded.
 
-    Each chunk's arrays are written first and its ``chunks_done`` entry last, so a chunk
-    counts as done only once all of it is on disk. An error in the thread is raised by the
-    next ``put`` or by ``close``.
+    Each chunk's arrays are written first and its ``checksums`` record (every file it wrote,
+    with its SHA-256 and size) last, so a chunk counts as done only once all of it is on disk.
+    An error in the thread is raised by the next ``put`` or by ``close``.
     """
 
-    def __init__(self, group: zarr.Group, names: list[str], *, depth: int = 2) -> None:
-        self._arrays: dict[str, Any] = {name: group[name] for name in names}
-        self._done: Any = group["chunks_done"]
+    def __init__(self, group: zarr.Group, store: Any, names: list[str], *, depth: int = 2) -> None:
+        # NOTE: empty chunks are written too, so that every done chunk has all its files.
+        config: Any = {"write_empty_chunks": True}
+        self._arrays: dict[str, Any] = {
+            name: group[name].with_config(config)  # type: ignore[union-attr]
+            for name in names
+        }
+        self._done: Any = group["checksums"]
+        self._store = store
         self._queue: queue.Queue[Chunk | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self.written = 0
@@ -86,9 +93,16 @@ class Writer:
             if self._error is not None:
                 continue
             try:
+                record = {}
                 for name, rows in chunk.arrays.items():
-                    self._arrays[name][chunk.start : chunk.stop] = rows
-                self._done[chunk.index] = 1
+                    array = self._arrays[name]
+                    array[chunk.start : chunk.stop] = rows
+                    self._store.check()
+                    coords = (chunk.index,) + (0,) * (array.ndim - 1)
+                    key = f"{name}/{array.metadata.encode_chunk_key(coords)}"
+                    record[key] = self._store.written.pop(key)
+                self._done[chunk.index] = json.dumps(record, sort_keys=True)
+                self._store.check()
                 self.written += chunk.nbytes
             except BaseException as exc:  # raised again in the main thread
                 self._error = exc

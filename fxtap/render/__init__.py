@@ -1,4 +1,4 @@
-"""Stage 3: draw a model's traced graph, or an extractor's kept and pruned nodes, with Graphviz."""
+"""Draw a model's traced graph, or an extractor's kept and pruned nodes, with Graphviz."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import html as html_
 import os
 import re
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +95,7 @@ def render(
     example_inputs: Sequence[torch.Tensor] | torch.Tensor | Mapping[str, Any] | None = None,
     tracer_kwargs: Mapping[str, Any] | None = None,
     concrete_args: Mapping[str, Any] | None = None,
-    out_dir: str | os.PathLike[str] = ".",
+    out_dir: str | os.PathLike[str] | None = None,
     name: str | None = None,
     fmt: str = "svg",
     depth: int | None = None,
@@ -126,7 +127,8 @@ def render(
             inputs it traces with (a dict of keyword inputs is allowed there).
         tracer_kwargs: ``NodePathTracer`` options, for a model.
         concrete_args: torch.fx's ``concrete_args``, for a model.
-        out_dir: folder written to (created when missing).
+        out_dir: folder written to (created when missing); by default a new temporary
+            folder (``fxtap-render-*``), never the current one (a repository root).
         name: file stem and title (default: the model's class name).
         fmt: ``'svg'``, ``'png'``, ``'pdf'`` or ``'dot'`` (DOT text only, no Graphviz needed).
         depth: draw modules nested deeper than this as one box each (default: all levels).
@@ -204,6 +206,7 @@ def render(
         return shorten(wrap(view))
 
     views = {m: make_view(m, max_nodes) for m in modes}
+    out_dir = tempfile.mkdtemp(prefix="fxtap-render-") if out_dir is None else out_dir
     folder = ensure_output_dir(out_dir, hint="Pass a writable folder with out_dir= (-o DIR).")
     stem = _safe_stem(title)
     same = mode == "both" and _identical(views["train"], views["eval"])

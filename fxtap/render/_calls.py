@@ -1,4 +1,4 @@
-"""Stage 3b: how a capture extractor's module calls, islands and skipped part are drawn."""
+"""How a capture extractor's module calls, islands and skipped part are drawn."""
 
 from __future__ import annotations
 

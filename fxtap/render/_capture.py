@@ -1,4 +1,4 @@
-"""Stage 3a: describe a capture extractor's forward: its module calls, islands and early exit."""
+"""Describe a capture extractor's forward: its module calls, islands and early exit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3b: write a drawn graph as Graphviz DOT text with HTML-like labels."""
+"""Write a drawn graph as Graphviz DOT text with HTML-like labels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3b: shrink a drawn graph: fold repeats and pruned ops, collapse modules, cut edges."""
+"""Shrink a drawn graph: fold repeats and pruned ops, collapse modules, cut edges."""
 
 from __future__ import annotations
 

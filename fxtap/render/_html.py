@@ -1,4 +1,4 @@
-"""Stage 3c: one self-contained HTML viewer: the SVGs, the node table, and a little JavaScript."""
+"""One self-contained HTML viewer: the SVGs, the node table, and a little JavaScript."""
 
 from __future__ import annotations
 

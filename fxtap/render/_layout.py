@@ -1,4 +1,4 @@
-"""Stage 3d: run Graphviz's ``dot`` under a time limit, falling back to cheaper layouts."""
+"""Run Graphviz's ``dot`` under a time limit, falling back to cheaper layouts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3a, per node: input checks, ops that compute differently per mode, shape text."""
+"""Per node: input checks, ops that compute differently per mode, shape text."""
 
 from __future__ import annotations
 

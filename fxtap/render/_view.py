@@ -1,4 +1,4 @@
-"""Stage 3a: describe what to draw: the traces per mode and each node with its status."""
+"""Describe what to draw: the traces per mode and each node with its status."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 3b: fit a drawing to a screen: wrap long chains into columns, shorten labels."""
+"""Fit a drawing to a screen: wrap long chains into columns, shorten labels."""
 
 from __future__ import annotations
 

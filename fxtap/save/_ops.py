@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 
+from fxtap import _compat
+from fxtap._compat import pytree
 from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save import _allowlist
 from fxtap.save._guards import GUARDS, unguarded
@@ -36,7 +37,6 @@ __all__ = [
     "check_treespec",
     "encode_op",
     "encode_treespec",
-    "op_key",
     "resolve_op",
 ]
 
@@ -60,18 +60,13 @@ class TreeSpecText:
     text: str
 
 
-def op_key(op: torch._ops.OpOverload) -> str:
-    """``ns::name.overload`` of an operator overload (``aten::add.Tensor``, ``aten::abs.default``)."""
-    return f"{op.namespace}::{op._opname}.{op._overloadname}"
-
-
 def encode_op(target: Any) -> dict[str, list[str]] | None:
     """The tagged target of an operator overload (or of its checked stand-in), or ``None``
     when ``target`` is not one."""
     target = unguarded(target)
-    if not isinstance(target, torch._ops.OpOverload):
+    if not _compat.is_op_overload(target):
         return None
-    parts = [target.namespace, target._opname, target._overloadname]
+    parts = list(_compat.op_parts(target))
     if not all(NAME.fullmatch(p) for p in parts) or _lookup(*parts) is not target:
         raise InvalidArgumentError(
             f"operator {target!r} cannot be found again by its name in torch.ops, so the safe "
@@ -118,13 +113,19 @@ def check_op_args(key: str, args: tuple[Any, ...], kwargs: dict[str, Any], where
     op = _lookup(*parts) if parts is not None else None
     if op is None:  # a trusted op outside the list: nothing to check against
         return
-    arguments = op._schema.arguments
-    given = [*zip(arguments, args), *((a, kwargs[a.name]) for a in arguments if a.name in kwargs)]
-    for arg, value in given:
-        kind = _ENUM_ARGUMENTS.get(str(arg.real_type).removeprefix("Optional[").rstrip("]"))
+    try:
+        arguments = _compat.op_schema(op).arguments
+    except _compat.CompatError:  # no schemas without torch's private API: keywords by name
+        by_name = {"dtype": "ScalarType", "layout": "Layout", "memory_format": "MemoryFormat"}
+        given = [(k, by_name[k], v) for k, v in kwargs.items() if k in by_name]
+    else:
+        given = [(a.name, str(a.real_type), v) for a, v in zip(arguments, args)]
+        given += [(a.name, str(a.real_type), kwargs[a.name]) for a in arguments if a.name in kwargs]
+    for arg_name, type_text, value in given:
+        kind = _ENUM_ARGUMENTS.get(type_text.removeprefix("Optional[").rstrip("]"))
         if kind is not None and value is not None and not isinstance(value, kind):
             raise LoadError(
-                f"{where}: argument {arg.name!r} of {key} is a {kind.__name__}, not "
+                f"{where}: argument {arg_name!r} of {key} is a {kind.__name__}, not "
                 f"{value!r:.40}; fxtap writes it as a tagged constant such as "
                 '{"dtype": "float32"}'
             )
@@ -143,7 +144,7 @@ def resolve_op(key: str, *, trust: bool) -> Callable[..., Any]:
         name, _, overload = rest.partition(".")
         parts = (namespace, name, overload)
     found = _lookup(*parts)
-    if not isinstance(found, torch._ops.OpOverload):
+    if not _compat.is_op_overload(found):
         raise LoadError(f"its graph calls the operator {key!r}, which this install of torch lacks")
     return found
 

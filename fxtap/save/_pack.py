@@ -80,7 +80,7 @@ def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "torch": torch.__version__,
-        "class_name": extractor._get_name(),
+        "class_name": type(extractor).__name__,
         "training": extractor.training,
         "graphs": graphs,
         "modules": modules,

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx import graph as fx_graph
 
+from fxtap._compat import fx_reserved_globals
 from fxtap.errors import LoadError, close_matches
 
 __all__ = [
@@ -63,8 +63,8 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}", re.ASCII)
 _PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}", re.ASCII)
 _SCALARS = (bool, int, float, str, type(None))
 # NOTE: names the generated forward uses besides its locals: self, builtins, fx's globals.
-_RESERVED = frozenset({"self", *dir(builtins), *fx_graph._custom_builtins})
-PARAMETER_RESERVED = frozenset({"self", *fx_graph._custom_builtins})
+_RESERVED = frozenset({"self", *dir(builtins), *fx_reserved_globals()})
+PARAMETER_RESERVED = frozenset({"self", *fx_reserved_globals()})
 
 
 def _torch_values(kind: type) -> dict[str, Any]:

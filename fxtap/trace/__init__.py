@@ -1,4 +1,4 @@
-"""Stage 1: trace a model with torch.fx and give every node a dotted-path name.
+"""Trace a model with torch.fx and give every node a dotted-path name.
 
 ``trace`` is the front door: one trace with ``NodePathTracer`` (``_tracer``), with options
 checked first (``_options``), and on request the automatic leaf fallback (``_fallback``) and

@@ -25,8 +25,8 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
-from torch.utils import _pytree as pytree
 
+from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._export_inputs import UserInputs, check_batch
@@ -155,7 +155,7 @@ def _export(
 ) -> ExportedProgram:
     name = type(model).__name__
     mode = "train" if training else "eval"
-    state = {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
+    state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
     with restore_training(model):
         model.train(training)
         # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
@@ -175,7 +175,9 @@ def _export(
                     ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
             raise _export_error(name, mode, exc, model=model) from exc
-    changed = [k for k, v in model.state_dict(keep_vars=True).items() if v._version != state[k]]
+    changed = [
+        k for k, v in model.state_dict(keep_vars=True).items() if version_mark(v) != state[k]
+    ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
     return ep

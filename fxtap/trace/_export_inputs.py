@@ -11,8 +11,8 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
-from torch.utils import _pytree as pytree
 
+from fxtap._compat import pytree
 from fxtap.errors import InputShapeError, TraceError
 
 __all__ = ["UserInputs", "check_batch"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from fxtap import _compat
 from fxtap._fx import SCOPE_KEY, STACK_KEY
 from fxtap.trace._tracer import NodePathTracer, _sanitize
 
@@ -85,7 +86,8 @@ def op_name(node: fx.Node) -> str:
     target: Any = node.target
     if node.op == "placeholder":
         return _sanitize(str(target))
-    name = getattr(target, "_opname", None)  # OpOverload: the op without namespace/overload
+    # OpOverload: the op without namespace/overload
+    name = _compat.op_parts(target)[1] if _compat.is_op_overload(target) else None
     if name is None:
         name = getattr(target, "__name__", None) or str(target)
     return _sanitize(str(name).rsplit(".", 1)[-1])

@@ -34,11 +34,9 @@ _TRACER_KWARGS = (
 
 
 def default_leaf_modules() -> tuple[type[nn.Module], ...]:
-    """Every ``nn.Module`` class exported by ``torchvision.ops`` (empty without torchvision)."""
-    try:
-        import torchvision.ops
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return ()
+    """Every ``nn.Module`` class exported by ``torchvision.ops``."""
+    import torchvision.ops
+
     return tuple(
         obj
         for _, obj in inspect.getmembers(torchvision.ops)
@@ -47,11 +45,9 @@ def default_leaf_modules() -> tuple[type[nn.Module], ...]:
 
 
 def default_autowrap_modules() -> tuple[types.ModuleType, ...]:
-    """``math`` and, when importable, ``torchvision.ops`` (torchvision's defaults)."""
-    try:
-        import torchvision.ops
-    except ImportError:  # pragma: no cover
-        return (math,)
+    """``math`` and ``torchvision.ops`` (torchvision's defaults)."""
+    import torchvision.ops
+
     return (math, torchvision.ops)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap import _compat
 from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._options import restore_training, trace_fixes
@@ -258,8 +259,8 @@ class NodePathTracer(fx.Tracer):
         except KeyError:
             pass
         except TypeError:  # unhashable target
-            return _sanitize(self.graph._target_to_str(target))
-        op = _sanitize(name if name is not None else self.graph._target_to_str(target))
+            return _sanitize(_compat.target_to_str(self.graph, target))
+        op = _sanitize(name if name is not None else _compat.target_to_str(self.graph, target))
         if kind == "placeholder" and op not in self._concrete:
             # NOTE: torch.fx names the placeholder of a concrete argument ``ARG_1``; it is ARG.
             stem, _, number = op.rpartition("_")
