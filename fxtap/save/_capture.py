@@ -34,6 +34,7 @@ from fxtap.save._schema import (
     as_object,
     as_string,
     as_strings,
+    check_code_names,
     check_keys,
     check_outputs,
     closest,
@@ -126,6 +127,7 @@ def build_capture(
 ) -> CaptureExtractor:
     """The extractor of a checked capture manifest, built by fxtap's capture builder."""
     model = build_module(checked.model, tensors, {}, trust=trust)
+    check_code_names(model, ())  # the capture builder traces it: fx writes these names
     options = _build_tracer(checked.tracer, trust=trust)
     requests = {
         mode: [Request(query, key) for key, query in checked.outputs[mode].items()]

@@ -20,6 +20,7 @@ from fxtap.errors import LoadError
 from fxtap.save import _allowlist
 from fxtap.save._hf import TAG, TransformersSpec, check_transformers
 from fxtap.save._schema import (
+    MAX_MODULES,
     ModuleSpec,
     as_bool,
     as_list,
@@ -176,11 +177,15 @@ class Modules:
         self.tensors = tensors
         self.trust = trust
         self.top: dict[str, ModuleSpec | TransformersSpec | str] = {}
-        self.paths: frozenset[str] = frozenset()
         self._paths: set[str] = set()
         self._finished: set[str] = set()
         self._containers: set[str] = set()  # proper prefixes of the stored paths
         self._tensor_paths: set[str] = set()
+
+    @property
+    def paths(self) -> frozenset[str]:
+        """The stored (top-level) module paths: built once per call, not once per module."""
+        return frozenset(self.top)
 
     @property
     def tensor_paths(self) -> frozenset[str]:
@@ -196,7 +201,6 @@ class Modules:
             raise LoadError(f"{where}: another stored module lies inside it")
         self._containers.update(prefixes(path))
         self.top[path] = self._module(spec, path, where)
-        self.paths = frozenset(self.top)
 
     def tensor(self, ref: Any, where: str, *, parameter: bool | None) -> str:
         ref = as_string(ref, where)
@@ -222,6 +226,8 @@ class Modules:
     def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | TransformersSpec | str:
         spec = as_object(raw, where)
         self._paths.add(path)
+        if len(self._paths) > MAX_MODULES:
+            raise LoadError(f"{where}: the file holds more than {MAX_MODULES} modules")
         if TAG in spec:
             check_keys(spec, {TAG}, None, where)
             model = check_transformers(
