@@ -271,3 +271,21 @@ def test_fullwidth_names_name_the_field_at_fault(tmp_path: Path) -> None:
         load(path)
     message = str(info.value)
     assert f"modules.{folded_dunder('class')}" in message or fullwidth("exec") in message
+
+
+def test_save_refuses_a_name_load_would_refuse(tmp_path):
+    """A non-ASCII module name (valid in Python) is refused at save time, not at load time."""
+    from torch import nn
+
+    import fxtap
+
+    model = nn.Sequential()
+    model.add_module("café", nn.Linear(2, 2))
+    ex = fxtap.create_feature_extractor(model, ["café"])
+    with pytest.raises(
+        fxtap.InvalidArgumentError, match=r"'café' is not an ASCII identifier.*fmt='pickle'"
+    ):
+        fxtap.save(ex, tmp_path / "x.fxtap")
+    assert not (tmp_path / "x.fxtap").exists()
+    fxtap.save(ex, tmp_path / "x.pt", fmt="pickle")  # the way out the message names
+    assert list(fxtap.load(tmp_path / "x.pt", trust=True)(torch.ones(1, 2))) == ["café"]
