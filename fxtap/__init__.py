@@ -8,30 +8,36 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fxtap import render, trace
+    from fxtap import edits, render, trace
     from fxtap._protocol import Extractor
     from fxtap.capture import CaptureExtractor
     from fxtap.cost import CostReport, compare
     from fxtap.dataset import extract_dataset, open_features
+    from fxtap.edit import edit
     from fxtap.errors import (
+        CutError,
         DotNotFoundError,
         DroppedModuleError,
         FxtapError,
         InputShapeError,
+        InputTypeError,
         InvalidArgumentError,
         LoadError,
         MissingExtraError,
         MistraceError,
         ModelSpecError,
         NodeNotFoundError,
+        NotReachedError,
         OutputPathError,
         ResourceError,
         TraceError,
+        UnsafeOutputError,
     )
     from fxtap.extractor import ExtractorInfo, FeatureExtractor, create_feature_extractor
     from fxtap.names import NodeInfo, get_graph_node_names, node_table
     from fxtap.render import Rendering
     from fxtap.save import load, save
+    from fxtap.split import Split, split
     from fxtap.trace import NodePathTracer, Traced
 
 from fxtap._version import __version__
@@ -39,6 +45,7 @@ from fxtap._version import __version__
 __all__ = [
     "CaptureExtractor",
     "CostReport",
+    "CutError",
     "DotNotFoundError",
     "DroppedModuleError",
     "Extractor",
@@ -46,6 +53,7 @@ __all__ = [
     "FeatureExtractor",
     "FxtapError",
     "InputShapeError",
+    "InputTypeError",
     "InvalidArgumentError",
     "LoadError",
     "MissingExtraError",
@@ -54,14 +62,19 @@ __all__ = [
     "NodeInfo",
     "NodeNotFoundError",
     "NodePathTracer",
+    "NotReachedError",
     "OutputPathError",
     "Rendering",
     "ResourceError",
+    "Split",
     "TraceError",
     "Traced",
+    "UnsafeOutputError",
     "__version__",
     "compare",
     "create_feature_extractor",
+    "edit",
+    "edits",
     "extract_dataset",
     "get_graph_node_names",
     "load",
@@ -69,6 +82,7 @@ __all__ = [
     "open_features",
     "render",
     "save",
+    "split",
     "trace",
 ]
 
@@ -88,13 +102,18 @@ _HOME = {
     "Rendering": "fxtap.render",
     "load": "fxtap.save",
     "save": "fxtap.save",
+    "Split": "fxtap.split",
+    "split": "fxtap.split",
+    "edit": "fxtap.edit",
     "NodePathTracer": "fxtap.trace",
     "Traced": "fxtap.trace",
     # The dataset stage needs the optional zarr: it loads only when used.
     "extract_dataset": "fxtap.dataset",
     "open_features": "fxtap.dataset",
 }
-_PACKAGES = {"render", "trace"}
+_PACKAGES = {"edits", "render", "trace"}
+#: Modules named like the function they hold: the name on the package is the function.
+_FUNCTION_MODULES = {"edit", "save", "split"}
 
 
 def __getattr__(name: str) -> Any:
@@ -115,12 +134,13 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The ``fxtap`` package: ``fxtap.save`` stays the function once ``fxtap.save`` is imported."""
+    """The ``fxtap`` package: ``fxtap.save``, ``fxtap.split`` and ``fxtap.edit`` stay functions
+    once their modules are imported."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         # NOTE: importing a submodule binds it on the package; the function of the same name
-        # (fxtap.save, in fxtap/save.py) is what ``fxtap.save`` means.
-        if name == "save" and isinstance(value, types.ModuleType):
+        # (fxtap.save, in fxtap/save/) is what ``fxtap.save`` means.
+        if name in _FUNCTION_MODULES and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

@@ -18,6 +18,8 @@ from fxtap import _compat
 
 __all__ = [
     "BUFFER_WRITE_KEY",
+    "CUT_KEY",
+    "EDIT_KEY",
     "INPLACE_OPERATORS",
     "NAME_KEY",
     "SCOPE_KEY",
@@ -45,6 +47,11 @@ __all__ = [
 #: path of the module that owns the buffer. The pruner keeps such a write whenever that module
 #: still runs, as a module call on the fx path updates its buffers.
 BUFFER_WRITE_KEY = "fxtap_buffer_write"
+#: ``node.meta`` key of a node ``fxtap.edit`` inserted: the name of the node whose value it replaces.
+EDIT_KEY = "fxtap_edit_of"
+#: ``node.meta`` key of a node on a ``split`` boundary: ``"cut"`` (a cut node, in the head) or
+#: ``"boundary"`` (a value the head returns for the tail, in both halves).
+CUT_KEY = "fxtap_cut"
 #: ``node.meta`` key where torch.export records the module calls a node ran in.
 STACK_KEY = "nn_module_stack"
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.

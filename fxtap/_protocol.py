@@ -30,11 +30,11 @@ class Extractor(nn.Module):
     if TYPE_CHECKING:
         # NOTE: annotations only for type checkers; torch.jit.script reads class annotations
         # at run time and cannot parse these
-        outputs: dict[str, dict[str, str]]
+        outputs: dict[str, dict[str | int, str]]
         opaque: tuple[str, ...]
 
     @property
-    def return_nodes(self) -> dict[str, dict[str, str]]:
+    def return_nodes(self) -> dict[str, dict[str, str | int]]:
         """By mode, resolved node name -> output key (``outputs`` inverted)."""
         return {m: {n: k for k, n in outs.items()} for m, outs in self.outputs.items()}
 

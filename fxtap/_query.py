@@ -19,11 +19,14 @@ __all__ = [
     "INPUT_SUFFIX",
     "MODEL_OUTPUT",
     "OUTPUT_SUFFIX",
+    "OutputKey",
     "Query",
     "Request",
     "normalize_return_nodes",
     "parse_query",
+    "requests_by_mode",
     "resolve",
+    "resolve_in_mode",
 ]
 
 #: Query suffix selecting the first argument a module receives: ``"layer4.1.conv2:input"``.
@@ -34,12 +37,16 @@ INPUT_SUFFIX = ":input"
 MODEL_OUTPUT = ":output"
 
 
+#: A key of the output dict: the user's string, or integer, kept as given.
+OutputKey = str | int
+
+
 @dataclass(frozen=True)
 class Request:
     """One requested output: a query and the key it gets in the output dict."""
 
     query: str
-    key: str
+    key: OutputKey
 
 
 #: Query suffix naming a module's own output, the same as the bare name: ``"layer4:output"``.
@@ -82,11 +89,11 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
         InvalidArgumentError: empty, wrong type, queries or keys that are neither strings nor
             integers, duplicate keys.
 
-    Integer names and keys become their decimal string, as torchvision does: timm's
-    ``FeatureGraphNet`` asks for ``{"layer1": 0, "layer2": 1}`` and gets keys ``"0"`` and ``"1"``.
+    Integer keys stay integers, as torchvision's ``IntermediateLayerGetter`` keeps them
+    (``{"layer1": 0}`` returns key ``0``); an integer node name becomes its decimal string.
 
     >>> normalize_return_nodes({"layer1": 0}, argument="return_nodes")
-    [Request(query='layer1', key='0')]
+    [Request(query='layer1', key=0)]
     """
     if isinstance(return_nodes, str):
         return_nodes = [return_nodes]
@@ -106,10 +113,10 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
             "List names with fxtap.get_graph_node_names(model) or: fxtap nodes MODEL"
         )
     requests: list[Request] = []
-    seen: dict[str, str] = {}
+    seen: dict[OutputKey, str] = {}
     for raw_query, raw_key in pairs:
         query = _as_name(raw_query)
-        key = _as_name(raw_key)
+        key = raw_key if _is_int(raw_key) else _as_name(raw_key)
         if query is None:
             raise InvalidArgumentError(
                 f"{argument} has a non-string node name {raw_query!r} ({type(raw_query).__name__}); "
@@ -118,7 +125,7 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
         if key is None:
             raise InvalidArgumentError(
                 f"{argument}[{query!r}] maps to {raw_key!r} ({type(raw_key).__name__}); output keys "
-                "must be strings (or integers, which become their decimal string as in torchvision)"
+                "must be strings or integers"
             )
         if key in seen:
             raise InvalidArgumentError(
@@ -130,7 +137,7 @@ def normalize_return_nodes(return_nodes: Any, *, argument: str) -> list[Request]
     return requests
 
 
-def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[str, Any]:
+def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict[OutputKey, Any]:
     """Map each request's key to the node (or output structure) it selects.
 
     A query selects the node of that exact name, or else the last node in execution order
@@ -143,7 +150,7 @@ def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict
     last_under = _prefix_index(traced.names)
     inputs = _module_inputs(traced)
     output_node = traced.graph_module.graph.output_node()
-    selected: dict[str, Any] = {}
+    selected: dict[OutputKey, Any] = {}
     for req in requests:
         query = parse_query(req.query)
         if query.port == "model":
@@ -157,13 +164,87 @@ def resolve(requests: list[Request], traced: Traced, *, model_name: str) -> dict
     return selected
 
 
+def requests_by_mode(
+    return_nodes: Any, train_nodes: Any, eval_nodes: Any
+) -> dict[str, list[Request]]:
+    """``create_feature_extractor``'s three node arguments as each mode's ``Request`` list.
+
+    Raises:
+        InvalidArgumentError: both kinds given, one mode's list alone, or none at all.
+    """
+    if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
+        raise InvalidArgumentError(
+            "return_nodes was given together with train_return_nodes/eval_return_nodes; pass "
+            "either return_nodes (both modes) or both train_return_nodes and eval_return_nodes"
+        )
+    if return_nodes is None:
+        if train_nodes is None and eval_nodes is None:
+            raise InvalidArgumentError(
+                "no nodes requested: return_nodes is None; pass return_nodes=['layer4'] (or "
+                "both train_return_nodes and eval_return_nodes). List names with "
+                "fxtap.get_graph_node_names(model)"
+            )
+        if train_nodes is None or eval_nodes is None:
+            given = "train_return_nodes" if eval_nodes is None else "eval_return_nodes"
+            missing = "eval_return_nodes" if eval_nodes is None else "train_return_nodes"
+            raise InvalidArgumentError(
+                f"only {given} was given; pass {missing} too, or use return_nodes for both modes"
+            )
+        return {
+            "train": normalize_return_nodes(train_nodes, argument="train_return_nodes"),
+            "eval": normalize_return_nodes(eval_nodes, argument="eval_return_nodes"),
+        }
+    both = normalize_return_nodes(return_nodes, argument="return_nodes")
+    return {"train": both, "eval": both}
+
+
+def resolve_in_mode(
+    requests: Mapping[str, list[Request]],
+    traces: Mapping[str, Traced],
+    mode: str,
+    *,
+    model_name: str,
+) -> dict[OutputKey, Any]:
+    """``resolve`` in ``mode``; a node that only the other mode's graph has says so.
+
+    Raises:
+        NodeNotFoundError: a query matches nothing in ``mode``; when the other mode's graph
+            has it (GoogLeNet's ``aux1`` in train mode), the message says how to ask per mode.
+    """
+    try:
+        return resolve(requests[mode], traces[mode], model_name=model_name)
+    except NodeNotFoundError:
+        other = "eval" if mode == "train" else "train"
+        for req in requests[mode]:
+            if not _resolves(req, traces[mode]) and _resolves(req, traces[other]):
+                raise NodeNotFoundError(
+                    f"node {req.query!r} not found in the {mode} graph of {model_name}, but the "
+                    f"{other} graph has it: it exists in {other} mode only. Ask for it in that "
+                    f"mode alone: {other}_return_nodes=[{req.query!r}] together with "
+                    f"{mode}_return_nodes= for the {mode} outputs (return_nodes= asks both modes)"
+                ) from None
+        raise
+
+
+def _resolves(request: Request, traced: Traced) -> bool:
+    try:
+        resolve([request], traced, model_name="")
+    except NodeNotFoundError:
+        return False
+    return True
+
+
 def _as_name(value: Any) -> str | None:
     """A query or key as a string: strings as they are, integers (not bools) in decimal."""
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         return str(value)
     return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _prefix_index(names: Mapping[fx.Node, str]) -> dict[str, fx.Node]:

@@ -10,19 +10,23 @@ from pathlib import Path
 import torch.fx.proxy
 
 __all__ = [
+    "CutError",
     "DotNotFoundError",
     "DroppedModuleError",
     "FxtapError",
     "InputShapeError",
+    "InputTypeError",
     "InvalidArgumentError",
     "LoadError",
     "MissingExtraError",
     "MistraceError",
     "ModelSpecError",
     "NodeNotFoundError",
+    "NotReachedError",
     "OutputPathError",
     "ResourceError",
     "TraceError",
+    "UnsafeOutputError",
     "close_matches",
     "ensure_output_dir",
     "format_choices",
@@ -93,8 +97,26 @@ class MistraceError(TraceError):
     """The traced graph computes something other than the eager model and no fallback fixed it."""
 
 
+class CutError(InvalidArgumentError):
+    """``split`` cannot cut the model where asked; the message gives the reason and a cut it can make.
+
+    Attributes:
+        query: the cut as the user wrote it.
+        nearest: the nearest node name ``split`` can cut at, or ``None`` when there is none.
+    """
+
+    def __init__(self, message: str, *, query: str = "", nearest: str | None = None) -> None:
+        super().__init__(message)
+        self.query = query
+        self.nearest = nearest
+
+
 class InputShapeError(InvalidArgumentError):
     """An example input does not fit the model."""
+
+
+class InputTypeError(InvalidArgumentError, TypeError):
+    """An input is not a tensor, or not of the dtype the model computes in."""
 
 
 class ModelSpecError(InvalidArgumentError):
@@ -103,6 +125,14 @@ class ModelSpecError(InvalidArgumentError):
 
 class OutputPathError(FxtapError, OSError):
     """An output path cannot be written."""
+
+
+class UnsafeOutputError(OutputPathError):
+    """An output path is a symbolic link, folder, FIFO, device node or socket.
+
+    Writing there would replace or feed something that is not fxtap's, so it is refused before
+    anything is written; the command line treats it as bad usage (exit 2).
+    """
 
 
 class LoadError(FxtapError, ValueError):
@@ -115,6 +145,10 @@ class DotNotFoundError(FxtapError, FileNotFoundError):
 
 class ResourceError(FxtapError, MemoryError):
     """A request needs more memory than is available."""
+
+
+class NotReachedError(FxtapError, RuntimeError):
+    """A call of a capture extractor never reached a requested module (a branch skipped it)."""
 
 
 class DroppedModuleError(FxtapError, RuntimeError):

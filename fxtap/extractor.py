@@ -6,15 +6,22 @@ import copy
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from torch import fx, nn
 
 from fxtap import _compat
+from fxtap._call_errors import explain_call_failure
+from fxtap._edit_pass import apply_edits, check_edits
 from fxtap._fx import detach_submodules, union_root
+from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
 from fxtap._protocol import Extractor
-from fxtap._query import normalize_return_nodes, resolve
+from fxtap._query import (
+    OutputKey,
+    requests_by_mode,
+    resolve_in_mode,
+)
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import (
     InvalidArgumentError,
@@ -39,13 +46,15 @@ class ExtractorInfo:
     """What a ``FeatureExtractor`` serves, beside its graphs.
 
     Attributes:
-        outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
+        outputs: by mode, output key -> resolved node name (``":output"`` for the model's);
+            empty when the forward returns what the model returns, not a dict (the tail of
+            ``split``, a module built by ``edit``).
         opaque: module paths made opaque leaves by the automatic fallback.
         full: by mode, the unpruned traces; empty unless requested (``keep_traces=True``),
             since a full trace holds every module of the model, pruned or not.
     """
 
-    outputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    outputs: Mapping[str, Mapping[OutputKey, str]] = field(default_factory=dict)
     opaque: tuple[str, ...] = ()
     full: dict[str, Traced] = field(default_factory=dict)
 
@@ -81,6 +90,9 @@ class FeatureExtractor(fx.GraphModule, Extractor):
     ) -> None:
         first = graphs["train" if training else "eval"]
         super().__init__(root, first, class_name)
+        # NOTE: GraphModule made a class of its own for this instance; its call wrapper now
+        # explains calls that fail on their inputs (recompile keeps a wrapper already there)
+        _compat.explain_calls(self, explain_call_failure)
         other = graphs["eval" if training else "train"]
         for node in other.nodes:
             if node.op in ("call_module", "get_attr"):
@@ -160,10 +172,9 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         return super().load_state_dict(subset, strict=strict, assign=assign)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        sources = {}
-        for flag, mode in ((True, "train"), (False, "eval")):
-            code = self._fxtap_modes[flag][0].python_code(root_module="self")
-            sources[mode] = _compat.format_import_block(code.globals) + code.src
+        # NOTE: not torch.fx's pickle (generated source traced again on load): tracing again
+        # folds constant-only calls into attributes the source lacks and renames later nodes.
+        graphs = {mode: graph_state(self.graph_for(mode)) for mode in MODES}
         state = {
             "modules": picklable(self._modules),
             "parameters": dict(self._parameters),
@@ -171,13 +182,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             "non_persistent": set(self._non_persistent_buffers_set),
         }
         info = ExtractorInfo(outputs=self.outputs, opaque=self.opaque)
-        names = {
-            mode: {
-                n.name: n.meta[NAME_KEY] for n in self.graph_for(mode).nodes if NAME_KEY in n.meta
-            }
-            for mode in MODES
-        }
-        return (_rebuild, (sources, state, info, self.training, type(self).__name__, names))
+        return (_rebuild, (graphs, state, info, self.training, type(self).__name__))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
         root = nn.Module()
@@ -207,6 +212,7 @@ def create_feature_extractor(
     tracer: str = "auto",
     keep_traces: bool = False,
     dynamic_shapes: Any = None,
+    edits: Mapping[str, Any] | None = None,
 ) -> FeatureExtractor | CaptureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
 
@@ -244,6 +250,10 @@ def create_feature_extractor(
             ``example_inputs`` are (``{"input_ids": {1: Dim("seq", max=512)}}``). By default
             every input dimension is ``Dim.AUTO``: dynamic unless the model fixes it; a call
             whose shape the graph was not exported for raises ``InputShapeError``.
+        edits: node query -> edit (``fxtap.edits``), as in ``fxtap.edit``: the values
+            returned are those of the edited model, and a tap at an edited node returns its
+            edited value. On the capture path the edits run as forward hooks, so only module
+            outputs can be edited there (docs/editing.md).
 
     Returns:
         A ``FeatureExtractor`` in the mode ``model`` was in (or a ``CaptureExtractor``).
@@ -261,16 +271,19 @@ def create_feature_extractor(
     """
     del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
     check_model(model)
-    requests = _requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    requests = requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    if edits is not None:
+        check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.Graph] = {}
     full: dict[str, Traced] = {}
-    outputs: dict[str, dict[str, str]] = {}
+    outputs: dict[str, dict[OutputKey, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
+    traces: dict[str, Traced] = {}
     for mode in MODES:
         try:
-            traced = trace(
+            traces[mode] = trace(
                 model,
                 training=mode == "train",
                 tracer_kwargs=tracer_kwargs,
@@ -289,9 +302,13 @@ def create_feature_extractor(
                 error=exc,
                 tracer_kwargs=tracer_kwargs,
                 example_inputs=example_inputs,
+                edits=edits,
             )
+    if edits is not None:
+        traces = apply_edits(traces, edits, model_name=name)
+    for mode, traced in traces.items():
         opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
-        selected = resolve(requests[mode], traced, model_name=name)
+        selected = resolve_in_mode(requests, traces, mode, model_name=name)
         pruned = prune(traced, selected, class_name=name)
         graphs[mode] = pruned.graph
         if keep_traces:
@@ -301,33 +318,6 @@ def create_feature_extractor(
     root = union_root(pruned_modules)
     info = ExtractorInfo(outputs=outputs, opaque=opaque, full=full)
     return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
-
-
-def _requests_by_mode(return_nodes: Any, train_nodes: Any, eval_nodes: Any) -> dict[str, Any]:
-    if return_nodes is not None and (train_nodes is not None or eval_nodes is not None):
-        raise InvalidArgumentError(
-            "return_nodes was given together with train_return_nodes/eval_return_nodes; pass "
-            "either return_nodes (both modes) or both train_return_nodes and eval_return_nodes"
-        )
-    if return_nodes is None:
-        if train_nodes is None and eval_nodes is None:
-            raise InvalidArgumentError(
-                "no nodes requested: return_nodes is None; pass return_nodes=['layer4'] (or "
-                "both train_return_nodes and eval_return_nodes). List names with "
-                "fxtap.get_graph_node_names(model)"
-            )
-        if train_nodes is None or eval_nodes is None:
-            given = "train_return_nodes" if eval_nodes is None else "eval_return_nodes"
-            missing = "eval_return_nodes" if eval_nodes is None else "train_return_nodes"
-            raise InvalidArgumentError(
-                f"only {given} was given; pass {missing} too, or use return_nodes for both modes"
-            )
-        return {
-            "train": normalize_return_nodes(train_nodes, argument="train_return_nodes"),
-            "eval": normalize_return_nodes(eval_nodes, argument="eval_return_nodes"),
-        }
-    both = normalize_return_nodes(return_nodes, argument="return_nodes")
-    return {"train": both, "eval": both}
 
 
 def _describe(value: Any, traced: Traced) -> str:
@@ -358,27 +348,16 @@ _MODULE_TRAIN = nn.Module.train
 
 
 def _rebuild(
-    sources: Mapping[str, str],
+    graphs: Mapping[str, GraphState],
     state: Mapping[str, Any],
     info: ExtractorInfo,
     training: bool,
     class_name: str,
-    names: Mapping[str, Mapping[str, str]],
 ) -> FeatureExtractor:
-    from torch.fx.graph_module import reduce_graph_module
-
     root = nn.Module()
     root._modules = dict(state["modules"])
     root._parameters = dict(state["parameters"])
     root._buffers = dict(state["buffers"])
     root._non_persistent_buffers_set = set(state["non_persistent"])
-    graphs: dict[str, fx.Graph] = {}
-    for mode, src in sources.items():
-        body = dict(root.__dict__)
-        body["_code"] = src
-        graphs[mode] = cast(fx.GraphModule, reduce_graph_module(body, "")).graph
-        # the generated code keeps torch.fx's node names; fxtap's names go back on them
-        for node in graphs[mode].nodes:
-            if node.name in names.get(mode, {}):
-                node.meta[NAME_KEY] = names[mode][node.name]
-    return FeatureExtractor(root, graphs, class_name=class_name, training=training, info=info)
+    rebuilt = {mode: rebuild_graph(graph) for mode, graph in graphs.items()}
+    return FeatureExtractor(root, rebuilt, class_name=class_name, training=training, info=info)

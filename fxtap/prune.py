@@ -6,7 +6,7 @@ import builtins
 import operator
 import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -22,7 +22,7 @@ from fxtap._fx import (
 )
 from fxtap.trace import INPUT_CHECKS, NAME_KEY, Traced
 
-__all__ = ["clone_tensors", "prune"]
+__all__ = ["clone_tensors", "prune", "unwrap_output", "written_inputs"]
 
 
 def _is_check(target: Any) -> bool:
@@ -37,7 +37,7 @@ _CLONE_OF = "fxtap_clone_of"
 _FEEDS = "fxtap_clone_feeds"
 
 
-def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx.GraphModule:
+def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx.GraphModule:
     """Copy the traced graph, return ``selected`` as a dict, and drop everything unneeded.
 
     Removes every node that no longer contributes, including ``torch._assert`` checks that
@@ -85,6 +85,28 @@ def prune(traced: Traced, selected: Mapping[str, Any], *, class_name: str) -> fx
     graph.eliminate_dead_code(is_impure_node=facts.is_impure)
     _drop_needless_clones(graph, owner)
     return fx.GraphModule(owner, graph, class_name)
+
+
+def unwrap_output(graph: fx.Graph, key: str) -> None:
+    """Make a graph that ``prune`` built return ``outputs[key]`` itself instead of the dict.
+
+    ``prune`` returns a dict; a pass that keeps a model's own output structure (the tail of a
+    cut, an edited model) prunes with one key and unwraps it here.
+    """
+    output = graph.output_node()
+    outputs = cast(dict[str, Any], output.args[0])
+    output.args = (outputs[key],)
+
+
+def written_inputs(graph: fx.Graph, owner: fx.GraphModule, inputs: list[fx.Node]) -> set[fx.Node]:
+    """The nodes among ``inputs`` whose storage an in-place op of ``graph`` writes into.
+
+    Aliases count: a write into a view of an input, or into what dropout or ``Identity``
+    passed through, writes into the input.
+    """
+    facts = _Facts(graph, owner)
+    roots = {facts.root[written] for written in facts.writes.values()}
+    return {node for node in inputs if facts.root[node] in roots}
 
 
 def _map(value: Any, mapping: Mapping[fx.Node, fx.Node]) -> Any:
@@ -253,8 +275,8 @@ def _maybe_tensor(node: fx.Node) -> bool:
 
 
 def _protect_from_inplace(
-    graph: fx.Graph, outputs: dict[str, Any], facts: _Facts
-) -> dict[str, Any]:
+    graph: fx.Graph, outputs: dict[Any, Any], facts: _Facts
+) -> dict[Any, Any]:
     """Keep each returned node that a later in-place op overwrites at the value it had.
 
     A node that is its own storage (not a view of an earlier value) stays on the autograd

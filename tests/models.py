@@ -31,6 +31,7 @@ __all__ = [
     "Parametrized",
     "SuffixedNames",
     "TensorConstant",
+    "TinyUNet",
     "TopLevelFunctions",
     "TrainOnlyBranch",
     "UsesHelper",
@@ -275,6 +276,37 @@ class ConcreteFlag(nn.Module):
         return x
 
 
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+class TinyUNet(nn.Module):
+    """A U-Net: the decoder reads the encoder's features (``enc1``, ``enc2``) through skip
+    connections after the bottleneck, and the output reads the model's input again; dropout in
+    the bottleneck draws random numbers in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = _conv_block(3, 4)
+        self.down1 = nn.MaxPool2d(2)
+        self.enc2 = _conv_block(4, 8)
+        self.down2 = nn.MaxPool2d(2)
+        self.mid = nn.Sequential(_conv_block(8, 16), nn.Dropout(0.2))
+        self.up2 = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec2 = _conv_block(16, 8)
+        self.up1 = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.dec1 = _conv_block(8, 4)
+        self.out = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.down1(e1))
+        m = self.mid(self.down2(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.out(d1) + x
+
+
 #: fxtap's eval-mode names of each fixture, traced with its ``TRACER_KWARGS`` if it has any.
 #: ``DataDependent`` and ``ConcreteFlag`` are left out: they need ``leaf_modules`` or
 #: ``concrete_args`` and their tests spell out the names.
@@ -304,6 +336,23 @@ EXPECTED_NAMES: dict[type[nn.Module], list[str]] = {
     TensorConstant: ["x", "fc", "add"],
     MixedModes: ["x", "body.0", "body.1", "head.0", "head.1"],
     UsesHelper: ["x", "fc", "helper_with_loop"],
+    TinyUNet: [
+        "x",
+        *(f"enc1.{i}" for i in range(3)),
+        "down1",
+        *(f"enc2.{i}" for i in range(3)),
+        "down2",
+        *(f"mid.0.{i}" for i in range(3)),
+        "mid.1",
+        "up2",
+        "cat",
+        *(f"dec2.{i}" for i in range(3)),
+        "up1",
+        "cat_1",
+        *(f"dec1.{i}" for i in range(3)),
+        "out",
+        "add",
+    ],
 }
 
 #: Train-mode names, for the fixtures whose train graph differs from the eval graph.
@@ -402,3 +451,20 @@ class Parametrized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x).relu().mean(-1)
         return self.plain(self.rotate(self.proj(h)))
+
+
+class SkippedBranch(nn.Module):
+    """The root branches on the input's values: ``a`` runs for a positive sum, else ``b``.
+
+    torch.fx cannot trace the root; a capture extractor reaches only one of the two modules.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.a(x)
+        return self.b(x)

@@ -845,7 +845,8 @@ def test_bad_input(case: Case, tmp_path: Path, untouched: Any) -> None:
 
 
 def test_integer_keys_as_torchvision() -> None:
-    """``{"layer1": 0}`` is accepted and gives key ``"0"``, as torchvision's extractor does."""
+    """``{"layer1": 0}`` gives key ``0``, as ``IntermediateLayerGetter`` does (torchvision's
+    ``create_feature_extractor`` gives ``"0"``), with torchvision's values."""
     from torchvision.models import resnet18
     from torchvision.models.feature_extraction import create_feature_extractor as tv_create
 
@@ -854,8 +855,8 @@ def test_integer_keys_as_torchvision() -> None:
     x = torch.rand(1, 3, 32, 32)
     want = tv_create(model, {"layer1": 0, "layer2": 1})(x)
     got = fxtap.create_feature_extractor(model, {"layer1": 0, "layer2": 1})(x)
-    assert list(got) == list(want) == ["0", "1"]
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert list(want) == ["0", "1"] and list(got) == [0, 1]
+    assert all(torch.equal(got[int(k)], want[k]) for k in want)
 
 
 def test_close_matches_by_structure() -> None:

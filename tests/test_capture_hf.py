@@ -74,8 +74,9 @@ def test_islands_inside_layer_stacks_give_hook_values_and_gradients(name: str) -
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_capture_extractors_load_from_the_safe_format(name: str, training: bool, tmp_path) -> None:
-    """The module tree and the config (a PretrainedConfig, stored as an allowlisted plain object)
-    load without trust; values and gradients equal forward hooks on the unmodified model."""
+    """The model (stored as its allowlisted class, config and weights, rebuilt by
+    ``_from_config``) loads without trust; values and gradients equal forward hooks on the
+    unmodified model."""
     import copy
 
     torch.manual_seed(0)

@@ -96,10 +96,10 @@ def test_extract_saves_an_extractor_that_loads(capsys, tmp_path):
     argv = ["extract", NESTED, "--nodes", "stage", "stem=first", *SMALL, "-o", str(path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Nested extractor, 2 output(s):" in out
+    assert "Nested extractor in eval mode, 2 output(s):" in out
     assert "stage  <- stage.relu  1x4x8x8 float32" in out
     assert "first  <- stem  1x4x8x8 float32" in out
-    assert f"saved {path} (" in out and "format fxtap)" in out
+    assert f"saved {path} (" in out and "format fxtap, eval mode)" in out
     loaded = load(path)
     assert loaded.outputs["eval"] == {"stage": "stage.relu", "first": "stem"}
     x = make_inputs([parse_input("1x3x8x8")])
@@ -141,8 +141,8 @@ def test_unwritable_output_paths(capsys, tmp_path):
     argv = ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(missing)]
     assert main(argv) == 1
     assert "does not exist" in one_error_line(capsys)
-    assert main(["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(tmp_path)]) == 1
-    assert "is a folder" in one_error_line(capsys)
+    assert main(["extract", NESTED, "--nodes", "stage", *SMALL, "-o", str(tmp_path)]) == 2
+    assert "it is a directory" in one_error_line(capsys)
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["nodes", NESTED, "--json", str(blocker / "nodes.json")]) == 1
@@ -171,6 +171,10 @@ def test_input_that_does_not_fit_the_model(capsys, tmp_path):
         (["extract", NESTED, "-o", "x.fxtap"], "--nodes"),
         (["extract", NESTED, "--nodes", "stage"], "-o/--output"),
         (["render", NESTED, "--depth", "0"], "must be 1 or more"),
+        (["bench", NESTED, "--nodes", "stage", "--min-run-time", "inf"], "finite number of sec"),
+        (["bench", NESTED, "--nodes", "stage", "--min-run-time", "nan"], "got 'nan'"),
+        (["bench", NESTED, "--nodes", "stage", "--min-run-time", "0"], "above 0 and at most 60"),
+        (["bench", NESTED, "--nodes", "stage", "--rounds", "99999999999"], "from 1 to 1000"),
         (["frobnicate"], "invalid choice"),
         (["nodes"], "MODEL"),
     ],
@@ -407,7 +411,7 @@ def test_ctrl_c_while_importing_prints_no_traceback(capsys, monkeypatch):
                 raise KeyboardInterrupt
             return None
 
-    monkeypatch.delitem(sys.modules, "fxtap.cli._output")
+    monkeypatch.delitem(sys.modules, "fxtap.cli._output", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
     assert main(["nodes", NESTED]) == 130
     err = capsys.readouterr().err
@@ -426,6 +430,18 @@ def test_ctrl_c_during_render_leaves_no_half_sets(capsys, tmp_path, monkeypatch)
     keep.write_text("not ours")
     assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.dot"]
+    # a drawing's name written in place by someone else while fxtap ran is theirs: it stays
+    theirs = tmp_path / "Other.eval.dot"
+
+    def written_in_place(*args, **kwargs):
+        theirs.write_text("their drawing")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fxtap.render, "layout", written_in_place)
+    theirs.write_text("")
+    assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
+    assert theirs.read_text() == "their drawing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Other.eval.dot", "notes.dot"]
     assert "interrupted" in capsys.readouterr().err
 
 
@@ -553,21 +569,100 @@ def test_outputs_are_never_fifos_or_devices(capsys, tmp_path):
         ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", os.devnull],
     ]
     for argv in runs:
-        assert main(argv) == 1
+        assert main(argv) == 2  # bad usage, refused before any work
         line = one_error_line(capsys)
         assert "not a regular file" in line and ("FIFO" in line or "device node" in line)
     out = tmp_path / "drawings"
     out.mkdir()
     os.mkfifo(out / "Nested.eval.dot")
-    assert main(["render", NESTED, "--format", "dot", "--mode", "eval", "-o", str(out)]) == 1
+    assert main(["render", NESTED, "--format", "dot", "--mode", "eval", "-o", str(out)]) == 2
     assert "FIFO" in one_error_line(capsys)
     demo = tmp_path / "demo"
     demo.mkdir()
     os.mkfifo(demo / "nodes.txt")
-    assert main(["demo", "--model", NESTED, "--nodes", "stage", "-o", str(demo)]) == 1
+    assert main(["demo", "--model", NESTED, "--nodes", "stage", "-o", str(demo)]) == 2
     assert "FIFO" in one_error_line(capsys)
     assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISFIFO((demo / "nodes.txt").stat().st_mode)
     assert sorted(p.name for p in demo.iterdir()) == ["nodes.txt"]
+
+
+def _bench_argv(flag: str, path: str) -> list[str]:
+    return ["bench", NESTED, "--nodes", "stage", *SMALL, "--rounds", "1", flag, path]
+
+
+#: Each command with a file output, as argv for an output path.
+_FILE_OUTPUTS = {
+    "extract -o": lambda p: ["extract", NESTED, "--nodes", "stage", *SMALL, "-o", p],
+    "extract --format pickle -o": lambda p: [
+        "extract", NESTED, "--nodes", "stage", *SMALL, "--format", "pickle", "-o", p,
+    ],
+    "nodes --json": lambda p: ["nodes", NESTED, "--json", p],
+    "bench --json": lambda p: _bench_argv("--json", p),
+    "bench --csv": lambda p: _bench_argv("--csv", p),
+    "bench --plot": lambda p: _bench_argv("--plot", p),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(_FILE_OUTPUTS))
+def test_output_at_a_symlink_leaves_the_link_and_its_target_untouched(capsys, tmp_path, command):
+    import os
+
+    target = tmp_path / "precious.txt"
+    target.write_text("not fxtap's", encoding="utf-8")
+    link = tmp_path / "link.out"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling.out"
+    dangling.symlink_to(tmp_path / "nowhere.txt")
+    for path in (link, dangling):
+        assert main(_FILE_OUTPUTS[command](str(path))) == 2
+        line = one_error_line(capsys)
+        assert "symbolic link" in line and str(path) in line and "never replaces a link" in line
+        assert path.is_symlink()
+    assert os.readlink(link) == str(target) and target.read_text(encoding="utf-8") == "not fxtap's"
+    assert not (tmp_path / "nowhere.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dangling.out",
+        "link.out",
+        "precious.txt",
+    ]
+
+
+@pytest.mark.parametrize("command", ["extract -o", "nodes --json", "bench --plot"])
+def test_output_at_a_fifo_or_a_directory_is_refused_before_any_work(capsys, tmp_path, command):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("x", encoding="utf-8")
+    for path, kind in ((fifo, "a FIFO"), (folder, "a directory")):
+        assert main(_FILE_OUTPUTS[command](str(path))) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # nothing ran: no table, no report
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and f"it is {kind}" in lines[0], lines
+    assert fifo.is_fifo() and [p.name for p in folder.iterdir()] == ["kept.txt"]
+
+
+def test_render_refuses_links_among_its_drawings_and_a_file_as_its_folder(capsys, tmp_path):
+    out = tmp_path / "drawings"
+    out.mkdir()
+    target = tmp_path / "precious.svg"
+    target.write_text("<svg/>", encoding="utf-8")
+    (out / "Nested.eval.dot").symlink_to(target)
+    argv = ["render", NESTED, "--format", "dot", "--mode", "eval", "-o", str(out)]
+    assert main(argv) == 2
+    assert "symbolic link" in one_error_line(capsys)
+    assert (out / "Nested.eval.dot").is_symlink() and target.read_text() == "<svg/>"
+    assert main(["render", NESTED, "--format", "dot", "-o", str(target)]) == 2
+    assert "it is not a folder" in one_error_line(capsys)
+    assert target.read_text() == "<svg/>"
+    linked = tmp_path / "linked"
+    linked.symlink_to(out, target_is_directory=True)  # a link to a folder is a folder
+    (out / "Nested.eval.dot").unlink()
+    assert main(["render", NESTED, "--format", "dot", "--mode", "eval", "-o", str(linked)]) == 0
+    assert (out / "Nested.eval.dot").is_file()
 
 
 def test_input_help_matches_what_each_command_does(capsys):

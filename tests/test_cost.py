@@ -292,11 +292,34 @@ def test_model_is_left_as_it_was() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("threads", 0), ("rounds", 0), ("min_run_time", 0), ("device", "nonsense")],
+    [
+        ("threads", 0),
+        ("rounds", 0),
+        ("rounds", 1001),
+        ("rounds", 2.0),
+        ("min_run_time", 0),
+        ("min_run_time", float("inf")),
+        ("min_run_time", float("nan")),
+        ("min_run_time", 61),
+        ("min_run_time", True),
+        ("warmup", -1),
+        ("node_repeats", 10**9),
+        ("device", "nonsense"),
+    ],
 )
 def test_bad_options_raise(option: str, value: object) -> None:
     with pytest.raises(InvalidArgumentError, match=option if option != "device" else "device"):
         compare(linear_chain(), ["1"], torch.randn(B, 8), **{**FAST, option: value})
+
+
+def test_timing_budgets_are_checked_before_any_work() -> None:
+    class Untraceable(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("traced or run before the options were checked")
+
+    for option, value in (("min_run_time", float("inf")), ("rounds", 10**12)):
+        with pytest.raises(InvalidArgumentError, match=rf"{option}=.* is out of range: expected"):
+            compare(Untraceable(), [":output"], torch.randn(B, 8), **{**FAST, option: value})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from fxtap._io import write_atomic
-from fxtap.errors import OutputPathError
+from fxtap.errors import OutputPathError, UnsafeOutputError
 
 
 def test_writes_text_bytes_and_callables(tmp_path):
@@ -59,3 +59,42 @@ def test_result_has_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_refuses_a_symlink_and_leaves_it_and_its_target_untouched(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("not fxtap's", encoding="utf-8")
+    link, dangling = tmp_path / "link", tmp_path / "dangling"
+    link.symlink_to(target)
+    dangling.symlink_to(tmp_path / "nowhere")
+    for path in (link, dangling):
+        with pytest.raises(UnsafeOutputError, match=r"symbolic link .* never replaces a link"):
+            write_atomic(path, "x")
+        assert path.is_symlink()
+    assert target.read_text(encoding="utf-8") == "not fxtap's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "link", "precious.txt"]
+
+
+def test_save_and_render_refuse_a_symlink(tmp_path):
+    import torch
+
+    import fxtap
+    from tests.models import Nested
+
+    target = tmp_path / "precious.txt"
+    target.write_text("not fxtap's", encoding="utf-8")
+    (tmp_path / "ex.fxtap").symlink_to(target)
+    (tmp_path / "Nested.eval.dot").symlink_to(target)
+    ex = fxtap.create_feature_extractor(Nested(), ["stage"])
+    for fmt in ("fxtap", "pickle"):
+        with pytest.raises(UnsafeOutputError, match="symbolic link"):
+            fxtap.save(ex, tmp_path / "ex.fxtap", fmt=fmt)
+    with pytest.raises(UnsafeOutputError, match="symbolic link"):
+        fxtap.render(Nested(), mode="eval", fmt="dot", out_dir=tmp_path)
+    (tmp_path / "Nested.eval.dot").unlink()
+    (tmp_path / "Nested.eval.svg").symlink_to(target)  # Graphviz's own -o writes through links
+    with pytest.raises(UnsafeOutputError, match="symbolic link"):
+        fxtap.render(Nested(), mode="eval", fmt="svg", out_dir=tmp_path)
+    assert target.read_text(encoding="utf-8") == "not fxtap's"
+    assert (tmp_path / "ex.fxtap").is_symlink() and (tmp_path / "Nested.eval.svg").is_symlink()
+    assert torch.is_tensor(ex(torch.randn(1, 3, 8, 8))["stage"])

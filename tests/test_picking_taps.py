@@ -45,7 +45,8 @@ def channels_first(t: torch.Tensor) -> torch.Tensor:
 #: model -> (fxtap tap on the page, module grad-cam hooks, reshape, input side).
 TARGETS: dict[str, tuple[str, Callable[[Any], nn.Module], Any, int]] = {
     "resnet50": ("layer4", lambda m: m.layer4[-1], None, 64),
-    "vgg16": ("features.29", lambda m: m.features[29], None, 64),
+    # grad-cam's README: model.features[-1], VGG's last max-pool
+    "vgg16": ("features.30", lambda m: m.features[-1], None, 64),
     "vit_b_16": (
         "encoder.layers.encoder_layer_11.ln_1",
         lambda m: m.encoder.layers[-1].ln_1,
@@ -53,7 +54,7 @@ TARGETS: dict[str, tuple[str, Callable[[Any], nn.Module], Any, int]] = {
         224,
     ),
     "swin_t": ("features.7.1.norm1", lambda m: m.features[-1][-1].norm1, channels_first, 64),
-    "densenet161": ("features.norm5", lambda m: m.features.norm5, None, 64),
+    "densenet121": ("features.norm5", lambda m: m.features[-1], None, 64),
     "mnasnet1_0": ("layers.16", lambda m: m.layers[16], None, 64),
 }
 
@@ -74,9 +75,9 @@ def _model(name: str) -> nn.Module:
 
 #: grad-cam stores a layer's output without copying it, so an in-place op after the layer
 #: rewrites what it stored: DenseNet's forward applies ``F.relu(features, inplace=True)`` to
-#: ``features.norm5``. fxtap returns the value of the node itself; grad-cam's equals it after
-#: that op.
-OVERWRITTEN = {"densenet161": torch.relu}
+#: ``features.norm5``. fxtap returns the value of the node itself; grad-cam's activation is
+#: the value of the node the page names here (its gradient is still the layer's).
+OVERWRITTEN = {"densenet121": "relu"}
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -106,7 +107,10 @@ def test_grad_cam_of_the_tap_equals_grad_cams(name: str) -> None:
         cam.get_cam_image(x, None, targets, want_act.numpy(), want_grad.numpy(), False), 0
     )
 
-    extractor = fxtap.create_feature_extractor(model, {tap: "act", ":output": "logits"})
+    taps = {tap: "act", ":output": "logits"}
+    if name in OVERWRITTEN:
+        taps[OVERWRITTEN[name]] = "overwritten"
+    extractor = fxtap.create_feature_extractor(model, taps)
     out = extractor(x)
     out["act"].retain_grad()
     out["logits"][0, category].backward()
@@ -116,7 +120,10 @@ def test_grad_cam_of_the_tap_equals_grad_cams(name: str) -> None:
     act, grad = reshape(out["act"].detach()), reshape(out["act"].grad)
     if name in OVERWRITTEN:
         assert not torch.equal(act, want_act)  # grad-cam's copy was rewritten in place
-        act = OVERWRITTEN[name](act)
+        page = PAGE.read_text(encoding="utf-8")
+        assert f'{{"{tap}": "grad", "{OVERWRITTEN[name]}": "act"}}' in page, "fix not documented"
+        assert "in place" in page
+        act = reshape(out["overwritten"].detach())
     assert torch.equal(act, want_act) and torch.equal(grad, want_grad)
     got = np.maximum(cam.get_cam_image(x, None, targets, act.numpy(), grad.numpy(), False), 0)
     assert got.shape == want.shape and np.array_equal(got, want)

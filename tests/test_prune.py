@@ -89,9 +89,10 @@ def test_list_and_dict_requests() -> None:
     ]
     assert normalize_return_nodes({"a": "x"}, argument="return_nodes") == [Request("a", "x")]
     assert normalize_return_nodes("a", argument="return_nodes") == [Request("a", "a")]
-    # Integers become their decimal string, as torchvision does (timm passes such keys).
+    # Integer keys stay integers, as IntermediateLayerGetter keeps them; integer names are
+    # their decimal string.
     assert normalize_return_nodes({"a": 0, 1: "b"}, argument="return_nodes") == [
-        Request("a", "0"),
+        Request("a", 0),
         Request("1", "b"),
     ]
 

@@ -223,4 +223,143 @@ def test_cli_render_html_writes_the_viewer(
     text = page.read_text(encoding="utf-8")
     assert 'id="fxtap-data"' in text and re.search(r"1×\d+×8×8 float32", text)
     assert main([*argv[:-2], "--format", "png", "-o", str(tmp_path)]) == 1
-    assert "fmt='svg'" in capsys.readouterr().err
+    assert "--format svg" in capsys.readouterr().err
+
+
+# --- first hour: search feedback, names, column order, the first view --------------------------
+
+
+def stage_scale(page: Any) -> float:
+    return float(page.evaluate("window.fxtap.state().s"))
+
+
+def test_a_search_without_match_says_so(browser: Any, pages: dict[str, Path]) -> None:
+    errors: list[str] = []
+    page = open_page(browser, pages["googlenet"], errors)
+    page.fill("#search", "no_such_layer")
+    assert page.locator("#matches").is_visible()
+    assert page.inner_text("#matches") == 'no node matches "no_such_layer" in the eval graph'
+    page.press("#search", "Enter")
+    assert page.locator("#matches").is_visible()  # still said, nothing else happens
+    assert page.input_value("#fullname") == ""
+    page.fill("#search", "inception5b")
+    assert "no node matches" not in page.inner_text("#matches")
+    page.context.close()
+    assert errors == []
+
+
+def test_the_match_list_shows_only_node_names(browser: Any, pages: dict[str, Path]) -> None:
+    errors: list[str] = []
+    page = open_page(browser, pages["googlenet"], errors)
+    page.click("button.mode[data-mode=train]")
+    for query in ("fc2", "aux1", "relu", "x"):
+        page.fill("#search", query)
+        shown = page.locator("#matches li").all_inner_texts()
+        assert shown and not [n for n in shown if "@" in n or n.startswith("fxtap:")], shown
+    page.fill("#search", "aux1.fc2")
+    assert page.locator("#matches li").first.inner_text() == "aux1.fc2"
+    page.context.close()
+    assert errors == []
+
+
+def test_wrapped_columns_read_left_to_right(browser: Any, pages: dict[str, Path]) -> None:
+    errors: list[str] = []
+    for path in pages.values():
+        page = open_page(browser, path, errors)
+        page.click("#fit")
+        mode = page.evaluate("window.fxtap.state().mode")
+        columns = page.locator(f'.view.on [id^="{mode}:fxtap:column"]')
+        boxes = {
+            int(el.get_attribute("id").rpartition("column")[2]): el.bounding_box()["x"]
+            for el in columns.all()
+        }
+        assert len(boxes) >= 2, f"{path.name} is not wrapped"
+        xs = [boxes[c] for c in sorted(boxes)]
+        assert xs == sorted(xs), f"{path.name}: columns out of order {boxes}"
+        # An edge between columns is a pair of stubs; clicking one goes to the other end.
+        stub = page.locator(f'.view.on [id^="{mode}:fxtap:to:"]').first
+        target = stub.get_attribute("id").rpartition(">")[2]
+        stub.click()
+        assert page.input_value("#fullname") == target and in_viewport(page, f"{mode}:{target}")
+        page.context.close()
+    assert errors == []
+
+
+def test_first_view_without_taps_is_readable_and_the_whole_graph_one_click_away(
+    browser: Any, pages: dict[str, Path]
+) -> None:
+    errors: list[str] = []
+    page = open_page(browser, pages["googlenet"], errors)
+    assert stage_scale(page) >= 0.75  # labels readable without zooming
+    assert in_viewport(page, f"{page.evaluate('window.fxtap.state().mode')}:x")  # the start
+    assert "whole graph" in page.inner_text("#copied")
+    page.click("#fit")
+    assert stage_scale(page) < 0.75
+    drawing = page.locator(".view.on svg").bounding_box()
+    stage = page.locator("#stage").bounding_box()
+    assert drawing is not None and stage is not None
+    assert drawing["width"] <= stage["width"] + 1 and drawing["height"] <= stage["height"] + 1
+    page.context.close()
+    assert errors == []
+
+
+def test_first_view_frames_the_taps(browser: Any, tmp_path: Path) -> None:
+    from fxtap import create_feature_extractor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's GoogLeNet init warning
+        model = torchvision.models.googlenet(weights=None, init_weights=False)
+    taps = {"inception4c": "mid", "inception4d": "later"}
+    ex = create_feature_extractor(model, taps, keep_traces=True)
+    r = render(ex, mode="eval", out_dir=tmp_path, html=True)
+    assert r.html is not None
+    errors: list[str] = []
+    page = open_page(browser, r.html, errors)
+    assert stage_scale(page) >= 0.75
+    for name in ex.outputs["eval"].values():
+        assert in_viewport(page, f"eval:{name}"), name
+    assert "requested nodes" in page.inner_text("#copied")
+    page.click("#fit")
+    assert stage_scale(page) < 0.75
+    page.context.close()
+    assert errors == []
+
+
+#: Module names that are markup: the page must show them as text, and still work.
+MARKUP_NAMES = ["<!--<script>", "</script><script>pwned=1</script>", "a&amp;b", "x>y"]
+
+
+def _markup_model() -> nn.Module:
+    model = nn.Sequential()
+    for name in MARKUP_NAMES:
+        model.add_module(name, nn.Linear(2, 2))
+    return model
+
+
+def test_embedded_json_holds_no_markup_characters(tmp_path: Path) -> None:
+    r = render(_markup_model(), mode="eval", out_dir=tmp_path, html=True)
+    assert r.html is not None
+    text = r.html.read_text(encoding="utf-8")
+    opening = '<script type="application/json" id="fxtap-data">'
+    start = text.index(opening) + len(opening)
+    payload = text[start : text.index("</script>", start)]
+    assert not set("<>&") & set(payload), payload[:200]
+    assert "\\u003c!--\\u003cscript\\u003e" in payload and "a\\u0026amp;b" in payload
+    import json
+
+    assert set(MARKUP_NAMES) <= set(json.loads(payload)["rows"]["eval"])
+
+
+def test_markup_in_module_names_leaves_the_page_working(browser: Any, tmp_path: Path) -> None:
+    r = render(_markup_model(), mode="eval", out_dir=tmp_path, html=True)
+    assert r.html is not None
+    errors: list[str] = []
+    page = open_page(browser, r.html, errors)
+    assert page.evaluate("typeof window.fxtap") == "object"  # the viewer's script ran
+    assert page.evaluate("window.pwned") is None  # the injected one did not
+    for name in MARKUP_NAMES:
+        page.fill("#search", name)
+        page.press("#search", "Enter")
+        assert page.input_value("#fullname") == name
+    page.context.close()
+    assert errors == []

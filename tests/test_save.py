@@ -207,6 +207,42 @@ def test_unsavable_module_attribute_suggests_pickle(tmp_path):
     assert not (tmp_path / "m.fxtap").exists()
 
 
+def test_strings_over_the_format_limit_are_refused_on_save_not_on_load(tmp_path):
+    from fxtap.save._schema import MAX_STRING
+
+    key = "k" * (MAX_STRING + 1)
+    extractor = create_feature_extractor(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), {"0": key})
+    with pytest.raises(InvalidArgumentError, match=r"a key of outputs\.(eval|train) .* 4097 ch"):
+        save(extractor, tmp_path / "m.fxtap")
+    model = WithScaler()
+    model.scale.note = "n" * (MAX_STRING + 1)  # a configuration value
+    extractor = create_feature_extractor(model, ["scale"], tracer_kwargs={"leaf_modules": [Scaler]})
+    with pytest.raises(InvalidArgumentError, match=r"scale\.config\.note .*at most 4096.*pickle"):
+        save(extractor, tmp_path / "m.fxtap")
+    assert not (tmp_path / "m.fxtap").exists()
+    assert (
+        load(save(extractor, tmp_path / "m.pt", fmt="pickle"), trust=True).scale.note
+        == model.scale.note
+    )
+    model.scale.note = "n" * MAX_STRING  # at the limit: saved and loaded
+    extractor = create_feature_extractor(model, ["scale"], tracer_kwargs={"leaf_modules": [Scaler]})
+    assert load(save(extractor, tmp_path / "m.fxtap"), trust=True).scale.note == model.scale.note
+
+
+def test_a_long_string_in_a_file_names_the_limit(resnet_extractor, tmp_path):
+    path = save(resnet_extractor, tmp_path / "r.fxtap")
+
+    def long_key(manifest: dict[str, Any]) -> None:
+        (name, *_) = manifest["outputs"]["eval"].values()
+        manifest["outputs"]["eval"] = {"x" * 5000: name}
+
+    _rewrite_manifest(path, long_key)
+    with pytest.raises(
+        LoadError, match="expected a string of at most 4096 characters, got one of 5000"
+    ):
+        load(path)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
 def test_damaged_files_raise_load_error_naming_the_file(resnet_extractor, tmp_path, damage):
     path = save(resnet_extractor, tmp_path / "bad.fxtap")

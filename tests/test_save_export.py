@@ -114,6 +114,69 @@ def test_torchvision_extractor_loads_safely_exactly_and_trains(tmp_path: Path) -
     assert all(bitwise_equal(grads[0][k], grads[1][k]) for k in grads[0])
 
 
+# --- copies: pickle, deepcopy and both save formats -------------------------------------------
+
+
+def _copies(ex: FeatureExtractor, tmp_path: Path) -> dict[str, FeatureExtractor]:
+    return {
+        "pickle": pickle.loads(pickle.dumps(ex)),
+        "deepcopy": copy.deepcopy(ex),
+        "fxtap": fxtap.load(fxtap.save(ex, tmp_path / "ex.fxtap")),
+        "pickle-format": fxtap.load(fxtap.save(ex, tmp_path / "ex.pt", fmt="pickle"), trust=True),
+    }
+
+
+class ConstantCall(nn.Module):
+    """Adds ``arange(4)``: export records a call whose arguments are all constants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc(x) + torch.arange(4) * 2)
+
+
+def test_a_constant_only_call_survives_every_copy(tmp_path: Path) -> None:
+    # torch.fx's pickle traces the generated code again, which runs arange(4) and asks for a
+    # '_tensor_constant0' attribute the extractor does not have (AttributeError on load)
+    ex = fxtap.create_feature_extractor(
+        ConstantCall(), ["drop"], tracer="export", example_inputs=torch.randn(2, 4)
+    )
+    x = torch.randn(3, 4)
+    for how, other in _copies(ex, tmp_path).items():
+        assert other.kept == ex.kept, how
+        names = {m: [n.name for n in ex.graph_for(m).nodes] for m in ("train", "eval")}
+        assert {m: [n.name for n in other.graph_for(m).nodes] for m in names} == names, how
+        with torch.no_grad():
+            _same_run(ex, other, {"x": x}, train=False)
+            _same_run(ex, other, {"x": x}, train=True)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
+def test_transformers_extractor_survives_every_copy(arch: str, tmp_path: Path) -> None:
+    model, inputs = _build(arch)
+    leaf, func, _, _ = HF[arch]
+    taps = {leaf: "leaf", func: "func"}
+    ex = fxtap.create_feature_extractor(
+        model,
+        train_return_nodes={**taps, ":output": "out"},
+        eval_return_nodes=taps,
+        tracer="export",
+        example_inputs=inputs,
+    )
+    for how, other in _copies(ex, tmp_path).items():
+        assert other.outputs == ex.outputs and other.kept == ex.kept, how
+        with torch.no_grad():
+            _same_run(ex, other, inputs, train=False)
+            _, got = _same_run(ex, other, inputs, train=True)
+        from transformers.utils import ModelOutput
+
+        assert isinstance(got["out"], ModelOutput), how
+
+
 # --- hostile manifests -----------------------------------------------------------------------
 
 

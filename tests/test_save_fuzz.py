@@ -3,7 +3,9 @@
 Each example takes the manifest ``fxtap.save`` wrote for a small fixture, resnet18,
 mobilenet_v3_small or vit_b_16 (and a timm model when timm is installed), changes one place in
 it (replaces a value with a hostile string, another name from the file or a value of another
-type; deletes or adds a key; duplicates, drops or swaps list items) and loads the result.
+type; deletes or adds a key; duplicates, drops or swaps list items; inserts a character that
+NFKC folds into ASCII, such as a fullwidth letter, into a string or a key) and loads the
+result.
 Loading must raise ``LoadError`` or return an extractor; nothing else may escape and no
 payload may create its sentinel file. A mutation of data that the graph does not compute with
 (``torch``, ``kept``, ``opaque``, ``fxtap_name``) must load and give the original's outputs bit
@@ -19,7 +21,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
+import tokenize
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from functools import cache
@@ -49,7 +54,11 @@ HOSTILE = [
     "torch:hub.load", "operator:attrgetter", "__class__", "__call__", "__globals__", "_modules",
     "forward", "self", "training", "lambda", "subprocess:Popen", "torch.nn:modules.conv.Conv2d",
     "1x", "", "a.b", "0", "__import__", "*args", "same_as", "node", "tuple", "dict",
+    "_\uff3fclass\uff3f\uff3f", "\uff45\uff58\uff45\uff43", "\uff54\uff4f\uff3f\uff46\uff4f\uff4c\uff44\uff45\uff52",
 ]  # fmt: skip
+#: Characters NFKC folds into ASCII name characters: fullwidth, mathematical, ligatures...
+FOLDED = [c for c in map(chr, range(0x80, 0x20000)) if re.fullmatch(
+    r"[A-Za-z0-9_]+", unicodedata.normalize("NFKC", c), re.ASCII)][::7]  # fmt: skip
 #: Fields that are data only: mutating them must not change what the extractor computes.
 NEUTRAL = ("torch", "kept", "opaque", "fxtap_name")
 #: What a loaded but changed graph may raise when called (torch's own checks).
@@ -175,13 +184,34 @@ def mutations(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], str, Any]:
     data = saved(name)
     path = data.paths[draw(st.integers(0, len(data.paths) - 1))]
     op = draw(st.sampled_from(["replace", "replace", "string", "delete", "duplicate", "swap"]))
-    op = draw(st.sampled_from([op, "rename", "add_key"])) if draw(st.booleans()) else op
+    op = draw(st.sampled_from([op, "rename", "add_key", "fold"])) if draw(st.booleans()) else op
+    if op == "fold":  # a character NFKC folds into ASCII, inserted into a string or a key
+        value = _at(data.manifest, path)
+        key = path[-1] if path and isinstance(path[-1], str) else None
+        text = value if isinstance(value, str) else key
+        if text is None:
+            return name, path, "replace", draw(json_values)
+        at = draw(st.integers(0, len(text)))
+        new: Any = text[:at] + draw(st.sampled_from(FOLDED)) + text[at:]
+        return name, path, "replace" if isinstance(value, str) else "rename", new
     if op == "string":
         new: Any = draw(st.sampled_from(data.strings))
         op = "replace"
     else:
         new = draw(st.one_of(json_values, st.sampled_from(data.strings)))
     return name, path, op, new
+
+
+def _code_names(code: str) -> list[str]:
+    """The identifiers of generated code (string literals may hold anything)."""
+    tokens = tokenize.generate_tokens(io.StringIO(code).readline)
+    return [t.string for t in tokens if t.type == tokenize.NAME]
+
+
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
 
 
 @settings(
@@ -207,6 +237,9 @@ def test_mutated_manifests_load_or_raise_load_error(mutation: tuple[Any, ...]) -
         event(f"{name}: refused")
         assert not SENTINEL.exists()
         return
+    for training in (True, False):  # whatever loads, its generated code names ASCII only
+        names = _code_names(loaded.train(training).code)
+        assert all(n.isascii() for n in names), (path, op, new)
     neutral = any(key in NEUTRAL for key in path if isinstance(key, str))
     event(f"{name}: loaded ({'neutral' if neutral else 'changed'} field)")
     try:

@@ -5,7 +5,10 @@ must withstand: code pasted into generated Python (placeholder targets, node nam
 module names with quotes, keyword-argument names), dotted walks through allowed modules,
 dunder access, attribute names computed at run time, module configurations shadowing
 ``nn.Module`` internals, self-referential module specs, zip and JSON bombs, malformed graphs,
-foreign tensors and pickles. Every payload would create its own sentinel file.
+foreign tensors and pickles; names with characters Python folds into ASCII (NFKC) in every
+field that becomes a name, compatibility forms of dunders, ``to_folder``, ``exec`` and ``eval``
+(the fullwidth ``self.__class__.__init__.__globals__`` walk to ``exec``), and backward ATen ops
+that crash on hostile indices. Every payload would create its own sentinel file.
 
 One subprocess loads every file in turn (so a payload that ran cannot hide in the test's own
 process), times each, resets and reads its peak RSS (``/proc/self/clear_refs``) and Python's
@@ -355,6 +358,27 @@ def manifest_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], No
         ),
     )
 
+    # names that Python folds with NFKC into ASCII when it compiles code, in every field that
+    # becomes a name (fullwidth, mathematical, ligature, superscript and other forms)
+    for name, edit in nfkc_edits(code):
+        yield name, edit
+    for name, edit in compat_edits(s):
+        yield name, edit
+
+    # ATen ops that trust their arguments (raw indices): left out of the allowlist
+    for op, args in [
+        ("max_pool2d_with_indices_backward", ["default"]),
+        ("embedding_dense_backward", ["default"]),
+    ]:
+        yield (
+            f"op_{op}",
+            each_mode(
+                lambda m, mode, o=op, a=args: _function_node(m, "operator:mul", mode).__setitem__(
+                    "target", {"op": ["aten", o, *a]}
+                )
+            ),
+        )
+
     # harmless: data the loader keeps as data
     yield (
         "harmless_fxtap_name",
@@ -362,6 +386,179 @@ def manifest_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], No
     )
     yield "harmless_torch_version", lambda m: m.__setitem__("torch", code)
     yield "harmless_kept", lambda m: m["kept"].__setitem__("eval", [code])
+
+
+def fullwidth(text: str) -> str:
+    """``text`` with its ASCII letters, digits and ``_`` in fullwidth forms (NFKC folds them)."""
+    return "".join(
+        chr(ord(c) + 0xFEE0) if c.isascii() and (c.isalnum() or c == "_") else c for c in text
+    )
+
+
+def folded_dunder(word: str, low_line: str = "\uff3f") -> str:
+    """A dunder name that compiles as ``__word__`` but passes ``startswith('__')`` checks."""
+    return f"_{low_line}{word}{low_line}{low_line}"
+
+
+def _relu() -> dict[str, Any]:
+    return {"class": "torch.nn.modules.activation:ReLU", "training": False,
+            "config": {"inplace": False}, "parameters": {}, "buffers": {},
+            "non_persistent": [], "modules": {}}  # fmt: skip
+
+
+def _graph_node(name: str, op: str, target: Any, args: list[Any]) -> dict[str, Any]:
+    return {"name": name, "op": op, "target": target, "args": {"tuple": args},
+            "kwargs": {"dict": []}}  # fmt: skip
+
+
+def fullwidth_exploit(
+    sentinel: Path, low_line: str = "\uff3f", runner: str = "exec"
+) -> Callable[[dict[str, Any]], None]:
+    """The reported exploit: module paths that compile as ``self.__class__.__init__.__globals__``
+    reach ``exec`` (by ``operator.getitem``), store it under a folded name, and call it."""
+    cls, init, glb = (folded_dunder(w, low_line) for w in ("class", "init", "globals"))
+    dct, setitem = folded_dunder("dict", low_line), folded_dunder("setitem", low_line)
+    stored = fullwidth(runner)
+    command = f"__import__('os').system('touch {sentinel}')"
+    source = f"exec({command!r})" if runner == "eval" else command
+
+    def edit(m: dict[str, Any]) -> None:
+        m["modules"][f"{cls}.{init}.{glb}.get"] = _relu()
+        m["modules"][f"{dct}.{setitem}"] = _relu()
+        m["modules"][stored] = _relu()
+        for mode in ("train", "eval"):
+            nodes = m["graphs"][mode]
+            nodes[-1:-1] = [
+                _graph_node("b", "call_module", f"{cls}.{init}.{glb}.get", ["__builtins__"]),
+                _graph_node("e", "call_function", {"function": "operator:getitem"},
+                            [{"node": "b"}, runner]),
+                _graph_node("s", "call_module", f"{dct}.{setitem}", [runner, {"node": "e"}]),
+                _graph_node("r", "call_module", stored, [source]),
+            ]  # fmt: skip
+
+    return edit
+
+
+def to_folder_exploit(folder: Path) -> Callable[[dict[str, Any]], None]:
+    """``self.to_folder(PATH)`` written in fullwidth: would write a package the next import runs."""
+
+    def edit(m: dict[str, Any]) -> None:
+        m["modules"][fullwidth("to_folder")] = _relu()
+        for mode in ("train", "eval"):
+            m["graphs"][mode][-1:-1] = [
+                _graph_node("w", "call_module", fullwidth("to_folder"), [str(folder), "Evil"])
+            ]
+
+    return edit
+
+
+#: Characters NFKC folds into ASCII name characters, one of each kind: fullwidth, mathematical
+#: bold, a ligature, a superscript, a subscript digit, a presentation-form low line.
+NFKC_SAMPLES = ("\uff45", "\U0001d41e", "\ufb01", "\u1d49", "\u2080", "\ufe4d")
+
+
+def nfkc_edits(code: str) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
+    """A folded character in each field that becomes a name: module paths, child modules,
+    tensors, configuration keys, nodes, placeholders, methods, attributes, keywords, class."""
+
+    def both(fn: Callable[[dict[str, Any], str], None]) -> Callable[[dict[str, Any]], None]:
+        return lambda m: [fn(m, mode) for mode in ("train", "eval")]  # type: ignore[func-returns-value]
+
+    for i, c in enumerate(NFKC_SAMPLES):
+        bad = f"conv{c}"
+
+        def module_path(m: dict[str, Any], bad: str = bad) -> None:
+            m["modules"][bad] = m["modules"].pop("conv")
+            for mode in ("train", "eval"):
+                _node(m, "call_module", mode)["target"] = bad
+
+        def node_name(m: dict[str, Any], bad: str = bad) -> None:
+            for mode in ("train", "eval"):
+                text = json.dumps(m["graphs"][mode])
+                text = text.replace('"name": "conv"', f'"name": {json.dumps(bad)}')
+                text = text.replace('{"node": "conv"}', f'{{"node": {json.dumps(bad)}}}')
+                m["graphs"][mode] = json.loads(text)
+
+        yield f"nfkc_module_path_{i}", module_path
+        yield f"nfkc_node_name_{i}", node_name
+        yield (
+            f"nfkc_child_{i}",
+            lambda m, b=bad: m["modules"]["conv"]["modules"].__setitem__(b, _relu()),
+        )
+        yield (
+            f"nfkc_parameter_{i}",
+            lambda m, b=bad: m["modules"]["fc"]["parameters"].__setitem__(
+                b, m["modules"]["fc"]["parameters"].pop("bias")
+            ),
+        )
+        yield (
+            f"nfkc_config_{i}",
+            lambda m, b=bad: m["modules"]["conv"]["config"].__setitem__(b, 1),
+        )
+        yield (
+            f"nfkc_placeholder_{i}",
+            both(lambda m, mode, b=bad: _node(m, "placeholder", mode).__setitem__("target", b)),
+        )
+        yield (
+            f"nfkc_method_{i}",
+            both(
+                lambda m, mode, b=f"mean{c}": _node(m, "call_method", mode).__setitem__("target", b)
+            ),
+        )
+        yield (
+            f"nfkc_getattr_{i}",
+            both(
+                lambda m, mode, b=f"shape{c}": _function_node(m, "builtins:getattr", mode)["args"][
+                    "tuple"
+                ].__setitem__(1, b)
+            ),
+        )
+        yield (
+            f"nfkc_kwarg_{i}",
+            both(
+                lambda m, mode, b=f"inplace{c}": _function_node(
+                    m, "torch.nn.functional:relu", mode
+                ).__setitem__("kwargs", {"dict": [[b, False]]})
+            ),
+        )
+
+        def get_attr(m: dict[str, Any], bad: str = f"scale{c}") -> None:
+            m["attributes"][bad] = m["attributes"].pop("scale")
+            for mode in ("train", "eval"):
+                _node(m, "get_attr", mode)["target"] = bad
+
+        yield f"nfkc_get_attr_{i}", get_attr
+        yield f"nfkc_class_name_{i}", lambda m, b=f"Small{c}": m.__setitem__("class_name", b)
+
+
+def compat_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
+    """Compatibility forms of dunders, ``to_folder``, ``exec`` and ``eval``: the exploit and
+    its variants (each would create the sentinel)."""
+    yield "compat_fullwidth_exploit", fullwidth_exploit(s)
+    yield "compat_dashed_low_line_exploit", fullwidth_exploit(s, low_line="\ufe4d")
+    yield "compat_vertical_low_line_exploit", fullwidth_exploit(s, low_line="\ufe33")
+    yield "compat_eval_exploit", fullwidth_exploit(s, runner="eval")
+    yield "compat_to_folder", to_folder_exploit(s)
+
+    def dunder_path(word: str) -> Callable[[dict[str, Any]], None]:
+        def edit(m: dict[str, Any]) -> None:
+            bad = folded_dunder(word)
+            m["modules"][bad] = m["modules"].pop("conv")
+            for mode in ("train", "eval"):
+                _node(m, "call_module", mode)["target"] = bad
+
+        return edit
+
+    for word in ("class", "globals", "builtins", "dict", "init", "reduce_ex"):
+        yield f"compat_dunder_{word}", dunder_path(word)
+    for word in ("exec", "eval", "to_folder", "forward", "compile"):
+        yield (
+            f"compat_method_{word}",
+            lambda m, w=word: [
+                _node(m, "call_method", mode).__setitem__("target", fullwidth(w))
+                for mode in ("train", "eval")
+            ],
+        )
 
 
 def archive_attacks(
@@ -592,7 +789,8 @@ def test_at_least_40_hostile_files_in_every_family(report) -> None:
     names = [p.stem for p, _ in files]
     assert len(names) >= 40
     for family in ("placeholder", "node_name", "walk", "method", "getattr", "config",
-                   "class", "same_as", "bomb", "json", "safetensors", "pickle", "harmless"):  # fmt: skip
+                   "class", "same_as", "bomb", "json", "safetensors", "pickle", "harmless",
+                   "nfkc", "compat", "op"):  # fmt: skip
         assert sum(n.startswith(family) for n in names) >= 2, family
 
 

@@ -19,11 +19,14 @@ torch.fx, torch.export and every serializer, and no public API shows a parameter
 from __future__ import annotations
 
 from fxtap._compat._graph import (
+    CallExplainer,
     ModeCode,
     copy_attr,
     dropout_classes,
+    explain_calls,
     format_import_block,
     fx_reserved_globals,
+    graph_codegen,
     is_assert,
     is_assert_is_none,
     is_erased,
@@ -45,6 +48,7 @@ from fxtap._compat._torch import (
     pytree,
     register_load_pre_hook,
     reparametrize,
+    restore_derived_state,
     tree_leaves,
     tree_map,
     version_mark,
@@ -53,15 +57,18 @@ from fxtap._compat._torch import (
 )
 
 __all__ = [
+    "CallExplainer",
     "CompatError",
     "ModeCode",
     "OpOverload",
     "copy_attr",
     "dropout_classes",
+    "explain_calls",
     "fake_inputs",
     "fake_tensor_mode",
     "format_import_block",
     "fx_reserved_globals",
+    "graph_codegen",
     "is_assert",
     "is_assert_is_none",
     "is_erased",
@@ -75,6 +82,7 @@ __all__ = [
     "pytree",
     "register_load_pre_hook",
     "reparametrize",
+    "restore_derived_state",
     "restore_mode_code",
     "save_mode_code",
     "target_to_str",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import sys
+import traceback
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,11 +15,14 @@ from torch import fx, nn
 from fxtap._compat._switch import use_private
 
 __all__ = [
+    "CallExplainer",
     "ModeCode",
     "copy_attr",
     "dropout_classes",
+    "explain_calls",
     "format_import_block",
     "fx_reserved_globals",
+    "graph_codegen",
     "is_assert",
     "is_assert_is_none",
     "is_erased",
@@ -52,6 +58,16 @@ def restore_mode_code(gm: fx.GraphModule, saved: ModeCode) -> None:
         type(gm).forward = saved[4]
     else:
         gm.graph = saved[0]  # the public setter recompiles, as torchvision switches graphs
+
+
+def graph_codegen(graph: fx.Graph) -> Any:
+    """The code generator of ``graph`` (how its forward takes and returns pytrees).
+
+    ``fx.Graph.set_codegen`` is public, reading it back is not. Fallback: ``None``, torch.fx's
+    default generator: a pickled extractor traced with pytree ``concrete_args`` then takes
+    its inputs flat.
+    """
+    return graph._codegen if use_private() else None
 
 
 def copy_attr(from_module: nn.Module, to_module: nn.Module, target: str) -> None:
@@ -105,6 +121,45 @@ def format_import_block(globals_: dict[str, Any]) -> str:
             module_name, attr = sys_importer.get_name(obj)
             lines.add(f"from {module_name} import {attr} as {name}")
     return "\n".join(sorted(lines))
+
+
+#: ``(module, args, kwargs, error) -> clearer error or None``, for ``explain_calls``.
+CallExplainer = Callable[
+    [fx.GraphModule, tuple[Any, ...], dict[str, Any], Exception], Exception | None
+]
+
+
+def explain_calls(gm: fx.GraphModule, explain: CallExplainer) -> None:
+    """Pass every failing call of ``gm`` to ``explain``; raise the error it gives, if any.
+
+    NOTE: GraphModule routes ``__call__`` through a private per-class ``_wrapped_call`` (which
+    prints the generated code around a failing line); it is replaced with one that asks
+    ``explain`` first and keeps torch.fx's printout for the failures it leaves alone. It
+    survives ``recompile()``, which keeps a wrapper already there. Fallback: calls stay as
+    torch.fx makes them, so such failures raise torch's own errors, unexplained.
+    """
+    if not use_private():
+        return
+    from torch.fx.graph_module import _WrappedCall
+
+    class _ExplainedCall(_WrappedCall):
+        def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                if self.cls_call is not None:
+                    return self.cls_call(obj, *args, **kwargs)
+                return super(self.cls, obj).__call__(*args, **kwargs)  # type: ignore[arg-type,misc]
+            except Exception as exc:
+                error = explain(obj, args, kwargs, exc)
+                if error is not None:
+                    raise error from exc
+                frame = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__))[-1]
+                if "eval_with_key" not in frame.filename:
+                    raise
+                print(_WrappedCall._generate_error_message(frame), file=sys.stderr)
+                raise exc.with_traceback(None) from None
+
+    cls = type(gm)
+    cls._wrapped_call = _ExplainedCall(cls, cls._wrapped_call.cls_call)  # type: ignore[attr-defined]
 
 
 # --- fx graphs and nodes ----------------------------------------------------------------------

@@ -285,3 +285,43 @@ def wrap_load_pre_hook(hook: Callable[..., None]) -> Any:
     from torch.nn.modules.module import _WrappedHook
 
     return _WrappedHook(hook)
+
+
+# --- private attributes torch's own constructors derive ------------------------------------
+
+
+def restore_derived_state(module: nn.Module) -> None:
+    """Set what a torch module's constructor derives into private attributes and ``forward``
+    reads, from its public state: a loaded module is built with ``cls.__new__`` (its constructor
+    never runs), and the safe format never stores a private attribute.
+
+    Convolutions read ``_reversed_padding_repeated_twice`` (from ``padding``, ``kernel_size`` and
+    ``dilation``); ``nn.MultiheadAttention`` reads ``_qkv_same_embed_dim``. Fallback: none, torch
+    has no public setter for either (``CompatError``).
+    """
+    convolutions: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    convolutions += (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    is_conv = isinstance(module, convolutions)
+    if not (is_conv or isinstance(module, nn.MultiheadAttention)):
+        return
+    if not use_private():
+        raise _no_public(f"rebuilding a loaded {type(module).__name__}'s derived state")
+    if is_conv:
+        object.__setattr__(module, "_reversed_padding_repeated_twice", _reversed_padding(module))
+    else:
+        mha: Any = module
+        same = mha.kdim == mha.embed_dim and mha.vdim == mha.embed_dim
+        object.__setattr__(module, "_qkv_same_embed_dim", same)
+
+
+def _reversed_padding(conv: Any) -> Any:
+    kernel, dilation = conv.kernel_size, conv.dilation
+    if isinstance(conv.padding, str):
+        padding = [0, 0] * len(kernel)
+        if conv.padding == "same":
+            for d, k, i in zip(dilation, kernel, range(len(kernel) - 1, -1, -1), strict=True):
+                total = d * (k - 1)
+                padding[2 * i] = total // 2
+                padding[2 * i + 1] = total - total // 2
+        return padding
+    return tuple(x for x in reversed(conv.padding) for _ in range(2))

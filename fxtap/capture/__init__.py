@@ -13,11 +13,18 @@ from torch import nn
 from fxtap._fx import clone_structure
 from fxtap._parametrized import dumps, is_parametrized, loads
 from fxtap._protocol import Extractor
-from fxtap._query import MODEL_OUTPUT, Request, parse_query, resolve
+from fxtap._query import MODEL_OUTPUT, OutputKey, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
+from fxtap.capture._edits import hook_edits
 from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
 from fxtap.capture._reach import Dropped, drop_after_probe
-from fxtap.errors import NodeNotFoundError, TraceError, close_matches, format_choices
+from fxtap.errors import (
+    NodeNotFoundError,
+    NotReachedError,
+    TraceError,
+    close_matches,
+    format_choices,
+)
 from fxtap.trace import user_stacklevel
 
 __all__ = [
@@ -67,6 +74,7 @@ class CaptureExtractor(Extractor):
         outputs: by mode, output key -> requested node name.
         opaque: module paths kept opaque inside the islands by the automatic fallback.
         dropped: module paths replaced by ``Dropped`` stubs after the build-time probe.
+        edited: module paths whose outputs edits change (forward hooks; docs/editing.md).
         tracer_kwargs: the tracer options the islands were traced with (a copy).
     """
 
@@ -88,6 +96,7 @@ class CaptureExtractor(Extractor):
         self.reason = reason
         self.opaque = opaque
         self.dropped: tuple[str, ...] = ()
+        self.edited: tuple[str, ...] = ()
         self._plans = dict(plans)
         self._channel = Channel()
         self.islands = {mode: tuple(p.names) for mode, p in self._plans.items()}
@@ -107,7 +116,7 @@ class CaptureExtractor(Extractor):
             module.forward = IslandForward(self._channel, module, by_mode)
         self.train(training)
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def forward(self, *args: Any, **kwargs: Any) -> dict[OutputKey, Any]:
         mode = "train" if self.training else "eval"
         plan = self._plans[mode]
         wanted = frozenset(k for k, n in plan.outputs.items() if n != MODEL_OUTPUT)
@@ -117,16 +126,18 @@ class CaptureExtractor(Extractor):
         with running(call), contextlib.suppress(Stop):
             output = self.model(*args, **kwargs)
         store = call.store
-        result: dict[str, Any] = {}
+        result: dict[OutputKey, Any] = {}
         for key, name in plan.outputs.items():
             if name == MODEL_OUTPUT:
                 result[key] = output
             elif key in store:
                 result[key] = store[key]
             else:
-                raise RuntimeError(
+                raise NotReachedError(
                     f"node {name!r} (output key {key!r}) was not reached: its module was not "
-                    f"called during this {mode}-mode forward of {type(self.model).__name__}"
+                    f"called during this {mode}-mode forward of {type(self.model).__name__}, so "
+                    "a branch of the model's code skipped it on these inputs. Request nodes "
+                    "that this input reaches, or pass inputs that take that branch"
                 )
         return result
 
@@ -160,9 +171,9 @@ class _Plan:
     """
 
     names: dict[str, tuple[str, ...]]
-    outputs: dict[str, str] = field(default_factory=dict)
-    module_outputs: dict[str, list[str]] = field(default_factory=dict)
-    module_inputs: dict[str, list[str]] = field(default_factory=dict)
+    outputs: dict[OutputKey, str] = field(default_factory=dict)
+    module_outputs: dict[str, list[OutputKey]] = field(default_factory=dict)
+    module_inputs: dict[str, list[OutputKey]] = field(default_factory=dict)
     runs: dict[str, IslandRun] = field(default_factory=dict)
 
 
@@ -174,18 +185,23 @@ def build_capture_extractor(
     tracer_kwargs: Mapping[str, Any] | None = None,
     example_inputs: Any = None,
     warn: bool = True,
+    edits: Mapping[str, Any] | None = None,
 ) -> CaptureExtractor:
     """Build a ``CaptureExtractor`` for a model whose root forward raised ``error``.
 
     With ``example_inputs`` and no ``":output"`` request, the modules no probe run on them
     reaches are dropped (``CaptureExtractor.dropped``). ``warn=False`` (a saved extractor
-    being loaded) skips the warning that says capture is used.
+    being loaded) skips the warning that says capture is used. ``edits`` change module
+    outputs with forward hooks on the extractor's own copy of the module tree
+    (``fxtap.capture._edits``); they are listed in ``ex.edited``.
 
     Raises:
         NodeNotFoundError: a request is neither a module nor a node inside a traceable
             submodule; the message says why and what can be requested instead.
     """
     clone = clone_structure(model, {})
+    # NOTE: before the extractor's own hooks, so that its taps see the edited values
+    edited = hook_edits(clone, edits, model_name=type(model).__name__) if edits else ()
     plans: dict[str, _Plan] = {}
     opaque: dict[str, None] = {}
     name = type(model).__name__
@@ -203,6 +219,7 @@ def build_capture_extractor(
         opaque=tuple(opaque),
         tracer_kwargs=tracer_kwargs,
     )
+    ex.edited = edited
     dropping = drop_after_probe(ex, example_inputs, name)
     if not warn:
         return ex
@@ -270,8 +287,8 @@ def _plan(
 ) -> _Plan:
     plan = _Plan({p: _names(i) for p, i in islands.items()})
     paths = {p for p, _ in model.named_modules() if p}
-    by_island: dict[str, dict[str, Any]] = {}
-    queries: dict[str, dict[str, str]] = {}
+    by_island: dict[str, dict[OutputKey, Any]] = {}
+    queries: dict[str, dict[OutputKey, str]] = {}
     for req in requests:
         query = req.query
         plan.outputs[req.key] = query

@@ -67,9 +67,9 @@ class Call:
 
     channel: Channel
     mode: str
-    wanted: frozenset[str]
+    wanted: frozenset[str | int]
     stop_early: bool
-    store: dict[str, Any] = field(default_factory=dict)
+    store: dict[str | int, Any] = field(default_factory=dict)
     served: set[str] = field(default_factory=set)
 
     def first(self, tap: str) -> bool:
@@ -125,7 +125,7 @@ def suspended() -> Iterator[None]:
 class InputTap:
     """Forward pre-hook: copies the first argument of a module's first call in a forward."""
 
-    def __init__(self, channel: Channel, mode: str, path: str, keys: tuple[str, ...]) -> None:
+    def __init__(self, channel: Channel, mode: str, path: str, keys: tuple[str | int, ...]) -> None:
         self.channel, self.mode, self.path, self.keys = channel, mode, path, keys
 
     def __call__(self, _module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -143,7 +143,7 @@ class InputTap:
 class OutputTap:
     """Forward hook: keeps the output of a module's first call and hands a copy on."""
 
-    def __init__(self, channel: Channel, mode: str, path: str, keys: tuple[str, ...]) -> None:
+    def __init__(self, channel: Channel, mode: str, path: str, keys: tuple[str | int, ...]) -> None:
         self.channel, self.mode, self.path, self.keys = channel, mode, path, keys
 
     def __call__(self, _module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:

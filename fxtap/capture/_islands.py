@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from fxtap import _compat
-from fxtap._query import Request, resolve
+from fxtap._query import OutputKey, Request, resolve
 from fxtap.capture._calls import Call, Channel, current_call, suspended
 from fxtap.errors import MistraceError, TraceError
 from fxtap.prune import clone_tensors, prune
@@ -91,8 +91,8 @@ class IslandRun:
     def __init__(
         self,
         island: Island,
-        selected: Mapping[str, Any],
-        queries: Mapping[str, str],
+        selected: Mapping[OutputKey, Any],
+        queries: Mapping[OutputKey, str],
         tracer_kwargs: Mapping[str, Any] | None,
     ) -> None:
         self.path = island.path
@@ -105,7 +105,7 @@ class IslandRun:
         self.checked: set[frozenset[str]] = set()
 
     @property
-    def keys(self) -> frozenset[str]:
+    def keys(self) -> frozenset[OutputKey]:
         return frozenset(self.queries)
 
     def graph(self, module: nn.Module, nones: frozenset[str]) -> fx.GraphModule:
@@ -199,7 +199,7 @@ def _restored(buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
             b.copy_(saved)
 
 
-def _graph(traced: Traced, selected: Mapping[str, Any]) -> fx.GraphModule:
+def _graph(traced: Traced, selected: Mapping[OutputKey, Any]) -> fx.GraphModule:
     """The island's graph returning its own output and the selected nodes, by output key."""
     output = traced.graph_module.graph.output_node().args[0]
     name = type(traced.graph_module).__name__

@@ -17,6 +17,8 @@ __all__ = ["build_parser", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns 0 on success, 1 on a runtime error, 2 on bad usage.
 
+    Bad usage includes an output path that is a symbolic link, folder, FIFO or device node.
+
     >>> main(["nodes", "torchvision:resnet18"])  # doctest: +SKIP
     0
     """
@@ -29,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        from fxtap.cli._output import one_line, show_warning
+        from fxtap.cli._output import check_outputs, one_line, show_warning
+        from fxtap.errors import UnsafeOutputError
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -39,10 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = show_warning
             from fxtap.cli._commands import COMMANDS
 
+            check_outputs(args)  # before any work: a refused path is bad usage
             return int(COMMANDS[args.handler](args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except UnsafeOutputError as exc:  # a link, folder, FIFO or device at an output path
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if args.debug:
             traceback.print_exc()

@@ -7,6 +7,8 @@ import contextlib
 import functools
 import glob
 import json
+import re
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -17,12 +19,12 @@ import torch
 from torch import nn
 
 import fxtap.cli._run as _run
+import fxtap.cli._split as _split
+from fxtap._io import check_output
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
     PROG,
-    check_regular,
-    check_writable,
     cli_words,
     describe_extractor,
     file_size,
@@ -61,25 +63,25 @@ def _extract(args: argparse.Namespace) -> int:
     from fxtap.save import save
 
     model = _load(args)
-    nodes = _nodes_arg(args)
+    nodes = _requests_arg(args)
     example = _inputs(args)
     output = Path(args.output)
-    check_writable(output.parent if str(output.parent) else Path("."), output)
     checked = example if args.check_trace or args.tracer == "export" else None
     with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
-        extractor = _build(model, nodes, checked, example, args.tracer)
+        extractor = _build(model, nodes, checked, example, args.tracer, auto_leaf=args.auto_leaf)
     with (
         progress("checking it on the example input"),
         torch.no_grad(),
         _fitting(args, model, example),
     ):
-        was = extractor.training
         values = extractor.eval()(*example)
-        extractor.train(was)
+    # NOTE: saved for inference: eval mode unless --train (a model factory builds in train mode)
+    extractor.train(args.train)
     with progress(f"saving {output}"):
         save(extractor, output, fmt=args.format)
     print(describe_extractor(extractor, values))
-    print(f"saved {output} ({file_size(output)}, format {args.format})")
+    mode = "train" if args.train else "eval"
+    print(f"saved {output} ({file_size(output)}, format {args.format}, {mode} mode)")
     return 0
 
 
@@ -92,20 +94,19 @@ def _render(args: argparse.Namespace) -> int:
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
             exported = example if args.tracer == "export" else None
-            model = _build(
-                model, _nodes_arg(args), exported, example, args.tracer, keep_traces=True
-            )
+            nodes = {"return_nodes": _nodes_arg(args)}
+            model = _build(model, nodes, exported, example, args.tracer, keep_traces=True)
     folder = Path(args.out_dir)
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
         if path.suffix[1:] in drawn and path.stem.rpartition(".")[2] in ("train", "eval", "both"):
-            check_regular(path)
+            check_output(path, hint="Pass another folder with -o DIR, or another --name.")
     before = _snapshot(folder)
     with (
         progress(f"drawing {args.model}"),
         quiet_stderr(),
         _fitting(args, model, example),
-        _whole_sets(folder, before, drawn),
+        _whole_sets(folder, before, drawn, args.name),
     ):
         result = render(
             model,
@@ -136,9 +137,6 @@ def _bench(args: argparse.Namespace) -> int:
     model = _load(args)
     nodes = _nodes_arg(args)
     example = _inputs(args)
-    for path in (args.json, args.csv, args.plot):
-        if path:
-            check_writable(Path(path).parent if str(Path(path).parent) else Path("."), Path(path))
     with _fitting(args, model, example):
         report = compare(
             model,
@@ -179,21 +177,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _build(
     model: nn.Module,
-    nodes: dict[str, str],
+    nodes: dict[str, Any],
     checked: tuple[torch.Tensor, ...] | None,
     example: tuple[torch.Tensor, ...] | None,
     tracer: str,
     *,
     keep_traces: bool = False,
+    auto_leaf: bool = True,
 ) -> Any:
     """The extractor; with ``--tracer auto``, torch.export on ``--input`` when the root fails.
 
+    ``nodes`` holds ``return_nodes``, or ``train_return_nodes`` and ``eval_return_nodes``.
     ``checked`` are the inputs create_feature_extractor gets (``--check-trace``, or the export
     path's); without them ``auto`` first takes torch.fx, as it does in Python.
     """
     from fxtap.extractor import create_feature_extractor
 
-    build = functools.partial(create_feature_extractor, model, nodes, keep_traces=keep_traces)
+    build = functools.partial(
+        create_feature_extractor, model, keep_traces=keep_traces, auto_leaf=auto_leaf, **nodes
+    )
     if tracer != "auto" or checked is not None or example is None:
         return build(example_inputs=checked, tracer=tracer)
     with warnings.catch_warnings(record=True) as caught:
@@ -208,25 +210,37 @@ def _build(
     return extractor
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Name -> (mtime, size) of the regular files in ``folder``."""
+def _snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Name -> (inode, mtime, size) of the regular files in ``folder`` (links not followed)."""
     if not folder.is_dir():
         return {}
-    return {
-        p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()
-    }
+    stamps = {}
+    for path in folder.iterdir():
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            stamps[path.name] = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return stamps
 
 
 @contextlib.contextmanager
 def _whole_sets(
-    folder: Path, before: dict[str, tuple[int, int]], suffixes: set[str]
+    folder: Path, before: dict[str, tuple[int, int, int]], suffixes: set[str], stem: str | None
 ) -> Iterator[None]:
-    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing."""
+    """On Ctrl-C, remove the drawings this run wrote, so no ``.dot`` lacks its drawing.
+
+    Only a drawing's name (``STEM.MODE.EXT``) that is new or was replaced since the run began
+    (a new inode: fxtap's writer renames a new file over the old) is removed; a file written
+    in place, a link, or any other name is someone else's and stays.
+    """
     try:
         yield
     except KeyboardInterrupt:
         for name, stamp in _snapshot(folder).items():
-            if name.rpartition(".")[2] in suffixes and before.get(name) != stamp:
+            base, _, ext = name.rpartition(".")
+            named, _, mode = base.rpartition(".")
+            ours = ext in suffixes and mode in ("train", "eval", "both") and stem in (None, named)
+            old = before.get(name)
+            if ours and (old is None or old[0] != stamp[0]):
                 (folder / name).unlink(missing_ok=True)
         raise
 
@@ -249,31 +263,37 @@ def _fitting(
     except InputShapeError as exc:
         if example is None:
             raise
-        core = str(exc).split(". Pass ", 1)[0]
-        raise InputShapeError(f"{core}. {_input_fix(args, model, example)}") from exc
+        # an extractor's call names its argument ('x'); the command line names --input
+        core = re.sub(r"^input '[^']*' of shape ", "--input ", str(exc).split(". Pass ", 1)[0])
+        raise InputShapeError(f"{core}. {_input_fix(args, model, example) or _ANY_SHAPE}") from exc
     except FxtapError:
         raise
     except _MODEL_FAILURES as exc:
-        if example is None:
-            raise
+        shaped = _input_fix(args, model, example) if example is not None else None
+        if shaped is None or example is None:
+            raise  # no other shape fits either: the failure is not --input's shape
         given = ", ".join(_shape_text(t) for t in example)
         reason = without_proxies(" ".join(str(exc).split())).rstrip(".") or type(exc).__name__
         end = "" if reason.endswith(("!", "?")) else "."
         raise InputShapeError(
-            f"--input {given} does not fit {args.model}: {type(exc).__name__}: {reason}{end} "
-            f"{_input_fix(args, model, example)}"
+            f"--input {given} does not fit {args.model}: {type(exc).__name__}: {reason}{end} {shaped}"
         ) from exc
+
+
+_ANY_SHAPE = "Pass --input with the shape this model expects (repeat --input for each input)"
 
 
 def _input_fix(
     args: argparse.Namespace, model: nn.Module, example: tuple[torch.Tensor, ...]
-) -> str:
+) -> str | None:
+    """The fix naming a shape that fits; for one input, ``None`` when no other shape fits
+    (the failure is then not the shape's: a branch, a value, the model's own error)."""
     from fxtap.cli._examples import suggest_input
 
     rejected = [tuple(t.shape) for t in example]
     shape = suggest_input(args.model, model, rejected)
     if shape is None:
-        return "Pass --input with the shape this model expects (repeat --input for each input)"
+        return None if len(example) == 1 else _ANY_SHAPE
     return f"Pass --input with the shape this model expects, e.g. --input {shape}"
 
 
@@ -285,7 +305,7 @@ def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
     """A saved extractor's own graph of one mode, described as a trace (no re-tracing)."""
     extractor.train(training)
     graph = extractor.graph_for("train" if training else "eval")
-    # NOTE: pickled extractors lose node.meta; torch.fx names stand in for fxtap's then.
+    # NOTE: a node without fxtap's name (added by a graph pass) shows torch.fx's name.
     names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
     return Traced(extractor, names, training)
 
@@ -303,14 +323,43 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.Tensor, ...]:
     return make_inputs(args.input, dtype=args.dtype)
 
 
+def _requests_arg(args: argparse.Namespace) -> dict[str, Any]:
+    """``--nodes``, or ``--train-nodes`` with ``--eval-nodes``, as create_feature_extractor's
+    keyword arguments."""
+    train, evals = args.train_nodes, args.eval_nodes
+    if train is None and evals is None:
+        return {"return_nodes": _nodes_arg(args)}
+    if args.nodes:
+        raise InvalidArgumentError(
+            "--nodes was given together with --train-nodes/--eval-nodes; pass either --nodes "
+            "(both modes) or both --train-nodes and --eval-nodes"
+        )
+    if train is None or evals is None:
+        given, missing = (
+            ("--train-nodes", "--eval-nodes")
+            if evals is None
+            else ("--eval-nodes", "--train-nodes")
+        )
+        raise InvalidArgumentError(
+            f"only {given} was given; pass {missing} too (the nodes to tap in that mode), or "
+            "--nodes for both modes"
+        )
+    return {"train_return_nodes": _keyed(train), "eval_return_nodes": _keyed(evals)}
+
+
 def _nodes_arg(args: argparse.Namespace) -> dict[str, str]:
     if not args.nodes:
         raise InvalidArgumentError(
             f"no nodes requested; pass --nodes NAME [NAME ...], e.g. --nodes layer4. "
             f"List names with: {PROG} nodes {args.model}"
         )
+    return _keyed(args.nodes)
+
+
+def _keyed(items: list[str]) -> dict[str, str]:
+    """``NAME[=KEY]`` items as node name -> output key."""
     out: dict[str, str] = {}
-    for item in args.nodes:
+    for item in items:
         name, _, key = item.partition("=")
         out[name] = key or name
     return out
@@ -325,4 +374,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "run": _run.run,
     "verify": _run.verify,
+    "split": _split.split_command,
 }

@@ -12,8 +12,7 @@ from typing import Any, TextIO
 
 import torch
 
-from fxtap._io import write_atomic
-from fxtap.cli._output import check_regular
+from fxtap._io import check_output, write_atomic
 from fxtap.errors import DotNotFoundError, ensure_output_dir
 
 __all__ = ["DemoResult", "run"]
@@ -84,7 +83,7 @@ def run(
     folder = ensure_output_dir(out_dir, hint="Pick another with -o DIR")
     stem = model_spec.rpartition(":")[2].replace("/", "_").removesuffix(".py")
     for name in _NAMES + tuple(f"{stem}.{part}" for part in _STEM_PARTS):
-        check_regular(folder / name)
+        check_output(folder / name, hint="Pass another folder with -o DIR.")
     inputs = make_inputs([parse_input(input)] if input else None)
     files: dict[str, Path] = {}
     notes: list[str] = []
@@ -106,7 +105,8 @@ def run(
         files["node table (JSON)"] = _write(folder / "nodes.json", json.dumps(data, indent=1))
 
     with step(3, f"extractor for {', '.join(nodes)}"):
-        extractor = create_feature_extractor(model, list(nodes), keep_traces=True)
+        # saved for inference, as `fxtap extract` saves it
+        extractor = create_feature_extractor(model, list(nodes), keep_traces=True).eval()
         path = save(extractor, folder / f"{stem}.fxtap")
         files["extractor"] = path
         reloaded = load(path)
@@ -167,5 +167,4 @@ _STEM_PARTS += ("fxtap",)
 
 
 def _write(path: Path, text: str) -> Path:
-    check_regular(path)  # an atomic rename would replace a FIFO or device node
     return write_atomic(path, text, hint="Pass a writable folder with -o DIR.")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import re
-import stat
+import os
 import sys
 import threading
 import time
@@ -16,14 +15,14 @@ from typing import Any, TextIO
 
 import torch
 
-from fxtap._io import write_atomic
+from fxtap._io import check_output, write_atomic
 from fxtap.cli._parser import PROG
-from fxtap.errors import FxtapError, OutputPathError
+from fxtap.cli._words import cli_words
+from fxtap.errors import FxtapError, UnsafeOutputError
 
 __all__ = [
     "PROG",
-    "check_regular",
-    "check_writable",
+    "check_outputs",
     "cli_words",
     "describe_extractor",
     "file_size",
@@ -122,8 +121,8 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
     """One line per output: key, node, shape and dtype; then kept nodes and parameters."""
     mode = "train" if extractor.training else "eval"
     outputs = extractor.outputs[mode]
-    lines = [f"{type(extractor).__name__} extractor, {len(outputs)} output(s):"]
-    width = max(len(k) for k in outputs)
+    lines = [f"{type(extractor).__name__} extractor in {mode} mode, {len(outputs)} output(s):"]
+    width = max(len(str(k)) for k in outputs)
     for key, node in outputs.items():
         value = values.get(key)
         detail = (
@@ -131,7 +130,11 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
             if isinstance(value, torch.Tensor)
             else type(value).__name__
         )
-        lines.append(f"  {key.ljust(width)}  <- {node}  {detail}")
+        lines.append(f"  {str(key).ljust(width)}  <- {node}  {detail}")
+    other = "eval" if mode == "train" else "train"
+    if extractor.outputs.get(other, outputs) != outputs:  # --train-nodes and --eval-nodes
+        taps = ", ".join(f"{k} <- {n}" for k, n in extractor.outputs[other].items())
+        lines.append(f"  in {other} mode instead: {taps}")
     params = sum(p.numel() for p in extractor.parameters())
     kept = getattr(extractor, "kept", None)
     if kept:
@@ -144,44 +147,26 @@ def describe_extractor(extractor: Any, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check_regular(path: Path) -> None:
-    """Refuse a path that exists and is not a regular file or folder: a FIFO, device or socket.
+def check_outputs(args: Any) -> None:
+    """Refuse, before any work, the output paths of a command that fxtap would not write.
 
-    Writing there would feed a pipe or overwrite a device node (as root, a system one).
+    A file (``-o FILE``, ``--json``, ``--csv``, ``--plot``) must be a regular file or a new path
+    in a folder that exists; a folder (``-o DIR``) must be a folder or a new path. A symbolic
+    link, FIFO, socket or device node is refused (``UnsafeOutputError``, exit 2).
     """
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return  # a new path
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return
-    kind = (
-        "FIFO"
-        if stat.S_ISFIFO(mode)
-        else "device node"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        else "socket"
-        if stat.S_ISSOCK(mode)
-        else "special file"
-    )
-    raise OutputPathError(
-        f"cannot write {str(path)!r}: it is a {kind}, not a regular file; fxtap writes only "
-        "regular files or new paths. Give another output path"
-    )
-
-
-def check_writable(folder: Path, target: Path) -> None:
-    check_regular(target)
-    if target.is_dir():
-        raise OutputPathError(f"cannot write {str(target)!r}: it is a folder; give a file name")
-    if not folder.is_dir():
-        raise OutputPathError(
-            f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist; create it first"
+    for flag, attr in (("-o", "output"), ("--json", "json"), ("--csv", "csv"), ("--plot", "plot")):
+        value = getattr(args, attr, None)
+        if value:
+            check_output(value, hint=f"Pass another path with {flag} FILE.")
+    folder = getattr(args, "out_dir", None)
+    if folder and os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UnsafeOutputError(
+            f"cannot write into {str(folder)!r}: it is not a folder. Pass a folder, or a new "
+            "path to create, with -o DIR."
         )
 
 
 def write_text(path: str, text: str) -> None:
-    check_regular(Path(path))  # an atomic rename would replace a FIFO or device node
     write_atomic(path, text, hint="Pick a path in a folder that exists.")
 
 
@@ -201,35 +186,6 @@ def file_size(path: Path) -> str:
     return ""  # pragma: no cover
 
 
-#: Python argument names in library messages -> the command-line flag that sets the same thing.
-FLAGS = {
-    "rounds": "--rounds",
-    "min_run_time": "--min-run-time",
-    "threads": "--threads",
-    "nodes": "--nodes",
-    "device": "--device",
-    "depth": "--depth",
-    "max_nodes": "--max-nodes",
-}
-_ARGUMENT = re.compile(
-    r"(?<![\w.\-])(" + "|".join(map(re.escape, FLAGS)) + r")=('[^']*'|[^\s,;)]*)"
-)
-
-
-def cli_words(text: str) -> str:
-    """Say a library message in the words of the command line: ``rounds=`` -> ``--rounds``.
-
-    >>> cli_words("Use more rounds=, a longer min_run_time=, or device='cpu'")
-    'Use more --rounds, a longer --min-run-time, or --device cpu'
-    """
-
-    def flag(match: re.Match[str]) -> str:
-        value = match.group(2).strip("'")
-        return FLAGS[match.group(1)] + (f" {value}" if value else "")
-
-    return _ARGUMENT.sub(flag, text)
-
-
 def one_line(exc: BaseException) -> str:
     text = cli_words(" ".join(str(exc).split()))
     if not isinstance(exc, FxtapError | OSError):
@@ -246,7 +202,32 @@ def show_warning(
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    print(f"{PROG}: warning: {cli_words(one_line_text(str(message)))}", file=file or sys.stderr)
+    text = one_line_text(str(message))
+    source = _warning_source(message, category, filename)
+    if source is None:
+        print(f"{PROG}: warning: {cli_words(text)}", file=file or sys.stderr)
+    else:  # another package's warning, in that package's words and under its name
+        print(f"{PROG}: {source} warns: {category.__name__}: {text}", file=file or sys.stderr)
+
+
+def _warning_source(message: Warning | str, category: type[Warning], filename: str) -> str | None:
+    """The installed package that issued a warning (torchvision); ``None`` for fxtap's own.
+
+    fxtap's warnings point at their caller (``stacklevel``), which may be any file, so only a
+    warning raised inside another installed package is attributed to that package.
+    """
+    kind = type(message) if isinstance(message, Warning) else category
+    path = Path(filename)
+    if kind.__module__.split(".")[0] == "fxtap" or _PACKAGE in path.parents:
+        return None
+    parts = path.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts[:-1]:
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return None
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def one_line_text(text: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from fxtap._budget import budget_problem
 from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
 from fxtap.cli._run import add_parser as add_run_parser
 from fxtap.cli._run import add_verify_parser
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
     tracing = _tracer_parser()
+    leaves = _auto_leaf_parser()
 
     p = sub.add_parser(
         "nodes",
@@ -85,10 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        parents=[model, needs_input, taps, tracing],
+        parents=[model, needs_input, tracing, leaves],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
-        "example input in eval mode, and save it.",
+        "example input in eval mode, and save it in eval mode, ready for inference (--train "
+        "saves it in train mode; .train() and .eval() switch a loaded one).",
+    )
+    taps_by_mode = p.add_mutually_exclusive_group(required=True)
+    _add_nodes(taps_by_mode, "(default: none; this or --train-nodes with --eval-nodes)")
+    taps_by_mode.add_argument(
+        "--train-nodes",
+        metavar="NAME[=KEY]",
+        nargs="+",
+        help="nodes to tap in train mode only, for models whose graphs differ between modes "
+        "(GoogLeNet's aux1 exists in train mode only); needs --eval-nodes, replaces --nodes "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--eval-nodes",
+        metavar="NAME[=KEY]",
+        nargs="+",
+        help="nodes to tap in eval mode only; needs --train-nodes, replaces --nodes "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="save the extractor in train mode: a plain call then updates BatchNorm running "
+        "statistics and applies dropout (default: off, eval mode)",
     )
     p.add_argument(
         "-o",
@@ -164,13 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_count_type, default=None, help="intra-op threads (default: torch's)"
     )
     p.add_argument(
-        "--rounds", type=_count_type, default=10, help="interleaved timing rounds (default: 10)"
+        "--rounds",
+        type=_budget_type("rounds"),
+        default=10,
+        help="interleaved timing rounds, at most 1000 (default: 10)",
     )
     p.add_argument(
         "--min-run-time",
-        type=float,
+        type=_budget_type("min_run_time"),
         default=0.2,
-        help="seconds each variant is timed per round (default: 0.2)",
+        help="seconds each variant is timed per round, at most 60 (default: 0.2)",
     )
     p.add_argument(
         "--mode", choices=("train", "eval"), default="eval", help="graph to measure (default: eval)"
@@ -215,7 +244,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="demo")
     add_run_parser(sub)
     add_verify_parser(sub)
+    _add_split_parser(sub, [model, needs_input, tracing])
     return parser
+
+
+def _add_split_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``split`` subcommand; ``parents`` give MODEL, --input and --tracer."""
+    p = subparsers.add_parser(
+        "split",
+        parents=parents,
+        help="cut a model into a head and a tail and save both",
+        description="Cut a model after the given nodes into a head, which returns the boundary "
+        "(every value the rest of the model needs), and a tail, which finishes the forward from "
+        "it. Both are checked on the example input (tail(head(x)) against the model, eval mode) "
+        "and saved as DIR/head.fxtap and DIR/tail.fxtap.",
+    )
+    p.add_argument(
+        "--at",
+        metavar="NAME",
+        nargs="+",
+        required=True,
+        help="node names to cut after: 'layer3', 'layer3.1.conv1:input' (default: none, required)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="out_dir",
+        metavar="DIR",
+        required=True,
+        help="folder to write (default: none, required)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("fxtap", "pickle"),
+        default="fxtap",
+        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
+        "(default: fxtap)",
+    )
+    p.set_defaults(handler="split")
 
 
 def _inputs_parser(default: str) -> argparse.ArgumentParser:
@@ -251,17 +317,33 @@ def _tracer_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _auto_leaf_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--no-auto-leaf",
+        dest="auto_leaf",
+        action="store_false",
+        help="fail with torch.fx's error where a submodule cannot be traced, instead of keeping "
+        "it opaque with a warning (default: off, such submodules are kept opaque)",
+    )
+    return parser
+
+
 def _nodes_parser(*, required: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
+    _add_nodes(parser, "(default: none, required)" if required else "(default: none)", required)
+    return parser
+
+
+def _add_nodes(parser: Any, default: str, required: bool = False) -> None:
     parser.add_argument(
         "--nodes",
         metavar="NAME[=KEY]",
         nargs="+",
         required=required,
         help="node names to tap: 'layer4', 'layer4.1.conv2:input', ':output'; NAME=KEY names "
-        "the output " + ("(default: none, required)" if required else "(default: none)"),
+        f"the output {default}",
     )
-    return parser
 
 
 def _input_type(text: str) -> InputSpec:
@@ -280,6 +362,22 @@ def _count_type(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
     return value
+
+
+def _budget_type(name: str) -> Callable[[str], float]:
+    """A timing budget of ``fxtap bench``, refused before any work when out of its bounds."""
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if name != "min_run_time" else float(text)
+        except ValueError:
+            value = float("nan")
+        problem = budget_problem(name, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _usage(fn: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap._budget import budget_problem
 from fxtap._fx import node_name, node_scope, owned_params, target_text
 from fxtap._shapes import propagate_shapes
 from fxtap.cost._capture import measure_capture
@@ -259,18 +260,23 @@ def _check_options(
         raise InvalidArgumentError(
             f"device {device!r} was requested but CUDA is not available here; use device='cpu'"
         )
-    checks = (
-        ("threads", threads, threads is None or (isinstance(threads, int) and threads >= 1)),
-        ("rounds", rounds, isinstance(rounds, int) and rounds >= 1),
-        ("warmup", warmup, isinstance(warmup, int) and warmup >= 0),
-        ("node_repeats", node_repeats, isinstance(node_repeats, int) and node_repeats >= 0),
-        ("min_run_time", min_run_time, isinstance(min_run_time, (int, float)) and min_run_time > 0),
-    )
-    for name, value, ok in checks:
-        if not ok:
+    if not (threads is None or (isinstance(threads, int) and threads >= 1)):
+        raise InvalidArgumentError(
+            f"threads={threads!r} is out of range; expected a whole number of 1 or more "
+            "(e.g. threads=2), or None for torch's default"
+        )
+    budgets = {
+        "rounds": rounds,
+        "warmup": warmup,
+        "node_repeats": node_repeats,
+        "min_run_time": min_run_time,
+    }
+    for name, value in budgets.items():
+        problem = budget_problem(name, value)
+        if problem is not None:
             raise InvalidArgumentError(
-                f"{name}={value!r} is out of range; expected a positive number "
-                f"(e.g. threads=2, rounds=10, min_run_time=0.2; warmup and node_repeats may be 0)"
+                f"{name}={value!r} is out of range: {problem} (e.g. rounds=10, "
+                "min_run_time=0.2); checked before anything is traced or timed"
             )
     return dev
 

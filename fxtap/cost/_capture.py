@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxtap._query import normalize_return_nodes, parse_query
+from fxtap._query import OutputKey, normalize_return_nodes, parse_query
 from fxtap.capture._probe import probe
 from fxtap.cost._count import param_fields
 from fxtap.cost._report import CostReport, NodeCost
@@ -102,9 +102,9 @@ def measure_capture(
 def _taps(model: nn.Module, return_nodes: Any) -> Taps:
     """The hooks variant's taps: module outputs and inputs; nodes inside islands are missing."""
     modules = dict(model.named_modules())
-    forward: dict[str, str] = {}
-    pre: dict[str, str] = {}
-    output: str | None = None
+    forward: dict[str, OutputKey] = {}
+    pre: dict[str, OutputKey] = {}
+    output: OutputKey | None = None
     missing: list[str] = []
     for req in normalize_return_nodes(return_nodes, argument="return_nodes"):
         query = parse_query(req.query)

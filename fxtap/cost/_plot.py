@@ -6,6 +6,8 @@ import os
 from itertools import accumulate
 from typing import Any
 
+from fxtap._io import write_atomic
+
 __all__ = ["plot_report"]
 
 
@@ -55,4 +57,11 @@ def plot_report(report: Any, path: str | os.PathLike[str]) -> None:
         right.legend(loc="upper right", fontsize=8)
     right.set_ylabel("ms per call")
     right.set_title(f"latency ({report.device}, {report.threads} threads)")
-    fig.savefig(os.fspath(path), dpi=100)
+    # NOTE: through fxtap's one writer (atomic, regular files only), in the format the suffix
+    # names, as savefig infers it from a path.
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    write_atomic(
+        path,
+        lambda f: fig.savefig(f, format=fmt, dpi=100),
+        hint="Pass another path with plot(path) (--plot FILE).",
+    )

@@ -308,6 +308,8 @@ class CostReport:
         require_extra("plot", purpose="CostReport.plot()")
         try:
             plot_report(self, path)
+        except OutputPathError:
+            raise
         except OSError as exc:
             raise _path_error(path, exc) from exc
 

@@ -11,7 +11,7 @@ import torch
 from torch import fx, nn
 
 from fxtap._fx import node_name
-from fxtap._query import normalize_return_nodes, parse_query
+from fxtap._query import OutputKey, normalize_return_nodes, parse_query
 from fxtap.cost._count import profiler_peak
 from fxtap.cost._report import VariantCost
 from fxtap.cost._time import Progress, bootstrap_median_ci, iqr, median, time_rounds
@@ -23,14 +23,14 @@ __all__ = ["Taps", "cuda_peak", "measure_variants", "resolve_taps", "variant_fun
 class Taps:
     """How the hooks variant captures each output, or why it cannot."""
 
-    forward: dict[str, str] = field(default_factory=dict)  # module path -> key
-    pre: dict[str, str] = field(default_factory=dict)  # module path -> key (":input" taps)
-    model_output: str | None = None
+    forward: dict[str, OutputKey] = field(default_factory=dict)  # module path -> key
+    pre: dict[str, OutputKey] = field(default_factory=dict)  # module path -> key (":input" taps)
+    model_output: OutputKey | None = None
     missing: tuple[str, ...] = ()
 
 
 def resolve_taps(
-    model: nn.Module, gm: fx.GraphModule, return_nodes: Any, outputs: Mapping[str, str]
+    model: nn.Module, gm: fx.GraphModule, return_nodes: Any, outputs: Mapping[OutputKey, str]
 ) -> Taps:
     """Find, for each tap, the module whose forward (pre-)hook sees the same value."""
     modules = dict(model.named_modules())
@@ -79,7 +79,7 @@ def _hooked(model: nn.Module, inputs: tuple[Any, ...], taps: Taps) -> Any:
     """
     memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
     clone = copy.deepcopy(model, memo)
-    captured: dict[str, Any] = {}
+    captured: dict[OutputKey, Any] = {}
     modules = dict(clone.named_modules())
     for path, key in taps.forward.items():
         modules[path].register_forward_hook(

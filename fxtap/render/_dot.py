@@ -6,7 +6,9 @@ import html
 from collections.abc import Sequence
 
 from fxtap.render._calls import ISLAND_COLOUR, call_legend, style_call
+from fxtap.render._marks import node_classes, style_mark
 from fxtap.render._view import View, ViewNode, prefixes
+from fxtap.render._wrap import column_stubs
 
 __all__ = ["FAST_SETTINGS", "PALETTE", "to_dot"]
 
@@ -37,6 +39,8 @@ FAST_SETTINGS = {
 # Viridis stops from low to high cost: a sequential scale readable without colour vision.
 _HEAT = ("#FDE725", "#5EC962", "#21918C", "#3B528B", "#440154")
 _FILL_ALPHA = "66"
+#: A small italic note standing for an edge's other end in another column.
+_STUB = {"shape": "plain", "style": "solid", "fontsize": "8", "fontcolor": "#555", "class": "stub"}
 
 
 def to_dot(views: Sequence[View], *, name: str, settings: dict[str, str] | None = None) -> str:
@@ -97,8 +101,6 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             # A wrapped chain: one invisible cluster per column, laid out side by side.
             parts = sorted(set(view.columns.values()))
             for c in parts:
-                # NOTE: dot orders clusters by its own crossing minimisation, not by the
-                # order written, so each column says which part of the chain it holds.
                 label = f"part {c + 1} of {len(parts)}" + (
                     " ↓ then part " + str(c + 2) if c + 1 < len(parts) else ""
                 )
@@ -108,6 +110,12 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
                     f'fontcolor="#888888"; fontsize="9"; labeljust="r"; label={_q(label)};'
                 )
                 emit(path, pad + "  ", c)
+                # NOTE: anchors chained on the top rank keep the columns in order, as no edge
+                # joins two columns (column_stubs); each still says which part it holds
+                lines.append(f"{pad}  {_q(f'{prefix}fxtap:top{c}')} [style=invis, shape=point];")
+                for stub, label in stubs.get(c, ()):
+                    attrs = {**_STUB, "id": prefix + stub, "label": f"<<i>{_h(label)}</i>>"}
+                    lines.append(f"{pad}  {_q(prefix + stub)} [{_attrs(attrs)}];")
                 lines.append(f"{pad}}}")
             return
         for node in by_module.get(path, ()):
@@ -122,6 +130,7 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             emit(child, pad + "  ")
             lines.append(f"{pad}}}")
 
+    stubs, drawn = column_stubs(view)
     first: dict[str, str] = {}
     for node in view.nodes.values():
         for p in prefixes(node.module):
@@ -133,28 +142,20 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             f"{indent}{_q(prefix + 'fxtap:legend')} [id={_q(prefix + 'fxtap:legend')}, shape=plain, style=solid, label=<{legend}>];"
         )
     some_pruned = any(n.pruned for n in view.nodes.values())
-    for a, b in view.edges:
+    for a, b, (u, v) in drawn:
         attrs = []
-        if (a, b) in view.sequence:
+        if (u, v) in view.sequence:
             attrs.append('style=dotted, class="sequence"')
-        elif view.nodes[a].pruned or view.nodes[b].pruned:
+        elif view.nodes[u].pruned or view.nodes[v].pruned:
             attrs.append(f'style=dashed, color="{PRUNED_COLOUR}", class="pruned"')
         elif some_pruned:
             attrs.append('penwidth=1.6, color="#000000"')  # the path feeding the taps
-        ca, cb = view.columns.get(a), view.columns.get(b)
-        if ca is not None and cb is not None and ca != cb:
-            attrs.append("constraint=false")
         style = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"{indent}{_q(prefix + a)} -> {_q(prefix + b)}{style};")
-    # Column tops on one rank, joined left to right: dot keeps flat edges in order.
-    tops: dict[int, str] = {}
-    for k, c in view.columns.items():
-        tops.setdefault(c, k)
-    ordered = [tops[c] for c in sorted(tops)]
-    if len(ordered) > 1:
-        same = "; ".join(_q(prefix + k) for k in ordered)
-        lines.append(f"{indent}{{rank=same; {same};}}")
-        lines.append(f"{indent}{' -> '.join(_q(prefix + k) for k in ordered)} [style=invis];")
+    anchors = [_q(f"{prefix}fxtap:top{c}") for c in sorted(set(view.columns.values()))]
+    if len(anchors) > 1:
+        lines.append(f"{indent}{{rank=min; {'; '.join(anchors)};}}")
+        lines.append(f"{indent}{' -> '.join(anchors)} [style=invis];")
     return lines
 
 
@@ -197,6 +198,7 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
     if node.key is not None:
         attrs.update(penwidth="3", color="#000000")
         rows.append(_small(f"⇒ output {node.key!r}" if node.key != node.id else "⇒ output"))
+    style_mark(node, attrs, rows)
     if node.only is not None:
         attrs.update(penwidth="3", color=ONLY_COLOUR)
         rows.append(f'<font color="{ONLY_COLOUR}" point-size="8"><b>{node.only} only</b></font>')
@@ -205,21 +207,8 @@ def _node_attrs(node: ViewNode, prefix: str) -> dict[str, str]:
         if attrs.get("shape") != "box3d":
             attrs.pop("fillcolor", None)
     attrs["label"] = "<" + "<br/>".join(rows) + ">"
-    attrs["class"] = _classes(node)
+    attrs["class"] = node_classes(node)
     return attrs
-
-
-def _classes(node: ViewNode) -> str:
-    """SVG classes the HTML viewer filters on."""
-    flags = [
-        ("pruned", node.pruned),
-        ("requested", node.key is not None),
-        ("only", node.only is not None),
-        ("folded", node.kind in ("module", "pruned")),
-        ("untraced", bool(node.untraced)),
-        ("skipped", node.skipped),
-    ]
-    return " ".join(["kept"] * (not node.pruned) + [c for c, on in flags if on])
 
 
 def _cluster_attrs(view: View, path: str, prefix: str) -> dict[str, str]:
@@ -389,9 +378,12 @@ def _q(text: str) -> str:
 
 
 def _attrs(attrs: dict[str, str], sep: str = ",") -> str:
+    # NOTE: Graphviz keeps an entity ("&amp;") in an attribute as is: "&" is written "&amp;".
     out = []
     for key, value in attrs.items():
         out.append(
-            f"{key}={value}" if key == "label" and value.startswith("<") else f"{key}={_q(value)}"
+            f"{key}={value}"
+            if key == "label" and value.startswith("<")
+            else f"{key}={_q(value.replace('&', '&amp;'))}"
         )
     return (sep + " ").join(out)

@@ -50,8 +50,9 @@ def to_html(title: str, pages: list[Page], *, same: bool = False) -> str:
             views.append(
                 f'<div class="view" id="view-{_h(p.mode)}+">{_inline(p.expanded, p.mode + "+")}</div>'
             )
-    # "</" cannot close the script element from inside JSON text.
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # NOTE: HTML reads a script element's text before JSON does: "</script" closes it and
+    # "<!--" changes how it ends. Escaped as JSON escapes, no markup character is left in it.
+    payload = json.dumps(data, separators=(",", ":")).translate(_JSON_ESCAPES)
     buttons = "".join(
         f'<button type="button" class="mode" data-mode="{_h(p.mode)}">'
         f"{'train = eval' if same else _h(p.mode)}</button>"
@@ -66,6 +67,9 @@ def to_html(title: str, pages: list[Page], *, same: bool = False) -> str:
         data=payload,
         note="train and eval graphs are identical" if same else "",
     )
+
+
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 def _rows(page: Page) -> dict[str, list[object]]:
@@ -124,7 +128,7 @@ _PAGE = """<!DOCTYPE html>
     <option value="all">kept and pruned</option><option value="kept">kept only</option>
     <option value="pruned">pruned only</option></select>
   <button type="button" id="expand" title="draw every node: no folds, no collapsed modules">expand</button>
-  <button type="button" id="fit" title="fit the drawing to the window">fit</button>
+  <button type="button" id="fit" title="fit the whole drawing to the window">whole graph</button>
 </header>
 <ul id="matches" hidden></ul>
 <main id="stage">
@@ -163,8 +167,10 @@ button.mode.on{background:#0072B2;color:#fff}
  border:1px solid #999;z-index:3;max-height:50%;overflow:auto;min-width:320px}
 #matches li{padding:3px 8px;cursor:pointer;font:12px monospace}
 #matches li.on,#matches li:hover{background:#e3f1fa}
+#matches li.none{color:#882255;cursor:default;background:#fff;font-family:Helvetica,Arial,sans-serif}
 .help{color:#777;font-size:11px}
 g.node.hit :is(path,polygon,ellipse){stroke:#D55E00;stroke-width:4px}
+g.node.stub{cursor:pointer}
 .hide-pruned g.pruned,.hide-kept g.kept{opacity:.08}
 """
 
@@ -189,7 +195,50 @@ _JS = r"""
     tx = (r.width - w * s) / 2; ty = Math.max((r.height - h * s) / 2, 0);
     apply();
   }
-  function show(m, exp) {
+  // The smallest zoom at which labels (10 pt) stay readable.
+  const READABLE = 0.75;
+  function box(els) {
+    const r = stage.getBoundingClientRect();
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const el of els) {
+      const b = el.getBoundingClientRect();
+      x0 = Math.min(x0, (b.left - r.left - tx) / s); y0 = Math.min(y0, (b.top - r.top - ty) / s);
+      x1 = Math.max(x1, (b.right - r.left - tx) / s); y1 = Math.max(y1, (b.bottom - r.top - ty) / s);
+    }
+    return [x0, y0, x1, y1];
+  }
+  function frame([x0, y0, x1, y1], most) {
+    const r = stage.getBoundingClientRect(), pad = 120;
+    const w = x1 - x0 + 2 * pad, h = y1 - y0 + 2 * pad;
+    s = Math.max(Math.min(r.width / w, r.height / h, most), READABLE);
+    tx = r.width / 2 - ((x0 + x1) / 2) * s; ty = r.height / 2 - ((y0 + y1) / 2) * s;
+    apply();
+  }
+  // The first view: the taps and their neighbourhood, readable; without taps, the whole graph
+  // when it is readable at that size, else its start. "whole graph" is one click away.
+  function home() {
+    const taps = Object.keys(data.rows[mode]).filter(n =>
+      String(data.rows[mode][n][6]).includes("requested") && element(n));
+    const note = document.getElementById("copied");
+    fit();
+    if (taps.length) {
+      const [x0, y0, x1, y1] = box(taps.map(element));
+      const r = stage.getBoundingClientRect();
+      if ((x1 - x0 + 240) * READABLE <= r.width && (y1 - y0 + 240) * READABLE <= r.height) {
+        frame([x0, y0, x1, y1], 1.2);
+      } else {
+        frame(box([element(taps[0])]), 1.2);
+      }
+      note.textContent = "showing the requested nodes; press 'whole graph' to see all";
+    } else if (s < READABLE) {
+      const first = view().querySelector("g.node");
+      const [x0, y0, x1, y1] = box([first]);
+      const r = stage.getBoundingClientRect();
+      s = 1; tx = r.width / 2 - ((x0 + x1) / 2) * s; ty = 20 - y0 * s; apply();
+      note.textContent = "showing the start; press 'whole graph' to see all";
+    }
+  }
+  function show(m, exp, first = false) {
     document.querySelectorAll(".view").forEach(v => v.classList.remove("on"));
     mode = m; expanded = exp && data.expandable[m];
     view().classList.add("on");
@@ -200,7 +249,8 @@ _JS = r"""
     if (!(picked && go(picked, false))) {
       if (picked) { field.value = ""; document.getElementById("row").textContent = "";
         document.getElementById("copied").textContent = picked + " is not in the " + mode + " graph"; }
-      picked = null; fit();
+      picked = null;
+      if (first) home(); else fit();
     }
   }
   function element(name) {
@@ -252,7 +302,8 @@ _JS = r"""
   function find(q) {
     q = q.trim();
     if (!q) return [];
-    const names = Object.keys(data.rows[mode]).filter(n => drawnAs(n) !== null);
+    // "name@ref1" and the like are the drawing's own ids, not names a user asks for
+    const names = Object.keys(data.rows[mode]).filter(n => !n.includes("@") && drawnAs(n) !== null);
     const score = n => n === q ? 0 : n.endsWith("." + q) ? 1 : n.startsWith(q) ? 2 :
       n.includes(q) ? 3 : 9;
     return names.map(n => [score(n), n.length, n]).filter(x => x[0] < 9)
@@ -262,7 +313,13 @@ _JS = r"""
   function list(q) {
     const found = find(q);
     matches.textContent = "";
-    matches.hidden = found.length === 0;
+    matches.hidden = found.length === 0 && !q.trim();
+    if (!found.length && q.trim()) {
+      const li = document.createElement("li");
+      li.className = "none";
+      li.textContent = `no node matches "${q.trim()}" in the ${mode} graph`;
+      matches.appendChild(li);
+    }
     found.forEach((n, i) => {
       const li = document.createElement("li");
       li.textContent = n;
@@ -274,7 +331,10 @@ _JS = r"""
   }
   search.addEventListener("input", () => list(search.value));
   search.addEventListener("keydown", e => {
-    if (e.key === "Enter") { const f = list(search.value); matches.hidden = true; if (f.length) go(f[0]); }
+    if (e.key === "Enter") {
+      const f = list(search.value);
+      if (f.length) { matches.hidden = true; go(f[0]); }
+    }
     if (e.key === "Escape") matches.hidden = true;
   });
   search.addEventListener("blur", () => { matches.hidden = true; });
@@ -294,6 +354,8 @@ _JS = r"""
     if (moved) return;
     const g = e.target.closest("g.node");
     if (!g) return;
+    const stub = g.id.slice(key().length + 1).match(/^fxtap:(to|from):(.*)>(.*)$/);
+    if (stub) { go(stub[1] === "to" ? stub[3] : stub[2]); return; }
     const name = g.id.slice(key().length + 1);
     document.querySelectorAll("g.node.hit").forEach(n => n.classList.remove("hit"));
     g.classList.add("hit");
@@ -318,7 +380,7 @@ _JS = r"""
     stage.classList.toggle("hide-kept", e.target.value === "pruned");
   });
   window.fxtap = { go, show, find, state: () => ({ mode, expanded, picked, s, tx, ty }) };
-  show(mode, false);
+  show(mode, false, true);
   // The first frame with the drawing on screen, for tests and timing.
   requestAnimationFrame(() => setTimeout(() => { window.fxtapPainted = performance.now(); }));
 })();

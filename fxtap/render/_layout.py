@@ -32,6 +32,7 @@ __all__ = [
 #: Drawings with more nodes than this start with dot's fast settings.
 FAST_FROM = 1500
 _RESERVE = {"default": 0.55, "fast": 0.2, "collapsed": 0.0}
+_HINT = "Pass a writable folder with out_dir= (-o DIR)."
 INSTALL_HINT = (
     "Install Graphviz: 'apt-get install graphviz' (Debian/Ubuntu), 'brew install graphviz' "
     "(macOS) or 'conda install graphviz'; or pass fmt='dot' to write DOT text only"
@@ -94,8 +95,10 @@ def layout(
             text = to_dot(views, name=title, settings=FAST_SETTINGS)
         left = timeout - (time.perf_counter() - start) - timeout * _RESERVE[layout]
         try:
-            subprocess.run(
-                [program, f"-T{fmt}", "-o", str(out)],
+            # NOTE: dot writes to a pipe, not to ``out``: its -o follows links and writes in
+            # place; fxtap's one writer replaces regular files only, atomically.
+            done = subprocess.run(
+                [program, f"-T{fmt}"],
                 input=text.encode("utf-8"),
                 check=True,
                 capture_output=True,
@@ -110,6 +113,7 @@ def layout(
                 f"Graphviz's dot failed on {str(dot_path)!r}: {err}. This is a bug in fxtap's "
                 "DOT output; please report it with the .dot file."
             ) from exc
+        write_atomic(out, done.stdout, hint=_HINT)
         if layout != "default":
             write(dot_path, text)
         if timed_out:
@@ -188,4 +192,4 @@ def find_dot(dot: str | os.PathLike[str] | None, written: list[Path]) -> str:
 
 def write(path: Path, text: str) -> Path:
     """Write a drawing's text with fxtap's one atomic writer."""
-    return write_atomic(path, text, hint="Pass a writable folder with out_dir= (-o DIR).")
+    return write_atomic(path, text, hint=_HINT)

@@ -11,7 +11,7 @@ from typing import Any
 import networkx as nx
 from torch import fx, nn
 
-from fxtap._fx import op_label, owned_params, target_text
+from fxtap._fx import CUT_KEY, EDIT_KEY, op_label, owned_params, target_text
 from fxtap._query import normalize_return_nodes, parse_query, resolve
 from fxtap._shapes import VALUE_KEY, propagate_shapes
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError
@@ -60,6 +60,9 @@ class ViewNode:
     skipped: bool = False  # a capture extractor's early exit skips it
     #: What the label shows for the op when not its target's last part (``aten.add``).
     label: str | None = None
+    #: ``"edited"`` (an edit ``fxtap.edit`` inserted), ``"cut"`` or ``"boundary"`` (a value
+    #: crossing a ``split``), else ``""``.
+    mark: str = ""
 
     @property
     def protected(self) -> bool:
@@ -192,6 +195,7 @@ def build_view(
                 mode_dependent(node.op, op_label(node) or target_text(node), module_type)
             ),
             label=op_label(node),
+            mark="edited" if EDIT_KEY in node.meta else str(node.meta.get(CUT_KEY, "")),
         )
     edges: dict[tuple[str, str], None] = {}
     for node, name in ids.items():

@@ -11,7 +11,7 @@ import networkx as nx
 from fxtap.render._fold import members
 from fxtap.render._view import View
 
-__all__ = ["MAX_COLUMNS", "MIN_WRAP_RANKS", "WRAP_RATIO", "shorten", "wrap"]
+__all__ = ["MAX_COLUMNS", "MIN_WRAP_RANKS", "WRAP_RATIO", "column_stubs", "shorten", "wrap"]
 
 #: Rough size of a drawn node in points (dot's default layout), to plan wrapping.
 _RANK_HEIGHT, _NODE_WIDTH = 52.0, 150.0
@@ -90,6 +90,33 @@ def wrap(view: View) -> View:
     if column == 0:
         return view
     return dataclasses.replace(view, columns=placed, wrap_at=at)
+
+
+def column_stubs(
+    view: View,
+) -> tuple[dict[int, list[tuple[str, str]]], list[tuple[str, str, tuple[str, str]]]]:
+    """The stubs standing for edges between wrapped columns, and the edges to draw.
+
+    An edge between two columns lets dot's crossing minimisation reorder the columns
+    (GoogLeNet's parts came out 1, 3, 2), so it is drawn as two stubs: ``→ name`` under its
+    tail, in the tail's column, and ``↪ name`` over its head, in the head's.
+
+    Returns:
+        column -> ``(stub id, label)``, and ``(tail, head, edge of the view)`` per edge to draw:
+        the view's edges within a column, and the two halves of each edge between columns.
+    """
+    stubs: dict[int, list[tuple[str, str]]] = {}
+    edges: list[tuple[str, str, tuple[str, str]]] = []
+    for a, b in view.edges:
+        ca, cb = view.columns.get(a), view.columns.get(b)
+        if ca is not None and cb is not None and ca != cb:
+            out, into = f"fxtap:to:{a}>{b}", f"fxtap:from:{a}>{b}"
+            stubs.setdefault(ca, []).append((out, f"→ {view.nodes[b].short or b}"))
+            stubs.setdefault(cb, []).append((into, f"↪ {view.nodes[a].short or a}"))
+            edges += [(a, out, (a, b)), (into, b, (a, b))]
+        else:
+            edges.append((a, b, (a, b)))
+    return stubs, edges
 
 
 def _items(view: View, at: str, rank: dict[str, int]) -> list[tuple[int, int, list[str]]]:

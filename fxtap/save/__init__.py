@@ -31,6 +31,7 @@ from fxtap._protocol import Extractor
 from fxtap.errors import InvalidArgumentError, LoadError, format_choices
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._pack import pack
+from fxtap.save._schema import NAME
 
 __all__ = ["FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load", "save"]
 
@@ -72,8 +73,26 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
     if fmt == "pickle":
         write_atomic(target, lambda f: _pickle(extractor, f))
     else:
+        _check_ascii_names(extractor)
         write_atomic(target, lambda f: pack(extractor, f))
     return target
+
+
+def _check_ascii_names(extractor: Extractor) -> None:
+    """Refuse, before writing, a name the safe loader would refuse (it reads ASCII names only)."""
+    items: Any = [
+        *extractor.named_modules(remove_duplicate=False),
+        *extractor.named_parameters(remove_duplicate=False),
+        *extractor.named_buffers(remove_duplicate=False),
+    ]
+    for path, _ in items:
+        bad = next((p for p in path.split(".") if p and not NAME.fullmatch(p)), None)
+        if bad is not None:
+            raise InvalidArgumentError(
+                f"module path {path!r}: {bad!r} is not an ASCII identifier, and the safe format "
+                "stores only names matching [A-Za-z_][A-Za-z0-9_]* (docs/saving.md says why); "
+                "rename the module, or save with fmt='pickle' and load with trust=True"
+            )
 
 
 def load(path: str | os.PathLike[str], *, trust: bool = False) -> Extractor:

@@ -23,6 +23,7 @@ __all__ = [
     "OPS",
     "OUTPUT_TYPES",
     "PATH",
+    "TRANSFORMERS",
     "resolve",
 ]
 
@@ -48,6 +49,8 @@ OBJECTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     cls: (tuple(spec["config"]), tuple(spec["optional"]))
     for cls, spec in _DATA.get("objects", {}).items()
 }
+#: ``module:qualname`` of each Hugging Face model class a file may rebuild from its config.
+TRANSFORMERS: frozenset[str] = frozenset(_DATA.get("transformers", ()))
 #: ``module:qualname`` of each enum whose members a configuration may hold.
 ENUMS: frozenset[str] = frozenset(_DATA.get("enums", ()))
 #: ``ns::name.overload`` of every operator an exported graph may call -> its three name parts.

@@ -18,7 +18,9 @@ from fxtap._parametrized import add_weight_norm_hooks, restore
 from fxtap.errors import LoadError
 from fxtap.save._allowlist import resolve
 from fxtap.save._config import build_value
+from fxtap.save._hf import TransformersSpec, build_transformers
 from fxtap.save._schema import ModuleSpec
+from fxtap.save._state import restore_private
 
 __all__ = ["build_module", "function", "module_class", "tensors_of"]
 
@@ -43,7 +45,7 @@ def tensors_of(
 
 
 def build_module(
-    spec: ModuleSpec | str,
+    spec: ModuleSpec | TransformersSpec | str,
     tensors: Mapping[str, torch.Tensor],
     built: dict[str, nn.Module],
     *,
@@ -52,6 +54,10 @@ def build_module(
     """The module of a checked spec; ``built`` maps the paths built so far to their modules."""
     if isinstance(spec, str):  # ``same_as``: checked to be complete already
         return built[spec]
+    if isinstance(spec, TransformersSpec):
+        model = build_transformers(spec, tensors, lambda path: module_class(path, trust=trust))
+        built[spec.path] = model
+        return model
     cls = module_class(spec.cls, trust=trust)
     # NOTE: the constructor is not called: its arguments are unknown and it would allocate
     # what the file says; the module gets nn.Module's internals, then its saved state.
@@ -59,6 +65,7 @@ def build_module(
     nn.Module.__init__(module)
     for key, value in spec.config.items():
         object.__setattr__(module, key, build_value(value, tensors, _resolver(trust)))
+    restore_private(module, spec.arguments, f"modules.{spec.path}.arguments")
     module.training = spec.training
     for key, ref in spec.parameters.items():
         module._parameters[key] = None if ref is None else tensors[ref]  # type: ignore[assignment]
@@ -95,7 +102,8 @@ def function(path: str, *, trust: bool) -> Any:
 def module_class(path: str, *, trust: bool) -> type[nn.Module]:
     from fxtap.save import _allowlist
 
-    found = _exact(path) if path in _allowlist.MODULES else None
+    allowed = path in _allowlist.MODULES or path in _allowlist.TRANSFORMERS
+    found = _exact(path) if allowed else None
     if found is None:
         if not trust:
             raise AssertionError(f"unchecked module class {path!r}")

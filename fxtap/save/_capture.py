@@ -21,11 +21,12 @@ from fxtap._query import Request
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.capture._islands import IslandForward
 from fxtap.capture._reach import Dropped
-from fxtap.errors import FxtapError, LoadError, TraceError
+from fxtap.errors import FxtapError, InvalidArgumentError, LoadError, TraceError, format_choices
 from fxtap.save import _allowlist
 from fxtap.save._build import build_module, function, module_class
 from fxtap.save._config import Modules
 from fxtap.save._encode import Tensors, encode_module, function_path, unsavable
+from fxtap.save._hf import TransformersSpec
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MODES, header, tensor_list
 from fxtap.save._schema import (
     ModuleSpec,
@@ -33,9 +34,12 @@ from fxtap.save._schema import (
     as_object,
     as_string,
     as_strings,
+    check_code_names,
     check_keys,
+    check_outputs,
     closest,
     dotted_path,
+    encode_outputs,
     identifier,
 )
 
@@ -61,15 +65,21 @@ class CheckedCapture:
 
     class_name: str
     training: bool
-    model: ModuleSpec
+    model: ModuleSpec | TransformersSpec
     tensors: dict[str, tuple[bool, bool]]
-    outputs: dict[str, dict[str, str]]
+    outputs: dict[str, dict[str | int, str]]
     reason: str
     tracer: dict[str, Any]
 
 
 def describe_capture(extractor: CaptureExtractor, tensors: Tensors) -> dict[str, Any]:
     """The manifest of ``extractor``; its tensors go to ``tensors``."""
+    if extractor.edited:
+        raise InvalidArgumentError(
+            f"the extractor edits {format_choices(extractor.edited)} with forward hooks (its "
+            "model's root forward cannot be traced), which the safe fxtap format does not store; "
+            "save with fmt='pickle' (--format pickle) and load it with trust=True"
+        )
     model = clone_structure(extractor.model, {})
     for module in model.modules():
         if isinstance(vars(module).get("forward"), IslandForward):
@@ -83,7 +93,7 @@ def describe_capture(extractor: CaptureExtractor, tensors: Tensors) -> dict[str,
         "training": extractor.training,
         "model": encode_module(model, "model", tensors, {}),
         "tensors": tensors.info,
-        "outputs": extractor.outputs,
+        "outputs": encode_outputs(extractor.outputs),
         "reason": extractor.reason,
         "tracer": _encode_tracer(extractor.tracer_kwargs),
     }
@@ -98,19 +108,9 @@ def check_capture(data: Any, *, trust: bool) -> CheckedCapture:
     modules = Modules(tensors, trust=trust)
     modules.add_top("model", top["model"], "model")
     model = modules.top["model"]
-    if not isinstance(model, ModuleSpec):
+    if not isinstance(model, (ModuleSpec, TransformersSpec)):
         raise LoadError("model: the model is a module spec, not a reference")
-    raw_outputs = as_object(top["outputs"], "outputs")
-    check_keys(raw_outputs, set(MODES), None, "outputs")
-    outputs: dict[str, dict[str, str]] = {}
-    for mode in MODES:
-        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
-        if not outs:
-            raise LoadError(f"outputs.{mode}: no output is requested")
-        outputs[mode] = {
-            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
-            for k, v in outs.items()
-        }
+    outputs = check_outputs(top["outputs"], MODES, required=True)
     return CheckedCapture(
         class_name=identifier(top["class_name"], "class_name"),
         training=as_bool(top["training"], "training"),
@@ -127,6 +127,7 @@ def build_capture(
 ) -> CaptureExtractor:
     """The extractor of a checked capture manifest, built by fxtap's capture builder."""
     model = build_module(checked.model, tensors, {}, trust=trust)
+    check_code_names(model, ())  # the capture builder traces it: fx writes these names
     options = _build_tracer(checked.tracer, trust=trust)
     requests = {
         mode: [Request(query, key) for key, query in checked.outputs[mode].items()]

@@ -18,7 +18,9 @@ import torch
 
 from fxtap.errors import LoadError
 from fxtap.save import _allowlist
+from fxtap.save._hf import TAG, TransformersSpec, check_transformers
 from fxtap.save._schema import (
+    MAX_MODULES,
     ModuleSpec,
     as_bool,
     as_list,
@@ -31,6 +33,7 @@ from fxtap.save._schema import (
     dotted_path,
     identifier,
     member_name,
+    no_nodes,
     path_part,
     prefixes,
 )
@@ -173,12 +176,16 @@ class Modules:
     def __init__(self, tensors: Mapping[str, tuple[bool, bool]], *, trust: bool) -> None:
         self.tensors = tensors
         self.trust = trust
-        self.top: dict[str, ModuleSpec | str] = {}
-        self.paths: frozenset[str] = frozenset()
+        self.top: dict[str, ModuleSpec | TransformersSpec | str] = {}
         self._paths: set[str] = set()
         self._finished: set[str] = set()
         self._containers: set[str] = set()  # proper prefixes of the stored paths
         self._tensor_paths: set[str] = set()
+
+    @property
+    def paths(self) -> frozenset[str]:
+        """The stored (top-level) module paths: built once per call, not once per module."""
+        return frozenset(self.top)
 
     @property
     def tensor_paths(self) -> frozenset[str]:
@@ -194,7 +201,6 @@ class Modules:
             raise LoadError(f"{where}: another stored module lies inside it")
         self._containers.update(prefixes(path))
         self.top[path] = self._module(spec, path, where)
-        self.paths = frozenset(self.top)
 
     def tensor(self, ref: Any, where: str, *, parameter: bool | None) -> str:
         ref = as_string(ref, where)
@@ -217,9 +223,20 @@ class Modules:
             if any(p in attributes for p in prefixes(path)):
                 raise LoadError(f"modules.{path}: it lies inside the tensor attribute")
 
-    def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | str:
+    def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | TransformersSpec | str:
         spec = as_object(raw, where)
         self._paths.add(path)
+        if len(self._paths) > MAX_MODULES:
+            raise LoadError(f"{where}: the file holds more than {MAX_MODULES} modules")
+        if TAG in spec:
+            check_keys(spec, {TAG}, None, where)
+            model = check_transformers(
+                spec[TAG], path, f"{where}.{TAG}", self._model_tensor, trust=self.trust
+            )
+            self._tensor_paths.update(f"{path}.{name}" for name in model.parameters)
+            self._tensor_paths.update(f"{path}.{name}" for name in model.buffers)
+            self._finished.add(path)
+            return model
         if "same_as" in spec:
             check_keys(spec, {"same_as"}, None, where)
             other = as_string(spec["same_as"], f"{where}.same_as")
@@ -230,7 +247,7 @@ class Modules:
                     "(a module cannot contain itself)"
                 )
             return other
-        check_keys(spec, _MODULE_KEYS, _MODULE_KEYS | {"parametrized"}, where)
+        check_keys(spec, _MODULE_KEYS, _MODULE_KEYS | {"parametrized", "arguments"}, where)
         cls = as_string(spec["class"], f"{where}.class")
         allowed = _allowlist.MODULES.get(cls)
         if allowed is None and not self.trust:
@@ -243,6 +260,8 @@ class Modules:
         config = {}
         for key, value in as_object(spec["config"], f"{where}.config").items():
             field = f"{where}.config.{key}"
+            if isinstance(key, str) and key.startswith("_"):
+                raise LoadError(f"{field}: private attributes ({key!r:.80}) are never stored")
             if allowed is not None and key not in required and key not in optional:
                 raise LoadError(f"{field}: {cls} holds no attribute {key!r:.80}")
             if allowed is None:
@@ -268,7 +287,7 @@ class Modules:
         non_persistent = as_strings(spec["non_persistent"], f"{where}.non_persistent")
         if not set(non_persistent) <= set(state["buffers"]):
             raise LoadError(f"{where}.non_persistent: names a buffer the module does not hold")
-        children: dict[str, ModuleSpec | str | None] = {}
+        children: dict[str, ModuleSpec | TransformersSpec | str | None] = {}
         for name, child in as_object(spec["modules"], f"{where}.modules").items():
             field = f"{where}.modules.{name}"
             path_part(name, field)
@@ -287,10 +306,17 @@ class Modules:
             non_persistent=tuple(non_persistent),
             children=children,
             parametrized=as_bool(spec.get("parametrized", False), f"{where}.parametrized"),
+            arguments={
+                key: no_nodes(value, f"{where}.arguments.{key}")
+                for key, value in as_object(spec.get("arguments", {}), f"{where}.arguments").items()
+            },
         )
         if built.parametrized:
             check_parametrized(built, where)
         return built
+
+    def _model_tensor(self, ref: Any, where: str, parameter: bool) -> str:
+        return self.tensor(ref, where, parameter=parameter)
 
     def _config_tensor(self, ref: Any, where: str) -> str:
         return self.tensor(ref, where, parameter=False)

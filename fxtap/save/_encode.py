@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import enum
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from fxtap._parametrized import base_class, is_parametrized
-from fxtap.errors import InvalidArgumentError
+from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save._allowlist import resolve
+from fxtap.save._hf import (
+    ATTENTION,
+    TAG,
+    check_config,
+    check_plain,
+    installed_version,
+    is_transformers_model,
+    outside,
+    rebuild,
+)
+from fxtap.save._state import arguments_of
 
 __all__ = ["Tensors", "encode", "encode_module", "function_path", "unsavable"]
 
@@ -120,14 +131,22 @@ def _encode_object(value: Any, tensors: Tensors) -> Any:
 def encode_module(
     module: nn.Module, path: str, tensors: Tensors, memo: dict[int, str]
 ) -> dict[str, Any]:
+    """The spec of ``module``: class, public attributes, tensors, children.
+
+    Private attributes (``_name``) are never stored: those some torch and torchvision classes
+    need are rebuilt on load (``fxtap.save._state``). A Hugging Face model is stored as its
+    class, config and weights (``fxtap.save._hf``).
+    """
     if id(module) in memo:
         return {"same_as": memo[id(module)]}
     memo[id(module)] = path
+    if is_transformers_model(module):
+        return _encode_transformers(module, path, tensors.add)
     parametrized = is_parametrized(module)
     cls = base_class(module)
     config = {}
     for key, value in vars(module).items():
-        if key in _MODULE_INTERNALS:
+        if key in _MODULE_INTERNALS or key.startswith("_"):
             continue
         try:
             config[key] = encode(value, tensors)
@@ -151,6 +170,9 @@ def encode_module(
             for k, v in module._modules.items()
         },
     }
+    arguments = arguments_of(module)
+    if arguments:
+        spec["arguments"] = {k: encode(v) for k, v in arguments.items()}
     if parametrized:  # the tensors under ``parametrizations`` are computed on access
         spec["parametrized"] = True
     return spec
@@ -174,3 +196,95 @@ def unsavable(what: str) -> InvalidArgumentError:
         f"{what} cannot be stored in the safe fxtap format, which keeps only torch values and "
         "plain data; save with fmt='pickle' (--format pickle) and load it with trust=True"
     )
+
+
+# --- Hugging Face models (fxtap.save._hf) ------------------------------------------------------
+
+
+def _encode_transformers(
+    model: Any, path: str, add_tensor: Callable[[torch.Tensor], str]
+) -> dict[str, Any]:
+    """The spec of Hugging Face ``model``; its tensors go to ``add_tensor``.
+
+    Raises:
+        InvalidArgumentError: the model is not what its class and config rebuild (a module
+            replaced or an attribute changed after construction), its config is not plain
+            data, or it uses an attention implementation the safe loader does not rebuild.
+    """
+    from fxtap.capture._reach import Dropped
+
+    cls = type(model)
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    where = f"module {path!r} ({cls.__name__})"
+    # NOTE: transformers keeps the attention implementation in a private config field that
+    # to_dict leaves out; it changes the values (sdpa and eager round differently)
+    attention = getattr(model.config, "_attn_implementation", None) or "eager"
+    if attention not in ATTENTION:
+        raise unsavable(f"{where} attention implementation {attention!r}")
+    config = model.config.to_dict()
+    try:
+        check_config(config, type(model.config), where)
+    except LoadError as exc:
+        raise unsavable(f"{where} config ({exc})") from exc
+    dropped = [p for p, m in model.named_modules() if isinstance(m, Dropped)]
+    kept = outside(dropped)
+    spec = {
+        "class": name,
+        "version": installed_version() or "",
+        "config": encode(config),
+        "attention": attention,
+        "training": model.training,
+        "parameters": {
+            k: add_tensor(v) for k, v in model.named_parameters(remove_duplicate=False) if kept(k)
+        },
+        "buffers": {
+            k: add_tensor(v) for k, v in model.named_buffers(remove_duplicate=False) if kept(k)
+        },
+        "dropped": dropped,
+    }
+    rebuilt = type(model.config).from_dict(config)
+    if rebuilt.to_dict() != config:
+        raise unsavable(f"{where} config (from_dict does not read its to_dict back)")
+    fresh = rebuild(cls, rebuilt, attention)
+    difference = _difference(model, fresh, kept)
+    if difference:
+        raise InvalidArgumentError(
+            f"{where} is not what {cls.__name__}._from_config(model.config) builds: "
+            f"{difference}; the safe format stores a Hugging Face model as its class, config "
+            "and weights. Save with fmt='pickle' (--format pickle) and load it with trust=True"
+        )
+    return {TAG: spec}
+
+
+def _difference(model: nn.Module, fresh: nn.Module, kept: Callable[[str], bool]) -> str:
+    """The first way ``model`` differs from ``fresh`` (rebuilt from its config), or ''."""
+    from fxtap.capture._reach import Dropped
+
+    built = dict(fresh.named_modules(remove_duplicate=False))
+    for path, module in model.named_modules(remove_duplicate=False):
+        if not kept(path) or isinstance(module, Dropped):
+            continue
+        other = built.get(path)
+        if type(other) is not type(module):
+            return f"module {path!r} is a {type(module).__name__}, not {type(other).__name__}"
+        for key, value in vars(module).items():
+            if key.startswith("_") or key == "training" or not _is_plain(value):
+                continue
+            if key not in vars(other) or vars(other)[key] != value:
+                return (
+                    f"{path or 'the model'}.{key} = {value!r:.40}, not {vars(other).get(key)!r:.40}"
+                )
+    ours = {k: v.shape for k, v in model.state_dict(keep_vars=True).items() if kept(k)}
+    theirs = {k: v.shape for k, v in fresh.state_dict(keep_vars=True).items() if kept(k)}
+    if ours != theirs:
+        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        return f"its tensors differ at {changed[:3]}"
+    return ""
+
+
+def _is_plain(value: Any) -> bool:
+    try:
+        check_plain(value, "")
+    except LoadError:
+        return False
+    return True

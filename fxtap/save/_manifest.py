@@ -19,8 +19,15 @@ from torch.fx import graph as fx_graph
 from fxtap.errors import LoadError
 from fxtap.save import _allowlist
 from fxtap.save._config import Modules
-from fxtap.save._ops import REBUILD_OUTPUT, check_op, check_rebuild, check_treespec
+from fxtap.save._ops import (
+    REBUILD_OUTPUT,
+    check_op,
+    check_op_args,
+    check_rebuild,
+    check_treespec,
+)
 from fxtap.save._schema import (
+    MAX_NODES,
     PARAMETER_RESERVED,
     Checked,
     NodeSpec,
@@ -31,11 +38,13 @@ from fxtap.save._schema import (
     as_string,
     as_strings,
     check_keys,
+    check_outputs,
     closest,
     decode,
     dotted_path,
     identifier,
     local_name,
+    name,
 )
 
 __all__ = [
@@ -83,15 +92,7 @@ def check(data: Any, *, trust: bool) -> Checked:
         ref = modules.tensor(spec["tensor"], f"{where}.tensor", parameter=None)
         attributes[path] = (ref, as_bool(spec["persistent"], f"{where}.persistent"))
     modules.check_attributes(attributes)
-    outputs = {}
-    raw_outputs = as_object(top["outputs"], "outputs")
-    check_keys(raw_outputs, set(MODES), None, "outputs")
-    for mode in MODES:
-        outs = as_object(raw_outputs[mode], f"outputs.{mode}")
-        outputs[mode] = {
-            as_string(k, f"outputs.{mode}"): as_string(v, f"outputs.{mode}.{k}")
-            for k, v in outs.items()
-        }
+    outputs = check_outputs(top["outputs"], MODES)
     graphs_raw = as_object(top["graphs"], "graphs")
     check_keys(graphs_raw, set(MODES), None, "graphs")
     targets = frozenset(attributes) | modules.tensor_paths
@@ -159,8 +160,10 @@ class _Graph:
         self.names: set[str] = set()
         self.parameters: set[str] = set()
 
-    def check(self, raw: Any, outputs: Mapping[str, str]) -> tuple[NodeSpec, ...]:
+    def check(self, raw: Any, outputs: Mapping[str | int, str]) -> tuple[NodeSpec, ...]:
         entries = as_list(raw, f"graphs.{self.mode}")
+        if len(entries) > MAX_NODES:
+            raise LoadError(f"graphs.{self.mode}: {len(entries)} nodes, more than {MAX_NODES}")
         nodes: list[NodeSpec] = []
         for i, entry in enumerate(entries):
             where = f"graphs.{self.mode}[{i}]"
@@ -172,7 +175,8 @@ class _Graph:
         if not nodes or nodes[-1].op != "output":
             raise LoadError(f"graphs.{self.mode} has no output node (it must be the last node)")
         value = nodes[-1].args[0]
-        if not isinstance(value, dict) or set(value) != set(outputs):
+        # no outputs: the graph returns what the model returns (a split's tail, an edited model)
+        if outputs and (not isinstance(value, dict) or set(value) != set(outputs)):
             raise LoadError(
                 f"graphs.{self.mode}: the output node does not return the keys of "
                 f"outputs.{self.mode}"
@@ -181,9 +185,9 @@ class _Graph:
 
     def _node(self, entry: Mapping[str, Any], where: str, *, last: bool) -> NodeSpec:
         check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name"}, where)
-        name = local_name(entry["name"], f"{where}.name")
-        if name in self.names:
-            raise LoadError(f"{where}.name: a second node is named {name!r}")
+        node_name = local_name(entry["name"], f"{where}.name")
+        if node_name in self.names:
+            raise LoadError(f"{where}.name: a second node is named {node_name!r}")
         op = entry["op"]
         if op not in OPS:
             raise LoadError(f"{where}.op: {op!r:.60} is not one of {', '.join(OPS)}")
@@ -198,6 +202,7 @@ class _Graph:
         target = entry["target"]
         if op == "call_function" and isinstance(target, dict) and "op" in target:
             target = check_op(target, f"{where}.target", trust=self.trust)
+            check_op_args(target, args, kwargs, f"{where}.args")
         elif op == "call_function":
             check_keys(as_object(target, f"{where}.target"), {"function"}, None, f"{where}.target")
             target = self._function(target["function"], args, kwargs, f"{where}.target")
@@ -207,12 +212,14 @@ class _Graph:
             # NOTE: fx renames a placeholder named like a builtin (input -> input_1) but keeps
             # its target: the target is a parameter name of the generated forward
             target = identifier(target, f"{where}.target")
-            renamed = re.fullmatch(re.escape(target) + r"_[0-9]+", name)
+            renamed = re.fullmatch(re.escape(target) + r"_[0-9]+", node_name)
             if target in self.parameters or target in PARAMETER_RESERVED:
                 raise LoadError(f"{where}.target: {target!r} cannot name a second parameter")
             self.parameters.add(target)
-            if target != name and not renamed:
-                raise LoadError(f"{where}.target: {target!r} cannot name a parameter of {name!r}")
+            if target != node_name and not renamed:
+                raise LoadError(
+                    f"{where}.target: {target!r} cannot name a parameter of {node_name!r}"
+                )
             if len(args) > 1 or kwargs:
                 raise LoadError(f"{where}: a placeholder holds at most a default value")
         elif op == "output":
@@ -231,7 +238,7 @@ class _Graph:
         fxtap_name = entry.get("fxtap_name")
         if fxtap_name is not None:
             as_string(fxtap_name, f"{where}.fxtap_name")
-        return NodeSpec(name, op, target, args, kwargs, fxtap_name)
+        return NodeSpec(node_name, op, target, args, kwargs, fxtap_name)
 
     def _function(
         self, path: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
@@ -253,29 +260,27 @@ class _Graph:
         if path == REBUILD_OUTPUT:
             check_rebuild(args, kwargs, where)
         if path in NAMED_ATTRIBUTE:
-            name = args[1] if len(args) == 2 and not kwargs else None
-            if not isinstance(args[0] if args else None, Ref) or not isinstance(name, str):
+            attribute = args[1] if len(args) == 2 and not kwargs else None
+            if not isinstance(args[0] if args else None, Ref) or not isinstance(attribute, str):
                 raise LoadError(f"{where}: {path} takes a node and a literal attribute name")
-            if name not in _allowlist.ATTRIBUTES and not (self.trust and not name.startswith("_")):
+            attribute = name(attribute, f"{where}.args[1]", private=False)
+            if attribute not in _allowlist.ATTRIBUTES and not self.trust:
                 raise LoadError(
-                    f"{where}: its graph reads the attribute {name!r:.80}, which the safe loader "
-                    f"does not allow{closest(name, _allowlist.ATTRIBUTES)}"
+                    f"{where}: its graph reads the attribute {attribute!r:.80}, which the safe "
+                    f"loader does not allow{closest(attribute, _allowlist.ATTRIBUTES)}"
                 )
         return path
 
-    def _method(self, name: Any, args: tuple[Any, ...], where: str) -> str:
-        name = as_string(name, where)
-        allowed = name in _allowlist.METHODS or (
-            self.trust and name.isidentifier() and not name.startswith("_")
-        )
-        if not allowed:
+    def _method(self, target: Any, args: tuple[Any, ...], where: str) -> str:
+        method = name(target, where, private=False)
+        if method not in _allowlist.METHODS and not self.trust:
             raise LoadError(
-                f"{where}: its graph calls the method {name!r:.80}, which the safe loader does "
-                f"not allow{closest(name, _allowlist.METHODS)}"
+                f"{where}: its graph calls the method {method!r:.80}, which the safe loader does "
+                f"not allow{closest(method, _allowlist.METHODS)}"
             )
         if not args or not isinstance(args[0], Ref):
             raise LoadError(f"{where}: a method call's first argument must be a node")
-        return name
+        return method
 
     def _value(self, value: Any, where: str, *, refs: bool) -> Any:
         if isinstance(value, dict) and set(value) == {"node"}:

@@ -15,6 +15,7 @@ keys (no objects: pytree's JSON hook would import classes named in them); the sp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +25,14 @@ from fxtap import _compat
 from fxtap._compat import pytree
 from fxtap.errors import InvalidArgumentError, LoadError
 from fxtap.save import _allowlist
-from fxtap.save._schema import as_list, as_object, check_keys, closest, identifier
+from fxtap.save._guards import GUARDS, unguarded
+from fxtap.save._schema import NAME, as_list, as_object, check_keys, closest, name
 
 __all__ = [
     "REBUILD_OUTPUT",
     "TreeSpecText",
     "check_op",
+    "check_op_args",
     "check_rebuild",
     "check_treespec",
     "encode_op",
@@ -42,6 +45,12 @@ REBUILD_OUTPUT = "fxtap.trace._export:rebuild_output"
 _PROTOCOL = 1
 _MAX_KEYS = 4096
 _MAX_NODES = 10_000
+#: Schema types ATen declares ``int`` whose values must be these torch constants.
+_ENUM_ARGUMENTS = {
+    "ScalarType": torch.dtype,
+    "Layout": torch.layout,
+    "MemoryFormat": torch.memory_format,
+}
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,13 @@ class TreeSpecText:
 
 
 def encode_op(target: Any) -> dict[str, list[str]] | None:
-    """The tagged target of an operator overload, or ``None`` when ``target`` is not one."""
+    """The tagged target of an operator overload (or of its checked stand-in), or ``None``
+    when ``target`` is not one."""
+    target = unguarded(target)
     if not _compat.is_op_overload(target):
         return None
     parts = list(_compat.op_parts(target))
-    if not all(p.isidentifier() for p in parts) or _lookup(*parts) is not target:
+    if not all(NAME.fullmatch(p) for p in parts) or _lookup(*parts) is not target:
         raise InvalidArgumentError(
             f"operator {target!r} cannot be found again by its name in torch.ops, so the safe "
             "fxtap format cannot store it; save with fmt='pickle' (--format pickle) and load it "
@@ -74,14 +85,14 @@ def check_op(target: Any, where: str, *, trust: bool) -> str:
         raise LoadError(f"{where}.op: an op is [namespace, name, overload], not {parts!r:.80}")
     for i, part in enumerate(parts):
         # NOTE: ATen names dunder ops (``aten::__and__.Tensor``): they pass only by the allowlist
-        if not isinstance(part, str) or not part.isidentifier() or len(part) > 200:
+        if not isinstance(part, str) or not NAME.fullmatch(part):
             raise LoadError(f"{where}.op[{i}]: {part!r:.80} is not a plain identifier")
     key = f"{parts[0]}::{parts[1]}.{parts[2]}"
     if key in _allowlist.OPS:
         return key
     if trust:
         for i, part in enumerate(parts):
-            identifier(part, f"{where}.op[{i}]")
+            name(part, f"{where}.op[{i}]")
     else:
         raise LoadError(
             f"{where}: its graph calls the operator {key!r:.80}, which the safe loader does not "
@@ -91,8 +102,40 @@ def check_op(target: Any, where: str, *, trust: bool) -> str:
     return key
 
 
-def resolve_op(key: str, *, trust: bool) -> _compat.OpOverload:
-    """The operator an op key names: looked up by the allowlist's own names when allowlisted."""
+def check_op_args(key: str, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> None:
+    """An allowlisted op's dtype, layout and memory format arguments hold those constants.
+
+    ATen's schemas declare them ``int``: torch accepts any integer there and indexes a table
+    with it unchecked (``aten::zeros([], dtype=-2)`` crashes the process), so a number or a
+    node's value in such a place is refused; a file fxtap wrote holds tagged constants there.
+    """
+    parts = _allowlist.OPS.get(key)
+    op = _lookup(*parts) if parts is not None else None
+    if op is None:  # a trusted op outside the list: nothing to check against
+        return
+    try:
+        arguments = _compat.op_schema(op).arguments
+    except _compat.CompatError:  # no schemas without torch's private API: keywords by name
+        by_name = {"dtype": "ScalarType", "layout": "Layout", "memory_format": "MemoryFormat"}
+        given = [(k, by_name[k], v) for k, v in kwargs.items() if k in by_name]
+    else:
+        given = [(a.name, str(a.real_type), v) for a, v in zip(arguments, args)]
+        given += [(a.name, str(a.real_type), kwargs[a.name]) for a in arguments if a.name in kwargs]
+    for arg_name, type_text, value in given:
+        kind = _ENUM_ARGUMENTS.get(type_text.removeprefix("Optional[").rstrip("]"))
+        if kind is not None and value is not None and not isinstance(value, kind):
+            raise LoadError(
+                f"{where}: argument {arg_name!r} of {key} is a {kind.__name__}, not "
+                f"{value!r:.40}; fxtap writes it as a tagged constant such as "
+                '{"dtype": "float32"}'
+            )
+
+
+def resolve_op(key: str, *, trust: bool) -> Callable[..., Any]:
+    """The operator an op key names: looked up by the allowlist's own names when allowlisted,
+    through its checked stand-in when its kernel trusts its arguments (``_guards``)."""
+    if key in GUARDS:
+        return GUARDS[key]
     parts = _allowlist.OPS.get(key)
     if parts is None:
         if not trust:  # checked by check_op already

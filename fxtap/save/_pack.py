@@ -9,6 +9,7 @@ from typing import IO, Any
 import torch
 from torch import fx, nn
 
+from fxtap._fx import EDIT_KEY
 from fxtap._protocol import Extractor
 from fxtap.capture import CaptureExtractor
 from fxtap.errors import InvalidArgumentError
@@ -17,6 +18,7 @@ from fxtap.save._capture import describe_capture
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
+from fxtap.save._schema import MAX_STRING, encode_outputs
 from fxtap.trace import NAME_KEY
 
 __all__ = ["pack"]
@@ -40,6 +42,7 @@ def pack(extractor: Extractor, file: IO[bytes]) -> None:
             f"extractor is a {type(extractor).__name__}, which the safe fxtap format cannot "
             "describe; save it with fmt='pickle' (--format pickle) and load it with trust=True"
         )
+    _check_strings(manifest)
     with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
         archive.writestr(
@@ -52,6 +55,8 @@ def pack(extractor: Extractor, file: IO[bytes]) -> None:
 
 
 def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
+    for mode in MODES:
+        _refuse_function_edits(extractor.graph_for(mode))
     graphs = {mode: _encode_graph(extractor.graph_for(mode)) for mode in MODES}
     targets: dict[str, str] = {}
     for mode in MODES:
@@ -86,10 +91,23 @@ def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
         "modules": modules,
         "attributes": attrs,
         "tensors": tensors.info,
-        "outputs": extractor.outputs,
+        "outputs": encode_outputs(extractor.outputs),
         "kept": {mode: sorted(names) for mode, names in extractor.kept.items()},
         "opaque": list(extractor.opaque),
     }
+
+
+def _refuse_function_edits(graph: fx.Graph) -> None:
+    """A function given to ``fxtap.edit`` is code of the user's: only the pickle keeps it."""
+    for node in graph.nodes:
+        if node.op == "call_function" and EDIT_KEY in node.meta:
+            raise InvalidArgumentError(
+                f"the edit of {node.meta[EDIT_KEY]!r} is the function "
+                f"{getattr(node.target, '__name__', node.target)!r}, not a module; the safe "
+                "fxtap format stores edits as modules only. Use an fxtap.edits module or an "
+                "nn.Module, or save with fmt='pickle' (--format pickle) and load it with "
+                "trust=True"
+            )
 
 
 def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
@@ -120,3 +138,23 @@ def _attr(module: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _check_strings(manifest: dict[str, Any]) -> None:
+    """Refuse a string the loader would refuse (over ``MAX_STRING`` characters), naming it."""
+    stack: list[tuple[str, Any]] = [("the manifest", manifest)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((f"a key of {where}", key))
+                stack.append((key if where == "the manifest" else f"{where}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and len(value) > MAX_STRING:
+            raise InvalidArgumentError(
+                f"cannot save the extractor: {where[:120]} is a string of {len(value)} "
+                f"characters ({value[:20]!r}...), and the .fxtap format holds strings of at "
+                f"most {MAX_STRING} (output keys, names, configuration values); shorten it, or "
+                "save with fmt='pickle' (--format pickle) and load with trust=True"
+            )

@@ -27,7 +27,7 @@ from fxtap.save._build import build_module, function, tensors_of
 from fxtap.save._capture import CheckedCapture, build_capture, check_capture
 from fxtap.save._manifest import MANIFEST, MODES, WEIGHTS
 from fxtap.save._ops import TreeSpecText, resolve_op
-from fxtap.save._schema import Checked, NodeSpec, Ref
+from fxtap.save._schema import Checked, NodeSpec, Ref, check_code_names
 from fxtap.trace import NAME_KEY
 
 __all__ = [
@@ -47,8 +47,8 @@ MAX_WEIGHTS_BYTES = 1 << 40
 MAX_RATIO = 200
 _COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 #: Limits on ``fxtap.json``: bytes, JSON values (a bound on the memory parsing takes), depth.
-MAX_MANIFEST_BYTES = 64 << 20
-MAX_VALUES = 2_000_000
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_VALUES = 400_000
 MAX_DEPTH = 48
 
 
@@ -77,6 +77,7 @@ def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) 
     root = _build_root(checked, tensors, trust=trust)
     graphs = {mode: _build_graph(checked.graphs[mode], mode, trust=trust) for mode in MODES}
     info = ExtractorInfo(outputs=checked.outputs, opaque=tuple(checked.opaque))
+    check_code_names(root, graphs.values())
     # NOTE: Python warns at compile time about code that can only fail (``None[0]``, a
     # literal called); the generated forward of a file fxtap wrote never holds such code
     with warnings.catch_warnings():

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import keyword
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import fx, nn
 
 from fxtap._compat import fx_reserved_globals
 from fxtap.errors import LoadError, close_matches
 
 __all__ = [
     "CONSTANTS",
+    "MAX_MODULES",
+    "MAX_NODES",
+    "MAX_PATH_PARTS",
     "MAX_STRING",
+    "NAME",
     "PARAMETER_RESERVED",
     "Checked",
     "ModuleSpec",
@@ -27,6 +33,7 @@ __all__ = [
     "as_object",
     "as_string",
     "as_strings",
+    "check_code_names",
     "check_keys",
     "closest",
     "decode",
@@ -34,6 +41,7 @@ __all__ = [
     "identifier",
     "local_name",
     "member_name",
+    "name",
     "no_nodes",
     "path_part",
     "prefixes",
@@ -41,8 +49,18 @@ __all__ = [
 ]
 
 MAX_STRING = 4096
+#: Most modules (nested ones included) and most nodes per graph a file may hold: a file at
+#: each cap loads in seconds and a few hundred MB (benchmarks/bench_load.py, docs/benchmarks.md).
+MAX_MODULES = 10_000
+MAX_NODES = 20_000
+#: Most parts in a dotted path: each path's prefixes are checked, so this bounds that work.
+MAX_PATH_PARTS = 64
+_MAX_SUGGESTION_POOL = 20_000
 _DEVICE = re.compile(r"(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?")
-_PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}")
+#: The one shape of a name read from a file (``re.ASCII``: no Unicode letter or digit matches).
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}", re.ASCII)
+#: A module path part fx writes as ``getattr(m, "0")``: ASCII, no quote or backslash.
+_PLAIN_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}", re.ASCII)
 _SCALARS = (bool, int, float, str, type(None))
 # NOTE: names the generated forward uses besides its locals: self, builtins, fx's globals.
 _RESERVED = frozenset({"self", *dir(builtins), *fx_reserved_globals()})
@@ -91,8 +109,10 @@ class ModuleSpec:
     parameters: dict[str, str | None]
     buffers: dict[str, str | None]
     non_persistent: tuple[str, ...]
-    children: dict[str, ModuleSpec | str | None]
+    children: dict[str, Any]  # ModuleSpec, same_as path, TransformersSpec or None
     parametrized: bool = False
+    #: constructor arguments a class keeps only privately (``fxtap.save._state``)
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,10 +122,10 @@ class Checked:
     class_name: str
     training: bool
     graphs: dict[str, tuple[NodeSpec, ...]]
-    modules: dict[str, ModuleSpec | str]
+    modules: dict[str, Any]  # ModuleSpec, same_as path or TransformersSpec
     attributes: dict[str, tuple[str, bool]]
     tensors: dict[str, tuple[bool, bool]]
-    outputs: dict[str, dict[str, str]]
+    outputs: dict[str, dict[str | int, str]]
     kept: dict[str, frozenset[str]]
     opaque: tuple[str, ...]
 
@@ -114,7 +134,10 @@ def decode(value: Any, where: str, inner: Any) -> Any:
     """Decode a tagged JSON value; ``inner(value, where)`` decodes nested values."""
     if isinstance(value, _SCALARS):
         if isinstance(value, str) and len(value) > MAX_STRING:
-            raise LoadError(f"{where}: a string of {len(value)} characters")
+            raise LoadError(
+                f"{where}: expected a string of at most {MAX_STRING} characters, got one of "
+                f"{len(value)}"
+            )
         return value
     if isinstance(value, list):
         return [inner(v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -159,51 +182,99 @@ def no_nodes(value: Any, where: str) -> Any:
     return decode(value, where, no_nodes)
 
 
-def identifier(name: Any, where: str) -> str:
-    """A Python identifier that is neither a keyword nor a dunder name."""
+def name(value: Any, where: str, *, private: bool = True, shadows: Collection[str] = ()) -> str:
+    """The one rule for every name read from a file, whatever field it comes from.
+
+    A name fully matches ``[A-Za-z_][A-Za-z0-9_]*`` in ASCII (``re.ASCII``), is at most 200
+    characters, is not a keyword, does not start with ``__`` (no dunder, no name-mangled
+    form), starts with ``_`` only where ``private`` (fields where the saver writes such
+    names) and is not in ``shadows`` (the attributes of ``nn.Module`` and ``GraphModule`` for
+    attribute names, what the generated ``forward`` uses for its locals).
+
+    ``str.isidentifier()`` is not enough: Python folds identifiers with NFKC when it compiles
+    code, so ``'_\uff3fclass\uff3f\uff3f'`` (fullwidth low lines) passes it, passes a
+    ``startswith('__')`` test, and then compiles as ``__class__``.
+
+    >>> name("layer1", "modules")
+    'layer1'
+    """
     if (
-        not isinstance(name, str)
-        or not name.isidentifier()
-        or keyword.iskeyword(name)
-        or name.startswith("__")
-        or len(name) > 200
+        not isinstance(value, str)
+        or not NAME.fullmatch(value)
+        or keyword.iskeyword(value)
+        or value.startswith("__")
     ):
-        raise LoadError(f"{where}: {name!r:.80} is not a plain identifier")
-    return name
+        raise LoadError(
+            f"{where}: {value!r:.80} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]* in ASCII, no "
+            "keyword, no dunder)"
+        )
+    if not private and value.startswith("_"):
+        raise LoadError(f"{where}: {value!r:.80} starts with '_', which fxtap never writes here")
+    if value in shadows:
+        raise LoadError(f"{where}: {value!r} would shadow a name generated code relies on")
+    return value
 
 
-def local_name(name: Any, where: str) -> str:
+def identifier(value: Any, where: str) -> str:
+    """A plain ASCII name (``name``'s rule), private names included."""
+    return name(value, where)
+
+
+def local_name(value: Any, where: str) -> str:
     """A name for a local variable of the generated ``forward``: shadows nothing it uses."""
-    name = identifier(name, where)
-    if name in _RESERVED:
-        raise LoadError(f"{where}: {name!r} is reserved in generated code")
-    return name
+    return name(value, where, shadows=_RESERVED)
 
 
-def path_part(name: Any, where: str) -> str:
-    """A module path component: an identifier shadowing no module internals, or a name such as
+def path_part(value: Any, where: str) -> str:
+    """A module path component: a name shadowing no module internals, or an ASCII name such as
     ``0`` or ``block1-0`` (fx writes those as ``getattr(m, "block1-0")``: no quotes allowed)."""
-    if isinstance(name, str) and not name.isidentifier() and _PLAIN_PART.fullmatch(name):
-        return name
-    member_name(name, where)
-    return str(name)
+    if isinstance(value, str) and not NAME.fullmatch(value) and _PLAIN_PART.fullmatch(value):
+        return value
+    return member_name(value, where)
 
 
-def member_name(name: Any, where: str) -> str:
-    name = identifier(name, where)
-    if name in _module_internals():
-        raise LoadError(f"{where}: {name!r} would shadow a torch.nn.Module attribute")
-    return name
+def member_name(value: Any, where: str) -> str:
+    """An attribute name of a module: ``name``'s rule, shadowing no ``nn.Module`` attribute."""
+    return name(value, where, shadows=_module_internals())
 
 
 def dotted_path(path: Any, where: str, *, top_level: bool) -> str:
     path = as_string(path, where)
-    parts = path.split(".")
+    parts = path.split(".", MAX_PATH_PARTS)
+    if len(parts) > MAX_PATH_PARTS:
+        raise LoadError(f"{where}: a path of more than {MAX_PATH_PARTS} parts")
     for part in parts:
         path_part(part, where)
     if top_level and parts[0] in root_internals():
         raise LoadError(f"{where}: {parts[0]!r} would shadow an attribute of the extractor")
     return path
+
+
+def check_code_names(root: nn.Module, graphs: Iterable[fx.Graph]) -> None:
+    """Check again, just before torch.fx writes code, every name it will write: each module,
+    parameter and buffer path of ``root``, and each node's name, placeholder target, module or
+    attribute target, method name and keyword of ``graphs``, by ``name``'s rule.
+
+    The schema checked them when it read the file; this holds the rule at the point where a
+    name becomes code, so a reader that forgets it cannot open a way to ``exec``.
+    """
+    for path, _ in root.named_modules(remove_duplicate=False):
+        if path:
+            dotted_path(path, f"the module {path!r}", top_level=False)
+    for path, _ in (*root.named_parameters(), *root.named_buffers()):
+        dotted_path(path, f"the tensor {path!r}", top_level=False)
+    for graph in graphs:
+        for node in graph.nodes:
+            where = f"node {node.name!r}"
+            local_name(node.name, where)
+            if node.op == "placeholder":
+                name(node.target, f"{where}.target")
+            elif node.op in ("call_module", "get_attr"):
+                dotted_path(node.target, f"{where}.target", top_level=True)
+            elif node.op == "call_method":
+                name(node.target, f"{where}.target", private=False)
+            for key in node.kwargs:
+                name(key, f"{where}.kwargs")
 
 
 def prefixes(path: str) -> list[str]:
@@ -216,13 +287,13 @@ _INTERNALS: list[frozenset[str]] = []
 
 def _module_internals() -> frozenset[str]:
     if not _INTERNALS:
-        from torch import nn
-
         from fxtap.extractor import FeatureExtractor
 
         module = frozenset(dir(nn.Module) + list(vars(nn.Module())))
+        graph_module = fx.GraphModule(nn.Module(), fx.Graph())
         root = {"full", "return_nodes", "outputs", "kept", "opaque", "meta", "_fxtap_modes"}
         root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls"}
+        root |= {*dir(fx.GraphModule), *vars(graph_module)}
         _INTERNALS[:] = [module, module | frozenset(dir(FeatureExtractor)) | root]
     return _INTERNALS[0]
 
@@ -233,7 +304,8 @@ def root_internals() -> frozenset[str]:
 
 
 def closest(word: str, pool: Any) -> str:
-    found = close_matches(word, pool)
+    # NOTE: a file may name 100k modules: the suggestion looks at a bounded part of the pool
+    found = close_matches(word, itertools.islice(pool, _MAX_SUGGESTION_POOL))
     return f" (closest: {', '.join(repr(f) for f in found)})" if found else ""
 
 
@@ -250,8 +322,13 @@ def as_list(value: Any, where: str) -> list[Any]:
 
 
 def as_string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_STRING:
+    if not isinstance(value, str):
         raise LoadError(f"{where}: expected a string, got {type(value).__name__}")
+    if len(value) > MAX_STRING:
+        raise LoadError(
+            f"{where}: expected a string of at most {MAX_STRING} characters, got one of "
+            f"{len(value)}"
+        )
     return value
 
 
@@ -275,3 +352,44 @@ def check_keys(value: Mapping[str, Any], required: Any, allowed: Any, where: str
             + (f"; missing {absent}" if absent else "")
             + (f"; unexpected {[e[:40] for e in extra[:3]]}" if extra else "")
         )
+
+
+def encode_outputs(outputs: Mapping[str, Mapping[str | int, str]]) -> dict[str, Any]:
+    """By mode, output key -> node name, as JSON.
+
+    An object while every key is a string; else a list of ``[key, name]`` pairs, since JSON
+    object keys are strings and an integer key (``{"layer1": 1}``) must come back an integer.
+    """
+    return {
+        mode: dict(outs) if all(type(k) is str for k in outs) else [[k, n] for k, n in outs.items()]
+        for mode, outs in outputs.items()
+    }
+
+
+def check_outputs(
+    raw: Any, modes: tuple[str, ...], *, required: bool = False
+) -> dict[str, dict[str | int, str]]:
+    """``outputs``, as ``encode_outputs`` writes it: keys are strings or integers, names strings."""
+    raw_outputs = as_object(raw, "outputs")
+    check_keys(raw_outputs, set(modes), None, "outputs")
+    outputs: dict[str, dict[str | int, str]] = {}
+    for mode in modes:
+        where = f"outputs.{mode}"
+        body = raw_outputs[mode]
+        pairs = list(body.items()) if isinstance(body, dict) else as_list(body, where)
+        outs: dict[str | int, str] = {}
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise LoadError(f"{where}[{i}]: an output is a [key, node name] pair")
+            key, name = pair
+            if not (type(key) is str or (type(key) is int and abs(key) < 2**63)):
+                raise LoadError(f"{where}[{i}]: output key {key!r:.40} is not a string or integer")
+            if type(key) is str:
+                as_string(key, where)
+            if key in outs:
+                raise LoadError(f"{where}: output key {key!r:.40} appears twice")
+            outs[key] = as_string(name, f"{where}.{key}")
+        if required and not outs:
+            raise LoadError(f"{where}: no output is requested")
+        outputs[mode] = outs
+    return outputs

@@ -30,6 +30,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.trace._code_names import check_code_names
 from fxtap.trace._export_check import check_export, check_higher_order_ops, kept_rng
 from fxtap.trace._export_inputs import UserInputs, check_batch
 from fxtap.trace._export_names import ModuleCalls, assign_names
@@ -288,6 +289,7 @@ def _to_traced(
     skip |= user.checks
     _mark_buffer_writes(graph, buffers)
     graph.lint()
+    check_code_names(graph, type(model).__name__)
     gm = fx.GraphModule(attrs, graph, type(model).__name__)
     modules = dict(model.named_modules(remove_duplicate=False))
     tracer = NodePathTracer(**options)

@@ -19,6 +19,7 @@ from torch import fx, nn
 from fxtap import _compat
 from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
 from fxtap.errors import InvalidArgumentError, TraceError
+from fxtap.trace._code_names import check_code_names
 from fxtap.trace._options import restore_training, trace_fixes
 from fxtap.trace._private import is_private, patched_private
 
@@ -149,8 +150,7 @@ class NodePathTracer(fx.Tracer):
                     "class, a qualified-name pattern such as 'encoder.layers.*', or a predicate "
                     "(module, qualname) -> bool"
                 )
-        self.leaf_types = tuple(types_)
-        self.leaf_patterns = tuple(patterns)
+        self.leaf_types, self.leaf_patterns = tuple(types_), tuple(patterns)
         self.leaf_predicates = tuple(predicates)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -172,8 +172,7 @@ class NodePathTracer(fx.Tracer):
         self.node_to_qualname = {}
         self.module_inputs = {}
         self.module_outputs = {}
-        self.failed_module = None
-        self._failure = None
+        self.failed_module = self._failure = None
         self._pending = []
         self._op_names = {}
         self._scopes = {}
@@ -300,6 +299,7 @@ def trace_with_options(
 ) -> Traced:
     """One trace with options already checked by ``tracer_options``; no fallback."""
     tracer = trace_graph(model, training=training, options=options, concrete_args=concrete_args)
+    check_code_names(tracer.graph, type(model).__name__)
     gm = fx.GraphModule(tracer.root, tracer.graph, type(model).__name__)
     outputs = {
         path: fx.node.map_aggregate(out, lambda a: a.node if isinstance(a, fx.Proxy) else a)

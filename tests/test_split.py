@@ -1,0 +1,379 @@
+"""fxtap.split: ``tail(head(x))`` equals ``model(x)`` bitwise, the boundary holds the right values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxtap
+from fxtap.errors import CutError, NodeNotFoundError
+from tests.checker import bitwise_equal, capture_reference, preserved
+from tests.models import DataDependent, ListRoot, TinyUNet, TrainOnlyBranch
+
+X64 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+X32 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+X16 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_split(model: nn.Module, at: Any, x: torch.Tensor, keys: list[str] | None = None) -> None:
+    """``tail(head(x))`` against ``model(x)`` bitwise in both modes (same seed), the boundary's
+    values against a full run of the model, fewer parameters in each half, an untouched boundary."""
+    was = model.training
+    halves = fxtap.split(model, at)
+    head, tail = halves
+    assert model.training == was
+    assert head.training == was and tail.training == was
+    assert _params(head) < _params(model)
+    assert _params(tail) < _params(model)
+    for mode in ("eval", "train"):
+        training = mode == "train"
+        model.train(training)
+        head.train(training)
+        tail.train(training)
+        # NOTE: no_grad as in capture_reference: MultiheadAttention takes its fast path then
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            expected = model(x)
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            boundary = head(x)
+            cached = {
+                k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in boundary.items()
+            }
+            got = tail(boundary)
+        assert bitwise_equal(got, expected), f"tail(head(x)) differs from model(x) in {mode} mode"
+        assert bitwise_equal(boundary, cached), f"the tail wrote into its boundary in {mode} mode"
+        assert list(boundary) == list(halves.boundary[mode])
+        if keys is not None:
+            assert list(boundary) == keys
+        for name in halves.at[mode]:
+            assert name in boundary
+        reference, _ = capture_reference(
+            model, (x,), training=training, names=set(boundary), cross_check=False
+        )
+        for key, value in boundary.items():
+            assert bitwise_equal(value, reference[key]), f"boundary value {key!r} ({mode})"
+        head.graph.lint()
+        tail.graph.lint()
+    model.train(was)
+
+
+@pytest.fixture(scope="module")
+def resnet50() -> nn.Module:
+    return torchvision.models.resnet50().eval()
+
+
+@pytest.mark.parametrize(
+    ("at", "keys"),
+    [
+        ("layer1", ["layer1.2.relu_2"]),
+        # the tail's downsample branch reads layer1's output: a skip across the cut
+        ("layer2.0.bn1", ["layer1.2.relu_2", "layer2.0.bn1"]),
+        ("layer3.2.add", ["layer3.2.add"]),
+        (["layer2", "layer4.0.conv1"], ["layer2.3.relu_2", "layer3.5.relu_2", "layer4.0.conv1"]),
+    ],
+    ids=["layer1", "bn-before-inplace-relu", "add", "two-cuts"],
+)
+def test_resnet50(resnet50: nn.Module, at: Any, keys: list[str]) -> None:
+    check_split(resnet50, at, X64, keys)
+
+
+@pytest.mark.parametrize(
+    ("at", "keys"),
+    [
+        ("enc2", ["x", "enc1.2", "enc2.2"]),
+        # encoder features and the input cross the cut to the decoder
+        ("mid", ["x", "enc1.2", "enc2.2", "mid.1"]),
+        # the in-place ReLU after the cut writes into a copy, not into the boundary
+        ("dec2.1", ["x", "enc1.2", "dec2.1"]),
+        (["enc1", "mid.0.0"], ["x", "enc1.2", "enc2.2", "mid.0.0"]),
+        ("up1", ["x", "enc1.2", "up1"]),
+    ],
+)
+def test_unet_skips_cross_the_cut(at: Any, keys: list[str]) -> None:
+    torch.manual_seed(0)
+    check_split(TinyUNet(), at, X16, keys)
+
+
+def test_vit_b_16() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(image_size=32).eval()
+    # conv_proj: the batch size and the patch grid, read from x.shape before the cut, cross it
+    # as ints
+    check_split(model, "conv_proj", X32, ["getitem", "floordiv", "floordiv_1", "conv_proj"])
+    check_split(
+        model,
+        "encoder.layers.encoder_layer_5.ln_2",
+        X32,
+        ["encoder.layers.encoder_layer_5.add", "encoder.layers.encoder_layer_5.ln_2"],
+    )
+    check_split(
+        model, "encoder.layers.encoder_layer_10", X32, ["encoder.layers.encoder_layer_10.add_1"]
+    )
+
+
+def test_densenet121() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.densenet121().eval()
+    check_split(model, "features.denseblock1", X64, ["features.denseblock1.cat"])
+    # inside a dense block every earlier feature map of the block crosses the cut
+    check_split(
+        model,
+        "features.denseblock2.denselayer3",
+        X64,
+        [
+            "features.transition1.pool",
+            "features.denseblock2.denselayer1.conv2",
+            "features.denseblock2.denselayer2.conv2",
+            "features.denseblock2.denselayer3.conv2",
+        ],
+    )
+    check_split(model, "features.transition3.conv", X64, ["features.transition3.conv"])
+
+
+def test_cached_boundary_serves_many_tail_calls() -> None:
+    model = TinyUNet().eval()
+    head, tail = fxtap.split(model, "mid.0.1")
+    boundary = head(X16)
+    first = tail(boundary)
+    assert bitwise_equal(tail(boundary), first)
+    assert "clone" in tail.code
+
+
+def test_gradients_flow_through_both_halves() -> None:
+    model = TinyUNet().train()
+    head, tail = fxtap.split(model, "mid")
+    with preserved(model):
+        tail(head(X16)).sum().backward()
+        for module in (head, tail):
+            for name, p in module.named_parameters():
+                assert p.grad is not None, name
+        for p in model.parameters():
+            p.grad = None
+
+
+def test_halves_share_the_model_parameters_and_free_the_rest() -> None:
+    model = torchvision.models.resnet18()
+    head, tail = fxtap.split(model, "layer2")
+    names = dict(model.named_parameters())
+    for half in (head, tail):
+        for name, p in half.named_parameters():
+            assert p is names[name]
+    assert not any(n.startswith("layer3") for n, _ in head.named_parameters())
+    assert not any(n.startswith("layer1") for n, _ in tail.named_parameters())
+
+
+def test_split_result_names() -> None:
+    halves = fxtap.split(TinyUNet(), "mid")
+    assert halves.at == {"train": ("mid.1",), "eval": ("mid.1",)}
+    assert halves.boundary["eval"] == ("x", "enc1.2", "enc2.2", "mid.1")
+    assert halves.tail.node_names("eval")[:4] == ["x", "enc1.2", "enc2.2", "mid.1"]
+    assert "up2" in halves.tail.node_names("eval")
+    assert "up2" not in halves.head.node_names("eval")
+
+
+# --- cuts that cannot be made ------------------------------------------------------------------
+
+
+def test_node_of_one_mode_only_is_refused_with_the_nearest_cut() -> None:
+    with pytest.raises(CutError, match=r"'randn_like'.*train graph.*nearest cut: 'fc'") as info:
+        fxtap.split(TrainOnlyBranch(), "randn_like")
+    assert info.value.nearest == "fc"
+    assert isinstance(info.value, ValueError)
+
+
+def test_node_inside_an_opaque_module_is_refused() -> None:
+    with pytest.warns(UserWarning), pytest.raises(CutError, match=r"inside 'gate'") as info:
+        fxtap.split(DataDependent(), "gate.neg")
+    assert info.value.nearest == "gate"
+
+
+def test_model_only_the_capture_path_runs_is_refused() -> None:
+    with pytest.raises(CutError, match=r"capture path.*example_inputs="):
+        fxtap.split(ListRoot(), "body")
+
+
+def test_model_output_is_refused() -> None:
+    with pytest.raises(CutError, match="model's output"):
+        fxtap.split(TinyUNet(), ":output")
+
+
+def test_unknown_node_names_the_closest() -> None:
+    with pytest.raises(NodeNotFoundError, match="closest: 'mid"):
+        fxtap.split(TinyUNet(), "midd")
+
+
+def test_torch_export_of_both_halves() -> None:
+    torch.manual_seed(0)
+    model = TinyUNet().eval()
+    head, tail = fxtap.split(model, "mid")
+    head_program = torch.export.export(head, (X16,))
+    with torch.no_grad():
+        boundary = head(X16)
+        exported = head_program.module()(X16)
+        assert bitwise_equal(exported, boundary)
+        tail_program = torch.export.export(tail, (boundary,))
+        # NOTE: the exported head returns torch.fx's immutable_dict, which an exported tail's
+        # input spec (a dict) does not match: dict() it
+        assert bitwise_equal(tail_program.module()(dict(exported)), tail(boundary))
+        assert bitwise_equal(tail(boundary), model(X16))
+
+
+@pytest.mark.parametrize("fmt", ["fxtap", "pickle"])
+def test_both_halves_save_and_load(tmp_path: Any, fmt: str) -> None:
+    torch.manual_seed(0)
+    model = TinyUNet()
+    head, tail = fxtap.split(model, "mid.0.1")
+    new_head = fxtap.load(fxtap.save(head, tmp_path / "head.fxtap", fmt=fmt), trust=True)
+    new_tail = fxtap.load(fxtap.save(tail, tmp_path / "tail.fxtap", fmt=fmt), trust=True)
+    for training in (False, True):
+        for module in (head, tail, new_head, new_tail):
+            module.train(training)
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            expected = tail(head(X16))
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            boundary = new_head(X16)
+            assert list(boundary) == list(head(X16))
+            assert bitwise_equal(new_tail(boundary), expected)
+
+
+def test_render_marks_the_cut(tmp_path: Any) -> None:
+    head, tail = fxtap.split(TinyUNet(), "mid")
+    for half, cut, crossing in ((head, 1, 3), (tail, 1, 3)):
+        rendering = fxtap.render(
+            half, mode="eval", fmt="dot", out_dir=tmp_path, max_nodes=None, fold_repeats=False
+        )
+        text = rendering.paths[0].read_text(encoding="utf-8")
+        assert text.count("✂ cut here") == cut
+        assert text.count("✂ crosses the cut") == crossing
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def test_cli_split_writes_both_halves(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from fxtap.cli import main
+
+    args = ["split", "torchvision:resnet18", "--at", "layer2.0.bn1", "-o", str(tmp_path)]
+    assert main([*args, "--input", "1x3x64x64"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.1.relu_1  1x64x16x16 float32" in out
+    assert "equals the model's output bitwise" in out
+    head = fxtap.load(tmp_path / "head.fxtap")
+    tail = fxtap.load(tmp_path / "tail.fxtap")
+    assert list(head.outputs["eval"]) == ["layer1.1.relu_1", "layer2.0.bn1"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert tail(head(x)).shape == (1, 1000)
+
+
+def test_cli_split_says_the_nearest_cut_in_flags(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    spec = "tests/models.py:TrainOnlyBranch"
+    out = tmp_path / "halves"
+    assert main(["split", spec, "--at", "randn_like", "-o", str(out), "--input", "2x4"]) == 1
+    assert "nearest cut: 'fc'. Pass --at fc" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --- the export path (Hugging Face models) -------------------------------------------------------
+
+
+#: (model, cut, boundary keys): the attention mask, the batch size (an int) and llama's rotary
+#: embeddings cross the cut with the residual stream.
+HF_CUTS = [
+    ("bert", "embeddings", ["attention_mask", "sym_size", "embeddings.dropout"]),
+    ("bert", "encoder.layer.0.attention.output.add",
+     ["sym_size", "expand", "encoder.layer.0.attention.output.add"]),
+    ("bert", "encoder.layer.1", ["sym_size", "expand", "encoder.layer.1.output.LayerNorm"]),
+    ("llama", "embed_tokens", ["attention_mask", "sym_size", "embed_tokens"]),
+    ("llama", "layers.0.add",
+     ["sym_size", "expand", "rotary_emb.to_2", "rotary_emb.to_3", "layers.0.add"]),
+    ("llama", "layers.1.mlp.act_fn",
+     ["sym_size", "expand", "rotary_emb.to_2", "rotary_emb.to_3",
+      "layers.1.post_attention_layernorm.to", "layers.1.post_attention_layernorm.mul_1",
+      "layers.1.mlp.act_fn.silu"]),
+    ("llama", "layers.2", ["layers.2.add_1"]),
+]  # fmt: skip
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_hugging_face_models_on_the_export_path(name: str) -> None:
+    from tests.test_export import _build
+
+    model, inputs = _build(name)
+    torch.manual_seed(0)
+    for _, at, keys in [c for c in HF_CUTS if c[0] == name]:
+        halves = fxtap.split(model, at, example_inputs=inputs)
+        head, tail = halves
+        assert _params(head) < _params(model) and _params(tail) < _params(model)
+        for training in (False, True):
+            for module in (model, head, tail):
+                module.train(training)
+            with preserved(model), torch.no_grad():
+                torch.manual_seed(0)
+                expected = model(**inputs)
+            with preserved(model), torch.no_grad():
+                torch.manual_seed(0)
+                boundary = head(**inputs)
+                got = tail(boundary)
+            assert list(boundary) == keys
+            assert list(boundary) == list(halves.boundary["train" if training else "eval"])
+            for key in ("last_hidden_state", "pooler_output"):
+                if key in expected:
+                    assert bitwise_equal(got[key], expected[key]), f"{name} cut at {at}: {key}"
+
+
+class TwoBranches(nn.Module):
+    """Two branches of the input; ``side`` runs before ``main`` or after it."""
+
+    def __init__(self, side_first: bool) -> None:
+        super().__init__()
+        self.side_first = side_first
+        self.main = nn.Linear(4, 4)
+        self.side = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.side_first:
+            s = self.side(x)
+            m = self.main(x)
+        else:
+            m = self.main(x)
+            s = self.side(x)
+        return m.relu() + s
+
+
+@pytest.mark.parametrize(
+    ("side_first", "keys", "in_head"),
+    [(True, ["side", "main"], True), (False, ["x", "main"], False)],
+    ids=["before-the-cut", "after-the-cut"],
+)
+def test_ops_independent_of_the_cut_run_where_they_come(
+    side_first: bool, keys: list[str], in_head: bool
+) -> None:
+    model = TwoBranches(side_first)
+    halves = fxtap.split(model, "main")
+    assert list(halves.boundary["eval"]) == keys
+
+    def runs_side(half: nn.Module) -> bool:
+        return any(n.op == "call_module" and n.target == "side" for n in half.graph.nodes)
+
+    assert runs_side(halves.head) is in_head
+    assert runs_side(halves.tail) is not in_head
+    x = torch.rand(2, 4)
+    with torch.no_grad():
+        assert bitwise_equal(halves.tail(halves.head(x)), model(x))
