@@ -29,7 +29,7 @@ from fxtap.errors import (
     unknown_choice,
 )
 from fxtap.prune import prune
-from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
+from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
 
 __all__ = ["MODES", "ExtractorInfo", "FeatureExtractor", "create_feature_extractor"]
 
@@ -280,30 +280,27 @@ def create_feature_extractor(
     outputs: dict[str, dict[OutputKey, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
-    traces: dict[str, Traced] = {}
-    for mode in MODES:
-        try:
-            traces[mode] = trace(
-                model,
-                training=mode == "train",
-                tracer_kwargs=tracer_kwargs,
-                concrete_args=concrete_args,
-                auto_leaf=auto_leaf,
-                example_inputs=example_inputs,
-                tracer=tracer,
-                dynamic_shapes=dynamic_shapes,
-            )
-        except TraceError as exc:
-            if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
-                raise
-            return build_capture_extractor(
-                model,
-                requests,
-                error=exc,
-                tracer_kwargs=tracer_kwargs,
-                example_inputs=example_inputs,
-                edits=edits,
-            )
+    try:
+        traces = trace_modes(
+            model,
+            tracer_kwargs=tracer_kwargs,
+            concrete_args=concrete_args,
+            auto_leaf=auto_leaf,
+            example_inputs=example_inputs,
+            tracer=tracer,
+            dynamic_shapes=dynamic_shapes,
+        )
+    except TraceError as exc:
+        if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
+            raise
+        return build_capture_extractor(
+            model,
+            requests,
+            error=exc,
+            tracer_kwargs=tracer_kwargs,
+            example_inputs=example_inputs,
+            edits=edits,
+        )
     if edits is not None:
         traces = apply_edits(traces, edits, model_name=name)
     for mode, traced in traces.items():

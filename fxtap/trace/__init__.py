@@ -77,6 +77,7 @@ __all__ = [
     "trace",
     "trace_error",
     "trace_graph",
+    "trace_modes",
     "trace_names",
     "trace_or_export",
     "trace_with_fallback",
@@ -149,6 +150,16 @@ def trace(
         tracer=tracer,
         dynamic_shapes=dynamic_shapes,
     )
+
+
+def trace_modes(model: nn.Module, **options: Any) -> dict[str, Traced]:
+    """``trace`` in train mode, then in eval mode, with the same ``options``: what every stage
+    that builds a two-mode module (an extractor, an edited model, a split) starts from.
+
+    Raises:
+        TraceError: from the first mode that cannot be traced, as ``trace`` raises it.
+    """
+    return {mode: trace(model, training=mode == "train", **options) for mode in ("train", "eval")}
 
 
 def trace_or_export(
