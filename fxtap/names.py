@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from fxtap._fx import module_type_name, owned_params, target_text
 from fxtap._shapes import VALUE_KEY, describe_value, propagate_shapes
-from fxtap.capture import capture_rows
+from fxtap.capture._islands import capture_rows
 from fxtap.errors import FxtapError, TraceError
 from fxtap.trace import (
     SCOPE_KEY,

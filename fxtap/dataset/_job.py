@@ -22,7 +22,7 @@ import fxtap.dataset._options as _options
 import fxtap.dataset._spec as spec
 import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
-from fxtap._protocol import Extractor
+from fxtap._protocol import is_extractor
 from fxtap.dataset._options import JobOptions
 from fxtap.dataset._shard import Ranks, chunks_of, join
 from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError, ResourceError
@@ -323,7 +323,7 @@ def _extractor(
     The caller's model and extractor are never changed: moving or receiving weights happens
     on a copy.
     """
-    if isinstance(model, Extractor):
+    if is_extractor(model):
         if return_nodes is not None:
             raise InvalidArgumentError(
                 "return_nodes= was given with an extractor, which already has its taps; "

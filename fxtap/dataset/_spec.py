@@ -12,6 +12,7 @@ from torch import nn
 import fxtap.dataset._data as _data
 import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
+from fxtap._protocol import is_extractor
 from fxtap._version import __version__
 from fxtap.errors import InvalidArgumentError, format_choices
 
@@ -57,10 +58,9 @@ def code_digest(extractor: nn.Module) -> str:
     included, so a leaf module swapped for another (ReLU for GELU) or edited code is caught.
     """
     h = hashlib.sha256()
-    graph_for = getattr(extractor, "graph_for", None)
-    if getattr(extractor, "prunes", False) and callable(graph_for):
+    if is_extractor(extractor):
         for mode in ("train", "eval"):
-            h.update(graph_for(mode).python_code(root_module="self").src.encode())
+            h.update(extractor.traced_code(mode).encode())
     sources: dict[type, str] = {}
     for name, module in extractor.named_modules():
         cls = type(module)

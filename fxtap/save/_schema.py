@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from fxtap._compat import fx_reserved_globals
+from fxtap._protocol import Extractor
 from fxtap.errors import LoadError, close_matches
 
 __all__ = [
@@ -287,14 +288,14 @@ _INTERNALS: list[frozenset[str]] = []
 
 def _module_internals() -> frozenset[str]:
     if not _INTERNALS:
-        from fxtap.extractor import FeatureExtractor
-
         module = frozenset(dir(nn.Module) + list(vars(nn.Module())))
         graph_module = fx.GraphModule(nn.Module(), fx.Graph())
+        # NOTE: FeatureExtractor's own names beside the protocol's (test_save pins the union)
         root = {"full", "return_nodes", "outputs", "kept", "opaque", "meta", "_fxtap_modes"}
+        root |= {"pruned_traces", "graph_for"}
         root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls"}
         root |= {*dir(fx.GraphModule), *vars(graph_module)}
-        _INTERNALS[:] = [module, module | frozenset(dir(FeatureExtractor)) | root]
+        _INTERNALS[:] = [module, module | frozenset(dir(Extractor)) | root]
     return _INTERNALS[0]
 
 
