@@ -239,7 +239,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         )
 
 
-def create_feature_extractor(
+def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, and fxtap's
     model: nn.Module,
     return_nodes: list[str] | dict[str, str] | None = None,
     train_return_nodes: list[str] | dict[str, str] | None = None,

@@ -28,7 +28,7 @@ __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
 VARIANTS = ("full", "hooks", "extractor")
 
 
-def compare(
+def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choice
     model: nn.Module,
     return_nodes: list[str] | dict[str, str],
     example_inputs: torch.Tensor | Sequence[torch.Tensor],

@@ -102,7 +102,7 @@ class JobInterrupted(KeyboardInterrupt):
         self.out, self.stored, self.total, self.signum = out, stored, total, signum
 
 
-def extract_dataset(
+def extract_dataset(  # noqa: PLR0913 - keyword options of the job, as on the command line
     model_or_extractor: nn.Module,
     data: Any,
     out: str | os.PathLike[str],

@@ -27,6 +27,7 @@ from fxtap.render._fold import fold_repeats as fold_repeats_
 from fxtap.render._graphs import graph_views
 from fxtap.render._html import Page, to_html
 from fxtap.render._layout import (
+    DotJob,
     Drawing,
     compose,
     copy_drawing,
@@ -87,7 +88,7 @@ class Rendering:
         return None
 
 
-def render(
+def render(  # noqa: PLR0913 - keyword drawing options, each a CLI flag
     model: Any,
     *,
     mode: str = "both",
@@ -161,12 +162,8 @@ def render(
     >>> [p.name for p in r.paths]
     ['Sequential.eval.dot']
     """
-    _check_options(mode, fmt, depth, max_nodes, timeout, pruned)
+    _check_options(mode, fmt, depth, max_nodes, timeout, pruned, html)
     check_tracer(tracer)
-    if html and fmt != "svg":
-        raise InvalidArgumentError(
-            f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
-        )
     modes: tuple[str, ...] = ("train", "eval") if mode == "both" else (mode,)
     request = DrawRequest(
         modes, name, example_inputs, tracer_kwargs, concrete_args, heat, checks, tracer
@@ -176,15 +173,7 @@ def render(
     mode = "both" if len(modes) == 2 else modes[0]
     title = bases[modes[0]].title
 
-    def make_view(m: str, limit: int | None, folds: bool = fold_repeats) -> View:
-        view = bases[m]
-        if pruned == "fold":
-            view = fold_pruned(view)
-        if folds:
-            view = fold_repeats_(view)
-        view = cut_long_edges(collapse(view, depth=depth, max_nodes=limit))
-        return shorten(wrap(view))
-
+    make_view = _Shaper(bases, pruned == "fold", fold_repeats, depth)
     views = {m: make_view(m, max_nodes) for m in modes}
     out_dir = tempfile.mkdtemp(prefix="fxtap-render-") if out_dir is None else out_dir
     folder = ensure_output_dir(out_dir, hint="Pass a writable folder with out_dir= (-o DIR).")
@@ -211,19 +200,16 @@ def render(
             tuple(messages),
         )
     program = find_dot(dot, list(dot_paths.values()))
+    dot_job = DotJob(program, fmt, title, timeout)
 
     def run(job: tuple[str, list[View]]) -> Drawing:
         m, vs = job
         return layout(
-            program,
+            dot_job,
             m,
             vs,
             lambda limit: [make_view(v.mode, limit) for v in vs],
-            folder / f"{stem}.{m}.{fmt}",
-            dot_paths[m],
-            fmt,
-            title,
-            timeout,
+            (folder / f"{stem}.{m}.{fmt}", dot_paths[m]),
             messages,
         )
 
@@ -307,9 +293,39 @@ def _identical(train: View, evaluated: View) -> bool:
     return keys[0] == keys[1]
 
 
+@dataclass(frozen=True)
+class _Shaper:
+    """Turn a mode's base view into the one drawn: folded, collapsed, cut and wrapped."""
+
+    bases: Mapping[str, View]
+    folds_pruned: bool
+    folds_repeats: bool
+    depth: int | None
+
+    def __call__(self, mode: str, limit: int | None, folds: bool | None = None) -> View:
+        """The view of ``mode`` with at most ``limit`` nodes; ``folds`` overrides repeats."""
+        view = self.bases[mode]
+        if self.folds_pruned:
+            view = fold_pruned(view)
+        if self.folds_repeats if folds is None else folds:
+            view = fold_repeats_(view)
+        view = cut_long_edges(collapse(view, depth=self.depth, max_nodes=limit))
+        return shorten(wrap(view))
+
+
 def _check_options(
-    mode: str, fmt: str, depth: int | None, max_nodes: int | None, timeout: float, pruned: str
+    mode: str,
+    fmt: str,
+    depth: int | None,
+    max_nodes: int | None,
+    timeout: float,
+    pruned: str,
+    html: bool,
 ) -> None:
+    if html and fmt != "svg":
+        raise InvalidArgumentError(
+            f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
+        )
     for label, value, choices in (
         ("mode", mode, MODES),
         ("fmt", fmt, FORMATS),

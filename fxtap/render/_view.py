@@ -98,6 +98,14 @@ class View:
                 seen.setdefault(path, None)
         return list(seen)
 
+    def children(self) -> dict[str, list[str]]:
+        """Module path -> the paths of its child modules holding drawn nodes, in order."""
+        children: dict[str, list[str]] = {}
+        for path in self.clusters():
+            if path:
+                children.setdefault(path.rpartition(".")[0], []).append(path)
+        return children
+
 
 def build_view(
     traced: Traced,
