@@ -226,11 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_parser(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The parent parser of the subcommands taking a MODEL: how to build or load it."""
     model = argparse.ArgumentParser(add_help=False, parents=[common])
+    what = "torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory,"
     model.add_argument(
-        "model",
-        metavar="MODEL",
-        help="torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory, "
-        "or a saved extractor file (default: none, required)",
+        "model", metavar="MODEL", help=f"{what} or a saved extractor file (default: none, required)"
     )
     model.add_argument(
         "--model-arg",
