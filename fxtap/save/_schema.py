@@ -145,6 +145,11 @@ def decode(value: Any, where: str, inner: Any) -> Any:
     if not isinstance(value, dict) or len(value) != 1:
         raise LoadError(f"{where}: {value!r:.60} is not a value fxtap writes")
     ((tag, body),) = value.items()
+    return _decode_tagged(tag, body, where, inner)
+
+
+def _decode_tagged(tag: Any, body: Any, where: str, inner: Any) -> Any:
+    """The value of one ``{tag: body}`` object (``decode``)."""
     if tag == "tuple":
         return tuple(inner(v, f"{where}[{i}]") for i, v in enumerate(as_list(body, where)))
     if tag == "dict":
@@ -290,11 +295,10 @@ def _module_internals() -> frozenset[str]:
     if not _INTERNALS:
         module = frozenset(dir(nn.Module) + list(vars(nn.Module())))
         graph_module = fx.GraphModule(nn.Module(), fx.Graph())
-        # NOTE: FeatureExtractor's own names beside the protocol's (test_save pins the union)
+        # FeatureExtractor's own names beside the protocol's (test_save_names pins the union)
         root = {"full", "return_nodes", "outputs", "kept", "opaque", "meta", "_fxtap_modes"}
-        root |= {"pruned_traces", "graph_for"}
-        root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls"}
-        root |= {*dir(fx.GraphModule), *vars(graph_module)}
+        root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls", "graph_for"}
+        root |= {"pruned_traces", *dir(fx.GraphModule), *vars(graph_module)}
         _INTERNALS[:] = [module, module | frozenset(dir(Extractor)) | root]
     return _INTERNALS[0]
 
