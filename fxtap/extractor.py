@@ -177,9 +177,9 @@ class FeatureExtractor(fx.GraphModule, Extractor):
 
     def views(self, request: DrawRequest) -> tuple[dict[str, Any], list[str]]:
         """Each mode's full trace (or pruned graph), its kept nodes marked (``render``)."""
-        from fxtap.render._graphs import graph_views
+        from fxtap.render._graphs import pruned_views
 
-        return graph_views(self, None, request), []
+        return pruned_views(self, request), []
 
     def measure(self, job: CostJob) -> Any:
         """The pruned graph counted and timed against the full trace (``fxtap.cost._graphs``)."""

@@ -17,24 +17,48 @@ from fxtap.names import diff_modes
 from fxtap.render._view import View, build_view
 from fxtap.trace import Traced, trace_or_export, tracer_options
 
-__all__ = ["graph_views", "model_name", "sources", "with_shapes"]
+__all__ = ["graph_views", "model_name", "pruned_views", "sources", "with_shapes"]
 
 
 def graph_views(
     model: Any, nodes: Sequence[str] | Mapping[str, str] | None, request: DrawRequest
 ) -> dict[str, View]:
-    """One view per mode of a model, a pruning extractor or a trace (``sources``)."""
-    modes, example_inputs = request.modes, request.example_inputs
-    title = request.title or model_name(model)
-    traces, kept, requested, opaque = sources(
+    """One view per mode of a model or a trace (``sources``), ``nodes`` marked."""
+    found = sources(
         model,
-        modes,
+        request.modes,
         nodes,
         request.tracer_kwargs,
         request.concrete_args,
         tracer=request.tracer,
-        example_inputs=example_inputs,
+        example_inputs=request.example_inputs,
     )
+    return _views(*found, request, request.title or model_name(model))
+
+
+def pruned_views(extractor: Any, request: DrawRequest) -> dict[str, View]:
+    """A pruning extractor's views (``FeatureExtractor.views``): its kept nodes marked.
+
+    Without the unpruned traces (``keep_traces=True``) only what the extractor kept is drawn.
+    """
+    full = extractor.full
+    traces = dict(full) if all(m in full for m in request.modes) else extractor.pruned_traces()
+    kept = {m: set(extractor.node_names(m)) for m in traces}
+    requested = {m: dict(extractor.return_nodes.get(m, {})) for m in traces}
+    name = next(iter(full.values())).graph_module.__class__.__name__ if full else None
+    title = request.title or name or type(extractor).__name__
+    return _views(traces, kept, requested, set(extractor.opaque), request, title)
+
+
+def _views(
+    traces: dict[str, Traced],
+    kept: Mapping[str, set[str]],
+    requested: Mapping[str, dict[str, str]],
+    opaque: set[str],
+    request: DrawRequest,
+    title: str,
+) -> dict[str, View]:
+    modes, example_inputs = request.modes, request.example_inputs
     only: dict[str, set[str]] = {m: set() for m in traces}
     if "train" in traces and "eval" in traces:
         diff = diff_modes(traces["train"], traces["eval"])
@@ -80,17 +104,6 @@ def sources(
             )
         traces = {model.mode: model}
         opaque = set(model.leaves)
-    elif isinstance(getattr(model, "full", None), Mapping) and hasattr(model, "kept"):
-        if nodes is not None:
-            raise InvalidArgumentError(
-                "nodes= is for a model; an extractor draws its own return_nodes. "
-                "Pass the model itself to mark other nodes."
-            )
-        # Without the unpruned traces (keep_traces=True) only what the extractor kept is drawn.
-        traces = dict(model.full) if all(m in model.full for m in modes) else model.pruned_traces()
-        kept = {m: set(model.node_names(m)) for m in traces}
-        requested = {m: dict(model.return_nodes.get(m, {})) for m in traces}
-        return traces, kept, requested, set(getattr(model, "opaque", ()))
     elif isinstance(model, nn.Module):
         kwargs = dict(tracer_kwargs or {})
         kwargs.setdefault("record_source", True)
@@ -116,7 +129,8 @@ def sources(
         return traces, {}, {}, opaque
     # The extractor's own resolver: partial names, NAME:input and :output mean the same here.
     wanted = normalize_return_nodes(nodes, argument="nodes")
-    kept, requested = {}, {}
+    kept: dict[str, set[str]] = {}
+    requested: dict[str, dict[str, Any]] = {}
     errors: dict[str, NodeNotFoundError] = {}
     found: set[str] = set()
     for m, t in traces.items():
@@ -176,10 +190,7 @@ def with_shapes(traced: Traced, example_inputs: Any, title: str) -> Traced:
 
 
 def model_name(model: Any) -> str:
-    """The class name of the model a model, extractor or trace was made from."""
+    """The class name of the model a model or trace was made from."""
     if isinstance(model, Traced):
         return model.graph_module.__class__.__name__
-    root = getattr(model, "full", None)
-    if isinstance(root, Mapping) and root:
-        return next(iter(root.values())).graph_module.__class__.__name__
     return type(model).__name__
