@@ -236,9 +236,10 @@ def _run(
             raw = sum(v.numel() * v.element_size() for v in probe.values())
             _options.check_memory(min(batch, total) * (probe.input_bytes + raw), batch)
             chunk = spec.chunk_size(o.chunk_size, batch, taps, total)
-            meta = spec.metadata(o, extractor, source, taps, pools, store_dtype, chunk, model)
+            layout_ = spec.StoreLayout(taps, pools, store_dtype, chunk)
+            meta = spec.metadata(o, extractor, model, source, layout_)
             _same_weights(ranks, meta["job"]["parameters_sha256"])
-            specs = spec.arrays(meta, taps, probe.labels, total, chunk)
+            specs = spec.arrays(meta, layout_, probe.labels, total)
             ids = _data.sample_ids(dataset)
             if ids is not None:
                 specs.append(_store.ArraySpec("ids", (total,), (min(chunk, total),), "str", "", {}))
