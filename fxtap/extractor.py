@@ -252,6 +252,7 @@ def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, 
     example_inputs: Any = None,
     tracer: str = "auto",
     keep_traces: bool = False,
+    dynamic_shapes: Any = None,
     edits: Mapping[str, Any] | None = None,
 ) -> FeatureExtractor | CaptureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
@@ -280,11 +281,16 @@ def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, 
             export path, the inputs to export with: a tensor, a tuple, or a dict of keyword
             inputs (``{"input_ids": ids, "attention_mask": mask}``).
         tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
-            ``example_inputs`` are given; else capture), ``"fx"`` (torch.fx, else capture) or
-            ``"export"`` (torch.export only). See docs/tracing.md.
+            ``example_inputs`` are given or the model's config implies them, as for Hugging
+            Face models; else capture), ``"fx"`` (torch.fx, else capture) or ``"export"``
+            (torch.export only). See docs/tracing.md.
         keep_traces: keep the unpruned traces in ``ex.full`` (for ``render`` and ``compare``);
             they hold the whole model, so by default they are dropped and the extractor
             keeps only what it runs.
+        dynamic_shapes: on the export path, torch.export's ``dynamic_shapes``, keyed as
+            ``example_inputs`` are (``{"input_ids": {1: Dim("seq", max=512)}}``). By default
+            every input dimension is ``Dim.AUTO``: dynamic unless the model fixes it; a call
+            whose shape the graph was not exported for raises ``InputShapeError``.
         edits: node query -> edit (``fxtap.edits``), as in ``fxtap.edit``: the values
             returned are those of the edited model, and a tap at an edited node returns its
             edited value. On the capture path the edits run as forward hooks, so only module
@@ -326,6 +332,7 @@ def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, 
                 auto_leaf=auto_leaf,
                 example_inputs=example_inputs,
                 tracer=tracer,
+                dynamic_shapes=dynamic_shapes,
             )
         except TraceError as exc:
             if tracer == "export" or not (auto_leaf and is_root_failure(exc)):

@@ -263,14 +263,23 @@ def _graph(traced: Traced, selected: Mapping[OutputKey, Any]) -> fx.GraphModule:
 
 
 def _trace(module: nn.Module, training: bool, options: Mapping[str, Any], concrete: Any) -> Traced:
-    return trace_with_fallback(
-        module,
-        training=training,
-        options=options,
-        concrete_args=concrete,
-        auto_leaf=True,
-        warn=False,
-    )
+    """The island's trace; when its own code fails, once more with buffers as proxies.
+
+    A call that leaves an argument ``None`` takes code the first trace skipped, such as
+    distilbert's ``self.position_ids[:, :seq_length]``: a real buffer sliced by a traced
+    length fails, a ``get_attr`` proxy of it does not.
+    """
+    try:
+        return trace_with_fallback(
+            module, training=training, options=options, concrete_args=concrete, warn=False
+        )
+    except TraceError as exc:
+        if not is_root_failure(exc) or options.get("proxy_buffer_attributes"):
+            raise
+        proxied = {**options, "proxy_buffer_attributes": True}
+        return trace_with_fallback(
+            module, training=training, options=proxied, concrete_args=concrete, warn=False
+        )
 
 
 @functools.lru_cache(maxsize=256)
