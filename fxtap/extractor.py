@@ -165,15 +165,10 @@ class FeatureExtractor(fx.GraphModule, Extractor):
     def node_rows(
         self, *, training: bool, example_inputs: Any = None, tracer: str = "auto"
     ) -> list[Any]:
-        """The ``mode`` graph's own nodes as ``NodeInfo`` rows; nothing is traced again."""
-        from fxtap.names import node_table
+        """The ``mode`` graph's own nodes as ``NodeInfo`` rows (``fxtap.names.graph_rows``)."""
+        from fxtap.names import graph_rows
 
-        self.train(training)
-        graph = self.graph_for("train" if training else "eval")
-        # NOTE: a node without fxtap's name (added by a graph pass) shows torch.fx's name.
-        names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
-        traced = Traced(self, names, training)
-        return node_table(self, training=training, example_inputs=example_inputs, traced=traced)
+        return graph_rows(self, training=training, example_inputs=example_inputs)
 
     def views(self, request: DrawRequest) -> tuple[dict[str, Any], list[str]]:
         """Each mode's full trace (or pruned graph), its kept nodes marked (``render``)."""
