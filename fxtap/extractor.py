@@ -16,7 +16,7 @@ from fxtap._edit_pass import apply_edits, check_edits
 from fxtap._fx import detach_submodules, union_root
 from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
-from fxtap._protocol import Extractor
+from fxtap._protocol import CostJob, DrawRequest, Extractor, Payload
 from fxtap._query import (
     OutputKey,
     requests_by_mode,
@@ -160,6 +160,42 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             raise unknown_choice("mode", mode, MODES, fix="Pass a mode, e.g. ex.graph_for('eval').")
         return self._fxtap_modes[mode == "train"][0]
 
+    # --- the extractor protocol (fxtap._protocol): what the later stages ask of it ----------
+
+    def node_rows(
+        self, *, training: bool, example_inputs: Any = None, tracer: str = "auto"
+    ) -> list[Any]:
+        """The ``mode`` graph's own nodes as ``NodeInfo`` rows (``fxtap.names.graph_rows``)."""
+        from fxtap.names import graph_rows
+
+        return graph_rows(self, training=training, example_inputs=example_inputs)
+
+    def views(self, request: DrawRequest) -> tuple[dict[str, Any], list[str]]:
+        """Each mode's full trace (or pruned graph), its kept nodes marked (``render``)."""
+        from fxtap.render._graphs import pruned_views
+
+        return pruned_views(self, request), []
+
+    def measure(self, job: CostJob) -> Any:
+        """The pruned graph counted and timed against the full trace (``fxtap.cost._graphs``)."""
+        from fxtap.cost._graphs import measure_graphs
+
+        return measure_graphs(self, job)
+
+    def payload(self, tensors: Any) -> Payload:
+        """Its graphs and what they use (``fxtap.save._pack``)."""
+        from fxtap.save._pack import describe_graphs
+
+        return describe_graphs(self, tensors)
+
+    def traced_code(self, mode: str) -> str:
+        """The Python code torch.fx generates for the ``mode`` graph (for reading only)."""
+        return self.graph_for(mode).python_code(root_module="self").src
+
+    def fallback(self) -> bool:
+        """Always ``False``: its graphs were traced."""
+        return False
+
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ):  # type: ignore[override]
@@ -198,7 +234,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         )
 
 
-def create_feature_extractor(
+def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, and fxtap's
     model: nn.Module,
     return_nodes: list[str] | dict[str, str] | None = None,
     train_return_nodes: list[str] | dict[str, str] | None = None,
