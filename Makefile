@@ -79,7 +79,7 @@ lock:
 	{ echo "# make test installs exactly these versions (pip install --no-deps -r $(LOCK))."; \
 	  echo "# Refreshed by 'make lock' on $$(date -u +%Y-%m-%d), Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())')."; \
 	  .venv-lock/bin/python -m pip freeze --all --exclude fxtap | LC_ALL=C sort -f; } > $(LOCK)
-	rm -rf .venv-lock
+	rm -rf .venv-lock build fxtap.egg-info
 
 # Optional: the timm zoo (48 smaller models, about 5 minutes on 2 cores).
 test-timm: $(STAMP)

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from fxtap import edits, render, trace
     from fxtap._protocol import Extractor
     from fxtap.capture import CaptureExtractor
-    from fxtap.cost import CostReport, compare
-    from fxtap.dataset import extract_dataset, open_features
+    from fxtap.cost import CostReport, NodeCost, compare
+    from fxtap.dataset import Features, JobResult, extract_dataset, open_features
     from fxtap.edit import edit
     from fxtap.errors import (
         CutError,
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
         LoadError,
         MissingExtraError,
         MistraceError,
-        ModelSpecError,
         NodeNotFoundError,
         NotReachedError,
         OutputPathError,
@@ -33,9 +32,9 @@ if TYPE_CHECKING:
         TraceError,
         UnsafeOutputError,
     )
-    from fxtap.extractor import ExtractorInfo, FeatureExtractor, create_feature_extractor
+    from fxtap.extractor import FeatureExtractor, create_feature_extractor
     from fxtap.names import NodeInfo, get_graph_node_names, node_table
-    from fxtap.render import Rendering
+    from fxtap.render import Drawing, Rendering
     from fxtap.save import load, save
     from fxtap.split import Split, split
     from fxtap.trace import NodePathTracer, Traced
@@ -44,21 +43,24 @@ from fxtap._version import __version__
 
 __all__ = [
     "CaptureExtractor",
+    "CompatError",
     "CostReport",
     "CutError",
     "DotNotFoundError",
+    "Drawing",
     "DroppedModuleError",
     "Extractor",
-    "ExtractorInfo",
     "FeatureExtractor",
+    "Features",
     "FxtapError",
     "InputShapeError",
     "InputTypeError",
     "InvalidArgumentError",
+    "JobResult",
     "LoadError",
     "MissingExtraError",
     "MistraceError",
-    "ModelSpecError",
+    "NodeCost",
     "NodeInfo",
     "NodeNotFoundError",
     "NodePathTracer",
@@ -90,10 +92,12 @@ __all__ = [
 # torch. ``fxtap.render`` and ``fxtap.trace`` are callable stage packages.
 _HOME = {
     "CaptureExtractor": "fxtap.capture",
+    "CompatError": "fxtap._compat",
     "CostReport": "fxtap.cost",
+    "NodeCost": "fxtap.cost",
+    "Drawing": "fxtap.render",
     "compare": "fxtap.cost",
     "Extractor": "fxtap._protocol",
-    "ExtractorInfo": "fxtap.extractor",
     "FeatureExtractor": "fxtap.extractor",
     "create_feature_extractor": "fxtap.extractor",
     "NodeInfo": "fxtap.names",
@@ -109,6 +113,8 @@ _HOME = {
     "Traced": "fxtap.trace",
     # The dataset stage needs the optional zarr: it loads only when used.
     "extract_dataset": "fxtap.dataset",
+    "Features": "fxtap.dataset",
+    "JobResult": "fxtap.dataset",
     "open_features": "fxtap.dataset",
 }
 _PACKAGES = {"edits", "render", "trace"}

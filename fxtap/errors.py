@@ -20,7 +20,6 @@ __all__ = [
     "LoadError",
     "MissingExtraError",
     "MistraceError",
-    "ModelSpecError",
     "NodeNotFoundError",
     "NotReachedError",
     "OutputPathError",
@@ -117,10 +116,6 @@ class InputShapeError(InvalidArgumentError):
 
 class InputTypeError(InvalidArgumentError, TypeError):
     """An input is not a tensor, or not of the dtype the model computes in."""
-
-
-class ModelSpecError(InvalidArgumentError):
-    """A command-line model spec such as ``torchvision:resnet18`` does not resolve."""
 
 
 class OutputPathError(FxtapError, OSError):

@@ -28,12 +28,12 @@ from fxtap import (
     InvalidArgumentError,
     LoadError,
     MistraceError,
-    ModelSpecError,
     NodeNotFoundError,
     OutputPathError,
     ResourceError,
     TraceError,
 )
+from fxtap.cli import ModelSpecError
 from support.checker import bitwise_equal
 
 

@@ -76,6 +76,47 @@ def test_tests_mirror_the_stages():
         assert (tests / f"test_{stage}.py").exists() or (tests / stage).is_dir(), stage
 
 
+#: What ``import fxtap`` offers: what a user calls, what they get back, and every error the
+#: library raises. Growing it is a decision: change this list in the same commit.
+PUBLIC_API = (
+    "CaptureExtractor", "CompatError", "CostReport", "CutError", "DotNotFoundError", "Drawing",
+    "DroppedModuleError", "Extractor", "FeatureExtractor", "Features", "FxtapError",
+    "InputShapeError", "InputTypeError", "InvalidArgumentError", "JobResult", "LoadError",
+    "MissingExtraError", "MistraceError", "NodeCost", "NodeInfo", "NodeNotFoundError",
+    "NodePathTracer", "NotReachedError", "OutputPathError", "Rendering", "ResourceError",
+    "Split", "TraceError", "Traced", "UnsafeOutputError", "__version__", "compare",
+    "create_feature_extractor", "edit", "edits", "extract_dataset", "get_graph_node_names",
+    "load", "node_table", "open_features", "render", "save", "split", "trace",
+)  # fmt: skip
+
+
+def test_the_public_api_is_pinned():
+    import fxtap
+
+    assert tuple(fxtap.__all__) == PUBLIC_API
+    assert all(getattr(fxtap, name) is not None for name in PUBLIC_API)
+
+
+def test_every_error_the_library_raises_is_public_and_cli_errors_live_with_the_cli():
+    import inspect
+    import sys
+
+    import fxtap
+    import fxtap.cli
+    from fxtap.errors import FxtapError
+
+    for name in _modules():
+        if name.startswith("fxtap.cli") or name == "fxtap.__main__":
+            continue
+        __import__(name)
+
+        for cls_name, cls in inspect.getmembers(sys.modules[name], inspect.isclass):
+            if issubclass(cls, FxtapError) and cls.__module__ == name:
+                assert cls_name in fxtap.__all__, f"{name}.{cls_name} is raised but not public"
+    assert "ModelSpecError" not in fxtap.__all__
+    assert issubclass(fxtap.cli.ModelSpecError, fxtap.InvalidArgumentError)
+
+
 # --- the tests themselves: no test module imports another ------------------------------------
 
 TESTS = Path(__file__).resolve().parent

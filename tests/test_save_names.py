@@ -274,9 +274,7 @@ def test_save_refuses_a_name_load_would_refuse(tmp_path):
     model = nn.Sequential()
     model.add_module("café", nn.Linear(2, 2))
     ex = fxtap.create_feature_extractor(model, ["café"])
-    with pytest.raises(
-        fxtap.InvalidArgumentError, match=r"'café' is not an ASCII identifier.*fmt='pickle'"
-    ):
+    with pytest.raises(fxtap.InvalidArgumentError, match=r"café.*ASCII names.*fmt='pickle'"):
         fxtap.save(ex, tmp_path / "x.fxtap")
     assert not (tmp_path / "x.fxtap").exists()
     fxtap.save(ex, tmp_path / "x.pt", fmt="pickle")  # the way out the message names

@@ -6,12 +6,22 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 # NOTE: only the parser is imported here; torch and the stages load after parsing, so that
 # --help and usage errors answer at once.
 from fxtap.cli._parser import PROG, build_parser
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ModelSpecError", "build_parser", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    # NOTE: loaded on first use, so that --help answers without importing torch.
+    if name == "ModelSpecError":
+        from fxtap.cli._models import ModelSpecError
+
+        return ModelSpecError
+    raise AttributeError(f"module 'fxtap.cli' has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

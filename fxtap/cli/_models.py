@@ -17,12 +17,13 @@ from torch import nn
 
 from fxtap.cli._examples import DTYPES, make_inputs, parse_input, suggest_input
 from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec
-from fxtap.errors import FxtapError, InvalidArgumentError, ModelSpecError, format_choices
+from fxtap.errors import FxtapError, InvalidArgumentError, format_choices
 
 __all__ = [
     "DEFAULT_INPUT",
     "DTYPES",
     "InputSpec",
+    "ModelSpecError",
     "load_model",
     "load_spec",
     "make_inputs",
@@ -30,6 +31,14 @@ __all__ = [
     "parse_model_args",
     "suggest_input",
 ]
+
+
+class ModelSpecError(InvalidArgumentError):
+    """A command-line model spec such as ``torchvision:resnet18`` does not resolve.
+
+    Only the command line builds models from specs, so the error lives with it
+    (``fxtap.cli.ModelSpecError``); it is an ``InvalidArgumentError`` like the library's.
+    """
 
 
 def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:

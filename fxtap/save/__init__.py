@@ -31,7 +31,7 @@ from fxtap._protocol import Extractor
 from fxtap.errors import InvalidArgumentError, LoadError, format_choices
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._pack import pack
-from fxtap.save._schema import NAME
+from fxtap.save._schema import dotted_path
 
 __all__ = ["FORMATS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load", "save"]
 
@@ -79,20 +79,22 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
 
 
 def _check_ascii_names(extractor: Extractor) -> None:
-    """Refuse, before writing, a name the safe loader would refuse (it reads ASCII names only)."""
+    """Refuse, before writing, a path the safe loader would refuse (its one rule, ASCII only)."""
     items: Any = [
         *extractor.named_modules(remove_duplicate=False),
         *extractor.named_parameters(remove_duplicate=False),
         *extractor.named_buffers(remove_duplicate=False),
     ]
     for path, _ in items:
-        bad = next((p for p in path.split(".") if p and not NAME.fullmatch(p)), None)
-        if bad is not None:
+        if not path:
+            continue
+        try:
+            dotted_path(path, f"module path {path!r}", top_level=False)
+        except LoadError as exc:
             raise InvalidArgumentError(
-                f"module path {path!r}: {bad!r} is not an ASCII identifier, and the safe format "
-                "stores only names matching [A-Za-z_][A-Za-z0-9_]* (docs/saving.md says why); "
+                f"{exc}; the safe format stores only ASCII names (docs/saving.md says why): "
                 "rename the module, or save with fmt='pickle' and load with trust=True"
-            )
+            ) from None
 
 
 def load(path: str | os.PathLike[str], *, trust: bool = False) -> Extractor:
