@@ -258,7 +258,7 @@ def fixture_extractors() -> Iterator[tuple[str, Any]]:
 
 
 def timm_extractors() -> Iterator[tuple[str, Any]]:
-    """timm models (when installed), as tests/test_zoo_timm.py builds them."""
+    """timm models (when installed), as tests/support/zoo.py builds them."""
     import importlib.util
 
     if importlib.util.find_spec("timm") is None:

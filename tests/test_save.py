@@ -148,7 +148,7 @@ def test_safe_loader_refuses_module_classes_outside_torch(tmp_path):
 
     rewrite_manifest(path, swap_class)
     with pytest.raises(
-        LoadError, match=r"modules\.stem\.class.*'tests\.models:Nested'.*not allow.*trust=True"
+        LoadError, match=r"modules\.stem\.class.*'support\.models:Nested'.*not allow.*trust=True"
     ):
         load(path)
 

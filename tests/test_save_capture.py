@@ -134,7 +134,7 @@ def test_test_models_load_with_trust(training: bool, tmp_path: Path):
     nodes = {"blocks.1.fc1": "a", "blocks.2": "b", "embed:input": "c", ":output": "out"}
     ex = capture(model, nodes, tracer_kwargs={"leaf_modules": [nn.LayerNorm]})
     path = save(ex, tmp_path / "stack.fxtap")
-    with pytest.raises(LoadError, match=r"'tests\.test_capture:Stack'.*trust=True"):
+    with pytest.raises(LoadError, match=r"'support\.capture_models:Stack'.*trust=True"):
         load(path)
     loaded = load(path, trust=True)
     assert loaded.tracer_kwargs["leaf_modules"] == [nn.LayerNorm]
