@@ -41,6 +41,42 @@ def _build_seconds(build: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _build_split(build: Callable[[], Any]) -> dict[str, float]:
+    """Seconds of one build spent in ``torch.export.export``, in the build-time check
+    (``check_export``), and in fxtap's own work (rebuilding, naming, pruning, compiling)."""
+    import fxtap.trace._export as export_module
+
+    spent = {"torch.export.export": 0.0, "check against eager": 0.0}
+
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+
+        return wrapper
+
+    export, check = torch.export.export, export_module.check_export
+    torch.export.export = timed(export, "torch.export.export")  # type: ignore[assignment]
+    export_module.check_export = timed(check, "check against eager")  # type: ignore[assignment]
+    try:
+        start = time.perf_counter()
+        build()
+        total = time.perf_counter() - start
+    finally:
+        torch.export.export = export  # type: ignore[assignment]
+        export_module.check_export = check  # type: ignore[assignment]
+    own = total - sum(spent.values())
+    return {
+        "total": total,
+        **spent,
+        "fxtap's own work": own,
+        "own work / export": own / spent["torch.export.export"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
@@ -68,20 +104,36 @@ def main(argv: list[str] | None = None) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        captured = fxtap.create_feature_extractor(model, tap).eval()
+        captured = fxtap.create_feature_extractor(model, tap, tracer="fx").eval()
+    # other lengths than the 128 tokens it was built with: the sequence dim is dynamic
+    short = {k: v[:, :64] for k, v in inputs.items()}
+    long_ids = torch.randint(0, 1000, (2, 200))
+    long = {"input_ids": long_ids, "attention_mask": torch.ones_like(long_ids)}
     variants: dict[str, Callable[[], Any]] = {
         "full model": lambda: model(**inputs, use_cache=False),
         "export path": lambda: exported(**inputs),
         "capture path": lambda: captured(**inputs),
+        "full, 64 tok": lambda: model(**short, use_cache=False),
+        "export, 64 tok": lambda: exported(**short),
+        "full, 200 tok": lambda: model(**long, use_cache=False),
+        "export, 200 tok": lambda: exported(**long),
     }
     medians: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
         for _ in range(args.rounds):
             for label, fn in variants.items():  # interleaved
                 medians[label].append(_median_seconds(fn, threads=args.threads, rounds=1))
-    full = statistics.median(medians["full model"])
+    fulls = {k: statistics.median(v) for k, v in medians.items() if k.startswith("full")}
+
+    def full_of(label: str) -> float:  # each row against the full model at its length
+        tokens = label.partition(", ")[2]
+        return next(
+            (v for k, v in fulls.items() if tokens and k.endswith(tokens)), fulls["full model"]
+        )
+
     rows = [
-        (k, statistics.median(v) * 1e3, statistics.median(v) / full) for k, v in medians.items()
+        (k, statistics.median(v) * 1e3, statistics.median(v) / full_of(k))
+        for k, v in medians.items()
     ]
     resnet = torchvision.models.resnet18().eval()
     x = torch.randn(2, 3, 64, 64)
@@ -98,23 +150,33 @@ def main(argv: list[str] | None = None) -> int:
         "torch.export (llama, 8 layers)": _build_seconds(
             lambda: fxtap.create_feature_extractor(model, tap, example_inputs=inputs), 1
         ),
+        "no options (llama, 8 layers)": _build_seconds(
+            lambda: fxtap.create_feature_extractor(model, tap), 1
+        ),
     }
+    split = _build_split(lambda: fxtap.create_feature_extractor(model, tap, example_inputs=inputs))
     print(
         f"llama 8 layers, hidden 256, batch 2 x 128 tokens, tap {tap[0]}, {args.threads} thread(s)"
     )
-    print(f"| {'variant':<14} | {'ms':>8} | {'ratio to full':>13} |")
-    print(f"|{'-' * 16}|{'-' * 10}|{'-' * 15}|")
+    print(f"| {'variant':<16} | {'ms':>8} | {'ratio to full':>13} |")
+    print(f"|{'-' * 18}|{'-' * 10}|{'-' * 15}|")
     for label, ms, ratio in rows:
-        print(f"| {label:<14} | {ms:8.2f} | {ratio:13.2f} |")
+        print(f"| {label:<16} | {ms:8.2f} | {ratio:13.2f} |")
     print()
     print(f"| {'build (both modes)':<31} | {'seconds':>7} |")
     print(f"|{'-' * 33}|{'-' * 9}|")
     for label, seconds in build.items():
         print(f"| {label:<31} | {seconds:7.2f} |")
+    print()
+    print(f"| {'llama build, where it goes':<31} | {'seconds':>7} |")
+    print(f"|{'-' * 33}|{'-' * 9}|")
+    for label, seconds in split.items():
+        print(f"| {label:<31} | {seconds:7.2f} |")
     if args.json:
         name = f"bench_export-{platform.machine()}-torch{torch.__version__.split('+')[0]}.json"
         with open(name, "w") as f:
-            json.dump({"forward": rows, "build": build, "threads": args.threads}, f, indent=2)
+            result = {"forward": rows, "build": build, "split": split, "threads": args.threads}
+            json.dump(result, f, indent=2)
     return 0
 
 

@@ -1,21 +1,75 @@
-"""The extractor base class: what every stage reads from an extractor, pruned or captured."""
+"""The extractor protocol: what every later stage reads from an extractor, of any kind."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from torch import nn
 
 from fxtap.errors import InvalidArgumentError
 
-__all__ = ["Extractor", "require_graphs"]
+__all__ = [
+    "CostJob",
+    "DrawRequest",
+    "Extractor",
+    "Payload",
+    "check_extractor",
+    "is_extractor",
+    "require_graphs",
+]
 
 
-class Extractor(nn.Module):
+@dataclass(frozen=True)
+class DrawRequest:
+    """What ``render`` asks an extractor to draw (``Extractor.views``)."""
+
+    modes: tuple[str, ...]
+    title: str | None  # None: the model's class name
+    example_inputs: Any = None
+    tracer_kwargs: Mapping[str, Any] | None = None
+    concrete_args: Mapping[str, Any] | None = None
+    heat: Mapping[str, float] | None = None
+    checks: bool = False
+    tracer: str = "auto"
+
+
+@dataclass(frozen=True)
+class CostJob:
+    """What ``compare`` asks an extractor to measure (``Extractor.measure``).
+
+    ``options`` are the timing budgets (``min_run_time``, ``rounds``, ``warmup``,
+    ``node_repeats``, ``profile_memory``), passed on to ``measure_variants`` as they are.
+    """
+
+    model: nn.Module
+    mode: str
+    inputs: tuple[Any, ...]
+    device: Any
+    threads: int
+    return_nodes: Any
+    progress: Any
+    environment: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What ``save`` writes for an extractor: its manifest and files for reading only."""
+
+    manifest: dict[str, Any]
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+class Extractor(nn.Module, metaclass=abc.ABCMeta):
     """What ``FeatureExtractor`` (pruned graphs) and ``CaptureExtractor`` (a real forward) share.
 
-    ``compare``, ``render``, ``save`` and the command line take any ``Extractor``; what needs
-    graphs of the whole model checks ``prunes`` with ``require_graphs``.
+    ``compare``, ``render``, ``save``, ``node_table``'s command and the dataset job take any
+    ``Extractor`` and ask it, through these methods, for what they need; none checks which
+    kind it holds. Where a kind cannot do something (a capture extractor has no graphs), its
+    method raises ``InvalidArgumentError`` saying what would work.
 
     Attributes:
         prunes: ``True`` when the extractor runs pruned graphs (it has ``graph_for(mode)``),
@@ -38,9 +92,54 @@ class Extractor(nn.Module):
         """By mode, resolved node name -> output key (``outputs`` inverted)."""
         return {m: {n: k for k, n in outs.items()} for m, outs in self.outputs.items()}
 
+    @abc.abstractmethod
     def node_names(self, mode: str) -> list[str]:
         """The names of the nodes the extractor runs or can serve in ``mode``."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def graph_for(self, mode: str) -> Any:
+        """The ``fx.Graph`` run in ``mode``; a capture extractor raises (it has none)."""
+
+    @abc.abstractmethod
+    def node_rows(
+        self, *, training: bool, example_inputs: Any = None, tracer: str = "auto"
+    ) -> list[Any]:
+        """The node table (``fxtap.names.NodeInfo`` rows) of what the extractor serves."""
+
+    @abc.abstractmethod
+    def views(self, request: DrawRequest) -> tuple[dict[str, Any], list[str]]:
+        """One ``View`` per drawable mode, and a message for each mode that cannot be drawn."""
+
+    @abc.abstractmethod
+    def measure(self, job: CostJob) -> Any:
+        """The ``CostReport`` of the extractor's variants against its model."""
+
+    @abc.abstractmethod
+    def payload(self, tensors: Any) -> Payload:
+        """The safe archive's manifest; the tensors it names are added to ``tensors``."""
+
+    @abc.abstractmethod
+    def traced_code(self, mode: str) -> str:
+        """The traced code the extractor runs in ``mode`` (``""`` when it runs the model's)."""
+
+    @abc.abstractmethod
+    def fallback(self) -> bool:
+        """``True`` when the extractor is the capture path's, taken because tracing failed."""
+
+
+def is_extractor(value: Any) -> TypeGuard[Extractor]:
+    """Whether ``value`` is an fxtap extractor (of any kind)."""
+    return isinstance(value, Extractor)
+
+
+def check_extractor(value: Any, *, argument: str) -> Extractor:
+    """``value``, or ``InvalidArgumentError`` naming ``argument`` when it is no extractor."""
+    if not isinstance(value, Extractor):
+        raise InvalidArgumentError(
+            f"{argument} is a {type(value).__name__}, not an fxtap extractor (FeatureExtractor "
+            "or CaptureExtractor); pass what fxtap.create_feature_extractor returns"
+        )
+    return value
 
 
 def require_graphs(extractor: Any, *, action: str, instead: str) -> None:
@@ -51,12 +150,7 @@ def require_graphs(extractor: Any, *, action: str, instead: str) -> None:
         action: what was asked, in the interface's words (``"render(extractor)"``).
         instead: what works for a capture extractor, in the interface's words.
     """
-    if not isinstance(extractor, Extractor):
-        raise InvalidArgumentError(
-            f"extractor is a {type(extractor).__name__}, not an fxtap extractor (FeatureExtractor "
-            "or CaptureExtractor); pass what "
-            "fxtap.create_feature_extractor returns"
-        )
+    check_extractor(extractor, argument="extractor")
     if not extractor.prunes:
         islands = getattr(extractor, "islands", {}).get("eval", ())
         listed = f" (its traced submodules: {', '.join(map(repr, islands))})" if islands else ""

@@ -12,7 +12,7 @@ from fxtap._fx import union_root
 from fxtap.errors import TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
 from fxtap.prune import prune, unwrap_output
-from fxtap.trace import Traced, check_model, is_root_failure, trace
+from fxtap.trace import check_model, is_root_failure, trace_modes
 
 __all__ = ["edit"]
 
@@ -75,26 +75,23 @@ def edit(
     check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.GraphModule] = {}
-    traces: dict[str, Traced] = {}
-    for mode in MODES:
-        try:
-            traces[mode] = trace(
-                model,
-                training=mode == "train",
-                tracer_kwargs=tracer_kwargs,
-                concrete_args=concrete_args,
-                auto_leaf=auto_leaf,
-                example_inputs=example_inputs,
-                tracer=tracer,
+    try:
+        traces = trace_modes(
+            model,
+            tracer_kwargs=tracer_kwargs,
+            concrete_args=concrete_args,
+            auto_leaf=auto_leaf,
+            example_inputs=example_inputs,
+            tracer=tracer,
+        )
+    except TraceError as exc:
+        if is_root_failure(exc):
+            exc.add_note(
+                "fxtap.edit compiles edits into a graph; for a model only the capture path "
+                "runs, tap it with create_feature_extractor(model, return_nodes, edits=...), "
+                "which applies the edits with hooks (docs/editing.md)"
             )
-        except TraceError as exc:
-            if is_root_failure(exc):
-                exc.add_note(
-                    "fxtap.edit compiles edits into a graph; for a model only the capture path "
-                    "runs, tap it with create_feature_extractor(model, return_nodes, edits=...), "
-                    "which applies the edits with hooks (docs/editing.md)"
-                )
-            raise
+        raise
     edited = apply_edits(traces, edits, model_name=name)
     for mode in MODES:
         output = edited[mode].graph_module.graph.output_node().args[0]

@@ -16,7 +16,7 @@ from fxtap._edit_pass import apply_edits, check_edits
 from fxtap._fx import detach_submodules, union_root
 from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
-from fxtap._protocol import Extractor
+from fxtap._protocol import CostJob, DrawRequest, Extractor, Payload
 from fxtap._query import (
     OutputKey,
     requests_by_mode,
@@ -29,7 +29,7 @@ from fxtap.errors import (
     unknown_choice,
 )
 from fxtap.prune import prune
-from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
+from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
 
 __all__ = ["MODES", "ExtractorInfo", "FeatureExtractor", "create_feature_extractor"]
 
@@ -160,6 +160,42 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             raise unknown_choice("mode", mode, MODES, fix="Pass a mode, e.g. ex.graph_for('eval').")
         return self._fxtap_modes[mode == "train"][0]
 
+    # --- the extractor protocol (fxtap._protocol): what the later stages ask of it ----------
+
+    def node_rows(
+        self, *, training: bool, example_inputs: Any = None, tracer: str = "auto"
+    ) -> list[Any]:
+        """The ``mode`` graph's own nodes as ``NodeInfo`` rows (``fxtap.names.graph_rows``)."""
+        from fxtap.names import graph_rows
+
+        return graph_rows(self, training=training, example_inputs=example_inputs)
+
+    def views(self, request: DrawRequest) -> tuple[dict[str, Any], list[str]]:
+        """Each mode's full trace (or pruned graph), its kept nodes marked (``render``)."""
+        from fxtap.render._graphs import pruned_views
+
+        return pruned_views(self, request), []
+
+    def measure(self, job: CostJob) -> Any:
+        """The pruned graph counted and timed against the full trace (``fxtap.cost._graphs``)."""
+        from fxtap.cost._graphs import measure_graphs
+
+        return measure_graphs(self, job)
+
+    def payload(self, tensors: Any) -> Payload:
+        """Its graphs and what they use (``fxtap.save._pack``)."""
+        from fxtap.save._pack import describe_graphs
+
+        return describe_graphs(self, tensors)
+
+    def traced_code(self, mode: str) -> str:
+        """The Python code torch.fx generates for the ``mode`` graph (for reading only)."""
+        return self.graph_for(mode).python_code(root_module="self").src
+
+    def fallback(self) -> bool:
+        """Always ``False``: its graphs were traced."""
+        return False
+
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ):  # type: ignore[override]
@@ -198,7 +234,7 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         )
 
 
-def create_feature_extractor(
+def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, and fxtap's
     model: nn.Module,
     return_nodes: list[str] | dict[str, str] | None = None,
     train_return_nodes: list[str] | dict[str, str] | None = None,
@@ -211,6 +247,7 @@ def create_feature_extractor(
     example_inputs: Any = None,
     tracer: str = "auto",
     keep_traces: bool = False,
+    dynamic_shapes: Any = None,
     edits: Mapping[str, Any] | None = None,
 ) -> FeatureExtractor | CaptureExtractor:
     """Build a pruned extractor whose forward returns the requested intermediate values.
@@ -239,11 +276,16 @@ def create_feature_extractor(
             export path, the inputs to export with: a tensor, a tuple, or a dict of keyword
             inputs (``{"input_ids": ids, "attention_mask": mask}``).
         tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
-            ``example_inputs`` are given; else capture), ``"fx"`` (torch.fx, else capture) or
-            ``"export"`` (torch.export only). See docs/tracing.md.
+            ``example_inputs`` are given or the model's config implies them, as for Hugging
+            Face models; else capture), ``"fx"`` (torch.fx, else capture) or ``"export"``
+            (torch.export only). See docs/tracing.md.
         keep_traces: keep the unpruned traces in ``ex.full`` (for ``render`` and ``compare``);
             they hold the whole model, so by default they are dropped and the extractor
             keeps only what it runs.
+        dynamic_shapes: on the export path, torch.export's ``dynamic_shapes``, keyed as
+            ``example_inputs`` are (``{"input_ids": {1: Dim("seq", max=512)}}``). By default
+            every input dimension is ``Dim.AUTO``: dynamic unless the model fixes it; a call
+            whose shape the graph was not exported for raises ``InputShapeError``.
         edits: node query -> edit (``fxtap.edits``), as in ``fxtap.edit``: the values
             returned are those of the edited model, and a tap at an edited node returns its
             edited value. On the capture path the edits run as forward hooks, so only module
@@ -274,29 +316,27 @@ def create_feature_extractor(
     outputs: dict[str, dict[OutputKey, str]] = {}
     opaque: tuple[str, ...] = ()
     pruned_modules: dict[str, fx.GraphModule] = {}
-    traces: dict[str, Traced] = {}
-    for mode in MODES:
-        try:
-            traces[mode] = trace(
-                model,
-                training=mode == "train",
-                tracer_kwargs=tracer_kwargs,
-                concrete_args=concrete_args,
-                auto_leaf=auto_leaf,
-                example_inputs=example_inputs,
-                tracer=tracer,
-            )
-        except TraceError as exc:
-            if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
-                raise
-            return build_capture_extractor(
-                model,
-                requests,
-                error=exc,
-                tracer_kwargs=tracer_kwargs,
-                example_inputs=example_inputs,
-                edits=edits,
-            )
+    try:
+        traces = trace_modes(
+            model,
+            tracer_kwargs=tracer_kwargs,
+            concrete_args=concrete_args,
+            auto_leaf=auto_leaf,
+            example_inputs=example_inputs,
+            tracer=tracer,
+            dynamic_shapes=dynamic_shapes,
+        )
+    except TraceError as exc:
+        if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
+            raise
+        return build_capture_extractor(
+            model,
+            requests,
+            error=exc,
+            tracer_kwargs=tracer_kwargs,
+            example_inputs=example_inputs,
+            edits=edits,
+        )
     if edits is not None:
         traces = apply_edits(traces, edits, model_name=name)
     for mode, traced in traces.items():

@@ -13,9 +13,10 @@ from torch import fx, nn
 
 from fxtap._fx import module_type_name, owned_params, target_text
 from fxtap._shapes import VALUE_KEY, describe_value, propagate_shapes
-from fxtap.capture import capture_rows
+from fxtap.capture._islands import capture_rows
 from fxtap.errors import FxtapError, TraceError
 from fxtap.trace import (
+    NAME_KEY,
     SCOPE_KEY,
     SOURCE_KEY,
     Traced,
@@ -284,6 +285,16 @@ def node_table(
             )
         )
     return rows
+
+
+def graph_rows(extractor: Any, *, training: bool, example_inputs: Any = None) -> list[NodeInfo]:
+    """A pruning extractor's node table: its own ``mode`` graph, not traced again."""
+    extractor.train(training)
+    graph = extractor.graph_for("train" if training else "eval")
+    # NOTE: a node without fxtap's name (added by a graph pass) shows torch.fx's name.
+    names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
+    traced = Traced(extractor, names, training)
+    return node_table(extractor, training=training, example_inputs=example_inputs, traced=traced)
 
 
 def _concrete(shape: Sequence[Any]) -> tuple[int, ...] | None:

@@ -20,9 +20,16 @@ from fxtap._fx import (
     inplace_arg,
     module_stack,
 )
-from fxtap.trace import NAME_KEY, Traced
+from fxtap.trace import INPUT_CHECKS, NAME_KEY, Traced
 
 __all__ = ["clone_tensors", "prune", "unwrap_output", "written_inputs"]
+
+
+def _is_check(target: Any) -> bool:
+    """torch's asserts and the export path's input shape checks: kept while they read live
+    values."""
+    return _compat.is_assert(target) or target in INPUT_CHECKS
+
 
 #: ``node.meta`` key marking a clone that protects a returned value from a later in-place op.
 _CLONE_OF = "fxtap_clone_of"
@@ -160,7 +167,7 @@ class _Facts:
         run (``BUFFER_WRITE_KEY``, on the second pass), and asserts on live code."""
         if node.op in ("placeholder", "output"):
             return True
-        if node.op == "call_function" and _compat.is_assert(node.target):
+        if node.op == "call_function" and _is_check(node.target):
             return self.live is not None and _checks_live(node, self.live, self.assert_only)
         owner = node.meta.get(BUFFER_WRITE_KEY)
         if owner is not None and self.live is not None and (not owner or owner in self.running):
@@ -254,7 +261,7 @@ def _maybe_tensor(node: fx.Node) -> bool:
     """False for nodes known to hold a non-tensor (shapes, numbers, tuples of tensors)."""
     if node.op not in ("call_method", "call_function"):
         return True
-    if node.target in _SPLITS or _compat.is_assert(node.target):
+    if node.target in _SPLITS or _is_check(node.target):
         return False
     if node.op == "call_method":
         return node.target not in _NOT_TENSOR_METHODS
@@ -336,7 +343,7 @@ def _assert_only(graph: fx.Graph) -> set[fx.Node]:
         if node.op in ("placeholder", "output") or not node.users:
             continue
         if all(
-            user in only or (user.op == "call_function" and _compat.is_assert(user.target))
+            user in only or (user.op == "call_function" and _is_check(user.target))
             for user in node.users
         ):
             only.add(node)

@@ -15,7 +15,7 @@ from fxtap._query import Request, _enclosing_leaf, normalize_return_nodes, parse
 from fxtap.errors import CutError, NodeNotFoundError, TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
 from fxtap.prune import prune, unwrap_output, written_inputs
-from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace
+from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
 
 __all__ = ["BOUNDARY", "Split", "split"]
 
@@ -96,18 +96,14 @@ def split(
     check_model(model)
     requests = normalize_return_nodes(at, argument="at")
     name = type(model).__name__
-    traces = {
-        mode: _trace(
-            model,
-            mode,
-            example_inputs=example_inputs,
-            tracer=tracer,
-            tracer_kwargs=tracer_kwargs,
-            concrete_args=concrete_args,
-            auto_leaf=auto_leaf,
-        )
-        for mode in MODES
-    }
+    traces = _trace(
+        model,
+        example_inputs=example_inputs,
+        tracer=tracer,
+        tracer_kwargs=tracer_kwargs,
+        concrete_args=concrete_args,
+        auto_leaf=auto_leaf,
+    )
     cuts = _resolve_cuts(requests, traces, name)
     heads: dict[str, fx.GraphModule] = {}
     tails: dict[str, fx.GraphModule] = {}
@@ -138,9 +134,9 @@ def split(
     return Split(head=head, tail=tail, at=at_names)
 
 
-def _trace(model: nn.Module, mode: str, **options: Any) -> Traced:
+def _trace(model: nn.Module, **options: Any) -> dict[str, Traced]:
     try:
-        return trace(model, training=mode == "train", **options)
+        return trace_modes(model, **options)
     except TraceError as exc:
         if not is_root_failure(exc):
             raise

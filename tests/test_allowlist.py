@@ -294,7 +294,7 @@ def hf_extractors(names: tuple[str, ...] = HF_ZOO) -> Iterator[tuple[str, Any]]:
         model, _inputs = build_hf(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            extractor = fxtap.create_feature_extractor(model, [HF[name][0], ":output"])
+            extractor = fxtap.create_feature_extractor(model, [HF[name][0], ":output"], tracer="fx")
         yield f"transformers:{name}", extractor
 
 
@@ -516,7 +516,7 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
 
 def test_allowlist_holds_what_the_saver_emits_for_exported_models() -> None:
     emitted = collect(export_extractors(list(EXPORT_SAMPLE), every_node=THOROUGH))
-    assert emitted.ops and "fxtap.trace._export_inputs:check_batch" in emitted.functions
+    assert emitted.ops and "fxtap.trace._export_inputs:check_shapes" in emitted.functions
     gaps = missing(emitted)
     assert not gaps, f"regenerate with: python tests/test_allowlist.py --export; missing: {gaps}"
 

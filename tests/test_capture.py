@@ -15,7 +15,7 @@ from torch import nn
 import fxtap
 from fxtap import NodeNotFoundError, create_feature_extractor
 from fxtap.capture import CaptureExtractor
-from support.capture_models import Stack, Wav2Vec2Like
+from support.capture_models import Block, Stack, Wav2Vec2Like
 from support.checker import bitwise_equal, capture_reference, hook_gradient, preserved, tensor_grads
 from support.models import ListRoot
 
@@ -412,3 +412,26 @@ def test_cli_on_a_detection_model(capsys: pytest.CaptureFixture[str], tmp_path: 
         assert re.search(rf'"{call}" \[[^\n]*untraced: forward not traceable', dot), call
     assert re.search(r'"backbone.output" \[[^\n]*penwidth="3"', dot)  # the tap
     assert re.search(r'"roi_heads.box_predictor.cls_score" \[[^\n]*not run: after the early', dot)
+
+
+def test_both_kinds_implement_the_extractor_protocol_and_capture_says_what_works() -> None:
+    from fxtap.errors import InvalidArgumentError
+
+    capture = build(ListRoot(), ["body.relu"], r"cannot trace the root ListRoot\.forward")
+    pruning = create_feature_extractor(Block(), ["relu"])
+    for ex in (capture, pruning):
+        assert isinstance(ex, fxtap.Extractor)
+    assert capture.fallback() is True and pruning.fallback() is False
+    assert capture.traced_code("eval") == ""
+    assert "def forward" in pruning.traced_code("eval")
+    with pytest.raises(InvalidArgumentError, match=r"graph_for\('eval'\) needs an extractor with "
+                       r"traced graphs.*read its values by calling it.*'body'"):  # fmt: skip
+        capture.graph_for("eval")
+
+    class Partial(fxtap.Extractor):
+        def node_names(self, mode: str) -> list[str]:
+            return []
+
+    # an abstract base: a kind that leaves out a stage's method cannot be built
+    with pytest.raises(TypeError, match="abstract"):
+        Partial()

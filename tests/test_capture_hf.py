@@ -55,7 +55,7 @@ def test_islands_inside_layer_stacks_give_hook_values_and_gradients(name: str) -
     ids = torch.randint(3, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ex = fxtap.create_feature_extractor(model, {path: "tap", ":output": "out"})
+        ex = fxtap.create_feature_extractor(model, {path: "tap", ":output": "out"}, tracer="fx")
     assert isinstance(ex, CaptureExtractor)
     assert any(p.startswith(stack) for p in ex.islands["eval"]), ex.islands
     # a module traced through (gpt2's Conv1D) is named by its nodes; the query takes the last
@@ -84,7 +84,7 @@ def test_capture_extractors_load_from_the_safe_format(name: str, training: bool,
     _stack, path = CASES[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ex = fxtap.create_feature_extractor(model, {path: "tap", ":output": "out"})
+        ex = fxtap.create_feature_extractor(model, {path: "tap", ":output": "out"}, tracer="fx")
     loaded = fxtap.load(fxtap.save(ex, tmp_path / f"{name}.fxtap"))
     assert isinstance(loaded, CaptureExtractor) and loaded.training == training
     assert type(loaded.model.config) is type(model.config)
@@ -96,3 +96,30 @@ def test_capture_extractors_load_from_the_safe_format(name: str, training: bool,
     got = tensor_grads(score(out["out"]), out["tap"])
     assert bitwise_equal(out["tap"], value)
     assert got[0] is not None and bitwise_equal(got, expected)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_a_functional_tap_in_code_the_first_trace_skipped(training: bool) -> None:
+    """distilbert's embeddings slice a buffer by a traced length when position_ids is None
+    (``self.position_ids[:, :seq_length]``): the call-time trace reads buffers as proxies."""
+    t = pytest.importorskip("transformers")
+    config = t.DistilBertConfig(
+        dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, max_position_embeddings=64
+    )
+    model = t.DistilBertModel(config).train(training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ex = fxtap.create_feature_extractor(model, {"embeddings.add": "add"}, tracer="fx")
+    assert isinstance(ex, CaptureExtractor)
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+    handle = model.embeddings.LayerNorm.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].detach().clone())
+    )
+    with torch.no_grad():
+        torch.manual_seed(0)
+        model(ids)
+        handle.remove()
+        torch.manual_seed(0)
+        got = ex(ids)["add"]
+    assert bitwise_equal(got, seen[0])

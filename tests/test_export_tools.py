@@ -162,7 +162,8 @@ def test_render_of_a_transformers_extractor_draws_module_clusters(tmp_path: Path
         assert "aten.add<" in labels  # the overload (aten.add.Tensor) is left to the tooltip
         tap = nodes["encoder.layer.1.output.LayerNorm"]
         assert 'penwidth="3"' in tap and "⇒ output" in tap and 'class="kept requested"' in tap
-        later = [v for k, v in nodes.items() if k.startswith("encoder.layer.2.")]
+        # NOTE: "@refs" nodes draw kept values a pruned op read (the input's dynamic sizes)
+        later = [v for k, v in nodes.items() if k.startswith("encoder.layer.2.") and "@" not in k]
         assert later and all(re.search(r'class="pruned[" ]', v) for v in later)
         assert not any("_assert_tensor_metadata" in k for k in nodes)
         assert "input-check nodes hidden" in text

@@ -76,6 +76,74 @@ def test_tests_mirror_the_stages():
         assert (tests / f"test_{stage}.py").exists() or (tests / stage).is_dir(), stage
 
 
+# --- the extractor protocol: no stage checks which kind of extractor it holds -----------------
+
+#: The extractor kinds themselves, and the protocol: the only modules that may tell kinds apart.
+EXTRACTOR_KINDS = (
+    "fxtap._protocol",
+    "fxtap.extractor",
+    "fxtap.capture",
+    "fxtap.split",
+    "fxtap.edit",
+)
+_KIND_CLASSES = frozenset({"Extractor", "FeatureExtractor", "CaptureExtractor"})
+
+
+def kind_checks(source: str) -> list[str]:
+    """Each ``isinstance``/``issubclass`` on an extractor class and each read of ``prunes``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "prunes":
+            found.append(f"line {node.lineno}: reads .prunes")
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            continue
+        args = node.args
+        if node.func.id in ("isinstance", "issubclass") and len(args) == 2:
+            classes = args[1].elts if isinstance(args[1], ast.Tuple) else [args[1]]
+            named = {c.id if isinstance(c, ast.Name) else getattr(c, "attr", "") for c in classes}
+            if named & _KIND_CLASSES:
+                found.append(
+                    f"line {node.lineno}: {node.func.id} on {sorted(named & _KIND_CLASSES)}"
+                )
+        elif (
+            node.func.id in ("getattr", "hasattr")
+            and len(args) >= 2
+            and isinstance(args[1], ast.Constant)
+            and args[1].value == "prunes"
+        ):
+            found.append(f"line {node.lineno}: {node.func.id}(..., 'prunes')")
+    return found
+
+
+def test_kind_checks_sees_every_form():
+    # The scan itself must flag each form, or the test below passes vacuously.
+    snippet = (
+        "from fxtap import capture\n"
+        "a = isinstance(x, FeatureExtractor)\n"
+        "b = isinstance(x, (int, capture.CaptureExtractor))\n"
+        "c = issubclass(t, Extractor)\n"
+        "d = x.prunes\n"
+        "e = getattr(x, 'prunes', False)\n"
+        "f = hasattr(x, 'prunes')\n"
+    )
+    assert [f.split(":")[0] for f in kind_checks(snippet)] == [f"line {i}" for i in range(2, 8)]
+    clean = "a = isinstance(x, nn.Module)\nb = x.views(request)\nc = is_extractor(x)\n"
+    assert kind_checks(clean) == []
+
+
+def test_no_stage_checks_the_extractor_kind():
+    offenders = {
+        name: found
+        for name, path in _modules().items()
+        if not any(name == kind or name.startswith(kind + ".") for kind in EXTRACTOR_KINDS)
+        and (found := kind_checks(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}, (
+        "a stage tells extractor kinds apart; ask the extractor through its protocol "
+        f"(fxtap/_protocol.py) instead: {offenders}"
+    )
+
+
 #: What ``import fxtap`` offers: what a user calls, what they get back, and every error the
 #: library raises. Growing it is a decision: change this list in the same commit.
 PUBLIC_API = (

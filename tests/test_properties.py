@@ -32,7 +32,7 @@ Profiles (``FXTAP_HYPOTHESIS_PROFILE``): ``ci`` (default: derandomized, no examp
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -292,44 +292,33 @@ TRACER_KWARGS = {"leaf_modules": [TupleLeaf]}
 
 def build(spec: tuple[Any, ...]) -> nn.Module:
     """Turn a drawn spec into a module (see ``specs``)."""
-    kind = spec[0]
-    if kind == "linear":
-        return nn.Linear(FEATURES, FEATURES)
-    if kind == "relu_module":
-        return nn.ReLU()
-    if kind == "relu_inplace_module":
-        return LinearInplaceModule()
-    if kind == "relu_inplace_method":
-        return LinearInplaceMethod()
-    if kind == "view_then_inplace":
-        return ViewThenInplace()
-    if kind == "constants":
-        return Constants()
-    if kind == "batch_norm":
-        return nn.BatchNorm1d(FEATURES)
-    if kind == "dropout":
-        return nn.Dropout(spec[1])
-    if kind == "functional_dropout":
-        return FunctionalDropout(spec[1])
-    if kind == "function":
-        return Functional(spec[1])
-    if kind == "train_branch":
-        return TrainBranch()
-    if kind == "tuple_leaf":
-        return UsesTupleLeaf()
-    if kind == "chain":
-        return Chain([(name, build(child)) for name, child in zip(spec[1], spec[2])])
-    if kind == "sequential":
-        return nn.Sequential(*(build(child) for child in spec[1]))
-    if kind == "residual":
-        return Residual(build(spec[1]), inplace=spec[2])
-    if kind == "twice":
-        return Twice(build(spec[1]))
-    if kind == "split":
-        return Merge(Split(build(spec[1]), build(spec[2]), as_dict=spec[3]))
-    if kind == "gated":
-        return Gated(build(spec[1]))
-    raise AssertionError(f"unknown spec {spec!r}")
+    builder = _BUILDERS.get(spec[0])
+    if builder is None:
+        raise AssertionError(f"unknown spec {spec!r}")
+    return builder(spec)
+
+
+#: Spec kind -> the module it draws; ``spec[1:]`` are its arguments (child specs built too).
+_BUILDERS: dict[str, Callable[[tuple[Any, ...]], nn.Module]] = {
+    "linear": lambda _: nn.Linear(FEATURES, FEATURES),
+    "relu_module": lambda _: nn.ReLU(),
+    "relu_inplace_module": lambda _: LinearInplaceModule(),
+    "relu_inplace_method": lambda _: LinearInplaceMethod(),
+    "view_then_inplace": lambda _: ViewThenInplace(),
+    "constants": lambda _: Constants(),
+    "batch_norm": lambda _: nn.BatchNorm1d(FEATURES),
+    "dropout": lambda spec: nn.Dropout(spec[1]),
+    "functional_dropout": lambda spec: FunctionalDropout(spec[1]),
+    "function": lambda spec: Functional(spec[1]),
+    "train_branch": lambda _: TrainBranch(),
+    "tuple_leaf": lambda _: UsesTupleLeaf(),
+    "chain": lambda spec: Chain([(name, build(child)) for name, child in zip(spec[1], spec[2])]),
+    "sequential": lambda spec: nn.Sequential(*(build(child) for child in spec[1])),
+    "residual": lambda spec: Residual(build(spec[1]), inplace=spec[2]),
+    "twice": lambda spec: Twice(build(spec[1])),
+    "split": lambda spec: Merge(Split(build(spec[1]), build(spec[2]), as_dict=spec[3])),
+    "gated": lambda spec: Gated(build(spec[1])),
+}
 
 
 def _atoms() -> st.SearchStrategy[tuple[Any, ...]]:

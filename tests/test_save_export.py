@@ -79,7 +79,7 @@ def test_transformers_extractor_loads_safely_and_exactly(arch: str, tmp_path: Pa
         assert isinstance(got["out"], ModelOutput)  # rebuilt, the same type as the original's
         # dynamic batch: another size runs, a size below the exported range is refused
         _same_run(ex, loaded, _batch(inputs, 3), train=False)
-        with pytest.raises(InputShapeError, match="batch size 1"):
+        with pytest.raises(InputShapeError, match="has size 1 in dim 0"):
             loaded.eval()(**_batch(inputs, 1))
 
 
@@ -93,7 +93,7 @@ def test_torchvision_extractor_loads_safely_exactly_and_trains(tmp_path: Path) -
     with torch.no_grad():
         _same_run(ex, loaded, inputs, train=False)
         _same_run(ex, loaded, {"x": torch.cat([X, X, X])[:5]}, train=False)
-        with pytest.raises(InputShapeError, match="batch size 1"):
+        with pytest.raises(InputShapeError, match="has size 1 in dim 0"):
             loaded.eval()(X[:1])
     # train mode: the same values, the same buffer updates, the same gradients
     for _ in range(2):

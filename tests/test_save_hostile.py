@@ -92,11 +92,22 @@ def _function_node(manifest: dict[str, Any], function: str, mode: str = "eval") 
 def manifest_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
     """(name, edit of the manifest) for each attack on the JSON; ``s`` is the sentinel."""
     code = _payload(s)
+    yield from _code_edits(code)
+    yield from _call_edits(code)
+    yield from _spec_edits(code, s)
 
-    def each_mode(fn: Callable[[dict[str, Any], str], None]) -> Callable[[dict[str, Any]], None]:
-        return lambda m: [fn(m, mode) for mode in ("train", "eval")]  # type: ignore[func-returns-value]
 
-    def set_placeholder(value: str) -> Callable[[dict[str, Any]], None]:
+Edit = Callable[[dict[str, Any]], None]
+
+
+def each_mode(fn: Callable[[dict[str, Any], str], None]) -> Edit:
+    return lambda m: [fn(m, mode) for mode in ("train", "eval")]  # type: ignore[func-returns-value]
+
+
+def _code_edits(code: str) -> Iterator[tuple[str, Edit]]:
+    """Code pasted into generated Python: names, targets and keys that would run ``code``."""
+
+    def set_placeholder(value: str) -> Edit:
         return each_mode(lambda m, mode: _node(m, "placeholder", mode).__setitem__("target", value))
 
     # code pasted into generated Python
@@ -169,6 +180,9 @@ def manifest_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], No
         ),
     )
 
+
+def _call_edits(code: str) -> Iterator[tuple[str, Edit]]:
+    """Dotted walks, functions outside the allowlist, dunder access and computed names."""
     # dotted walks and functions outside the allowlist
     for name, function in [
         ("walk_os_system", "torch:os.system"),
@@ -235,6 +249,9 @@ def manifest_edits(s: Path) -> Iterator[tuple[str, Callable[[dict[str, Any]], No
         ),
     )
 
+
+def _spec_edits(code: str, s: Path) -> Iterator[tuple[str, Edit]]:
+    """Module configurations and classes, self-referential specs, malformed graphs and more."""
     # module configurations and classes
     for key, value in [
         ("forward", 0),

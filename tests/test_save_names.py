@@ -279,3 +279,13 @@ def test_save_refuses_a_name_load_would_refuse(tmp_path):
     assert not (tmp_path / "x.fxtap").exists()
     fxtap.save(ex, tmp_path / "x.pt", fmt="pickle")  # the way out the message names
     assert list(fxtap.load(tmp_path / "x.pt", trust=True)(torch.ones(1, 2))) == ["café"]
+
+
+def test_root_internals_cover_every_feature_extractor_attribute():
+    # The schema names FeatureExtractor's attributes without importing it (no import cycle
+    # through the extractor protocol): a stored module must never shadow one of them.
+    from fxtap.extractor import FeatureExtractor
+    from fxtap.save._schema import root_internals
+
+    assert set(dir(FeatureExtractor)) <= root_internals()
+    assert {"graph_for", "views", "payload", "kept", "pruned_traces"} <= root_internals()

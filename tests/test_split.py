@@ -292,18 +292,20 @@ def test_cli_split_says_the_nearest_cut_in_flags(
 # --- the export path (Hugging Face models) -------------------------------------------------------
 
 
-#: (model, cut, boundary keys): the attention mask, the batch size (an int) and llama's rotary
-#: embeddings cross the cut with the residual stream.
+#: (model, cut, boundary keys): the attention mask, the batch size and sequence length (ints:
+#: every input dimension is dynamic on the export path) and llama's rotary embeddings cross the
+#: cut with the residual stream.
 HF_CUTS = [
-    ("bert", "embeddings", ["attention_mask", "sym_size", "embeddings.dropout"]),
+    ("bert", "embeddings", ["attention_mask", "sym_size", "sym_size_1", "embeddings.dropout"]),
     ("bert", "encoder.layer.0.attention.output.add",
-     ["sym_size", "expand", "encoder.layer.0.attention.output.add"]),
-    ("bert", "encoder.layer.1", ["sym_size", "expand", "encoder.layer.1.output.LayerNorm"]),
-    ("llama", "embed_tokens", ["attention_mask", "sym_size", "embed_tokens"]),
+     ["sym_size", "sym_size_1", "expand", "encoder.layer.0.attention.output.add"]),
+    ("bert", "encoder.layer.1",
+     ["sym_size", "sym_size_1", "expand", "encoder.layer.1.output.LayerNorm"]),
+    ("llama", "embed_tokens", ["attention_mask", "sym_size", "sym_size_1", "embed_tokens"]),
     ("llama", "layers.0.add",
-     ["sym_size", "expand", "rotary_emb.to_2", "rotary_emb.to_3", "layers.0.add"]),
+     ["sym_size", "sym_size_1", "expand", "rotary_emb.to_2", "rotary_emb.to_3", "layers.0.add"]),
     ("llama", "layers.1.mlp.act_fn",
-     ["sym_size", "expand", "rotary_emb.to_2", "rotary_emb.to_3",
+     ["sym_size", "sym_size_1", "expand", "rotary_emb.to_2", "rotary_emb.to_3",
       "layers.1.post_attention_layernorm.to", "layers.1.post_attention_layernorm.mul_1",
       "layers.1.mlp.act_fn.silu"]),
     ("llama", "layers.2", ["layers.2.add_1"]),

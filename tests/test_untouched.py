@@ -181,6 +181,31 @@ def _compare(model: nn.Module, nodes: list[str], inputs: Any = X, training: bool
     )
 
 
+def _split_and_use(model: nn.Module) -> Any:
+    """Cut the model, switch both halves' modes, run them in eval mode (a train-mode call
+    updates the BatchNorm statistics the halves share with the model, as the model itself
+    would), and copy them."""
+    halves = fxtap.split(model, "twice")
+    for half in halves:
+        half.train()
+        half.eval()
+    with torch.no_grad():
+        out = halves.tail(halves.head(X))
+    copy.deepcopy(halves.tail)
+    return out
+
+
+def _edit_and_use(model: nn.Module) -> Any:
+    """Scale a node, switch modes, run the edited module in eval mode and copy it."""
+    edited = fxtap.edit(model, {"twice": fxtap.edits.Scale(2.0)})
+    edited.train()
+    edited.eval()
+    with torch.no_grad():
+        out = edited(X)
+    copy.deepcopy(edited)
+    return out
+
+
 def _dataset_job(model: nn.Module, folder: Path) -> Any:
     """Run a dataset job over the model, then read the store back."""
     data = torch.utils.data.TensorDataset(torch.randn(4, *X.shape[1:]), torch.arange(4))
@@ -237,6 +262,8 @@ ENTRY_POINTS = [
     EntryPoint("cost.compare", lambda m, d: _compare(m, ["twice"])),
     EntryPoint("cost.compare-train", lambda m, d: _compare(m, ["bn"], training=True)),
     EntryPoint("extract_dataset", _dataset_job),
+    EntryPoint("split", lambda m, d: _split_and_use(m)),
+    EntryPoint("edit", lambda m, d: _edit_and_use(m)),
     EntryPoint("names-fallback", lambda m, d: _names_with_fallback(m), model=untraceable),
     EntryPoint("extract-fallback", lambda m, d: _extract_with_fallback(m), model=untraceable),
     EntryPoint(
@@ -330,7 +357,7 @@ def test_registry_covers_public_api() -> None:
     """Every public callable of fxtap has an entry point here (add one line when adding API)."""
     covered = {"get_graph_node_names", "node_table", "trace", "create_feature_extractor"}
     covered |= {"NodePathTracer", "FeatureExtractor", "save", "load", "render", "compare"}
-    covered |= {"extract_dataset", "open_features"}
+    covered |= {"extract_dataset", "open_features", "split", "edit"}
     # fxtap.trace and fxtap.render are callable stage packages, so test callability.
     public = {
         n

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 
 from fxtap._fx import clone_structure
 from fxtap._parametrized import dumps, is_parametrized, loads
-from fxtap._protocol import Extractor
+from fxtap._protocol import CostJob, DrawRequest, Extractor, Payload, require_graphs
 from fxtap._query import MODEL_OUTPUT, OutputKey, Request, parse_query, resolve
 from fxtap.capture._calls import Call, Channel, InputTap, OutputTap, Stop, running
 from fxtap.capture._edits import hook_edits
-from fxtap.capture._islands import Island, IslandForward, IslandRun, find_islands
+from fxtap.capture._islands import (
+    Island,
+    IslandForward,
+    IslandRun,
+    capture_rows,
+    find_islands,
+    listing,
+)
 from fxtap.capture._reach import Dropped, drop_after_probe
 from fxtap.errors import (
     NodeNotFoundError,
@@ -35,8 +42,6 @@ __all__ = [
     "capture_rows",
     "find_islands",
 ]
-
-R = TypeVar("R")
 
 
 class CaptureExtractor(Extractor):
@@ -150,12 +155,56 @@ class CaptureExtractor(Extractor):
     def node_names(self, mode: str) -> list[str]:
         """Names servable in ``mode``: island nodes under their full paths, other modules."""
         names = self._plans[mode].names
-        return _listing(
+        return listing(
             self.model,
             {p: p for p in names},
             lambda path, _module: path,
             lambda path: [f"{path}.{n}" for n in names[path]],
         )
+
+    # --- the extractor protocol (fxtap._protocol): what the later stages ask of it ----------
+
+    def graph_for(self, mode: str) -> Any:
+        """A capture extractor has no graphs: raises ``InvalidArgumentError`` saying what works."""
+        require_graphs(
+            self,
+            action=f"graph_for({mode!r})",
+            instead="read its values by calling it, or build an extractor of a traced submodule",
+        )
+
+    def node_rows(
+        self, *, training: bool, example_inputs: Any = None, tracer: str = "auto"
+    ) -> list[Any]:
+        """Module rows, and island nodes under their full paths (``node_table``'s capture rows)."""
+        from fxtap.names import node_table
+
+        return node_table(self, training=training, example_inputs=example_inputs, tracer=tracer)
+
+    def views(self, request: DrawRequest) -> tuple[dict[str, Any], list[str]]:
+        """The module calls of a probe run per mode (``fxtap.capture._draw``)."""
+        from fxtap.capture._draw import capture_views
+
+        return capture_views(self, request)
+
+    def measure(self, job: CostJob) -> Any:
+        """Real runs instead of graphs (``fxtap.cost._capture``)."""
+        from fxtap.cost._capture import measure_capture
+
+        return measure_capture(self, job)
+
+    def payload(self, tensors: Any) -> Payload:
+        """Its model's module tree and its requests (``fxtap.save._pack``)."""
+        from fxtap.save._pack import describe_capture
+
+        return Payload(describe_capture(self, tensors))
+
+    def traced_code(self, mode: str) -> str:
+        """No traced code: the model's own forward runs."""
+        return ""
+
+    def fallback(self) -> bool:
+        """Always ``True``: built because the root forward could not be traced."""
+        return True
 
 
 @dataclass
@@ -237,43 +286,8 @@ def build_capture_extractor(
     return ex
 
 
-def capture_rows(
-    model: nn.Module,
-    *,
-    training: bool,
-    tracer_kwargs: Mapping[str, Any] | None,
-    module_row: Callable[[str, nn.Module], R],
-    island_rows: Callable[[Island], list[R]],
-) -> list[R]:
-    """One row per servable module or island node, in module order (``node_table`` uses it)."""
-    islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
-    return _listing(model, islands, module_row, island_rows)
-
-
 def _names(island: Island) -> tuple[str, ...]:
     return tuple(n for node, n in island.traced.names.items() if node.op != "placeholder")
-
-
-def _listing(
-    model: nn.Module,
-    islands: Mapping[str, Any],
-    module_row: Callable[[str, nn.Module], R],
-    island_rows: Callable[[Any], list[R]],
-) -> list[R]:
-    rows: list[R] = []
-    inside: str | None = None
-    for path, module in model.named_modules():
-        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict, Dropped)):
-            continue
-        if inside is not None and path.startswith(inside):
-            continue
-        inside = None
-        if path in islands:
-            rows += island_rows(islands[path])
-            inside = path + "."
-        else:
-            rows.append(module_row(path, module))
-    return rows
 
 
 def _plan(

@@ -6,7 +6,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
@@ -14,6 +14,7 @@ from torch import fx, nn
 from fxtap import _compat
 from fxtap._query import OutputKey, Request, resolve
 from fxtap.capture._calls import Call, Channel, current_call, suspended
+from fxtap.capture._reach import Dropped
 from fxtap.errors import MistraceError, TraceError
 from fxtap.prune import clone_tensors, prune
 from fxtap.trace import (
@@ -25,7 +26,17 @@ from fxtap.trace import (
     tracer_options,
 )
 
-__all__ = ["OUTPUT_KEY", "Island", "IslandForward", "IslandRun", "find_islands"]
+__all__ = [
+    "OUTPUT_KEY",
+    "Island",
+    "IslandForward",
+    "IslandRun",
+    "capture_rows",
+    "find_islands",
+    "listing",
+]
+
+R = TypeVar("R")
 
 #: Key of the island's own output in the dict its graph returns.
 OUTPUT_KEY = "\0output"
@@ -77,6 +88,42 @@ def find_islands(
             continue
         islands[path] = Island(path, traced)
     return islands
+
+
+def capture_rows(
+    model: nn.Module,
+    *,
+    training: bool,
+    tracer_kwargs: Mapping[str, Any] | None,
+    module_row: Callable[[str, nn.Module], R],
+    island_rows: Callable[[Island], list[R]],
+) -> list[R]:
+    """One row per servable module or island node, in module order (``node_table`` uses it)."""
+    islands = find_islands(model, training=training, tracer_kwargs=tracer_kwargs)
+    return listing(model, islands, module_row, island_rows)
+
+
+def listing(
+    model: nn.Module,
+    islands: Mapping[str, Any],
+    module_row: Callable[[str, nn.Module], R],
+    island_rows: Callable[[Any], list[R]],
+) -> list[R]:
+    """``module_row`` of each module outside the islands, ``island_rows`` of each island."""
+    rows: list[R] = []
+    inside: str | None = None
+    for path, module in model.named_modules():
+        if not path or isinstance(module, (nn.ModuleList, nn.ModuleDict, Dropped)):
+            continue
+        if inside is not None and path.startswith(inside):
+            continue
+        inside = None
+        if path in islands:
+            rows += island_rows(islands[path])
+            inside = path + "."
+        else:
+            rows.append(module_row(path, module))
+    return rows
 
 
 class IslandRun:
@@ -216,14 +263,23 @@ def _graph(traced: Traced, selected: Mapping[OutputKey, Any]) -> fx.GraphModule:
 
 
 def _trace(module: nn.Module, training: bool, options: Mapping[str, Any], concrete: Any) -> Traced:
-    return trace_with_fallback(
-        module,
-        training=training,
-        options=options,
-        concrete_args=concrete,
-        auto_leaf=True,
-        warn=False,
-    )
+    """The island's trace; when its own code fails, once more with buffers as proxies.
+
+    A call that leaves an argument ``None`` takes code the first trace skipped, such as
+    distilbert's ``self.position_ids[:, :seq_length]``: a real buffer sliced by a traced
+    length fails, a ``get_attr`` proxy of it does not.
+    """
+    try:
+        return trace_with_fallback(
+            module, training=training, options=options, concrete_args=concrete, warn=False
+        )
+    except TraceError as exc:
+        if not is_root_failure(exc) or options.get("proxy_buffer_attributes"):
+            raise
+        proxied = {**options, "proxy_buffer_attributes": True}
+        return trace_with_fallback(
+            module, training=training, options=proxied, concrete_args=concrete, warn=False
+        )
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,6 +21,7 @@ from torch import nn
 import fxtap.cli._run as _run
 import fxtap.cli._split as _split
 from fxtap._io import check_output
+from fxtap._protocol import is_extractor
 from fxtap._shapes import without_proxies
 from fxtap.cli._models import load_spec
 from fxtap.cli._output import (
@@ -35,8 +36,6 @@ from fxtap.cli._output import (
     write_text,
 )
 from fxtap.errors import FxtapError, InputShapeError, InvalidArgumentError
-from fxtap.extractor import FeatureExtractor
-from fxtap.trace import NAME_KEY, Traced
 
 __all__ = ["COMMANDS"]
 
@@ -47,11 +46,9 @@ def _nodes(args: argparse.Namespace) -> int:
     model = _load(args)
     example = _inputs(args) if args.input else None
     training = args.mode == "train"
-    traced = _extractor_trace(model, training) if isinstance(model, FeatureExtractor) else None
+    table = model.node_rows if is_extractor(model) else functools.partial(node_table, model)
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
-        rows = node_table(
-            model, training=training, example_inputs=example, traced=traced, tracer=args.tracer
-        )
+        rows = table(training=training, example_inputs=example, tracer=args.tracer)
     text = format_table(rows, shapes=example is not None)
     if args.json:
         write_text(args.json, json.dumps([row_dict(r) for r in rows], indent=1) + "\n")
@@ -201,7 +198,7 @@ def _build(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         extractor = build(tracer="fx")
-    if not isinstance(extractor, FeatureExtractor):
+    if extractor.fallback():
         # NOTE: torch.fx cannot trace the root; the capture path's warning only if export fails
         with contextlib.suppress(FxtapError):
             extractor, caught = build(tracer="export", example_inputs=example), []
@@ -299,15 +296,6 @@ def _input_fix(
 
 def _shape_text(value: object) -> str:
     return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else "?"
-
-
-def _extractor_trace(extractor: FeatureExtractor, training: bool) -> Traced:
-    """A saved extractor's own graph of one mode, described as a trace (no re-tracing)."""
-    extractor.train(training)
-    graph = extractor.graph_for("train" if training else "eval")
-    # NOTE: a node without fxtap's name (added by a graph pass) shows torch.fx's name.
-    names = {n: n.meta.get(NAME_KEY, n.name) for n in graph.nodes if n.op != "output"}
-    return Traced(extractor, names, training)
 
 
 def _load(args: argparse.Namespace) -> nn.Module:

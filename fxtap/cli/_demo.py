@@ -126,12 +126,7 @@ def run(
                 "Graphviz's dot is not installed: wrote DOT text instead of SVGs "
                 "(install it with 'apt-get install graphviz')"
             )
-        for drawing in result.drawings:
-            label = "train and eval drawing" if drawing.mode == "both" else "drawing"
-            label = f"{drawing.mode} {label}".removeprefix("both ")
-            if drawing.path is not None:
-                files[label] = drawing.path
-            files[f"{label} (DOT)"] = drawing.dot_path
+        files.update(_drawing_files(result.drawings))
 
     with step(5, "cost report (full model, hooks, extractor)"):
         from fxtap.cost import compare
@@ -164,6 +159,18 @@ def run(
 _NAMES = ("nodes.txt", "nodes.json", "cost.json", "cost.txt")
 _STEM_PARTS = tuple(f"{m}.{ext}" for m in ("train", "eval", "both") for ext in ("svg", "dot"))
 _STEM_PARTS += ("fxtap",)
+
+
+def _drawing_files(drawings: Sequence[Any]) -> dict[str, Path]:
+    """Label -> file of each drawing and its DOT text."""
+    files = {}
+    for drawing in drawings:
+        label = "train and eval drawing" if drawing.mode == "both" else "drawing"
+        label = f"{drawing.mode} {label}".removeprefix("both ")
+        if drawing.path is not None:
+            files[label] = drawing.path
+        files[f"{label} (DOT)"] = drawing.dot_path
+    return files
 
 
 def _write(path: Path, text: str) -> Path:

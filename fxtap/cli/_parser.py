@@ -38,32 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show tracebacks of errors (default: off)",
     )
-    model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument(
-        "model",
-        metavar="MODEL",
-        help="torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory, "
-        "or a saved extractor file (default: none, required)",
-    )
-    model.add_argument(
-        "--model-arg",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="keyword argument of the model factory, a Python literal or a string; repeatable "
-        "(default: none; torchvision gets weights=None, timm pretrained=False)",
-    )
-    model.add_argument(
-        "--allow-download",
-        action="store_true",
-        help="let --model-arg weights=DEFAULT (timm: pretrained=True) download pretrained "
-        "weights; without it such arguments are refused (default: off, nothing is downloaded)",
-    )
-    model.add_argument(
-        "--trust",
-        action="store_true",
-        help="allow loading a pickled extractor file, which runs code stored in it (default: off)",
-    )
+    model = _model_parser(common)
     # NOTE: extract and bench need an input and default to one; nodes and render show shapes
     # only when given one.
     needs_input = _inputs_parser(f"{DEFAULT_INPUT}")
@@ -246,6 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(sub)
     _add_split_parser(sub, [model, needs_input, tracing])
     return parser
+
+
+def _model_parser(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parent parser of the subcommands taking a MODEL: how to build or load it."""
+    model = argparse.ArgumentParser(add_help=False, parents=[common])
+    what = "torchvision:NAME, timm:NAME, package.module:factory, path/to/file.py:factory,"
+    model.add_argument(
+        "model", metavar="MODEL", help=f"{what} or a saved extractor file (default: none, required)"
+    )
+    model.add_argument(
+        "--model-arg",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="keyword argument of the model factory, a Python literal or a string; repeatable "
+        "(default: none; torchvision gets weights=None, timm pretrained=False)",
+    )
+    model.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let --model-arg weights=DEFAULT (timm: pretrained=True) download pretrained "
+        "weights; without it such arguments are refused (default: off, nothing is downloaded)",
+    )
+    model.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow loading a pickled extractor file, which runs code stored in it (default: off)",
+    )
+    return model
 
 
 def _add_split_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:

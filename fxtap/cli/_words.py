@@ -26,6 +26,8 @@ FLAGS: dict[str, str | dict[str, str]] = {
     "max_nodes": "--max-nodes",
     "fmt": "--format",
     "out_dir": "-o",
+    "out": "--out",
+    "seed": "--seed",
     "example_inputs": "--input",
     "tracer": "--tracer",
     "at": "--at",

@@ -12,24 +12,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from fxtap._budget import budget_problem
-from fxtap._fx import node_name, node_scope, owned_params, target_text
-from fxtap._shapes import propagate_shapes
-from fxtap.cost._capture import measure_capture
-from fxtap.cost._count import (
-    count_flops,
-    output_bytes,
-    param_fields,
-    peak_liveness,
-    time_nodes,
-)
+from fxtap._protocol import CostJob
 from fxtap.cost._report import CostReport, NodeCost, VariantCost
 from fxtap.cost._time import Progress, bimodal
-from fxtap.cost._variants import measure_variants, resolve_taps, variant_functions
 from fxtap.errors import InvalidArgumentError, TraceError
-from fxtap.extractor import FeatureExtractor, create_feature_extractor
+from fxtap.extractor import create_feature_extractor
 from fxtap.trace import check_model, check_tracer, restore_training
 
 __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
@@ -38,7 +28,7 @@ __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
 VARIANTS = ("full", "hooks", "extractor")
 
 
-def compare(
+def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choice
     model: nn.Module,
     return_nodes: list[str] | dict[str, str],
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -122,12 +112,18 @@ def compare(
             show.show("tracing")
             extractor = _build(work, return_nodes, tracer_kwargs, tracer, inputs)
             extractor.train(training)
-            measure = _measure if extractor.prunes else _measure_capture
-            report = measure(
-                work, extractor, mode, inputs, dev, threads, return_nodes, show,
-                min_run_time=min_run_time, rounds=rounds, warmup=warmup,
-                node_repeats=node_repeats, profile_memory=profile_memory,
-            )  # fmt: skip
+            options = {
+                "min_run_time": min_run_time,
+                "rounds": rounds,
+                "warmup": warmup,
+                "node_repeats": node_repeats,
+                "profile_memory": profile_memory,
+            }
+            environment = _environment(dev, threads)
+            job = CostJob(
+                work, mode, inputs, dev, threads, return_nodes, show, environment, options
+            )
+            report = extractor.measure(job)
     finally:
         with torch.no_grad():
             for k, b in work.named_buffers():
@@ -136,87 +132,6 @@ def compare(
     for message in _noise_messages(report, noise_threshold):
         warnings.warn(message, UserWarning, stacklevel=2)
     return report
-
-
-def _measure(
-    work: nn.Module,
-    extractor: nn.Module,
-    mode: str,
-    inputs: tuple[Any, ...],
-    dev: torch.device,
-    threads: int,
-    return_nodes: Any,
-    show: Progress,
-    **opts: Any,
-) -> CostReport:
-    traced: Any = extractor.full[mode]  # type: ignore[index]
-    gm: fx.GraphModule = traced.graph_module
-    kept = extractor.kept[mode]  # type: ignore[index]
-    outputs = dict(extractor.outputs[mode])  # type: ignore[index]
-    show.show("shapes")
-    training = mode == "train"
-    propagate_shapes(gm, inputs, model_name=type(work).__name__, training=training)
-    propagate_shapes(extractor, inputs, model_name=type(work).__name__, training=training)  # type: ignore[arg-type]
-    show.show("counting FLOPs")
-    flops = count_flops(gm, inputs)
-    times: dict[fx.Node, float] = {}
-    if opts["node_repeats"]:
-        show.show("timing nodes of the full graph")
-        times = time_nodes(gm, inputs, repeats=opts["node_repeats"])
-    nodes = tuple(
-        NodeCost(
-            name=node_name(n),
-            op=n.op,
-            target=target_text(n),
-            module=node_scope(n),
-            flops=flops.per_node.get(n, 0),
-            params=owned_params(gm, n),
-            output_bytes=output_bytes(n),
-            kept=node_name(n) in kept,
-            time_s=times.get(n),
-        )
-        for n in gm.graph.nodes
-        if n.op != "output"
-    )
-    taps = resolve_taps(work, gm, return_nodes, outputs)
-    variants = variant_functions(work, extractor, inputs, taps)
-    tapped = set(outputs.values())
-    live = {
-        "full": peak_liveness(gm.graph),
-        "hooks": peak_liveness(gm.graph, keep_alive=tapped),
-        "extractor": peak_liveness(extractor.graph),  # type: ignore[arg-type]
-    }
-    results = measure_variants(
-        variants, device=dev, threads=threads, opts=opts, show=show, estimated=live
-    )
-    notes: tuple[str, ...] = ()
-    if taps.missing:
-        notes = (
-            "hooks not timed: forward hooks cannot capture "
-            + ", ".join(repr(m) for m in taps.missing)
-            + " (not the output of a module)",
-        )
-    return CostReport(
-        model=type(work).__name__,
-        mode=mode,
-        device=str(dev),
-        threads=threads,
-        outputs=outputs,
-        nodes=nodes,
-        op_flops=flops.per_op,
-        uncounted_ops=flops.uncounted,
-        total_flops=flops.total,
-        **param_fields(work, extractor),
-        variants=tuple(results),
-        notes=notes,
-        environment=_environment(dev, threads),
-    )
-
-
-def _measure_capture(*args: Any, **opts: Any) -> CostReport:
-    """A capture extractor's cost: real runs instead of graphs (``fxtap.cost._capture``)."""
-    dev, threads = args[4], args[5]
-    return measure_capture(*args, environment=_environment(dev, threads), **opts)
 
 
 def _build(
@@ -237,7 +152,7 @@ def _build(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         extractor = build(tracer="fx")
-    if tracer == "auto" and not isinstance(extractor, FeatureExtractor):
+    if tracer == "auto" and extractor.fallback():
         # torch.fx cannot trace the root: torch.export on the timed inputs, and the capture
         # path's warning only when that fails too
         with contextlib.suppress(TraceError):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
+from fxtap._protocol import CostJob
 from fxtap._query import OutputKey, normalize_return_nodes, parse_query
 from fxtap.capture._probe import probe
 from fxtap.cost._count import param_fields
 from fxtap.cost._report import CostReport, NodeCost
-from fxtap.cost._time import Progress
 from fxtap.cost._variants import Taps, measure_variants, variant_functions
 
 __all__ = ["OTHER_CODE", "measure_capture"]
@@ -21,19 +19,7 @@ __all__ = ["OTHER_CODE", "measure_capture"]
 OTHER_CODE = "(untraced code between module calls)"
 
 
-def measure_capture(
-    work: nn.Module,
-    extractor: Any,
-    mode: str,
-    inputs: tuple[Any, ...],
-    dev: torch.device,
-    threads: int,
-    return_nodes: Any,
-    show: Progress,
-    *,
-    environment: Mapping[str, Any],
-    **opts: Any,
-) -> CostReport:
+def measure_capture(extractor: Any, job: CostJob) -> CostReport:
     """Time and count a ``CaptureExtractor``'s call against the full model's forward.
 
     FLOPs come from ``FlopCounterMode`` over a real run of each (no graph of the root exists):
@@ -42,6 +28,7 @@ def measure_capture(
     between, so ``kept_flops`` is the extractor's count and ``total_flops`` the model's.
     Peak memory is the profiler's figure (or CUDA's), not a liveness estimate.
     """
+    work, mode, inputs, show = job.model, job.mode, job.inputs, job.progress
     show.show("counting FLOPs of both runs")
     found = probe(extractor, inputs, mode=mode)
     modules = dict(work.named_modules())
@@ -68,9 +55,11 @@ def measure_capture(
     for flops, kept in ((kept_rest, True), (rest, False)):
         name = OTHER_CODE if kept else f"{OTHER_CODE} (after the exit)"
         nodes.append(NodeCost(name, "call_function", "", "", flops, 0, 0, kept))
-    taps = _taps(work, return_nodes)
+    taps = _taps(work, job.return_nodes)
     variants = variant_functions(work, extractor, inputs, taps)
-    results = measure_variants(variants, device=dev, threads=threads, opts=opts, show=show)
+    results = measure_variants(
+        variants, device=job.device, threads=job.threads, opts=job.options, show=show
+    )
     notes = [
         f"capture extractor: the root forward of {type(work).__name__} cannot be traced; FLOPs "
         "and memory are measured on real runs, rows are module calls"
@@ -85,8 +74,8 @@ def measure_capture(
     return CostReport(
         model=type(work).__name__,
         mode=mode,
-        device=str(dev),
-        threads=threads,
+        device=str(job.device),
+        threads=job.threads,
         outputs=dict(extractor.outputs[mode]),
         nodes=tuple(nodes),
         op_flops=dict(found.op_flops),
@@ -95,7 +84,7 @@ def measure_capture(
         **param_fields(work, extractor),
         variants=tuple(results),
         notes=tuple(notes),
-        environment=dict(environment),
+        environment=dict(job.environment),
     )
 
 

@@ -22,7 +22,7 @@ import fxtap.dataset._options as _options
 import fxtap.dataset._spec as spec
 import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
-from fxtap._protocol import Extractor
+from fxtap._protocol import is_extractor
 from fxtap.dataset._options import JobOptions
 from fxtap.dataset._shard import Ranks, chunks_of, join
 from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError, ResourceError
@@ -102,7 +102,7 @@ class JobInterrupted(KeyboardInterrupt):
         self.out, self.stored, self.total, self.signum = out, stored, total, signum
 
 
-def extract_dataset(
+def extract_dataset(  # noqa: PLR0913 - keyword options of the job, as on the command line
     model_or_extractor: nn.Module,
     data: Any,
     out: str | os.PathLike[str],
@@ -236,9 +236,10 @@ def _run(
             raw = sum(v.numel() * v.element_size() for v in probe.values())
             _options.check_memory(min(batch, total) * (probe.input_bytes + raw), batch)
             chunk = spec.chunk_size(o.chunk_size, batch, taps, total)
-            meta = spec.metadata(o, extractor, source, taps, pools, store_dtype, chunk, model)
+            layout_ = spec.StoreLayout(taps, pools, store_dtype, chunk)
+            meta = spec.metadata(o, extractor, model, source, layout_)
             _same_weights(ranks, meta["job"]["parameters_sha256"])
-            specs = spec.arrays(meta, taps, probe.labels, total, chunk)
+            specs = spec.arrays(meta, layout_, probe.labels, total)
             ids = _data.sample_ids(dataset)
             if ids is not None:
                 specs.append(_store.ArraySpec("ids", (total,), (min(chunk, total),), "str", "", {}))
@@ -323,7 +324,7 @@ def _extractor(
     The caller's model and extractor are never changed: moving or receiving weights happens
     on a copy.
     """
-    if isinstance(model, Extractor):
+    if is_extractor(model):
         if return_nodes is not None:
             raise InvalidArgumentError(
                 "return_nodes= was given with an extractor, which already has its taps; "

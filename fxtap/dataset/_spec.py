@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,7 +14,9 @@ from torch import nn
 import fxtap.dataset._data as _data
 import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
+from fxtap._protocol import is_extractor
 from fxtap._version import __version__
+from fxtap.dataset._options import JobOptions
 from fxtap.errors import InvalidArgumentError, format_choices
 
 #: Default chunk size: about 1/64 of the samples (1.6 %), so that an interrupted job keeps
@@ -57,10 +61,9 @@ def code_digest(extractor: nn.Module) -> str:
     included, so a leaf module swapped for another (ReLU for GELU) or edited code is caught.
     """
     h = hashlib.sha256()
-    graph_for = getattr(extractor, "graph_for", None)
-    if getattr(extractor, "prunes", False) and callable(graph_for):
+    if is_extractor(extractor):
         for mode in ("train", "eval"):
-            h.update(graph_for(mode).python_code(root_module="self").src.encode())
+            h.update(extractor.traced_code(mode).encode())
     sources: dict[type, str] = {}
     for name, module in extractor.named_modules():
         cls = type(module)
@@ -74,10 +77,22 @@ def code_digest(extractor: nn.Module) -> str:
     return h.hexdigest()
 
 
-def metadata(o, extractor, source, taps, pools, store_dtype, chunk, model) -> dict[str, Any]:
-    outputs = (
-        dict(extractor.outputs["eval"]) if hasattr(extractor, "outputs") else {k: k for k in taps}
-    )
+@dataclass(frozen=True)
+class StoreLayout:
+    """How the store holds the features: one probed batch per tap, pooling, dtype, chunk rows."""
+
+    taps: Mapping[str, torch.Tensor]
+    pools: Mapping[str, Any]
+    dtype: torch.dtype | None
+    chunk: int
+
+
+def metadata(
+    o: JobOptions, extractor: nn.Module, model: nn.Module, source: Any, layout: StoreLayout
+) -> dict[str, Any]:
+    """The store's metadata: the job, each tap's node, shape and dtype, and the versions."""
+    taps, pools, store_dtype, chunk = layout.taps, layout.pools, layout.dtype, layout.chunk
+    outputs = dict(extractor.outputs["eval"]) if is_extractor(extractor) else {k: k for k in taps}
     for key in taps:
         if key in _store.RESERVED or "/" in key or key.startswith(("__", ".")):
             raise InvalidArgumentError(
@@ -125,7 +140,11 @@ def metadata(o, extractor, source, taps, pools, store_dtype, chunk, model) -> di
     }
 
 
-def arrays(meta, taps, labels, total, chunk) -> list[_store.ArraySpec]:
+def arrays(
+    meta: Mapping[str, Any], layout: StoreLayout, labels: torch.Tensor | None, total: int
+) -> list[_store.ArraySpec]:
+    """The store's arrays: one per tap, then labels (when given), validity and checksums."""
+    taps, chunk = layout.taps, layout.chunk
     specs = []
     rows = min(chunk, total)  # one chunk never holds more rows than the data has
     for key, value in taps.items():

@@ -373,7 +373,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 _DIGESTS = {
     "parameters_sha256": "the weights differ: a model built with random initialisation gets "
     "new weights on every run unless seeded, and a checkpoint may be another. Build it after "
-    "torch.manual_seed(...) (--seed, default 0, on the command line), run a saved extractor "
+    "torch.manual_seed(...) and pass that seed as seed= (--seed, default 0, on the command line), run a saved extractor "
     "(fxtap extract MODEL --nodes ... -o FILE.fxtap, then fxtap run FILE.fxtap), or start over "
     "with resume=False (--restart)",
     "code_sha256": "the model's code differs (its traced graphs, module types or settings)",

@@ -17,16 +17,17 @@ from typing import Any
 
 import torch
 
-from fxtap._protocol import Extractor
+from fxtap._protocol import DrawRequest, is_extractor
 from fxtap._stage import make_callable
 from fxtap.errors import InvalidArgumentError, TraceError, ensure_output_dir, format_choices
-from fxtap.names import diff_modes
-from fxtap.render._capture import capture_of, capture_views
+from fxtap.render._capture import capture_of
 from fxtap.render._dot import FAST_SETTINGS, to_dot
 from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
 from fxtap.render._fold import fold_repeats as fold_repeats_
+from fxtap.render._graphs import graph_views
 from fxtap.render._html import Page, to_html
 from fxtap.render._layout import (
+    DotJob,
     Drawing,
     compose,
     copy_drawing,
@@ -35,7 +36,7 @@ from fxtap.render._layout import (
     layout,
     write,
 )
-from fxtap.render._view import View, build_view, model_name, sources, with_shapes
+from fxtap.render._view import View
 from fxtap.render._wrap import shorten, wrap
 from fxtap.trace import check_tracer
 
@@ -87,7 +88,7 @@ class Rendering:
         return None
 
 
-def render(
+def render(  # noqa: PLR0913 - keyword drawing options, each a CLI flag
     model: Any,
     *,
     mode: str = "both",
@@ -161,50 +162,18 @@ def render(
     >>> [p.name for p in r.paths]
     ['Sequential.eval.dot']
     """
-    _check_options(mode, fmt, depth, max_nodes, timeout, pruned)
+    _check_options(mode, fmt, depth, max_nodes, timeout, pruned, html)
     check_tracer(tracer)
-    if html and fmt != "svg":
-        raise InvalidArgumentError(
-            f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
-        )
     modes: tuple[str, ...] = ("train", "eval") if mode == "both" else (mode,)
-    messages: list[str] = []
-    capture = model if isinstance(model, Extractor) and not model.prunes else None
-    if capture is not None and nodes is not None:
-        raise InvalidArgumentError(
-            "nodes= is for a model; an extractor draws its own return_nodes. "
-            "Pass the model itself to mark other nodes."
-        )
-    if capture is None:
-        title = name or model_name(model)
-        try:
-            bases = _graph_views(
-                model, modes, nodes, example_inputs, title, tracer_kwargs, concrete_args,
-                heat=heat, checks=checks, tracer=tracer,
-            )  # fmt: skip
-        except TraceError as exc:
-            # the root forward cannot be traced: draw what a capture extractor runs
-            capture = None if tracer == "export" else capture_of(model, nodes, exc, tracer_kwargs)
-            if capture is None:
-                raise
-    if capture is not None:
-        title = name or type(capture.model).__name__
-        bases, messages = capture_views(
-            capture, modes, example_inputs, title=title, tracer_kwargs=tracer_kwargs,
-            heat=heat, checks=checks,
-        )  # fmt: skip
-        modes = tuple(bases)
-        mode = "both" if len(modes) == 2 else modes[0]
+    request = DrawRequest(
+        modes, name, example_inputs, tracer_kwargs, concrete_args, heat, checks, tracer
+    )
+    bases, messages = _bases(model, nodes, request)
+    modes = tuple(bases)
+    mode = "both" if len(modes) == 2 else modes[0]
+    title = bases[modes[0]].title
 
-    def make_view(m: str, limit: int | None, folds: bool = fold_repeats) -> View:
-        view = bases[m]
-        if pruned == "fold":
-            view = fold_pruned(view)
-        if folds:
-            view = fold_repeats_(view)
-        view = cut_long_edges(collapse(view, depth=depth, max_nodes=limit))
-        return shorten(wrap(view))
-
+    make_view = _Shaper(bases, pruned == "fold", fold_repeats, depth)
     views = {m: make_view(m, max_nodes) for m in modes}
     out_dir = tempfile.mkdtemp(prefix="fxtap-render-") if out_dir is None else out_dir
     folder = ensure_output_dir(out_dir, hint="Pass a writable folder with out_dir= (-o DIR).")
@@ -231,19 +200,16 @@ def render(
             tuple(messages),
         )
     program = find_dot(dot, list(dot_paths.values()))
+    dot_job = DotJob(program, fmt, title, timeout)
 
     def run(job: tuple[str, list[View]]) -> Drawing:
         m, vs = job
         return layout(
-            program,
+            dot_job,
             m,
             vs,
             lambda limit: [make_view(v.mode, limit) for v in vs],
-            folder / f"{stem}.{m}.{fmt}",
-            dot_paths[m],
-            fmt,
-            title,
-            timeout,
+            (folder / f"{stem}.{m}.{fmt}", dot_paths[m]),
             messages,
         )
 
@@ -283,51 +249,6 @@ def render(
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
     return Rendering(tuple(drawings), tuple(messages), html_path, viewer)
-
-
-def _graph_views(
-    model: Any,
-    modes: Sequence[str],
-    nodes: Sequence[str] | Mapping[str, str] | None,
-    example_inputs: Any,
-    title: str,
-    tracer_kwargs: Mapping[str, Any] | None,
-    concrete_args: Mapping[str, Any] | None,
-    *,
-    heat: Mapping[str, float] | None,
-    checks: bool,
-    tracer: str,
-) -> dict[str, View]:
-    """One view per mode of a model, a pruning extractor or a trace."""
-    traces, kept, requested, opaque = sources(
-        model,
-        modes,
-        nodes,
-        tracer_kwargs,
-        concrete_args,
-        tracer=tracer,
-        example_inputs=example_inputs,
-    )
-    only: dict[str, set[str]] = {m: set() for m in traces}
-    if "train" in traces and "eval" in traces:
-        diff = diff_modes(traces["train"], traces["eval"])
-        only = {"train": set(diff.train_only), "eval": set(diff.eval_only)}
-    if example_inputs is not None:
-        for m in modes:
-            traces[m] = with_shapes(traces[m], example_inputs, title)
-    return {
-        m: build_view(
-            traces[m],
-            title=title,
-            kept=kept.get(m),
-            requested=requested.get(m),
-            only=only.get(m, ()),
-            opaque=opaque,
-            heat=heat,
-            checks=checks,
-        )
-        for m in modes
-    }
 
 
 def _expanded(
@@ -372,9 +293,39 @@ def _identical(train: View, evaluated: View) -> bool:
     return keys[0] == keys[1]
 
 
+@dataclass(frozen=True)
+class _Shaper:
+    """Turn a mode's base view into the one drawn: folded, collapsed, cut and wrapped."""
+
+    bases: Mapping[str, View]
+    folds_pruned: bool
+    folds_repeats: bool
+    depth: int | None
+
+    def __call__(self, mode: str, limit: int | None, folds: bool | None = None) -> View:
+        """The view of ``mode`` with at most ``limit`` nodes; ``folds`` overrides repeats."""
+        view = self.bases[mode]
+        if self.folds_pruned:
+            view = fold_pruned(view)
+        if self.folds_repeats if folds is None else folds:
+            view = fold_repeats_(view)
+        view = cut_long_edges(collapse(view, depth=self.depth, max_nodes=limit))
+        return shorten(wrap(view))
+
+
 def _check_options(
-    mode: str, fmt: str, depth: int | None, max_nodes: int | None, timeout: float, pruned: str
+    mode: str,
+    fmt: str,
+    depth: int | None,
+    max_nodes: int | None,
+    timeout: float,
+    pruned: str,
+    html: bool,
 ) -> None:
+    if html and fmt != "svg":
+        raise InvalidArgumentError(
+            f"html=True draws SVGs into the viewer, not fmt={fmt!r}; pass fmt='svg' (--format svg)"
+        )
     for label, value, choices in (
         ("mode", mode, MODES),
         ("fmt", fmt, FORMATS),
@@ -398,3 +349,31 @@ def _safe_stem(title: str) -> str:
 
 
 make_callable(__name__, render)
+
+
+def _bases(
+    model: Any, nodes: Sequence[str] | Mapping[str, str] | None, request: DrawRequest
+) -> tuple[dict[str, View], list[str]]:
+    """One view per drawable mode: an extractor draws itself, a model its traces.
+
+    A model whose root forward cannot be traced is drawn as the capture extractor serving
+    ``nodes``; a message names each mode its probe run could not draw.
+    """
+    if is_extractor(model):
+        if nodes is not None:
+            raise InvalidArgumentError(
+                "nodes= is for a model; an extractor draws its own return_nodes. "
+                "Pass the model itself to mark other nodes."
+            )
+        return model.views(request)
+    try:
+        return graph_views(model, nodes, request), []
+    except TraceError as exc:
+        # the root forward cannot be traced: draw what a capture extractor runs
+        tracer_kwargs = request.tracer_kwargs
+        capture = (
+            None if request.tracer == "export" else capture_of(model, nodes, exc, tracer_kwargs)
+        )
+        if capture is None:
+            raise
+        return capture.views(request)

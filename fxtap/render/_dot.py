@@ -90,10 +90,7 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
     by_module: dict[str, list[ViewNode]] = {}
     for node in view.nodes.values():
         by_module.setdefault(node.module, []).append(node)
-    children: dict[str, list[str]] = {}
-    for path in view.clusters():
-        if path:
-            children.setdefault(path.rpartition(".")[0], []).append(path)
+    children = view.children()
     lines: list[str] = []
 
     def emit(path: str, pad: str, column: int | None = None) -> None:
@@ -141,7 +138,20 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
         lines.append(
             f"{indent}{_q(prefix + 'fxtap:legend')} [id={_q(prefix + 'fxtap:legend')}, shape=plain, style=solid, label=<{legend}>];"
         )
+    lines += _edges(view, drawn, prefix, indent)
+    anchors = [_q(f"{prefix}fxtap:top{c}") for c in sorted(set(view.columns.values()))]
+    if len(anchors) > 1:
+        lines.append(f"{indent}{{rank=min; {'; '.join(anchors)};}}")
+        lines.append(f"{indent}{' -> '.join(anchors)} [style=invis];")
+    return lines
+
+
+def _edges(
+    view: View, drawn: list[tuple[str, str, tuple[str, str]]], prefix: str, indent: str
+) -> list[str]:
+    """One DOT line per drawn edge: dotted for call order, dashed when pruned, bold when kept."""
     some_pruned = any(n.pruned for n in view.nodes.values())
+    lines = []
     for a, b, (u, v) in drawn:
         attrs = []
         if (u, v) in view.sequence:
@@ -152,10 +162,6 @@ def _body(view: View, prefix: str, indent: str) -> list[str]:
             attrs.append('penwidth=1.6, color="#000000"')  # the path feeding the taps
         style = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"{indent}{_q(prefix + a)} -> {_q(prefix + b)}{style};")
-    anchors = [_q(f"{prefix}fxtap:top{c}") for c in sorted(set(view.columns.values()))]
-    if len(anchors) > 1:
-        lines.append(f"{indent}{{rank=min; {'; '.join(anchors)};}}")
-        lines.append(f"{indent}{' -> '.join(anchors)} [style=invis];")
     return lines
 
 

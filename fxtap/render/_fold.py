@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from fxtap.render._view import View, ViewNode, prefixes, unique
 
@@ -58,10 +59,36 @@ def fold_repeats(view: View) -> View:
     node breaks a run.
     """
     inside = members(view)
-    children: dict[str, list[str]] = {}
-    for path in view.clusters():
-        if path:
-            children.setdefault(path.rpartition(".")[0], []).append(path)
+    children = view.children()
+    mapping, folds, member_of = _runs(view, inside, children)
+    if not mapping:
+        return view
+    resolved = {k: _resolve(mapping, k) for k in view.nodes}
+    nodes = {k: v for k, v in view.nodes.items() if resolved[k] == k}
+    edges = {
+        (_resolve(mapping, a), _resolve(mapping, b)): None
+        for a, b in view.edges
+        if not _crosses(mapping, member_of, a, b)
+    }
+    for k in view.nodes:
+        if k not in nodes:
+            rep = nodes[resolved[k]]
+            nodes[rep.id] = dataclasses.replace(
+                rep, mode_dependent=rep.mode_dependent + view.nodes[k].mode_dependent
+            )
+    return dataclasses.replace(
+        view,
+        nodes=nodes,
+        edges=[e for e in edges if e[0] != e[1]],
+        folds={**view.folds, **folds},
+        where=_moved(view, {k: resolved[k] for k in view.nodes if k not in nodes}),
+    )
+
+
+def _runs(
+    view: View, inside: Mapping[str, Any], children: Mapping[str, list[str]]
+) -> tuple[dict[str, str], dict[str, tuple[int, str, bool]], dict[str, dict[str, str]]]:
+    """Runs of identical siblings: hidden node -> node of the first, folds, fold memberships."""
     mapping: dict[str, str] = {}
     folds: dict[str, tuple[int, str, bool]] = {}
     member_of: dict[str, dict[str, str]] = {}
@@ -89,41 +116,30 @@ def fold_repeats(view: View) -> View:
             run = [child] if sig is not None and child is not None else []
             first_sig = sig[:-1] if sig is not None else None
             exact = {sig[-1]} if sig is not None else set()
-    if not mapping:
-        return view
+    return mapping, folds, member_of
 
-    def resolve(k: str) -> str:
-        while mapping.get(k, k) != k:
-            k = mapping[k]
-        return k
 
-    def crosses(a: str, b: str) -> bool:
-        # An edge from one member of a fold to the next would loop back onto the first.
-        # Checked at each step, as a fold inside a hidden module maps through an outer fold.
-        while True:
-            ma, mb = member_of.get(a, {}), member_of.get(b, {})
-            if any(ma[f] != mb[f] for f in ma.keys() & mb.keys()):
-                return True
-            na, nb = mapping.get(a, a), mapping.get(b, b)
-            if (na, nb) == (a, b):
-                return False
-            a, b = na, nb
+def _resolve(mapping: Mapping[str, str], k: str) -> str:
+    while mapping.get(k, k) != k:
+        k = mapping[k]
+    return k
 
-    nodes = {k: v for k, v in view.nodes.items() if resolve(k) == k}
-    edges = {(resolve(a), resolve(b)): None for a, b in view.edges if not crosses(a, b)}
-    for k in view.nodes:
-        if k not in nodes:
-            rep = nodes[resolve(k)]
-            nodes[rep.id] = dataclasses.replace(
-                rep, mode_dependent=rep.mode_dependent + view.nodes[k].mode_dependent
-            )
-    return dataclasses.replace(
-        view,
-        nodes=nodes,
-        edges=[e for e in edges if e[0] != e[1]],
-        folds={**view.folds, **folds},
-        where=_moved(view, {k: resolve(k) for k in view.nodes if k not in nodes}),
-    )
+
+def _crosses(
+    mapping: Mapping[str, str], member_of: Mapping[str, Mapping[str, str]], a: str, b: str
+) -> bool:
+    """An edge from one member of a fold to the next would loop back onto the first.
+
+    Checked at each step, as a fold inside a hidden module maps through an outer fold.
+    """
+    while True:
+        ma, mb = member_of.get(a, {}), member_of.get(b, {})
+        if any(ma[f] != mb[f] for f in ma.keys() & mb.keys()):
+            return True
+        na, nb = mapping.get(a, a), mapping.get(b, b)
+        if (na, nb) == (a, b):
+            return False
+        a, b = na, nb
 
 
 def collapse(view: View, *, depth: int | None, max_nodes: int | None) -> View:

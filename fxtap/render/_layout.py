@@ -20,6 +20,7 @@ from fxtap.render._view import View
 __all__ = [
     "FAST_FROM",
     "INSTALL_HINT",
+    "DotJob",
     "Drawing",
     "compose",
     "copy_drawing",
@@ -62,23 +63,34 @@ class Drawing:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class DotJob:
+    """What every ``layout`` of one ``render`` call shares: the program, format and budget."""
+
+    program: str
+    fmt: str
+    title: str
+    timeout: float
+
+
 def layout(
-    program: str,
+    job: DotJob,
     mode: str,
     views: list[View],
     rebuild: Callable[[int], list[View]],
-    out: Path,
-    dot_path: Path,
-    fmt: str,
-    title: str,
-    timeout: float,
+    paths: tuple[Path, Path],
     messages: list[str],
 ) -> Drawing:
     """Run ``dot`` with default settings, then fast ones, then on a more collapsed graph.
 
+    ``paths`` are the drawing to write and its DOT text (rewritten when a later attempt
+    succeeds, so that it matches the drawing).
+
     Each attempt may use the time left, less what later attempts are kept (55 % of
     ``timeout`` after the first, 20 % after the second).
     """
+    program, fmt, title, timeout = job.program, job.fmt, job.title, job.timeout
+    out, dot_path = paths
     start = time.perf_counter()
     shown = _drawn(views)
     # Past FAST_FROM nodes dot's default settings rarely finish in time: skip them.

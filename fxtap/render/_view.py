@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
-from torch import fx, nn
+from torch import fx
 
 from fxtap._fx import CUT_KEY, EDIT_KEY, op_label, owned_params, target_text
-from fxtap._query import normalize_return_nodes, parse_query, resolve
-from fxtap._shapes import VALUE_KEY, propagate_shapes
-from fxtap.errors import InvalidArgumentError, NodeNotFoundError
+from fxtap._query import parse_query
+from fxtap._shapes import VALUE_KEY
 from fxtap.render._ops import input_checks, mode_dependent, shape_text
-from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced, trace_or_export, tracer_options
+from fxtap.trace import SCOPE_KEY, SOURCE_KEY, Traced
 
 __all__ = [
     "View",
     "ViewNode",
     "build_view",
+    "finish_view",
     "mode_dependent",
-    "model_name",
     "prefixes",
-    "sources",
+    "scaled_heat",
     "unique",
-    "with_shapes",
 ]
 
 
@@ -102,6 +98,14 @@ class View:
                 seen.setdefault(path, None)
         return list(seen)
 
+    def children(self) -> dict[str, list[str]]:
+        """Module path -> the paths of its child modules holding drawn nodes, in order."""
+        children: dict[str, list[str]] = {}
+        for path in self.clusters():
+            if path:
+                children.setdefault(path.rpartition(".")[0], []).append(path)
+        return children
+
 
 def build_view(
     traced: Traced,
@@ -135,8 +139,7 @@ def build_view(
     kept_set = None if kept is None else set(kept)
     requested = _requested_names(traced, requested or {})
     only_set, opaque_set = set(only), set(opaque) | set(traced.leaves)
-    heat = dict(heat or {})
-    top = max((abs(v) for v in heat.values()), default=0.0) or 1.0
+    heat = scaled_heat(heat)
     ids: dict[fx.Node, str] = {}
     nodes: dict[str, ViewNode] = {}
     folded_params: dict[fx.Node, int] = {}
@@ -190,7 +193,7 @@ def build_view(
             pruned=not is_kept,
             only=traced.mode if name in only_set else None,
             opaque=node.op == "call_module" and node.target in opaque_set,
-            heat=heat[name] / top if name in heat else None,
+            heat=heat.get(name),
             mode_dependent=int(
                 mode_dependent(node.op, op_label(node) or target_text(node), module_type)
             ),
@@ -202,22 +205,46 @@ def build_view(
         nodes[name].params += folded_params.get(node, 0)
         for arg in _drawn_inputs(node, ids):
             edges.setdefault((ids[arg], name), None)
-    for path in {n.module for n in nodes.values()}:
-        for prefix in prefixes(path):
-            if prefix not in types:
-                # NOTE: GraphModule rebuilds the containers between root and the leaves it
-                # calls as plain nn.Module objects, so their class is lost.
-                types[prefix] = ""
     counts = {
-        "total": len(nodes),
-        "requested": sum(n.key is not None for n in nodes.values()),
         "pruned": sum(n.pruned for n in nodes.values()),
         "only": sum(n.only is not None for n in nodes.values()),
         "opaque": sum(n.opaque for n in nodes.values()),
         "checks": sum(1 for n in hidden if n.op != "get_attr"),
         "mode_dependent": sum(n.mode_dependent for n in nodes.values()),
     }
-    return View(title, traced.mode, nodes, list(edges), types, counts=counts)
+    return finish_view(title, traced.mode, nodes, edges, types, counts)
+
+
+def finish_view(
+    title: str,
+    mode: str,
+    nodes: dict[str, ViewNode],
+    edges: Iterable[tuple[str, str]],
+    types: dict[str, str],
+    counts: Mapping[str, int],
+    **fields: Any,
+) -> View:
+    """The ``View`` of ``nodes``: every enclosing module typed, the totals before ``counts``.
+
+    A module whose class is unknown is typed ``""``: GraphModule rebuilds the containers
+    between root and the leaves it calls as plain ``nn.Module`` objects, so their class is lost.
+    """
+    for path in {n.module for n in nodes.values()}:
+        for prefix in prefixes(path):
+            types.setdefault(prefix, "")
+    totals = {
+        "total": len(nodes),
+        "requested": sum(n.key is not None for n in nodes.values()),
+        **counts,
+    }
+    return View(title, mode, nodes, list(edges), types, counts=totals, **fields)
+
+
+def scaled_heat(heat: Mapping[str, float] | None) -> dict[str, float]:
+    """Node name -> cost divided by the largest absolute cost (a heat map between -1 and 1)."""
+    heat = dict(heat or {})
+    top = max((abs(v) for v in heat.values()), default=0.0) or 1.0
+    return {name: value / top for name, value in heat.items()}
 
 
 def _drawn_inputs(node: fx.Node, ids: Mapping[fx.Node, str]) -> list[fx.Node]:
@@ -251,134 +278,6 @@ def unique(base: str, taken: Mapping[str, object] | set[str]) -> str:
     while name in taken:
         name, i = f"{base}_{i}", i + 1
     return name
-
-
-def sources(
-    model: Any,
-    modes: Sequence[str],
-    nodes: Sequence[str] | Mapping[str, str] | None,
-    tracer_kwargs: Mapping[str, Any] | None,
-    concrete_args: Mapping[str, Any] | None,
-    *,
-    tracer: str = "auto",
-    example_inputs: Any = None,
-) -> tuple[dict[str, Traced], dict[str, set[str]], dict[str, dict[str, str]], set[str]]:
-    """Traces per mode, kept names, requested name -> key, and opaque module paths.
-
-    A model is traced by ``tracer`` (``trace_or_export``): torch.export traces it with
-    ``example_inputs`` for ``"export"``, and for ``"auto"`` when torch.fx cannot.
-    """
-    if isinstance(model, Traced):
-        if modes != (model.mode,):
-            raise InvalidArgumentError(
-                f"a Traced holds the {model.mode} graph only, not mode={'both' if len(modes) > 1 else modes[0]!r}; "
-                f"pass mode={model.mode!r} or the model itself"
-            )
-        traces = {model.mode: model}
-        opaque = set(model.leaves)
-    elif isinstance(getattr(model, "full", None), Mapping) and hasattr(model, "kept"):
-        if nodes is not None:
-            raise InvalidArgumentError(
-                "nodes= is for a model; an extractor draws its own return_nodes. "
-                "Pass the model itself to mark other nodes."
-            )
-        # Without the unpruned traces (keep_traces=True) only what the extractor kept is drawn.
-        traces = dict(model.full) if all(m in model.full for m in modes) else model.pruned_traces()
-        kept = {m: set(model.node_names(m)) for m in traces}
-        requested = {m: dict(model.return_nodes.get(m, {})) for m in traces}
-        return traces, kept, requested, set(getattr(model, "opaque", ()))
-    elif isinstance(model, nn.Module):
-        kwargs = dict(tracer_kwargs or {})
-        kwargs.setdefault("record_source", True)
-        tracer_options(kwargs)
-        traces = {
-            m: trace_or_export(
-                model,
-                training=m == "train",
-                tracer_kwargs=kwargs,
-                concrete_args=concrete_args,
-                example_inputs=example_inputs,
-                tracer=tracer,
-            )
-            for m in ("train", "eval")
-        }
-        opaque = {leaf for t in traces.values() for leaf in t.leaves}
-    else:
-        raise InvalidArgumentError(
-            f"model {model!r:.80} is a {type(model).__name__}; expected an nn.Module, an fxtap "
-            "extractor (fxtap.create_feature_extractor) or a Traced"
-        )
-    if nodes is None:
-        return traces, {}, {}, opaque
-    # The extractor's own resolver: partial names, NAME:input and :output mean the same here.
-    wanted = normalize_return_nodes(nodes, argument="nodes")
-    kept, requested = {}, {}
-    errors: dict[str, NodeNotFoundError] = {}
-    found: set[str] = set()
-    for m, t in traces.items():
-        requested[m] = {}
-        for req in wanted:
-            try:
-                value = resolve([req], t, model_name=model_name(model))[req.key]
-            except NodeNotFoundError as exc:
-                errors.setdefault(req.query, exc)
-                continue
-            found.add(req.query)
-            for node in _nodes_of(value):
-                if node in t.names:
-                    requested[m][t.names[node]] = req.key
-        kept[m] = _ancestors(t, requested[m])
-    for req in wanted:
-        if req.query not in found:
-            raise errors[req.query]
-    return traces, kept, requested, opaque
-
-
-def _nodes_of(value: Any) -> list[fx.Node]:
-    nodes: list[fx.Node] = []
-
-    def visit(node: fx.Node) -> fx.Node:
-        nodes.append(node)
-        return node
-
-    fx.node.map_arg(value, visit)
-    return nodes
-
-
-def _ancestors(traced: Traced, names: Mapping[str, str]) -> set[str]:
-    """Names of the nodes the requested ones depend on, themselves included."""
-    by_name = {n: node for node, n in traced.names.items()}
-    g = nx.DiGraph(
-        (arg, node) for node in traced.graph_module.graph.nodes for arg in node.all_input_nodes
-    )
-    wanted = [by_name[n] for n in names]
-    seen = set(wanted).union(*(nx.ancestors(g, n) for n in wanted if n in g))
-    return {traced.names[n] for n in seen if n in traced.names}
-
-
-def with_shapes(traced: Traced, example_inputs: Any, title: str) -> Traced:
-    """A copy of ``traced`` whose nodes carry shapes; the original graph is left untouched."""
-    graph = fx.Graph()
-    mapping: dict[fx.Node, fx.Node] = {}
-    out = graph.graph_copy(traced.graph_module.graph, mapping)
-    graph.output(out)
-    gm = fx.GraphModule(traced.graph_module, graph, traced.graph_module.__class__.__name__)
-    propagate_shapes(gm, example_inputs, model_name=title, training=traced.training)
-    names = {mapping[n]: name for n, name in traced.names.items()}
-    inputs = {
-        k: mapping[v] for k, v in getattr(traced, "module_inputs", {}).items() if v in mapping
-    }
-    return dataclasses.replace(traced, graph_module=gm, names=names, module_inputs=inputs)
-
-
-def model_name(model: Any) -> str:
-    """The class name of the model a model, extractor or trace was made from."""
-    if isinstance(model, Traced):
-        return model.graph_module.__class__.__name__
-    root = getattr(model, "full", None)
-    if isinstance(root, Mapping) and root:
-        return next(iter(root.values())).graph_module.__class__.__name__
-    return type(model).__name__
 
 
 def _requested_names(traced: Traced, requested: Mapping[str, str]) -> dict[str, str]:

@@ -53,16 +53,7 @@ def wrap(view: View) -> View:
     if ratio <= WRAP_RATIO or ranks < MIN_WRAP_RANKS:
         return view
     columns = min(MAX_COLUMNS, math.ceil(math.sqrt(ratio / WRAP_RATIO * 1.6)))
-    inside = members(view)
-    # Candidate modules to wrap: the root, then always into the child holding most nodes.
-    chain, at = [""], ""
-    while True:
-        kids = [p for p in inside if p and p.rpartition(".")[0] == at and p != at]
-        big = max(kids, key=lambda p: len(inside[p]), default=None)
-        if big is None or big in view.folds:
-            break
-        chain.append(big)
-        at = big
+    chain = _chain(view)
     # Pick the module whose columns give the shortest drawing: its chain split into columns
     # (no column shorter than its tallest child), plus the ranks it does not cover.
     best: tuple[float, str, list[tuple[int, int, list[str]]]] | None = None
@@ -90,6 +81,19 @@ def wrap(view: View) -> View:
     if column == 0:
         return view
     return dataclasses.replace(view, columns=placed, wrap_at=at)
+
+
+def _chain(view: View) -> list[str]:
+    """Candidate modules to wrap: the root, then always into the child holding most nodes."""
+    inside = members(view)
+    chain, at = [""], ""
+    while True:
+        kids = [p for p in inside if p and p.rpartition(".")[0] == at and p != at]
+        big = max(kids, key=lambda p: len(inside[p]), default=None)
+        if big is None or big in view.folds:
+            return chain
+        chain.append(big)
+        at = big
 
 
 def column_stubs(

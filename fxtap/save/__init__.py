@@ -27,7 +27,7 @@ from typing import IO, Any
 import torch
 
 from fxtap._io import write_atomic
-from fxtap._protocol import Extractor
+from fxtap._protocol import Extractor, check_extractor, is_extractor
 from fxtap.errors import InvalidArgumentError, LoadError, format_choices
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
 from fxtap.save._pack import pack
@@ -64,11 +64,7 @@ def save(extractor: Extractor, path: str | os.PathLike[str], *, fmt: str = "fxta
     """
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"fmt {fmt!r} is not one of {format_choices(FORMATS)}")
-    if not isinstance(extractor, Extractor):
-        raise InvalidArgumentError(
-            f"extractor is a {type(extractor).__name__}, not an fxtap extractor (FeatureExtractor "
-            "or CaptureExtractor); pass what fxtap.create_feature_extractor returns"
-        )
+    check_extractor(extractor, argument="extractor")
     target = _as_path(path, "save(extractor, path)", "path='resnet18.fxtap'")
     if fmt == "pickle":
         write_atomic(target, lambda f: _pickle(extractor, f))
@@ -171,7 +167,7 @@ def load(path: str | os.PathLike[str], *, trust: bool = False) -> Extractor:
         loaded = torch.load(source, weights_only=False)
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
         raise _corrupt(source, exc) from exc
-    if not isinstance(loaded, Extractor):
+    if not is_extractor(loaded):
         raise LoadError(
             f"cannot load {str(source)!r}: it holds a {type(loaded).__name__}, not a fxtap "
             "extractor"

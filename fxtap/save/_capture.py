@@ -16,18 +16,16 @@ from typing import Any
 
 import torch
 
-from fxtap._fx import clone_structure
 from fxtap._query import Request
 from fxtap.capture import CaptureExtractor, build_capture_extractor
-from fxtap.capture._islands import IslandForward
 from fxtap.capture._reach import Dropped
-from fxtap.errors import FxtapError, InvalidArgumentError, LoadError, TraceError, format_choices
+from fxtap.errors import FxtapError, LoadError, TraceError
 from fxtap.save import _allowlist
 from fxtap.save._build import build_module, function, module_class
 from fxtap.save._config import Modules
-from fxtap.save._encode import Tensors, encode_module, function_path, unsavable
 from fxtap.save._hf import TransformersSpec
-from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MODES, header, tensor_list
+from fxtap.save._manifest import MODES, header, tensor_list
+from fxtap.save._pack import KIND
 from fxtap.save._schema import (
     ModuleSpec,
     as_bool,
@@ -39,14 +37,11 @@ from fxtap.save._schema import (
     check_outputs,
     closest,
     dotted_path,
-    encode_outputs,
     identifier,
 )
 
-__all__ = ["KIND", "CheckedCapture", "build_capture", "check_capture", "describe_capture"]
+__all__ = ["KIND", "CheckedCapture", "build_capture", "check_capture"]
 
-#: ``kind`` of a capture extractor's manifest.
-KIND = "capture"
 _TOP_KEYS = frozenset(
     {"format", "version", "torch", "kind", "class_name", "training", "model", "tensors"}
     | {"outputs", "reason", "tracer"}
@@ -70,33 +65,6 @@ class CheckedCapture:
     outputs: dict[str, dict[str | int, str]]
     reason: str
     tracer: dict[str, Any]
-
-
-def describe_capture(extractor: CaptureExtractor, tensors: Tensors) -> dict[str, Any]:
-    """The manifest of ``extractor``; its tensors go to ``tensors``."""
-    if extractor.edited:
-        raise InvalidArgumentError(
-            f"the extractor edits {format_choices(extractor.edited)} with forward hooks (its "
-            "model's root forward cannot be traced), which the safe fxtap format does not store; "
-            "save with fmt='pickle' (--format pickle) and load it with trust=True"
-        )
-    model = clone_structure(extractor.model, {})
-    for module in model.modules():
-        if isinstance(vars(module).get("forward"), IslandForward):
-            del module.__dict__["forward"]  # the extractor's own, rebuilt on load
-    return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "torch": torch.__version__,
-        "kind": KIND,
-        "class_name": type(model).__name__,
-        "training": extractor.training,
-        "model": encode_module(model, "model", tensors, {}),
-        "tensors": tensors.info,
-        "outputs": encode_outputs(extractor.outputs),
-        "reason": extractor.reason,
-        "tracer": _encode_tracer(extractor.tracer_kwargs),
-    }
 
 
 def check_capture(data: Any, *, trust: bool) -> CheckedCapture:
@@ -150,26 +118,6 @@ def build_capture(
 
 
 # --- tracer options ----------------------------------------------------------------------------
-
-
-def _encode_tracer(options: Mapping[str, Any]) -> dict[str, Any]:
-    encoded: dict[str, Any] = {}
-    for key, value in options.items():
-        if key == "leaf_modules":
-            paths = [f"{c.__module__}:{c.__qualname__}" for c in value]
-            for cls, path in zip(value, paths, strict=True):
-                if not (isinstance(cls, type) and _allowlist.resolve(*path.split(":")) is cls):
-                    raise unsavable(f"tracer_kwargs['leaf_modules'] item {cls!r}")
-            encoded[key] = paths
-        elif key == "autowrap_functions":
-            encoded[key] = [function_path(fn) for fn in value]
-        elif key == "autowrap_modules":
-            encoded[key] = [getattr(m, "__name__", repr(m)) for m in value]
-        elif key in ("param_shapes_constant", "record_source") and isinstance(value, bool):
-            encoded[key] = value
-        else:
-            raise unsavable(f"tracer_kwargs[{key!r}] = {value!r:.40}")
-    return encoded
 
 
 def _check_tracer(raw: Any, *, trust: bool) -> dict[str, Any]:

@@ -223,20 +223,39 @@ class Modules:
             if any(p in attributes for p in prefixes(path)):
                 raise LoadError(f"modules.{path}: it lies inside the tensor attribute")
 
+    def _transformers(self, spec: dict[str, Any], path: str, where: str) -> TransformersSpec:
+        """A Hugging Face model stored as its config: its tensors are its own."""
+        check_keys(spec, {TAG}, None, where)
+        model = check_transformers(
+            spec[TAG], path, f"{where}.{TAG}", self._model_tensor, trust=self.trust
+        )
+        self._tensor_paths.update(f"{path}.{name}" for name in model.parameters)
+        self._tensor_paths.update(f"{path}.{name}" for name in model.buffers)
+        self._finished.add(path)
+        return model
+
+    def _config(self, raw: Any, cls: str, allowed: Any, where: str) -> dict[str, Any]:
+        """A module's stored attributes: public, known to its class when it is allowlisted."""
+        required, optional, _ = allowed or ((), (), ())
+        config = {}
+        for key, value in as_object(raw, f"{where}.config").items():
+            field = f"{where}.config.{key}"
+            if isinstance(key, str) and key.startswith("_"):
+                raise LoadError(f"{field}: private attributes ({key!r:.80}) are never stored")
+            if allowed is not None and key not in required and key not in optional:
+                raise LoadError(f"{field}: {cls} holds no attribute {key!r:.80}")
+            if allowed is None:
+                member_name(key, field)
+            config[key] = check_value(value, field, tensor=self._config_tensor, trust=self.trust)
+        return config
+
     def _module(self, raw: Any, path: str, where: str) -> ModuleSpec | TransformersSpec | str:
         spec = as_object(raw, where)
         self._paths.add(path)
         if len(self._paths) > MAX_MODULES:
             raise LoadError(f"{where}: the file holds more than {MAX_MODULES} modules")
         if TAG in spec:
-            check_keys(spec, {TAG}, None, where)
-            model = check_transformers(
-                spec[TAG], path, f"{where}.{TAG}", self._model_tensor, trust=self.trust
-            )
-            self._tensor_paths.update(f"{path}.{name}" for name in model.parameters)
-            self._tensor_paths.update(f"{path}.{name}" for name in model.buffers)
-            self._finished.add(path)
-            return model
+            return self._transformers(spec, path, where)
         if "same_as" in spec:
             check_keys(spec, {"same_as"}, None, where)
             other = as_string(spec["same_as"], f"{where}.same_as")
@@ -256,17 +275,8 @@ class Modules:
                 f"not allow{closest(cls, _allowlist.MODULES)}. Pass trust=True (--trust) only "
                 "if you trust the file and that package"
             )
-        required, optional, tensor_names = allowed or ((), (), ())
-        config = {}
-        for key, value in as_object(spec["config"], f"{where}.config").items():
-            field = f"{where}.config.{key}"
-            if isinstance(key, str) and key.startswith("_"):
-                raise LoadError(f"{field}: private attributes ({key!r:.80}) are never stored")
-            if allowed is not None and key not in required and key not in optional:
-                raise LoadError(f"{field}: {cls} holds no attribute {key!r:.80}")
-            if allowed is None:
-                member_name(key, field)
-            config[key] = check_value(value, field, tensor=self._config_tensor, trust=self.trust)
+        required, _, tensor_names = allowed or ((), (), ())
+        config = self._config(spec["config"], cls, allowed, where)
         absent = [k for k in required if k not in config]
         if absent:
             raise LoadError(f"{where}.config: {cls} needs {absent[:3]}")

@@ -209,36 +209,44 @@ class _Graph:
         elif op == "call_method":
             target = self._method(target, args, f"{where}.target")
         elif op == "placeholder":
-            # NOTE: fx renames a placeholder named like a builtin (input -> input_1) but keeps
-            # its target: the target is a parameter name of the generated forward
-            target = identifier(target, f"{where}.target")
-            renamed = re.fullmatch(re.escape(target) + r"_[0-9]+", node_name)
-            if target in self.parameters or target in PARAMETER_RESERVED:
-                raise LoadError(f"{where}.target: {target!r} cannot name a second parameter")
-            self.parameters.add(target)
-            if target != node_name and not renamed:
-                raise LoadError(
-                    f"{where}.target: {target!r} cannot name a parameter of {node_name!r}"
-                )
-            if len(args) > 1 or kwargs:
-                raise LoadError(f"{where}: a placeholder holds at most a default value")
+            target = self._placeholder(target, node_name, len(args) > 1 or bool(kwargs), where)
         elif op == "output":
             if target != "output" or len(args) != 1 or kwargs:
                 raise LoadError(f"{where}: the output node returns exactly one value")
         else:
-            target = as_string(target, f"{where}.target")
-            known = self.modules if op == "call_module" else self.targets
-            if target not in known:
-                raise LoadError(
-                    f"{where}.target: {target!r:.80} is not a stored module or tensor"
-                    f"{closest(target, known)}"
-                )
-            if op == "get_attr" and (args or kwargs):
-                raise LoadError(f"{where}: get_attr takes no arguments")
+            target = self._stored(op, target, bool(args or kwargs), where)
         fxtap_name = entry.get("fxtap_name")
         if fxtap_name is not None:
             as_string(fxtap_name, f"{where}.fxtap_name")
         return NodeSpec(node_name, op, target, args, kwargs, fxtap_name)
+
+    def _placeholder(self, target: Any, node_name: str, extra: bool, where: str) -> str:
+        """A parameter of the generated forward: named once, after its node, no more than a default."""
+        # NOTE: fx renames a placeholder named like a builtin (input -> input_1) but keeps
+        # its target: the target is a parameter name of the generated forward
+        target = identifier(target, f"{where}.target")
+        renamed = re.fullmatch(re.escape(target) + r"_[0-9]+", node_name)
+        if target in self.parameters or target in PARAMETER_RESERVED:
+            raise LoadError(f"{where}.target: {target!r} cannot name a second parameter")
+        self.parameters.add(target)
+        if target != node_name and not renamed:
+            raise LoadError(f"{where}.target: {target!r} cannot name a parameter of {node_name!r}")
+        if extra:
+            raise LoadError(f"{where}: a placeholder holds at most a default value")
+        return target
+
+    def _stored(self, op: str, target: Any, has_args: bool, where: str) -> str:
+        """The target of a ``call_module`` or ``get_attr`` node: a module or tensor stored."""
+        target = as_string(target, f"{where}.target")
+        known = self.modules if op == "call_module" else self.targets
+        if target not in known:
+            raise LoadError(
+                f"{where}.target: {target!r:.80} is not a stored module or tensor"
+                f"{closest(target, known)}"
+            )
+        if op == "get_attr" and has_args:
+            raise LoadError(f"{where}: get_attr takes no arguments")
+        return target
 
     def _function(
         self, path: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str

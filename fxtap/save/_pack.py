@@ -4,57 +4,61 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from typing import IO, Any
 
 import torch
 from torch import fx, nn
 
-from fxtap._fx import EDIT_KEY
-from fxtap._protocol import Extractor
-from fxtap.capture import CaptureExtractor
-from fxtap.errors import InvalidArgumentError
-from fxtap.extractor import MODES, FeatureExtractor
-from fxtap.save._capture import describe_capture
+from fxtap._fx import EDIT_KEY, clone_structure
+from fxtap._protocol import Extractor, Payload
+from fxtap.capture._islands import IslandForward
+from fxtap.errors import InvalidArgumentError, format_choices
+from fxtap.save import _allowlist
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
-from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, WEIGHTS
+from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MODES, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
 from fxtap.save._schema import MAX_STRING, encode_outputs
 from fxtap.trace import NAME_KEY
 
-__all__ = ["pack"]
+__all__ = ["KIND", "describe_capture", "describe_graphs", "pack"]
+
+#: ``kind`` of a capture extractor's manifest.
+KIND = "capture"
 
 
 def pack(extractor: Extractor, file: IO[bytes]) -> None:
     """Write the ``.fxtap`` archive of ``extractor`` to ``file`` (the format of ``fxtap.save``).
 
-    A ``CaptureExtractor`` is stored as its model's module tree and its requests
-    (``fxtap.save._capture``); a ``FeatureExtractor`` as its graphs and what they use.
+    What is stored is the extractor's ``payload``: a ``CaptureExtractor``'s model module tree
+    and its requests (``describe_capture``), a ``FeatureExtractor``'s graphs and what they use
+    (``describe_graphs``).
     """
     from safetensors.torch import save as save_tensors
 
     tensors = Tensors()
-    if isinstance(extractor, FeatureExtractor):
-        manifest = _describe(extractor, tensors)
-    elif isinstance(extractor, CaptureExtractor):
-        manifest = describe_capture(extractor, tensors)
-    else:
-        raise InvalidArgumentError(
-            f"extractor is a {type(extractor).__name__}, which the safe fxtap format cannot "
-            "describe; save it with fmt='pickle' (--format pickle) and load it with trust=True"
-        )
-    _check_strings(manifest)
+    payload = extractor.payload(tensors)
+    _check_strings(payload.manifest)
     with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
+        archive.writestr(MANIFEST, json.dumps(payload.manifest, indent=1))
         archive.writestr(
             WEIGHTS, save_tensors(tensors.data) if tensors.data else b"", zipfile.ZIP_STORED
         )
-        if isinstance(extractor, FeatureExtractor):
-            for mode in MODES:
-                code = extractor.graph_for(mode).python_code(root_module="self").src
-                archive.writestr(f"code/{mode}.py", f"# {mode} mode, for reading only\n{code}")
+        for name, text in payload.files.items():
+            archive.writestr(name, text)
 
 
-def _describe(extractor: FeatureExtractor, tensors: Tensors) -> dict[str, Any]:
+def describe_graphs(extractor: Any, tensors: Tensors) -> Payload:
+    """A pruning extractor's payload: its graphs and what they use, and their code to read."""
+    manifest = _describe(extractor, tensors)
+    files = {
+        f"code/{mode}.py": f"# {mode} mode, for reading only\n{extractor.traced_code(mode)}"
+        for mode in MODES
+    }
+    return Payload(manifest, files)
+
+
+def _describe(extractor: Any, tensors: Tensors) -> dict[str, Any]:
     for mode in MODES:
         _refuse_function_edits(extractor.graph_for(mode))
     graphs = {mode: _encode_graph(extractor.graph_for(mode)) for mode in MODES}
@@ -158,3 +162,50 @@ def _check_strings(manifest: dict[str, Any]) -> None:
                 f"most {MAX_STRING} (output keys, names, configuration values); shorten it, or "
                 "save with fmt='pickle' (--format pickle) and load with trust=True"
             )
+
+
+def describe_capture(extractor: Any, tensors: Tensors) -> dict[str, Any]:
+    """The manifest of ``extractor``; its tensors go to ``tensors``."""
+    if extractor.edited:
+        raise InvalidArgumentError(
+            f"the extractor edits {format_choices(extractor.edited)} with forward hooks (its "
+            "model's root forward cannot be traced), which the safe fxtap format does not store; "
+            "save with fmt='pickle' (--format pickle) and load it with trust=True"
+        )
+    model = clone_structure(extractor.model, {})
+    for module in model.modules():
+        if isinstance(vars(module).get("forward"), IslandForward):
+            del module.__dict__["forward"]  # the extractor's own, rebuilt on load
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "torch": torch.__version__,
+        "kind": KIND,
+        "class_name": type(model).__name__,
+        "training": extractor.training,
+        "model": encode_module(model, "model", tensors, {}),
+        "tensors": tensors.info,
+        "outputs": encode_outputs(extractor.outputs),
+        "reason": extractor.reason,
+        "tracer": _encode_tracer(extractor.tracer_kwargs),
+    }
+
+
+def _encode_tracer(options: Mapping[str, Any]) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "leaf_modules":
+            paths = [f"{c.__module__}:{c.__qualname__}" for c in value]
+            for cls, path in zip(value, paths, strict=True):
+                if not (isinstance(cls, type) and _allowlist.resolve(*path.split(":")) is cls):
+                    raise unsavable(f"tracer_kwargs['leaf_modules'] item {cls!r}")
+            encoded[key] = paths
+        elif key == "autowrap_functions":
+            encoded[key] = [function_path(fn) for fn in value]
+        elif key == "autowrap_modules":
+            encoded[key] = [getattr(m, "__name__", repr(m)) for m in value]
+        elif key in ("param_shapes_constant", "record_source") and isinstance(value, bool):
+            encoded[key] = value
+        else:
+            raise unsavable(f"tracer_kwargs[{key!r}] = {value!r:.40}")
+    return encoded

@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from fxtap._compat import fx_reserved_globals
+from fxtap._protocol import Extractor
 from fxtap.errors import LoadError, close_matches
 
 __all__ = [
@@ -144,6 +145,11 @@ def decode(value: Any, where: str, inner: Any) -> Any:
     if not isinstance(value, dict) or len(value) != 1:
         raise LoadError(f"{where}: {value!r:.60} is not a value fxtap writes")
     ((tag, body),) = value.items()
+    return _decode_tagged(tag, body, where, inner)
+
+
+def _decode_tagged(tag: Any, body: Any, where: str, inner: Any) -> Any:
+    """The value of one ``{tag: body}`` object (``decode``)."""
     if tag == "tuple":
         return tuple(inner(v, f"{where}[{i}]") for i, v in enumerate(as_list(body, where)))
     if tag == "dict":
@@ -287,14 +293,13 @@ _INTERNALS: list[frozenset[str]] = []
 
 def _module_internals() -> frozenset[str]:
     if not _INTERNALS:
-        from fxtap.extractor import FeatureExtractor
-
         module = frozenset(dir(nn.Module) + list(vars(nn.Module())))
         graph_module = fx.GraphModule(nn.Module(), fx.Graph())
+        # FeatureExtractor's own names beside the protocol's (test_save_names pins the union)
         root = {"full", "return_nodes", "outputs", "kept", "opaque", "meta", "_fxtap_modes"}
-        root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls"}
-        root |= {*dir(fx.GraphModule), *vars(graph_module)}
-        _INTERNALS[:] = [module, module | frozenset(dir(FeatureExtractor)) | root]
+        root |= {"_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls", "graph_for"}
+        root |= {"pruned_traces", *dir(fx.GraphModule), *vars(graph_module)}
+        _INTERNALS[:] = [module, module | frozenset(dir(Extractor)) | root]
     return _INTERNALS[0]
 
 

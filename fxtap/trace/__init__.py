@@ -15,7 +15,9 @@ from torch import fx, nn
 
 from fxtap._stage import make_callable
 from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_matches, format_choices
+from fxtap.trace._example import implied_inputs
 from fxtap.trace._export import export_trace, split_example_inputs
+from fxtap.trace._export_inputs import check_batch, check_shapes
 from fxtap.trace._fallback import (
     Opaque,
     QualnameLeaves,
@@ -47,6 +49,7 @@ from fxtap.trace._tracer import (
 )
 
 __all__ = [
+    "INPUT_CHECKS",
     "NAME_KEY",
     "SCOPE_KEY",
     "SOURCE_KEY",
@@ -66,6 +69,7 @@ __all__ = [
     "export_trace",
     "find_mistrace",
     "frozen_state",
+    "implied_inputs",
     "is_root_failure",
     "names_with_fallback",
     "restore_training",
@@ -73,6 +77,7 @@ __all__ = [
     "trace",
     "trace_error",
     "trace_graph",
+    "trace_modes",
     "trace_names",
     "trace_or_export",
     "trace_with_fallback",
@@ -82,6 +87,9 @@ __all__ = [
     "warn_opaque",
 ]
 
+
+#: The export path's checks of input shapes: kept by the pruner as asserts on the inputs.
+INPUT_CHECKS = (check_shapes, check_batch)
 
 #: Values of the ``tracer`` option: torch.fx, torch.export, or torch.fx then torch.export.
 TRACERS = ("fx", "export", "auto")
@@ -96,6 +104,7 @@ def trace(
     auto_leaf: bool = False,
     example_inputs: Any = None,
     tracer: str = "fx",
+    dynamic_shapes: Any = None,
 ) -> Traced:
     """Trace ``model`` in one mode with a ``NodePathTracer``; the model is left as it was.
 
@@ -114,8 +123,11 @@ def trace(
             leaf (``auto_leaf``) or reported with ``MistraceError``. On the export path, the
             inputs to export with (a tensor, a tuple, or a dict of keyword inputs).
         tracer: ``"fx"`` (``NodePathTracer``), ``"export"`` (``torch.export``, needs
-            ``example_inputs``; docs/tracing.md) or ``"auto"``: torch.fx, and torch.export when
-            torch.fx cannot trace the root forward and ``example_inputs`` are given.
+            ``example_inputs`` or a model whose config implies them; docs/tracing.md) or
+            ``"auto"``: torch.fx, and torch.export when torch.fx cannot trace the root forward
+            and ``example_inputs`` are given or implied (``implied_inputs``).
+        dynamic_shapes: on the export path, torch.export's ``dynamic_shapes``, keyed as
+            ``example_inputs`` are; by default every input dimension is ``Dim.AUTO``.
 
     Returns:
         A ``Traced`` whose graph module shares submodules and parameters with ``model``;
@@ -136,7 +148,18 @@ def trace(
         example_inputs=example_inputs,
         tracer_kwargs=tracer_kwargs,
         tracer=tracer,
+        dynamic_shapes=dynamic_shapes,
     )
+
+
+def trace_modes(model: nn.Module, **options: Any) -> dict[str, Traced]:
+    """``trace`` in train mode, then in eval mode, with the same ``options``: what every stage
+    that builds a two-mode module (an extractor, an edited model, a split) starts from.
+
+    Raises:
+        TraceError: from the first mode that cannot be traced, as ``trace`` raises it.
+    """
+    return {mode: trace(model, training=mode == "train", **options) for mode in ("train", "eval")}
 
 
 def trace_or_export(
@@ -182,25 +205,41 @@ def _fx_else_export(
     example_inputs: Any,
     tracer_kwargs: Mapping[str, Any] | None,
     tracer: str,
+    dynamic_shapes: Any = None,
 ) -> Traced:
     """torch.export for ``tracer="export"``; else ``fx_trace()``, and under ``"auto"``
-    torch.export when torch.fx cannot trace the root and ``example_inputs`` are given."""
+    torch.export when torch.fx cannot trace the root and ``example_inputs`` are given or
+    implied by the model's config (``implied_inputs``)."""
     if tracer == "export":
         return export_trace(
-            model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+            model,
+            training=training,
+            example_inputs=_or_implied(model, example_inputs),
+            tracer_kwargs=tracer_kwargs,
+            dynamic_shapes=dynamic_shapes,
         )
     try:
         return fx_trace()
     except TraceError as exc:
-        if tracer != "auto" or example_inputs is None or not is_root_failure(exc):
+        inputs = _or_implied(model, example_inputs)
+        if tracer != "auto" or inputs is None or not is_root_failure(exc):
             raise
         try:
             return export_trace(
-                model, training=training, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
+                model,
+                training=training,
+                example_inputs=inputs,
+                tracer_kwargs=tracer_kwargs,
+                dynamic_shapes=dynamic_shapes,
             )
         except FxtapError as second:
             exc.add_note(f"torch.export could not trace it either: {second}")
             raise exc from None
+
+
+def _or_implied(model: nn.Module, example_inputs: Any) -> Any:
+    """``example_inputs``, else the inputs the model's config implies (``implied_inputs``)."""
+    return implied_inputs(model) if example_inputs is None else example_inputs
 
 
 def check_tracer(tracer: Any) -> None:

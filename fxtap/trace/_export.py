@@ -14,6 +14,7 @@ import functools
 import inspect
 import io
 import linecache
+import os
 import re
 import traceback
 from collections.abc import Mapping
@@ -30,10 +31,17 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
+from fxtap.trace._export_check import check_export, check_higher_order_ops, kept_rng
 from fxtap.trace._export_inputs import UserInputs, check_batch
 from fxtap.trace._export_names import ModuleCalls, assign_names
+from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - torch runs without numpy
+    np = None  # type: ignore[assignment]
 
 __all__ = ["check_batch", "export_trace", "rebuild_output", "split_example_inputs"]
 
@@ -44,6 +52,7 @@ def export_trace(
     training: bool,
     example_inputs: Any,
     tracer_kwargs: Mapping[str, Any] | None = None,
+    dynamic_shapes: Any = None,
 ) -> Traced:
     """Trace ``model`` in one mode with ``torch.export``; the model is left as it was.
 
@@ -55,20 +64,29 @@ def export_trace(
             when ``forward`` takes ``use_cache`` (caches are not pytrees).
         tracer_kwargs: ``NodePathTracer`` options; ``leaf_modules`` decides which module
             calls are named by their module path.
+        dynamic_shapes: torch.export's ``dynamic_shapes``, keyed as ``example_inputs`` are
+            (a dict for keyword inputs, a tuple for positional ones); by default every
+            dimension of every tensor input is ``Dim.AUTO`` (``dynamic_shapes_for``).
 
     Returns:
         A ``Traced`` whose graph module holds the model's own parameters and buffers, with
-        one placeholder per forward argument; dim 0 is dynamic where the model allows it,
-        and checked where it does not.
+        one placeholder per forward argument; every dimension is dynamic where the model
+        allows it, and the inputs' shapes are checked first (``check_shapes``).
 
     Raises:
         InvalidArgumentError: ``example_inputs`` is missing or of the wrong type.
-        TraceError: ``torch.export`` could not trace the model.
+        TraceError: ``torch.export`` could not trace the model, its program holds a
+            higher-order op, or the graph differs from the model on ``example_inputs`` at
+            either of two seeds (``check_export``).
     """
     args, kwargs = split_example_inputs(model, example_inputs)
     options = tracer_options(tracer_kwargs)
-    ep = _export(model, args, kwargs, training=training)
-    return _to_traced(model, ep, args, kwargs, options=options, training=training)
+    given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
+    ep = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    check_higher_order_ops(ep, model, "train" if training else "eval")
+    traced = _to_traced(model, ep, args, kwargs, options=options, training=training)
+    check_export(model, traced, args, kwargs)
+    return traced
 
 
 def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:
@@ -119,41 +137,16 @@ def _forward_parameters(model: nn.Module) -> list[str]:
         return []
 
 
-def _dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``Dim.AUTO`` on dim 0 of every tensor input whose dim 0 is the batch size (> 1)."""
-    leaves = [v for v in pytree.tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
-    batch = next((v.shape[0] for v in leaves if v.dim() > 0), None)
-    if batch is None or batch < 2:
-        return None
-
-    def spec(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-            return {0: torch.export.Dim.AUTO}
-        return None
-
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return None
-    shapes: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = inspect.signature(model.forward).parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            shapes[name] = {k: pytree.tree_map(spec, v) for k, v in value.items()}
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes[name] = tuple(pytree.tree_map(spec, v) for v in value)
-        else:
-            shapes[name] = pytree.tree_map(spec, value)
-    return shapes
-
-
 def _export(
     model: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
     training: bool,
+    dynamic_shapes: Any = None,
 ) -> ExportedProgram:
+    """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
+    every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes."""
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
@@ -163,16 +156,16 @@ def _export(
         # stderr; the TraceError says what failed, so that print is swallowed
         try:
             try:
-                with contextlib.redirect_stderr(io.StringIO()):
+                with contextlib.redirect_stderr(io.StringIO()), kept_rng():
+                    shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
                     ep = torch.export.export(
-                        model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs),
-                        strict=False,
-                    )  # fmt: skip
+                        model, args, kwargs, dynamic_shapes=shapes, strict=False
+                    )
             except Exception as first:
-                if isinstance(first, GuardOnDataDependentSymNode):
+                if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
                     raise  # a branch on tensor values: static shapes fail the same way
                 # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-                with contextlib.redirect_stderr(io.StringIO()):
+                with contextlib.redirect_stderr(io.StringIO()), kept_rng():
                     ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
             raise _export_error(name, mode, exc, model=model) from exc
@@ -186,6 +179,9 @@ def _export(
 
 def _export_error(name: str, mode: str, exc: BaseException, *, model: nn.Module) -> TraceError:
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    where = _model_frame(exc)
+    if where:
+        reason += f" (raised from {where})"
     fixes = []
     text = str(exc)
     layerdrop = _layerdrop(model, exc) if mode == "train" else None
@@ -207,6 +203,20 @@ def _export_error(name: str, mode: str, exc: BaseException, *, model: nn.Module)
         reason=reason,
     )
 
+
+def _model_frame(exc: BaseException) -> str | None:
+    """``file:line `code``` of the model's own line the failure came from: the last frame
+    outside torch, numpy, the standard library and fxtap."""
+    skipped = [os.path.dirname(torch.__file__), os.path.dirname(os.__file__), _PACKAGE]
+    if np is not None:
+        skipped.append(os.path.dirname(np.__file__))
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not any(frame.filename.startswith(d + os.sep) for d in skipped):
+            return f"{Path(frame.filename).name}:{frame.lineno} `{(frame.line or '').strip()}`"
+    return None
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Config flags of transformers' LayerDrop: in train mode each layer is skipped when
 #: ``torch.rand([]) < config.FLAG``, a branch on a random number that export cannot trace.

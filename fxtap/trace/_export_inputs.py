@@ -1,4 +1,4 @@
-"""Inputs of an exported graph: one placeholder per forward argument, and dim-0 checks."""
+"""Inputs of an exported graph: one placeholder per forward argument, and their shape checks."""
 
 from __future__ import annotations
 
@@ -11,36 +11,104 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from fxtap._compat import pytree
 from fxtap.errors import InputShapeError, TraceError
 
-__all__ = ["UserInputs", "check_batch"]
+__all__ = ["UserInputs", "check_batch", "check_shapes"]
+
+#: One input's expected shape: per dim, its size (fixed by the exported program), the name of
+#: its symbol (dynamic), or ``None`` (an expression of other dims, left to the graph).
+Dims = tuple[int | str | None, ...]
+
+_FIX = (
+    "build the extractor with example_inputs of the shapes you will use, or pass "
+    "dynamic_shapes= (handed to torch.export) to make that dimension dynamic (on the command "
+    "line: --input)"
+)
+
+
+def check_shapes(
+    spec: tuple[tuple[tuple[str, Dims], ...], tuple[tuple[str, int, int | None], ...]],
+    *values: Any,
+) -> Any:
+    """Raise ``InputShapeError`` unless every input has a shape the exported program runs.
+
+    Inserted by the export path after the inputs, before any op, so that a call the graph
+    was not exported for fails here with the input's name, not deep inside the graph with a
+    raw ``RuntimeError`` or, worse, with a tensor of the wrong shape. ``spec`` is
+    ``(inputs, ranges)``: for each input its name and ``Dims``, and for each symbol of a
+    dynamic dim the range torch.export allows (``high`` ``None`` for no bound). Dims that share
+    a symbol must be equal, as they were when the extractor was built.
+    """
+    inputs, ranges = spec
+    if any(isinstance(v, fx.Proxy) for v in values):
+        # NOTE: unpickling re-traces the generated code with torch.fx: record the check again
+        proxy = next(v for v in values if isinstance(v, fx.Proxy))
+        return proxy.tracer.create_proxy("call_function", check_shapes, (spec, *values), {})
+    bounds = {name: (low, high) for name, low, high in ranges}
+    seen: dict[str, tuple[str, int, int]] = {}
+    for (argument, dims), value in zip(inputs, values):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.dim() != len(dims):
+            raise InputShapeError(
+                f"input {argument!r} has {value.dim()} dims (shape {tuple(value.shape)}), but "
+                f"the extractor was built for {len(dims)}; pass a tensor of that rank"
+            )
+        for dim, (size, want) in enumerate(zip(value.shape, dims)):
+            _check_dim(argument, dim, int(size), want, bounds, seen)
 
 
 def check_batch(value: Any, low: int, high: int | None, argument: str) -> Any:
     """Raise ``InputShapeError`` unless dim 0 of ``value`` lies in ``[low, high]``.
 
-    Inserted by the export path after each input whose dim 0 the exported program fixes or
-    bounds; a graph run outside the range it was exported for could compute wrong values.
+    The check of extractors exported before ``check_shapes`` checked every dimension; their
+    safe files name this function, so it stays.
     """
     if isinstance(value, fx.Proxy):
-        # NOTE: unpickling re-traces the generated code with torch.fx: record the check again
         return value.tracer.create_proxy(
             "call_function", check_batch, (value, low, high, argument), {}
         )
-    size = value.shape[0]
-    if size >= low and (high is None or size <= high):
+    _check_dim(argument, 0, int(value.shape[0]), "batch", {"batch": (low, high)}, {})
+    if low == high:
+        _check_dim(argument, 0, int(value.shape[0]), low, {}, {})
+    return None
+
+
+def _check_dim(
+    argument: str,
+    dim: int,
+    size: int,
+    want: int | str | None,
+    bounds: Mapping[str, tuple[int, int | None]],
+    seen: dict[str, tuple[str, int, int]],
+) -> None:
+    where = f"input {argument!r} has size {size} in dim {dim}"
+    if isinstance(want, int):
+        if size != want:
+            raise InputShapeError(
+                f"{where}, but the extractor was built for size {want} there and torch.export "
+                f"specialized that dimension (the model's code fixes it, or it was 0 or 1 in "
+                f"the example); {_FIX}"
+            )
         return
-    if high == low:
-        why = f"the model fixed dim 0 to {low} when it was exported"
-        fix = f"build the extractor with example_inputs of batch size {size}"
-    else:
-        why = f"the extractor was exported for dim 0 in [{low}, {high or 'inf'}]"
-        fix = f"build the extractor with example_inputs of batch size {size}"
-    raise InputShapeError(
-        f"input {argument!r} has batch size {size}, but {why}; {fix} (on the command line: --input)"
-    )
+    if want is None:
+        return
+    low, high = bounds.get(want, (0, None))
+    if size < low or (high is not None and size > high):
+        allowed = f"[{low}, {'inf' if high is None else high}]"
+        raise InputShapeError(
+            f"{where}, but the extractor was exported for sizes in {allowed} there; {_FIX}"
+        )
+    first = seen.setdefault(want, (argument, dim, size))
+    if first[2] != size:
+        raise InputShapeError(
+            f"{where}, but it must equal dim {first[1]} of input {first[0]!r} ({first[2]}), as "
+            "when the extractor was built (torch.export found the model needs them equal); "
+            "pass inputs whose sizes agree"
+        )
 
 
 class UserInputs:
@@ -70,10 +138,11 @@ class UserInputs:
                 side = 0 if name in names else 1
                 key: Any = names.index(name) if side == 0 else name
                 tops[(side, key)] = graph.placeholder(name)
-        ranges = _batch_ranges(ep)
         user_nodes = [
             n for n in ep.graph.nodes if n.op == "placeholder" and n.name in _user_names(ep)
         ]
+        checked: list[tuple[str, Dims]] = []
+        nodes: list[fx.Node] = []
         for (path, value), ep_node in zip(flat, user_nodes):
             side, key = _key_value(path[0]), _key_value(path[1])
             top = tops.get((side, key))
@@ -85,11 +154,15 @@ class UserInputs:
                 node = graph.call_function(_getter(entry), (node, _key_value(entry)))
                 self.extra.add(node)
             self.leaves.append(node)
-            low_high = _dim0_range(ep_node, ranges)
-            if low_high is not None:
-                argument = top.name + pytree.keystr(path[2:])
-                check = graph.call_function(check_batch, (node, *low_high, argument))
-                self.checks.add(check)
+            dims = _dims(ep_node)
+            if dims is not None:
+                checked.append((top.name + pytree.keystr(path[2:]), dims))
+                nodes.append(node)
+        if checked:
+            symbols = {d for _, dims in checked for d in dims if isinstance(d, str)}
+            ranges = tuple(r for r in _ranges(ep) if r[0] in symbols)
+            check = graph.call_function(check_shapes, ((tuple(checked), ranges), *nodes))
+            self.checks.add(check)
         self._next = iter(self.leaves)
 
     def next(self) -> Any:
@@ -127,11 +200,12 @@ def _key_value(key: Any) -> Any:
     raise TraceError(f"unsupported input structure key {key!r}")  # pragma: no cover
 
 
-def _batch_ranges(ep: ExportedProgram) -> dict[str, tuple[int, int | None]]:
-    found = {}
-    for sym, vr in ep.range_constraints.items():
-        found[str(sym)] = (_finite(vr.lower) or 0, _finite(vr.upper))
-    return found
+def _ranges(ep: ExportedProgram) -> list[tuple[str, int, int | None]]:
+    """``(symbol, low, high)`` of every dynamic dim, as torch.export bounded it."""
+    return [
+        (str(sym), _finite(vr.lower) or 0, _finite(vr.upper))
+        for sym, vr in ep.range_constraints.items()
+    ]
 
 
 def _finite(bound: Any) -> int | None:
@@ -142,15 +216,17 @@ def _finite(bound: Any) -> int | None:
     return value if abs(value) < 2**62 else None
 
 
-def _dim0_range(node: fx.Node, ranges: Mapping[str, tuple[int, int | None]]) -> Any:
-    """``(low, high)`` that dim 0 of a user input must lie in, or ``None`` when unbounded."""
+def _dims(node: fx.Node) -> Dims | None:
+    """Per dim of a user input: its fixed size, its symbol's name, or ``None`` (an expression)."""
     val = node.meta.get("val")
-    if not isinstance(val, torch.Tensor) or val.dim() == 0:
+    if not isinstance(val, torch.Tensor):
         return None
-    size = val.shape[0]
-    if isinstance(size, torch.SymInt) and size.node.maybe_as_int() is not None:
-        size = size.node.maybe_as_int()  # a dim the exported program specialized
-    if isinstance(size, int):
-        return (size, size)
-    low, high = ranges.get(str(size), (0, None))
-    return None if low <= 1 and high is None else (low, high)
+    dims: list[int | str | None] = []
+    for size in val.shape:
+        if is_concrete_int(size):
+            dims.append(int(size))  # a dim the exported program specialized
+        elif str(size).isidentifier():
+            dims.append(str(size))  # a symbol of its own, such as s53
+        else:
+            dims.append(None)  # an expression of other dims
+    return tuple(dims)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from fxtap import _compat
@@ -90,7 +91,12 @@ def op_name(node: fx.Node) -> str:
     name = _compat.op_parts(target)[1] if _compat.is_op_overload(target) else None
     if name is None:
         name = getattr(target, "__name__", None) or str(target)
-    return _sanitize(str(name).rsplit(".", 1)[-1])
+    op = _sanitize(str(name).rsplit(".", 1)[-1])
+    if isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        # NOTE: arithmetic on dynamic sizes (``s1 + 1``) is counted apart from tensor ops,
+        # so a tensor op has the same name whichever dimensions were exported dynamic
+        return op if op.startswith("sym_") else f"sym_{op}"
+    return op
 
 
 def assign_names(

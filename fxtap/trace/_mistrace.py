@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,11 @@ from fxtap._fx import node_scope
 from fxtap.errors import InputShapeError
 from fxtap.trace._options import restore_training
 from fxtap.trace._tracer import Traced
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - torch runs without numpy
+    np = None  # type: ignore[assignment]
 
 __all__ = ["Mismatch", "difference", "find_mistrace", "frozen_state", "shorten"]
 
@@ -29,19 +35,30 @@ class Mismatch:
     reason: str
 
 
-def find_mistrace(model: nn.Module, traced: Traced, example_inputs: Any) -> Mismatch | None:
+def find_mistrace(
+    model: nn.Module,
+    traced: Traced,
+    example_inputs: Any,
+    *,
+    keywords: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+) -> Mismatch | None:
     """Run ``model`` eagerly and ``traced`` on the same inputs; find the first module that differs.
 
     Modules are compared in the order their first call finishes (inner before outer). When a
     module's output differs but its input agrees, the module itself mis-traced; when the input
     differs too, the enclosing module's own code did, so the closest ancestor whose input still
     agrees is reported. Both runs start from the same RNG state and buffers, without gradients;
-    buffers, RNG state and training flags are put back afterwards.
+    buffers, RNG state and training flags are put back afterwards. With ``seed``, both runs
+    start from that seed of torch's, numpy's and Python's generators (a second draw of every
+    source of randomness). ``keywords`` are keyword inputs, as the export path takes them: the
+    graph's placeholders are the positional inputs, then the keyword ones by name.
 
     Raises:
         InputShapeError: the eager model rejects ``example_inputs``.
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    keywords = dict(keywords or {})
     gm = traced.graph_module
     eager_in: dict[str, Any] = {}
     eager_out: dict[str, Any] = {}
@@ -56,9 +73,11 @@ def find_mistrace(model: nn.Module, traced: Traced, example_inputs: Any) -> Mism
         handles.append(module.register_forward_hook(hook))
     with frozen_state(model), restore_training(model), torch.no_grad():
         model.train(traced.training)
+        if seed is not None:
+            _seed_all(seed)
         rng = torch.get_rng_state()
         try:
-            final = _detached(model(*inputs))
+            final = _detached(model(*inputs, **keywords))
         except Exception as exc:
             raise InputShapeError(
                 f"example inputs do not fit {type(model).__name__}: {type(exc).__name__}: {exc}. "
@@ -70,10 +89,12 @@ def find_mistrace(model: nn.Module, traced: Traced, example_inputs: Any) -> Mism
     wanted = _nodes_in(traced)
     with frozen_state(model), restore_training(model), torch.no_grad():
         model.train(traced.training)
+        if seed is not None:
+            _seed_all(seed)
         torch.set_rng_state(rng)
         recorder = _Recorder(gm, wanted)
         try:
-            recorder.run(*inputs)
+            recorder.run(*_graph_inputs(gm, inputs, keywords))
         except Exception as exc:
             node = recorder.current
             scope = node_scope(node) if node is not None else ""
@@ -100,11 +121,14 @@ def find_mistrace(model: nn.Module, traced: Traced, example_inputs: Any) -> Mism
 
 
 class frozen_state:
-    """Context manager putting buffers and the CPU RNG state back on exit."""
+    """Context manager putting buffers and the CPU RNG states (torch's, numpy's, Python's)
+    back on exit."""
 
     def __init__(self, model: nn.Module) -> None:
         self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
         self.rng = torch.get_rng_state()
+        self.py_rng = random.getstate()
+        self.np_rng = np.random.get_state() if np is not None else None
 
     def __enter__(self) -> frozen_state:
         return self
@@ -114,6 +138,24 @@ class frozen_state:
             for b, saved in self.buffers:
                 b.copy_(saved)
         torch.set_rng_state(self.rng)
+        random.setstate(self.py_rng)
+        if np is not None:
+            np.random.set_state(self.np_rng)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if np is not None:
+        np.random.seed(seed)
+
+
+def _graph_inputs(gm: fx.GraphModule, inputs: Any, keywords: Mapping[str, Any]) -> list[Any]:
+    """Values of the graph's placeholders: the positional inputs, then keyword ones by name."""
+    if not keywords:
+        return list(inputs)
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    return [*inputs, *(keywords[str(name)] for name in names[len(inputs) :])]
 
 
 class _Recorder(fx.Interpreter):

@@ -30,6 +30,7 @@ _TRACER_KWARGS = (
     "autowrap_functions",
     "param_shapes_constant",
     "record_source",
+    "proxy_buffer_attributes",
 )
 
 

@@ -91,7 +91,7 @@ class NodePathTracer(fx.Tracer):
             nodes (torch.fx's argument).
         autowrap_functions: functions recorded as single nodes (torch.fx's argument); unlike
             torch.fx, names starting with ``_`` are recorded too (``_private``).
-        param_shapes_constant: torch.fx's argument.
+        param_shapes_constant, proxy_buffer_attributes: torch.fx's (buffers read as proxies).
         record_source: record the user's ``file:line`` for each node in ``node.meta``.
 
     >>> tracer = NodePathTracer()
@@ -107,6 +107,7 @@ class NodePathTracer(fx.Tracer):
         autowrap_functions: Iterable[Callable[..., Any]] = (),
         param_shapes_constant: bool = False,
         record_source: bool = False,
+        proxy_buffer_attributes: bool = False,
     ) -> None:
         autowrap_functions = tuple(autowrap_functions)
         super().__init__(
@@ -119,6 +120,7 @@ class NodePathTracer(fx.Tracer):
         self.leaf_predicates: tuple[Callable[[nn.Module, str], bool], ...] = ()
         self._split_leaf_specs(leaf_modules)
         self.record_source = record_source
+        self.proxy_buffer_attributes = proxy_buffer_attributes
         self._private = tuple(fn for fn in autowrap_functions if is_private(fn))
         self.node_to_qualname: dict[fx.Node, str] = {}
         self.module_inputs: dict[str, fx.Node] = {}
@@ -148,8 +150,7 @@ class NodePathTracer(fx.Tracer):
                     "class, a qualified-name pattern such as 'encoder.layers.*', or a predicate "
                     "(module, qualname) -> bool"
                 )
-        self.leaf_types = tuple(types_)
-        self.leaf_patterns = tuple(patterns)
+        self.leaf_types, self.leaf_patterns = tuple(types_), tuple(patterns)
         self.leaf_predicates = tuple(predicates)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -171,8 +172,7 @@ class NodePathTracer(fx.Tracer):
         self.node_to_qualname = {}
         self.module_inputs = {}
         self.module_outputs = {}
-        self.failed_module = None
-        self._failure = None
+        self.failed_module = self._failure = None
         self._pending = []
         self._op_names = {}
         self._scopes = {}

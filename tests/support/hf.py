@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from support.checker import Hooks
+
 
 def _text(seq: int = 8) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
@@ -136,3 +138,22 @@ HF: dict[str, tuple[str, str, str, str]] = {
     "wav2vec2": ("encoder.layers.1.attention.q_proj", "encoder.layers.1.add",
                  "encoder.layers.1.layer_norm", "encoder.layers.2"),
 }  # fmt: skip
+
+
+def hf_reference(model: nn.Module, inputs: dict[str, Any], spec: tuple[str, ...]) -> Any:
+    """The ``leaf`` tap (a module's output) and ``func`` tap (the first input of the module
+    after the op) of ``spec`` (an ``HF`` row) by forward hooks, and the model's output."""
+    leaf, _, before, _ = spec
+    hooks = Hooks(model, {"leaf": leaf}, {"func": before})
+    torch.manual_seed(0)
+    out = model(**inputs, **_no_cache(model))
+    hooks.remove()
+    return hooks.values, out
+
+
+def _no_cache(model: nn.Module) -> dict[str, Any]:
+    import inspect
+
+    return (
+        {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    )

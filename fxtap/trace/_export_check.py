@@ -1,0 +1,161 @@
+"""The export path checks itself: the exported graph against the eager model, as on the fx path.
+
+torch.export runs the model once, on fake tensors, and records ATen ops. What the model computes
+outside torch (a mask drawn with numpy or Python's ``random``, a value read with ``.item()`` and
+used as a Python number) is recorded as the constant it had then, and the graph returns it on
+every call while the model computes it afresh. ``check_export`` runs graph and model side by
+side on the example inputs, from two seeds of every generator (torch, numpy, ``random``), and
+refuses a graph that differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxtap._compat import pytree
+from fxtap.errors import TraceError
+from fxtap.trace._mistrace import difference, find_mistrace, frozen_state
+from fxtap.trace._options import restore_training
+from fxtap.trace._tracer import Traced
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - torch runs without numpy
+    np = None  # type: ignore[assignment]
+
+__all__ = ["SEEDS", "check_export", "check_higher_order_ops", "kept_rng"]
+
+#: Seeds of the two runs: two draws of every source of randomness.
+SEEDS = (0, 1)
+
+
+def check_export(
+    model: nn.Module, traced: Traced, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> None:
+    """Raise ``TraceError`` unless ``traced`` computes what ``model`` does on these inputs.
+
+    Runs ``find_mistrace`` (module by module) once per seed of ``SEEDS``; the model's buffers,
+    every RNG state and its training flags are left as they were. The error names the module
+    whose value differs and the generator it draws from, and is a root failure, so
+    ``create_feature_extractor`` falls back to the capture path with a warning that says so.
+
+    Raises:
+        TraceError: the graph differs from the model on some seed.
+    """
+    # NOTE: the last node of a non-leaf module's call is not always its output (its output
+    # may be a tuple built elsewhere), so only leaf modules, named by their path, and the
+    # graph's output are compared
+    modules = dict(model.named_modules())
+    leaves = {name: node for node, name in traced.names.items() if name in modules and name}
+    leaves = {k: v for k, v in leaves.items() if v.op != "placeholder"}
+    compared = dataclasses.replace(traced, module_outputs=leaves)
+    for seed in SEEDS:
+        bad = find_mistrace(model, compared, args, keywords=kwargs, seed=seed)
+        if bad is None:
+            continue
+        name = type(model).__name__
+        where = f"module {bad.module_path!r}" if bad.module_path else f"the root {name}"
+        source = _random_source(model, traced.training, args, kwargs)
+        why = (
+            f"{name} draws from {source}, which torch.export records as the constant drawn "
+            "while exporting, so the graph would return the same values on every call"
+            if source
+            else "the graph holds a value the model computes afresh on each call (read "
+            "as a Python number while exporting)"
+        )
+        fix = (
+            "turn that randomness off in the model's config for train mode (for SpecAugment: "
+            "mask_time_prob=0.0, mask_feature_prob=0.0), tap in eval mode, or use tracer='fx' "
+            "to take the capture path"
+        )
+        reason = f"{where}: {bad.reason} (seed {seed})"
+        raise TraceError(
+            f"the {traced.mode} graph that torch.export gave for {name} differs from the model: "
+            f"{reason}; {why}. Fix: {fix}.",
+            module_path="",
+            reason=reason,
+        )
+
+
+def check_higher_order_ops(ep: Any, model: nn.Module, mode: str) -> None:
+    """Raise ``TraceError`` when the exported program holds a higher-order op.
+
+    A ``torch.no_grad()`` region (``wrap_with_set_grad_enabled``), ``cond`` or ``map`` calls
+    a subgraph the export path does not carry over; refusing it with a root ``TraceError``
+    lets ``create_feature_extractor`` fall back to the capture path.
+    """
+    for node in ep.graph.nodes:
+        # NOTE: torch.ops.higher_order's operators say so in their namespace (their class,
+        # HigherOrderOperator, is not public)
+        if node.op == "call_function" and getattr(node.target, "namespace", None) == "higher_order":
+            stack = node.meta.get("nn_module_stack") or {}
+            path = next(reversed(stack.values()))[0] if stack else ""
+            where = f" in module {path!r}" if path else ""
+            kind = (
+                node.target.name() if callable(getattr(node.target, "name", None)) else node.target
+            )
+            raise TraceError(
+                f"torch.export recorded the higher-order op {kind!r}{where} of "
+                f"{type(model).__name__} ({mode} mode): a region such as torch.no_grad(), cond "
+                "or map, which the export path does not carry over. Fix: use tracer='fx' to "
+                "take the capture path (create_feature_extractor does so by default)",
+                module_path="",
+                reason=f"higher-order op {kind}",
+            )
+
+
+@contextlib.contextmanager
+def kept_rng() -> Iterator[None]:
+    """Seed numpy's and Python's generators with 0, and put every CPU generator back on exit.
+
+    Around each ``torch.export`` attempt: a model that draws with numpy while exporting
+    (SpecAugment) takes another path on each draw, so every build starts from the same
+    state and ends the same way, and the caller's generators are left as they were.
+    """
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    np_state = np.random.get_state() if np is not None else None
+    random.seed(0)
+    if np is not None:
+        np.random.seed(0)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+        if np is not None:
+            np.random.set_state(np_state)
+
+
+def _random_source(
+    model: nn.Module, training: bool, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> str | None:
+    """``"numpy's random generator"`` or ``"Python's random module"`` when the model's output
+    changes with that generator's seed alone, else ``None``."""
+    seeders: list[tuple[str, Any]] = [("Python's random module", random.seed)]
+    if np is not None:
+        seeders.insert(0, ("numpy's random generator", np.random.seed))
+    with frozen_state(model), restore_training(model), torch.no_grad():
+        model.train(training)
+        for label, seeder in seeders:
+            outputs = []
+            for seed in SEEDS:
+                torch.manual_seed(0)
+                random.seed(0)
+                if np is not None:
+                    np.random.seed(0)
+                seeder(seed)
+                outputs.append(pytree.tree_map(_copy, model(*args, **kwargs)))
+            if difference(outputs[0], outputs[1]) is not None:
+                return label
+    return None
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value

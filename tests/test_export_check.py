@@ -1,0 +1,131 @@
+"""The export path's own checks (fxtap.trace._export_check): graphs that bake in a value the
+model computes afresh, and higher-order ops, are refused with a ``TraceError`` naming why, and
+``create_feature_extractor`` falls back to the capture path with a warning that says so."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fxtap
+from fxtap import CaptureExtractor, TraceError
+from support.checker import bitwise_equal
+
+X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+
+
+class NumpyMask(nn.Module):
+    """Zeroes features drawn with numpy in train mode, as SpecAugment does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.training:
+            keep = np.random.rand(h.shape[-1]) > 0.5
+            h = h * torch.from_numpy(keep.astype("float32"))
+        return self.out(h)
+
+
+class RandomScale(nn.Module):
+    """Scales by a number drawn with Python's ``random`` in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * (random.random() if self.training else 1.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "source"),
+    [(NumpyMask, "numpy's random generator"), (RandomScale, "Python's random module")],
+)
+def test_a_random_value_baked_into_the_graph_is_refused(model: type, source: str) -> None:
+    match = (
+        rf"the train graph that torch.export gave for {model.__name__} differs from the model: "
+        rf".*{model.__name__} draws from {source}, .*constant.*Fix: .*tracer='fx'"
+    )
+    with pytest.raises(TraceError, match=match):
+        fxtap.trace(model(), training=True, tracer="export", example_inputs=X)
+    fxtap.trace(model(), training=False, tracer="export", example_inputs=X)  # eval is exact
+
+
+def test_a_refused_graph_falls_back_to_capture_with_the_reason() -> None:
+    model = NumpyMask()
+    with pytest.warns(UserWarning, match=r"CaptureExtractor.*draws from numpy's random generator"):
+        ex = fxtap.create_feature_extractor(model, ["fc"], example_inputs=(X,))
+    assert isinstance(ex, CaptureExtractor)
+    state = np.random.get_state()
+    np.random.seed(3)
+    with torch.no_grad():
+        got = ex.train()(X)["fc"]
+    np.random.set_state(state)
+    assert bitwise_equal(got, model.fc(X).detach())
+
+
+def test_the_check_leaves_every_generator_as_it_was() -> None:
+    model = nn.Sequential(nn.Linear(6, 6))
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    fxtap.create_feature_extractor(model, ["0"], tracer="export", example_inputs=X)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+
+
+class NoGradRegion(nn.Module):
+    """A ``torch.no_grad()`` block in train mode: torch.export records a higher-order op.
+
+    ``len(x)`` keeps torch.fx from tracing the root, as in cpmant, so ``tracer="auto"`` goes
+    to torch.export.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            scale = self.fc(x).abs().mean()
+        return self.out(x) * scale / len(x)
+
+
+def test_higher_order_ops_are_refused_and_the_capture_path_serves_them() -> None:
+    match = r"higher-order op 'wrap_with_set_grad_enabled'.*tracer='fx'"
+    with pytest.raises(TraceError, match=match):
+        fxtap.trace(NoGradRegion(), training=True, tracer="export", example_inputs=X)
+    model = NoGradRegion().train()
+    with pytest.warns(UserWarning, match=r"CaptureExtractor.*" + match):
+        ex = fxtap.create_feature_extractor(model, ["out"], example_inputs=(X,))
+    assert isinstance(ex, CaptureExtractor)
+    with torch.no_grad():
+        assert bitwise_equal(ex(X)["out"], model.out(X))
+
+
+@pytest.mark.hf
+def test_wav2vec2_spec_augment_is_refused_and_captured() -> None:
+    """SpecAugment draws its mask with numpy in train mode: the export path refuses it and
+    names the line; ``tracer="auto"`` captures it instead (nothing baked in)."""
+    t = pytest.importorskip("transformers")
+    from support.hf import W2V
+
+    config = t.Wav2Vec2Config(**{**W2V, "mask_time_prob": 0.5, "mask_time_length": 2})
+    config.layerdrop = 0.0
+    model = t.Wav2Vec2Model(config)
+    audio = {"input_values": torch.rand(2, 800, generator=torch.Generator().manual_seed(0))}
+    with pytest.raises(TraceError, match=r"Wav2Vec2Model in train mode.*(numpy|np\.)"):
+        fxtap.trace(model, training=True, tracer="export", example_inputs=audio)
+    with pytest.warns(UserWarning, match=r"CaptureExtractor.*(numpy|np\.)"):
+        ex = fxtap.create_feature_extractor(model, ["encoder.layers.1"], example_inputs=audio)
+    assert isinstance(ex, CaptureExtractor)
