@@ -65,7 +65,7 @@ test-latest: dot chromium
 	$(LATEST)/bin/python -m pip install $(PIP) --upgrade pip
 	$(LATEST)/bin/python -m pip install $(PIP) --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]' --group dev
 	@touch $(LATEST)/.installed-stamp
-	$(LATEST)/bin/python tests/lockdiff.py $(LOCK)
+	$(LATEST)/bin/python tests/support/lockdiff.py $(LOCK)
 	$(MAKE) --no-print-directory lint test-suite VENV=$(LATEST) STAMP=$(LATEST)/.installed-stamp
 
 test-suite:

@@ -5,7 +5,7 @@ torchvision model (and every timm model when timm is installed), collects the fu
 methods, ``getattr`` names and module classes (with their configuration and tensor names) the
 saved files name, and rewrites ``fxtap/save/_allowlist.json``. For the export path it also saves
 one torchvision classification model of each family and the Hugging Face configs of
-tests/test_export.py through ``tracer="export"`` and collects their ATen ops and output types, and adds the ATen ops
+tests/support/hf.py through ``tracer="export"`` and collects their ATen ops and output types, and adds the ATen ops
 tagged ``torch.Tag.core``; ops that touch files, streams or global state are left out
 (``EXCLUDED_OP_WORDS``), and so are backward ops and the ops tests/test_save_op_fuzz.py found
 to crash the process on hostile arguments (``allowed_op``). ``python tests/test_allowlist.py
@@ -38,8 +38,8 @@ import fxtap
 from fxtap.errors import InvalidArgumentError
 from fxtap.save import MANIFEST, _allowlist, _schema
 from fxtap.save._pack import pack
-from tests.standard_ops import standard_functions, standard_methods
-from tests.test_save_op_fuzz import CRASHING
+from support.crashing_ops import CRASHING
+from support.standard_ops import standard_functions, standard_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = (
@@ -54,17 +54,17 @@ SAMPLE = (
 #: Models saved through ``tracer="export"`` by the test (the generator saves ``EXPORT_ZOO``).
 EXPORT_SAMPLE = ("resnet18", "bert")
 #: One torchvision classification model of each family (the families share their ops), saved
-#: through ``tracer="export"`` by the generator with the Hugging Face configs of test_export.py.
+#: through ``tracer="export"`` by the generator with the Hugging Face configs of tests/support/hf.py.
 EXPORT_ZOO = (
     "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
     "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small",
     "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5",
     "squeezenet1_0", "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_16", "wide_resnet50_2",
 )  # fmt: skip
-#: Hugging Face models (tests/test_export.py's configs) saved as capture extractors.
+#: Hugging Face models (tests/support/hf.py's configs) saved as capture extractors.
 HF_ZOO = ("bert", "gpt2", "llama", "mistral", "qwen2", "t5_encoder", "t5_decoder")
 HF_ZOO += ("whisper_encoder",)
-USER_CODE = ("tests.", "__main__")
+USER_CODE = ("support.", "__main__")
 #: Words of ATen op names never allowed: files, serialization, printing, streams, global state.
 EXCLUDED_OP_WORDS = ("file", "save", "load", "print", "seed", "rng", "set_", "storage", "stream")
 EXCLUDED_OP_WORDS += ("hub", "serialization", "url", "download", "system", "manual", "device_")
@@ -219,7 +219,7 @@ def manifest_of(extractor: Any) -> dict[str, Any]:
 def torchvision_extractors(names: tuple[str, ...] | list[str]) -> Iterator[tuple[str, Any]]:
     """Every graph node of each model requested (so nothing is pruned); a capture extractor
     where the root cannot be traced (its whole module tree is saved)."""
-    from tests.test_zoo import build
+    from support.zoo import build
 
     for name in names:
         model = build(name)
@@ -236,8 +236,8 @@ def torchvision_extractors(names: tuple[str, ...] | list[str]) -> Iterator[tuple
 
 
 def fixture_extractors() -> Iterator[tuple[str, Any]]:
-    """The tiny models of tests/models.py: the torch functions small user models call."""
-    from tests import models
+    """The tiny models of tests/support/models.py: the torch functions small user models call."""
+    from support import models
 
     for name, cls in sorted(vars(models).items()):
         if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
@@ -254,17 +254,16 @@ def fixture_extractors() -> Iterator[tuple[str, Any]]:
         except (TypeError, fxtap.FxtapError):  # needs arguments, or is not traceable
             continue
         if isinstance(extractor, fxtap.FeatureExtractor):
-            yield f"tests.models:{name}", extractor
+            yield f"support.models:{name}", extractor
 
 
 def timm_extractors() -> Iterator[tuple[str, Any]]:
-    """timm models (when installed), as tests/test_zoo_timm.py builds them."""
+    """timm models (when installed), as tests/support/zoo.py builds them."""
     import importlib.util
 
     if importlib.util.find_spec("timm") is None:
         return
-    from tests.test_zoo_timm import FIXED, FLEXIBLE
-    from tests.test_zoo_timm import build as build_timm
+    from support.zoo import FIXED, FLEXIBLE, build_timm
 
     for name in FLEXIBLE + FIXED:
         model = build_timm(name)
@@ -282,17 +281,17 @@ def timm_extractors() -> Iterator[tuple[str, Any]]:
 
 def hf_extractors(names: tuple[str, ...] = HF_ZOO) -> Iterator[tuple[str, Any]]:
     """Capture extractors of tiny transformers (when installed), built from the configs of
-    tests/test_export.py: their roots cannot be traced, so each model is saved as its class,
+    tests/support/hf.py: their roots cannot be traced, so each model is saved as its class,
     config and weights."""
     import importlib.util
 
     if importlib.util.find_spec("transformers") is None:
         return
-    from tests.test_export import HF, _build
+    from support.hf import HF, build_hf
 
     for name in names:
         torch.manual_seed(0)
-        model, _inputs = _build(name)
+        model, _inputs = build_hf(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             extractor = fxtap.create_feature_extractor(model, [HF[name][0], ":output"], tracer="fx")
@@ -301,7 +300,7 @@ def hf_extractors(names: tuple[str, ...] = HF_ZOO) -> Iterator[tuple[str, Any]]:
 
 def dropped_extractors() -> Iterator[tuple[str, Any]]:
     """A detection capture extractor built with example inputs: its heads are ``Dropped``."""
-    from tests.test_zoo import build
+    from support.zoo import build
 
     model = build("fasterrcnn_mobilenet_v3_large_320_fpn")
     images = [torch.rand(3, 64, 64)]
@@ -318,7 +317,7 @@ def dropped_extractors() -> Iterator[tuple[str, Any]]:
 def edit_extractors() -> Iterator[tuple[str, Any]]:
     """Models edited with each ``fxtap.edits`` module, in each of its configurations."""
     from fxtap.edits import Add, Input, Project, Replace, Scale, Zero
-    from tests.models import TinyUNet
+    from support.models import TinyUNet
 
     edits = {
         "enc1": Zero(),
@@ -336,12 +335,12 @@ def edit_extractors() -> Iterator[tuple[str, Any]]:
 
 def audio_extractors() -> Iterator[tuple[str, Any]]:
     """torchaudio's wav2vec2 (weight_norm on its positional convolution) and Conformer, when
-    installed, as tests/test_zoo_audio.py builds them; every graph node requested."""
+    installed, as tests/support/audio.py builds them; every graph node requested."""
     import importlib.util
 
     if importlib.util.find_spec("torchaudio") is None:
         return
-    from tests.test_zoo_audio import conformer, wav2vec2
+    from support.audio import conformer, wav2vec2
 
     for name, build in (("wav2vec2", wav2vec2), ("conformer", conformer)):
         model = build()
@@ -358,20 +357,20 @@ def export_extractors(
     names: tuple[str, ...] | list[str], *, every_node: bool = True
 ) -> Iterator[tuple[str, Any]]:
     """Every node (or only ``:output``) of each model through ``tracer="export"``: the Hugging
-    Face configs of tests/test_export.py by their name there, other names from torchvision (in
+    Face configs of tests/support/hf.py by their name there, other names from torchvision (in
     64x64 inputs, else the size a model was built for); models export cannot trace are skipped."""
-    from tests import test_export
+    from support.hf import HF, build_hf
 
     for name in names:
-        if name in test_export.HF:
+        if name in HF:
             try:
-                model, inputs = test_export._build(name)
+                model, inputs = build_hf(name)
             except BaseException as exc:  # pytest.skip without transformers
                 if type(exc).__name__ != "Skipped":
                     raise
                 continue
         else:
-            from tests.test_zoo import build
+            from support.zoo import build
 
             model = build(name)
             inputs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -629,9 +628,9 @@ def test_every_allowed_name_is_plain_ascii() -> None:
 
 def export_emitted() -> Emitted:
     """The export path's part: the zoo through ``tracer="export"``, core and symbolic ops."""
-    from tests import test_export
+    from support.hf import HF
 
-    emitted = collect(export_extractors([*EXPORT_ZOO, *sorted(test_export.HF)], every_node=False))
+    emitted = collect(export_extractors([*EXPORT_ZOO, *sorted(HF)], every_node=False))
     emitted.ops = {o for o in emitted.ops | core_ops() | set(SYMBOLIC_OPS) if allowed_op(o)}
     emitted.functions |= set(SYMBOLIC_FUNCTIONS)
     emitted.output_types |= BUILTIN_OUTPUT_TYPES

@@ -34,7 +34,7 @@ from fxtap import (
     TraceError,
 )
 from fxtap.cli import ModelSpecError
-from tests.checker import bitwise_equal
+from support.checker import bitwise_equal
 
 
 class Opaque(nn.Module):

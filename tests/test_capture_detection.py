@@ -22,8 +22,8 @@ from torch import nn
 import fxtap
 from fxtap import DroppedModuleError, create_feature_extractor
 from fxtap.capture import CaptureExtractor, Dropped
-from tests.checker import bitwise_equal, preserved
-from tests.models import ListRoot
+from support.checker import bitwise_equal, preserved
+from support.models import ListRoot
 
 SMALL = {"min_size": 64, "max_size": 64}
 

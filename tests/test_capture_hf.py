@@ -16,7 +16,7 @@ from torch import nn
 
 import fxtap
 from fxtap.capture import CaptureExtractor
-from tests.checker import bitwise_equal, hook_gradient, preserved, tensor_grads
+from support.checker import bitwise_equal, hook_gradient, preserved, tensor_grads
 
 pytestmark = pytest.mark.hf
 

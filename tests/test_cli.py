@@ -15,7 +15,7 @@ from fxtap.cli._demo import run
 from fxtap.cli._models import load_model, make_inputs, parse_input, parse_model_args
 from fxtap.save import load
 
-NESTED = "tests/models.py:Nested"
+NESTED = "tests/support/models.py:Nested"
 SMALL = ["--input", "1x3x8x8"]
 NOISE = pytest.mark.filterwarnings("ignore:latency of:UserWarning")
 
@@ -195,9 +195,9 @@ def test_no_subcommand_prints_help_and_exits_2(capsys):
         ("torchvision:resnet81", ["no model 'resnet81'", "'resnet18'"]),
         ("resnet18", ["no 'SOURCE:NAME' form", "'torchvision:resnet18'"]),
         ("no_such_package_xyz:build", ["cannot import module 'no_such_package_xyz'"]),
-        ("tests/models.py:Nestd", ["has no attribute 'Nestd'", "'Nested'"]),
+        ("tests/support/models.py:Nestd", ["has no attribute 'Nestd'", "'Nested'"]),
         ("tests/nope.py:Nested", ["does not exist"]),
-        ("tests/models.py:EXPECTED_NAMES", ["not a callable"]),
+        ("tests/support/models.py:EXPECTED_NAMES", ["not a callable"]),
         ("torch.nn:Identity", []),  # builds fine: exit 0 is checked below
     ],
 )
@@ -473,7 +473,7 @@ def test_render_of_a_saved_extractor_draws_what_it_kept(capsys, tmp_path):
     # Repeated blocks may be folded; the input, the stem and the tapped output are drawn.
     assert all(f'id="{name}"' in text for name in (kept[0], "stem", kept[-1]))
     import fxtap
-    from tests.models import Nested
+    from support.models import Nested
 
     pruned = set(fxtap.get_graph_node_names(Nested())[1]) - set(kept)
     assert pruned and not any(f'id="{name}"' in text for name in pruned)

@@ -47,7 +47,7 @@ def test_extract_saves_in_eval_mode_and_a_plain_call_keeps_batchnorm_buffers(cap
 
 def test_extract_train_saves_in_train_mode(capsys, tmp_path):
     path = tmp_path / "nested.fxtap"
-    argv = ["extract", "tests/models.py:Nested", "--nodes", "stage", "--input", "1x3x8x8"]
+    argv = ["extract", "tests/support/models.py:Nested", "--nodes", "stage", "--input", "1x3x8x8"]
     assert main([*argv, "--train", "-o", str(path)]) == 0
     out = capsys.readouterr().out
     assert "Nested extractor in train mode, 1 output(s):" in out
@@ -94,7 +94,14 @@ def test_a_train_only_node_asked_in_eval_suggests_the_per_mode_options(capsys, t
 
 
 def test_per_mode_options_need_each_other_and_not_nodes(capsys, tmp_path):
-    base = ["extract", "tests/models.py:Nested", "--input", "1x3x8x8", "-o", str(tmp_path / "x")]
+    base = [
+        "extract",
+        "tests/support/models.py:Nested",
+        "--input",
+        "1x3x8x8",
+        "-o",
+        str(tmp_path / "x"),
+    ]
     assert main([*base, "--train-nodes", "stage"]) == 1
     assert "only --train-nodes was given; pass --eval-nodes too" in _error_line(capsys)
     assert main([*base, "--nodes", "stage", "--eval-nodes", "stem"]) == 1
@@ -103,7 +110,15 @@ def test_per_mode_options_need_each_other_and_not_nodes(capsys, tmp_path):
 
 
 def test_a_branch_not_taken_is_not_blamed_on_the_input_shape(capsys, tmp_path):
-    argv = ["extract", "tests/models.py:SkippedBranch", "--nodes", "a", "b", "--input", "1x4"]
+    argv = [
+        "extract",
+        "tests/support/models.py:SkippedBranch",
+        "--nodes",
+        "a",
+        "b",
+        "--input",
+        "1x4",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the capture path's own warning
         assert main([*argv, "-o", str(tmp_path / "x.fxtap")]) == 1
@@ -125,7 +140,14 @@ def test_warnings_of_other_packages_are_not_fxtaps(capsys, tmp_path):
 def test_fxtap_warnings_use_the_flags_of_the_command_line(capsys, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        argv = ["extract", "tests/models.py:DataDependent", "--nodes", "gate", "--input", "1x4"]
+        argv = [
+            "extract",
+            "tests/support/models.py:DataDependent",
+            "--nodes",
+            "gate",
+            "--input",
+            "1x4",
+        ]
         assert main([*argv, "-o", str(tmp_path / "x.fxtap")]) == 0
     err = capsys.readouterr().err
     assert "fxtap: warning: torch.fx could not trace all of DataDependent" in err
@@ -134,7 +156,7 @@ def test_fxtap_warnings_use_the_flags_of_the_command_line(capsys, tmp_path):
 
 
 def test_no_auto_leaf_gives_the_trace_error(capsys, tmp_path):
-    argv = ["extract", "tests/models.py:DataDependent", "--nodes", "gate", "--input", "1x4"]
+    argv = ["extract", "tests/support/models.py:DataDependent", "--nodes", "gate", "--input", "1x4"]
     assert main([*argv, "--no-auto-leaf", "-o", str(tmp_path / "x.fxtap")]) == 1
     line = _error_line(capsys)
     assert "torch.fx could not trace DataDependent" in line and "'gate'" in line
@@ -182,7 +204,7 @@ def test_bench_plot_without_matplotlib_fails_before_measuring(capsys, tmp_path, 
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setattr(fxtap.cost, "compare", lambda *a, **k: pytest.fail("benchmark ran"))
-    argv = ["bench", "tests/models.py:Nested", "--nodes", "stage", "--input", "1x3x8x8"]
+    argv = ["bench", "tests/support/models.py:Nested", "--nodes", "stage", "--input", "1x3x8x8"]
     assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 1
     line = _error_line(capsys)
     assert "needs 'matplotlib'" in line and "pip install 'fxtap[plot]'" in line

@@ -18,7 +18,7 @@ from torch import nn
 import fxtap
 from fxtap import InvalidArgumentError
 from fxtap.cli import main
-from tests.checker import bitwise_equal
+from support.checker import bitwise_equal
 
 #: name -> what the message says about it.
 BAD = {

@@ -30,7 +30,7 @@ from fxtap._compat import CompatError, public_only
 from fxtap._shapes import VALUE_KEY, propagate_shapes, suggest_input_shape
 from fxtap.cost._count import count_flops
 from fxtap.trace import trace
-from tests.checker import bitwise_equal, check_extractor
+from support.checker import bitwise_equal, check_extractor
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "fxtap"

@@ -429,7 +429,7 @@ def _flops(fn: object, *args: object) -> int:
 
 
 def test_capture_extractor_flops_stop_at_the_early_exit() -> None:
-    from tests.models import ListPipeline
+    from support.models import ListPipeline
 
     torch.manual_seed(0)
     model = ListPipeline().eval()
@@ -458,7 +458,7 @@ def test_capture_extractor_flops_stop_at_the_early_exit() -> None:
 
 
 def test_capture_extractor_without_early_exit_keeps_everything() -> None:
-    from tests.models import ListPipeline
+    from support.models import ListPipeline
 
     model = ListPipeline().eval()
     images = torch.rand(1, 3, 8, 8)

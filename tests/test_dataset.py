@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dataset_helpers import image_folder, tiny_model, tree
 from torch.utils.data import DataLoader, Dataset
 
 import fxtap
 from fxtap.cli import main
 from fxtap.dataset import _store
 from fxtap.errors import InputShapeError, InvalidArgumentError, OutputPathError
+from support.dataset import image_folder, tiny_model, tree
 
 NODES = ["conv2", "fc"]
 

@@ -9,12 +9,12 @@ import shlex
 from pathlib import Path
 
 import pytest
-from dataset_helpers import tree
 
 import fxtap
 from fxtap import _extras
 from fxtap.cli import main
 from fxtap.dataset import _options, _store
+from support.dataset import tree
 
 # Random weights: no seed inside the factory, so only --seed makes two runs the same model.
 MODEL_FILE = """

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from dataset_helpers import TRANSFORM, image_folder, tiny_model, tree
 
 import fxtap
 from fxtap.dataset import _store
 from fxtap.dataset._spec import digest
+from support.dataset import TRANSFORM, image_folder, tiny_model, tree
 
 NODES = ["conv2", "fc"]
 KW = {"return_nodes": NODES, "batch_size": 3, "chunk_size": 6, "progress": False}
@@ -106,7 +106,7 @@ import os, sys, torch
 sys.path[:0] = [{root!r}, {tests!r}]
 torch.set_num_threads(1)
 import fxtap
-from dataset_helpers import image_folder, tiny_model, TRANSFORM
+from support.dataset import image_folder, tiny_model, TRANSFORM
 import torchvision
 dataset = torchvision.datasets.ImageFolder({images!r}, transform=TRANSFORM)
 model = tiny_model(seed=int(os.environ["RANK"]))

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from dataset_helpers import image_folder, tiny_model, tree
 from torch import nn
 
 import fxtap
 from fxtap.cli import main
 from fxtap.errors import InvalidArgumentError, OutputPathError
+from support.dataset import image_folder, tiny_model, tree
 
 NODES = ["conv2", "fc"]
 KW = {"return_nodes": NODES, "batch_size": 2, "chunk_size": 4, "progress": False}

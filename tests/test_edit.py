@@ -15,8 +15,8 @@ from torch import nn
 import fxtap
 from fxtap.edits import Add, Input, Project, Replace, Scale, Zero
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError
-from tests.checker import bitwise_equal, preserved
-from tests.models import ListRoot, TinyUNet
+from support.checker import bitwise_equal, preserved
+from support.models import ListRoot, TinyUNet
 
 X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 _G = torch.Generator().manual_seed(1)
@@ -369,9 +369,9 @@ def test_render_marks_the_edited_nodes(tmp_path: Any) -> None:
     ("name", "path"), [("llama", "layers.1"), ("bert", "encoder.layer.1.attention.self.query")]
 )
 def test_hugging_face_edit_equals_a_forward_hook(name: str, path: str) -> None:
-    from tests.test_export import _build
+    from support.hf import build_hf
 
-    model, inputs = _build(name)
+    model, inputs = build_hf(name)
     steer = torch.randn(32, generator=_seeded(7))
     edited = fxtap.edit(model, {path: Add(steer)}, example_inputs=inputs)
 

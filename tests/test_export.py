@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import pickle
 import types
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,56 +20,17 @@ from torch.utils import _pytree as pytree
 
 import fxtap
 from fxtap import FeatureExtractor, InputShapeError, InvalidArgumentError, TraceError
-from tests.checker import bitwise_equal, preserved
+from support.checker import (
+    Hooks,
+    bitwise_equal,
+    graph_params,
+    loss_grads,
+    num_params,
+    preserved,
+)
+from support.hf import HF, W2V, build_hf, hf_reference
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def first_tensor(value: Any) -> torch.Tensor:
-    return next(v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor))
-
-
-class Hooks:
-    """Forward hooks on the model: a module's output, or the first input it receives.
-
-    An output is kept as a copy (an in-place ReLU after ``bn1`` writes into it); an input
-    is kept as the tensor itself: a copy is one more autograd node on the tapped tensor, and
-    where three gradients meet there (mistral's ``layers.0.add_1``, the first input of layer
-    1's ``input_layernorm``: the loss, that norm and layer 1's residual add) it changes the
-    order they are summed in, so the gradient of a loss over both taps would differ in the
-    last bits (up to 7e-7 on gradients of about 6) from the model's own. A later in-place
-    write into a kept input would show as a value mismatch.
-    """
-
-    def __init__(self, model: nn.Module, outputs: dict[str, str], inputs: dict[str, str]):
-        self.values: dict[str, Any] = {}
-        self.handles = []
-        for key, path in outputs.items():
-            hook = self._keep(key, lambda o: first_tensor(o).clone())
-            self.handles.append(model.get_submodule(path).register_forward_hook(hook))
-        for key, path in inputs.items():
-            pre = self._keep_input(key)
-            self.handles.append(model.get_submodule(path).register_forward_pre_hook(pre))
-
-    def _keep(self, key: str, pick: Callable[[Any], Any]) -> Any:
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            self.values.setdefault(key, pick(out))
-
-        return hook
-
-    def _keep_input(self, key: str) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            self.values.setdefault(key, args[0])
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 # ---------------------------------------------------------------- without transformers
@@ -215,133 +175,6 @@ def test_export_failure_is_a_trace_error() -> None:
 # ---------------------------------------------------------------- Hugging Face transformers
 
 
-def _text(seq: int = 8) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 100, (2, seq), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones(2, seq, dtype=torch.long)}
-
-
-def _pixels(size: int = 32) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    }
-
-
-_ENC = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}
-_ENC |= {"intermediate_size": 37, "vocab_size": 100, "max_position_embeddings": 64}
-_DEC = {**_ENC, "num_key_value_heads": 1}
-_T5 = {"d_model": 32, "d_kv": 16, "d_ff": 37, "num_layers": 3, "num_heads": 2, "vocab_size": 100}
-_BART = {"d_model": 32, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 2}
-_BART |= {"decoder_attention_heads": 2, "encoder_ffn_dim": 37, "decoder_ffn_dim": 37}
-_BART |= {"vocab_size": 100, "max_position_embeddings": 64}
-_WHISPER = {**_BART, "encoder_layers": 3, "decoder_layers": 1, "num_mel_bins": 16}
-_WHISPER |= {"max_source_positions": 8, "pad_token_id": 1, "bos_token_id": 1, "eos_token_id": 2}
-_WHISPER |= {"decoder_start_token_id": 1}
-_W2V = {**_ENC, "conv_dim": (8, 8), "conv_stride": (5, 4), "conv_kernel": (10, 4)}
-_W2V |= {"num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
-# NOTE: SpecAugment masking draws its mask with numpy in train mode, which export cannot trace
-_W2V |= {"mask_time_prob": 0.0}
-_VISION = {**_ENC, "image_size": 32, "patch_size": 8}
-_SWIN = {"image_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 1, 1]}
-_SWIN |= {"num_heads": [1, 2, 2], "window_size": 4}
-
-
-def _build(name: str) -> tuple[nn.Module, dict[str, Any]]:
-    t = pytest.importorskip("transformers")
-    audio = torch.rand(2, 400, generator=torch.Generator().manual_seed(0))
-    mel = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
-    builders: dict[str, Callable[[], tuple[nn.Module, dict[str, Any]]]] = {
-        "bert": lambda: (t.BertModel(t.BertConfig(**_ENC)), _text()),
-        "roberta": lambda: (t.RobertaModel(t.RobertaConfig(**_ENC, pad_token_id=1)), _text()),
-        "distilbert": lambda: (
-            t.DistilBertModel(
-                t.DistilBertConfig(
-                    dim=32,
-                    n_layers=3,
-                    n_heads=2,
-                    hidden_dim=37,
-                    vocab_size=100,
-                    max_position_embeddings=64,
-                )
-            ),
-            _text(),
-        ),
-        "gpt2": lambda: (
-            t.GPT2Model(
-                t.GPT2Config(
-                    n_embd=32,
-                    n_layer=3,
-                    n_head=2,
-                    vocab_size=100,
-                    n_positions=64,
-                    bos_token_id=1,
-                    eos_token_id=2,
-                )
-            ),
-            _text(),
-        ),
-        "llama": lambda: (t.LlamaModel(t.LlamaConfig(**_DEC)), _text()),
-        "mistral": lambda: (t.MistralModel(t.MistralConfig(**_DEC)), _text()),
-        "qwen2": lambda: (t.Qwen2Model(t.Qwen2Config(**_DEC)), _text()),
-        "t5_encoder": lambda: (t.T5EncoderModel(t.T5Config(**_T5)), _text()),
-        "t5_decoder": lambda: (
-            t.T5Model(t.T5Config(**_T5)),
-            {**_text(), "decoder_input_ids": _text(4)["input_ids"]},
-        ),
-        "bart": lambda: (t.BartModel(t.BartConfig(**_BART)), _text()),
-        "vit": lambda: (t.ViTModel(t.ViTConfig(**_VISION)), _pixels()),
-        "swin": lambda: (t.SwinModel(t.SwinConfig(**_SWIN)), _pixels()),
-        "convnext": lambda: (
-            t.ConvNextModel(
-                t.ConvNextConfig(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_stages=3)
-            ),
-            _pixels(),
-        ),
-        "clip_vision": lambda: (t.CLIPVisionModel(t.CLIPVisionConfig(**_VISION)), _pixels()),
-        "whisper_encoder": lambda: (
-            t.WhisperModel(t.WhisperConfig(**_WHISPER)).get_encoder(),
-            {"input_features": mel},
-        ),
-        "wav2vec2": lambda: (t.Wav2Vec2Model(t.Wav2Vec2Config(**_W2V)), {"input_values": audio}),
-    }
-    return builders[name]()
-
-
-#: architecture -> (leaf-module tap, functional-op tap, module whose first input is that op's
-#: value, a later module the pruned extractor must not run). Names are the export path's.
-HF: dict[str, tuple[str, str, str, str]] = {
-    "bert": ("encoder.layer.1.attention.self.query", "encoder.layer.1.attention.output.add",
-             "encoder.layer.1.attention.output.LayerNorm", "encoder.layer.2"),
-    "roberta": ("encoder.layer.1.attention.self.query", "encoder.layer.1.output.add",
-                "encoder.layer.1.output.LayerNorm", "encoder.layer.2"),
-    "distilbert": ("transformer.layer.1.attention.q_lin", "transformer.layer.1.add",
-                   "transformer.layer.1.sa_layer_norm", "transformer.layer.2"),
-    "gpt2": ("h.1.ln_2", "h.1.add", "h.1.ln_2", "h.2"),
-    "llama": ("layers.1.self_attn.q_proj", "layers.1.add", "layers.1.post_attention_layernorm",
-              "layers.2"),
-    "mistral": ("layers.1.mlp.down_proj", "layers.0.add_1", "layers.1.input_layernorm",
-                "layers.2"),
-    "qwen2": ("layers.1.self_attn.k_proj", "layers.1.add", "layers.1.post_attention_layernorm",
-              "layers.2"),
-    "t5_encoder": ("encoder.block.1.layer.0.SelfAttention.q", "encoder.block.1.layer.0.add",
-                   "encoder.block.1.layer.1.layer_norm", "encoder.block.2"),
-    "t5_decoder": ("decoder.block.1.layer.0.SelfAttention.q", "decoder.block.1.layer.0.add",
-                   "decoder.block.1.layer.1.layer_norm", "decoder.block.2"),
-    "bart": ("encoder.layers.1.self_attn.q_proj", "encoder.layers.1.add",
-             "encoder.layers.1.self_attn_layer_norm", "encoder.layers.2"),
-    "vit": ("layers.1.attention.q_proj", "layers.1.add", "layers.1.layernorm_after", "layers.2"),
-    "swin": ("encoder.layers.1.blocks.0.attention.q_proj", "encoder.layers.1.blocks.0.add",
-             "encoder.layers.1.blocks.0.layernorm_after", "encoder.layers.2"),
-    "convnext": ("encoder.stages.1.layers.0.dwconv", "encoder.stages.1.layers.0.permute",
-                 "encoder.stages.1.layers.0.layernorm", "encoder.stages.2"),
-    "clip_vision": ("encoder.layers.1.self_attn.q_proj", "encoder.layers.1.add",
-                    "encoder.layers.1.layer_norm2", "encoder.layers.2"),
-    "whisper_encoder": ("layers.1.fc1", "layers.1.add", "layers.1.final_layer_norm", "layers.2"),
-    "wav2vec2": ("encoder.layers.1.attention.q_proj", "encoder.layers.1.add",
-                 "encoder.layers.1.layer_norm", "encoder.layers.2"),
-}  # fmt: skip
-
-
 #: Known failures, each documented in docs/zoo.md.
 _KNOWN = {
     "wav2vec2": (
@@ -351,23 +184,6 @@ _KNOWN = {
         "(test_layerdrop_export_failure_names_the_config_flag)"
     ),
 }
-
-
-def _reference(model: nn.Module, inputs: dict[str, Any], spec: tuple[str, ...]) -> Any:
-    leaf, _, before, _ = spec
-    hooks = Hooks(model, {"leaf": leaf}, {"func": before})
-    torch.manual_seed(0)
-    out = model(**inputs, **_no_cache(model))
-    hooks.remove()
-    return hooks.values, out
-
-
-def _no_cache(model: nn.Module) -> dict[str, Any]:
-    import inspect
-
-    return (
-        {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-    )
 
 
 @pytest.mark.hf
@@ -381,7 +197,7 @@ def _no_cache(model: nn.Module) -> dict[str, Any]:
     ],
 )
 def test_transformers_model_is_pruned_and_exact(arch: str) -> None:
-    model, inputs = _build(arch)
+    model, inputs = build_hf(arch)
     spec = HF[arch]
     leaf, func, _, later = spec
     model.eval()
@@ -394,39 +210,26 @@ def test_transformers_model_is_pruned_and_exact(arch: str) -> None:
     )
     assert isinstance(ex, FeatureExtractor), "the export path was not taken"
     # pruned: fewer parameters, and nothing of the later layers runs (eval graph)
-    assert _graph_params(ex, "eval") < num_params(model)
+    assert graph_params(ex, "eval") < num_params(model)
     assert not any(n == later or n.startswith(later + ".") for n in ex.kept["eval"])
     assert ex.outputs["eval"] == {"leaf": leaf, "func": func}
     with torch.no_grad():
-        ref, _ = _reference(model, inputs, spec)
+        ref, _ = hf_reference(model, inputs, spec)
         got = ex.eval()(**inputs)
     assert bitwise_equal(got["leaf"], ref["leaf"]) and bitwise_equal(got["func"], ref["func"])
     # train mode, same seed: dropout draws the same numbers; :output keeps its ModelOutput
     model.train()
-    ref, out = _reference(model, inputs, spec)
+    ref, out = hf_reference(model, inputs, spec)
     ref_loss = ref["leaf"].float().sum() + ref["func"].float().sum()
-    ref_grads = _grads(model, ref_loss)
+    ref_grads = loss_grads(model, ref_loss)
     torch.manual_seed(0)
     got = ex.train()(**inputs)
     assert type(got["out"]) is type(out)
     assert bitwise_equal(pytree.tree_leaves(got["out"]), pytree.tree_leaves(out))
     assert bitwise_equal(got["leaf"], ref["leaf"]) and bitwise_equal(got["func"], ref["func"])
-    grads = _grads(model, got["leaf"].float().sum() + got["func"].float().sum())
+    grads = loss_grads(model, got["leaf"].float().sum() + got["func"].float().sum())
     assert ref_grads.keys() == grads.keys() and ref_grads
     assert all(bitwise_equal(grads[k], ref_grads[k]) for k in grads)
-
-
-def _graph_params(ex: FeatureExtractor, mode: str) -> int:
-    targets = {str(n.target) for n in ex.graph_for(mode).nodes if n.op == "get_attr"}
-    return sum(p.numel() for name, p in ex.named_parameters() if name in targets)
-
-
-def _grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    found = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return found
 
 
 class LayerDropToy(nn.Module):
@@ -466,7 +269,7 @@ def test_layerdrop_export_failure_names_the_config_flag() -> None:
 @pytest.mark.hf
 def test_wav2vec2_train_mode_names_layerdrop_and_exports_without_it() -> None:
     t = pytest.importorskip("transformers")
-    model, inputs = _build("wav2vec2")
+    model, inputs = build_hf("wav2vec2")
     assert model.config.layerdrop == 0.1
     with pytest.raises(TraceError, match=r"config.layerdrop=0.1 at modeling_wav2vec2.py:\d+"):
         fxtap.trace(model, training=True, tracer="export", example_inputs=inputs)
@@ -474,14 +277,14 @@ def test_wav2vec2_train_mode_names_layerdrop_and_exports_without_it() -> None:
     with pytest.raises(fxtap.NodeNotFoundError, match=r"Wav2Vec2Config\(\.\.\., layerdrop=0.0\)"):
         fxtap.create_feature_extractor(model, ["encoder.layers.1.add"], example_inputs=inputs)
     # the fix the error gives works
-    fixed = t.Wav2Vec2Model(t.Wav2Vec2Config(**_W2V, layerdrop=0.0))
+    fixed = t.Wav2Vec2Model(t.Wav2Vec2Config(**W2V, layerdrop=0.0))
     ex = fxtap.create_feature_extractor(fixed, ["encoder.layers.1.add"], example_inputs=inputs)
     assert isinstance(ex, FeatureExtractor) and ex.outputs["train"] == ex.outputs["eval"]
 
 
 @pytest.mark.hf
 def test_transformers_extractor_leaves_the_model_untouched(untouched: Any) -> None:
-    model, inputs = _build("bert")
+    model, inputs = build_hf("bert")
     model.train()
     with untouched(model):
         ex = fxtap.create_feature_extractor(model, ["encoder.layer.0"], example_inputs=inputs)

@@ -13,7 +13,7 @@ from torch import nn
 
 import fxtap
 from fxtap import CaptureExtractor, TraceError
-from tests.checker import bitwise_equal
+from support.checker import bitwise_equal
 
 X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
 
@@ -118,9 +118,9 @@ def test_wav2vec2_spec_augment_is_refused_and_captured() -> None:
     """SpecAugment draws its mask with numpy in train mode: the export path refuses it and
     names the line; ``tracer="auto"`` captures it instead (nothing baked in)."""
     t = pytest.importorskip("transformers")
-    from tests.test_export import _W2V
+    from support.hf import W2V
 
-    config = t.Wav2Vec2Config(**{**_W2V, "mask_time_prob": 0.5, "mask_time_length": 2})
+    config = t.Wav2Vec2Config(**{**W2V, "mask_time_prob": 0.5, "mask_time_length": 2})
     config.layerdrop = 0.0
     model = t.Wav2Vec2Model(config)
     audio = {"input_values": torch.rand(2, 800, generator=torch.Generator().manual_seed(0))}

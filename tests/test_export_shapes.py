@@ -16,8 +16,8 @@ from torch.export import Dim
 
 import fxtap
 from fxtap import FeatureExtractor, InputShapeError, InvalidArgumentError
-from tests.checker import bitwise_equal
-from tests.test_export import HF, _build, _graph_params, _reference, num_params
+from support.checker import bitwise_equal, graph_params, num_params
+from support.hf import HF, build_hf, hf_reference
 
 
 def _text(batch: int, seq: int) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ SHAPES: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
 
 
 def _model(arch: str) -> nn.Module:
-    model, _ = _build(arch)
+    model, _ = build_hf(arch)
     if arch == "wav2vec2":  # LayerDrop makes train mode untraceable (test_export.py)
         model.config.layerdrop = 0.0
     return model
@@ -80,7 +80,7 @@ def _check(ex: Any, model: nn.Module, arch: str, inputs: dict[str, Any]) -> None
     for training in (False, True):
         model.train(training)
         with torch.no_grad():
-            ref, _ = _reference(model, {**tensors, **extra}, HF[arch])
+            ref, _ = hf_reference(model, {**tensors, **extra}, HF[arch])
             torch.manual_seed(0)
             got = ex.train(training)(**tensors)
         for key in ("leaf", "func"):
@@ -199,11 +199,11 @@ def test_dynamic_shapes_are_handed_to_torch_export() -> None:
 @pytest.mark.hf
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
 def test_transformers_models_are_pruned_with_no_options(arch: str) -> None:
-    model, inputs = _build(arch)
+    model, inputs = build_hf(arch)
     leaf, func, _, later = HF[arch]
     ex = fxtap.create_feature_extractor(model.eval(), {leaf: "leaf", func: "func"})
     assert isinstance(ex, FeatureExtractor) and ex.prunes, "captured, not pruned"
-    assert _graph_params(ex, "eval") < num_params(model)
+    assert graph_params(ex, "eval") < num_params(model)
     assert not any(n == later or n.startswith(later + ".") for n in ex.kept["eval"])
     _check(ex, model, arch, inputs)
 
@@ -213,7 +213,7 @@ def test_flaubert_built_at_12_tokens_gives_the_shape_and_values_of_7() -> None:
     """Exported with only the batch dynamic, flaubert returned a (3, 5, 2048) tap for 7 tokens
     with no error; with every dim dynamic it is the model's value."""
     pytest.importorskip("transformers")
-    from hf_zoo import tiny_model
+    from support.hf_zoo import tiny_model
 
     model = tiny_model("flaubert").eval()
     ids = torch.randint(3, 100, (3, 12), generator=torch.Generator().manual_seed(0))

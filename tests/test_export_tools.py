@@ -24,7 +24,7 @@ from fxtap.cost import compare
 from fxtap.names import get_graph_node_names, node_table
 from fxtap.render import render
 from fxtap.trace import NodePathTracer
-from tests.test_export import _build
+from support.hf import build_hf
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 FAST = {"threads": 1, "rounds": 5, "min_run_time": 0.02, "progress": False}
@@ -104,7 +104,7 @@ def test_node_table_of_resnet18_on_the_export_path() -> None:
 @pytest.mark.hf
 @pytest.mark.parametrize("arch", list(MIDDLE))
 def test_node_table_of_transformers_lists_every_node(arch: str) -> None:
-    model, inputs = _build(arch)
+    model, inputs = build_hf(arch)
     rows = node_table(model, example_inputs=inputs)  # auto: the root fails in torch.fx
     _check_names(model, rows, inputs)
     _, evaluated = get_graph_node_names(model, example_inputs=inputs, suppress_diff_warning=True)
@@ -137,7 +137,7 @@ def _clusters(text: str) -> set[str]:
 
 @pytest.mark.hf
 def test_render_of_a_transformers_extractor_draws_module_clusters(tmp_path: Path) -> None:
-    model, inputs = _build("bert")
+    model, inputs = build_hf("bert")
     ex = fxtap.create_feature_extractor(
         model, ["encoder.layer.1"], example_inputs=inputs, keep_traces=True
     )
@@ -173,7 +173,7 @@ def test_render_of_a_transformers_extractor_draws_module_clusters(tmp_path: Path
 
 @pytest.mark.hf
 def test_render_of_a_transformers_model_with_keyword_inputs(tmp_path: Path) -> None:
-    model, inputs = _build("llama")
+    model, inputs = build_hf("llama")
     render(
         model,
         mode="eval",
@@ -220,7 +220,7 @@ def test_compare_on_the_export_path_counts_what_the_fx_path_counts() -> None:
 
 @pytest.mark.hf
 def test_compare_of_a_transformers_model_tapped_in_the_middle() -> None:
-    model, inputs = _build("bert")
+    model, inputs = build_hf("bert")
     args = (inputs["input_ids"], inputs["attention_mask"])
     report = compare(model, [MIDDLE["bert"]], args, **FAST)  # auto: torch.export
     assert report.outputs == {"encoder.layer.1": "encoder.layer.1.output.LayerNorm"}

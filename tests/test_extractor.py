@@ -18,7 +18,13 @@ from torchvision.models import feature_extraction as tv_fx
 
 import fxtap
 from fxtap import FeatureExtractor, InvalidArgumentError, NodeNotFoundError
-from tests.checker import bitwise_equal, capture_reference, check_extractor, preserved
+from support.checker import (
+    bitwise_equal,
+    capture_reference,
+    check_extractor,
+    num_params,
+    preserved,
+)
 
 # Small inputs keep the file fast; batch 2 keeps train-mode BatchNorm on 1x1 maps defined.
 X32 = torch.randn(2, 3, 32, 32)
@@ -28,10 +34,6 @@ X64 = torch.randn(2, 3, 64, 64)  # AlexNet's pooling needs at least 63 pixels
 def small_vit() -> nn.Module:
     """vit_b_16 with every layer of the real one, on 64x64 images (16 patches)."""
     return torchvision.models.vit_b_16(image_size=64)
-
-
-def num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def run(ex: nn.Module, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:

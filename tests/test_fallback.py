@@ -18,8 +18,8 @@ import fxtap
 import fxtap.trace._fallback
 from fxtap import MistraceError, NodeNotFoundError, TraceError, create_feature_extractor
 from fxtap.names import node_table
-from tests.checker import bitwise_equal, capture_reference, preserved
-from tests.models import ListRoot
+from support.checker import bitwise_equal, capture_reference, preserved
+from support.models import ListRoot
 
 # --- fixture models -------------------------------------------------------------------------------
 

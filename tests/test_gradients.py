@@ -1,6 +1,6 @@
 """Taps sit on the autograd path: Grad-CAM targets give a hook's value and gradient, bitwise.
 
-The reference is ``tests.checker.hook_gradient``: a forward hook on the unmodified model that
+The reference is ``support.checker.hook_gradient``: a forward hook on the unmodified model that
 keeps the module's output and hands a copy on as the output (the usual Grad-CAM hook that
 survives later in-place ops such as ResNet's ``relu(bn1)``), so the kept tensor holds the value
 of the call and ``torch.autograd.grad(score, kept)`` is the gradient with respect to it.
@@ -19,7 +19,7 @@ from torch import nn
 
 import fxtap
 from fxtap.capture import CaptureExtractor
-from tests.checker import bitwise_equal, hook_gradient, preserved, tensor_grads
+from support.checker import bitwise_equal, hook_gradient, preserved, tensor_grads
 
 
 def class_score(output: Any) -> torch.Tensor:

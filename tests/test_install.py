@@ -29,11 +29,8 @@ def _requirement(text: str) -> tuple[str, str]:
 
 
 def _locked() -> dict[str, str]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from lockdiff import read_lock
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
+    from support.lockdiff import read_lock
+
     return read_lock(str(LOCK))
 
 

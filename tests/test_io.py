@@ -79,7 +79,7 @@ def test_save_and_render_refuse_a_symlink(tmp_path):
     import torch
 
     import fxtap
-    from tests.models import Nested
+    from support.models import Nested
 
     target = tmp_path / "precious.txt"
     target.write_text("not fxtap's", encoding="utf-8")

@@ -183,3 +183,70 @@ def test_every_error_the_library_raises_is_public_and_cli_errors_live_with_the_c
                 assert cls_name in fxtap.__all__, f"{name}.{cls_name} is raised but not public"
     assert "ModelSpecError" not in fxtap.__all__
     assert issubclass(fxtap.cli.ModelSpecError, fxtap.InvalidArgumentError)
+
+
+# --- the tests themselves: no test module imports another ------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _imported(source: str) -> list[str]:
+    """Every module an ``import`` or ``from ... import`` in ``source`` names (``from pkg import
+    name`` counts ``pkg.name`` too: ``name`` may be a module)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            found += [base] + [f"{base.rstrip('.')}.{a.name}".lstrip(".") for a in node.names]
+    return found
+
+
+def bad_imports(source: str) -> list[str]:
+    """The imports in ``source`` that reach a test module (``test_*``, ``conftest``) or go
+    through the old ``tests.`` root instead of ``support``."""
+    bad = []
+    for name in _imported(source):
+        parts = name.lstrip(".").split(".")
+        if parts[0] == "tests" or any(p.startswith("test_") or p == "conftest" for p in parts):
+            bad.append(name)
+    return sorted(set(bad))
+
+
+def test_the_import_check_catches_each_form():
+    snippet = (
+        "import torch\n"
+        "from support.checker import bitwise_equal\n"
+        "from test_zoo import build\n"
+        "import test_export\n"
+        "from tests.models import Nested\n"
+        "from tests import test_capture\n"
+        "def f():\n"
+        "    from . import test_render\n"
+    )
+    assert bad_imports(snippet) == [
+        "test_export",
+        "test_render",
+        "test_zoo",
+        "test_zoo.build",
+        "tests",
+        "tests.models",
+        "tests.models.Nested",
+        "tests.test_capture",
+    ]
+    assert bad_imports("import torch\nfrom support import models\nimport testing\n") == []
+
+
+def test_no_test_module_imports_another():
+    files = sorted(TESTS.rglob("*.py"))
+    assert len(files) >= 60 and (TESTS / "support" / "checker.py") in files
+    offenders = {
+        str(path.relative_to(TESTS)): found
+        for path in files
+        if (found := bad_imports(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}, (
+        f"{offenders}: move what test modules share to tests/support/ and import it as "
+        "support.<module>"
+    )

@@ -13,7 +13,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from fxtap import InputShapeError, InvalidArgumentError, get_graph_node_names, node_table, trace
 from fxtap.names import diff_modes
-from tests.models import (
+from support.models import (
     EXPECTED_NAMES,
     EXPECTED_TRAIN_NAMES,
     TORCHVISION_NAMES,

@@ -16,7 +16,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 import fxtap
 from fxtap.errors import LoadError
 from fxtap.save import MANIFEST
-from tests.models import DataDependent
+from support.models import DataDependent
 
 RETURN_LAYERS = {"layer1": 1, "layer2": "1", "layer3": 0}
 

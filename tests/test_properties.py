@@ -13,7 +13,7 @@ every generated model traces.
 For each model, in train and in eval mode, a random set of requested nodes (names from
 ``fxtap.get_graph_node_names`` and dotted module prefixes) must give an extractor whose
 outputs equal bitwise the values of those nodes in an independent full run of the unmodified
-model (``tests/checker.py``), whose graph lints with no dead node, and whose every kept
+model (``tests/support/checker.py``), whose graph lints with no dead node, and whose every kept
 parameter gets a gradient. Names must be unique and stable across traces.
 
 Dropout in train mode: an extractor legitimately drops a dropout that no requested node needs,
@@ -43,7 +43,7 @@ from torch import fx, nn
 
 import fxtap
 from fxtap.trace import NAME_KEY
-from tests.checker import bitwise_equal, capture_reference, preserved
+from support.checker import bitwise_equal, capture_reference, preserved
 
 FEATURES = 4
 BATCH = 3

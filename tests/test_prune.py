@@ -11,7 +11,7 @@ from torch import fx, nn
 from fxtap import InvalidArgumentError, NodeNotFoundError, create_feature_extractor, trace
 from fxtap._query import Request, normalize_return_nodes, resolve
 from fxtap.prune import prune
-from tests.checker import bitwise_equal, capture_reference, check_extractor
+from support.checker import bitwise_equal, capture_reference, check_extractor
 
 
 class Chain(nn.Module):

@@ -11,11 +11,9 @@ import os
 import re
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-import zlib
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,8 @@ from fxtap import DotNotFoundError, InvalidArgumentError, NodeNotFoundError, Out
 from fxtap.extractor import create_feature_extractor
 from fxtap.render import Rendering, render
 from fxtap.trace import trace
-from tests.models import DropoutNet, Nested, TrainOnlyBranch
+from support.models import DropoutNet, Nested, TrainOnlyBranch
+from support.render import blank
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("FXTAP_UPDATE_GOLDEN") == "1"
@@ -169,7 +168,7 @@ def test_node_tooltip_has_name_op_target_params_and_source(tmp_path: Path) -> No
     line = next(ln for ln in text.splitlines() if ln.strip().startswith('"head" ['))
     tooltip = re.search(r'tooltip="([^"]*)"', line).group(1)  # type: ignore[union-attr]
     assert tooltip.split("\\n")[:3] == ["head", "op: call_module", "target: head"]
-    assert "parameters: 10" in tooltip and "tests/models.py:" in tooltip
+    assert "parameters: 10" in tooltip and "tests/support/models.py:" in tooltip
 
 
 def test_parameters_are_folded_into_their_user(tmp_path: Path) -> None:
@@ -399,26 +398,6 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _blank(png: bytes) -> bool:
-    """True when a PNG holds one flat colour (PIL when present, else its raw bytes via zlib)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        data, pos = b"", 8
-        while pos < len(png):
-            length, tag = struct.unpack(">I4s", png[pos : pos + 8])
-            if tag == b"IDAT":
-                data += png[pos + 8 : pos + 8 + length]
-            pos += 12 + length
-        # A flat image filters to a handful of byte values (filter types, the colour, zero
-        # deltas); anti-aliased text and lines give many more.
-        return len(set(zlib.decompress(data))) <= 8
-    import io
-
-    low, high = Image.open(io.BytesIO(png)).convert("L").getextrema()
-    return low == high
-
-
 @needs_dot
 @pytest.mark.chromium
 @pytest.mark.skipif(
@@ -446,7 +425,7 @@ def test_svg_renders_in_headless_chromium(tmp_path: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG")
-    assert not _blank(png)
+    assert not blank(png)
 
 
 # --- readable defaults (issue: drawings a person can read) -------------------------------------

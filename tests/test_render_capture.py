@@ -13,7 +13,7 @@ import torch
 import fxtap
 from fxtap.capture import CaptureExtractor
 from fxtap.errors import InvalidArgumentError
-from tests.models import ListPipeline
+from support.models import ListPipeline
 
 IMAGES = torch.rand(2, 3, 8, 8)  # iterated by the root: two images, body called twice
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")
@@ -162,7 +162,7 @@ def test_svg_and_viewer(tmp_path: Path) -> None:
 def test_cli_render_and_bench(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from fxtap.cli import main
 
-    spec = ["tests.models:ListPipeline", "--nodes", "body.conv1"]
+    spec = ["support.models:ListPipeline", "--nodes", "body.conv1"]
     assert main(["render", *spec, "-o", str(tmp_path), "--format", "dot"]) == 1
     assert "--input" in capsys.readouterr().err
     argv = ["render", *spec, "--input", "2x3x8x8", "-o", str(tmp_path), "--format", "dot"]

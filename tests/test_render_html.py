@@ -20,8 +20,8 @@ import torchvision
 from torch import nn
 
 from fxtap.render import render
-from tests.models import Nested
-from tests.test_render import _blank
+from support.models import Nested
+from support.render import blank
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = [
@@ -96,7 +96,7 @@ def test_loads_with_no_console_errors_and_is_not_blank(
         errors: list[str] = []
         page = open_page(browser, path, errors)
         shot = page.screenshot()
-        assert not _blank(shot)
+        assert not blank(shot)
         assert page.locator(".view.on svg g.node").count() > 20
         page.context.close()
         assert errors == [], f"{path.name}: {errors}"
@@ -216,7 +216,15 @@ def test_cli_render_html_writes_the_viewer(
 ) -> None:
     from fxtap.cli import main
 
-    argv = ["render", "tests/models.py:Nested", "--input", "1x3x8x8", "--html", "-o", str(tmp_path)]
+    argv = [
+        "render",
+        "tests/support/models.py:Nested",
+        "--input",
+        "1x3x8x8",
+        "--html",
+        "-o",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     page = tmp_path / "Nested.html"
     assert f"wrote {page}" in capsys.readouterr().out

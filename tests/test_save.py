@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,8 @@ from torch import nn
 from fxtap import create_feature_extractor
 from fxtap.errors import InvalidArgumentError, LoadError, OutputPathError
 from fxtap.save import MANIFEST, load, save
-from tests import models as fixtures
+from support import models as fixtures
+from support.saving import rewrite_manifest
 
 
 def outputs(extractor: nn.Module, mode: str, x: Any) -> dict[str, Any]:
@@ -124,17 +124,6 @@ def test_pickle_needs_trust(resnet_extractor, tmp_path):
     assert_same_outputs(resnet_extractor, loaded, torch.randn(1, 3, 32, 32), modes=("eval",))
 
 
-def _rewrite_manifest(path: Path, edit) -> None:
-    with zipfile.ZipFile(path) as archive:
-        entries = {n: archive.read(n) for n in archive.namelist()}
-    manifest = json.loads(entries[MANIFEST])
-    edit(manifest)
-    entries[MANIFEST] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-
-
 def test_safe_loader_refuses_functions_outside_the_allowlist(tmp_path):
     extractor = create_feature_extractor(fixtures.TopLevelFunctions(), [":output"])
     path = save(extractor, tmp_path / "m.fxtap")
@@ -145,7 +134,7 @@ def test_safe_loader_refuses_functions_outside_the_allowlist(tmp_path):
                 node["target"] = {"function": "builtins:eval"}
                 break
 
-    _rewrite_manifest(path, swap_to_eval)
+    rewrite_manifest(path, swap_to_eval)
     with pytest.raises(LoadError, match=r"m\.fxtap.*builtins:eval.*trust=True"):
         load(path)
 
@@ -155,11 +144,11 @@ def test_safe_loader_refuses_module_classes_outside_torch(tmp_path):
     path = save(extractor, tmp_path / "m.fxtap")
 
     def swap_class(manifest):
-        manifest["modules"]["stem"]["class"] = "tests.models:Nested"
+        manifest["modules"]["stem"]["class"] = "support.models:Nested"
 
-    _rewrite_manifest(path, swap_class)
+    rewrite_manifest(path, swap_class)
     with pytest.raises(
-        LoadError, match=r"modules\.stem\.class.*'tests\.models:Nested'.*not allow.*trust=True"
+        LoadError, match=r"modules\.stem\.class.*'support\.models:Nested'.*not allow.*trust=True"
     ):
         load(path)
 
@@ -236,7 +225,7 @@ def test_a_long_string_in_a_file_names_the_limit(resnet_extractor, tmp_path):
         (name, *_) = manifest["outputs"]["eval"].values()
         manifest["outputs"]["eval"] = {"x" * 5000: name}
 
-    _rewrite_manifest(path, long_key)
+    rewrite_manifest(path, long_key)
     with pytest.raises(
         LoadError, match="expected a string of at most 4096 characters, got one of 5000"
     ):
@@ -325,7 +314,7 @@ def test_refusals_name_the_file_member_and_field(tmp_path):
     def rename(manifest):
         manifest["graphs"]["eval"][0]["target"] = "x=__import__('os')"
 
-    _rewrite_manifest(path, rename)
+    rewrite_manifest(path, rename)
     with pytest.raises(LoadError, match=r"m\.fxtap.*graphs\.eval\[0\]\.target.*plain identifier"):
         load(path)
 
@@ -360,7 +349,7 @@ def test_the_command_line_loads_through_the_safe_loader(tmp_path, capsys):
         for mode in ("train", "eval"):
             manifest["graphs"][mode][0]["target"] = f"x=open({str(sentinel)!r}, 'w')"
 
-    _rewrite_manifest(path, inject)
+    rewrite_manifest(path, inject)
     for argv in (["nodes", str(path)], ["render", str(path), "-o", str(tmp_path / "out")]):
         assert main(argv) == 1
         assert "plain identifier" in capsys.readouterr().err
@@ -384,7 +373,7 @@ def test_code_that_can_only_fail_is_refused_whatever_the_warning_filters(tmp_pat
             getitem = next(n for n in manifest["graphs"][mode] if n["name"] == "getitem")
             getitem["args"]["tuple"][0] = None
 
-    _rewrite_manifest(path, index_none)
+    rewrite_manifest(path, index_none)
     with warnings.catch_warnings():
         warnings.simplefilter(warnings_as, SyntaxWarning)
         with pytest.raises(LoadError, match=r"graphs: the generated code cannot run"):

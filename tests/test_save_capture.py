@@ -8,11 +8,8 @@ unmodified model, in both modes. ``FXTAP_THOROUGH=1`` runs every torchvision det
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,9 @@ from torch import nn
 import fxtap
 from fxtap.capture import CaptureExtractor
 from fxtap.errors import LoadError
-from fxtap.save import MANIFEST, load, save
-from tests.checker import bitwise_equal
+from fxtap.save import load, save
+from support.checker import bitwise_equal, hooked
+from support.saving import rewrite_manifest
 
 THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
 ALL_DETECTION = torchvision.models.list_models(torchvision.models.detection)
@@ -35,7 +33,7 @@ DETECTION_EVAL = [] if THOROUGH else ["ssdlite320_mobilenet_v3_large", "fcos_res
 
 
 def build_detection(name: str) -> nn.Module:
-    from tests.test_zoo import build
+    from support.zoo import build
 
     return build(name)
 
@@ -68,24 +66,6 @@ def detection_inputs(name: str, training: bool) -> list[Any]:
     return [images, targets]
 
 
-def hooked(model: nn.Module, paths: list[str], inputs: list[Any], training: bool) -> dict[str, Any]:
-    """The first output of each module ``paths`` and the model output, by forward hooks."""
-    seen: dict[str, Any] = {}
-    handles = [
-        model.get_submodule(p).register_forward_hook(
-            lambda _m, _i, out, p=p: None if p in seen else seen.update({p: out})
-        )
-        for p in paths
-    ]
-    try:
-        torch.manual_seed(0)
-        seen[":output"] = model.train(training)(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def island_node(model: nn.Module) -> str:
     """A node inside a traced submodule (not a module output): served by the island's graph."""
     modules = dict(model.named_modules())
@@ -116,16 +96,17 @@ def check_loaded(name: str, training: bool, tmp_path: Path) -> None:
     assert loaded.outputs == ex.outputs and loaded.islands == ex.islands
     reference = copy.deepcopy(model)
     inputs = detection_inputs(name, training)
-    expected = hooked(reference, ["backbone"], inputs, training)
+    torch.manual_seed(0)
+    expected, output = hooked(reference, ["backbone"], inputs, training)
     torch.manual_seed(0)
     got = loaded(*inputs)
     assert bitwise_equal(got["features"], expected["backbone"])
-    assert bitwise_equal(got["out"], expected[":output"])
+    assert bitwise_equal(got["out"], output)
     torch.manual_seed(0)
     original = copy.deepcopy(ex)(*inputs)
     assert bitwise_equal(got["inside"], original["inside"])
     if training:  # the losses: gradients of every parameter equal the model's
-        want = param_grads(score_of(expected[":output"]), reference)
+        want = param_grads(score_of(output), reference)
         have = param_grads(score_of(got["out"]), loaded.model)
         assert want.keys() == have.keys()
         assert any(g is not None for g in have.values())
@@ -146,25 +127,26 @@ def test_more_detection_heads_load_from_the_safe_format(name: str, tmp_path: Pat
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_test_models_load_with_trust(training: bool, tmp_path: Path):
-    from tests.test_capture import Stack
+    from support.capture_models import Stack
 
     torch.manual_seed(0)
     model = Stack(depth=3).train(training)
     nodes = {"blocks.1.fc1": "a", "blocks.2": "b", "embed:input": "c", ":output": "out"}
     ex = capture(model, nodes, tracer_kwargs={"leaf_modules": [nn.LayerNorm]})
     path = save(ex, tmp_path / "stack.fxtap")
-    with pytest.raises(LoadError, match=r"'tests\.test_capture:Stack'.*trust=True"):
+    with pytest.raises(LoadError, match=r"'support\.capture_models:Stack'.*trust=True"):
         load(path)
     loaded = load(path, trust=True)
     assert loaded.tracer_kwargs["leaf_modules"] == [nn.LayerNorm]
     reference = copy.deepcopy(model)
     images = [torch.randn(5, 4), torch.randn(3, 4)]
-    expected = hooked(reference, ["blocks.2"], [images], training)
+    torch.manual_seed(0)
+    expected, output = hooked(reference, ["blocks.2"], [images], training)
     got = loaded(images)
     assert bitwise_equal(got["b"], expected["blocks.2"])
-    assert bitwise_equal(got["out"], expected[":output"])
+    assert bitwise_equal(got["out"], output)
     assert bitwise_equal(got["a"], copy.deepcopy(ex)(images)["a"])
-    want = param_grads(score_of(expected[":output"]), reference)
+    want = param_grads(score_of(output), reference)
     have = param_grads(score_of(got["out"]), loaded.model)
     for key, grad in have.items():
         assert grad is not None and bitwise_equal(grad, want[key]), key
@@ -178,18 +160,6 @@ def detection_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_detection("fasterrcnn_mobilenet_v3_large_320_fpn").eval()
     path = tmp_path_factory.mktemp("capture") / "det.fxtap"
     return save(capture(model, ["backbone", "rpn"]), path)
-
-
-def _edit(path: Path, target: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    with zipfile.ZipFile(path) as archive:
-        members = {n: archive.read(n) for n in archive.namelist()}
-    manifest = json.loads(members[MANIFEST])
-    edit(manifest)
-    members[MANIFEST] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(target, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return target
 
 
 def _rpn(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -280,13 +250,13 @@ def _same_as(m: dict[str, Any]) -> None:
 def test_hostile_capture_files_are_refused(
     detection_file: Path, tmp_path: Path, edit: Any, message: str
 ):
-    path = _edit(detection_file, tmp_path / "evil.fxtap", edit)
+    path = rewrite_manifest(detection_file, target=tmp_path / "evil.fxtap", edit=edit)
     with pytest.raises(LoadError, match=message):
         load(path)
 
 
 def test_unsavable_tracer_options_are_refused_with_the_fix(tmp_path: Path):
-    from tests.test_capture import Stack
+    from support.capture_models import Stack
 
     ex = capture(Stack(depth=2), ["blocks.1"], tracer_kwargs={"autowrap_functions": [lambda x: x]})
     with pytest.raises(fxtap.InvalidArgumentError, match=r"fmt='pickle'"):
@@ -296,7 +266,7 @@ def test_unsavable_tracer_options_are_refused_with_the_fix(tmp_path: Path):
 
 def test_helper_objects_that_cannot_be_described_are_refused_with_the_fix(tmp_path: Path):
     """A cycle of plain objects, or an object with its own pickling, is not plain data."""
-    from tests.test_capture import Stack
+    from support.capture_models import Stack
 
     class Loop:
         def __init__(self) -> None:

@@ -26,8 +26,9 @@ from torch.utils import _pytree as pytree
 import fxtap
 from fxtap import FeatureExtractor, InputShapeError, LoadError
 from fxtap.save import MANIFEST
-from tests.checker import bitwise_equal
-from tests.test_export import HF, _build
+from support.checker import bitwise_equal
+from support.hf import HF, build_hf
+from support.saving import rewrite_manifest
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -58,7 +59,7 @@ def _batch(inputs: dict[str, Any], size: int) -> dict[str, Any]:
 @pytest.mark.hf
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
 def test_transformers_extractor_loads_safely_and_exactly(arch: str, tmp_path: Path) -> None:
-    model, inputs = _build(arch)
+    model, inputs = build_hf(arch)
     leaf, func, _, _ = HF[arch]
     taps = {leaf: "leaf", func: "func"}
     ex = fxtap.create_feature_extractor(
@@ -157,7 +158,7 @@ def test_a_constant_only_call_survives_every_copy(tmp_path: Path) -> None:
 @pytest.mark.hf
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
 def test_transformers_extractor_survives_every_copy(arch: str, tmp_path: Path) -> None:
-    model, inputs = _build(arch)
+    model, inputs = build_hf(arch)
     leaf, func, _, _ = HF[arch]
     taps = {leaf: "leaf", func: "func"}
     ex = fxtap.create_feature_extractor(
@@ -188,18 +189,6 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fxtap.save(ex, tmp_path_factory.mktemp("saved") / "ex.fxtap")
 
 
-def _rewrite(source: Path, target: Path, edit: Any) -> Path:
-    with zipfile.ZipFile(source) as archive:
-        members = {n: archive.read(n) for n in archive.namelist()}
-    manifest = json.loads(members[MANIFEST])
-    edit(manifest)
-    members[MANIFEST] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(target, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return target
-
-
 def _first_op(manifest: dict[str, Any], mode: str = "eval") -> dict[str, Any]:
     return next(n for n in manifest["graphs"][mode] if "op" in (n["target"] or {}))
 
@@ -225,7 +214,7 @@ def test_hostile_op_targets_are_refused(
     def edit(manifest: dict[str, Any]) -> None:
         _first_op(manifest)["target"] = {"op": parts}
 
-    path = _rewrite(saved, tmp_path / "bad.fxtap", edit)
+    path = rewrite_manifest(saved, target=tmp_path / "bad.fxtap", edit=edit)
     with pytest.raises(LoadError, match=match):
         fxtap.load(path)
 
@@ -235,7 +224,7 @@ def test_an_op_target_with_other_keys_is_refused(saved: Path, tmp_path: Path) ->
         _first_op(manifest)["target"]["function"] = "torch:load"
 
     with pytest.raises(LoadError, match="unexpected"):
-        fxtap.load(_rewrite(saved, tmp_path / "bad.fxtap", edit))
+        fxtap.load(rewrite_manifest(saved, target=tmp_path / "bad.fxtap", edit=edit))
 
 
 def test_an_allowlisted_op_swapped_in_loads_as_that_op(saved: Path, tmp_path: Path) -> None:
@@ -249,7 +238,7 @@ def test_an_allowlisted_op_swapped_in_loads_as_that_op(saved: Path, tmp_path: Pa
         )
         node["target"] = {"op": ["aten", "relu", "default"]}
 
-    loaded = fxtap.load(_rewrite(saved, tmp_path / "ok.fxtap", edit))
+    loaded = fxtap.load(rewrite_manifest(saved, target=tmp_path / "ok.fxtap", edit=edit))
     ops = {n.target for n in loaded.graph_for("eval").nodes if n.op == "call_function"}
     assert torch.ops.aten.relu.default in ops and torch.ops.aten.relu_.default not in ops
     assert bitwise_equal(loaded.eval()(X)["2"], fxtap.load(saved).eval()(X)["2"])
@@ -336,6 +325,8 @@ def test_model_output_is_rebuilt_from_checked_data(structured: tuple[Path, nn.Mo
 def test_hostile_output_structures_are_refused(
     structured: tuple[Path, nn.Module], tmp_path: Path, edit: Any, match: str
 ) -> None:
-    path = _rewrite(structured[0], tmp_path / "bad.fxtap", lambda m: edit(_spec(m)))
+    path = rewrite_manifest(
+        structured[0], target=tmp_path / "bad.fxtap", edit=lambda m: edit(_spec(m))
+    )
     with pytest.raises(LoadError, match=match):
         fxtap.load(path)

@@ -42,7 +42,7 @@ from fxtap import create_feature_extractor
 from fxtap.errors import LoadError
 from fxtap.save import MANIFEST, WEIGHTS, _manifest, _safe_load
 from fxtap.save._pack import pack
-from tests.test_save_hostile import Small
+from support.saving import Small
 
 EXAMPLES = {"ci": 500, "thorough": 10_000, "quick": 50}[
     os.environ.get("FXTAP_HYPOTHESIS_PROFILE", "ci")
@@ -115,7 +115,7 @@ def saved(name: str) -> Saved:
 
         model, x = timm.create_model("resnet10t", num_classes=5), torch.randn(1, 3, 32, 32)
     else:
-        from tests.test_zoo import build  # cheap deterministic weights, small heads and images
+        from support.zoo import build  # cheap deterministic weights, small heads and images
 
         model, x = build(name), torch.randn(1, 3, 32, 32)
     extractor = create_feature_extractor(model, [":output"])

@@ -27,8 +27,9 @@ import fxtap
 from fxtap import LoadError
 from fxtap.capture import CaptureExtractor
 from fxtap.save import MANIFEST
-from tests.checker import bitwise_equal, output_score, preserved, tensor_grads
-from tests.test_export import HF, _build
+from support.checker import bitwise_equal, output_score, preserved, tensor_grads
+from support.hf import HF, build_hf
+from support.saving import rewrite_manifest
 
 pytestmark = pytest.mark.hf
 
@@ -39,7 +40,7 @@ MODES = pytest.mark.parametrize("training", [True, False], ids=["train", "eval"]
 
 def _capture(name: str, training: bool) -> tuple[nn.Module, CaptureExtractor, dict[str, Any]]:
     torch.manual_seed(0)
-    model, inputs = _build(name)
+    model, inputs = build_hf(name)
     model.train(training)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the capture path is used
@@ -76,18 +77,6 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 def _manifest(path: Path) -> dict[str, Any]:
     with zipfile.ZipFile(path) as archive:
         return json.loads(archive.read(MANIFEST))
-
-
-def _rewrite(source: Path, target: Path, edit: Any) -> Path:
-    with zipfile.ZipFile(source) as archive:
-        members = {n: archive.read(n) for n in archive.namelist()}
-    manifest = json.loads(members[MANIFEST])
-    edit(manifest)
-    members[MANIFEST] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(target, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return target
 
 
 @MODES
@@ -128,7 +117,7 @@ def test_export_extractor_loads_with_the_same_values_and_gradients(
     name: str, training: bool, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    model, inputs = _build(name)
+    model, inputs = build_hf(name)
     leaf, func, _, _ = HF[name]
     ex = fxtap.create_feature_extractor(
         model,
@@ -175,7 +164,7 @@ def test_another_transformers_version_is_refused_naming_both(
         manifest["model"]["transformers"]["version"] = "4.40.0"
 
     with pytest.raises(LoadError) as info:
-        fxtap.load(_rewrite(llama_file, tmp_path / "old.fxtap", edit))
+        fxtap.load(rewrite_manifest(llama_file, target=tmp_path / "old.fxtap", edit=edit))
     message = str(info.value)
     assert "'4.40.0'" in message and transformers.__version__ in message
     assert "pip install 'transformers==4.40.0'" in message
@@ -211,7 +200,7 @@ def test_hostile_transformers_specs_are_refused(
             spec[field] = value
 
     with pytest.raises(LoadError, match=match):
-        fxtap.load(_rewrite(llama_file, tmp_path / "bad.fxtap", edit))
+        fxtap.load(rewrite_manifest(llama_file, target=tmp_path / "bad.fxtap", edit=edit))
 
 
 def test_a_weight_left_out_or_of_another_shape_is_refused(llama_file: Path, tmp_path: Path) -> None:
@@ -219,14 +208,14 @@ def test_a_weight_left_out_or_of_another_shape_is_refused(llama_file: Path, tmp_
         del manifest["model"]["transformers"]["parameters"]["norm.weight"]
 
     with pytest.raises(LoadError, match=r"holds \['norm.weight'\] but the file does not"):
-        fxtap.load(_rewrite(llama_file, tmp_path / "drop.fxtap", drop))
+        fxtap.load(rewrite_manifest(llama_file, target=tmp_path / "drop.fxtap", edit=drop))
 
     def swap(manifest: dict[str, Any]) -> None:
         params = manifest["model"]["transformers"]["parameters"]
         params["norm.weight"] = params["embed_tokens.weight"]
 
     with pytest.raises(LoadError, match="of shape"):
-        fxtap.load(_rewrite(llama_file, tmp_path / "swap.fxtap", swap))
+        fxtap.load(rewrite_manifest(llama_file, target=tmp_path / "swap.fxtap", edit=swap))
 
 
 def test_a_model_changed_after_construction_is_refused_at_save(tmp_path: Path) -> None:
@@ -391,7 +380,7 @@ def test_mutated_transformers_specs_load_or_raise_load_error(
                 owner = owner[part]
             owner[path[-1]] = copy.deepcopy(value)
 
-        mutated = _rewrite(llama_file, tmp_path / f"m{i}.fxtap", edit)
+        mutated = rewrite_manifest(llama_file, target=tmp_path / f"m{i}.fxtap", edit=edit)
         try:
             loaded = fxtap.load(mutated)
         except LoadError:
@@ -408,7 +397,7 @@ def test_a_capture_extractor_with_dropped_layers_keeps_only_their_absence(tmp_pa
     from fxtap.capture._reach import Dropped
 
     torch.manual_seed(0)
-    model, inputs = _build("llama")
+    model, inputs = build_hf("llama")
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -440,4 +429,4 @@ def test_a_config_far_larger_than_the_weights_stops_early(
                 pair[1] = 10**12
 
     with pytest.raises(LoadError, match="far larger than the weights the file holds"):
-        fxtap.load(_rewrite(llama_file, tmp_path / "big.fxtap", edit))
+        fxtap.load(rewrite_manifest(llama_file, target=tmp_path / "big.fxtap", edit=edit))

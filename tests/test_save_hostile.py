@@ -36,33 +36,23 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fxtap import create_feature_extractor  # noqa: E402
 from fxtap.save import MANIFEST, WEIGHTS, save  # noqa: E402
+from support.saving import (  # noqa: E402
+    Small,
+    folded_dunder,
+    fullwidth,
+    fullwidth_exploit,
+    relu_module,
+    to_folder_exploit,
+)
 
 MAX_SECONDS = 5.0
 MAX_GROWTH = 300 << 20
-
-
-class Small(nn.Module):
-    """Every op kind the saver writes: modules, a root parameter, functions, methods, getattr."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.scale = nn.Parameter(torch.full((1,), 1.5))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn(self.conv(x))) * self.scale
-        z = y.mean((2, 3)).view(y.shape[0], -1)
-        return self.fc(z) + 1
 
 
 def example() -> torch.Tensor:
@@ -405,70 +395,6 @@ def _spec_edits(code: str, s: Path) -> Iterator[tuple[str, Edit]]:
     yield "harmless_kept", lambda m: m["kept"].__setitem__("eval", [code])
 
 
-def fullwidth(text: str) -> str:
-    """``text`` with its ASCII letters, digits and ``_`` in fullwidth forms (NFKC folds them)."""
-    return "".join(
-        chr(ord(c) + 0xFEE0) if c.isascii() and (c.isalnum() or c == "_") else c for c in text
-    )
-
-
-def folded_dunder(word: str, low_line: str = "\uff3f") -> str:
-    """A dunder name that compiles as ``__word__`` but passes ``startswith('__')`` checks."""
-    return f"_{low_line}{word}{low_line}{low_line}"
-
-
-def _relu() -> dict[str, Any]:
-    return {"class": "torch.nn.modules.activation:ReLU", "training": False,
-            "config": {"inplace": False}, "parameters": {}, "buffers": {},
-            "non_persistent": [], "modules": {}}  # fmt: skip
-
-
-def _graph_node(name: str, op: str, target: Any, args: list[Any]) -> dict[str, Any]:
-    return {"name": name, "op": op, "target": target, "args": {"tuple": args},
-            "kwargs": {"dict": []}}  # fmt: skip
-
-
-def fullwidth_exploit(
-    sentinel: Path, low_line: str = "\uff3f", runner: str = "exec"
-) -> Callable[[dict[str, Any]], None]:
-    """The reported exploit: module paths that compile as ``self.__class__.__init__.__globals__``
-    reach ``exec`` (by ``operator.getitem``), store it under a folded name, and call it."""
-    cls, init, glb = (folded_dunder(w, low_line) for w in ("class", "init", "globals"))
-    dct, setitem = folded_dunder("dict", low_line), folded_dunder("setitem", low_line)
-    stored = fullwidth(runner)
-    command = f"__import__('os').system('touch {sentinel}')"
-    source = f"exec({command!r})" if runner == "eval" else command
-
-    def edit(m: dict[str, Any]) -> None:
-        m["modules"][f"{cls}.{init}.{glb}.get"] = _relu()
-        m["modules"][f"{dct}.{setitem}"] = _relu()
-        m["modules"][stored] = _relu()
-        for mode in ("train", "eval"):
-            nodes = m["graphs"][mode]
-            nodes[-1:-1] = [
-                _graph_node("b", "call_module", f"{cls}.{init}.{glb}.get", ["__builtins__"]),
-                _graph_node("e", "call_function", {"function": "operator:getitem"},
-                            [{"node": "b"}, runner]),
-                _graph_node("s", "call_module", f"{dct}.{setitem}", [runner, {"node": "e"}]),
-                _graph_node("r", "call_module", stored, [source]),
-            ]  # fmt: skip
-
-    return edit
-
-
-def to_folder_exploit(folder: Path) -> Callable[[dict[str, Any]], None]:
-    """``self.to_folder(PATH)`` written in fullwidth: would write a package the next import runs."""
-
-    def edit(m: dict[str, Any]) -> None:
-        m["modules"][fullwidth("to_folder")] = _relu()
-        for mode in ("train", "eval"):
-            m["graphs"][mode][-1:-1] = [
-                _graph_node("w", "call_module", fullwidth("to_folder"), [str(folder), "Evil"])
-            ]
-
-    return edit
-
-
 #: Characters NFKC folds into ASCII name characters, one of each kind: fullwidth, mathematical
 #: bold, a ligature, a superscript, a subscript digit, a presentation-form low line.
 NFKC_SAMPLES = ("\uff45", "\U0001d41e", "\ufb01", "\u1d49", "\u2080", "\ufe4d")
@@ -500,7 +426,7 @@ def nfkc_edits(code: str) -> Iterator[tuple[str, Callable[[dict[str, Any]], None
         yield f"nfkc_node_name_{i}", node_name
         yield (
             f"nfkc_child_{i}",
-            lambda m, b=bad: m["modules"]["conv"]["modules"].__setitem__(b, _relu()),
+            lambda m, b=bad: m["modules"]["conv"]["modules"].__setitem__(b, relu_module()),
         )
         yield (
             f"nfkc_parameter_{i}",

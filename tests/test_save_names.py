@@ -40,11 +40,12 @@ from fxtap.save._manifest import check
 from fxtap.save._ops import check_op
 from fxtap.save._pack import pack
 from fxtap.save._schema import name
-from tests.test_save_hostile import (
+from support.saving import (
     Small,
     folded_dunder,
     fullwidth,
     fullwidth_exploit,
+    rewrite_manifest,
     to_folder_exploit,
 )
 
@@ -128,7 +129,7 @@ def _child(m: dict[str, Any], new: str) -> None:
 def _untrusted_class(m: dict[str, Any]) -> dict[str, Any]:
     # a class outside the allowlist (loads only with trust): its names meet the rule itself
     spec = m["modules"]["fc"]
-    spec["class"] = "tests.models:Unknown"
+    spec["class"] = "support.models:Unknown"
     return spec
 
 
@@ -224,16 +225,7 @@ def _chain_file(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     """A saved ``Sequential(Linear(4, 4), ReLU())`` (input 2x4) with ``edit`` applied."""
     torch.manual_seed(0)
     extractor = create_feature_extractor(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), [":output"])
-    path = save(extractor, tmp_path / "chain.fxtap")
-    with zipfile.ZipFile(path) as archive:
-        members = {n: archive.read(n) for n in archive.namelist()}
-    manifest = json.loads(members[MANIFEST])
-    edit(manifest)
-    members[MANIFEST] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in members.items():
-            archive.writestr(member, data)
-    return path
+    return rewrite_manifest(save(extractor, tmp_path / "chain.fxtap"), edit)
 
 
 EXPLOITS = {

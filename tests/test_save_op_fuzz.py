@@ -42,13 +42,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: Ops found to crash the process on hostile arguments (they trust their indices); never allowed.
-CRASHING = frozenset(
-    {
-        "aten::max_pool2d_with_indices_backward.default",
-        "aten::embedding_dense_backward.default",
-    }
-)
+from support.crashing_ops import CRASHING  # noqa: E402
+
 #: Ops the sample always includes: the known crashers' forward siblings and index-taking ops.
 KNOWN = (
     "aten::max_pool2d_with_indices.default",

@@ -10,10 +10,8 @@ iteration updates its buffers in train mode, so every run starts from the saved 
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,10 @@ from torch.nn.utils import parametrize
 import fxtap
 from fxtap.capture import CaptureExtractor
 from fxtap.errors import LoadError
-from fxtap.save import MANIFEST, load, save
-from tests import models
-from tests.checker import bitwise_equal
+from fxtap.save import load, save
+from support import models
+from support.checker import bitwise_equal, hooked
+from support.saving import rewrite_manifest
 
 NODES = ["conv", "proj", "rotate", "plain"]
 PARAMETRIZED = {"conv": "weight", "proj": "weight", "rotate": "weight"}
@@ -49,23 +48,6 @@ def saved(tmp_path: Path) -> Callable[[str], tuple[nn.Module, Any]]:
     return make
 
 
-def hooked(model: nn.Module, x: torch.Tensor, training: bool) -> dict[str, torch.Tensor]:
-    """Outputs of the modules ``NODES`` in a run of ``model``, seen by forward hooks."""
-    seen: dict[str, torch.Tensor] = {}
-    handles = [
-        model.get_submodule(p).register_forward_hook(
-            lambda _m, _i, out, p=p: None if p in seen else seen.update({p: out})
-        )
-        for p in NODES
-    ]
-    try:
-        model.train(training)(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def grads(values: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor | None]:
     """Gradient of a score of every value with respect to each parameter, by name."""
     named = dict(module.named_parameters())
@@ -79,7 +61,7 @@ def grads(values: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch
 def test_values_and_gradients_equal_the_unmodified_model(saved: Any, fmt: str, training: bool):
     reference, loaded = saved(fmt)
     x = torch.randn(3, 2, 7)
-    expected = hooked(reference, x, training)
+    expected, _ = hooked(reference, NODES, [x], training)
     got = loaded.train(training)(x)
     assert set(got) == set(NODES)
     for node in NODES:
@@ -146,7 +128,7 @@ def test_pickle_and_deepcopy_of_the_extractor():
 
 
 def test_capture_extractors_over_parametrized_modules(tmp_path: Path):
-    from tests.test_capture import Wav2Vec2Like
+    from support.capture_models import Wav2Vec2Like
 
     torch.manual_seed(0)
     model = Wav2Vec2Like(True).eval()
@@ -168,17 +150,6 @@ def test_capture_extractors_over_parametrized_modules(tmp_path: Path):
 
 
 # --- hostile files -----------------------------------------------------------------------------
-
-
-def _rewrite(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
-    with zipfile.ZipFile(path) as archive:
-        members = {n: archive.read(n) for n in archive.namelist()}
-    manifest = json.loads(members[MANIFEST])
-    edit(manifest)
-    members[MANIFEST] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
 
 
 def _plist(manifest: dict[str, Any], path: str = "conv") -> dict[str, Any]:
@@ -244,7 +215,7 @@ def _bad_member(manifest: dict[str, Any]) -> None:
 def test_hostile_parametrizations_are_refused(tmp_path: Path, edit: Any, message: str):
     torch.manual_seed(0)
     path = save(fxtap.create_feature_extractor(models.Parametrized(), NODES), tmp_path / "p.fxtap")
-    _rewrite(path, edit)
+    rewrite_manifest(path, edit)
     with pytest.raises(LoadError, match=message):
         load(path)
 
@@ -253,7 +224,7 @@ def test_hostile_parametrizations_are_refused(tmp_path: Path, edit: Any, message
 def test_torchaudio_wav2vec2_loads_without_trust(tmp_path: Path, training: bool):
     """wav2vec2's positional convolution is weight-normed; its opaque encoder is saved whole."""
     pytest.importorskip("torchaudio")
-    from tests.test_zoo_audio import WAVES, wav2vec2
+    from support.audio import WAVES, wav2vec2
 
     model = wav2vec2(layer_drop=0.0).train(training)
     with warnings.catch_warnings():

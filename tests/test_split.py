@@ -11,8 +11,8 @@ from torch import nn
 
 import fxtap
 from fxtap.errors import CutError, NodeNotFoundError
-from tests.checker import bitwise_equal, capture_reference, preserved
-from tests.models import DataDependent, ListRoot, TinyUNet, TrainOnlyBranch
+from support.checker import bitwise_equal, capture_reference, preserved
+from support.models import DataDependent, ListRoot, TinyUNet, TrainOnlyBranch
 
 X64 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 X32 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -282,7 +282,7 @@ def test_cli_split_says_the_nearest_cut_in_flags(
 ) -> None:
     from fxtap.cli import main
 
-    spec = "tests/models.py:TrainOnlyBranch"
+    spec = "tests/support/models.py:TrainOnlyBranch"
     out = tmp_path / "halves"
     assert main(["split", spec, "--at", "randn_like", "-o", str(out), "--input", "2x4"]) == 1
     assert "nearest cut: 'fc'. Pass --at fc" in capsys.readouterr().err
@@ -315,9 +315,9 @@ HF_CUTS = [
 @pytest.mark.hf
 @pytest.mark.parametrize("name", ["bert", "llama"])
 def test_hugging_face_models_on_the_export_path(name: str) -> None:
-    from tests.test_export import _build
+    from support.hf import build_hf
 
-    model, inputs = _build(name)
+    model, inputs = build_hf(name)
     torch.manual_seed(0)
     for _, at, keys in [c for c in HF_CUTS if c[0] == name]:
         halves = fxtap.split(model, at, example_inputs=inputs)

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from fxtap import InvalidArgumentError, NodePathTracer, TraceError, trace
 from fxtap.trace import NAME_KEY, SCOPE_KEY, restore_training, trace_names, tracer_options
-from tests.models import (
+from support.models import (
     EXPECTED_NAMES,
     EXPECTED_TRAIN_NAMES,
     FIXTURES,
@@ -403,8 +403,8 @@ def test_trace_error_in_plain_function_suggests_autowrap() -> None:
         trace(UsesHelper(), training=False)
     err = info.value
     assert err.module_path == ""
-    assert err.function == "tests.models.helper_with_loop"
-    assert "autowrap_functions=[tests.models.helper_with_loop]" in str(err)
+    assert err.function == "support.models.helper_with_loop"
+    assert "autowrap_functions=[support.models.helper_with_loop]" in str(err)
     assert "for _ in range(int(x.shape[0])):" in str(err)
 
 

@@ -3,7 +3,7 @@
 For each of the 121 builders of ``torchvision.models.list_models()`` (no weights; small heads
 and inputs where the builder allows), 10 random nodes per mode (fixed seed), a middle node and
 the last node are extracted and compared bitwise with the shared checker's independent capture
-(``tests/checker.py``), in eval mode and in train mode.
+(``tests/support/checker.py``), in eval mode and in train mode.
 
 Models whose root forward cannot be traced (detection, RAFT) are served by the capture path
 (``fxtap.capture.CaptureExtractor``); their reference is a forward of the unmodified model with
@@ -25,15 +25,9 @@ stream: those models are compared in eval mode only (``TRAIN_EXCLUDED``, with th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
-import itertools
-import math
-import random
 import sys
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +41,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxtap
 from fxtap.capture import CaptureExtractor
 from fxtap.trace import restore_training
-from tests.checker import (
-    _is_write,
+from support.checker import (
     bitwise_equal,
     capture_reference,
     check_tap_gradient,
     preserved,
 )
+from support.zoo import (
+    ALL_MODELS,
+    DETECTION,
+    FLOW,
+    SEGMENTATION,
+    VIDEO,
+    build,
+    builder_kwargs,
+    check_mode,
+    pick,
+    quiet,
+)
 
 pytestmark = pytest.mark.slow
 
-ALL_MODELS = torchvision.models.list_models()
-RANDOM_NODES = 10
 #: Models compared in eval mode only, with the reason.
 _AUX = (
     "train-mode auxiliary heads hold dropout; when the random nodes do not need them they are "
@@ -70,40 +73,6 @@ TRAIN_EXCLUDED: dict[str, str] = {
     "inception_v3": _AUX,
     "quantized_inception_v3": _AUX,
 }
-
-DETECTION = {
-    n for n in ALL_MODELS if n in torchvision.models.list_models(torchvision.models.detection)
-}
-SEGMENTATION = set(torchvision.models.list_models(torchvision.models.segmentation))
-VIDEO = set(torchvision.models.list_models(torchvision.models.video))
-FLOW = set(torchvision.models.list_models(torchvision.models.optical_flow))
-
-
-def builder_kwargs(name: str) -> dict[str, Any]:
-    """No weights, a small head, and a small input size where the builder takes one."""
-    params = inspect.signature(torchvision.models.get_model_builder(name)).parameters
-    kwargs: dict[str, Any] = {"weights": None}
-    if "weights_backbone" in params:
-        kwargs["weights_backbone"] = None
-    if name in FLOW:
-        return kwargs
-    kwargs["num_classes"] = 3 if name in DETECTION else 5
-    if name in DETECTION and not name.startswith("ssd"):
-        kwargs |= {"min_size": 96, "max_size": 128}  # the transform resizes to this
-    if "rcnn" in name:
-        # 50 proposals instead of 1000 (2000 in train mode) and 10 detections instead of 100:
-        # the box, mask and keypoint heads run once per proposal or detection and dominate
-        kwargs |= {
-            "rpn_pre_nms_top_n_test": 100,
-            "rpn_post_nms_top_n_test": 50,
-            "rpn_pre_nms_top_n_train": 100,
-            "rpn_post_nms_top_n_train": 50,
-            "box_batch_size_per_image": 32,
-            "box_detections_per_img": 10,
-        }
-    if name.startswith("vit_"):
-        kwargs["image_size"] = 28 if name == "vit_h_14" else 32
-    return kwargs
 
 
 def example_inputs(name: str, training: bool) -> list[Any]:
@@ -145,94 +114,6 @@ def example_inputs(name: str, training: bool) -> list[Any]:
     if "inception_v3" in name:
         return [torch.rand(2, 3, 299, 299)]  # the auxiliary head needs 17x17 maps
     return [torch.rand(2, 3, 64, 64)]
-
-
-def build(name: str) -> nn.Module:
-    """The model, its random initialisation replaced by a cheap deterministic fill.
-
-    NOTE: the values of the weights do not matter for a bitwise comparison, only that both
-    runs see the same ones; torch's random fills dominate the build of the largest models
-    (regnet_y_128gf: 640M parameters, ~20 s, most of it drawing random numbers twice: the
-    default init, then the builder's own). ``_fast_init`` swaps the random ``torch.nn.init``
-    functions for a copy of a fixed random tile scaled by ``1/sqrt(fan_in)``, so activations
-    keep their usual size; the constant fills (BatchNorm and LayerNorm weights, biases set
-    to zero) are left as they are.
-    """
-    torch.manual_seed(0)
-    with warnings.catch_warnings(), _fast_init():
-        # some builders warn that their default initialisation will change
-        warnings.simplefilter("ignore", UserWarning)
-        return torchvision.models.get_model(name, **builder_kwargs(name))
-
-
-#: The random ``torch.nn.init`` functions that ``build`` replaces while a model is built.
-_RANDOM_INITS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-    "xavier_uniform_",
-    "xavier_normal_",
-)
-_TILE = 65521  # a prime, so the tile does not line up with the rows of a weight
-
-
-@contextlib.contextmanager
-def _fast_init() -> Iterator[None]:
-    tile = torch.rand(2 * _TILE, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    calls = itertools.count()
-
-    def fill(tensor: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
-        fan_in = math.prod(tensor.shape[1:]) if tensor.dim() >= 2 else 0
-        scale = (3 / fan_in) ** 0.5 if fan_in else 0.05
-        start = next(calls) * 7919 % _TILE  # each tensor starts elsewhere in the tile
-        values = tile[start : start + _TILE] * scale
-        with torch.no_grad():
-            flat = tensor.view(-1) if tensor.is_contiguous() else torch.empty(tensor.numel())
-            rows, rest = divmod(flat.numel(), _TILE)
-            flat[: rows * _TILE].view(rows, _TILE).copy_(values.expand(rows, _TILE))
-            flat[rows * _TILE :].copy_(values[:rest])
-            if not tensor.is_contiguous():
-                tensor.copy_(flat.view(tensor.shape))
-        return tensor
-
-    originals = {id(getattr(torch.nn.init, f)) for f in _RANDOM_INITS}
-    # NOTE: also the names imported with ``from torch.nn.init import ...``
-    # (``nn.MultiheadAttention`` calls its own ``xavier_uniform_``)
-    bound = [
-        (module, attr, value)
-        for key, module in list(sys.modules.items())
-        if key.split(".")[0] in ("torch", "torchvision")
-        for attr, value in list(vars(module).items())
-        if id(value) in originals
-    ]
-    try:
-        for module, attr, _ in bound:
-            setattr(module, attr, fill)
-        yield
-    finally:
-        for module, attr, value in bound:
-            setattr(module, attr, value)
-
-
-def pick(names: list[str], seed: int) -> list[str]:
-    """10 random nodes (fixed seed), a middle node and the last node, in graph order."""
-    rng = random.Random(seed)
-    chosen = set(rng.sample(names, min(RANDOM_NODES, len(names))))
-    chosen |= {names[len(names) // 2], names[-1]}
-    return [n for n in names if n in chosen]
-
-
-def quiet(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
-    """Run ``fn`` and return its result and the fallback's warnings (others are errors)."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = fn()
-    messages = [str(w.message) for w in record if w.category is UserWarning]
-    others = [w for w in record if w.category is not UserWarning]
-    assert not others, others
-    return result, messages
 
 
 def check_full_trace(name: str, model: nn.Module) -> str:
@@ -280,32 +161,6 @@ def check_round_trip(name: str, ex: Any) -> None:
         assert list(results[0]) == list(results[1])
         for key in results[0]:
             assert bitwise_equal(results[0][key], results[1][key]), f"loaded {mode} {key!r}"
-
-
-def check_mode(ex: Any, model: nn.Module, mode: str, inputs: list[Any]) -> None:
-    """``check_extractor``'s assertions for an extractor built with per-mode nodes."""
-    training = mode == "train"
-    ex.train(training)
-    ex.graph.lint()
-    for node in ex.graph.nodes:
-        if node.op not in ("placeholder", "output") and not node.users:
-            ok = node.op == "call_function" and "assert" in getattr(node.target, "__name__", "")
-            assert ok or _is_write(node, ex), f"dead node {node.format_node()} ({mode})"
-    # only the requested values; the eager cross-check of the reference in eval mode only
-    # (in train mode the models with dropout skip it anyway)
-    reference, _ = capture_reference(
-        model,
-        inputs,
-        training=training,
-        names=set(ex.outputs[mode].values()),
-        cross_check=not training,
-    )
-    with preserved(model), torch.no_grad():
-        torch.manual_seed(0)
-        outputs = ex(*inputs)
-    assert set(outputs) == set(ex.outputs[mode])
-    for key, node in ex.outputs[mode].items():
-        assert bitwise_equal(outputs[key], reference[node]), f"{mode} output {node!r}"
 
 
 def check_capture(name: str, model: nn.Module) -> str:

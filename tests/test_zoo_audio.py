@@ -22,46 +22,12 @@ import fxtap
 from fxtap import FeatureExtractor, LoadError, NodeNotFoundError, TraceError
 from fxtap.prune import prune
 from fxtap.trace import NAME_KEY
-from tests.checker import bitwise_equal
-from tests.test_export import Hooks, _graph_params, num_params
+from support.audio import FEATURES, LENGTHS, WAVES, conformer, wav2vec2
+from support.checker import Hooks, bitwise_equal, graph_params, num_params
 
 pytestmark = pytest.mark.audio
 
 ta = pytest.importorskip("torchaudio")
-
-_G = torch.Generator().manual_seed(0)
-FEATURES = torch.randn(2, 20, 16, generator=_G)
-LENGTHS = torch.tensor([20, 15])
-WAVES = torch.randn(2, 400, generator=_G)
-
-
-def conformer() -> nn.Module:
-    torch.manual_seed(0)
-    return ta.models.Conformer(
-        input_dim=16, num_heads=2, ffn_dim=32, num_layers=4, depthwise_conv_kernel_size=3
-    )
-
-
-def wav2vec2(layer_drop: float = 0.1) -> nn.Module:
-    torch.manual_seed(0)
-    return ta.models.wav2vec2_model(
-        extractor_mode="group_norm",
-        extractor_conv_layer_config=[(8, 10, 5), (8, 3, 2)],
-        extractor_conv_bias=False,
-        encoder_embed_dim=16,
-        encoder_projection_dropout=0.1,
-        encoder_pos_conv_kernel=16,
-        encoder_pos_conv_groups=2,
-        encoder_num_layers=4,
-        encoder_num_heads=2,
-        encoder_attention_dropout=0.1,
-        encoder_ff_interm_features=32,
-        encoder_ff_interm_dropout=0.1,
-        encoder_dropout=0.1,
-        encoder_layer_norm_first=False,
-        encoder_layer_drop=layer_drop,
-        aux_num_out=None,
-    )
 
 
 def _check_exact(
@@ -140,7 +106,7 @@ def test_conformer_takes_the_fx_path_is_pruned_and_exact(with_inputs: bool) -> N
     extra = {"example_inputs": (FEATURES, LENGTHS)} if with_inputs else {}
     ex = _build(model, {leaf: "leaf", func: "func"}, _MASK, **extra)
     assert isinstance(ex, FeatureExtractor), "torch.fx did not trace the root"
-    assert _graph_params(ex, "eval") < num_params(model)
+    assert graph_params(ex, "eval") < num_params(model)
     assert not any(n.startswith("conformer_layers.2") for n in ex.kept["eval"])
     assert ex.outputs["eval"] == {"leaf": leaf, "func": func}
     masks = [n for n in ex.graph_for("eval").nodes if n.op == "call_function"]

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 import torch
-from hf_zoo import SAMPLE, example_inputs, model_types, tiny_model
 from torch import nn
 from torch.utils import _pytree as pytree
 
 import fxtap
 from fxtap.extractor import FeatureExtractor
+from support.checker import loss_grads
+from support.hf_zoo import SAMPLE, example_inputs, model_types, tiny_model
 
 THOROUGH = os.environ.get("FXTAP_THOROUGH") == "1"
 TYPES = model_types() if THOROUGH else list(SAMPLE)
@@ -100,14 +101,6 @@ def _reference(model: nn.Module, inputs: dict[str, Any], leaf: str, before: str)
     return values, out
 
 
-def _grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    found = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return found
-
-
 def _build(model_type: str) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model = tiny_model(model_type)
@@ -154,11 +147,11 @@ def test_generated_model_is_pruned_and_exact(model_type: str) -> None:
     model.train()
     ex.train()
     ref, out = _reference(model, inputs, leaf, before)
-    ref_grads = _grads(model, ref["leaf"].float().sum() + ref["inp"].float().sum())
+    ref_grads = loss_grads(model, ref["leaf"].float().sum() + ref["inp"].float().sum())
     torch.manual_seed(0)
     got = ex(**inputs)
     assert _bitwise(got["out"], out)
     assert _bitwise(got["leaf"], ref["leaf"]) and _bitwise(got["inp"], ref["inp"])
-    grads = _grads(model, got["leaf"].float().sum() + got["inp"].float().sum())
+    grads = loss_grads(model, got["leaf"].float().sum() + got["inp"].float().sum())
     assert grads.keys() == ref_grads.keys() and grads
     assert all(_bitwise(grads[k], ref_grads[k]) for k in grads)

@@ -212,7 +212,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python tests/hf_zoo.py OUT.json [FIRST LAST]
+if __name__ == "__main__":  # python tests/support/hf_zoo.py OUT.json [FIRST LAST]
     import json
     import sys
     import warnings

@@ -1,6 +1,6 @@
 """Print how the running interpreter's packages differ from a lock file (used by make test-latest).
 
-Usage: python tests/lockdiff.py requirements.lock
+Usage: python tests/support/lockdiff.py requirements.lock
 """
 
 from __future__ import annotations

@@ -9,21 +9,30 @@ eager model for every module call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 import fxtap
 from fxtap.trace import restore_training, trace
 
 __all__ = [
+    "Hooks",
     "bitwise_equal",
     "capture_reference",
     "check_extractor",
     "check_tap_gradient",
+    "first_tensor",
+    "graph_params",
     "hook_gradient",
+    "hooked",
+    "is_write",
+    "loss_grads",
+    "num_params",
+    "output_score",
     "preserved",
     "tensor_grads",
 ]
@@ -191,7 +200,7 @@ def check_extractor(
         for node in graph.nodes:
             if node.op not in ("placeholder", "output") and not node.users:
                 ok = node.op == "call_function" and "assert" in getattr(node.target, "__name__", "")
-                ok = ok or _is_write(node, ex)
+                ok = ok or is_write(node, ex)
                 assert ok, f"dead node {node.format_node()} left in the {mode} graph"
         reference, _ = capture_reference(
             model, inputs, training=training, seed=seed, tracer_kwargs=tracer_kwargs
@@ -212,7 +221,7 @@ def check_extractor(
     return ex
 
 
-def _is_write(node: fx.Node, ex: fx.GraphModule) -> bool:
+def is_write(node: fx.Node, ex: fx.GraphModule) -> bool:
     from fxtap.prune import _mutated_arg
 
     return _mutated_arg(node, ex) is not None
@@ -330,3 +339,87 @@ def check_tap_gradient(model: nn.Module, inputs: Sequence[Any], *, seed: int = 0
     assert bitwise_equal(out["tap"], value), f"tapped value of {path!r}"
     assert bitwise_equal(got, expected), f"gradient at {path!r}"
     return path
+
+
+# --- forward hooks on the unmodified model ---------------------------------------------------
+
+
+def num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    return next(v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor))
+
+
+class Hooks:
+    """Forward hooks on the model: a module's output, or the first input it receives.
+
+    An output is kept as a copy (an in-place ReLU after ``bn1`` writes into it); an input
+    is kept as the tensor itself: a copy is one more autograd node on the tapped tensor, and
+    where three gradients meet there (mistral's ``layers.0.add_1``, the first input of layer
+    1's ``input_layernorm``: the loss, that norm and layer 1's residual add) it changes the
+    order they are summed in, so the gradient of a loss over both taps would differ in the
+    last bits (up to 7e-7 on gradients of about 6) from the model's own. A later in-place
+    write into a kept input would show as a value mismatch.
+    """
+
+    def __init__(self, model: nn.Module, outputs: dict[str, str], inputs: dict[str, str]):
+        self.values: dict[str, Any] = {}
+        self.handles = []
+        for key, path in outputs.items():
+            hook = self._keep(key, lambda o: first_tensor(o).clone())
+            self.handles.append(model.get_submodule(path).register_forward_hook(hook))
+        for key, path in inputs.items():
+            pre = self._keep_input(key)
+            self.handles.append(model.get_submodule(path).register_forward_pre_hook(pre))
+
+    def _keep(self, key: str, pick: Callable[[Any], Any]) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            self.values.setdefault(key, pick(out))
+
+        return hook
+
+    def _keep_input(self, key: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.values.setdefault(key, args[0])
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def graph_params(ex: fxtap.FeatureExtractor, mode: str) -> int:
+    targets = {str(n.target) for n in ex.graph_for(mode).nodes if n.op == "get_attr"}
+    return sum(p.numel() for name, p in ex.named_parameters() if name in targets)
+
+
+def hooked(
+    model: nn.Module, paths: Sequence[str], inputs: Sequence[Any], training: bool
+) -> tuple[dict[str, Any], Any]:
+    """The first output of each module ``paths`` (by forward hooks) and the model's output."""
+    seen: dict[str, Any] = {}
+    handles = [
+        model.get_submodule(p).register_forward_hook(
+            lambda _m, _i, out, p=p: None if p in seen else seen.update({p: out})
+        )
+        for p in paths
+    ]
+    try:
+        output = model.train(training)(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, output
+
+
+def loss_grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradient of ``loss`` for each parameter of ``model`` that gets one, by name (the
+    model's ``.grad`` left empty)."""
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    found = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return found
