@@ -98,13 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="file to write (default: none, required)",
     )
-    p.add_argument(
-        "--format",
-        choices=("fxtap", "pickle"),
-        default="fxtap",
-        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
-        "(default: fxtap)",
-    )
+    _add_save_format(p)
     p.add_argument(
         "--check-trace",
         action="store_true",
@@ -278,13 +272,7 @@ def _add_split_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -
         required=True,
         help="folder to write (default: none, required)",
     )
-    p.add_argument(
-        "--format",
-        choices=("fxtap", "pickle"),
-        default="fxtap",
-        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
-        "(default: fxtap)",
-    )
+    _add_save_format(p)
     p.set_defaults(handler="split")
 
 
@@ -398,3 +386,14 @@ def _version() -> str:
     from fxtap._version import __version__
 
     return __version__
+
+
+def _add_save_format(p: argparse.ArgumentParser) -> None:
+    """``--format`` of the commands that save extractors (extract, split)."""
+    p.add_argument(
+        "--format",
+        choices=("fxtap", "pickle"),
+        default="fxtap",
+        help="'fxtap' loads without running code from the file; 'pickle' needs --trust to load "
+        "(default: fxtap)",
+    )
