@@ -9,6 +9,7 @@ typed error.
 
 from __future__ import annotations
 
+import contextvars
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,9 @@ from fxtap._shapes import suggest_input_shape, without_proxies
 from fxtap.errors import FxtapError, InputShapeError, InputTypeError
 
 __all__ = ["explain_call_failure"]
+
+#: Set while a failing call is being explained (``explain_call_failure`` is not re-entered).
+_EXPLAINING: contextvars.ContextVar[bool] = contextvars.ContextVar("explaining", default=False)
 
 #: What torch raises when an input does not fit (shape checks, dtype checks, traced asserts).
 _FAILURES = (RuntimeError, AssertionError, TypeError, ValueError, IndexError, AttributeError)
@@ -38,8 +42,20 @@ def explain_call_failure(
     model's gives ``InputTypeError``; a single tensor input of a shape the model refuses, when
     another shape fits (checked on fake tensors), gives ``InputShapeError`` with that shape.
     """
-    if isinstance(exc, FxtapError) or not isinstance(exc, _FAILURES):
+    if isinstance(exc, FxtapError) or not isinstance(exc, _FAILURES) or _EXPLAINING.get():
+        # NOTE: the shape search below calls the module again on fake inputs; a failure there
+        # must not be explained in turn (each level would try every shape: exponential time)
         return None
+    token = _EXPLAINING.set(True)
+    try:
+        return _explain(module, args, kwargs, exc)
+    finally:
+        _EXPLAINING.reset(token)
+
+
+def _explain(
+    module: fx.GraphModule, args: tuple[Any, ...], kwargs: Mapping[str, Any], exc: Exception
+) -> Exception | None:
     if isinstance(exc, AssertionError) and "Proxy(" not in str(exc):
         return None  # the model's own assert says what it checks; only trace-time text is fixed
     model = type(module).__name__
