@@ -44,7 +44,9 @@ def _capture(name: str, training: bool) -> tuple[nn.Module, CaptureExtractor, di
     model.train(training)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the capture path is used
-        ex = fxtap.create_feature_extractor(model, {HF[name][0]: "tap", ":output": "out"})
+        ex = fxtap.create_feature_extractor(
+            model, {HF[name][0]: "tap", ":output": "out"}, tracer="fx"
+        )
     assert isinstance(ex, CaptureExtractor)
     return model, ex, inputs
 
