@@ -18,6 +18,7 @@ from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_mat
 from fxtap.trace._example import implied_inputs
 from fxtap.trace._export import export_trace, split_example_inputs
 from fxtap.trace._export_inputs import check_batch, check_shapes
+from fxtap.trace._export_modes import one_export
 from fxtap.trace._fallback import (
     Opaque,
     QualnameLeaves,
@@ -156,10 +157,16 @@ def trace_modes(model: nn.Module, **options: Any) -> dict[str, Traced]:
     """``trace`` in train mode, then in eval mode, with the same ``options``: what every stage
     that builds a two-mode module (an extractor, an edited model, a split) starts from.
 
+    On the export path the model is exported once when its two modes' programs cannot differ
+    (its code read no ``training`` flag while exporting: ``fxtap.trace._export_modes``).
+
     Raises:
         TraceError: from the first mode that cannot be traced, as ``trace`` raises it.
     """
-    return {mode: trace(model, training=mode == "train", **options) for mode in ("train", "eval")}
+    with one_export():
+        return {
+            mode: trace(model, training=mode == "train", **options) for mode in ("train", "eval")
+        }
 
 
 def trace_or_export(

@@ -33,6 +33,14 @@ from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
 from fxtap.trace._export_check import check_export, check_higher_order_ops, kept_rng
 from fxtap.trace._export_inputs import UserInputs, check_batch
+from fxtap.trace._export_modes import (
+    FlagReads,
+    SharedExport,
+    read_flags,
+    remember_export,
+    shared_export,
+    sharing,
+)
 from fxtap.trace._export_names import ModuleCalls, assign_names
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
@@ -79,10 +87,18 @@ def export_trace(
             higher-order op, or the graph differs from the model on ``example_inputs`` at
             either of two seeds (``check_export``).
     """
-    args, kwargs = split_example_inputs(model, example_inputs)
     options = tracer_options(tracer_kwargs)
-    given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    shared = shared_export(model)
+    if shared is not None:  # the other mode's program serves this mode too (_export_modes)
+        ep, args, kwargs = shared.program, shared.args, shared.kwargs
+    else:
+        args, kwargs = split_example_inputs(model, example_inputs)
+        given = (
+            None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
+        )
+        ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+        if flags.mode_independent:
+            remember_export(model, SharedExport(ep, args, kwargs))
     check_higher_order_ops(ep, model, "train" if training else "eval")
     traced = _to_traced(model, ep, args, kwargs, options=options, training=training)
     check_export(model, traced, args, kwargs)
@@ -144,9 +160,11 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
-) -> ExportedProgram:
+) -> tuple[ExportedProgram, FlagReads]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
-    every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes."""
+    every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
+    with the reads of ``training`` flags made by the export that succeeded (inside
+    ``one_export`` only: elsewhere nothing would use them)."""
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
@@ -156,7 +174,11 @@ def _export(
         # stderr; the TraceError says what failed, so that print is swallowed
         try:
             try:
-                with contextlib.redirect_stderr(io.StringIO()), kept_rng():
+                with (
+                    contextlib.redirect_stderr(io.StringIO()),
+                    kept_rng(),
+                    read_flags(model, record=sharing()) as flags,
+                ):
                     shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
                     ep = torch.export.export(
                         model, args, kwargs, dynamic_shapes=shapes, strict=False
@@ -165,7 +187,11 @@ def _export(
                 if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
                     raise  # a branch on tensor values: static shapes fail the same way
                 # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-                with contextlib.redirect_stderr(io.StringIO()), kept_rng():
+                with (
+                    contextlib.redirect_stderr(io.StringIO()),
+                    kept_rng(),
+                    read_flags(model, record=sharing()) as flags,
+                ):
                     ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
             raise _export_error(name, mode, exc, model=model) from exc
@@ -174,7 +200,7 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep
+    return ep, flags
 
 
 def _export_error(name: str, mode: str, exc: BaseException, *, model: nn.Module) -> TraceError:
