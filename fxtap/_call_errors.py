@@ -18,7 +18,13 @@ import torch
 from torch import fx
 
 from fxtap._shapes import suggest_input_shape, without_proxies
-from fxtap.errors import FxtapError, InputShapeError, InputTypeError
+from fxtap.errors import (
+    FxtapError,
+    InputShapeError,
+    InputTypeError,
+    close_matches,
+    format_choices,
+)
 
 __all__ = ["explain_call_failure"]
 
@@ -60,6 +66,9 @@ def _explain(
         return None  # the model's own assert says what it checks; only trace-time text is fixed
     model = type(module).__name__
     names = [str(n.target) for n in module.graph.find_nodes(op="placeholder")]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown and isinstance(exc, TypeError):
+        return _unknown_keyword(model, unknown[0], names)
     given = dict(zip(names, args))
     given.update(kwargs)
     reason = _reason(exc)
@@ -100,6 +109,20 @@ def _explain(
     return InputShapeError(
         f"input {name!r} of shape {_shape(shape)} does not fit {model}: {reason}{end} "
         f"Pass an input of the shape it expects{example}"
+    )
+
+
+def _unknown_keyword(model: str, name: str, names: list[str]) -> InputTypeError:
+    """A keyword input the extractor was not built with (bert's ``token_type_ids`` when the
+    extractor was exported from ``input_ids`` and ``attention_mask`` alone)."""
+    hint = close_matches(name, names)
+    closest = f" (closest: {format_choices(hint)})" if hint else ""
+    return InputTypeError(
+        f"keyword input {name!r} is not an input of this extractor of {model}, which takes "
+        f"{format_choices(names)}{closest}: it was built from inputs without {name!r}. Build "
+        f"it with example_inputs= holding every keyword input you will pass (e.g. "
+        f"example_inputs={{..., {name!r}: tensor}}; on the command line: --input), or leave "
+        f"{name!r} out of the call"
     )
 
 

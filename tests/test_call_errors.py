@@ -119,3 +119,32 @@ def test_public_only_leaves_torchs_own_errors(resnet):
         with pytest.raises(RuntimeError) as exc:
             extractor(torch.rand(1, 1, 32, 32))
     assert not isinstance(exc.value, fxtap.FxtapError)
+
+
+@pytest.mark.hf
+def test_a_keyword_input_the_extractor_was_not_built_with_is_named():
+    """bert built with no options is exported from input_ids and attention_mask; a call that
+    adds token_type_ids names it, and an extractor built with it takes it."""
+    from support.checker import bitwise_equal
+    from support.hf import build_hf
+
+    model, inputs = build_hf("bert")
+    model.eval()
+    types = torch.zeros_like(inputs["input_ids"])
+    types[:, 4:] = 1
+    extractor = fxtap.create_feature_extractor(model, ["encoder.layer.1"])
+    with pytest.raises(InputTypeError) as exc:
+        extractor(**inputs, token_type_ids=types)
+    text = _one_line(exc)
+    assert "keyword input 'token_type_ids' is not an input" in text
+    assert "'input_ids', 'attention_mask'" in text and "example_inputs=" in text
+    full = {**inputs, "token_type_ids": types}
+    extractor = fxtap.create_feature_extractor(model, ["encoder.layer.1"], example_inputs=full)
+    seen = {}
+    handle = model.encoder.layer[1].register_forward_hook(lambda m, a, o: seen.setdefault("v", o))
+    with torch.no_grad():
+        model(**full)
+        handle.remove()
+        got = extractor(**full)["encoder.layer.1"]
+    want = seen["v"][0] if isinstance(seen["v"], tuple) else seen["v"]
+    assert bitwise_equal(got, want)
