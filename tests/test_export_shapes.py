@@ -113,6 +113,26 @@ def test_whisper_frames_and_vit_size_are_fixed_and_say_so() -> None:
         ex(**_image(2, 40, 40))
 
 
+@pytest.mark.hf
+def test_vit_built_at_its_square_size_fixes_height_and_width() -> None:
+    """At the config's square size ViT returns its position table without interpolating, a
+    branch torch.export takes without a guard; the graph is checked at a second size, so the
+    extractor keeps the size it was built at and says so, and the batch stays dynamic."""
+    model = _model("vit").eval()
+    square = {**_image(2, 32, 32), "interpolate_pos_encoding": True}
+    leaf, func, _, _ = HF["vit"]
+    ex = fxtap.create_feature_extractor(model, {leaf: "leaf", func: "func"}, example_inputs=square)
+    assert isinstance(ex, FeatureExtractor), "the export path was not taken"
+    for height, width, dim in ((40, 40, 2), (32, 48, 3)):
+        with pytest.raises(
+            InputShapeError,
+            match=rf"'pixel_values' has size {max(height, width)} in dim {dim}, .*built for size 32",
+        ):
+            ex(pixel_values=torch.rand(2, 3, height, width))
+    for batch in (3, 5):
+        _check(ex, model, "vit", {**_image(batch, 32, 32), "interpolate_pos_encoding": True})
+
+
 class FixedLength(nn.Module):
     """Reads its length as a constant: the graph is only right at the length it was built for.
 

@@ -13,12 +13,7 @@ import contextlib
 import functools
 import inspect
 import io
-import linecache
-import os
-import re
-import traceback
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +26,13 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
-from fxtap.trace._export_check import check_export, check_higher_order_ops, kept_rng
+from fxtap.trace._export_check import (
+    check_export,
+    check_higher_order_ops,
+    kept_rng,
+    leaf_outputs,
+)
+from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
 from fxtap.trace._export_modes import (
     FlagReads,
@@ -42,6 +43,7 @@ from fxtap.trace._export_modes import (
     sharing,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
+from fxtap.trace._export_probe import dims_to_fix
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
@@ -90,15 +92,31 @@ def export_trace(
     options = tracer_options(tracer_kwargs)
     shared = shared_export(model)
     if shared is not None:  # the other mode's program serves this mode too (_export_modes)
-        ep, args, kwargs = shared.program, shared.args, shared.kwargs
-    else:
-        args, kwargs = split_example_inputs(model, example_inputs)
-        given = (
-            None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-        )
-        ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
-        if flags.mode_independent:
-            remember_export(model, SharedExport(ep, args, kwargs))
+        return _checked(model, shared.program, shared.args, shared.kwargs, options, training)
+    args, kwargs = split_example_inputs(model, example_inputs)
+    given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
+    ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    traced = _checked(model, ep, args, kwargs, options, training)
+    if given is None:  # Dim.AUTO: a branch taken without a guard shows at a second shape
+        fixed = dims_to_fix(model, traced, ep, args, kwargs, leaf_outputs(model, traced))
+        if fixed:
+            static = dynamic_shapes_for(model, args, kwargs, static=fixed)
+            ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=static)
+            traced = _checked(model, ep, args, kwargs, options, training)
+    if flags.mode_independent:
+        remember_export(model, SharedExport(ep, args, kwargs))
+    return traced
+
+
+def _checked(
+    model: nn.Module,
+    ep: ExportedProgram,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: Mapping[str, Any],
+    training: bool,
+) -> Traced:
+    """The program as a ``Traced``, refused unless it computes what the model does."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
     traced = _to_traced(model, ep, args, kwargs, options=options, training=training)
     check_export(model, traced, args, kwargs)
@@ -194,91 +212,13 @@ def _export(
                 ):
                     ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
-            raise _export_error(name, mode, exc, model=model) from exc
+            raise export_error(name, mode, exc, model=model) from exc
     changed = [
         k for k, v in model.state_dict(keep_vars=True).items() if version_mark(v) != state[k]
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
     return ep, flags
-
-
-def _export_error(name: str, mode: str, exc: BaseException, *, model: nn.Module) -> TraceError:
-    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-    where = _model_frame(exc)
-    if where:
-        reason += f" (raised from {where})"
-    fixes = []
-    text = str(exc)
-    layerdrop = _layerdrop(model, exc) if mode == "train" else None
-    if layerdrop is not None:
-        fixes.append(layerdrop)
-    elif "Cache" in text or "pytree" in text.lower():
-        fixes.append(
-            "a value the model returns is not a pytree (a cache object): pass use_cache=False "
-            "or the model's flag that turns it off in example_inputs"
-        )
-    if layerdrop is None:
-        fixes.append("check that the model runs on example_inputs")
-    fixes.append("or use tracer='fx' to take the capture path (nothing pruned)")
-    return TraceError(
-        f"torch.export could not trace {name} in {mode} mode: {reason}. Fix: "
-        + "; ".join(fixes)
-        + ".",
-        module_path="",
-        reason=reason,
-    )
-
-
-def _model_frame(exc: BaseException) -> str | None:
-    """``file:line `code``` of the model's own line the failure came from: the last frame
-    outside torch, numpy, the standard library and fxtap."""
-    skipped = [os.path.dirname(torch.__file__), os.path.dirname(os.__file__), _PACKAGE]
-    if np is not None:
-        skipped.append(os.path.dirname(np.__file__))
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if not any(frame.filename.startswith(d + os.sep) for d in skipped):
-            return f"{Path(frame.filename).name}:{frame.lineno} `{(frame.line or '').strip()}`"
-    return None
-
-
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-#: Config flags of transformers' LayerDrop: in train mode each layer is skipped when
-#: ``torch.rand([]) < config.FLAG``, a branch on a random number that export cannot trace.
-_LAYERDROP_FLAGS = ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
-
-
-def _layerdrop(model: nn.Module, exc: BaseException) -> str | None:
-    """The fix for an export that failed on a LayerDrop branch, or ``None``.
-
-    Recognized by the source lines the failure was raised from (the branch, or one of the two
-    lines above it, reads one of ``_LAYERDROP_FLAGS``) and by that flag being above 0 in
-    ``model.config``.
-    """
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        lineno = frame.lineno or 0
-        lines = [linecache.getline(frame.filename, n) for n in range(lineno - 2, lineno + 1)]
-        text = " ".join(lines)
-        flags = [f for f in _LAYERDROP_FLAGS if re.search(rf"\b{re.escape(f)}\b", text)]
-        values = {f: getattr(config, f, None) for f in flags}
-        found = {f: v for f, v in values.items() if isinstance(v, float) and v > 0}
-        if found:
-            flag, value = next(iter(found.items()))
-            line = next(li for li in lines if flag in li)
-            where = f"{Path(frame.filename).name}:{lineno - 2 + lines.index(line)}"
-            return (
-                f"{type(model).__name__} skips layers at random in train mode (LayerDrop, "
-                f"config.{flag}={value} at {where} `{line.strip()}`), a branch on a random "
-                f"number that torch.export cannot trace: build the model with {flag}=0.0 in "
-                f"its config (e.g. {type(config).__name__}(..., {flag}=0.0)) to export it in "
-                "train mode without LayerDrop, or request train_return_nodes that the capture "
-                "path serves (module outputs)"
-            )
-    return None
 
 
 def _to_traced(

@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - torch runs without numpy
     np = None  # type: ignore[assignment]
 
-__all__ = ["SEEDS", "check_export", "check_higher_order_ops", "kept_rng"]
+__all__ = ["SEEDS", "check_export", "check_higher_order_ops", "kept_rng", "leaf_outputs"]
 
 #: Seeds of the two runs: two draws of every source of randomness.
 SEEDS = (0, 1)
@@ -49,13 +49,7 @@ def check_export(
     Raises:
         TraceError: the graph differs from the model on some seed.
     """
-    # NOTE: the last node of a non-leaf module's call is not always its output (its output
-    # may be a tuple built elsewhere), so only leaf modules, named by their path, and the
-    # graph's output are compared
-    modules = dict(model.named_modules())
-    leaves = {name: node for node, name in traced.names.items() if name in modules and name}
-    leaves = {k: v for k, v in leaves.items() if v.op != "placeholder"}
-    compared = dataclasses.replace(traced, module_outputs=leaves)
+    compared = leaf_outputs(model, traced)
     for seed in SEEDS:
         bad = find_mistrace(model, compared, args, keywords=kwargs, seed=seed)
         if bad is None:
@@ -82,6 +76,17 @@ def check_export(
             module_path="",
             reason=reason,
         )
+
+
+def leaf_outputs(model: nn.Module, traced: Traced) -> Traced:
+    """``traced`` with the module outputs ``check_export`` compares: those of leaf modules."""
+    # NOTE: the last node of a non-leaf module's call is not always its output (its output
+    # may be a tuple built elsewhere), so only leaf modules, named by their path, and the
+    # graph's output are compared
+    modules = dict(model.named_modules())
+    leaves = {name: node for node, name in traced.names.items() if name in modules and name}
+    leaves = {k: v for k, v in leaves.items() if v.op != "placeholder"}
+    return dataclasses.replace(traced, module_outputs=leaves)
 
 
 def check_higher_order_ops(ep: Any, model: nn.Module, mode: str) -> None:

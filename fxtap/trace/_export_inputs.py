@@ -89,9 +89,9 @@ def _check_dim(
     if isinstance(want, int):
         if size != want:
             raise InputShapeError(
-                f"{where}, but the extractor was built for size {want} there and torch.export "
-                f"specialized that dimension (the model's code fixes it, or it was 0 or 1 in "
-                f"the example); {_FIX}"
+                f"{where}, but the extractor was built for size {want} there and that "
+                f"dimension is fixed (the model's code fixes it, the model took a branch that "
+                f"holds only at that size, or it was 0 or 1 in the example); {_FIX}"
             )
         return
     if want is None:

@@ -20,19 +20,27 @@ from fxtap.errors import InvalidArgumentError, close_matches, format_choices
 __all__ = ["dynamic_shapes_for", "given_shapes"]
 
 
-def dynamic_shapes_for(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def dynamic_shapes_for(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    static: Mapping[int, set[int]] | None = None,
+) -> Any:
     """``Dim.AUTO`` on every dim of every tensor input, keyed as ``torch.export`` expects.
 
     Batch, sequence length, audio time and image height and width all vary in normal use;
     with ``Dim.AUTO`` torch.export keeps each one dynamic unless the model's code needs it
     fixed (a reshape to a constant, a ``Conv2d``'s channels, a position table of fixed
     size), and then specializes it instead of failing. ``check_shapes`` holds calls to what
-    was kept.
+    was kept. ``static`` (``id(tensor) -> dims``) leaves those dims out: exported static.
     """
+    fixed = static or {}
 
     def spec(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return dict.fromkeys(range(value.dim()), torch.export.Dim.AUTO)
+            dims = [d for d in range(value.dim()) if d not in fixed.get(id(value), ())]
+            return dict.fromkeys(dims, torch.export.Dim.AUTO)
         return None
 
     return _by_parameter(model, args, kwargs, lambda _, value: pytree.tree_map(spec, value))
