@@ -30,7 +30,6 @@ from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
     kept_rng,
-    leaf_outputs,
 )
 from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
@@ -43,7 +42,7 @@ from fxtap.trace._export_modes import (
     sharing,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
-from fxtap.trace._export_probe import dims_to_fix
+from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
@@ -91,24 +90,30 @@ def export_trace(
     """
     options = tracer_options(tracer_kwargs)
     shared = shared_export(model)
-    if shared is not None:  # the other mode's program serves this mode too (_export_modes)
-        return _checked(model, shared.program, shared.args, shared.kwargs, options, training)
+    if shared is not None:
+        # NOTE: the other mode's program, checked in that mode, serves this one too: the
+        # model's code ran the same while exporting in either mode (_export_modes)
+        return _unchecked(model, shared.program, shared.args, shared.kwargs, options, training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
     ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
-    traced = _checked(model, ep, args, kwargs, options, training)
-    if given is None:  # Dim.AUTO: a branch taken without a guard shows at a second shape
-        fixed = dims_to_fix(model, traced, ep, args, kwargs, leaf_outputs(model, traced))
-        if fixed:
-            static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-            ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=static)
-            traced = _checked(model, ep, args, kwargs, options, training)
+    traced = _unchecked(model, ep, args, kwargs, options, training)
+    # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
+    # graph right there is checked (the example shape is only checked when it is not)
+    fixed = None if given is not None else check_at_second_shape(model, traced, ep, args, kwargs)
+    if fixed is not None:
+        check_export(model, traced, args, kwargs)
+    if fixed:
+        static = dynamic_shapes_for(model, args, kwargs, static=fixed)
+        ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=static)
+        traced = _unchecked(model, ep, args, kwargs, options, training)
+        check_export(model, traced, args, kwargs)
     if flags.mode_independent:
         remember_export(model, SharedExport(ep, args, kwargs))
     return traced
 
 
-def _checked(
+def _unchecked(
     model: nn.Module,
     ep: ExportedProgram,
     args: tuple[Any, ...],
@@ -116,11 +121,9 @@ def _checked(
     options: Mapping[str, Any],
     training: bool,
 ) -> Traced:
-    """The program as a ``Traced``, refused unless it computes what the model does."""
+    """The program as a ``Traced``; refused when it holds a higher-order op."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
-    traced = _to_traced(model, ep, args, kwargs, options=options, training=training)
-    check_export(model, traced, args, kwargs)
-    return traced
+    return _to_traced(model, ep, args, kwargs, options=options, training=training)
 
 
 def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from fxtap._compat import pytree
 from fxtap.errors import TraceError
-from fxtap.trace._mistrace import difference, find_mistrace, frozen_state
+from fxtap.trace._mistrace import Mismatch, difference, find_mistrace, frozen_state
 from fxtap.trace._options import restore_training
 from fxtap.trace._tracer import Traced
 
@@ -30,7 +30,14 @@ try:
 except ImportError:  # pragma: no cover - torch runs without numpy
     np = None  # type: ignore[assignment]
 
-__all__ = ["SEEDS", "check_export", "check_higher_order_ops", "kept_rng", "leaf_outputs"]
+__all__ = [
+    "SEEDS",
+    "check_export",
+    "check_higher_order_ops",
+    "first_mismatch",
+    "kept_rng",
+    "leaf_outputs",
+]
 
 #: Seeds of the two runs: two draws of every source of randomness.
 SEEDS = (0, 1)
@@ -41,19 +48,17 @@ def check_export(
 ) -> None:
     """Raise ``TraceError`` unless ``traced`` computes what ``model`` does on these inputs.
 
-    Runs ``find_mistrace`` (module by module) once per seed of ``SEEDS``; the model's buffers,
-    every RNG state and its training flags are left as they were. The error names the module
-    whose value differs and the generator it draws from, and is a root failure, so
-    ``create_feature_extractor`` falls back to the capture path with a warning that says so.
+    Runs ``first_mismatch``; the model's buffers, every RNG state and its training flags are
+    left as they were. The error names the module whose value differs and the generator it
+    draws from, and is a root failure, so ``create_feature_extractor`` falls back to the
+    capture path with a warning that says so.
 
     Raises:
         TraceError: the graph differs from the model on some seed.
     """
-    compared = leaf_outputs(model, traced)
-    for seed in SEEDS:
-        bad = find_mistrace(model, compared, args, keywords=kwargs, seed=seed)
-        if bad is None:
-            continue
+    found = first_mismatch(model, leaf_outputs(model, traced), args, kwargs)
+    if found is not None:
+        bad, seed = found
         name = type(model).__name__
         where = f"module {bad.module_path!r}" if bad.module_path else f"the root {name}"
         source = _random_source(model, traced.training, args, kwargs)
@@ -76,6 +81,28 @@ def check_export(
             module_path="",
             reason=reason,
         )
+
+
+def first_mismatch(
+    model: nn.Module, compared: Traced, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[Mismatch, int] | None:
+    """The first module where ``compared`` differs from ``model``, and the seed, or ``None``.
+
+    Runs ``find_mistrace`` (module by module) from each seed of ``SEEDS``; a model whose run
+    from the first seed drew from no generator runs the same from any seed, so the second
+    run is left out.
+
+    Raises:
+        InputShapeError: the model itself refuses the inputs.
+    """
+    for seed in SEEDS:
+        draws: list[bool] = []
+        bad = find_mistrace(model, compared, args, keywords=kwargs, seed=seed, draws=draws)
+        if bad is not None:
+            return bad, seed
+        if not any(draws):
+            return None
+    return None
 
 
 def leaf_outputs(model: nn.Module, traced: Traced) -> Traced:

@@ -101,11 +101,11 @@ def read_flags(model: nn.Module, *, record: bool = True) -> Iterator[FlagReads]:
         yield result
         return
     with _LOCK:
-        if any(id(m) in _WATCHED for m in modules.values()):
+        if any(id(m.__dict__) in _WATCHED for m in modules.values()):
             result.other_state = "recorded by another export"
             paths: dict[int, str] = {}
         else:
-            paths = {id(m): path for path, m in reversed(modules.items())}
+            paths = {id(m.__dict__): path for path, m in reversed(modules.items())}
             for key, path in paths.items():
                 _WATCHED[key] = (path, result)
             if paths and "training" not in nn.Module.__dict__:
@@ -125,7 +125,8 @@ _SHARED: ContextVar[dict[int, tuple[Any, SharedExport | None]] | None] = Context
     "fxtap_shared_exports", default=None
 )
 _LOCK = threading.Lock()
-#: id(module) -> (its path, the FlagReads of the export watching it).
+#: id(module.__dict__) -> (its path, the FlagReads of the export watching it). Keyed by the
+#: ``__dict__``: while torch.export traces, modules are seen through proxies that share it.
 _WATCHED: dict[int, tuple[str, FlagReads]] = {}
 
 #: Modules whose flag changes nothing when ``p`` is 0: dropout returns its input in eval mode,
@@ -147,7 +148,7 @@ class _Flag:
             raise AttributeError(
                 f"{type(module).__name__!r} object has no attribute 'training'"
             ) from None
-        watched = _WATCHED.get(id(module))
+        watched = _WATCHED.get(id(module.__dict__))
         if watched is not None and not (isinstance(module, _DROPOUTS) and module.p == 0):
             caller = sys._getframe(1)
             if not harmless(caller):

@@ -4,11 +4,12 @@ torch.export keeps a dimension dynamic unless the model's code needs it fixed, a
 branches that depend on it; some branches it takes without a guard. ViT's
 ``interpolate_pos_encoding`` returns the position table as it is when the image has the
 config's square size, so a graph exported from such an image skips the interpolation at every
-size. ``dims_to_fix`` runs the graph and the model once more, on the example inputs grown
-along every dynamic dimension (each input repeated along it, so its values stay what the
-model accepts), and names the dimensions at which the graph differs from the model; the
-export path then exports again with those dimensions static, and a call at another size
-raises ``InputShapeError`` naming the input and the dimension.
+size. ``check_at_second_shape`` runs the graph and the model on the example inputs cut (or
+grown, by repeating them) along every dynamic dimension, so their values stay what the model
+accepts. When they agree, that check stands for the check at the example shape; when they do
+not, it names the dimensions at which the graph differs from the model, and the export path
+exports again with those dimensions static, so that a call at another size raises
+``InputShapeError`` naming the input and the dimension.
 """
 
 from __future__ import annotations
@@ -25,35 +26,44 @@ from torch.export.graph_signature import InputKind
 
 from fxtap._compat import pytree
 from fxtap.errors import InputShapeError
-from fxtap.trace._mistrace import find_mistrace
+from fxtap.trace._export_check import first_mismatch, leaf_outputs
 from fxtap.trace._tracer import Traced
 
-__all__ = ["dims_to_fix"]
+__all__ = ["check_at_second_shape"]
 
 #: (position of a tensor among the flat inputs, dim) of each use of one symbol.
 Uses = list[tuple[int, int]]
 
 
-def dims_to_fix(
+def check_at_second_shape(
     model: nn.Module,
     traced: Traced,
     ep: ExportedProgram,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
-    compared: Traced,
-) -> dict[int, set[int]]:
-    """``id(input tensor) -> dims`` that must be exported static; empty when the graph is
-    right at the grown shape, or when the model itself refuses that shape.
+) -> dict[int, set[int]] | None:
+    """Check ``traced`` against ``model`` at a second shape of the example inputs.
 
-    ``compared`` is ``traced`` with the module outputs ``check_export`` compares.
+    Every dynamic dimension gets another size (a quarter less where torch.export allows it,
+    else a quarter more), and graph and model run side by side on inputs of that shape, as
+    ``check_export`` runs them (a second seed only when the model draws random numbers).
+
+    Returns:
+        ``None`` when they agree: the graph is right at a shape it was not exported at.
+        Otherwise ``id(input tensor) -> dims`` that must be exported static (the dims whose
+        size alone makes them differ), or ``{}`` when no second shape could be tried (no
+        dynamic dimension, or the model refuses it): then only the example shape can be
+        checked.
     """
+    compared = leaf_outputs(model, traced)
     flat, spec, uses = _symbol_uses(ep, args, kwargs)
-    sizes = _grown_sizes(ep, flat, uses)
-    if not sizes:
+    sizes = _second_sizes(ep, flat, uses)
+    verdict = _agrees(model, compared, flat, spec, uses, sizes) if sizes else None
+    if verdict is None:
         return {}
-    if _agrees(model, compared, flat, spec, uses, sizes):
-        return {}
-    bad = [s for s in sizes if not _agrees(model, compared, flat, spec, uses, {s: sizes[s]})]
+    if verdict:
+        return None
+    bad = [s for s in sizes if _agrees(model, compared, flat, spec, uses, {s: sizes[s]}) is False]
     fixed: dict[int, set[int]] = defaultdict(set)
     for symbol in bad or list(sizes):
         for index, dim in uses[symbol]:
@@ -87,19 +97,22 @@ def _symbol_uses(
     return flat, spec, {k: v for k, v in uses.items() if k not in tangled}
 
 
-def _grown_sizes(ep: ExportedProgram, flat: list[Any], uses: Mapping[str, Uses]) -> dict[str, int]:
-    """A second size for each symbol: a quarter more (at least one more), within its range."""
+def _second_sizes(ep: ExportedProgram, flat: list[Any], uses: Mapping[str, Uses]) -> dict[str, int]:
+    """A second size for each symbol: a quarter less (at least one less) where its range
+    allows, else a quarter more; a smaller shape keeps the check cheap."""
     ranges = {str(k): v for k, v in ep.range_constraints.items()}
     sizes = {}
     for symbol, where in uses.items():
         index, dim = where[0]
         old = int(flat[index].shape[dim])
-        new = old + max(1, old // 4)
-        upper = _finite(getattr(ranges.get(symbol), "upper", None))
-        if upper is not None and new > upper:
-            new = max(upper, old)
-        if new != old:
-            sizes[symbol] = new
+        bound = ranges.get(symbol)
+        low = max(_finite(getattr(bound, "lower", None)) or 0, 2)
+        high = _finite(getattr(bound, "upper", None))
+        step = max(1, old // 4)
+        if old - step >= low:
+            sizes[symbol] = old - step
+        elif high is None or old + step <= high:
+            sizes[symbol] = old + step
     return sizes
 
 
@@ -110,20 +123,22 @@ def _agrees(
     spec: Any,
     uses: Mapping[str, Uses],
     sizes: Mapping[str, int],
-) -> bool:
+) -> bool | None:
+    """Whether graph and model agree on the inputs at ``sizes``; ``None``: the model refuses
+    them."""
     grown = list(flat)
     for symbol, size in sizes.items():
         for index, dim in uses[symbol]:
             grown[index] = _grow(grown[index], dim, size)
     args, kwargs = pytree.tree_unflatten(grown, spec)
     try:
-        return find_mistrace(model, compared, args, keywords=kwargs, seed=0) is None
+        return first_mismatch(model, compared, args, kwargs) is None
     except InputShapeError:
-        return True  # the model refuses that shape too: nothing to learn from it
+        return None  # the model refuses that shape: nothing to learn from it
 
 
 def _grow(value: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """``value`` repeated along ``dim`` and cut to ``size``: values of the same kind."""
+    """``value`` cut to ``size`` along ``dim``, or repeated first: values of the same kind."""
     copies = -(-size // value.shape[dim])
     return torch.cat([value] * copies, dim).narrow(dim, 0, size)
 

@@ -42,6 +42,7 @@ def find_mistrace(
     *,
     keywords: Mapping[str, Any] | None = None,
     seed: int | None = None,
+    draws: list[bool] | None = None,
 ) -> Mismatch | None:
     """Run ``model`` eagerly and ``traced`` on the same inputs; find the first module that differs.
 
@@ -52,7 +53,9 @@ def find_mistrace(
     buffers, RNG state and training flags are put back afterwards. With ``seed``, both runs
     start from that seed of torch's, numpy's and Python's generators (a second draw of every
     source of randomness). ``keywords`` are keyword inputs, as the export path takes them: the
-    graph's placeholders are the positional inputs, then the keyword ones by name.
+    graph's placeholders are the positional inputs, then the keyword ones by name. ``draws``,
+    when given, gets whether the eager run drew from any CPU generator (torch's, numpy's,
+    Python's); a run that drew from none runs the same from every seed.
 
     Raises:
         InputShapeError: the eager model rejects ``example_inputs``.
@@ -76,8 +79,11 @@ def find_mistrace(
         if seed is not None:
             _seed_all(seed)
         rng = torch.get_rng_state()
+        seeded = _rng_states() if draws is not None else None
         try:
             final = _detached(model(*inputs, **keywords))
+            if draws is not None:
+                draws.append(not _same_states(seeded, _rng_states()))
         except Exception as exc:
             raise InputShapeError(
                 f"example inputs do not fit {type(model).__name__}: {type(exc).__name__}: {exc}. "
@@ -141,6 +147,24 @@ class frozen_state:
         random.setstate(self.py_rng)
         if np is not None:
             np.random.set_state(self.np_rng)
+
+
+def _rng_states() -> tuple[Any, ...]:
+    """The CPU generators' states, and CUDA's once it is in use (a model on the GPU draws
+    its dropout masks there)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    numpy = np.random.get_state() if np is not None else None
+    return (torch.get_rng_state(), *cuda, random.getstate(), numpy)
+
+
+def _same_states(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_states(x, y) for x, y in zip(a, b))
+    if np is not None and isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b))
+    return bool(a == b)
 
 
 def _seed_all(seed: int) -> None:
