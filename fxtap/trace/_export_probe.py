@@ -131,10 +131,21 @@ def _agrees(
         for index, dim in uses[symbol]:
             grown[index] = _grow(grown[index], dim, size)
     args, kwargs = pytree.tree_unflatten(grown, spec)
+    # NOTE: some models set attributes from the input's size as they run (Swin shrinks its
+    # window to a small image): each module's attributes are put back afterwards
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]
     try:
         return first_mismatch(model, compared, args, kwargs) is None
     except InputShapeError:
         return None  # the model refuses that shape: nothing to learn from it
+    finally:
+        for module, attributes in saved:
+            now = module.__dict__
+            if now.keys() != attributes.keys() or any(
+                now[k] is not v for k, v in attributes.items()
+            ):
+                module.__dict__.clear()
+                module.__dict__.update(attributes)
 
 
 def _grow(value: torch.Tensor, dim: int, size: int) -> torch.Tensor:
