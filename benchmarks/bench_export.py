@@ -42,11 +42,13 @@ def _build_seconds(build: Callable[[], Any], repeats: int) -> float:
 
 
 def _build_split(build: Callable[[], Any]) -> dict[str, float]:
-    """Seconds of one build spent in ``torch.export.export``, in the build-time check
-    (``check_export``), and in fxtap's own work (rebuilding, naming, pruning, compiling)."""
+    """Seconds of one build spent in ``torch.export.export``, in the build-time checks
+    against eager (``check_at_second_shape``, ``check_export``), and in fxtap's own work
+    (rebuilding, naming, pruning, compiling), with the number of exports."""
     import fxtap.trace._export as export_module
 
     spent = {"torch.export.export": 0.0, "check against eager": 0.0}
+    exports = [0]
 
     def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,12 +57,15 @@ def _build_split(build: Callable[[], Any]) -> dict[str, float]:
                 return fn(*args, **kwargs)
             finally:
                 spent[key] += time.perf_counter() - start
+                exports[0] += fn is export
 
         return wrapper
 
     export, check = torch.export.export, export_module.check_export
+    probe = export_module.check_at_second_shape
     torch.export.export = timed(export, "torch.export.export")  # type: ignore[assignment]
     export_module.check_export = timed(check, "check against eager")  # type: ignore[assignment]
+    export_module.check_at_second_shape = timed(probe, "check against eager")  # type: ignore[assignment]
     try:
         start = time.perf_counter()
         build()
@@ -68,12 +73,16 @@ def _build_split(build: Callable[[], Any]) -> dict[str, float]:
     finally:
         torch.export.export = export  # type: ignore[assignment]
         export_module.check_export = check  # type: ignore[assignment]
+        export_module.check_at_second_shape = probe  # type: ignore[assignment]
     own = total - sum(spent.values())
+    checks = spent["check against eager"]
     return {
         "total": total,
         **spent,
         "fxtap's own work": own,
+        "exports": exports[0],
         "own work / export": own / spent["torch.export.export"],
+        "(own + checks) / export": (own + checks) / spent["torch.export.export"],
     }
 
 
@@ -154,7 +163,17 @@ def main(argv: list[str] | None = None) -> int:
             lambda: fxtap.create_feature_extractor(model, tap), 1
         ),
     }
+    # the no-options extractor is built before its first call, which costs what any call does
+    plain = fxtap.create_feature_extractor(model, tap).eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        plain(**inputs)
+        build["first call, no options"] = time.perf_counter() - start
+        build["later call, no options"] = _median_seconds(
+            lambda: plain(**inputs), threads=args.threads, rounds=1
+        )
     split = _build_split(lambda: fxtap.create_feature_extractor(model, tap, example_inputs=inputs))
+    split_plain = _build_split(lambda: fxtap.create_feature_extractor(model, tap))
     print(
         f"llama 8 layers, hidden 256, batch 2 x 128 tokens, tap {tap[0]}, {args.threads} thread(s)"
     )
@@ -168,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     for label, seconds in build.items():
         print(f"| {label:<31} | {seconds:7.2f} |")
     print()
-    print(f"| {'llama build, where it goes':<31} | {'seconds':>7} |")
-    print(f"|{'-' * 33}|{'-' * 9}|")
+    print(f"| {'llama build, where it goes':<31} | {'2 x 128 tok':>11} | {'no options':>10} |")
+    print(f"|{'-' * 33}|{'-' * 13}|{'-' * 12}|")
     for label, seconds in split.items():
-        print(f"| {label:<31} | {seconds:7.2f} |")
+        print(f"| {label:<31} | {seconds:11.2f} | {split_plain[label]:10.2f} |")
     if args.json:
         name = f"bench_export-{platform.machine()}-torch{torch.__version__.split('+')[0]}.json"
         with open(name, "w") as f:
-            result = {"forward": rows, "build": build, "split": split, "threads": args.threads}
+            result = {
+                "forward": rows,
+                "build": build,
+                "split": split,
+                "split, no options": split_plain,
+                "threads": args.threads,
+            }
             json.dump(result, f, indent=2)
     return 0
 

@@ -246,3 +246,21 @@ def test_flaubert_built_at_12_tokens_gives_the_shape_and_values_of_7() -> None:
         handle.remove()
         got = ex(input_ids=ids[:, :7])["layer_norm2.0"]
     assert got.shape == seen["v"].shape == (3, 7, 2048) and bitwise_equal(got, seen["v"])
+
+
+@pytest.mark.hf
+def test_swin_keeps_its_window_and_its_image_size() -> None:
+    """Swin sets its attention window and shift from the image size as it runs, and the
+    exported graph holds those of the example: the model refuses a smaller image (its window
+    shrinks below its position table), and at a larger one the check finds the graph wrong,
+    so height and width are exported static; the model's windows are put back."""
+    model = _model("swin").eval()
+    windows = [block.window_size for layer in model.encoder.layers for block in layer.blocks]
+    leaf, func, _, _ = HF["swin"]
+    ex = fxtap.create_feature_extractor(
+        model, {leaf: "leaf", func: "func"}, example_inputs=_image(2, 32, 32)
+    )
+    assert [b.window_size for layer in model.encoder.layers for b in layer.blocks] == windows
+    _check(ex, model, "swin", _image(3, 32, 32))
+    with pytest.raises(InputShapeError, match=r"'pixel_values' has size 48 in dim 2"):
+        ex(**_image(2, 48, 48))

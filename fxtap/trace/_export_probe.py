@@ -45,7 +45,7 @@ def check_at_second_shape(
     """Check ``traced`` against ``model`` at a second shape of the example inputs.
 
     Every dynamic dimension gets another size (a quarter less where torch.export allows it,
-    else a quarter more), and graph and model run side by side on inputs of that shape, as
+    else a quarter more; a quarter more for all when the model refuses the smaller), and graph and model run side by side on inputs of that shape, as
     ``check_export`` runs them (a second seed only when the model draws random numbers).
 
     Returns:
@@ -57,8 +57,12 @@ def check_at_second_shape(
     """
     compared = leaf_outputs(model, traced)
     flat, spec, uses = _symbol_uses(ep, args, kwargs)
-    sizes = _second_sizes(ep, flat, uses)
-    verdict = _agrees(model, compared, flat, spec, uses, sizes) if sizes else None
+    verdict = None
+    for grow in (False, True):  # a larger shape where the model refuses the smaller one
+        sizes = _second_sizes(ep, flat, uses, grow=grow)
+        verdict = _agrees(model, compared, flat, spec, uses, sizes) if sizes else None
+        if verdict is not None:
+            break
     if verdict is None:
         return {}
     if verdict:
@@ -97,9 +101,11 @@ def _symbol_uses(
     return flat, spec, {k: v for k, v in uses.items() if k not in tangled}
 
 
-def _second_sizes(ep: ExportedProgram, flat: list[Any], uses: Mapping[str, Uses]) -> dict[str, int]:
+def _second_sizes(
+    ep: ExportedProgram, flat: list[Any], uses: Mapping[str, Uses], *, grow: bool
+) -> dict[str, int]:
     """A second size for each symbol: a quarter less (at least one less) where its range
-    allows, else a quarter more; a smaller shape keeps the check cheap."""
+    allows and not ``grow``, else a quarter more; a smaller shape keeps the check cheap."""
     ranges = {str(k): v for k, v in ep.range_constraints.items()}
     sizes = {}
     for symbol, where in uses.items():
@@ -109,7 +115,7 @@ def _second_sizes(ep: ExportedProgram, flat: list[Any], uses: Mapping[str, Uses]
         low = max(_finite(getattr(bound, "lower", None)) or 0, 2)
         high = _finite(getattr(bound, "upper", None))
         step = max(1, old // 4)
-        if old - step >= low:
+        if not grow and old - step >= low:
             sizes[symbol] = old - step
         elif high is None or old + step <= high:
             sizes[symbol] = old + step
