@@ -10,17 +10,14 @@ from typing import Any, cast
 
 from torch import fx, nn
 
-from fxtap._fx import CUT_KEY, union_root
+from fxtap._fx import BOUNDARY, CUT_KEY, boundary_keys, union_root
 from fxtap._query import Request, _enclosing_leaf, normalize_return_nodes, parse_query, resolve
 from fxtap.errors import CutError, NodeNotFoundError, TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
 from fxtap.prune import prune, unwrap_output, written_inputs
 from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
 
-__all__ = ["BOUNDARY", "Split", "split"]
-
-#: Name of the tail's one argument: the dict ``head`` returns.
-BOUNDARY = "boundary"
+__all__ = ["BOUNDARY", "Split", "split", "tail_keys"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +129,21 @@ def split(
         info=tail_info,
     )
     return Split(head=head, tail=tail, at=at_names)
+
+
+def tail_keys(module: nn.Module) -> tuple[str, ...] | None:
+    """The boundary keys ``module`` reads when it is the tail of a ``split``, else ``None``.
+
+    A tail, built or loaded from a file, takes one argument, the dict its head returns; its
+    example input is the head's output on the model's. The keys are those of the eval graph.
+
+    >>> head, tail = split(torchvision.models.resnet18(), "layer3")
+    >>> tail_keys(tail), tail_keys(head)
+    (('layer3.1.relu_1',), None)
+    """
+    graph_for = getattr(module, "graph_for", None)
+    graph = graph_for("eval") if callable(graph_for) else getattr(module, "graph", None)
+    return boundary_keys(graph) if isinstance(graph, fx.Graph) else None
 
 
 def _trace(model: nn.Module, **options: Any) -> dict[str, Traced]:
@@ -267,7 +279,9 @@ def _cut(
     for node in head.graph.nodes:
         if node.meta.get(NAME_KEY) in marks:
             node.meta[CUT_KEY] = marks[node.meta[NAME_KEY]]
+    _return_plain_dict(head.graph)
     head.graph.lint()
+    head.recompile()
     tail = _tail(traced, boundary, keys, tail_side, class_name=class_name)
     for node in tail.graph.nodes:
         if CUT_KEY in node.meta:
@@ -356,5 +370,24 @@ def _boundary_as_dict(graph: fx.Graph, keys: list[str]) -> None:
         graph.erase_node(node)
 
 
+def _return_plain_dict(graph: fx.Graph) -> None:
+    """Make the head return its boundary through ``dict(...)``, a plain dict in every runner.
+
+    NOTE: torch.export runs a graph module with torch.fx's Interpreter, which rebuilds a
+    returned dict literal as torch.fx's ``immutable_dict``: a pytree type of its own, which
+    the input spec of an exported tail (a ``dict``) would refuse.
+
+    Before: ``return {'layer3.1.relu_1': layer3_1_relu_1}``; after:
+    ``boundary = dict({'layer3.1.relu_1': layer3_1_relu_1}); return boundary``.
+    """
+    output = graph.output_node()
+    with graph.inserting_before(output):
+        plain = graph.create_node("call_function", dict, (output.args[0],), name=BOUNDARY)
+    output.args = (plain,)
+
+
 def _output_keys(gm: fx.GraphModule) -> list[str]:
-    return list(cast(dict[str, Any], gm.graph.output_node().args[0]))
+    result = gm.graph.output_node().args[0]
+    if isinstance(result, fx.Node):  # dict(...) of the boundary
+        result = result.args[0]
+    return list(cast(dict[str, Any], result))

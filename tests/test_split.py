@@ -220,11 +220,14 @@ def test_torch_export_of_both_halves() -> None:
         boundary = head(X16)
         exported = head_program.module()(X16)
         assert bitwise_equal(exported, boundary)
+        assert type(exported) is dict  # not torch.fx's immutable_dict, a pytree type of its own
         tail_program = torch.export.export(tail, (boundary,))
-        # NOTE: the exported head returns torch.fx's immutable_dict, which an exported tail's
-        # input spec (a dict) does not match: dict() it
-        assert bitwise_equal(tail_program.module()(dict(exported)), tail(boundary))
-        assert bitwise_equal(tail(boundary), model(X16))
+        # the exported halves chain as the halves do, in either order of export
+        assert bitwise_equal(tail_program.module()(exported), model(X16))
+        assert bitwise_equal(tail_program.module()(head_program.module()(X16)), model(X16))
+        assert bitwise_equal(tail(exported), model(X16))
+        resaved = torch.export.export(tail, (exported,))
+        assert bitwise_equal(resaved.module()(boundary), model(X16))
 
 
 @pytest.mark.parametrize("fmt", ["fxtap", "pickle"])

@@ -44,7 +44,7 @@ def _nodes(args: argparse.Namespace) -> int:
     from fxtap.names import node_table
 
     model = _load(args)
-    example = _inputs(args) if args.input else None
+    example = _example(args, model, _inputs(args) if args.input else None)
     training = args.mode == "train"
     table = model.node_rows if is_extractor(model) else functools.partial(node_table, model)
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
@@ -86,7 +86,7 @@ def _render(args: argparse.Namespace) -> int:
     from fxtap.render import render
 
     model = _load(args)
-    example = _inputs(args) if args.input else None
+    example = _example(args, model, _inputs(args) if args.input else None)
     if args.nodes:
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
@@ -133,7 +133,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     model = _load(args)
     nodes = _nodes_arg(args)
-    example = _inputs(args)
+    example = _example(args, model, _inputs(args))
     with _fitting(args, model, example):
         report = compare(
             model,
@@ -255,6 +255,8 @@ def _fitting(
     The suggested shape fits this model (its weights' preprocessing or its first layer) and is
     never the input just rejected.
     """
+    if example is not None and not all(isinstance(t, torch.Tensor) for t in example):
+        example = None  # a tail's boundary: --input reached it through the head, which fit it
     try:
         yield
     except InputShapeError as exc:
@@ -292,6 +294,18 @@ def _input_fix(
     if shape is None:
         return None if len(example) == 1 else _ANY_SHAPE
     return f"Pass --input with the shape this model expects, e.g. --input {shape}"
+
+
+def _example(
+    args: argparse.Namespace, model: nn.Module, example: tuple[torch.Tensor, ...] | None
+) -> tuple[Any, ...] | None:
+    """What ``model`` runs on: ``example``, or for the tail of a split (``fxtap split``) the
+    boundary its head returns on ``example``."""
+    head = _split.load_head(args, model)
+    if head is None or example is None:
+        return example
+    with progress("running the head on --input"), _fitting(args, head, example):
+        return _split.tail_example(args, head, model, example)
 
 
 def _shape_text(value: object) -> str:

@@ -46,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     taps = _nodes_parser(required=True)
     tracing = _tracer_parser()
     leaves = _auto_leaf_parser()
+    head = _head_parser()
 
     p = sub.add_parser(
         "nodes",
-        parents=[model, shapes_input, tracing],
+        parents=[model, shapes_input, tracing, head],
         help="print the node table of a model",
         description="Print every node of a model's traced graph: name, op, target, module type, "
         "parameters, and output shape and dtype when --input is given.",
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "render",
-        parents=[model, shapes_input, _nodes_parser(required=False), tracing],
+        parents=[model, shapes_input, _nodes_parser(required=False), tracing, head],
         help="draw a model's graph, or the kept and pruned nodes of an extractor",
         description="Draw the traced graph with Graphviz; with --nodes, nodes the taps do not "
         "need are drawn dashed.",
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        parents=[model, needs_input, taps, tracing],
+        parents=[model, needs_input, taps, tracing, head],
         help="compare the cost of the full model, forward hooks and the extractor",
         description="Measure FLOPs, parameters, peak memory and latency of the full model, the "
         "model with forward hooks, and the fxtap extractor.",
@@ -291,6 +292,18 @@ def _inputs_parser(default: str) -> argparse.ArgumentParser:
         type=_dtype_type,
         default=None,
         help="dtype of inputs whose --input names none (default: float32)",
+    )
+    return parser
+
+
+def _head_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--head",
+        metavar="FILE",
+        default=None,
+        help="when MODEL is the tail saved by 'fxtap split', the head saved with it: the "
+        "tail's input is the head's output on --input (default: head.fxtap beside the tail)",
     )
     return parser
 

@@ -20,6 +20,7 @@ from fxtap.cost._report import CostReport, NodeCost, VariantCost
 from fxtap.cost._time import Progress, bimodal
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.extractor import create_feature_extractor
+from fxtap.split import tail_keys
 from fxtap.trace import check_model, check_tracer, restore_training
 
 __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
@@ -57,7 +58,8 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
     Args:
         model: the full model.
         return_nodes: the taps, as for ``create_feature_extractor``.
-        example_inputs: a tensor or a tuple of tensors for one forward pass.
+        example_inputs: a tensor or a tuple of tensors for one forward pass; for the tail of
+            a ``split``, the boundary dict its head returns (``head(x)``).
         device: where to run (the model is copied there if it lives elsewhere).
         threads: intra-op threads for every timing (default: ``torch.get_num_threads()``).
         min_run_time: seconds each variant is timed per round.
@@ -91,13 +93,16 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
     check_model(model)
     if isinstance(example_inputs, torch.Tensor):
         inputs: tuple[Any, ...] = (example_inputs,)
+    elif isinstance(example_inputs, Mapping) and tail_keys(model) is not None:
+        inputs = (example_inputs,)  # the boundary, the one argument of a split's tail
     elif isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
         inputs = tuple(example_inputs)
     else:
         raise InvalidArgumentError(
             f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
             "compare runs the model, so it needs a tensor or a tuple of tensors, e.g. "
-            "example_inputs=(torch.randn(1, 3, 224, 224),)"
+            "example_inputs=(torch.randn(1, 3, 224, 224),) (the tail of a split takes the "
+            "dict its head returns: example_inputs=head(x))"
         )
     dev = _check_options(device, threads, rounds, min_run_time, warmup, node_repeats)
     threads = threads if threads is not None else torch.get_num_threads()
