@@ -292,6 +292,121 @@ def test_cli_split_says_the_nearest_cut_in_flags(
     assert not out.exists()
 
 
+UNET = "tests/support/models.py:TinyUNet"
+
+
+@pytest.fixture(scope="module")
+def saved_halves(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """TinyUNet cut at ``mid`` by ``fxtap split``: the encoder features and the input cross."""
+    from fxtap.cli import main
+
+    folder = tmp_path_factory.mktemp("halves")
+    assert main(["split", UNET, "--at", "mid", "-o", str(folder), "--input", "2x3x16x16"]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("half", ["head", "tail"])
+def test_cli_nodes_of_both_halves(
+    saved_halves: Any, half: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    capsys.readouterr()
+    path = str(saved_halves / f"{half}.fxtap")
+    assert main(["nodes", path]) == 0
+    plain = capsys.readouterr().out
+    assert main(["nodes", path, "--input", "2x3x16x16"]) == 0
+    shaped = capsys.readouterr().out
+    if half == "head":
+        assert plain.splitlines()[1].startswith("x ")
+        assert "enc2.2" in plain and "up2" not in plain
+        assert "2x8x8x8" in shaped  # enc2's output
+    else:
+        # the boundary dict, then one item per key, then the decoder, with the head's shapes
+        assert plain.splitlines()[1].split()[:2] == ["boundary", "placeholder"]
+        assert "up2" in plain and "enc1.0" not in plain
+        assert "{x: 2×3×16×16 float32, enc1.2: 2×4×16×16 float32" in shaped
+        assert "2x3x16x16" in shaped.splitlines()[-1]  # the model's output
+
+
+@pytest.mark.parametrize("half", ["head", "tail"])
+def test_cli_render_of_both_halves_marks_the_cut(
+    saved_halves: Any, half: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    path = str(saved_halves / f"{half}.fxtap")
+    argv = ["render", path, "-o", str(tmp_path), "--format", "dot", "--mode", "eval"]
+    assert main([*argv, "--input", "2x3x16x16"]) == 0
+    (dot,) = tmp_path.glob("*.eval.dot")
+    text = dot.read_text(encoding="utf-8")
+    # the marks survive the file: the cut node and the three values crossing with it
+    assert text.count("✂ cut here") == 1
+    assert text.count("✂ crosses the cut") == 3
+    assert "2×16×4×4 float32" in text  # mid's shape, from the head's run on --input
+
+
+@pytest.mark.filterwarnings("ignore:latency of:UserWarning")  # a loaded machine, short timings
+def test_cli_bench_of_both_halves(saved_halves: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from fxtap.cli import main
+
+    budget = ["--input", "2x3x16x16", "--rounds", "2", "--min-run-time", "0.01", "--threads", "1"]
+    capsys.readouterr()
+    assert main(["bench", str(saved_halves / "head.fxtap"), "--nodes", "enc2", *budget]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("TinyUNetHead -> enc2.2") and "extractor" in out
+    # the tail runs on the head's output on --input, found beside it
+    assert main(["bench", str(saved_halves / "tail.fxtap"), "--nodes", "dec2", *budget]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("TinyUNetTail -> dec2.2") and "hooks" in out and "extractor" in out
+
+
+def test_cli_tail_needs_its_head(
+    saved_halves: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from fxtap.cli import main
+
+    alone = tmp_path / "tail.fxtap"
+    shutil.copy(saved_halves / "tail.fxtap", alone)
+    capsys.readouterr()
+    assert main(["nodes", str(alone), "--input", "2x3x16x16"]) == 1
+    err = capsys.readouterr().err
+    assert "is the tail of a split" in err and "Pass --head FILE" in err
+    # --head names it from elsewhere; without --input the tail needs no head
+    head = ["--head", str(saved_halves / "head.fxtap")]
+    assert main(["nodes", str(alone), "--input", "2x3x16x16", *head]) == 0
+    assert main(["nodes", str(alone)]) == 0
+    capsys.readouterr()
+    assert main(["nodes", str(alone), "--input", "2x3x16x16", "--head", str(alone)]) == 1
+    assert "is a tail too" in capsys.readouterr().err
+    assert main(["nodes", str(saved_halves / "head.fxtap"), *head]) == 1
+    assert "is no tail" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["split", UNET, "--at", "enc1", "-o", str(other), "--input", "2x3x16x16"]) == 0
+    capsys.readouterr()
+    assert main(["nodes", str(alone), "--input", "2x3x16x16", "--head", str(other / "head.fxtap")])
+    assert "different splits" in capsys.readouterr().err
+
+
+def test_compare_takes_a_tail_and_its_boundary() -> None:
+    from fxtap.cost import compare
+
+    torch.manual_seed(0)
+    head, tail = fxtap.split(TinyUNet().eval(), "mid")
+    with torch.no_grad():
+        boundary = head(X16)
+    options = {"rounds": 2, "min_run_time": 0.01, "progress": False, "node_repeats": 0}
+    options["noise_threshold"] = None
+    for example in (boundary, (boundary,)):
+        report = compare(tail, ["dec2"], example, threads=1, **options)
+        assert report.outputs == {"dec2": "dec2.2"}
+        assert 0 < report.kept_fraction < 1
+    with pytest.raises(fxtap.errors.InvalidArgumentError, match=r"example_inputs=head\(x\)"):
+        compare(head, ["enc2"], boundary, threads=1, **options)
+
+
 # --- the export path (Hugging Face models) -------------------------------------------------------
 
 

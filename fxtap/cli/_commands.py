@@ -301,7 +301,7 @@ def _example(
 ) -> tuple[Any, ...] | None:
     """What ``model`` runs on: ``example``, or for the tail of a split (``fxtap split``) the
     boundary its head returns on ``example``."""
-    head = _split.load_head(args, model)
+    head = _split.load_head(args, model, runs=example is not None)
     if head is None or example is None:
         return example
     with progress("running the head on --input"), _fitting(args, head, example):

@@ -100,9 +100,9 @@ def _same(a: Any, b: Any) -> bool:
     )
 
 
-def load_head(args: argparse.Namespace, model: nn.Module) -> nn.Module | None:
+def load_head(args: argparse.Namespace, model: nn.Module, *, runs: bool) -> nn.Module | None:
     """The head saved with ``model`` when it is the tail of a split (``--head FILE``, else
-    ``head.fxtap`` beside it); ``None`` for any other model.
+    ``head.fxtap`` beside it) and ``runs`` (the command runs the tail); else ``None``.
 
     Raises:
         InvalidArgumentError: ``--head`` for a model that is no tail, or no head to be found.
@@ -117,6 +117,8 @@ def load_head(args: argparse.Namespace, model: nn.Module) -> nn.Module | None:
                 f"--head {args.head} is for the tail of a split, and {args.model} is no tail "
                 "(its input is not the boundary dict of 'fxtap split'); leave out --head"
             )
+        return None
+    if not runs:
         return None
     path = Path(args.head) if args.head is not None else Path(args.model).with_name("head.fxtap")
     if not path.is_file():

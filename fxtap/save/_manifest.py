@@ -27,6 +27,7 @@ from fxtap.save._ops import (
     check_treespec,
 )
 from fxtap.save._schema import (
+    MARK_KEYS,
     MAX_NODES,
     PARAMETER_RESERVED,
     Checked,
@@ -188,7 +189,7 @@ class _Graph:
         return tuple(nodes)
 
     def _node(self, entry: Mapping[str, Any], where: str, *, last: bool) -> NodeSpec:
-        check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name"}, where)
+        check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name", *MARK_KEYS}, where)
         node_name = local_name(entry["name"], f"{where}.name")
         if node_name in self.names:
             raise LoadError(f"{where}.name: a second node is named {node_name!r}")
@@ -222,7 +223,10 @@ class _Graph:
         fxtap_name = entry.get("fxtap_name")
         if fxtap_name is not None:
             as_string(fxtap_name, f"{where}.fxtap_name")
-        return NodeSpec(node_name, op, target, args, kwargs, fxtap_name)
+        marks = tuple(
+            (key, as_string(entry[key], f"{where}.{key}")) for key in MARK_KEYS if key in entry
+        )
+        return NodeSpec(node_name, op, target, args, kwargs, fxtap_name, marks)
 
     def _placeholder(self, target: Any, node_name: str, extra: bool, where: str) -> str:
         """A parameter of the generated forward: named once, after its node, no more than a default."""

@@ -11,6 +11,7 @@ import torch
 from torch import fx, nn
 
 from fxtap._fx import EDIT_KEY, clone_structure
+from fxtap.save._schema import MARK_KEYS
 from fxtap._protocol import Extractor, Payload
 from fxtap.capture._islands import IslandForward
 from fxtap.errors import InvalidArgumentError, format_choices
@@ -133,6 +134,9 @@ def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
         }
         if NAME_KEY in node.meta:
             entry["fxtap_name"] = node.meta[NAME_KEY]
+        for key in MARK_KEYS:
+            if isinstance(node.meta.get(key), str):
+                entry[key] = node.meta[key]
         nodes.append(entry)
     return nodes
 

@@ -14,11 +14,13 @@ import torch
 from torch import fx, nn
 
 from fxtap._compat import fx_reserved_globals
+from fxtap._fx import CUT_KEY, EDIT_KEY
 from fxtap._protocol import Extractor
 from fxtap.errors import LoadError, close_matches
 
 __all__ = [
     "CONSTANTS",
+    "MARK_KEYS",
     "MAX_MODULES",
     "MAX_NODES",
     "MAX_PATH_PARTS",
@@ -87,6 +89,11 @@ class Ref:
     name: str
 
 
+#: ``node.meta`` keys a file keeps for each node besides its name, each a string: a split's
+#: cut (``fxtap_cut``) and the node an edit replaces (``fxtap_edit_of``).
+MARK_KEYS = (CUT_KEY, EDIT_KEY)
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One validated graph node; ``args`` and ``kwargs`` hold decoded values and ``Ref``."""
@@ -97,6 +104,8 @@ class NodeSpec:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     fxtap_name: str | None
+    #: ``node.meta`` marks render draws, as ``(key, text)``: a split's cut, an edit's node.
+    marks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
