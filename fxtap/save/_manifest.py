@@ -178,7 +178,12 @@ class _Graph:
         value = nodes[-1].args[0]
         if isinstance(value, Ref):  # a split's head returns dict({...}): a plain dict
             made = next((n for n in nodes if n.name == value.name), None)
-            if made is not None and made.op == "call_function" and made.target == "builtins:dict" and made.args:
+            if (
+                made is not None
+                and made.op == "call_function"
+                and made.target == "builtins:dict"
+                and made.args
+            ):
                 value = made.args[0]
         # no outputs: the graph returns what the model returns (a split's tail, an edited model)
         if outputs and (not isinstance(value, dict) or set(value) != set(outputs)):

@@ -11,7 +11,6 @@ import torch
 from torch import fx, nn
 
 from fxtap._fx import EDIT_KEY, clone_structure
-from fxtap.save._schema import MARK_KEYS
 from fxtap._protocol import Extractor, Payload
 from fxtap.capture._islands import IslandForward
 from fxtap.errors import InvalidArgumentError, format_choices
@@ -19,7 +18,7 @@ from fxtap.save import _allowlist
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MODES, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
-from fxtap.save._schema import MAX_STRING, encode_outputs
+from fxtap.save._schema import MARK_KEYS, MAX_STRING, encode_outputs
 from fxtap.trace import NAME_KEY
 
 __all__ = ["KIND", "describe_capture", "describe_graphs", "pack"]
