@@ -133,7 +133,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     model = _load(args)
     nodes = _nodes_arg(args)
-    example = _example(args, model, _inputs(args))
+    example: tuple[Any, ...] = _example(args, model, _inputs(args)) or ()
     with _fitting(args, model, example):
         report = compare(
             model,

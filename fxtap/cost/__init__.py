@@ -32,7 +32,7 @@ VARIANTS = ("full", "hooks", "extractor")
 def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choice
     model: nn.Module,
     return_nodes: list[str] | dict[str, str],
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, Any],
     *,
     device: str | torch.device = "cpu",
     threads: int | None = None,
