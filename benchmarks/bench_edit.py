@@ -1,10 +1,11 @@
 """Benchmark edits and cuts on resnet50: a compiled ``Scale`` at ``layer3`` against the model
-and against the same edit by a forward hook, and ``tail`` on cached boundary values against
-its share of the model's FLOPs.
+and against the same edit by a forward hook, and at several cut points ``tail`` on cached
+boundary values against its share of the model's FLOPs and against the same modules run by
+hand (the eager suffix: what the tail would cost without fxtap).
 
 Forward latency is the median of interleaved ``torch.utils.benchmark.Timer`` runs of every
 variant; each ratio is the median over rounds of the variant's time over the unedited model's
-in the same round.
+(or the eager suffix's) in the same round.
 
     python benchmarks/bench_edit.py --threads 1 --json
 """
@@ -60,6 +61,65 @@ def _nnsight_variant(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Calla
     return {"nnsight intervention (Scale)": run}
 
 
+def _eager_suffix(model: torch.nn.Module, cut: str) -> Callable[[torch.Tensor], Any]:
+    """What follows ``cut`` (``layerN`` or ``layerN.I``) in resnet's own forward, run by hand:
+    the reference for the tail's time, the same modules without fxtap."""
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    stage, _, block = cut.partition(".")
+    if stage not in stages or (block and not block.isdigit()):
+        raise SystemExit(f"--cuts {cut!r}: expected layerN or layerN.I, e.g. layer3 or layer4.0")
+    blocks = list(getattr(model, stage))[int(block) + 1 :] if block else []
+    blocks += [getattr(model, s) for s in stages[stages.index(stage) + 1 :]]
+
+    def run(value: torch.Tensor) -> Any:
+        for module in blocks:
+            value = module(value)
+        return model.fc(torch.flatten(model.avgpool(value), 1))
+
+    return run
+
+
+def _ratio(times: list[float], base: list[float]) -> float:
+    # NOTE: each round's ratio is taken to the variant it is compared with in that round, then
+    # the median of the ratios: a machine whose load drifts between rounds shifts both sides
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
+
+
+def _report(
+    args: argparse.Namespace, rows: list[dict[str, Any]], cuts: dict[str, Any], same: bool
+) -> None:
+    """Print both tables; with ``--json``, write them too."""
+    print(
+        f"resnet50, batch {args.batch} x 3 x {args.size} x {args.size}, {args.threads} thread(s), "
+        f"{args.rounds} interleaved rounds; edited graph equals the hooked model: {same}"
+    )
+    print(f"| {'variant':<32} | {'ms':>8} | {'ratio to model':>14} |")
+    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 16}|")
+    for row in rows:
+        print(f"| {row['variant']:<32} | {row['ms']:8.2f} | {row['ratio']:14.3f} |")
+    print(
+        "\n| cut | tail ms | tail FLOP share | tail time share | time / FLOP share "
+        "| eager suffix share | tail / eager suffix | head + tail |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for cut, i in cuts.items():
+        print(
+            f"| {cut} | {i['tail_ms']:.2f} | {i['tail_flop_share']:.3f} | "
+            f"{i['tail_time_share']:.3f} | {i['tail_time_share'] / i['tail_flop_share']:.3f} | "
+            f"{i['eager_suffix_share']:.3f} | {i['tail_over_eager']:.3f} | "
+            f"{i['head_share'] + i['tail_time_share']:.3f} |"
+        )
+    if args.json:
+        name = f"bench_edit-{platform.machine()}-torch{torch.__version__.split('+')[0]}.json"
+        with open(name, "w") as f:
+            json.dump(
+                {"rows": rows, "cuts": cuts, "threads": args.threads, "batch": args.batch,
+                 "size": args.size, "same": same},
+                f,
+                indent=2,
+            )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
@@ -69,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--min-run-time", type=float, default=0.3, help="seconds per timing (default: 0.3)"
     )
+    parser.add_argument(
+        "--cuts",
+        nargs="+",
+        default=["layer1", "layer2", "layer3", "layer4.0"],
+        help="split points, layerN or layerN.I (default: layer1 layer2 layer3 layer4.0)",
+    )
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -77,11 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, 3, args.size, args.size)
     edited = fxtap.edit(model, {"layer3": Scale(0.5)}).eval()
     unedited = fxtap.edit(model, {"layer3": torch.nn.Identity()}).eval()
-    head, tail = fxtap.split(model, "layer3")
-    head.eval()
-    tail.eval()
-    with torch.no_grad():
-        boundary = head(x)
 
     hook_handle = model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
     with torch.no_grad():
@@ -95,10 +156,27 @@ def main(argv: list[str] | None = None) -> int:
         "graph with an Identity edit": lambda: unedited(x),
         "forward hook (Scale at layer3)": lambda: model(x),
         **_nnsight_variant(model, x),
-        "head (up to layer3)": lambda: head(x),
-        "tail on cached layer3": lambda: tail(boundary),
     }
-    medians: dict[str, list[float]] = {k: [] for k in variants}
+    cuts: dict[str, dict[str, Any]] = {}
+    with torch.no_grad():
+        full_flops = _flops(lambda: model(x))
+        for cut in args.cuts:
+            head, tail = fxtap.split(model, cut)
+            head.eval()
+            tail.eval()
+            boundary = head(x)
+            (value,) = boundary.values()  # resnet's stages and blocks: one value crosses
+            eager = _eager_suffix(model, cut)
+            if not (torch.equal(tail(boundary), model(x)) and torch.equal(eager(value), model(x))):
+                raise SystemExit(f"cut {cut}: the tail or the eager suffix differs from the model")
+            cuts[cut] = {
+                "boundary": list(boundary),
+                "tail_flop_share": _flops(lambda t=tail, b=boundary: t(b)) / full_flops,
+            }
+            variants[f"head {cut}"] = lambda h=head: h(x)
+            variants[f"tail {cut}"] = lambda t=tail, b=boundary: t(b)
+            variants[f"eager suffix {cut}"] = lambda e=eager, v=value: e(v)
+    times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
         for _ in range(args.rounds):
             for label, fn in variants.items():  # interleaved
@@ -114,52 +192,28 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     if handle is not None:
                         handle.remove()
-                medians[label].append(seconds)
-        full_flops = _flops(lambda: model(x))
-        tail_flops = _flops(lambda: tail(boundary))
-    # NOTE: each round's ratio is taken to the model timed in that round, then the median of
-    # the ratios: a machine whose load drifts between rounds shifts both sides of a ratio
+                times[label].append(seconds)
+    base = times["model"]
     rows = [
-        {
-            "variant": k,
-            "ms": statistics.median(v) * 1e3,
-            "ratio": statistics.median(t / b for t, b in zip(v, medians["model"], strict=True)),
-        }
-        for k, v in medians.items()
+        {"variant": k, "ms": statistics.median(v) * 1e3, "ratio": _ratio(v, base)}
+        for k, v in times.items()
+        if not k.startswith(("head ", "tail ", "eager suffix "))
     ]
     with torch.no_grad():
-        value = boundary["layer3.5.relu_2"]
+        value = fxtap.create_feature_extractor(model, ["layer3"])(x)["layer3"]
         scale = Scale(0.5)
         edit_ms = _median_seconds(
             lambda: scale(value), threads=args.threads, min_run_time=args.min_run_time
         )
     rows.append({"variant": "the Scale op alone", "ms": edit_ms * 1e3,
-                 "ratio": edit_ms / statistics.median(medians["model"])})  # fmt: skip
-    share = tail_flops / full_flops
-    print(
-        f"resnet50, batch {args.batch} x 3 x {args.size} x {args.size}, {args.threads} thread(s), "
-        f"{args.rounds} interleaved rounds; edited graph equals the hooked model: {same}"
-    )
-    print(f"| {'variant':<32} | {'ms':>8} | {'ratio to model':>14} |")
-    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 16}|")
-    for row in rows:
-        print(f"| {row['variant']:<32} | {row['ms']:8.2f} | {row['ratio']:14.3f} |")
-    tail_ratio = next(r["ratio"] for r in rows if r["variant"].startswith("tail"))
-    head_ratio = next(r["ratio"] for r in rows if r["variant"].startswith("head"))
-    print(
-        f"\ntail FLOPs: {share:.3f} of the model's; tail time: {tail_ratio:.3f} of the model's "
-        f"(time / FLOP share = {tail_ratio / share:.3f}); head + tail time: "
-        f"{head_ratio + tail_ratio:.3f} of the model's"
-    )
-    if args.json:
-        name = f"bench_edit-{platform.machine()}-torch{torch.__version__.split('+')[0]}.json"
-        with open(name, "w") as f:
-            json.dump(
-                {"rows": rows, "tail_flop_share": share, "head_plus_tail": head_ratio + tail_ratio, "threads": args.threads,
-                 "batch": args.batch, "size": args.size, "same": same},
-                f,
-                indent=2,
-            )  # fmt: skip
+                 "ratio": edit_ms / statistics.median(base)})  # fmt: skip
+    for cut, info in cuts.items():
+        info["tail_time_share"] = _ratio(times[f"tail {cut}"], base)
+        info["eager_suffix_share"] = _ratio(times[f"eager suffix {cut}"], base)
+        info["tail_over_eager"] = _ratio(times[f"tail {cut}"], times[f"eager suffix {cut}"])
+        info["head_share"] = _ratio(times[f"head {cut}"], base)
+        info["tail_ms"] = statistics.median(times[f"tail {cut}"]) * 1e3
+    _report(args, rows, cuts, same)
     return 0
 
 
