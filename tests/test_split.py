@@ -180,6 +180,44 @@ def test_split_result_names() -> None:
     assert "up2" not in halves.head.node_names("eval")
 
 
+def test_halves_called_from_many_threads_equal_serial_calls() -> None:
+    """Eight threads call one head, and one tail on one shared cached boundary per input (the
+    tail clones what its in-place ReLU writes): every result equals the serial one bitwise,
+    and the cached boundaries stay as the head returned them."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = TinyUNet().eval()
+    head, tail = fxtap.split(model, "mid.0.1")
+    inputs = [
+        torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)
+    ]
+    with torch.no_grad():
+        boundaries = [head(x) for x in inputs]
+        cached = [{k: v.clone() for k, v in b.items()} for b in boundaries]
+        serial = [tail(b) for b in boundaries]
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> list[tuple[int, int, str]]:
+        wrong = []
+        barrier.wait()
+        with torch.no_grad():
+            for call in range(20):
+                i = (worker + call) % len(inputs)
+                if not bitwise_equal(head(inputs[i]), cached[i]):
+                    wrong.append((worker, call, "head"))
+                if not bitwise_equal(tail(boundaries[i]), serial[i]):
+                    wrong.append((worker, call, "tail"))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        wrong = [w for found in pool.map(work, range(8)) for w in found]
+    assert wrong == []
+    assert all(bitwise_equal(b, c) for b, c in zip(boundaries, cached, strict=True))
+    assert "clone" in tail.code  # the path that writes into a copy ran in every call
+
+
 # --- cuts that cannot be made ------------------------------------------------------------------
 
 
