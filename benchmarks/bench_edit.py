@@ -4,8 +4,8 @@ boundary values against its share of the model's FLOPs and against the same modu
 hand (the eager suffix: what the tail would cost without fxtap).
 
 Forward latency is the median of interleaved ``torch.utils.benchmark.Timer`` runs of every
-variant; each ratio is the median over rounds of the variant's time over the unedited model's
-(or the eager suffix's) in the same round.
+variant, in an order rotated by one every round; each ratio is the median over rounds of the
+variant's time over the unedited model's (or the eager suffix's) in the same round.
 
     python benchmarks/bench_edit.py --threads 1 --json
 """
@@ -83,6 +83,34 @@ def _ratio(times: list[float], base: list[float]) -> float:
     # NOTE: each round's ratio is taken to the variant it is compared with in that round, then
     # the median of the ratios: a machine whose load drifts between rounds shifts both sides
     return statistics.median(t / b for t, b in zip(times, base, strict=True))
+
+
+def _time_rounds(
+    variants: dict[str, Callable[[], Any]], model: torch.nn.Module, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Each variant's median seconds in each round, the variants interleaved."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.no_grad():
+        labels = list(variants)
+        for round_ in range(args.rounds):
+            # interleaved, each round starting one variant later: no variant always runs first
+            start = round_ % len(labels)
+            for label in labels[start:] + labels[:start]:
+                fn = variants[label]
+                handle = (
+                    model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
+                    if label.startswith("forward hook")
+                    else None
+                )
+                try:
+                    seconds = _median_seconds(
+                        fn, threads=args.threads, min_run_time=args.min_run_time
+                    )
+                finally:
+                    if handle is not None:
+                        handle.remove()
+                times[label].append(seconds)
+    return times
 
 
 def _report(
@@ -176,23 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             variants[f"head {cut}"] = lambda h=head: h(x)
             variants[f"tail {cut}"] = lambda t=tail, b=boundary: t(b)
             variants[f"eager suffix {cut}"] = lambda e=eager, v=value: e(v)
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.no_grad():
-        for _ in range(args.rounds):
-            for label, fn in variants.items():  # interleaved
-                handle = (
-                    model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
-                    if label.startswith("forward hook")
-                    else None
-                )
-                try:
-                    seconds = _median_seconds(
-                        fn, threads=args.threads, min_run_time=args.min_run_time
-                    )
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                times[label].append(seconds)
+    times = _time_rounds(variants, model, args)
     base = times["model"]
     rows = [
         {"variant": k, "ms": statistics.median(v) * 1e3, "ratio": _ratio(v, base)}

@@ -312,8 +312,9 @@ def _tail(
     owner = traced.graph_module
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    for node in boundary:
-        env[node] = graph.placeholder(keys[node].replace(".", "_"))
+    for i, node in enumerate(boundary):
+        # NOTE: not named after the key, which may not be an identifier ('3.0' of a Sequential)
+        env[node] = graph.placeholder(f"{BOUNDARY}_{i}")
         env[node].meta = dict(node.meta)
     for node in owner.graph.nodes:
         needed = node in tail_side or (

@@ -139,6 +139,13 @@ def test_densenet121() -> None:
     check_split(model, "features.transition3.conv", X64, ["features.transition3.conv"])
 
 
+def test_cut_in_a_sequential_whose_names_are_numbers() -> None:
+    torch.manual_seed(0)
+    stack = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(4)])
+    check_split(stack, "2.0", torch.rand(3, 4), ["2.0"])
+    check_split(stack, ["0", "2.0"], torch.rand(3, 4), ["0.1", "2.0"])
+
+
 def test_cached_boundary_serves_many_tail_calls() -> None:
     model = TinyUNet().eval()
     head, tail = fxtap.split(model, "mid.0.1")
