@@ -304,6 +304,7 @@ def test_render_marks_the_cut(tmp_path: Any) -> None:
         text = rendering.paths[0].read_text(encoding="utf-8")
         assert text.count("✂ cut here") == cut
         assert text.count("✂ crosses the cut") == crossing
+        assert 'class="pruned"' not in text  # each half runs all it holds, its output too
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -42,8 +42,11 @@ def pruned_views(extractor: Any, request: DrawRequest) -> dict[str, View]:
     Without the unpruned traces (``keep_traces=True``) only what the extractor kept is drawn.
     """
     full = extractor.full
-    traces = dict(full) if all(m in full for m in request.modes) else extractor.pruned_traces()
-    kept = {m: set(extractor.node_names(m)) for m in traces}
+    whole = all(m in full for m in request.modes)
+    traces = dict(full) if whole else extractor.pruned_traces()
+    # NOTE: a pruned graph holds only what runs: its inputs and output are kept too (a split's
+    # tail, an edited model), though they carry no node name
+    kept = {m: set(extractor.node_names(m)) if whole else None for m in traces}
     requested = {m: dict(extractor.return_nodes.get(m, {})) for m in traces}
     name = next(iter(full.values())).graph_module.__class__.__name__ if full else None
     title = request.title or name or type(extractor).__name__
@@ -52,7 +55,7 @@ def pruned_views(extractor: Any, request: DrawRequest) -> dict[str, View]:
 
 def _views(
     traces: dict[str, Traced],
-    kept: Mapping[str, set[str]],
+    kept: Mapping[str, set[str] | None],
     requested: Mapping[str, dict[str, str]],
     opaque: set[str],
     request: DrawRequest,
