@@ -4,8 +4,9 @@ boundary values against its share of the model's FLOPs and against the same modu
 hand (the eager suffix: what the tail would cost without fxtap).
 
 Forward latency is the median of interleaved ``torch.utils.benchmark.Timer`` runs of every
-variant, in an order rotated by one every round; each ratio is the median over rounds of the
-variant's time over the unedited model's (or the eager suffix's) in the same round.
+variant (``_common.interleave``: the order rotates from round to round); each ratio is the
+median over rounds of the variant's time over the unedited model's (or the eager suffix's) in
+the same round.
 
     python benchmarks/bench_edit.py --threads 1 --json
 """
@@ -21,18 +22,13 @@ from typing import Any
 
 import torch
 import torchvision
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxtap
+from _common import add_image_options, add_timing_options, interleave, list_option, timer_median
 from fxtap.edits import Scale
 
 __all__ = ["main"]
-
-
-def _median_seconds(fn: Callable[[], Any], *, threads: int, min_run_time: float) -> float:
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def _flops(fn: Callable[[], Any]) -> int:
@@ -88,29 +84,23 @@ def _ratio(times: list[float], base: list[float]) -> float:
 def _time_rounds(
     variants: dict[str, Callable[[], Any]], model: torch.nn.Module, args: argparse.Namespace
 ) -> dict[str, list[float]]:
-    """Each variant's median seconds in each round, the variants interleaved."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    """Each variant's median seconds in each round (``_common.interleave``: the order rotates
+    by one from round to round, so no variant always runs first)."""
+
+    def measure(label: str, fn: Callable[[], Any], _round: int) -> float:
+        handle = (
+            model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
+            if label.startswith("forward hook")
+            else None
+        )
+        try:
+            return timer_median(fn, threads=args.threads, min_run_time=args.min_run_time)
+        finally:
+            if handle is not None:
+                handle.remove()
+
     with torch.no_grad():
-        labels = list(variants)
-        for round_ in range(args.rounds):
-            # interleaved, each round starting one variant later: no variant always runs first
-            start = round_ % len(labels)
-            for label in labels[start:] + labels[:start]:
-                fn = variants[label]
-                handle = (
-                    model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
-                    if label.startswith("forward hook")
-                    else None
-                )
-                try:
-                    seconds = _median_seconds(
-                        fn, threads=args.threads, min_run_time=args.min_run_time
-                    )
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                times[label].append(seconds)
-    return times
+        return interleave(variants, args.rounds, measure)
 
 
 def _report(
@@ -150,18 +140,13 @@ def _report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
-    parser.add_argument("--batch", type=int, default=1, help="images per batch (default: 1)")
-    parser.add_argument("--size", type=int, default=224, help="image side (default: 224)")
-    parser.add_argument(
-        "--min-run-time", type=float, default=0.3, help="seconds per timing (default: 0.3)"
-    )
-    parser.add_argument(
+    add_timing_options(parser, rounds=7, min_run_time=0.3)
+    add_image_options(parser)
+    list_option(
+        parser,
         "--cuts",
-        nargs="+",
-        default=["layer1", "layer2", "layer3", "layer4.0"],
-        help="split points, layerN or layerN.I (default: layer1 layer2 layer3 layer4.0)",
+        ["layer1", "layer2", "layer3", "layer4.0"],
+        "split points, layerN or layerN.I",
     )
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
     args = parser.parse_args(argv)
@@ -214,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         value = fxtap.create_feature_extractor(model, ["layer3"])(x)["layer3"]
         scale = Scale(0.5)
-        edit_ms = _median_seconds(
+        edit_ms = timer_median(
             lambda: scale(value), threads=args.threads, min_run_time=args.min_run_time
         )
     rows.append({"variant": "the Scale op alone", "ms": edit_ms * 1e3,
