@@ -31,13 +31,14 @@ def test_bench_dataset_runs_on_a_few_images(tmp_path: Path) -> None:
 def test_bench_edit_runs_on_a_small_input(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_edit.py")]
     cmd += ["--size", "64", "--rounds", "1", "--min-run-time", "0.01", "--json"]
-    cmd += ["--cuts", "layer2", "layer4.0"]
+    cmd += ["--cuts", "layer2", "layer4.0", "--clock", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     (written,) = tmp_path.glob("bench_edit-*.json")
     report = json.loads(written.read_text())
     assert report["same"] is True  # the edited graph equals the hooked model
+    assert report["clock"] == "cpu"
     variants = [r["variant"] for r in report["rows"]]
     assert variants[:4] == [
         "model",
