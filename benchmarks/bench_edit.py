@@ -77,6 +77,26 @@ def _eager_suffix(model: torch.nn.Module, cut: str) -> Callable[[torch.Tensor], 
     return run
 
 
+def _stages(
+    model: torch.nn.Module, x: torch.Tensor
+) -> tuple[dict[str, Callable[[], Any]], dict[str, int]]:
+    """Each stage of resnet run by hand on its cached input, and its FLOPs: where the time per
+    FLOP goes (the stem's convolution and pooling, late stages' small maps)."""
+    stem = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    pool = torch.nn.Sequential(model.avgpool, torch.nn.Flatten(1), model.fc)
+    stages = {"stem": stem, **{f"layer{i}": getattr(model, f"layer{i}") for i in range(1, 5)}}
+    stages["avgpool + fc"] = pool
+    variants: dict[str, Callable[[], Any]] = {}
+    flops: dict[str, int] = {}
+    value = x
+    with torch.no_grad():
+        for name, stage in stages.items():
+            variants[f"stage {name}"] = lambda s=stage, v=value: s(v)
+            flops[name] = _flops(lambda s=stage, v=value: s(v))
+            value = stage(value)
+    return variants, flops
+
+
 def _ratio(times: list[float], base: list[float]) -> float:
     # NOTE: each round's ratio is taken to the variant it is compared with in that round, then
     # the median of the ratios: a machine whose load drifts between rounds shifts both sides
@@ -115,7 +135,11 @@ def _time_rounds(
 
 
 def _report(
-    args: argparse.Namespace, rows: list[dict[str, Any]], cuts: dict[str, Any], same: bool
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    cuts: dict[str, Any],
+    same: bool,
+    stages: dict[str, Any],
 ) -> None:
     """Print both tables; with ``--json``, write them too."""
     print(
@@ -139,12 +163,19 @@ def _report(
             f"{i['eager_suffix_share']:.3f} | {i['tail_over_eager']:.3f} | "
             f"{i['head_share'] + i['tail_time_share']:.3f} |"
         )
+    if stages:
+        print("\n| stage | FLOP share | time share | GFLOP/s |\n|---|---:|---:|---:|")
+        for name, i in stages.items():
+            print(
+                f"| {name} | {i['flop_share']:.3f} | {i['time_share']:.3f} | "
+                f"{i['gflop_per_s']:.1f} |"
+            )
     if args.json:
         name = f"bench_edit-{platform.machine()}-torch{torch.__version__.split('+')[0]}.json"
         with open(name, "w") as f:
             json.dump(
                 {"rows": rows, "cuts": cuts, "threads": args.threads, "batch": args.batch,
-                 "clock": args.clock,
+                 "clock": args.clock, "stages": stages,
                  "size": args.size, "same": same},
                 f,
                 indent=2,
@@ -161,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         default="wall",
         help="wall time, or the process's CPU time (steadier on a shared machine; with "
         "--threads 1 the same on an idle one) (default: wall)",
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time each stage of resnet50 alone, for its FLOPs per second (default: off)",
     )
     list_option(
         parser,
@@ -209,13 +245,19 @@ def main(argv: list[str] | None = None) -> int:
             variants[f"head {cut}"] = lambda h=head: h(x)
             variants[f"tail {cut}"] = lambda t=tail, b=boundary: t(b)
             variants[f"eager suffix {cut}"] = lambda e=eager, v=value: e(v)
-    times = _time_rounds(variants, model, args)
+    stage_variants, stage_flops = _stages(model, x) if args.stages else ({}, {})
+    times = _time_rounds({**variants, **stage_variants}, model, args)
     base = times["model"]
     rows = [
         {"variant": k, "ms": statistics.median(v) * 1e3, "ratio": _ratio(v, base)}
         for k, v in times.items()
-        if not k.startswith(("head ", "tail ", "eager suffix "))
+        if not k.startswith(("head ", "tail ", "eager suffix ", "stage "))
     ]
+    stages = {
+        name: {"flop_share": flops / full_flops, "time_share": _ratio(times[f"stage {name}"], base),
+               "gflop_per_s": flops / 1e9 / statistics.median(times[f"stage {name}"])}
+        for name, flops in stage_flops.items()
+    }  # fmt: skip
     with torch.no_grad():
         value = fxtap.create_feature_extractor(model, ["layer3"])(x)["layer3"]
         scale = Scale(0.5)
@@ -230,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         info["tail_over_eager"] = _ratio(times[f"tail {cut}"], times[f"eager suffix {cut}"])
         info["head_share"] = _ratio(times[f"head {cut}"], base)
         info["tail_ms"] = statistics.median(times[f"tail {cut}"]) * 1e3
-    _report(args, rows, cuts, same)
+    _report(args, rows, cuts, same, stages)
     return 0
 
 

@@ -31,7 +31,7 @@ def test_bench_dataset_runs_on_a_few_images(tmp_path: Path) -> None:
 def test_bench_edit_runs_on_a_small_input(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_edit.py")]
     cmd += ["--size", "64", "--rounds", "1", "--min-run-time", "0.01", "--json"]
-    cmd += ["--cuts", "layer2", "layer4.0", "--clock", "cpu"]
+    cmd += ["--cuts", "layer2", "layer4.0", "--clock", "cpu", "--stages"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -54,3 +54,7 @@ def test_bench_edit_runs_on_a_small_input(tmp_path: Path) -> None:
     for info in cuts.values():
         assert all(info[k] > 0 for k in ("tail_time_share", "eager_suffix_share", "head_share"))
     assert "| layer4.0 |" in done.stdout and "tail / eager suffix" in done.stdout
+    stages = report["stages"]
+    assert list(stages) == ["stem", "layer1", "layer2", "layer3", "layer4", "avgpool + fc"]
+    assert abs(sum(s["flop_share"] for s in stages.values()) - 1) < 1e-6
+    assert all(s["gflop_per_s"] > 0 for s in stages.values())
