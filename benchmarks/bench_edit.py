@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -97,6 +98,27 @@ def _stages(
     return variants, flops
 
 
+def _paired(
+    head: Callable[[], Any], tail: Callable[[], Any], eager: Callable[[], Any], args: Any
+) -> float:
+    """Median over ``--pairs`` pairs of one tail call over one eager-suffix call, in a random
+    order per pair, each right after an untimed head call: both start from the cache state a
+    pipeline leaves (in the interleaved rounds the tail always follows its head, and the
+    eager suffix the tail, whose weights it finds warm)."""
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    order = random.Random(0)
+    ratios = []
+    for _ in range(args.pairs):
+        seconds = {}
+        for label in order.sample(["tail", "eager"], 2):
+            head()
+            start = clock()
+            (tail if label == "tail" else eager)()
+            seconds[label] = clock() - start
+        ratios.append(seconds["tail"] / seconds["eager"])
+    return statistics.median(ratios)
+
+
 def _ratio(times: list[float], base: list[float]) -> float:
     # NOTE: each round's ratio is taken to the variant it is compared with in that round, then
     # the median of the ratios: a machine whose load drifts between rounds shifts both sides
@@ -153,14 +175,15 @@ def _report(
         print(f"| {row['variant']:<32} | {row['ms']:8.2f} | {row['ratio']:14.3f} |")
     print(
         "\n| cut | tail ms | tail FLOP share | tail time share | time / FLOP share "
-        "| eager suffix share | tail / eager suffix | head + tail |"
+        "| eager suffix share | tail / eager suffix | paired | head + tail |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cut, i in cuts.items():
         print(
             f"| {cut} | {i['tail_ms']:.2f} | {i['tail_flop_share']:.3f} | "
             f"{i['tail_time_share']:.3f} | {i['tail_time_share'] / i['tail_flop_share']:.3f} | "
             f"{i['eager_suffix_share']:.3f} | {i['tail_over_eager']:.3f} | "
+            f"{i.get('paired_tail_over_eager', float('nan')):.3f} | "
             f"{i['head_share'] + i['tail_time_share']:.3f} |"
         )
     if stages:
@@ -192,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         default="wall",
         help="wall time, or the process's CPU time (steadier on a shared machine; with "
         "--threads 1 the same on an idle one) (default: wall)",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="also time tail against eager suffix in this many single-call pairs (default: 0)",
     )
     parser.add_argument(
         "--stages",
@@ -242,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                 "boundary": list(boundary),
                 "tail_flop_share": _flops(lambda t=tail, b=boundary: t(b)) / full_flops,
             }
+            if args.pairs:
+                cuts[cut]["paired_tail_over_eager"] = _paired(
+                    lambda h=head: h(x),
+                    lambda t=tail, b=boundary: t(b),
+                    lambda e=eager, v=value: e(v),
+                    args,
+                )
             variants[f"head {cut}"] = lambda h=head: h(x)
             variants[f"tail {cut}"] = lambda t=tail, b=boundary: t(b)
             variants[f"eager suffix {cut}"] = lambda e=eager, v=value: e(v)

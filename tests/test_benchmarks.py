@@ -31,7 +31,7 @@ def test_bench_dataset_runs_on_a_few_images(tmp_path: Path) -> None:
 def test_bench_edit_runs_on_a_small_input(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_edit.py")]
     cmd += ["--size", "64", "--rounds", "1", "--min-run-time", "0.01", "--json"]
-    cmd += ["--cuts", "layer2", "layer4.0", "--clock", "cpu", "--stages"]
+    cmd += ["--cuts", "layer2", "layer4.0", "--clock", "cpu", "--stages", "--pairs", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -52,7 +52,8 @@ def test_bench_edit_runs_on_a_small_input(tmp_path: Path) -> None:
     # the later the cut, the smaller the tail's FLOP share
     assert 0 < cuts["layer4.0"]["tail_flop_share"] < cuts["layer2"]["tail_flop_share"] < 1
     for info in cuts.values():
-        assert all(info[k] > 0 for k in ("tail_time_share", "eager_suffix_share", "head_share"))
+        keys = ("tail_time_share", "eager_suffix_share", "head_share", "paired_tail_over_eager")
+        assert all(info[k] > 0 for k in keys)
     assert "| layer4.0 |" in done.stdout and "tail / eager suffix" in done.stdout
     stages = report["stages"]
     assert list(stages) == ["stem", "layer1", "layer2", "layer3", "layer4", "avgpool + fc"]
