@@ -107,13 +107,15 @@ def _done_chunks(out: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.stat().st_size > 0) if folder.is_dir() else 0
 
 
-def _paused_run(out: str, at: int, *, drained: bool) -> subprocess.Popen[str]:
+def _paused_run(
+    out: str, at: int, *, drained: bool = True, flags: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
     """Start the job and return once it waits at sample ``at`` (after the chunks before it are
     recorded done, when ``drained``)."""
     for name in ("paused", "go"):
         Path(name).unlink(missing_ok=True)
     Path("pause").write_text(str(at))
-    proc = _start(*ARGS, "--out", out)
+    proc = _start(*ARGS, *flags, "--out", out)
     _wait_for(lambda: Path("paused").exists() or proc.poll() is not None, f"sample {at}")
     assert proc.poll() is None, _finish(proc)
     if drained:
@@ -163,5 +165,19 @@ def test_sigint_from_outside_stops_and_the_printed_command_resumes(files):
     command = shlex.split(lines[0].split("resume with: ")[1])
     assert command[:3] == ["fxtap", "run", "net.py:build"] and "--restart" not in command
     code, err = _finish(_start(*command[1:]))  # the printed command, as `python -m fxtap ...`
+    assert code == 0, err
+    assert tree(Path("o")) == tree(Path("ref"))
+
+
+@pytest.mark.skipif(not os.environ.get("FXTAP_THOROUGH"), reason="compiles in 3 processes")
+def test_a_compiled_job_killed_resumes_bitwise_in_a_new_process(files):
+    """torch.compile's kernels are the same in every process: a resumed --compile job's store
+    is bitwise the uninterrupted --compile store."""
+    code, err = _finish(_start(*ARGS, "--compile", "--out", "ref"))
+    assert code == 0, err
+    proc = _paused_run("o", 100, flags=("--compile",))
+    proc.send_signal(signal.SIGKILL)
+    assert _finish(proc)[0] == -signal.SIGKILL
+    code, err = _finish(_start(*ARGS, "--compile", "--out", "o"))
     assert code == 0, err
     assert tree(Path("o")) == tree(Path("ref"))
