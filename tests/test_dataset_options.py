@@ -5,6 +5,7 @@ the same on every run, so an interrupted job resumes bitwise; each is part of th
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -39,7 +40,9 @@ class Stopping(Dataset):
         return self.images[i]
 
 
-def test_channels_last_is_close_to_eager_the_same_every_run_and_part_of_the_job(tmp_path):
+def test_channels_last_is_close_to_eager_the_same_every_run_and_part_of_the_job(
+    tmp_path, untouched
+):
     model = tiny_model()
     dataset = image_folder(tmp_path / "images", count=8)
     kw = {"return_nodes": NODES, "batch_size": 4, "progress": False}
@@ -54,6 +57,11 @@ def test_channels_last_is_close_to_eager_the_same_every_run_and_part_of_the_job(
         torch.testing.assert_close(cl.tensor(key), eager.tensor(key), rtol=1e-5, atol=1e-6)
     with pytest.raises(InvalidArgumentError, match="channels_last is True there, False here"):
         fxtap.extract_dataset(model, dataset, tmp_path / "cl", **kw)
+    # a model already in channels-last is run as it is (not copied), to the same store
+    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with untouched(converted):
+        fxtap.extract_dataset(converted, dataset, tmp_path / "cl3", channels_last=True, **kw)
+    assert tree(tmp_path / "cl3") == tree(tmp_path / "cl")
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs g++")

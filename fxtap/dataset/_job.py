@@ -343,13 +343,19 @@ def _extractor(
             f"model_or_extractor={type(model).__name__} is not a torch.nn.Module; pass a model "
             "with return_nodes=, or a FeatureExtractor"
         )
-    here = {p.device for p in extractor.parameters()} | {b.device for b in extractor.buffers()}
-    if (here and here != {device}) or ranks.world_size > 1 or channels_last:
+    tensors = [*extractor.parameters(), *extractor.buffers()]
+    here = {t.device for t in tensors}
+    # NOTE: an extractor already in channels-last (every 4-D weight) is run as it is: a copy
+    # would be another module, and torch.compile would compile it again on every job.
+    relayout = channels_last and any(
+        t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last) for t in tensors
+    )
+    if (here and here != {device}) or ranks.world_size > 1 or relayout:
         # NOTE: the caller's extractor stays where it is and keeps its weights and layout; the
         # job moves a copy, and under torchrun that copy receives rank 0's weights.
         extractor = copy.deepcopy(extractor).to(device)
         ranks.broadcast_module(extractor)
-        if channels_last:
+        if relayout:
             extractor.to(memory_format=torch.channels_last)
     return extractor
 
