@@ -181,3 +181,31 @@ def test_a_compiled_job_killed_resumes_bitwise_in_a_new_process(files):
     code, err = _finish(_start(*ARGS, "--compile", "--out", "o"))
     assert code == 0, err
     assert tree(Path("o")) == tree(Path("ref"))
+
+
+def test_a_saved_extractor_killed_resumes_to_the_same_store(files):
+    """``fxtap run FILE.fxtap``: the file pins the weights, so a killed job resumes too."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("saved_net", files / "net.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(5)
+    fxtap.save(fxtap.create_feature_extractor(module.build(), ["act", "pool"]), "net.fxtap")
+    saved = ["run", "net.fxtap", *ARGS[5:]]
+    code, err = _finish(_start(*saved, "--out", "ref"))
+    assert code == 0, err
+    for name in ("paused", "go"):
+        Path(name).unlink(missing_ok=True)
+    Path("pause").write_text("100")
+    proc = _start(*saved, "--out", "o")
+    _wait_for(lambda: Path("paused").exists() or proc.poll() is not None, "sample 100")
+    proc.send_signal(signal.SIGKILL)
+    assert _finish(proc)[0] == -signal.SIGKILL
+    code, err = _finish(_start(*saved, "--out", "o"))
+    assert code == 0, err
+    assert tree(Path("o")) == tree(Path("ref"))
+    assert fxtap.open_features("o").metadata["job"]["model"] == "net.fxtap"
