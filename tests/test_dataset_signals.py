@@ -1,6 +1,9 @@
 """``fxtap run`` as a separate program, killed (SIGKILL) or stopped (SIGINT) from outside, then
 run again with the same command: the store ends bitwise equal to an uninterrupted run.
 
+The stopped runs are programs (``python -m fxtap run ...``); the reference and most resumes
+run ``main([...])`` in this process, which is quicker and mixes chunks of two processes.
+
 The model is a random-weight spec (no seed inside the factory: only ``--seed`` makes two runs
 the same model). The dataset pauses once at a chosen sample, so each stop lands at a known
 point of the job: the test waits for the pause, and for some points also polls the store
@@ -22,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import fxtap
+from fxtap.cli import main
 from support.dataset import tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,8 +135,7 @@ def _kill(out: str, at: int, *, drained: bool) -> None:
 
 
 def test_sigkill_at_five_points_then_the_same_command_resumes(files):
-    code, err = _finish(_start(*ARGS, "--out", "ref"))
-    assert code == 0, err
+    assert main([*ARGS, "--out", "ref"]) == 0
     want = tree(Path("ref"))
     assert fxtap.open_features("ref").metadata["job"]["chunk_size"] == CHUNK
     # the first batch, a kill once the chunks before are done, one while the writer may be
@@ -147,14 +150,12 @@ def test_sigkill_at_five_points_then_the_same_command_resumes(files):
             assert fxtap.open_features(out, partial=True, verify=True) is not None
         if at == 57:  # the resumed run is killed in turn, later on
             _kill(out, 130, drained=False)
-        code, err = _finish(_start(*ARGS, "--out", out))
-        assert code == 0, (at, err)
+        assert main([*ARGS, "--out", out]) == 0, at
         assert tree(Path(out)) == want, f"killed at sample {at}"
 
 
 def test_sigint_from_outside_stops_and_the_printed_command_resumes(files):
-    code, err = _finish(_start(*ARGS, "--out", "ref"))
-    assert code == 0, err
+    assert main([*ARGS, "--out", "ref"]) == 0
     proc = _paused_run("o", 100, drained=True)
     proc.send_signal(signal.SIGINT)
     Path("go").touch()
@@ -196,8 +197,7 @@ def test_a_saved_extractor_killed_resumes_to_the_same_store(files):
     torch.manual_seed(5)
     fxtap.save(fxtap.create_feature_extractor(module.build(), ["act", "pool"]), "net.fxtap")
     saved = ["run", "net.fxtap", *ARGS[5:]]
-    code, err = _finish(_start(*saved, "--out", "ref"))
-    assert code == 0, err
+    assert main([*saved, "--out", "ref"]) == 0
     for name in ("paused", "go"):
         Path(name).unlink(missing_ok=True)
     Path("pause").write_text("100")
@@ -205,7 +205,6 @@ def test_a_saved_extractor_killed_resumes_to_the_same_store(files):
     _wait_for(lambda: Path("paused").exists() or proc.poll() is not None, "sample 100")
     proc.send_signal(signal.SIGKILL)
     assert _finish(proc)[0] == -signal.SIGKILL
-    code, err = _finish(_start(*saved, "--out", "o"))
-    assert code == 0, err
+    assert main([*saved, "--out", "o"]) == 0
     assert tree(Path("o")) == tree(Path("ref"))
     assert fxtap.open_features("o").metadata["job"]["model"] == "net.fxtap"
