@@ -45,7 +45,7 @@ def test_channels_last_is_close_to_eager_the_same_every_run_and_part_of_the_job(
 ):
     model = tiny_model()
     dataset = image_folder(tmp_path / "images", count=8)
-    kw = {"return_nodes": NODES, "batch_size": 4, "progress": False}
+    kw = {"return_nodes": NODES, "batch_size": 4, "chunk_size": 4, "progress": False}
     fxtap.extract_dataset(model, dataset, tmp_path / "eager", **kw)
     fxtap.extract_dataset(model, dataset, tmp_path / "cl", channels_last=True, **kw)
     fxtap.extract_dataset(model, dataset, tmp_path / "cl2", channels_last=True, **kw)
@@ -57,6 +57,14 @@ def test_channels_last_is_close_to_eager_the_same_every_run_and_part_of_the_job(
         torch.testing.assert_close(cl.tensor(key), eager.tensor(key), rtol=1e-5, atol=1e-6)
     with pytest.raises(InvalidArgumentError, match="channels_last is True there, False here"):
         fxtap.extract_dataset(model, dataset, tmp_path / "cl", **kw)
+    # stopped in the second chunk and resumed: bitwise the uninterrupted channels-last store
+    stopping = Stopping(dataset)
+    stopping.stop_at = 5
+    with pytest.raises(JobInterrupted):
+        fxtap.extract_dataset(model, stopping, tmp_path / "o", channels_last=True, **kw)
+    fxtap.extract_dataset(model, stopping, tmp_path / "o", channels_last=True, **kw)
+    fxtap.extract_dataset(model, stopping, tmp_path / "cl4", channels_last=True, **kw)
+    assert tree(tmp_path / "o") == tree(tmp_path / "cl4")
     # a model already in channels-last is run as it is (not copied), to the same store
     converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with untouched(converted):
