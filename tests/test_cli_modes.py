@@ -151,7 +151,7 @@ def test_fxtap_warnings_use_the_flags_of_the_command_line(capsys, tmp_path):
         assert main([*argv, "-o", str(tmp_path / "x.fxtap")]) == 0
     err = capsys.readouterr().err
     assert "fxtap: warning: torch.fx could not trace all of DataDependent" in err
-    assert "Pass --no-auto-leaf (fxtap extract) to get the TraceError" in err
+    assert "Pass --no-auto-leaf to get the TraceError" in err
     assert "auto_leaf" not in err
 
 
@@ -179,7 +179,7 @@ def test_no_auto_leaf_gives_the_trace_error(capsys, tmp_path):
         ),
         (
             "Pass auto_leaf=False to get the TraceError.",
-            "Pass --no-auto-leaf (fxtap extract) to get the TraceError.",
+            "Pass --no-auto-leaf to get the TraceError.",
         ),
         (
             "Pass the same arguments to resume it, resume=False (--restart) to erase it",

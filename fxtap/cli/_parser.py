@@ -45,7 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
     tracing = _tracer_parser()
-    leaves = _auto_leaf_parser()
 
     p = sub.add_parser(
         "nodes",
@@ -62,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        parents=[model, needs_input, tracing, leaves],
+        parents=[model, needs_input, tracing],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
         "example input in eval mode, and save it in eval mode, ready for inference (--train "
@@ -306,11 +305,6 @@ def _tracer_parser() -> argparse.ArgumentParser:
         "and torch.export when torch.fx cannot trace the model's forward and an --input is "
         "given (default: auto)",
     )
-    return parser
-
-
-def _auto_leaf_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "--no-auto-leaf",
         dest="auto_leaf",

@@ -11,24 +11,18 @@ from torch import nn
 from fxtap._query import MODEL_OUTPUT, Request, normalize_return_nodes
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import TraceError
-from fxtap.trace import is_root_failure
 
 __all__ = ["capture_of"]
 
 
 def capture_of(
-    model: Any,
+    model: nn.Module,
     nodes: Sequence[str] | Mapping[str, str] | None,
     error: TraceError,
     tracer_kwargs: Mapping[str, Any] | None,
-) -> CaptureExtractor | None:
-    """The capture extractor drawn for a model whose root forward raised ``error``.
-
-    It serves ``nodes`` (default: the model's output); ``None`` when ``error`` is not a
-    failure of the root forward itself (a submodule's own error is the user's to fix).
-    """
-    if not isinstance(model, nn.Module) or not is_root_failure(error):
-        return None
+) -> CaptureExtractor:
+    """The capture extractor drawn for a model whose root forward raised ``error`` (``route``
+    chose the capture path); it serves ``nodes`` (default: the model's output)."""
     wanted = (
         [Request(MODEL_OUTPUT, MODEL_OUTPUT)]
         if nodes is None
