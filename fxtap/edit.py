@@ -75,13 +75,7 @@ def edit(
     check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.GraphModule] = {}
-    options = TraceOptions(
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-        example_inputs=example_inputs,
-    )
+    options = TraceOptions(tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
     try:
         traces = route(model, options, capture=False).traces
     except TraceError as exc:

@@ -303,11 +303,11 @@ def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, 
     """
     del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
     options = TraceOptions(
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-        example_inputs=example_inputs,
+        tracer,
+        tracer_kwargs,
+        concrete_args,
+        auto_leaf,
+        example_inputs,
         dynamic_shapes=dynamic_shapes,
     )
     requests = requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)

@@ -119,12 +119,7 @@ def get_graph_node_names(
     ['input', '0', '1']
     """
     options = TraceOptions(
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-        example_inputs=example_inputs,
-        check=False,
+        tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs, check=False
     )
     chosen = route(model, options, names_only=True)
     if chosen.error is not None:
@@ -210,12 +205,7 @@ def node_table(
     check_flags(training=training)
     if traced is None:
         options = TraceOptions(
-            tracer=tracer,
-            tracer_kwargs=tracer_kwargs,
-            concrete_args=concrete_args,
-            auto_leaf=auto_leaf,
-            example_inputs=example_inputs,
-            check=False,
+            tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs, check=False
         )
         mode = "train" if training else "eval"
         chosen = route(model, options.recording_source(), modes=(mode,))

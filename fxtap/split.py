@@ -93,13 +93,7 @@ def split(
     >>> tail(boundary).shape
     torch.Size([1, 1000])
     """
-    options = TraceOptions(
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-        example_inputs=example_inputs,
-    )
+    options = TraceOptions(tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
     return split_with(model, at, options)
 
 

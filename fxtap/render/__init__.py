@@ -169,12 +169,7 @@ def render(  # noqa: PLR0913 - keyword drawing options, each a CLI flag
     _check_options(mode, fmt, depth, max_nodes, timeout, pruned, html)
     modes: tuple[str, ...] = ("train", "eval") if mode == "both" else (mode,)
     options = TraceOptions(
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-        example_inputs=example_inputs,
-        check=False,
+        tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs, check=False
     )
     request = DrawRequest(modes, name, options, heat, checks)
     bases, messages = _bases(model, nodes, request)

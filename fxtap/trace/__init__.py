@@ -100,11 +100,11 @@ def trace(
     """
     check_flags(training=training)
     options = TraceOptions(
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-        example_inputs=example_inputs,
+        tracer,
+        tracer_kwargs,
+        concrete_args,
+        auto_leaf,
+        example_inputs,
         dynamic_shapes=dynamic_shapes,
     )
     mode = "train" if training else "eval"

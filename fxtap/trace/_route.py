@@ -43,6 +43,9 @@ MODES = ("train", "eval")
 class TraceOptions:
     """How to trace a model: what every entry point passes to ``route``.
 
+    The first five fields are the entry points' own keyword arguments, in this order
+    (``TraceOptions(tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs)``).
+
     Attributes:
         tracer: ``"auto"``, ``"fx"`` or ``"export"`` (the order in the module docstring).
         tracer_kwargs: ``NodePathTracer`` options; ``leaf_modules`` and ``autowrap_modules``
@@ -66,8 +69,8 @@ class TraceOptions:
     concrete_args: Mapping[str, Any] | None = None
     auto_leaf: bool = True
     example_inputs: Any = None
-    check: bool = True
-    dynamic_shapes: Any = None
+    check: bool = field(default=True, kw_only=True)
+    dynamic_shapes: Any = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check_tracer(self.tracer)
