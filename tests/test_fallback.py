@@ -15,9 +15,9 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_tracing
 
 import fxtap
-from fxtap.trace import _fallback as fallback_module
 from fxtap import MistraceError, NodeNotFoundError, TraceError, create_feature_extractor
 from fxtap.names import node_table
+from fxtap.trace import _fallback as fallback_module
 from support.checker import bitwise_equal, capture_reference, preserved
 from support.models import ListRoot
 
