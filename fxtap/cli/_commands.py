@@ -46,7 +46,7 @@ def _nodes(args: argparse.Namespace) -> int:
     training = args.mode == "train"
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
         if is_extractor(model):
-            rows = model.node_rows(training=training, example_inputs=example)
+            rows = model.node_rows(training=training, example_inputs=example, tracer=args.tracer)
         else:
             rows = node_table(
                 model,
