@@ -43,6 +43,7 @@ import torchvision
 from torchvision.transforms import v2
 
 import fxtap
+from _common import interleave, wall_seconds
 from fxtap.dataset._demo import make_images
 
 
@@ -151,29 +152,30 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
                 for h in handles:
                     h.remove()
 
-        variants = [("job", job), ("loop", loop), ("hooks", hooks)]
+        variants: dict[str, Any] = {"job": job, "loop": loop, "hooks": hooks}
         setup: dict[str, float] = {}
         for option in args.options:
             variant = functools.partial(job, **{option: True})
             # compiling (or a first channels-last pass) happens here, once, timed apart
-            started = time.perf_counter()
-            variant(torch.utils.data.Subset(dataset, range(min(args.batch_size, args.images))))
-            setup[option + " setup s"] = time.perf_counter() - started
-            variants.append((option, variant))
-        seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
-        for i, block in enumerate(blocks):
-            turn = i % len(variants)
-            for name, fn in variants[turn:] + variants[:turn]:
-                # NOTE: one timed pass per variant and block: Timer.timeit would first run each
-                # pass twice more to warm up, tripling a run that is minutes long already
-                started = time.perf_counter()
-                fn(block)
-                seconds[name].append(time.perf_counter() - started)
+            first = torch.utils.data.Subset(dataset, range(min(args.batch_size, args.images)))
+            setup[option + " setup s"] = wall_seconds(variant, first)
+            variants[option] = variant
+
+        def progress(i: int, seconds: dict[str, list[float]], label: str = label) -> None:
             print(
                 f"{label} block {i + 1}/{len(blocks)}: "
-                + ", ".join(f"{n} {len(block) / s[-1]:.2f}/s" for n, s in seconds.items()),
+                + ", ".join(f"{n} {len(blocks[i]) / s[-1]:.2f}/s" for n, s in seconds.items()),
                 flush=True,
             )
+
+        # NOTE: one timed pass per variant and block: Timer.timeit would first run each
+        # pass twice more to warm up, tripling a run that is minutes long already
+        seconds = interleave(
+            variants,
+            len(blocks),
+            lambda _n, fn, i: wall_seconds(fn, blocks[i]),
+            after_round=progress,
+        )
         row: dict[str, Any] = {
             "taps": label,
             **{k: args.images / sum(v) for k, v in seconds.items()},
