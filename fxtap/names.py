@@ -103,8 +103,9 @@ def get_graph_node_names(
         auto_leaf: keep untraceable submodules and functions opaque, with a warning, instead
             of raising ``TraceError`` (docs/tracing.md).
         tracer: as in ``create_feature_extractor``: ``"auto"`` (torch.fx; torch.export when
-            torch.fx cannot trace the root and ``example_inputs`` are given), ``"fx"`` or
-            ``"export"``. The names are those the extractor built the same way takes.
+            torch.fx cannot trace the root and ``example_inputs`` are given or implied by the
+            model's config; else the capture path's names), ``"fx"`` or ``"export"``. The
+            names are those the extractor built the same way takes (``fxtap.trace.route``).
         example_inputs: the inputs torch.export traces with (a tensor, a tuple, or a dict of
             keyword inputs); unused by torch.fx.
 
@@ -189,8 +190,8 @@ def node_table(
         concrete_args: torch.fx's ``concrete_args``.
         traced: an existing trace to describe instead of tracing again.
         tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
-            ``example_inputs`` are given; else the capture path's modules), ``"fx"`` or
-            ``"export"``, as in ``create_feature_extractor``.
+            ``example_inputs`` are given or implied; else the capture path's modules), ``"fx"``
+            or ``"export"``, as in ``create_feature_extractor`` (``fxtap.trace.route``).
         auto_leaf: keep untraceable submodules and functions opaque, with a warning, and list
             the capture path's modules when the root forward cannot be traced, as
             ``create_feature_extractor`` does; ``False`` raises ``TraceError`` instead.
