@@ -109,6 +109,19 @@ def test_per_mode_options_need_each_other_and_not_nodes(capsys, tmp_path):
     assert main([*base, "--nodes", "stage", "--train-nodes", "stem"]) == 2  # argparse: exclusive
 
 
+def test_render_takes_the_taps_of_each_mode_as_extract_does(capsys, tmp_path):
+    base = ["render", "tests/support/models.py:Nested", "--format", "dot", "-o", str(tmp_path)]
+    assert main([*base, "--train-nodes", "stage"]) == 1
+    assert "only --train-nodes was given; pass --eval-nodes too" in _error_line(capsys)
+    assert main([*base, "--nodes", "stage", "--train-nodes", "stem"]) == 2  # argparse: exclusive
+    capsys.readouterr()
+    assert main([*base, "--train-nodes", "stage", "--eval-nodes", "stem"]) == 0
+    train = (tmp_path / "Nested.train.dot").read_text()
+    evaluated = (tmp_path / "Nested.eval.dot").read_text()
+    # train taps stage (it keeps stem and stage), eval taps stem only: it prunes stage too
+    assert train.count('class="pruned"') < evaluated.count('class="pruned"')
+
+
 def test_a_branch_not_taken_is_not_blamed_on_the_input_shape(capsys, tmp_path):
     argv = [
         "extract",

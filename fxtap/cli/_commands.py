@@ -93,11 +93,10 @@ def _render(args: argparse.Namespace) -> int:
 
     model = _load(args)
     example = _inputs(args) if args.input else None
-    if args.nodes:
+    if args.nodes or args.train_nodes or args.eval_nodes:
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
-            nodes = {"return_nodes": _nodes_arg(args)}
-            model = _build(args, model, nodes, example, keep_traces=True)
+            model = _build(args, model, _requests_arg(args), example, keep_traces=True)
     folder = Path(args.out_dir)
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):

@@ -287,11 +287,15 @@ def _expanded(
 
 
 def _identical(train: View, evaluated: View) -> bool:
-    """The two views draw the same nodes and edges (mode-dependent ops still differ)."""
+    """The two views draw the same nodes and edges, kept and requested alike (mode-dependent
+    ops still differ; an extractor may tap other nodes in each mode)."""
     if train.counts.get("only") or evaluated.counts.get("only"):
         return False
     keys = [
-        ({k: (n.op, n.target, n.shape, n.kind) for k, n in v.nodes.items()}, set(v.edges))
+        (
+            {k: (n.op, n.target, n.shape, n.kind, n.pruned, n.key) for k, n in v.nodes.items()},
+            set(v.edges),
+        )
         for v in (train, evaluated)
     ]
     return keys[0] == keys[1]
