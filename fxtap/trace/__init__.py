@@ -15,10 +15,20 @@ from torch import fx, nn
 
 from fxtap.trace._export import export_trace, split_example_inputs
 from fxtap.trace._export_inputs import check_batch, check_shapes
-from fxtap.trace._fallback import is_root_failure, trace_with_fallback, user_stacklevel
+from fxtap.trace._fallback import is_root_failure, trace_with_fallback
 from fxtap.trace._mistrace import difference
 from fxtap.trace._options import check_flags, check_model, restore_training, tracer_options
-from fxtap.trace._route import MODES, TRACERS, Route, TraceOptions, check_tracer, route
+from fxtap.trace._route import (
+    MODES,
+    TRACERS,
+    Route,
+    TraceOptions,
+    check_tracer,
+    export_notes,
+    first_line,
+    route,
+    warn_capture,
+)
 from fxtap.trace._tracer import NAME_KEY, SCOPE_KEY, SOURCE_KEY, NodePathTracer, Traced
 
 __all__ = [
@@ -36,7 +46,9 @@ __all__ = [
     "check_model",
     "check_tracer",
     "difference",
+    "export_notes",
     "export_trace",
+    "first_line",
     "is_root_failure",
     "restore_training",
     "route",
@@ -45,7 +57,7 @@ __all__ = [
     "trace_names",
     "trace_with_fallback",
     "tracer_options",
-    "user_stacklevel",
+    "warn_capture",
 ]
 
 

@@ -19,6 +19,7 @@ Anything else raises torch.fx's ``TraceError``, with torch.export's failure atta
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +29,26 @@ from torch import fx, nn
 from fxtap.errors import FxtapError, InvalidArgumentError, TraceError, close_matches, format_choices
 from fxtap.trace._example import implied_inputs
 from fxtap.trace._export import export_trace
-from fxtap.trace._fallback import is_root_failure, names_with_fallback, trace_with_fallback
+from fxtap.trace._fallback import (
+    is_root_failure,
+    names_with_fallback,
+    trace_with_fallback,
+    user_stacklevel,
+)
 from fxtap.trace._options import check_concrete_args, check_flags, check_model, tracer_options
 from fxtap.trace._tracer import Traced, trace_graph, trace_with_options
 
-__all__ = ["MODES", "TRACERS", "Route", "TraceOptions", "check_tracer", "route"]
+__all__ = [
+    "MODES",
+    "TRACERS",
+    "Route",
+    "TraceOptions",
+    "check_tracer",
+    "export_notes",
+    "first_line",
+    "route",
+    "warn_capture",
+]
 
 #: Values of the ``tracer`` option: torch.fx then torch.export, torch.fx, torch.export.
 TRACERS = ("auto", "fx", "export")
@@ -167,6 +183,31 @@ def check_tracer(tracer: Any) -> None:
             + (f" (closest: {format_choices(hint)})" if hint else "")
             + "; pass tracer='auto' to let fxtap choose"
         )
+
+
+def warn_capture(model_name: str, error: TraceError, detail: str) -> None:
+    """The one warning that says the capture path was taken, and why (``route``'s choice);
+    ``detail`` says what the capture extractor serves."""
+    warnings.warn(
+        f"torch.fx cannot trace the root {model_name}.forward ({first_line(error.reason)}); fxtap "
+        f"serves the requested values by capturing them during a normal forward of the "
+        f"model (CaptureExtractor: nothing is pruned, the model runs up to the last tap). "
+        f"{detail}{export_notes(error)}Pass auto_leaf=False to get the TraceError.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def export_notes(error: TraceError) -> str:
+    """What torch.export said when ``route`` tried it after torch.fx, if it did."""
+    notes = [n for n in getattr(error, "__notes__", ()) if n.startswith("torch.export")]
+    return "".join(f"{n.rstrip('.')}. " for n in notes)
+
+
+def first_line(text: str) -> str:
+    """``text`` on one line of at most 120 characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= 120 else line[:117] + "..."
 
 
 def _traced(path: str, traces: dict[str, Traced]) -> Route:
