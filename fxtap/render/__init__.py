@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from fxtap._protocol import DrawRequest, is_extractor
+from fxtap._query import MODEL_OUTPUT, Request, normalize_return_nodes
+from fxtap.capture import build_capture_extractor
 from fxtap.errors import InvalidArgumentError, ensure_output_dir, format_choices
-from fxtap.render._capture import capture_of
 from fxtap.render._dot import FAST_SETTINGS, to_dot
 from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
 from fxtap.render._fold import fold_repeats as fold_repeats_
@@ -374,8 +375,20 @@ def _bases(
     if isinstance(model, nn.Module):
         chosen = route(model, request.trace.recording_source())
         if chosen.error is not None:
-            # the root forward cannot be traced: draw what a capture extractor runs
-            drawn = capture_of(model, nodes, chosen.error, request.trace.tracer_kwargs)
+            # the root forward cannot be traced: draw what a capture extractor serving
+            # ``nodes`` (default: the model's output) runs
+            wanted = [Request(MODEL_OUTPUT, MODEL_OUTPUT)]
+            if nodes is not None:
+                wanted = normalize_return_nodes(nodes, argument="nodes")
+            with warnings.catch_warnings():
+                # NOTE: the drawing says what the warnings say (islands, untraced calls)
+                warnings.simplefilter("ignore", UserWarning)
+                drawn = build_capture_extractor(
+                    model,
+                    {"train": wanted, "eval": wanted},
+                    error=chosen.error,
+                    tracer_kwargs=request.trace.tracer_kwargs,
+                )
             return drawn.views(request)
         return graph_views(model, chosen.traces, nodes, request), []
     return graph_views(model, None, nodes, request), []
