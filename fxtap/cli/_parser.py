@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxtap._budget import budget_problem
-from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
+from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, head_parser, parse_dtype, parse_input
 from fxtap.cli._run import add_parser as add_run_parser
 from fxtap.cli._run import add_verify_parser
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
     tracing = _tracer_parser()
-    head = _head_parser()
+    head = head_parser()
 
     p = sub.add_parser(
         "nodes",
@@ -276,18 +276,6 @@ def _inputs_parser(default: str) -> argparse.ArgumentParser:
         type=_dtype_type,
         default=None,
         help="dtype of inputs whose --input names none (default: float32)",
-    )
-    return parser
-
-
-def _head_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument(
-        "--head",
-        metavar="FILE",
-        default=None,
-        help="when MODEL is the tail saved by 'fxtap split', the head saved with it: the "
-        "tail's input is the head's output on --input (default: head.fxtap beside the tail)",
     )
     return parser
 
