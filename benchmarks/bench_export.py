@@ -20,16 +20,11 @@ from typing import Any
 
 import torch
 import torchvision
-from torch.utils.benchmark import Timer
 
 import fxtap
+from _common import add_timing_options, timer_rounds
 
 __all__ = ["main"]
-
-
-def _median_seconds(fn: Callable[[], Any], *, threads: int, rounds: int) -> float:
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=0.2).median
 
 
 def _build_seconds(build: Callable[[], Any], repeats: int) -> float:
@@ -45,7 +40,7 @@ def _build_split(build: Callable[[], Any]) -> dict[str, float]:
     """Seconds of one build spent in ``torch.export.export``, in the build-time checks
     against eager (``check_at_second_shape``, ``check_export``), and in fxtap's own work
     (rebuilding, naming, pruning, compiling), with the number of exports."""
-    import fxtap.trace._export as export_module
+    from fxtap.trace import _export as export_module
 
     spent = {"torch.export.export": 0.0, "check against eager": 0.0}
     exports = [0]
@@ -88,8 +83,7 @@ def _build_split(build: Callable[[], Any]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
+    add_timing_options(parser, rounds=5, min_run_time=0.2)
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
     parser.add_argument(
         "--tap",
@@ -127,11 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "full, 200 tok": lambda: model(**long, use_cache=False),
         "export, 200 tok": lambda: exported(**long),
     }
-    medians: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
-        for _ in range(args.rounds):
-            for label, fn in variants.items():  # interleaved
-                medians[label].append(_median_seconds(fn, threads=args.threads, rounds=1))
+        medians = timer_rounds(
+            variants, rounds=args.rounds, threads=args.threads, min_run_time=args.min_run_time
+        )
     fulls = {k: statistics.median(v) for k, v in medians.items() if k.startswith("full")}
 
     def full_of(label: str) -> float:  # each row against the full model at its length
@@ -169,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         plain(**inputs)
         build["first call, no options"] = time.perf_counter() - start
-        build["later call, no options"] = _median_seconds(
-            lambda: plain(**inputs), threads=args.threads, rounds=1
+        later = timer_rounds(
+            {"later": lambda: plain(**inputs)},
+            rounds=1,
+            threads=args.threads,
+            min_run_time=args.min_run_time,
         )
+        build["later call, no options"] = statistics.median(later["later"])
     split = _build_split(lambda: fxtap.create_feature_extractor(model, tap, example_inputs=inputs))
     split_plain = _build_split(lambda: fxtap.create_feature_extractor(model, tap))
     print(

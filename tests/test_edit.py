@@ -355,10 +355,50 @@ def test_a_function_edit_saves_only_as_a_pickle(tmp_path: Any) -> None:
 
 def test_render_marks_the_edited_nodes(tmp_path: Any) -> None:
     edited = fxtap.edit(TinyUNet(), {"enc2": Scale(2.0), "cat": Zero(1)})
-    rendering = fxtap.render(edited, mode="eval", fmt="dot", out_dir=tmp_path, max_nodes=None)
-    text = rendering.paths[0].read_text(encoding="utf-8")
-    assert text.count("✎ edited") == 2
-    assert '"enc2.2.edit"' in text
+    loaded = fxtap.load(fxtap.save(edited, tmp_path / "edited.fxtap"))
+    for module, name in ((edited, "built"), (loaded, "loaded")):  # the file keeps the marks
+        rendering = fxtap.render(
+            module, mode="eval", fmt="dot", out_dir=tmp_path, name=name, max_nodes=None
+        )
+        text = rendering.paths[0].read_text(encoding="utf-8")
+        assert text.count("✎ edited") == 2
+        assert '"enc2.2.edit"' in text
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+def test_edited_module_called_from_many_threads_equals_serial_calls() -> None:
+    """Eight threads call one edited module (a compiled ``Scale`` and an ``Input`` patched or
+    left out, an in-place ReLU after it): every result equals the serial one bitwise."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = TinyUNet().eval()
+    edited = fxtap.edit(model, {"enc1": Scale(0.5), "enc2.1": Input("patch")})
+    inputs = [torch.rand(2, 3, 16, 16, generator=_seeded(10 + i)) for i in range(4)]
+    patches = [None, PATCH_ENC2, -PATCH_ENC2]
+    calls = [(x, p) for x in inputs for p in patches]
+    with torch.no_grad():
+        serial = [edited(x, patch=p) for x, p in calls]
+    assert not bitwise_equal(serial[0], serial[1])
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> list[tuple[int, int]]:
+        wrong = []
+        barrier.wait()
+        with torch.no_grad():
+            for call in range(24):
+                i = (worker * 5 + call) % len(calls)
+                if not bitwise_equal(edited(calls[i][0], patch=calls[i][1]), serial[i]):
+                    wrong.append((worker, call))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        wrong = [w for found in pool.map(work, range(8)) for w in found]
+    assert wrong == []
+    assert bitwise_equal(PATCH_ENC2, torch.randn(2, 8, 8, 8, generator=_seeded(1)))
 
 
 # --- the export path (Hugging Face models) -------------------------------------------------------

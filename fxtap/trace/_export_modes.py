@@ -5,7 +5,7 @@ and ``nn.Module.train`` changes one thing: the ``training`` flag of every module
 class overrides ``train``). So while the first mode is exported, every read of a module's
 ``training`` flag is recorded (``read_flags``). When the model's code read none, and switching
 modes changes nothing else in any module, exporting the other mode would run the very same
-Python code on the very same values: its program is the first one, and ``trace_modes`` reuses
+Python code on the very same values: its program is the first one, and the export path reuses
 it (``one_export``). A read that cannot change what runs is not counted: ``nn.Dropout`` and its
 siblings with ``p == 0`` return their input in either mode.
 
