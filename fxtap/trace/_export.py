@@ -10,6 +10,7 @@ every node is named by NodePathTracer's rules (``fxtap.trace._export_names``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import io
@@ -91,9 +92,10 @@ def export_trace(
     options = tracer_options(tracer_kwargs)
     shared = shared_export(model)
     if shared is not None:
-        # NOTE: the other mode's program, checked in that mode, serves this one too: the
-        # model's code ran the same while exporting in either mode (_export_modes)
-        return _unchecked(model, shared.program, shared.args, shared.kwargs, options, training)
+        # NOTE: the other mode's graph, checked in that mode, serves this one too: the
+        # model's code ran the same while exporting in either mode (_export_modes); every
+        # stage copies a trace before it changes it, so the graph module is shared
+        return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
     ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
@@ -109,7 +111,7 @@ def export_trace(
         traced = _unchecked(model, ep, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
     if flags.mode_independent:
-        remember_export(model, SharedExport(ep, args, kwargs))
+        remember_export(model, SharedExport(traced))
     return traced
 
 

@@ -52,11 +52,9 @@ class FlagReads:
 
 @dataclass(frozen=True)
 class SharedExport:
-    """A program exported in one mode that serves both, with the inputs it was exported on."""
+    """The checked trace of a program exported in one mode that serves both modes."""
 
-    program: Any
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    traced: Any
 
 
 def one_export() -> contextlib.AbstractContextManager[None]:
