@@ -193,6 +193,30 @@ def test_dynamic_shapes_are_handed_to_torch_export() -> None:
         )
 
 
+def test_an_extractor_exports_again_with_its_dims_dynamic() -> None:
+    """torch.export of a built extractor keeps its dynamic dims dynamic, and its fixed ones
+    fixed: the input check becomes constraints of the new program, not guards on the example."""
+    a, b = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    ex = fxtap.create_feature_extractor(Pair(), ["fc"], example_inputs=(a, b), tracer="export")
+    auto = {0: Dim.AUTO, 1: Dim.AUTO}
+    program = torch.export.export(ex, (a, b), dynamic_shapes=(auto, auto))
+    for shape in ((3, 9, 4), (2, 20, 4)):
+        x, y = torch.randn(shape), torch.randn(shape)
+        with torch.no_grad():
+            assert bitwise_equal(program.module()(x, y), ex(x, y))
+    x, mask = torch.randn(2, 12, 4), torch.ones(2, 12)
+    fixed = fxtap.create_feature_extractor(
+        FixedLength(), ["fc"], example_inputs=(x, mask), tracer="export"
+    )
+    dynamic = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
+    with pytest.raises(
+        torch._dynamo.exc.UserError, match=r"specialized it to be a constant \(12\)"
+    ):
+        torch.export.export(
+            fixed, (x, mask), dynamic_shapes=(dynamic, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC})
+        )
+
+
 # ---------------------------------------------------------------- no options
 
 
