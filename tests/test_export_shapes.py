@@ -16,6 +16,7 @@ from torch.export import Dim
 
 import fxtap
 from fxtap import FeatureExtractor, InputShapeError, InvalidArgumentError
+from fxtap.trace import check_batch
 from support.checker import bitwise_equal, graph_params, num_params
 from support.hf import HF, build_hf, hf_reference
 
@@ -215,6 +216,24 @@ def test_an_extractor_exports_again_with_its_dims_dynamic() -> None:
         torch.export.export(
             fixed, (x, mask), dynamic_shapes=(dynamic, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC})
         )
+
+
+class OldBatchCheck(nn.Module):
+    """The batch check of extractors saved before ``check_shapes``, as their graphs call it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_batch(x, 2, 64, "x")
+        return x * 2
+
+
+def test_the_old_batch_check_exports_again_with_the_batch_dynamic() -> None:
+    program = torch.export.export(
+        OldBatchCheck(), (torch.randn(2, 3),), dynamic_shapes=({0: Dim.AUTO},)
+    )
+    x = torch.randn(5, 3)
+    assert bitwise_equal(program.module()(x), x * 2)
+    with pytest.raises(InputShapeError, match=r"'x' has size 70 in dim 0"):
+        OldBatchCheck()(torch.randn(70, 3))
 
 
 # ---------------------------------------------------------------- no options

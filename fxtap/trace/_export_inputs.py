@@ -80,6 +80,9 @@ def check_batch(value: Any, low: int, high: int | None, argument: str) -> Any:
         return value.tracer.create_proxy(
             "call_function", check_batch, (value, low, high, argument), {}
         )
+    if isinstance(value.shape[0], torch.SymInt):  # torch.export traces it again
+        _constrain_dim(value.shape[0], low if low == high else "batch", {"batch": (low, high)}, {})
+        return None
     _check_dim(argument, 0, int(value.shape[0]), "batch", {"batch": (low, high)}, {})
     if low == high:
         _check_dim(argument, 0, int(value.shape[0]), low, {}, {})
