@@ -15,9 +15,9 @@ from fxtap._query import Request, _enclosing_leaf, normalize_return_nodes, parse
 from fxtap.errors import CutError, NodeNotFoundError, TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
 from fxtap.prune import prune, unwrap_output, written_inputs
-from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
+from fxtap.trace import NAME_KEY, Traced, TraceOptions, check_model, is_root_failure, route
 
-__all__ = ["BOUNDARY", "Split", "split", "tail_keys"]
+__all__ = ["BOUNDARY", "Split", "split", "split_with", "tail_keys"]
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,16 @@ def split(
     >>> tail(boundary).shape
     torch.Size([1, 1000])
     """
+    options = TraceOptions(tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
+    return split_with(model, at, options)
+
+
+def split_with(model: nn.Module, at: str | list[str], options: TraceOptions) -> Split:
+    """``split`` with its ``TraceOptions`` (the command line's, with ``check`` off)."""
     check_model(model)
     requests = normalize_return_nodes(at, argument="at")
     name = type(model).__name__
-    traces = _trace(
-        model,
-        example_inputs=example_inputs,
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-    )
+    traces = _trace(model, options)
     cuts = _resolve_cuts(requests, traces, name)
     heads: dict[str, fx.GraphModule] = {}
     tails: dict[str, fx.GraphModule] = {}
@@ -146,9 +145,9 @@ def tail_keys(module: nn.Module) -> tuple[str, ...] | None:
     return boundary_keys(graph) if isinstance(graph, fx.Graph) else None
 
 
-def _trace(model: nn.Module, **options: Any) -> dict[str, Traced]:
+def _trace(model: nn.Module, options: TraceOptions) -> dict[str, Traced]:
     try:
-        return trace_modes(model, **options)
+        return route(model, options, capture=False).traces
     except TraceError as exc:
         if not is_root_failure(exc):
             raise

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.export import Dim
 
 import fxtap
 from fxtap.errors import CutError, NodeNotFoundError
@@ -472,20 +474,42 @@ HF_CUTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.hf
-@pytest.mark.parametrize("name", ["bert", "llama"])
-def test_hugging_face_models_on_the_export_path(name: str) -> None:
+#: sequence lengths the halves, built at 8 tokens, are called at: the export path makes the
+#: batch size and the sequence length dynamic
+HF_LENGTHS = (8, 7, 20)
+
+
+@functools.cache
+def _hf_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
     from support.hf import build_hf
 
-    model, inputs = build_hf(name)
-    torch.manual_seed(0)
-    for _, at, keys in [c for c in HF_CUTS if c[0] == name]:
-        halves = fxtap.split(model, at, example_inputs=inputs)
-        head, tail = halves
-        assert num_params(head) < num_params(model) and num_params(tail) < num_params(model)
-        for training in (False, True):
-            for module in (model, head, tail):
-                module.train(training)
+    return build_hf(name)
+
+
+@functools.cache
+def _hf_split(name: str, at: str) -> fxtap.Split:
+    model, inputs = _hf_model(name)
+    return fxtap.split(model, at, example_inputs=inputs)
+
+
+def _hf_text(seq: int) -> dict[str, torch.Tensor]:
+    from support.hf import _text
+
+    return _text(seq)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(("name", "at", "keys"), HF_CUTS, ids=[f"{c[0]}-{c[1]}" for c in HF_CUTS])
+def test_hugging_face_models_on_the_export_path(name: str, at: str, keys: list[str]) -> None:
+    model, _ = _hf_model(name)
+    halves = _hf_split(name, at)
+    head, tail = halves
+    assert num_params(head) < num_params(model) and num_params(tail) < num_params(model)
+    for training in (False, True):
+        for module in (model, head, tail):
+            module.train(training)
+        for seq in HF_LENGTHS:
+            inputs = _hf_text(seq)
             with preserved(model), torch.no_grad():
                 torch.manual_seed(0)
                 expected = model(**inputs)
@@ -495,9 +519,54 @@ def test_hugging_face_models_on_the_export_path(name: str) -> None:
                 got = tail(boundary)
             assert list(boundary) == keys
             assert list(boundary) == list(halves.boundary["train" if training else "eval"])
+            assert got.last_hidden_state.shape[:2] == (2, seq)
             for key in ("last_hidden_state", "pooler_output"):
                 if key in expected:
-                    assert bitwise_equal(got[key], expected[key]), f"{name} cut at {at}: {key}"
+                    assert bitwise_equal(got[key], expected[key]), f"{name} at {at}, {seq}: {key}"
+    model.eval()
+
+
+def _dynamic(value: Any) -> Any:
+    """``dynamic_shapes`` making every dim (or int) of ``value`` dynamic, where export can."""
+    if isinstance(value, dict):
+        return {k: _dynamic(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return {i: Dim.AUTO for i in range(value.dim())}
+    return Dim.AUTO
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(("name", "at", "keys"), HF_CUTS, ids=[f"{c[0]}-{c[1]}" for c in HF_CUTS])
+def test_torch_export_of_hugging_face_halves(name: str, at: str, keys: list[str]) -> None:
+    """Both halves export, statically and with batch and sequence dynamic; the exported
+    programs give the eager halves' values and chain into the model's output."""
+    model, inputs = _hf_model(name)
+    head, tail = _hf_split(name, at)
+    for module in (model, head, tail):
+        module.eval()
+    with torch.no_grad():
+        boundary = head(**inputs)
+    static_head = torch.export.export(head, (), inputs).module()
+    static_tail = torch.export.export(tail, (boundary,)).module()
+    with torch.no_grad():
+        exported = static_head(**inputs)
+        assert type(exported) is dict and list(exported) == keys
+        assert bitwise_equal(exported, boundary)
+        got = static_tail(exported)
+        assert bitwise_equal(got.last_hidden_state, model(**inputs).last_hidden_state)
+    dynamic_head = torch.export.export(head, (), inputs, dynamic_shapes=_dynamic(inputs)).module()
+    dynamic_tail = torch.export.export(
+        tail, (boundary,), dynamic_shapes=(_dynamic(boundary),)
+    ).module()
+    for seq in HF_LENGTHS:
+        text = _hf_text(seq)
+        with torch.no_grad():
+            eager = head(**text)
+            exported = dynamic_head(**text)
+            assert bitwise_equal(exported, eager), f"exported head at {seq} tokens"
+            got = dynamic_tail(exported).last_hidden_state
+            assert bitwise_equal(got, tail(eager).last_hidden_state), f"tail at {seq} tokens"
+            assert bitwise_equal(got, model(**text).last_hidden_state)
 
 
 class TwoBranches(nn.Module):

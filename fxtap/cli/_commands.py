@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import glob
 import json
 import re
 import stat
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,9 +44,17 @@ def _nodes(args: argparse.Namespace) -> int:
     model = _load(args)
     example = _example(args, model, _inputs(args) if args.input else None)
     training = args.mode == "train"
-    table = model.node_rows if is_extractor(model) else functools.partial(node_table, model)
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
-        rows = table(training=training, example_inputs=example, tracer=args.tracer)
+        if is_extractor(model):
+            rows = model.node_rows(training=training, example_inputs=example, tracer=args.tracer)
+        else:
+            rows = node_table(
+                model,
+                training=training,
+                example_inputs=example,
+                tracer=args.tracer,
+                auto_leaf=args.auto_leaf,
+            )
     text = format_table(rows, shapes=example is not None)
     if args.json:
         write_text(args.json, json.dumps([row_dict(r) for r in rows], indent=1) + "\n")
@@ -65,7 +71,7 @@ def _extract(args: argparse.Namespace) -> int:
     output = Path(args.output)
     checked = example if args.check_trace or args.tracer == "export" else None
     with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
-        extractor = _build(model, nodes, checked, example, args.tracer, auto_leaf=args.auto_leaf)
+        extractor = _build(args, model, nodes, example, check=args.check_trace)
     with (
         progress("checking it on the example input"),
         torch.no_grad(),
@@ -87,12 +93,10 @@ def _render(args: argparse.Namespace) -> int:
 
     model = _load(args)
     example = _example(args, model, _inputs(args) if args.input else None)
-    if args.nodes:
+    if args.nodes or args.train_nodes or args.eval_nodes:
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
-            exported = example if args.tracer == "export" else None
-            nodes = {"return_nodes": _nodes_arg(args)}
-            model = _build(model, nodes, exported, example, args.tracer, keep_traces=True)
+            model = _build(args, model, _requests_arg(args), example, keep_traces=True)
     folder = Path(args.out_dir)
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
@@ -116,6 +120,7 @@ def _render(args: argparse.Namespace) -> int:
             max_nodes=args.max_nodes,
             html=args.html,
             tracer=args.tracer,
+            auto_leaf=args.auto_leaf,
         )
     for message in getattr(result, "messages", ()):
         print(f"note: {cli_words(message)}", file=sys.stderr)
@@ -146,6 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
             training=args.mode == "train",
             progress=sys.stderr.isatty(),
             tracer=args.tracer,
+            auto_leaf=args.auto_leaf,
         )
     print(report.table())
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv)):
@@ -173,38 +179,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _build(
+    args: argparse.Namespace,
     model: nn.Module,
     nodes: dict[str, Any],
-    checked: tuple[torch.Tensor, ...] | None,
     example: tuple[torch.Tensor, ...] | None,
-    tracer: str,
     *,
+    check: bool = False,
     keep_traces: bool = False,
-    auto_leaf: bool = True,
 ) -> Any:
-    """The extractor; with ``--tracer auto``, torch.export on ``--input`` when the root fails.
+    """The extractor of ``nodes`` (``return_nodes``, or ``train_return_nodes`` with
+    ``eval_return_nodes``), traced as ``--tracer`` and ``--no-auto-leaf`` say on ``--input``.
 
-    ``nodes`` holds ``return_nodes``, or ``train_return_nodes`` and ``eval_return_nodes``.
-    ``checked`` are the inputs create_feature_extractor gets (``--check-trace``, or the export
-    path's); without them ``auto`` first takes torch.fx, as it does in Python.
+    ``--input`` is what torch.export traces with; it checks the torch.fx graph only with
+    ``check`` (``--check-trace``).
     """
-    from fxtap.extractor import create_feature_extractor
+    from fxtap._query import requests_by_mode
+    from fxtap.extractor import build_extractor
+    from fxtap.trace import TraceOptions
 
-    build = functools.partial(
-        create_feature_extractor, model, keep_traces=keep_traces, auto_leaf=auto_leaf, **nodes
+    options = TraceOptions(
+        tracer=args.tracer, auto_leaf=args.auto_leaf, example_inputs=example, check=check
     )
-    if tracer != "auto" or checked is not None or example is None:
-        return build(example_inputs=checked, tracer=tracer)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        extractor = build(tracer="fx")
-    if extractor.fallback():
-        # NOTE: torch.fx cannot trace the root; the capture path's warning only if export fails
-        with contextlib.suppress(FxtapError):
-            extractor, caught = build(tracer="export", example_inputs=example), []
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return extractor
+    requests = requests_by_mode(
+        nodes.get("return_nodes"), nodes.get("train_return_nodes"), nodes.get("eval_return_nodes")
+    )
+    return build_extractor(model, requests, options, keep_traces=keep_traces)
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:

@@ -21,9 +21,10 @@ def split_command(args: argparse.Namespace) -> int:
     from fxtap.cli._examples import make_inputs
     from fxtap.cli._models import load_spec
     from fxtap.cli._output import file_size, progress
-    from fxtap.errors import CutError, FxtapError, ensure_output_dir
+    from fxtap.errors import ensure_output_dir
     from fxtap.save import save
-    from fxtap.split import split
+    from fxtap.split import split_with
+    from fxtap.trace import TraceOptions
 
     paths = {half: Path(args.out_dir) / f"{half}.fxtap" for half in ("head", "tail")}
     if Path(args.out_dir).is_dir():  # before any work, as for every output path
@@ -35,14 +36,10 @@ def split_command(args: argparse.Namespace) -> int:
         )
     example = make_inputs(args.input, dtype=args.dtype)
     with progress(f"cutting {args.model} at {', '.join(args.at)}"):
-        exported = example if args.tracer == "export" else None
-        try:
-            halves = split(model, args.at, example_inputs=exported, tracer=args.tracer)
-        except CutError as exc:
-            # torch.fx cannot trace the root: torch.export on the --input, as extract does
-            if args.tracer != "auto" or not isinstance(exc.__cause__, FxtapError):
-                raise
-            halves = split(model, args.at, example_inputs=example, tracer="export")
+        options = TraceOptions(
+            tracer=args.tracer, auto_leaf=args.auto_leaf, example_inputs=example, check=False
+        )
+        halves = split_with(model, args.at, options)
     with progress("checking tail(head(x)) against the model"), torch.no_grad():
         head, tail = halves
         was = (model.training, head.training)

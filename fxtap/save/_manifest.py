@@ -26,6 +26,7 @@ from fxtap.save._ops import (
     check_rebuild,
     check_treespec,
 )
+from fxtap.save._outputs import check_outputs
 from fxtap.save._schema import (
     MARK_KEYS,
     MAX_NODES,
@@ -39,7 +40,6 @@ from fxtap.save._schema import (
     as_string,
     as_strings,
     check_keys,
-    check_outputs,
     closest,
     decode,
     dotted_path,

@@ -18,7 +18,8 @@ from fxtap.save import _allowlist
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MODES, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
-from fxtap.save._schema import MARK_KEYS, MAX_STRING, encode_outputs
+from fxtap.save._outputs import encode_outputs
+from fxtap.save._schema import MARK_KEYS, MAX_STRING
 from fxtap.trace import NAME_KEY
 
 __all__ = ["KIND", "describe_capture", "describe_graphs", "pack"]
