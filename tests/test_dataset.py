@@ -378,3 +378,29 @@ def test_the_docs_python_example_runs_twice(tmp_path, monkeypatch, capsys):
     for _ in range(2):
         exec(compile(code, "docs/dataset.md", "exec"), {})  # the docs' own code
     assert capsys.readouterr().out.splitlines()[-1] == "0 8"
+
+
+def test_the_probe_runs_on_one_thread_and_the_batches_on_the_callers(tmp_path):
+    """The first-sample probe only learns shapes, so on CPU it runs on one intra-op thread
+    (a single sample on several threads mostly waits at barriers); the batches run on the
+    caller's threads, the count is restored, and the store equals a plain loop bitwise."""
+    model = tiny_model()
+    dataset = image_folder(tmp_path / "images", count=8)
+    extractor = fxtap.create_feature_extractor(model, NODES).eval()
+    seen: list[tuple[int, int]] = []
+    handle = extractor.register_forward_pre_hook(
+        lambda m, args: seen.append((len(args[0]), torch.get_num_threads()))
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want, _ = reference(model, dataset, 4)
+        fxtap.extract_dataset(extractor, dataset, tmp_path / "out", batch_size=4, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        handle.remove()
+    assert seen == [(1, 1), (4, 2), (4, 2)]
+    feats = fxtap.open_features(tmp_path / "out")
+    for k in NODES:
+        assert torch.equal(feats.tensor(k), want[k]), k
