@@ -89,8 +89,8 @@ test-timm: $(STAMP)
 # docs/zoo.md's table; a stopped run resumes where it was (delete ZOO_HF to start again).
 ZOO_HF ?= zoo-hf.jsonl
 zoo-hf: $(STAMP)
-	cd tests && OMP_NUM_THREADS=1 ../$(PY) -m support.hf_survey ../$(ZOO_HF)
-	cd tests && ../$(PY) -m support.hf_table ../$(ZOO_HF)
+	cd tests && OMP_NUM_THREADS=1 $(abspath $(PY)) -m support.hf_survey $(abspath $(ZOO_HF))
+	cd tests && $(abspath $(PY)) -m support.hf_table $(abspath $(ZOO_HF))
 
 # Optional: the slow variants (every allowlisted op fuzzed, every detection model saved, ...).
 test-thorough: $(STAMP) dot chromium
