@@ -82,7 +82,7 @@ def calls(model: nn.Module, inputs: dict[str, Any]) -> list[str]:
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model(**inputs, **no_cache(model))
+            model(**{**inputs, **no_cache(model)})
     finally:
         for h in handles:
             h.remove()
@@ -100,7 +100,7 @@ def reference(model: nn.Module, inputs: dict[str, Any], leaf: str, before: str) 
     )
     try:
         _seed()
-        out = model(**inputs, **no_cache(model))
+        out = model(**{**inputs, **no_cache(model)})
     finally:
         h1.remove()
         h2.remove()
@@ -135,7 +135,7 @@ def measure(model_type: str) -> dict[str, Any]:
             order = calls(model, candidate)
             model.train()
             _seed()
-            model(**candidate, **no_cache(model))
+            model(**{**candidate, **no_cache(model)})
             model.eval()
             inputs, failed = candidate, None
             break
@@ -145,6 +145,7 @@ def measure(model_type: str) -> dict[str, Any]:
     if failed is not None:
         return {**row, "status": "no eager run", "reason": _reason(failed)}
     row["inputs"] = sorted(inputs)
+    inputs = {**inputs, **no_cache(model)}  # the extractor gets what the hooked model gets
     row.update(eager=True, total=sum(p.numel() for p in model.parameters()))
     if len(order) < 4:
         return {**row, "status": "fails", "reason": f"only {len(order)} leaf modules to tap"}
@@ -170,6 +171,9 @@ def measure(model_type: str) -> dict[str, Any]:
     else:
         why = next((str(w.message) for w in caught if "capture" in str(w.message)), "")
         row.update(status="captured", reason=_reason(why or "no warning"))
+    if isinstance(ex, FeatureExtractor):
+        # NOTE: the pruned graph fixed use_cache=False at build time and takes tensors only
+        inputs = {k: v for k, v in inputs.items() if k != "use_cache"}
     try:
         wrong = _compare(model, ex, inputs, leaf, before)
     except Exception as exc:
