@@ -92,12 +92,16 @@ def calls(model: nn.Module, inputs: dict[str, Any]) -> list[str]:
 def reference(model: nn.Module, inputs: dict[str, Any], leaf: str, before: str) -> Any:
     """Forward hooks' values of ``leaf`` (output) and ``before`` (first input), and the output."""
     values: dict[str, Any] = {}
-    h1 = model.get_submodule(leaf).register_forward_hook(
-        lambda m, a, o: values.setdefault("leaf", o.clone())
-    )
-    h2 = model.get_submodule(before).register_forward_pre_hook(
-        lambda m, a: values.setdefault("inp", a[0])
-    )
+
+    # NOTE: a hook that returns a value replaces the module's output (or arguments): return None
+    def leaf_hook(m: nn.Module, a: Any, o: Any) -> None:
+        values.setdefault("leaf", o.clone())
+
+    def input_hook(m: nn.Module, a: Any) -> None:
+        values.setdefault("inp", a[0])
+
+    h1 = model.get_submodule(leaf).register_forward_hook(leaf_hook)
+    h2 = model.get_submodule(before).register_forward_pre_hook(input_hook)
     try:
         _seed()
         out = model(**{**inputs, **no_cache(model)})

@@ -31,6 +31,7 @@ SAMPLE = (
 
 _WIDTH = 32
 _INT_FIELDS = {
+    "rotary_dim": 16,
     # widths
     "hidden_size": _WIDTH, "d_model": _WIDTH, "n_embd": _WIDTH, "dim": _WIDTH,
     "embed_dim": _WIDTH, "embedding_size": _WIDTH, "projection_dim": _WIDTH,
