@@ -174,6 +174,8 @@ def measure(model_type: str) -> dict[str, Any]:
         row["kept"] = sum(p.numel() for n, p in ex.named_parameters() if n in targets)
     else:
         why = next((str(w.message) for w in caught if "capture" in str(w.message)), "")
+        # the capture warning explains torch.fx's failure, then torch.export's: keep export's
+        why = why.partition("torch.export could not trace it either: ")[2] or why
         row.update(status="captured", reason=_reason(why or "no warning"))
     if isinstance(ex, FeatureExtractor):
         # NOTE: the pruned graph fixed use_cache=False at build time and takes tensors only
