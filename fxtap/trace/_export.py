@@ -34,6 +34,7 @@ from fxtap.trace._code_names import check_code_names
 from fxtap.trace._export_check import check_export, check_higher_order_ops, kept_rng
 from fxtap.trace._export_inputs import UserInputs, check_batch
 from fxtap.trace._export_names import ModuleCalls, assign_names
+from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
@@ -285,7 +286,7 @@ def _to_traced(
         elif node.op == "output":
             _write_output(graph, node, env, ep, model)
         else:
-            env[node] = graph.node_copy(node, lambda n: env[n])
+            env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
     _mark_buffer_writes(graph, buffers)
     graph.lint()
