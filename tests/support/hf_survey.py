@@ -34,9 +34,9 @@ from torch.utils import _pytree as pytree
 __all__ = ["bitwise", "calls", "measure", "no_cache", "reference"]
 
 #: A type whose measurement takes longer is recorded as failed (seconds, per stage alarm).
-SOFT_TIMEOUT = 240
+SOFT_TIMEOUT = 150
 #: The supervisor kills a worker silent for this long (a hang in C code ignores the alarm).
-HARD_TIMEOUT = 420
+HARD_TIMEOUT = 240
 
 
 def bitwise(a: Any, b: Any) -> bool:
@@ -193,9 +193,12 @@ def measure(model_type: str) -> dict[str, Any]:
 def _compare(
     model: nn.Module, ex: nn.Module, inputs: dict[str, Any], leaf: str, before: str
 ) -> list[str]:
-    """What differs from the hooks: ``eval leaf``, ``train :output``, ``gradients``..."""
-    from support.checker import loss_grads
+    """What differs from the hooks: ``eval leaf``, ``train :output``, ``gradients``...
 
+    Gradients are compared one tap at a time: summed into one loss, two taps that share
+    ancestors add their gradients in an order autograd picks, and that order is not a
+    property of the values (docs/zoo.md, torchaudio's Conformer).
+    """
     wrong = []
     with torch.no_grad():
         ref, _ = reference(model, inputs, leaf, before)
@@ -205,20 +208,32 @@ def _compare(
     ex.train()
     try:
         ref, out = reference(model, inputs, leaf, before)
-        ref_grads = loss_grads(model, ref["leaf"].float().sum() + ref["inp"].float().sum())
         _seed()
         got = ex(**inputs)
         wrong += [] if bitwise(got["out"], out) else ["train :output"]
         wrong += [f"train {k}" for k in ("leaf", "inp") if not bitwise(got[k], ref[k])]
-        grads = loss_grads(model, got["leaf"].float().sum() + got["inp"].float().sum())
-        same = grads.keys() == ref_grads.keys() and all(
-            bitwise(grads[k], ref_grads[k]) for k in grads
-        )
-        wrong += [] if same and grads else ["gradients"]
+        found = 0
+        for k in ("leaf", "inp"):
+            want, have = _grads(model, ref[k]), _grads(model, got[k])
+            found += len(want)
+            if want.keys() != have.keys() or not all(bitwise(have[n], want[n]) for n in want):
+                wrong.append(f"gradients of the {k} tap")
+        wrong += [] if found else ["no gradients"]
     finally:
         model.eval()
         ex.eval()
     return wrong
+
+
+def _grads(model: nn.Module, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradient of ``value.sum()`` for each parameter that gets one, by name."""
+    if not value.requires_grad:
+        return {}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    found = torch.autograd.grad(
+        value.float().sum(), [p for _, p in named], retain_graph=True, allow_unused=True
+    )
+    return {n: g for (n, _), g in zip(named, found) if g is not None}
 
 
 def _seed() -> None:
