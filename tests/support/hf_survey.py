@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from support.hf_zoo import TEXT
+
 __all__ = ["bitwise", "calls", "measure", "no_cache", "reference"]
 
 #: A type whose measurement takes longer is recorded as failed (seconds, per stage alarm).
@@ -122,7 +124,7 @@ def measure(model_type: str) -> dict[str, Any]:
     """
     import fxtap
     from fxtap.extractor import FeatureExtractor
-    from support.hf_zoo import TEXT, example_inputs, tiny_model
+    from support.hf_zoo import example_inputs, tiny_model
 
     row: dict[str, Any] = {"type": model_type, "status": "", "reason": "", "bitwise": None}
     row.update(kept=None, total=None, build_s=None, eager=False, inputs=[])
@@ -131,10 +133,8 @@ def measure(model_type: str) -> dict[str, Any]:
         inputs = example_inputs(model)
     except Exception as exc:
         return {**row, "status": "no eager run", "reason": _reason(exc)}
-    text = {k: v for k, v in inputs.items() if k in TEXT}
     failed: Exception | None = None
-    # a multimodal model whose image or audio tokens are not in input_ids runs on its text
-    for candidate in [inputs] + ([text] if text and len(text) < len(inputs) else []):
+    for candidate in _candidates(inputs):
         try:
             order = calls(model, candidate)
             model.train()
@@ -188,6 +188,19 @@ def measure(model_type: str) -> dict[str, Any]:
     if wrong and row["status"] == "pruned":
         row.update(status="fails", reason="not bitwise equal to hooks: " + ", ".join(wrong))
     return row
+
+
+def _candidates(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inputs to try in turn: as built, waveforms with a channel dim, the text alone."""
+    found = [inputs]
+    wave = inputs.get("input_values")
+    if isinstance(wave, torch.Tensor) and wave.dim() == 2:  # codecs read (batch, 1, time)
+        found.append({**inputs, "input_values": wave[:, None]})
+    text = {k: v for k, v in inputs.items() if k in TEXT}
+    if text and len(text) < len(inputs):
+        # a multimodal model whose image or audio tokens are not in input_ids runs on its text
+        found.append(text)
+    return found
 
 
 def _compare(

@@ -51,7 +51,7 @@ _INT_FIELDS = {
     "vocab_size": 128, "max_position_embeddings": 128, "n_positions": 128,
     "max_source_positions": 64, "max_target_positions": 64, "type_vocab_size": 2,
     # state-space layers: heads x head size is expand x width
-    "num_groups": 1, "mamba_n_heads": 4, "mamba_num_heads": 4, "n_mamba_heads": 4, "mamba_headdim": 16,
+    "num_groups": 1, "num_kv_shared_layers": 0, "mamba_n_heads": 4, "mamba_num_heads": 4, "n_mamba_heads": 4, "mamba_headdim": 16,
     # images
     "image_size": 32, "patch_size": 4, "num_channels": 3, "window_size": 2,
 }  # fmt: skip
@@ -62,7 +62,7 @@ _INT_PATTERNS = (
     (r"hidden_size$|embed_dim$|hidden_size_global$|embedding_dim$", _WIDTH),
     (r"^num_\w*layers$|^n_\w*layers$|_layers$", 2), (r"experts$", 4), (r"^n_group$|^topk_group$", 1),
     (r"d_state$", 16), (r"chunk_size$", 16), (r"first_k_dense_replace$", 1),
-    (r"vocab_size$|vocab$", 128),
+    (r"^vocab_size|vocab$", 128), (r"per_layer_input$", 16),
 )  # fmt: skip
 _DEPTHS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _LISTS = ("hidden_sizes", "depths", "embed_dims", "num_heads")
@@ -165,9 +165,16 @@ def _tiny_int(key: str, value: int) -> int:
 
 
 def _shrink_dict(d: dict[str, Any], depth: int = 0) -> dict[str, Any]:
-    """A config dict (``to_dict()``) shrunk, nested configs too; lists per layer are cut."""
+    """A config dict (``to_dict()``) shrunk, nested configs too; lists per layer are cut.
+
+    Attributes a config derives in ``__post_init__`` (not fields of its dataclass, such as
+    ``qk_head_dim``) are left out, so that they are derived again from the shrunk fields.
+    """
+    fields = _fields(d.get("model_type"))
     out: dict[str, Any] = {}
     for key, value in d.items():
+        if fields and key not in fields and key != "model_type":
+            continue
         if isinstance(value, bool) or value is None:
             out[key] = value
         elif isinstance(value, int):
@@ -180,6 +187,12 @@ def _shrink_dict(d: dict[str, Any], depth: int = 0) -> dict[str, Any]:
             out[key] = _shrink_dict(value, depth + 1)
         else:
             out[key] = value
+    _agree(out, d)
+    return out
+
+
+def _agree(out: dict[str, Any], d: dict[str, Any]) -> None:
+    """Make the shrunk fields of ``out`` agree with each other (``d``: the default dict)."""
     for key in _DEPTHS:  # per-layer lists follow the number of layers
         old, new = d.get(key), out.get(key)
         if isinstance(old, int) and isinstance(new, int) and new < old:
@@ -194,8 +207,21 @@ def _shrink_dict(d: dict[str, Any], depth: int = 0) -> dict[str, Any]:
                 out[key] = vocab - 1
     heads, width = out.get("num_attention_heads"), out.get("hidden_size")
     if isinstance(heads, int) and isinstance(width, int) and heads and width % heads:
-        out["num_attention_heads"] = 1
-    return out
+        out["num_attention_heads"] = heads = 1
+    if "kv_lora_rank" in out and isinstance(heads, int):
+        out["num_key_value_heads"] = heads  # latent attention expands keys to every head
+
+
+def _fields(model_type: Any) -> set[str]:
+    """The dataclass fields of ``model_type``'s config class (empty when not a dataclass)."""
+    import dataclasses
+
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return set()
+    cls = CONFIG_MAPPING[model_type]
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
 
 
 def _shrink(config: Any, depth: int = 0) -> None:
