@@ -4,7 +4,8 @@ A ``CaptureExtractor`` stops the forward once every requested value is captured,
 should cost what the model costs up to that tap. Two models: a ViT-like stack whose root
 iterates over a list of images (each block a traced submodule), tapped in several blocks, and
 ``fasterrcnn_mobilenet_v3_large_320_fpn`` tapped at its ``backbone``. For each tap three
-variants are timed with ``torch.utils.benchmark.Timer``, interleaved in every round: the
+variants are timed with ``torch.utils.benchmark.Timer``, interleaved in every round (in an
+order that rotates from round to round): the
 extractor, the model's own code up to the tap (``prefix``, written out by hand), and the full
 model. Medians over rounds and the ratios extractor/prefix and extractor/full are reported.
 
@@ -25,9 +26,9 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torch.utils.benchmark import Timer
 
 import fxtap
+from _common import add_timing_options, timer_rounds
 
 __all__ = ["Row", "main", "run"]
 
@@ -133,16 +134,10 @@ def run(
             "prefix": prefix,
             "full": lambda model=model, images=images: model(images),
         }
-        samples: dict[str, list[float]] = {v: [] for v in variants}
-        with torch.no_grad():
-            for fn in variants.values():
-                fn()  # warm-up (and the extractor's one eager check per mode)
-            for _ in range(rounds):
-                for variant, fn in variants.items():
-                    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
-                    samples[variant].append(
-                        timer.blocked_autorange(min_run_time=min_run_time).median
-                    )
+        with torch.no_grad():  # the warm-up also runs the extractor's one eager check per mode
+            samples = timer_rounds(
+                variants, rounds=rounds, threads=threads, min_run_time=min_run_time
+            )
         med = {v: statistics.median(s) for v, s in samples.items()}
         rows.append(Row(name, tap, med["extractor"], med["prefix"], med["full"]))
     return rows
@@ -164,11 +159,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument(
-        "--min-run-time", type=float, default=0.2, help="seconds per measurement (default: 0.2)"
-    )
+    add_timing_options(parser, rounds=5, min_run_time=0.2)
     parser.add_argument("--depth", type=int, default=12, help="blocks of the stack (default: 12)")
     parser.add_argument(
         "--json",

@@ -18,6 +18,7 @@ import warnings
 import torch
 import torchvision
 
+from _common import add_image_options, add_timing_options
 from fxtap.cost import CostReport, compare
 
 #: (label, torchvision builder, tap): a cut early, in the middle, and in a dense graph.
@@ -33,16 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases", nargs="+", choices=list(CASES), default=list(CASES), help="(default: all)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default: 2)")
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default: 20)")
-    parser.add_argument(
-        "--min-run-time",
-        type=float,
-        default=0.5,
-        help="seconds per variant per round (default: 0.5)",
-    )
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
-    parser.add_argument("--size", type=int, default=224, help="image side (default: 224)")
+    add_timing_options(parser, threads=2, rounds=20, min_run_time=0.5)
+    add_image_options(parser)
     parser.add_argument("--json-dir", default=None, help="write one JSON per case (default: none)")
     parser.add_argument(
         "--markdown", action="store_true", help="print a Markdown table too (default: off)"

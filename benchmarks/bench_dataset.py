@@ -8,13 +8,17 @@ ratio compares runs made minutes apart at most, whatever else the machine does m
 - ``job``: ``fxtap.extract_dataset`` into a zarr store (loading, compute, background writes);
 - ``loop``: the same DataLoader, the extractor called per batch, results kept in memory;
 - ``hooks``: the same loop over the full model with forward hooks (what thingsvision does);
-- ``channels_last`` and ``compile``: the job with that option (``--options``); compiling is
-  done once before the blocks, on one batch, and its seconds are shown apart.
+- ``channels_last``, ``compile`` and ``channels_last+compile``: the job with those options
+  (``--options``); compiling is done once before the blocks, on one batch, and its seconds are
+  shown apart, with the largest difference of that batch's values from the eager job's.
 
 ``--torchrun`` adds a row: the whole job as two torchrun ranks of ``threads / 2`` threads each
 against one process of ``threads`` threads, both launched the same way (start-up included).
 
     python benchmarks/bench_dataset.py --images 2000 --blocks 10 --threads 2 [--json FILE]
+
+Make each block a whole number of batches (``--images`` a multiple of ``--blocks`` times
+``--batch-size``): with static shapes, a block's short last batch would compile again.
 
 Samples per second are totals over all blocks; the ratios are medians of the per-block ratios,
 with their range. Each block's job opens its own store, so the job's start-up is counted once
@@ -24,6 +28,7 @@ per block, not once per dataset: the ratios are, if anything, unfavourable to th
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import itertools
 import json
@@ -43,6 +48,7 @@ import torchvision
 from torchvision.transforms import v2
 
 import fxtap
+from _common import interleave, wall_seconds
 from fxtap.dataset._demo import make_images
 
 
@@ -54,8 +60,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10, help="interleaved blocks (default: 10)")
     parser.add_argument(
         "--options",
-        default="channels_last,compile",
-        help="job options to time, comma-separated, or 'none' (default: channels_last,compile)",
+        default="channels_last,compile,channels_last+compile",
+        help="job options to time, comma-separated, '+' to combine, or 'none' "
+        "(default: channels_last,compile,channels_last+compile)",
+    )
+    parser.add_argument(
+        "--taps",
+        default="layer3,avgpool",
+        help="rows to measure, comma-separated: layer3, avgpool (default: layer3,avgpool)",
     )
     parser.add_argument(
         "--torchrun", action="store_true", help="add the 2-rank torchrun row (default: off)"
@@ -63,6 +75,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the results as JSON (default: none)")
     args = parser.parse_args()
     args.options = [o for o in args.options.split(",") if o and o != "none"]
+    args.taps = [t for t in args.taps.split(",") if t]
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="fxtap-bench-"))
     try:
@@ -83,8 +96,10 @@ def main() -> None:
     for r in rows:
         for option in args.options:
             print(
-                f"{r['taps']:<18}{option:<14}{r[option]:>8.2f} samples/s, {option}/loop "
-                f"{_ratio(r[option + '/loop'])}, compiled in {r.get(option + ' setup s', 0):.1f} s"
+                f"{r['taps']:<18}{option:<24}{r[option]:>8.2f} samples/s, {option}/loop "
+                f"{_ratio(r[option + '/loop'])}, set up in {r[option + ' setup s']:.1f} s, "
+                f"max |{option} - eager| {r[option + ' max diff']:.2g} "
+                f"(values up to {r['max abs']:.3g})"
             )
     if launched is not None:
         print(
@@ -115,13 +130,21 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
         ("layer3", ["layer3"], None),
         ("avgpool (pooled)", ["avgpool"], "avg"),
     ):
+        if label.split()[0] not in args.taps:
+            continue
         extractor = fxtap.create_feature_extractor(model, nodes).eval()
 
-        def job(block: Any, extractor: Any = extractor, pool: Any = pool, **options: Any) -> None:
+        def job(
+            block: Any,
+            extractor: Any = extractor,
+            pool: Any = pool,
+            out: str = "out",
+            **options: Any,
+        ) -> None:
             fxtap.extract_dataset(
                 extractor,
                 block,
-                work / "out",
+                work / out,
                 batch_size=args.batch_size,
                 pool=pool,
                 progress=False,
@@ -151,29 +174,41 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
                 for h in handles:
                     h.remove()
 
-        variants = [("job", job), ("loop", loop), ("hooks", hooks)]
-        setup: dict[str, float] = {}
+        variants: dict[str, Any] = {"job": job, "loop": loop, "hooks": hooks}
+        first = torch.utils.data.Subset(dataset, range(min(args.batch_size, args.images)))
+        job(first, out="eager")
+        eager = fxtap.open_features(work / "eager").tensor(nodes[0])
+        setup: dict[str, float] = {"max abs": eager.abs().max().item()}
+        # NOTE: converted once, as a user running many jobs would: the job then runs it as it
+        # is, and torch.compile reuses its compiled code from block to block
+        in_channels_last = copy.deepcopy(extractor).to(memory_format=torch.channels_last)
         for option in args.options:
-            variant = functools.partial(job, **{option: True})
+            variant = functools.partial(
+                job,
+                **({"extractor": in_channels_last} if "channels_last" in option else {}),
+                **dict.fromkeys(option.split("+"), True),
+            )
             # compiling (or a first channels-last pass) happens here, once, timed apart
-            started = time.perf_counter()
-            variant(torch.utils.data.Subset(dataset, range(min(args.batch_size, args.images))))
-            setup[option + " setup s"] = time.perf_counter() - started
-            variants.append((option, variant))
-        seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
-        for i, block in enumerate(blocks):
-            turn = i % len(variants)
-            for name, fn in variants[turn:] + variants[:turn]:
-                # NOTE: one timed pass per variant and block: Timer.timeit would first run each
-                # pass twice more to warm up, tripling a run that is minutes long already
-                started = time.perf_counter()
-                fn(block)
-                seconds[name].append(time.perf_counter() - started)
+            setup[option + " setup s"] = wall_seconds(functools.partial(variant, out=option), first)
+            values = fxtap.open_features(work / option).tensor(nodes[0])
+            setup[option + " max diff"] = (values - eager).abs().max().item()
+            variants[option] = variant
+
+        def progress(i: int, seconds: dict[str, list[float]], label: str = label) -> None:
             print(
                 f"{label} block {i + 1}/{len(blocks)}: "
-                + ", ".join(f"{n} {len(block) / s[-1]:.2f}/s" for n, s in seconds.items()),
+                + ", ".join(f"{n} {len(blocks[i]) / s[-1]:.2f}/s" for n, s in seconds.items()),
                 flush=True,
             )
+
+        # NOTE: one timed pass per variant and block: Timer.timeit would first run each
+        # pass twice more to warm up, tripling a run that is minutes long already
+        seconds = interleave(
+            variants,
+            len(blocks),
+            lambda _n, fn, i: wall_seconds(fn, blocks[i]),
+            after_round=progress,
+        )
         row: dict[str, Any] = {
             "taps": label,
             **{k: args.images / sum(v) for k, v in seconds.items()},

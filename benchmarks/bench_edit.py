@@ -3,7 +3,7 @@ and against the same edit by a forward hook, and ``tail`` on cached boundary val
 its share of the model's FLOPs.
 
 Forward latency is the median of interleaved ``torch.utils.benchmark.Timer`` runs of every
-variant; each ratio is the median over rounds of the variant's time over the unedited model's
+variant (``_common.interleave``: the order rotates from round to round); each ratio is the median over rounds of the variant's time over the unedited model's
 in the same round.
 
     python benchmarks/bench_edit.py --threads 1 --json
@@ -20,18 +20,13 @@ from typing import Any
 
 import torch
 import torchvision
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxtap
+from _common import add_image_options, add_timing_options, interleave, timer_median
 from fxtap.edits import Scale
 
 __all__ = ["main"]
-
-
-def _median_seconds(fn: Callable[[], Any], *, threads: int, min_run_time: float) -> float:
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def _flops(fn: Callable[[], Any]) -> int:
@@ -62,13 +57,8 @@ def _nnsight_variant(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Calla
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
-    parser.add_argument("--batch", type=int, default=1, help="images per batch (default: 1)")
-    parser.add_argument("--size", type=int, default=224, help="image side (default: 224)")
-    parser.add_argument(
-        "--min-run-time", type=float, default=0.3, help="seconds per timing (default: 0.3)"
-    )
+    add_timing_options(parser, rounds=7, min_run_time=0.3)
+    add_image_options(parser)
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -98,23 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         "head (up to layer3)": lambda: head(x),
         "tail on cached layer3": lambda: tail(boundary),
     }
-    medians: dict[str, list[float]] = {k: [] for k in variants}
+
+    def measure(label: str, fn: Callable[[], Any], _round: int) -> float:
+        handle = (
+            model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
+            if label.startswith("forward hook")
+            else None
+        )
+        try:
+            return timer_median(fn, threads=args.threads, min_run_time=args.min_run_time)
+        finally:
+            if handle is not None:
+                handle.remove()
+
     with torch.no_grad():
-        for _ in range(args.rounds):
-            for label, fn in variants.items():  # interleaved
-                handle = (
-                    model.layer3.register_forward_hook(lambda _m, _i, out: out * 0.5)
-                    if label.startswith("forward hook")
-                    else None
-                )
-                try:
-                    seconds = _median_seconds(
-                        fn, threads=args.threads, min_run_time=args.min_run_time
-                    )
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                medians[label].append(seconds)
+        medians = interleave(variants, args.rounds, measure)
         full_flops = _flops(lambda: model(x))
         tail_flops = _flops(lambda: tail(boundary))
     # NOTE: each round's ratio is taken to the model timed in that round, then the median of
@@ -130,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         value = boundary["layer3.5.relu_2"]
         scale = Scale(0.5)
-        edit_ms = _median_seconds(
+        edit_ms = timer_median(
             lambda: scale(value), threads=args.threads, min_run_time=args.min_run_time
         )
     rows.append({"variant": "the Scale op alone", "ms": edit_ms * 1e3,

@@ -20,16 +20,11 @@ from typing import Any
 
 import torch
 import torchvision
-from torch.utils.benchmark import Timer
 
 import fxtap
+from _common import add_timing_options, timer_rounds
 
 __all__ = ["main"]
-
-
-def _median_seconds(fn: Callable[[], Any], *, threads: int, rounds: int) -> float:
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=0.2).median
 
 
 def _build_seconds(build: Callable[[], Any], repeats: int) -> float:
@@ -79,8 +74,7 @@ def _build_split(build: Callable[[], Any]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
+    add_timing_options(parser, rounds=5, min_run_time=0.2)
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
     parser.add_argument(
         "--tap",
@@ -118,11 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "full, 200 tok": lambda: model(**long, use_cache=False),
         "export, 200 tok": lambda: exported(**long),
     }
-    medians: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
-        for _ in range(args.rounds):
-            for label, fn in variants.items():  # interleaved
-                medians[label].append(_median_seconds(fn, threads=args.threads, rounds=1))
+        medians = timer_rounds(
+            variants, rounds=args.rounds, threads=args.threads, min_run_time=args.min_run_time
+        )
     fulls = {k: statistics.median(v) for k, v in medians.items() if k.startswith("full")}
 
     def full_of(label: str) -> float:  # each row against the full model at its length

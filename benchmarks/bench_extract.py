@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torch.utils.benchmark import Timer
 from torchvision.models import feature_extraction as tv_fx
 
 import fxtap
+from _common import add_image_options, add_timing_options, timer_rounds
 
 __all__ = ["Case", "Result", "main", "measure"]
 
@@ -73,13 +73,8 @@ CASES = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
-    parser.add_argument("--size", type=int, default=224, help="image side (default: 224)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
-    parser.add_argument(
-        "--min-run-time", type=float, default=0.3, help="seconds per measurement (default: 0.3)"
-    )
+    add_timing_options(parser, rounds=5, min_run_time=0.3)
+    add_image_options(parser)
     parser.add_argument("--only", default="", help="run cases whose label contains this")
     parser.add_argument("--json", action="store_true", help="also write JSON (default: off)")
     args = parser.parse_args(argv)
@@ -132,14 +127,8 @@ def measure(
     if case.truncated is not None:
         truncated = case.truncated
         variants["truncated"] = lambda: truncated(model, x)
-    samples: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
-        for fn in variants.values():
-            fn()  # warm-up
-        for _ in range(rounds):
-            for key, fn in variants.items():
-                timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
-                samples[key].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+        samples = timer_rounds(variants, rounds=rounds, threads=threads, min_run_time=min_run_time)
     latency_ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
     return Result(
         label=case.label,

@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import list_option  # noqa: E402
 from fxtap.save._schema import MAX_STRING  # noqa: E402
 
 __all__ = ["main", "manifest", "measure", "write"]
@@ -146,20 +147,8 @@ def measure(kind: str, n: int, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=list(SIZES),
-        help=f"sizes of each kind (default: {' '.join(map(str, SIZES))})",
-    )
-    parser.add_argument(
-        "--kinds",
-        nargs="+",
-        default=list(KINDS),
-        choices=KINDS,
-        help=f"kinds of file (default: {' '.join(KINDS)})",
-    )
+    list_option(parser, "--sizes", SIZES, "sizes of each kind", type=int)
+    list_option(parser, "--kinds", KINDS, "kinds of file", choices=KINDS)
     parser.add_argument(
         "--at-caps", action="store_true", help="add one file of each kind at its cap (default: off)"
     )

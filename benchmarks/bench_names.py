@@ -2,10 +2,11 @@
 
 ``get_graph_node_names`` traces twice (train and eval mode), so its cost is compared with two
 plain ``torch.fx.symbolic_trace`` calls. Times are CPU seconds of this process
-(``time.process_time``) with an explicit torch thread count. Variants are interleaved within each repeat and the
-median is reported. torchvision is skipped on a size when its fitted growth predicts more
-than ``--tv-limit`` seconds. Every model is measured with its weights on the ``meta`` device
-(no storage) and on the CPU (real, randomly initialised weights, as a user traces them).
+(``time.process_time``) with an explicit torch thread count. Variants are interleaved within each
+repeat (in an order that rotates from repeat to repeat) and the median is reported. torchvision
+is skipped on a size when its fitted growth predicts more than ``--tv-limit`` seconds. Every
+model is measured with its weights on the ``meta`` device (no storage) and on the CPU (real,
+randomly initialised weights, as a user traces them).
 
 Run:  python benchmarks/bench_names.py [--repeat 3] [--threads 1] [--devices meta cpu] [--json]
 """
@@ -32,6 +33,7 @@ from torch import fx, nn
 from torchvision.models import feature_extraction
 
 import fxtap
+from _common import interleave, list_option
 
 __all__ = ["Row", "main", "run", "synthetic"]
 
@@ -128,23 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per variant (default: 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=list(SIZES),
-        help=f"synthetic block counts (default: {' '.join(map(str, SIZES))})",
-    )
-    parser.add_argument(
-        "--zoo", nargs="*", default=list(ZOO), help=f"torchvision models (default: {' '.join(ZOO)})"
-    )
-    parser.add_argument(
-        "--devices",
-        nargs="+",
-        choices=DEVICES,
-        default=list(DEVICES),
-        help=f"where the weights live: meta (no storage) or cpu (default: {' '.join(DEVICES)})",
-    )
+    list_option(parser, "--sizes", SIZES, "synthetic block counts", type=int)
+    list_option(parser, "--zoo", ZOO, "torchvision models", nargs="*")
+    where = "where the weights live: meta (no storage) or cpu"
+    list_option(parser, "--devices", DEVICES, where, choices=DEVICES)
     parser.add_argument(
         "--tv-limit",
         type=float,
@@ -218,18 +207,19 @@ def _variants() -> dict[str, Callable[[nn.Module], Any]]:
 
 def _measure(name: str, device: str, model: nn.Module, repeat: int, skip: Sequence[str]) -> Row:
     variants = {k: v for k, v in _variants().items() if k not in skip}
-    times: dict[str, list[float]] = {k: [] for k in variants}
     nodes = len(fxtap.trace(model, training=False).names)  # also warms up imports and caches
-    for _ in range(repeat):
-        for tool, fn in variants.items():  # interleaved: one of each per round
-            gc.collect()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # NOTE: CPU time of this process, not wall time: on a shared machine the wall
-                # clock also counts the time other processes hold the core.
-                start = time.process_time()
-                fn(model)
-                times[tool].append(time.process_time() - start)
+
+    def cpu_seconds(_tool: str, fn: Callable[[nn.Module], Any], _round: int) -> float:
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # NOTE: CPU time of this process, not wall time: on a shared machine the wall
+            # clock also counts the time other processes hold the core.
+            start = time.process_time()
+            fn(model)
+            return time.process_time() - start
+
+    times = interleave(variants, repeat, cpu_seconds)
     seconds: dict[str, float | None] = {t: None for t in TOOLS}
     seconds.update({t: statistics.median(v) for t, v in times.items()})
     return Row(name, device, nodes, seconds)

@@ -216,23 +216,29 @@ def manifest_of(extractor: Any) -> dict[str, Any]:
         return json.loads(archive.read(MANIFEST))
 
 
+def _every_node(model: torch.nn.Module) -> Any:
+    """An extractor returning every graph node of ``model`` in both modes (so nothing is
+    pruned); ``None`` where the root cannot be traced (served by the capture path: no graph)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            train, evals = fxtap.get_graph_node_names(model)
+        except fxtap.TraceError:
+            return None
+        return fxtap.create_feature_extractor(
+            model, train_return_nodes=train, eval_return_nodes=evals
+        )
+
+
 def torchvision_extractors(names: tuple[str, ...] | list[str]) -> Iterator[tuple[str, Any]]:
     """Every graph node of each model requested (so nothing is pruned); a capture extractor
     where the root cannot be traced (its whole module tree is saved)."""
     from support.zoo import build
 
     for name in names:
-        model = build(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                train, evals = fxtap.get_graph_node_names(model)
-            except fxtap.TraceError:
-                continue  # served by the capture path: no graph to save
-            extractor = fxtap.create_feature_extractor(
-                model, train_return_nodes=train, eval_return_nodes=evals
-            )
-        yield name, extractor
+        extractor = _every_node(build(name))
+        if extractor is not None:
+            yield name, extractor
 
 
 def fixture_extractors() -> Iterator[tuple[str, Any]]:
@@ -244,13 +250,7 @@ def fixture_extractors() -> Iterator[tuple[str, Any]]:
             continue
         try:
             torch.manual_seed(0)
-            model = cls()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                train, evals = fxtap.get_graph_node_names(model)
-                extractor = fxtap.create_feature_extractor(
-                    model, train_return_nodes=train, eval_return_nodes=evals
-                )
+            extractor = _every_node(cls())
         except (TypeError, fxtap.FxtapError):  # needs arguments, or is not traceable
             continue
         if isinstance(extractor, fxtap.FeatureExtractor):
@@ -266,17 +266,9 @@ def timm_extractors() -> Iterator[tuple[str, Any]]:
     from support.zoo import FIXED, FLEXIBLE, build_timm
 
     for name in FLEXIBLE + FIXED:
-        model = build_timm(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                train, evals = fxtap.get_graph_node_names(model)
-            except fxtap.TraceError:
-                continue
-            extractor = fxtap.create_feature_extractor(
-                model, train_return_nodes=train, eval_return_nodes=evals
-            )
-        yield f"timm:{name}", extractor
+        extractor = _every_node(build_timm(name))
+        if extractor is not None:
+            yield f"timm:{name}", extractor
 
 
 def hf_extractors(names: tuple[str, ...] = HF_ZOO) -> Iterator[tuple[str, Any]]:

@@ -35,6 +35,7 @@ from fxtap import (
 )
 from fxtap.cli import ModelSpecError
 from support.checker import bitwise_equal
+from support.models import Gate
 
 
 class Opaque(nn.Module):
@@ -71,15 +72,6 @@ class Small(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return self.head(self.opaque(self.block(self.stem(x))) * scale)
-
-
-class Gate(nn.Module):
-    """Python control flow on a tensor value: torch.fx cannot trace it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return x
-        return -x
 
 
 class DataDependent(nn.Module):

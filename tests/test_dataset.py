@@ -378,28 +378,3 @@ def test_the_docs_python_example_runs_twice(tmp_path, monkeypatch, capsys):
     for _ in range(2):
         exec(compile(code, "docs/dataset.md", "exec"), {})  # the docs' own code
     assert capsys.readouterr().out.splitlines()[-1] == "0 8"
-
-
-def test_channels_last_and_compile_are_recorded_and_part_of_the_job(tmp_path, monkeypatch):
-    model = tiny_model()
-    dataset = image_folder(tmp_path / "images", count=8)
-    kw = {"return_nodes": NODES, "batch_size": 4, "progress": False}
-    fxtap.extract_dataset(model, dataset, tmp_path / "eager", **kw)
-    fxtap.extract_dataset(model, dataset, tmp_path / "cl", channels_last=True, **kw)
-    fxtap.extract_dataset(model, dataset, tmp_path / "cl2", channels_last=True, **kw)
-    assert model.conv1.weight.is_contiguous()  # the caller's model keeps its layout
-    assert tree(tmp_path / "cl") == tree(tmp_path / "cl2")  # the same on every run
-    eager, cl = fxtap.open_features(tmp_path / "eager"), fxtap.open_features(tmp_path / "cl")
-    assert cl.metadata["job"]["channels_last"] and not eager.metadata["job"]["channels_last"]
-    for key in NODES:
-        torch.testing.assert_close(cl.tensor(key), eager.tensor(key), rtol=1e-5, atol=1e-6)
-    with pytest.raises(InvalidArgumentError, match="channels_last is True there, False here"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "cl", **kw)
-    # compile: torch.compile with static shapes (stubbed here: compiling takes minutes on CPU)
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda m, **o: calls.append(o) or m)
-    fxtap.extract_dataset(model, dataset, tmp_path / "c", compile=True, **kw)
-    assert calls == [{"dynamic": False}]
-    assert fxtap.open_features(tmp_path / "c").metadata["job"]["compile"] is True
-    with pytest.raises(InvalidArgumentError, match="compile is True there, False here"):
-        fxtap.extract_dataset(model, dataset, tmp_path / "c", **kw)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import torch
 import torchvision
 
 import fxtap
+from fxtap.cli import main
 from fxtap.dataset import _store
 from fxtap.dataset._spec import digest
 from support.dataset import TRANSFORM, image_folder, tiny_model, tree
@@ -241,3 +243,65 @@ def test_a_resumed_job_computes_only_what_is_missing(tmp_path):
     assert os.WIFSIGNALED(status)
     result = fxtap.extract_dataset(model, dataset, tmp_path / "o", **KW)
     assert result.chunks_before >= 1 and result.computed == 16 - 6 * result.chunks_before
+
+
+# 16 random images; on rank 1 each sample takes 0.3 s to load, so rank 0 finishes its chunks
+# (0 and 2: 10 samples) well before rank 1 finishes chunk 1 (6 samples).
+SLOW_DATA = """
+import os, time, torch
+from torch.utils.data import Dataset
+
+class Images(Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        if os.environ.get("RANK") == "1":
+            time.sleep(0.3)
+        return torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 2
+
+def make():
+    return Images()
+"""
+
+
+def test_torchrun_cli_random_weights_equals_one_process_and_the_bar_counts_every_rank(
+    tmp_path, monkeypatch
+):
+    """``torchrun -m fxtap run torchvision:resnet18`` (random weights, ``--seed 0``) gives the
+    single-process store bitwise, and hooks on one model; rank 0's bar counts all ranks."""
+    monkeypatch.chdir(tmp_path)
+    Path("data.py").write_text(SLOW_DATA)
+    argv = ["run", "torchvision:resnet18", "--nodes", "layer1", "avgpool"]
+    argv += ["--data", "data.py:make", "--batch-size", "3", "--chunk-size", "6"]
+    argv += ["--num-workers", "0"]
+    assert main([*argv, "--out", "one", "--no-progress"]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    cmd += ["-m", "fxtap", *argv, "--out", "two"]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tree(tmp_path / "two") == tree(tmp_path / "one")
+    # the bar of rank 0 shows rank 0's 10 samples while rank 1 still loads, then all 16;
+    # estimating all ranks as rank 0's count times 2 would show 6, 12, 16
+    states = re.findall(r"\| *(\d+)/16 \[", done.stderr)
+    assert "10" in states and states[-1] == "16", done.stderr
+    assert states.index("10") < states.index("16")
+    assert "fxtap: run 16 of 16 samples done by 2 ranks" in done.stderr
+    # forward hooks on one resnet18 built with seed 0, batch by batch
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    seen: dict[str, list[torch.Tensor]] = {"layer1": [], "avgpool": []}
+    for name, values in seen.items():
+        model.get_submodule(name).register_forward_hook(lambda m, a, y, v=values: v.append(y))
+    images = torch.stack(
+        [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(16)]
+    )
+    with torch.no_grad():
+        for start in range(0, 16, 3):
+            model(images[start : start + 3])
+    feats = fxtap.open_features("two", verify=True)
+    for name, values in seen.items():
+        assert torch.equal(feats.tensor(name), torch.cat(values)), name

@@ -52,13 +52,9 @@ def _same_run(a: FeatureExtractor, b: FeatureExtractor, inputs: dict[str, Any], 
     return want, got
 
 
-def _batch(inputs: dict[str, Any], size: int) -> dict[str, Any]:
-    return {k: torch.cat([v] * 3)[:size] if torch.is_tensor(v) else v for k, v in inputs.items()}
-
-
-@pytest.mark.hf
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
-def test_transformers_extractor_loads_safely_and_exactly(arch: str, tmp_path: Path) -> None:
+def _hf_extractor(arch: str) -> tuple[FeatureExtractor, dict[str, Any]]:
+    """An export-path extractor of the tiny ``arch`` at its ``HF`` leaf and functional taps,
+    with the model's output in train mode; and its inputs."""
     model, inputs = build_hf(arch)
     leaf, func, _, _ = HF[arch]
     taps = {leaf: "leaf", func: "func"}
@@ -69,6 +65,17 @@ def test_transformers_extractor_loads_safely_and_exactly(arch: str, tmp_path: Pa
         tracer="export",
         example_inputs=inputs,
     )
+    return ex, inputs
+
+
+def _batch(inputs: dict[str, Any], size: int) -> dict[str, Any]:
+    return {k: torch.cat([v] * 3)[:size] if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
+def test_transformers_extractor_loads_safely_and_exactly(arch: str, tmp_path: Path) -> None:
+    ex, inputs = _hf_extractor(arch)
     loaded = _roundtrip(ex, tmp_path)
     assert loaded.outputs == ex.outputs and loaded.kept == ex.kept
     with torch.no_grad():
@@ -158,16 +165,7 @@ def test_a_constant_only_call_survives_every_copy(tmp_path: Path) -> None:
 @pytest.mark.hf
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "vit"])
 def test_transformers_extractor_survives_every_copy(arch: str, tmp_path: Path) -> None:
-    model, inputs = build_hf(arch)
-    leaf, func, _, _ = HF[arch]
-    taps = {leaf: "leaf", func: "func"}
-    ex = fxtap.create_feature_extractor(
-        model,
-        train_return_nodes={**taps, ":output": "out"},
-        eval_return_nodes=taps,
-        tracer="export",
-        example_inputs=inputs,
-    )
+    ex, inputs = _hf_extractor(arch)
     for how, other in _copies(ex, tmp_path).items():
         assert other.outputs == ex.outputs and other.kept == ex.kept, how
         with torch.no_grad():

@@ -42,7 +42,7 @@ from fxtap import create_feature_extractor
 from fxtap.errors import LoadError
 from fxtap.save import MANIFEST, WEIGHTS, _manifest, _safe_load
 from fxtap.save._pack import pack
-from support.saving import Small
+from support.saving import Small, json_paths
 
 EXAMPLES = {"ci": 500, "thorough": 10_000, "quick": 50}[
     os.environ.get("FXTAP_HYPOTHESIS_PROFILE", "ci")
@@ -76,17 +76,6 @@ class Saved:
     stored: dict[str, torch.Tensor]
     x: torch.Tensor
     expected: tuple[torch.Tensor, ...]
-
-
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found += _paths(item, (*prefix, i))
-    return found
 
 
 def _strings(value: Any) -> set[str]:
@@ -130,7 +119,12 @@ def saved(name: str) -> Saved:
     expected = run(extractor, x)
     assert all(map(torch.equal, expected, run(loaded, x))), "the pristine file differs"
     return Saved(
-        manifest, tuple(_paths(manifest)), tuple(sorted(_strings(manifest))), stored, x, expected
+        manifest,
+        tuple(json_paths(manifest)),
+        tuple(sorted(_strings(manifest))),
+        stored,
+        x,
+        expected,
     )
 
 

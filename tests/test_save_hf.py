@@ -29,7 +29,7 @@ from fxtap.capture import CaptureExtractor
 from fxtap.save import MANIFEST
 from support.checker import bitwise_equal, output_score, preserved, tensor_grads
 from support.hf import HF, build_hf
-from support.saving import rewrite_manifest
+from support.saving import json_paths, rewrite_manifest
 
 pytestmark = pytest.mark.hf
 
@@ -348,17 +348,6 @@ def test_private_arguments_are_checked(tmp_path: Path) -> None:
         load_with(lambda s: s["config"].update(_loss_type="l1"))
 
 
-def _spec_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += _spec_paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found += _spec_paths(item, (*prefix, i))
-    return found
-
-
 def test_mutated_transformers_specs_load_or_raise_load_error(
     llama_file: Path, tmp_path: Path
 ) -> None:
@@ -367,7 +356,7 @@ def test_mutated_transformers_specs_load_or_raise_load_error(
     import random
 
     spec = _manifest(llama_file)["model"]["transformers"]
-    paths = [p for p in _spec_paths(spec) if p]
+    paths = [p for p in json_paths(spec) if p]
     hostile = ["__class__", "x=__import__('os')", "", None, -1, 10**30, 1.5, [], {}, True]
     rng = random.Random(0)
     outcomes = {"refused": 0, "loaded": 0}

@@ -563,33 +563,27 @@ def archive_attacks(
     yield "safetensors_huge_header", weights(struct.pack("<Q", 1 << 60) + b"{}")
     yield "safetensors_garbage", weights(b"not tensors at all")
 
-    def pickle_payload(path: Path) -> None:
-        class Evil:
-            def __reduce__(self) -> tuple[Any, ...]:
-                return (os.system, (f"touch {s}",))
+    def pickled(**save_options: Any) -> Callable[[Path], None]:
+        """A file ``torch.save(..., **save_options)`` writes, whose unpickling runs a command."""
 
-        buffer = io.BytesIO()
-        torch.save({"x": Evil()}, buffer, pickle_module=pickle)
-        path.write_bytes(buffer.getvalue())
+        def write(path: Path) -> None:
+            class Evil:
+                def __reduce__(self) -> tuple[Any, ...]:
+                    return (os.system, (f"touch {s}",))
 
+            buffer = io.BytesIO()
+            torch.save({"x": Evil()}, buffer, **save_options)
+            path.write_bytes(buffer.getvalue())
+
+        return write
+
+    pickle_payload = pickled(pickle_module=pickle)
     yield "pickle_payload", pickle_payload
-
-    def pickle_legacy(path: Path) -> None:
-        class Evil:
-            def __reduce__(self) -> tuple[Any, ...]:
-                return (os.system, (f"touch {s}",))
-
-        buffer = io.BytesIO()
-        torch.save({"x": Evil()}, buffer, _use_new_zipfile_serialization=False)
-        path.write_bytes(buffer.getvalue())
-
-    yield "pickle_legacy", pickle_legacy
+    yield "pickle_legacy", pickled(_use_new_zipfile_serialization=False)
 
     def pickle_in_zip(path: Path) -> None:
-        buffer = io.BytesIO()
         pickle_payload(path)
         _write(path, {"archive/data.pkl": path.read_bytes(), "fxtap.json.pkl": b""})
-        del buffer
 
     yield "pickle_in_zip", pickle_in_zip
     yield (

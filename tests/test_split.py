@@ -11,16 +11,12 @@ from torch import nn
 
 import fxtap
 from fxtap.errors import CutError, NodeNotFoundError
-from support.checker import bitwise_equal, capture_reference, preserved
+from support.checker import bitwise_equal, capture_reference, num_params, preserved
 from support.models import DataDependent, ListRoot, TinyUNet, TrainOnlyBranch
 
 X64 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 X32 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 X16 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def check_split(model: nn.Module, at: Any, x: torch.Tensor, keys: list[str] | None = None) -> None:
@@ -31,8 +27,8 @@ def check_split(model: nn.Module, at: Any, x: torch.Tensor, keys: list[str] | No
     head, tail = halves
     assert model.training == was
     assert head.training == was and tail.training == was
-    assert _params(head) < _params(model)
-    assert _params(tail) < _params(model)
+    assert num_params(head) < num_params(model)
+    assert num_params(tail) < num_params(model)
     for mode in ("eval", "train"):
         training = mode == "train"
         model.train(training)
@@ -322,7 +318,7 @@ def test_hugging_face_models_on_the_export_path(name: str) -> None:
     for _, at, keys in [c for c in HF_CUTS if c[0] == name]:
         halves = fxtap.split(model, at, example_inputs=inputs)
         head, tail = halves
-        assert _params(head) < _params(model) and _params(tail) < _params(model)
+        assert num_params(head) < num_params(model) and num_params(tail) < num_params(model)
         for training in (False, True):
             for module in (model, head, tail):
                 module.train(training)

@@ -29,6 +29,7 @@ from torch import nn
 
 import fxtap
 from fxtap import InputShapeError, InvalidArgumentError, NodeNotFoundError, TraceError
+from support.models import Gate
 
 
 class Twice(nn.Module):
@@ -57,13 +58,6 @@ class Mixed(nn.Module):
         y = self.twice(y + torch.tensor([0.5, -0.5, 1.0, 0.0]))
         y.add_(1.0)
         return self.head(y)
-
-
-class Gate(nn.Module):
-    """Python control flow on a tensor value: not traceable."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.sum() > 0 else -x
 
 
 class Untraceable(nn.Module):

@@ -24,6 +24,7 @@ import fxtap.dataset._store as _store
 import fxtap.dataset._taps as _taps
 from fxtap._protocol import is_extractor
 from fxtap.dataset._options import JobOptions
+from fxtap.dataset._progress import Progress
 from fxtap.dataset._shard import Ranks, chunks_of, join
 from fxtap.errors import FxtapError, InvalidArgumentError, OutputPathError, ResourceError
 from fxtap.extractor import create_feature_extractor
@@ -250,26 +251,25 @@ def _run(
             num_chunks = -(-total // chunk)
             done = _store.done_chunks(group)
             resumed = sum(_rows(k, chunk, total) for k in done)
-            mine = [] if state == "complete" else chunks_of(num_chunks, ranks)
-            plan = _loop.Plan(
-                [k for k in mine if k not in done],
-                chunk,
-                taps,
-                pools,
-                store_dtype,
-                probe.labels is not None,
-                o.skip_bad,
-                _bar_label(ranks) if o.progress and ranks.rank == 0 else None,
-                ranks.world_size,
-                0 if state == "complete" else total - resumed,
+            todo = (
+                {}
+                if state == "complete"
+                else {k: _rows(k, chunk, total) for k in range(num_chunks) if k not in done}
             )
-            # NOTE: static shapes, so each batch shape always runs the same compiled program
-            runner: Any = torch.compile(extractor, dynamic=False) if o.compile else extractor
-            outcome = _loop.compute(runner, source, group, store, plan, device, layout)
-            if outcome.signum is not None:
-                stored = sum(_rows(k, chunk, total) for k in _store.done_chunks(group))
-                raise JobInterrupted(out, stored, total, outcome.signum)
-            by_rank = tuple(ranks.gather(outcome.computed))
+            mine = [k for k in chunks_of(num_chunks, ranks) if k in todo]
+            label = _bar_label(ranks) if o.progress and ranks.rank == 0 else None
+            with Progress(label, out, todo, mine) as bar:
+                plan = _loop.Plan(
+                    mine, chunk, taps, pools, store_dtype, probe.labels is not None, o.skip_bad, bar
+                )
+                # NOTE: static shapes, so each batch shape always runs the same compiled program
+                runner: Any = torch.compile(extractor, dynamic=False) if o.compile else extractor
+                outcome = _loop.compute(runner, source, group, store, plan, device, layout)
+                if outcome.signum is not None:
+                    stored = sum(_rows(k, chunk, total) for k in _store.done_chunks(group))
+                    raise JobInterrupted(out, stored, total, outcome.signum)
+                by_rank = tuple(ranks.gather(outcome.computed))
+                bar.finished(sum(by_rank))
             if ranks.rank == 0 and state != "complete":
                 _store.finish(group, meta)
                 store.check()
@@ -343,13 +343,19 @@ def _extractor(
             f"model_or_extractor={type(model).__name__} is not a torch.nn.Module; pass a model "
             "with return_nodes=, or a FeatureExtractor"
         )
-    here = {p.device for p in extractor.parameters()} | {b.device for b in extractor.buffers()}
-    if (here and here != {device}) or ranks.world_size > 1 or channels_last:
+    tensors = [*extractor.parameters(), *extractor.buffers()]
+    here = {t.device for t in tensors}
+    # NOTE: an extractor already in channels-last (every 4-D weight) is run as it is: a copy
+    # would be another module, and torch.compile would compile it again on every job.
+    relayout = channels_last and any(
+        t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last) for t in tensors
+    )
+    if (here and here != {device}) or ranks.world_size > 1 or relayout:
         # NOTE: the caller's extractor stays where it is and keeps its weights and layout; the
         # job moves a copy, and under torchrun that copy receives rank 0's weights.
         extractor = copy.deepcopy(extractor).to(device)
         ranks.broadcast_module(extractor)
-        if channels_last:
+        if relayout:
             extractor.to(memory_format=torch.channels_last)
     return extractor
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from torch import nn
 
 import fxtap.dataset._data as _data
 import fxtap.dataset._taps as _taps
+from fxtap.dataset._progress import Progress
 from fxtap.dataset._writer import Chunk, Writer
 from fxtap.errors import InvalidArgumentError
 
@@ -45,9 +45,7 @@ class Plan:
     dtype: torch.dtype | None
     has_labels: bool
     skip_bad: bool
-    progress: str | None  # the progress bar's label, None for no bar
-    ranks: int = 1  # the bar shows all ranks' work, estimated as this rank's times the ranks
-    todo: int = 0  # samples left to compute by all ranks
+    progress: Progress  # rank 0's bar, which counts every rank's samples (elsewhere: no-op)
 
 
 @dataclass(frozen=True)
@@ -102,13 +100,6 @@ def compute(
     ]
     names = [*plan.taps, *(["labels"] if plan.has_labels else []), "valid"]
     writer = Writer(group, store, names)
-    bar = None
-    if plan.progress is not None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=plan.todo, unit="sample", desc=plan.progress, file=sys.stderr, dynamic_ncols=True
-        )
     computed = 0
     current: Chunk | None = None
     loader = _data.loader(source, [b for _, b in batches], pin_memory=device.type == "cuda")
@@ -119,8 +110,7 @@ def compute(
                     current = _new_chunk(k, chunk, total, plan)
                 _fill(extractor, source, current, batch, plan, device, layout)
                 computed += len(indices)
-                if bar is not None:
-                    bar.update(min(len(indices) * plan.ranks, plan.todo - bar.n))
+                plan.progress.add(len(indices))
                 if indices[-1] + 1 == current.stop:  # the chunk's last batch: hand it over
                     writer.put(current)
                     current = None
@@ -128,9 +118,6 @@ def compute(
         except BaseException:
             writer.abort()
             raise
-        finally:
-            if bar is not None:
-                bar.close()
     return Outcome(computed, stop.signum)
 
 

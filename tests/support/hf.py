@@ -28,6 +28,10 @@ def _pixels(size: int = 32) -> dict[str, torch.Tensor]:
 _ENC = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}
 _ENC |= {"intermediate_size": 37, "vocab_size": 100, "max_position_embeddings": 64}
 _DEC = {**_ENC, "num_key_value_heads": 1}
+_DISTILBERT = {"dim": 32, "n_layers": 3, "n_heads": 2, "hidden_dim": 37, "vocab_size": 100}
+_DISTILBERT |= {"max_position_embeddings": 64}
+_GPT2 = {"n_embd": 32, "n_layer": 3, "n_head": 2, "vocab_size": 100, "n_positions": 64}
+_GPT2 |= {"bos_token_id": 1, "eos_token_id": 2}
 _T5 = {"d_model": 32, "d_kv": 16, "d_ff": 37, "num_layers": 3, "num_heads": 2, "vocab_size": 100}
 _BART = {"d_model": 32, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 2}
 _BART |= {"decoder_attention_heads": 2, "encoder_ffn_dim": 37, "decoder_ffn_dim": 37}
@@ -42,6 +46,7 @@ W2V |= {"mask_time_prob": 0.0}
 _VISION = {**_ENC, "image_size": 32, "patch_size": 8}
 _SWIN = {"image_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 1, 1]}
 _SWIN |= {"num_heads": [1, 2, 2], "window_size": 4}
+_CONVNEXT = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 1], "num_stages": 3}
 
 
 def build_hf(name: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -51,33 +56,8 @@ def build_hf(name: str) -> tuple[nn.Module, dict[str, Any]]:
     builders: dict[str, Callable[[], tuple[nn.Module, dict[str, Any]]]] = {
         "bert": lambda: (t.BertModel(t.BertConfig(**_ENC)), _text()),
         "roberta": lambda: (t.RobertaModel(t.RobertaConfig(**_ENC, pad_token_id=1)), _text()),
-        "distilbert": lambda: (
-            t.DistilBertModel(
-                t.DistilBertConfig(
-                    dim=32,
-                    n_layers=3,
-                    n_heads=2,
-                    hidden_dim=37,
-                    vocab_size=100,
-                    max_position_embeddings=64,
-                )
-            ),
-            _text(),
-        ),
-        "gpt2": lambda: (
-            t.GPT2Model(
-                t.GPT2Config(
-                    n_embd=32,
-                    n_layer=3,
-                    n_head=2,
-                    vocab_size=100,
-                    n_positions=64,
-                    bos_token_id=1,
-                    eos_token_id=2,
-                )
-            ),
-            _text(),
-        ),
+        "distilbert": lambda: (t.DistilBertModel(t.DistilBertConfig(**_DISTILBERT)), _text()),
+        "gpt2": lambda: (t.GPT2Model(t.GPT2Config(**_GPT2)), _text()),
         "llama": lambda: (t.LlamaModel(t.LlamaConfig(**_DEC)), _text()),
         "mistral": lambda: (t.MistralModel(t.MistralConfig(**_DEC)), _text()),
         "qwen2": lambda: (t.Qwen2Model(t.Qwen2Config(**_DEC)), _text()),
@@ -89,12 +69,7 @@ def build_hf(name: str) -> tuple[nn.Module, dict[str, Any]]:
         "bart": lambda: (t.BartModel(t.BartConfig(**_BART)), _text()),
         "vit": lambda: (t.ViTModel(t.ViTConfig(**_VISION)), _pixels()),
         "swin": lambda: (t.SwinModel(t.SwinConfig(**_SWIN)), _pixels()),
-        "convnext": lambda: (
-            t.ConvNextModel(
-                t.ConvNextConfig(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_stages=3)
-            ),
-            _pixels(),
-        ),
+        "convnext": lambda: (t.ConvNextModel(t.ConvNextConfig(**_CONVNEXT)), _pixels()),
         "clip_vision": lambda: (t.CLIPVisionModel(t.CLIPVisionConfig(**_VISION)), _pixels()),
         "whisper_encoder": lambda: (
             t.WhisperModel(t.WhisperConfig(**_WHISPER)).get_encoder(),

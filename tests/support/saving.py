@@ -49,6 +49,19 @@ class Small(nn.Module):
         return self.fc(z) + 1
 
 
+def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path (keys and list indices) of every value inside the JSON value ``value``, its own
+    (``prefix``) first."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += json_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += json_paths(item, (*prefix, i))
+    return found
+
+
 def fullwidth(text: str) -> str:
     """``text`` with its ASCII letters, digits and ``_`` in fullwidth forms (NFKC folds them)."""
     return "".join(
