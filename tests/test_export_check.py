@@ -129,6 +129,33 @@ def test_no_grad_region_is_inlined_and_passes_no_gradient() -> None:
     assert model.fc.weight.grad is None and bitwise_equal(model.out.weight.grad, want)
 
 
+class GumbelNoise(nn.Module):
+    """Adds Gumbel noise in train mode, as GroupViT does: the distribution checks its scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.training:
+            noise = torch.distributions.Gumbel(torch.zeros_like(h), torch.ones_like(h))
+            h = h + noise.sample()
+        return self.out(h)
+
+
+def test_distribution_argument_checks_do_not_stop_the_export() -> None:
+    model = GumbelNoise().train()
+    ex = fxtap.create_feature_extractor(model, ["fc", "out"], tracer="export", example_inputs=X)
+    assert isinstance(ex, FeatureExtractor)
+    torch.manual_seed(3)
+    ref = model(X)
+    torch.manual_seed(3)
+    assert bitwise_equal(ex(X)["out"], ref)
+    assert torch.distributions.Distribution._validate_args  # the checks are back on
+
+
 # NOTE: torch.cond's tracing (dynamo) reads .grad of a non-leaf tensor, which warns
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")
 def test_other_higher_order_ops_are_refused_and_the_capture_path_serves_them() -> None:

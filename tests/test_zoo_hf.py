@@ -5,7 +5,7 @@ encoder-decoder and multimodal families); ``FXTAP_THOROUGH=1`` runs every type t
 maps to ``AutoModel``. Each model gets a leaf tap in the middle, the input of a later module
 (the value a functional op such as a residual add produced) and ``:output``; values are compared
 bitwise with forward hooks on the unmodified model in eval and train mode (same seed), and so
-are the gradients of a loss over the taps (``support.hf_survey.measure``). The result must be
+are the gradients of each tap (``support.hf_survey.measure``). The result must be
 the one docs/zoo.md's generated table gives for that type (``make zoo-hf`` regenerates it), and
 every type of the sample is pruned and exact, except those in ``KNOWN``.
 """

@@ -123,15 +123,22 @@ def kept_rng() -> Iterator[None]:
     Around each ``torch.export`` attempt: a model that draws with numpy while exporting
     (SpecAugment) takes another path on each draw, so every build starts from the same
     state and ends the same way, and the caller's generators are left as they were.
+
+    ``torch.distributions`` skip their argument checks meanwhile: a check is a branch on
+    the data (``if not constraint.check(value).all(): raise``) that export cannot trace
+    (GroupViT's Gumbel noise, BLT's entropy), and it never changes a value.
     """
     torch_state, py_state = torch.get_rng_state(), random.getstate()
     np_state = np.random.get_state() if np is not None else None
+    checks = torch.distributions.Distribution._validate_args
     random.seed(0)
     if np is not None:
         np.random.seed(0)
+    torch.distributions.Distribution.set_default_validate_args(False)
     try:
         yield
     finally:
+        torch.distributions.Distribution.set_default_validate_args(checks)
         torch.set_rng_state(torch_state)
         random.setstate(py_state)
         if np is not None:
