@@ -61,9 +61,16 @@ def bitwise(a: Any, b: Any) -> bool:
 
 
 def no_cache(model: nn.Module) -> dict[str, Any]:
-    """``use_cache=False`` where ``forward`` takes it (caches are not tensors to compare)."""
+    """``use_cache=False`` where ``forward`` takes it, by name or through ``**kwargs`` of a
+    model whose config caches, as the export path passes it (caches are not tensors)."""
     params = inspect.signature(model.forward).parameters
-    return {"use_cache": False} if "use_cache" in params else {}
+    config = getattr(model, "config", None)
+    caches = any(
+        getattr(c, "use_cache", None) is True
+        for c in (config, getattr(config, "text_config", None))
+    )
+    kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"use_cache": False} if "use_cache" in params or (kwargs and caches) else {}
 
 
 def calls(model: nn.Module, inputs: dict[str, Any]) -> list[str]:
@@ -100,7 +107,8 @@ def reference(model: nn.Module, inputs: dict[str, Any], leaf: str, before: str) 
         values.setdefault("leaf", o.clone())
 
     def input_hook(m: nn.Module, a: Any) -> None:
-        values.setdefault("inp", a[0])
+        # cloned: the module may write into its input (ReLU(inplace=True))
+        values.setdefault("inp", a[0].clone())
 
     h1 = model.get_submodule(leaf).register_forward_hook(leaf_hook)
     h2 = model.get_submodule(before).register_forward_pre_hook(input_hook)
