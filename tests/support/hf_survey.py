@@ -35,6 +35,8 @@ from support.hf_zoo import TEXT
 
 __all__ = ["bitwise", "calls", "measure", "no_cache", "reference"]
 
+#: The start of the worker's lines to the supervisor (a model may print lines of its own).
+MARK = "@hf_survey "
 #: A type whose measurement takes longer is recorded as failed (seconds, per stage alarm).
 SOFT_TIMEOUT = 150
 #: The supervisor kills a worker silent for this long (a hang in C code ignores the alarm).
@@ -279,12 +281,17 @@ def _timeout(*_: Any) -> None:
 
 
 def _work(types: list[str]) -> None:
-    """Worker: measure each type, one JSON line on stdout per type (after a ``begin`` line)."""
+    """Worker: measure each type, one JSON line on stdout per type (after a ``begin`` line).
+
+    Both lines start with ``MARK``; whatever a model prints goes to stderr.
+    """
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _timeout)
+    out = sys.stdout
+    sys.stdout = sys.stderr
     for name in types:
-        print(json.dumps({"begin": name}), flush=True)
+        print(MARK + json.dumps({"begin": name}), file=out, flush=True)
         start = time.perf_counter()
         signal.alarm(SOFT_TIMEOUT)
         try:
@@ -294,7 +301,7 @@ def _work(types: list[str]) -> None:
         finally:
             signal.alarm(0)
         row["total_s"] = round(time.perf_counter() - start, 2)
-        print(json.dumps(row), flush=True)
+        print(MARK + json.dumps(row), file=out, flush=True)
         gc.collect()
         if _rss_gib() > 3:  # the supervisor starts a fresh worker on the types left
             return
@@ -335,7 +342,9 @@ def _supervise(out: Path, types: list[str], *, resume: bool) -> None:
                         f.write(json.dumps(row) + "\n")
                     todo.remove(current)
                 break
-            msg = json.loads(line)
+            if not line.startswith(MARK):
+                continue
+            msg = json.loads(line[len(MARK) :])
             if "begin" in msg:
                 current = msg["begin"]
                 continue
