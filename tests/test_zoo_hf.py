@@ -48,3 +48,10 @@ def test_generated_model_is_pruned_and_exact(model_type: str) -> None:
         assert row["status"] == "pruned", f"{model_type}: {row['status']}: {row['reason']}"
         assert row["bitwise"] is True
         assert row["kept"] < row["total"], "nothing was pruned"
+
+
+@pytest.mark.hf
+def test_the_table_has_one_row_per_model_type() -> None:
+    table = read_table()
+    assert sorted(table) == model_types(), "docs/zoo.md is not the table of this transformers"
+    assert all(table[t][0] == "pruned" for t in SAMPLE if t not in KNOWN)

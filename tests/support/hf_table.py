@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOC", "cause", "read_table", "render", "write"]
+__all__ = ["DOC", "cause", "load", "read_table", "render", "write"]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "zoo.md"
 BEGIN, END = "<!-- zoo-hf: begin (generated) -->", "<!-- zoo-hf: end -->"
@@ -23,15 +23,27 @@ _ROW = re.compile(r"^\| `(?P<type>[^`]+)` \| (?P<status>[^|]+?) \| (?P<kept>[^|]
 
 # (pattern on the reason, cause): the first match names the cause of a row that is not pruned.
 _CAUSES = (
-    (r"image tokens|image features|Image features|video tokens|audio tokens|placeholder", "needs multimodal placeholder tokens in input_ids"),
-    (r"takes no input this builder knows|forward needs", "needs inputs the generator does not build"),
-    (r"prediction_length|context_length|past_values", "time-series model: needs a forecasting config"),
-    (r"Could not guess the data-dependent|data-dependent|GuardOnDataDependent", "torch.export: data-dependent control flow"),
-    (r"Constraints violated|specializ", "torch.export: a dimension specialized"),
-    (r"timeout|hang", "timed out"),
+    # not pruned although the tiny model runs
+    (r"Could not guard on data-dependent|GuardOnDataDependent", "torch.export: a branch or loop on tensor values (data-dependent guard)"),
+    (r"cache_utils\.\w+'?>? in output", "torch.export: the model returns a cache object, which is not a pytree"),
+    (r"fake tensor in the exported program", "torch.export: a fake tensor left in the program"),
+    (r"differs from the model", "the export check found the graph differs from the model"),
+    (r"higher-order op", "torch.export: a higher-order op other than a grad-mode region"),
+    (r"timeout|hang", "timed out (over the survey's time limit)"),
     (r"worker died", "crashed the process"),
+    (r"gradients", "gradients differ from hooks (the values are equal)"),
     (r"not bitwise equal", "values differ from hooks"),
-    (r"only \d+ leaf modules", "too few leaf modules to tap"),
+    (r"only \d+ leaf modules", "fewer than 4 leaf modules to tap"),
+    (r"NodeNotFoundError", "a tap the export path does not name (a module that runs no op: nn.Identity)"),
+    (r"vmapped", "the graph fails on a call: a tensor escaped vmap"),
+    # the tiny model does not run on its own
+    (r"takes no input this builder knows|forward needs|You have to specify|must be provided", "needs inputs the generator does not build"),
+    (r"image tokens|image features|grid_thw|image_sizes|Number of patches", "needs multimodal placeholder tokens or image grids"),
+    (r"prediction_length|context_length|past_values", "time-series model: needs a forecasting config"),
+    (r"requires the \w+ library", "needs an optional library"),
+    (r"shapes cannot be multiplied|must match the size|is invalid for input of size|expected input|normalized_shape|split_with_sizes|running_mean|expanded size|divisible|not a multiple|Kernel size|batch2 tensor|index out of range|selected index|values to unpack|must be mono", "tiny config: shapes that do not agree"),
+    (r"NoneType|None\b", "tiny config: a field left unset (None)"),
+    (r"layer types|per-layer attribute|full_attention|Unrecognized configuration|has no attribute", "tiny config: per-layer or nested settings the generator does not shrink"),
 )  # fmt: skip
 
 
@@ -41,8 +53,7 @@ def cause(row: dict[str, Any]) -> str:
     for pattern, label in _CAUSES:
         if re.search(pattern, reason):
             return label
-    head = reason.split(":", 1)
-    return head[0] if len(head) == 1 else f"{head[0]}: {head[1].strip()[:60]}"
+    return reason.split(":", 1)[0] or "no reason given"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -60,7 +71,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         f"- **{exact}** pruned and bitwise equal to hooks in both modes, gradients too: "
         f"**{share}** of those that run eagerly.",
         f"- **{status['captured']}** captured, **{status['fails']}** fail, "
-        f"**{status['no eager run']}** do not run eagerly on their tiny config.",
+        f"**{status['no eager run']}** do not run eagerly on their tiny config"
+        + (f", **{status['not measured']}** not measured yet." if status["not measured"] else "."),
         "",
     ]
     for kind in ("captured", "fails", "no eager run"):
@@ -100,10 +112,32 @@ def read_table(doc: Path = DOC) -> dict[str, tuple[str, str]]:
     return found
 
 
-if __name__ == "__main__":
+def load(paths: list[Path]) -> list[dict[str, Any]]:
+    """Survey rows from JSON-lines files, a later line (a rerun) winning; a model type with no
+    row gets a ``not measured`` one."""
+    from support.hf_zoo import model_types
+
     latest: dict[str, dict[str, Any]] = {}
-    for line in Path(sys.argv[1]).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            latest[row["type"]] = row  # a later line (a rerun) wins
-    write(list(latest.values()))
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                latest[row["type"]] = row
+    for name in model_types():
+        latest.setdefault(name, {**_UNMEASURED, "type": name})
+    return list(latest.values())
+
+
+_UNMEASURED = {
+    "status": "not measured",
+    "reason": "the survey stopped before this type: make zoo-hf resumes it",
+    "bitwise": None,
+    "kept": None,
+    "total": None,
+    "build_s": None,
+    "eager": False,
+}
+
+
+if __name__ == "__main__":  # python -m support.hf_table SURVEY.jsonl [MORE.jsonl ...]
+    write(load([Path(p) for p in sys.argv[1:]]))
