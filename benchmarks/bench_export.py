@@ -39,7 +39,7 @@ def _build_seconds(build: Callable[[], Any], repeats: int) -> float:
 def _build_split(build: Callable[[], Any]) -> dict[str, float]:
     """Seconds of one build spent in ``torch.export.export``, in the build-time check
     (``check_export``), and in fxtap's own work (rebuilding, naming, pruning, compiling)."""
-    import fxtap.trace._export as export_module
+    from fxtap.trace import _export as export_module
 
     spent = {"torch.export.export": 0.0, "check against eager": 0.0}
 

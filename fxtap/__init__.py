@@ -8,7 +8,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fxtap import edits, render, trace
+    from fxtap import edits
     from fxtap._protocol import Extractor
     from fxtap.capture import CaptureExtractor
     from fxtap.cost import CostReport, NodeCost, compare
@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     )
     from fxtap.extractor import FeatureExtractor, create_feature_extractor
     from fxtap.names import NodeInfo, get_graph_node_names, node_table
-    from fxtap.render import Drawing, Rendering
+    from fxtap.render import Drawing, Rendering, render
     from fxtap.save import load, save
     from fxtap.split import Split, split
-    from fxtap.trace import NodePathTracer, Traced
+    from fxtap.trace import NodePathTracer, Traced, trace
 
 from fxtap._version import __version__
 
@@ -89,13 +89,14 @@ __all__ = [
 ]
 
 # NOTE: names load on first use (PEP 562), so that ``fxtap --help`` answers without importing
-# torch. ``fxtap.render`` and ``fxtap.trace`` are callable stage packages.
+# torch. Each stage name is a function; see ``_Package`` for the stages that are packages.
 _HOME = {
     "CaptureExtractor": "fxtap.capture",
     "CompatError": "fxtap._compat",
     "CostReport": "fxtap.cost",
     "NodeCost": "fxtap.cost",
     "Drawing": "fxtap.render",
+    "render": "fxtap.render",
     "compare": "fxtap.cost",
     "Extractor": "fxtap._protocol",
     "FeatureExtractor": "fxtap.extractor",
@@ -111,15 +112,16 @@ _HOME = {
     "edit": "fxtap.edit",
     "NodePathTracer": "fxtap.trace",
     "Traced": "fxtap.trace",
+    "trace": "fxtap.trace",
     # The dataset stage needs the optional zarr: it loads only when used.
     "extract_dataset": "fxtap.dataset",
     "Features": "fxtap.dataset",
     "JobResult": "fxtap.dataset",
     "open_features": "fxtap.dataset",
 }
-_PACKAGES = {"edits", "render", "trace"}
+_PACKAGES = {"edits"}
 #: Modules named like the function they hold: the name on the package is the function.
-_FUNCTION_MODULES = {"edit", "save", "split"}
+_FUNCTION_MODULES = {"edit", "render", "save", "split", "trace"}
 
 
 def __getattr__(name: str) -> Any:
@@ -140,12 +142,13 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The ``fxtap`` package: ``fxtap.save``, ``fxtap.split`` and ``fxtap.edit`` stay functions
-    once their modules are imported."""
+    """The ``fxtap`` package: ``fxtap.trace``, ``fxtap.render``, ``fxtap.save``, ``fxtap.split``
+    and ``fxtap.edit`` stay functions once their modules are imported."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         # NOTE: importing a submodule binds it on the package; the function of the same name
-        # (fxtap.save, in fxtap/save/) is what ``fxtap.save`` means.
+        # (fxtap.save, in fxtap/save/) is what ``fxtap.save`` means. Type checkers read the
+        # functions from the imports under TYPE_CHECKING above.
         if name in _FUNCTION_MODULES and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)

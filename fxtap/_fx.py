@@ -17,6 +17,7 @@ from torch import fx, nn
 from fxtap import _compat
 
 __all__ = [
+    "BOUNDARY",
     "BUFFER_WRITE_KEY",
     "CUT_KEY",
     "EDIT_KEY",
@@ -28,6 +29,7 @@ __all__ = [
     "VIEW_FUNCTIONS",
     "VIEW_METHODS",
     "aten_alias_arg",
+    "boundary_keys",
     "clone_structure",
     "detach_submodules",
     "get_path",
@@ -52,6 +54,8 @@ EDIT_KEY = "fxtap_edit_of"
 #: ``node.meta`` key of a node on a ``split`` boundary: ``"cut"`` (a cut node, in the head) or
 #: ``"boundary"`` (a value the head returns for the tail, in both halves).
 CUT_KEY = "fxtap_cut"
+#: Name of a ``split`` tail's one argument: the dict the head returns.
+BOUNDARY = "boundary"
 #: ``node.meta`` key where torch.export records the module calls a node ran in.
 STACK_KEY = "nn_module_stack"
 #: ``node.meta`` key holding fxtap's dotted-path name of a node.
@@ -245,6 +249,23 @@ _ATEN_PASS_THROUGH = {
     for n in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
     if hasattr(torch.ops.aten, n)
 }
+
+
+def boundary_keys(graph: fx.Graph) -> tuple[str, ...] | None:
+    """The keys a ``split`` tail's graph reads from its one argument, the boundary dict.
+
+    ``None`` unless the graph's only input is ``boundary`` and it only reads items of it by
+    name: what ``fxtap.split`` builds, and what a loaded tail still is.
+    """
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1 or inputs[0].target != BOUNDARY:
+        return None
+    keys = []
+    for user in inputs[0].users:
+        if user.target is not operator.getitem or not isinstance(user.args[1], str):
+            return None
+        keys.append(user.args[1])
+    return tuple(keys)
 
 
 def get_path(module: nn.Module, target: str) -> Any:

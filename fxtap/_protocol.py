@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from torch import nn
 
 from fxtap.errors import InvalidArgumentError
+from fxtap.trace import TraceOptions
 
 __all__ = [
     "CostJob",
@@ -28,12 +29,14 @@ class DrawRequest:
 
     modes: tuple[str, ...]
     title: str | None  # None: the model's class name
-    example_inputs: Any = None
-    tracer_kwargs: Mapping[str, Any] | None = None
-    concrete_args: Mapping[str, Any] | None = None
+    trace: TraceOptions = field(default_factory=TraceOptions)
     heat: Mapping[str, float] | None = None
     checks: bool = False
-    tracer: str = "auto"
+
+    @property
+    def example_inputs(self) -> Any:
+        """The inputs whose shapes are drawn (and a capture extractor's probe runs on)."""
+        return self.trace.example_inputs
 
 
 @dataclass(frozen=True)

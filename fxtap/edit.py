@@ -12,7 +12,7 @@ from fxtap._fx import union_root
 from fxtap.errors import TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
 from fxtap.prune import prune, unwrap_output
-from fxtap.trace import check_model, is_root_failure, trace_modes
+from fxtap.trace import TraceOptions, check_model, is_root_failure, route
 
 __all__ = ["edit"]
 
@@ -75,15 +75,9 @@ def edit(
     check_edits(edits)
     name = type(model).__name__
     graphs: dict[str, fx.GraphModule] = {}
+    options = TraceOptions(tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
     try:
-        traces = trace_modes(
-            model,
-            tracer_kwargs=tracer_kwargs,
-            concrete_args=concrete_args,
-            auto_leaf=auto_leaf,
-            example_inputs=example_inputs,
-            tracer=tracer,
-        )
+        traces = route(model, options, capture=False).traces
     except TraceError as exc:
         if is_root_failure(exc):
             exc.add_note(

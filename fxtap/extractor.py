@@ -17,23 +17,19 @@ from fxtap._fx import detach_submodules, union_root
 from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
 from fxtap._protocol import CostJob, DrawRequest, Extractor, Payload
-from fxtap._query import (
-    OutputKey,
-    requests_by_mode,
-    resolve_in_mode,
-)
+from fxtap._query import OutputKey, Request, requests_by_mode, resolve_in_mode
 from fxtap.capture import CaptureExtractor, build_capture_extractor
-from fxtap.errors import (
-    InvalidArgumentError,
-    TraceError,
-    unknown_choice,
-)
+from fxtap.errors import InvalidArgumentError, unknown_choice
 from fxtap.prune import prune
-from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
+from fxtap.trace import MODES, NAME_KEY, Traced, TraceOptions, check_model, route
 
-__all__ = ["MODES", "ExtractorInfo", "FeatureExtractor", "create_feature_extractor"]
-
-MODES = ("train", "eval")
+__all__ = [
+    "MODES",
+    "ExtractorInfo",
+    "FeatureExtractor",
+    "build_extractor",
+    "create_feature_extractor",
+]
 
 # NOTE: one lock for every extractor's mode switch: the flags and the selected graph change
 # together, so switches racing from many threads leave each extractor in one consistent mode.
@@ -306,51 +302,57 @@ def create_feature_extractor(  # noqa: PLR0913 - torchvision's keyword options, 
     {'mid': (1, 128, 8, 8), 'out': (1, 512, 2, 2)}
     """
     del suppress_diff_warning  # mode differences are explicit in ex.outputs; nothing to warn about
-    check_model(model)
+    options = TraceOptions(
+        tracer,
+        tracer_kwargs,
+        concrete_args,
+        auto_leaf,
+        example_inputs,
+        dynamic_shapes=dynamic_shapes,
+    )
     requests = requests_by_mode(return_nodes, train_return_nodes, eval_return_nodes)
+    return build_extractor(model, requests, options, keep_traces=keep_traces, edits=edits)
+
+
+def build_extractor(
+    model: nn.Module,
+    requests: Mapping[str, list[Request]],
+    options: TraceOptions,
+    *,
+    keep_traces: bool = False,
+    edits: Mapping[str, Any] | None = None,
+) -> FeatureExtractor | CaptureExtractor:
+    """``create_feature_extractor`` with requests by mode and ``TraceOptions``: the path
+    (torch.fx, torch.export or capture) is ``route``'s (``compare`` passes ``check`` off)."""
+    check_model(model)
     if edits is not None:
         check_edits(edits)
-    name = type(model).__name__
-    graphs: dict[str, fx.Graph] = {}
-    full: dict[str, Traced] = {}
-    outputs: dict[str, dict[OutputKey, str]] = {}
-    opaque: tuple[str, ...] = ()
-    pruned_modules: dict[str, fx.GraphModule] = {}
-    try:
-        traces = trace_modes(
-            model,
-            tracer_kwargs=tracer_kwargs,
-            concrete_args=concrete_args,
-            auto_leaf=auto_leaf,
-            example_inputs=example_inputs,
-            tracer=tracer,
-            dynamic_shapes=dynamic_shapes,
-        )
-    except TraceError as exc:
-        if tracer == "export" or not (auto_leaf and is_root_failure(exc)):
-            raise
+    chosen = route(model, options)
+    if chosen.error is not None:
         return build_capture_extractor(
             model,
             requests,
-            error=exc,
-            tracer_kwargs=tracer_kwargs,
-            example_inputs=example_inputs,
+            error=chosen.error,
+            tracer_kwargs=options.tracer_kwargs,
+            example_inputs=options.checked_inputs,
             edits=edits,
         )
+    name = type(model).__name__
+    traces = chosen.traces
     if edits is not None:
         traces = apply_edits(traces, edits, model_name=name)
+    outputs: dict[str, dict[OutputKey, str]] = {}
+    pruned: dict[str, fx.GraphModule] = {}
     for mode, traced in traces.items():
-        opaque = tuple(dict.fromkeys((*opaque, *traced.leaves)))
         selected = resolve_in_mode(requests, traces, mode, model_name=name)
-        pruned = prune(traced, selected, class_name=name)
-        graphs[mode] = pruned.graph
-        if keep_traces:
-            full[mode] = traced
+        pruned[mode] = prune(traced, selected, class_name=name)
         outputs[mode] = {key: _describe(value, traced) for key, value in selected.items()}
-        pruned_modules[mode] = pruned
-    root = union_root(pruned_modules)
-    info = ExtractorInfo(outputs=outputs, opaque=opaque, full=full)
-    return FeatureExtractor(root, graphs, class_name=name, training=model.training, info=info)
+    opaque = tuple(dict.fromkeys(leaf for t in traces.values() for leaf in t.leaves))
+    info = ExtractorInfo(outputs=outputs, opaque=opaque, full=dict(traces) if keep_traces else {})
+    graphs = {mode: gm.graph for mode, gm in pruned.items()}
+    return FeatureExtractor(
+        union_root(pruned), graphs, class_name=name, training=model.training, info=info
+    )
 
 
 def _describe(value: Any, traced: Traced) -> str:

@@ -14,20 +14,7 @@ from torch import fx, nn
 from fxtap._fx import module_type_name, owned_params, target_text
 from fxtap._shapes import VALUE_KEY, describe_value, propagate_shapes
 from fxtap.capture._islands import capture_rows
-from fxtap.errors import FxtapError, TraceError
-from fxtap.trace import (
-    NAME_KEY,
-    SCOPE_KEY,
-    SOURCE_KEY,
-    Traced,
-    check_flags,
-    check_tracer,
-    export_trace,
-    is_root_failure,
-    trace_names,
-    trace_or_export,
-    tracer_options,
-)
+from fxtap.trace import NAME_KEY, SCOPE_KEY, SOURCE_KEY, Traced, TraceOptions, check_flags, route
 
 __all__ = [
     "VALUE_KEY",
@@ -116,8 +103,9 @@ def get_graph_node_names(
         auto_leaf: keep untraceable submodules and functions opaque, with a warning, instead
             of raising ``TraceError`` (docs/tracing.md).
         tracer: as in ``create_feature_extractor``: ``"auto"`` (torch.fx; torch.export when
-            torch.fx cannot trace the root and ``example_inputs`` are given), ``"fx"`` or
-            ``"export"``. The names are those the extractor built the same way takes.
+            torch.fx cannot trace the root and ``example_inputs`` are given or implied by the
+            model's config; else the capture path's names), ``"fx"`` or ``"export"``. The
+            names are those the extractor built the same way takes (``fxtap.trace.route``).
         example_inputs: the inputs torch.export traces with (a tensor, a tuple, or a dict of
             keyword inputs); unused by torch.fx.
 
@@ -131,33 +119,15 @@ def get_graph_node_names(
     >>> train
     ['input', '0', '1']
     """
-    check_tracer(tracer)
-    options: dict[str, Any] = {"concrete_args": concrete_args, "auto_leaf": auto_leaf}
-    try:
-        if tracer == "export":
-            train, evaluated = _export_names(model, example_inputs, tracer_kwargs)
-        else:
-            # NOTE: names only, no graph modules: compiling their code would cost a third of
-            # each trace.
-            train, evaluated = [
-                trace_names(model, training=t, tracer_kwargs=tracer_kwargs, **options)
-                for t in (True, False)
-            ]
-    except TraceError as exc:
-        if tracer == "export" or not is_root_failure(exc):
-            raise
-        try:
-            if tracer != "auto" or example_inputs is None:
-                raise exc
-            train, evaluated = _export_names(model, example_inputs, tracer_kwargs)
-        except FxtapError:
-            if not auto_leaf:
-                raise exc from None
-            # NOTE: the capture path serves the traceable submodules' nodes and the other modules
-            names = [
-                [r.name for r in _capture_table(model, t, tracer_kwargs)] for t in (True, False)
-            ]
-            return names[0], names[1]
+    options = TraceOptions(
+        tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs, check=False
+    )
+    chosen = route(model, options, names_only=True)
+    if chosen.error is not None:
+        # NOTE: the capture path serves the traceable submodules' nodes and the other modules
+        names = [[r.name for r in _capture_table(model, t, tracer_kwargs)] for t in (True, False)]
+        return names[0], names[1]
+    train, evaluated = chosen.names["train"], chosen.names["eval"]
     train_names = list(train.values())
     eval_names = list(evaluated.values())
     if not suppress_diff_warning and train_names != eval_names:
@@ -171,17 +141,6 @@ def get_graph_node_names(
             stacklevel=2,
         )
     return train_names, eval_names
-
-
-def _export_names(
-    model: nn.Module, example_inputs: Any, tracer_kwargs: Mapping[str, Any] | None
-) -> list[dict[fx.Node, str]]:
-    return [
-        export_trace(
-            model, training=t, example_inputs=example_inputs, tracer_kwargs=tracer_kwargs
-        ).names
-        for t in (True, False)
-    ]
 
 
 def node_key(node: fx.Node, name: str) -> tuple[str, str, str]:
@@ -217,6 +176,7 @@ def node_table(
     concrete_args: Mapping[str, Any] | None = None,
     traced: Traced | None = None,
     tracer: str = "auto",
+    auto_leaf: bool = True,
 ) -> list[NodeInfo]:
     """Describe every named node of ``model``: name, op, target, module type, size, source.
 
@@ -230,8 +190,11 @@ def node_table(
         concrete_args: torch.fx's ``concrete_args``.
         traced: an existing trace to describe instead of tracing again.
         tracer: ``"auto"`` (torch.fx; torch.export when torch.fx cannot trace the root and
-            ``example_inputs`` are given; else the capture path's modules), ``"fx"`` or
-            ``"export"``, as in ``create_feature_extractor``.
+            ``example_inputs`` are given or implied; else the capture path's modules), ``"fx"``
+            or ``"export"``, as in ``create_feature_extractor`` (``fxtap.trace.route``).
+        auto_leaf: keep untraceable submodules and functions opaque, with a warning, and list
+            the capture path's modules when the root forward cannot be traced, as
+            ``create_feature_extractor`` does; ``False`` raises ``TraceError`` instead.
 
     Returns:
         One ``NodeInfo`` per named node, in execution order.
@@ -241,24 +204,15 @@ def node_table(
         InputShapeError: ``example_inputs`` do not fit the model.
     """
     check_flags(training=training)
-    check_tracer(tracer)
     if traced is None:
-        kwargs = dict(tracer_kwargs or {})
-        kwargs.setdefault("record_source", True)
-        tracer_options(kwargs)
-        try:
-            traced = trace_or_export(
-                model,
-                training=training,
-                tracer_kwargs=kwargs,
-                concrete_args=concrete_args,
-                example_inputs=example_inputs,
-                tracer=tracer,
-            )
-        except TraceError as exc:
-            if tracer == "export" or not is_root_failure(exc):
-                raise
+        options = TraceOptions(
+            tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs, check=False
+        )
+        mode = "train" if training else "eval"
+        chosen = route(model, options.recording_source(), modes=(mode,))
+        if chosen.error is not None:
             return _capture_table(model, training, tracer_kwargs)
+        traced = chosen.traces[mode]
     gm = traced.graph_module
     if example_inputs is not None:
         propagate_shapes(

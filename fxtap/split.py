@@ -10,17 +10,14 @@ from typing import Any, cast
 
 from torch import fx, nn
 
-from fxtap._fx import CUT_KEY, union_root
+from fxtap._fx import BOUNDARY, CUT_KEY, boundary_keys, union_root
 from fxtap._query import Request, _enclosing_leaf, normalize_return_nodes, parse_query, resolve
 from fxtap.errors import CutError, NodeNotFoundError, TraceError
 from fxtap.extractor import MODES, ExtractorInfo, FeatureExtractor
 from fxtap.prune import prune, unwrap_output, written_inputs
-from fxtap.trace import NAME_KEY, Traced, check_model, is_root_failure, trace_modes
+from fxtap.trace import NAME_KEY, Traced, TraceOptions, check_model, is_root_failure, route
 
-__all__ = ["BOUNDARY", "Split", "split"]
-
-#: Name of the tail's one argument: the dict ``head`` returns.
-BOUNDARY = "boundary"
+__all__ = ["BOUNDARY", "Split", "split", "split_with", "tail_keys"]
 
 
 @dataclass(frozen=True)
@@ -93,17 +90,16 @@ def split(
     >>> tail(boundary).shape
     torch.Size([1, 1000])
     """
+    options = TraceOptions(tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs)
+    return split_with(model, at, options)
+
+
+def split_with(model: nn.Module, at: str | list[str], options: TraceOptions) -> Split:
+    """``split`` with its ``TraceOptions`` (the command line's, with ``check`` off)."""
     check_model(model)
     requests = normalize_return_nodes(at, argument="at")
     name = type(model).__name__
-    traces = _trace(
-        model,
-        example_inputs=example_inputs,
-        tracer=tracer,
-        tracer_kwargs=tracer_kwargs,
-        concrete_args=concrete_args,
-        auto_leaf=auto_leaf,
-    )
+    traces = _trace(model, options)
     cuts = _resolve_cuts(requests, traces, name)
     heads: dict[str, fx.GraphModule] = {}
     tails: dict[str, fx.GraphModule] = {}
@@ -134,9 +130,24 @@ def split(
     return Split(head=head, tail=tail, at=at_names)
 
 
-def _trace(model: nn.Module, **options: Any) -> dict[str, Traced]:
+def tail_keys(module: nn.Module) -> tuple[str, ...] | None:
+    """The boundary keys ``module`` reads when it is the tail of a ``split``, else ``None``.
+
+    A tail, built or loaded from a file, takes one argument, the dict its head returns; its
+    example input is the head's output on the model's. The keys are those of the eval graph.
+
+    >>> head, tail = split(torchvision.models.resnet18(), "layer3")
+    >>> tail_keys(tail), tail_keys(head)
+    (('layer3.1.relu_1',), None)
+    """
+    graph_for = getattr(module, "graph_for", None)
+    graph = graph_for("eval") if callable(graph_for) else getattr(module, "graph", None)
+    return boundary_keys(graph) if isinstance(graph, fx.Graph) else None
+
+
+def _trace(model: nn.Module, options: TraceOptions) -> dict[str, Traced]:
     try:
-        return trace_modes(model, **options)
+        return route(model, options, capture=False).traces
     except TraceError as exc:
         if not is_root_failure(exc):
             raise
@@ -267,7 +278,9 @@ def _cut(
     for node in head.graph.nodes:
         if node.meta.get(NAME_KEY) in marks:
             node.meta[CUT_KEY] = marks[node.meta[NAME_KEY]]
+    _return_plain_dict(head.graph)
     head.graph.lint()
+    head.recompile()
     tail = _tail(traced, boundary, keys, tail_side, class_name=class_name)
     for node in tail.graph.nodes:
         if CUT_KEY in node.meta:
@@ -298,8 +311,9 @@ def _tail(
     owner = traced.graph_module
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    for node in boundary:
-        env[node] = graph.placeholder(keys[node].replace(".", "_"))
+    for i, node in enumerate(boundary):
+        # NOTE: not named after the key, which may not be an identifier ('3.0' of a Sequential)
+        env[node] = graph.placeholder(f"{BOUNDARY}_{i}")
         env[node].meta = dict(node.meta)
     for node in owner.graph.nodes:
         needed = node in tail_side or (
@@ -356,5 +370,24 @@ def _boundary_as_dict(graph: fx.Graph, keys: list[str]) -> None:
         graph.erase_node(node)
 
 
+def _return_plain_dict(graph: fx.Graph) -> None:
+    """Make the head return its boundary through ``dict(...)``, a plain dict in every runner.
+
+    NOTE: torch.export runs a graph module with torch.fx's Interpreter, which rebuilds a
+    returned dict literal as torch.fx's ``immutable_dict``: a pytree type of its own, which
+    the input spec of an exported tail (a ``dict``) would refuse.
+
+    Before: ``return {'layer3.1.relu_1': layer3_1_relu_1}``; after:
+    ``boundary = dict({'layer3.1.relu_1': layer3_1_relu_1}); return boundary``.
+    """
+    output = graph.output_node()
+    with graph.inserting_before(output):
+        plain = graph.create_node("call_function", dict, (output.args[0],), name=BOUNDARY)
+    output.args = (plain,)
+
+
 def _output_keys(gm: fx.GraphModule) -> list[str]:
-    return list(cast(dict[str, Any], gm.graph.output_node().args[0]))
+    result = gm.graph.output_node().args[0]
+    if isinstance(result, fx.Node):  # dict(...) of the boundary
+        result = result.args[0]
+    return list(cast(dict[str, Any], result))

@@ -307,7 +307,8 @@ def dropped_extractors() -> Iterator[tuple[str, Any]]:
 
 
 def edit_extractors() -> Iterator[tuple[str, Any]]:
-    """Models edited with each ``fxtap.edits`` module, in each of its configurations."""
+    """Models edited with each ``fxtap.edits`` module, in each of its configurations, and the
+    two halves of a split (the head returns its boundary through ``dict``)."""
     from fxtap.edits import Add, Input, Project, Replace, Scale, Zero
     from support.models import TinyUNet
 
@@ -323,6 +324,9 @@ def edit_extractors() -> Iterator[tuple[str, Any]]:
         "cat": Input("patch"),
     }
     yield "edit:TinyUNet", fxtap.edit(TinyUNet(), edits)
+    head, tail = fxtap.split(TinyUNet(), "mid")
+    yield "split:TinyUNet head", head
+    yield "split:TinyUNet tail", tail
 
 
 def audio_extractors() -> Iterator[tuple[str, Any]]:

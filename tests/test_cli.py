@@ -419,13 +419,15 @@ def test_ctrl_c_while_importing_prints_no_traceback(capsys, monkeypatch):
 
 
 def test_ctrl_c_during_render_leaves_no_half_sets(capsys, tmp_path, monkeypatch):
-    import fxtap.render
+    import importlib
+
+    render_module = importlib.import_module("fxtap.render")  # fxtap.render is the function
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fxtap.render, "find_dot", lambda dot, written: "dot")
-    monkeypatch.setattr(fxtap.render, "layout", interrupted)
+    monkeypatch.setattr(render_module, "find_dot", lambda dot, written: "dot")
+    monkeypatch.setattr(render_module, "layout", interrupted)
     keep = tmp_path / "notes.dot"
     keep.write_text("not ours")
     assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
@@ -437,7 +439,7 @@ def test_ctrl_c_during_render_leaves_no_half_sets(capsys, tmp_path, monkeypatch)
         theirs.write_text("their drawing")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fxtap.render, "layout", written_in_place)
+    monkeypatch.setattr(render_module, "layout", written_in_place)
     theirs.write_text("")
     assert main(["render", NESTED, "-o", str(tmp_path)]) == 130
     assert theirs.read_text() == "their drawing"

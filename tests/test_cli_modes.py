@@ -109,6 +109,19 @@ def test_per_mode_options_need_each_other_and_not_nodes(capsys, tmp_path):
     assert main([*base, "--nodes", "stage", "--train-nodes", "stem"]) == 2  # argparse: exclusive
 
 
+def test_render_takes_the_taps_of_each_mode_as_extract_does(capsys, tmp_path):
+    base = ["render", "tests/support/models.py:Nested", "--format", "dot", "-o", str(tmp_path)]
+    assert main([*base, "--train-nodes", "stage"]) == 1
+    assert "only --train-nodes was given; pass --eval-nodes too" in _error_line(capsys)
+    assert main([*base, "--nodes", "stage", "--train-nodes", "stem"]) == 2  # argparse: exclusive
+    capsys.readouterr()
+    assert main([*base, "--train-nodes", "stage", "--eval-nodes", "stem"]) == 0
+    train = (tmp_path / "Nested.train.dot").read_text()
+    evaluated = (tmp_path / "Nested.eval.dot").read_text()
+    # train taps stage (it keeps stem and stage), eval taps stem only: it prunes stage too
+    assert train.count('class="pruned"') < evaluated.count('class="pruned"')
+
+
 def test_a_branch_not_taken_is_not_blamed_on_the_input_shape(capsys, tmp_path):
     argv = [
         "extract",
@@ -151,7 +164,7 @@ def test_fxtap_warnings_use_the_flags_of_the_command_line(capsys, tmp_path):
         assert main([*argv, "-o", str(tmp_path / "x.fxtap")]) == 0
     err = capsys.readouterr().err
     assert "fxtap: warning: torch.fx could not trace all of DataDependent" in err
-    assert "Pass --no-auto-leaf (fxtap extract) to get the TraceError" in err
+    assert "Pass --no-auto-leaf to get the TraceError" in err
     assert "auto_leaf" not in err
 
 
@@ -179,7 +192,7 @@ def test_no_auto_leaf_gives_the_trace_error(capsys, tmp_path):
         ),
         (
             "Pass auto_leaf=False to get the TraceError.",
-            "Pass --no-auto-leaf (fxtap extract) to get the TraceError.",
+            "Pass --no-auto-leaf to get the TraceError.",
         ),
         (
             "Pass the same arguments to resume it, resume=False (--restart) to erase it",

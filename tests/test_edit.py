@@ -355,10 +355,50 @@ def test_a_function_edit_saves_only_as_a_pickle(tmp_path: Any) -> None:
 
 def test_render_marks_the_edited_nodes(tmp_path: Any) -> None:
     edited = fxtap.edit(TinyUNet(), {"enc2": Scale(2.0), "cat": Zero(1)})
-    rendering = fxtap.render(edited, mode="eval", fmt="dot", out_dir=tmp_path, max_nodes=None)
-    text = rendering.paths[0].read_text(encoding="utf-8")
-    assert text.count("✎ edited") == 2
-    assert '"enc2.2.edit"' in text
+    loaded = fxtap.load(fxtap.save(edited, tmp_path / "edited.fxtap"))
+    for module, name in ((edited, "built"), (loaded, "loaded")):  # the file keeps the marks
+        rendering = fxtap.render(
+            module, mode="eval", fmt="dot", out_dir=tmp_path, name=name, max_nodes=None
+        )
+        text = rendering.paths[0].read_text(encoding="utf-8")
+        assert text.count("✎ edited") == 2
+        assert '"enc2.2.edit"' in text
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+def test_edited_module_called_from_many_threads_equals_serial_calls() -> None:
+    """Eight threads call one edited module (a compiled ``Scale`` and an ``Input`` patched or
+    left out, an in-place ReLU after it): every result equals the serial one bitwise."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = TinyUNet().eval()
+    edited = fxtap.edit(model, {"enc1": Scale(0.5), "enc2.1": Input("patch")})
+    inputs = [torch.rand(2, 3, 16, 16, generator=_seeded(10 + i)) for i in range(4)]
+    patches = [None, PATCH_ENC2, -PATCH_ENC2]
+    calls = [(x, p) for x in inputs for p in patches]
+    with torch.no_grad():
+        serial = [edited(x, patch=p) for x, p in calls]
+    assert not bitwise_equal(serial[0], serial[1])
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> list[tuple[int, int]]:
+        wrong = []
+        barrier.wait()
+        with torch.no_grad():
+            for call in range(24):
+                i = (worker * 5 + call) % len(calls)
+                if not bitwise_equal(edited(calls[i][0], patch=calls[i][1]), serial[i]):
+                    wrong.append((worker, call))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        wrong = [w for found in pool.map(work, range(8)) for w in found]
+    assert wrong == []
+    assert bitwise_equal(PATCH_ENC2, torch.randn(2, 8, 8, 8, generator=_seeded(1)))
 
 
 # --- the export path (Hugging Face models) -------------------------------------------------------
@@ -454,3 +494,132 @@ def test_edit_of_a_model_input() -> None:
         given = fxtap.edit(model, {"x": Input("other")})
         assert bitwise_equal(given(X, other=X * 2.0), model(X * 2.0))
         assert bitwise_equal(given(X), model(X))
+
+
+# --- the export path: a tiny llama, edited in the middle, patched between two prompts -----------
+
+#: a Scale and an Add at module outputs inside the second decoder layer, and the residual stream
+#: after the first layer as an input: with the patch, all three change the output
+LLAMA_EDITS = {
+    "layers.0": "patch",
+    "layers.1.self_attn.o_proj": "add",
+    "layers.1.mlp.act_fn": "scale",
+}
+#: sequence lengths the edited llama, built at 8 tokens, is called at (batch and sequence are
+#: dynamic on the export path)
+LLAMA_LENGTHS = (8, 7, 20)
+
+
+@pytest.fixture(scope="module")
+def llama_edited() -> tuple[nn.Module, nn.Module, dict[str, nn.Module]]:
+    from support.hf import build_hf
+
+    model, inputs = build_hf("llama")
+    changes: dict[str, nn.Module] = {
+        "patch": Input("patch"),
+        "add": Add(torch.randn(32, generator=_seeded(11))),
+        "scale": Scale(torch.rand(37, generator=_seeded(12))),
+    }
+    edits = {path: changes[kind] for path, kind in LLAMA_EDITS.items()}
+    return model, fxtap.edit(model, edits, example_inputs=inputs), changes
+
+
+def _prompt(seq: int, seed: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, 100, (2, seq), generator=_seeded(seed))
+    return {"input_ids": ids, "attention_mask": torch.ones(2, seq, dtype=torch.long)}
+
+
+def _llama_hooked(
+    model: nn.Module, changes: dict[str, nn.Module], inputs: dict[str, Any], patch: Any
+) -> torch.Tensor:
+    """The reference: the unmodified llama with forward hooks making the same changes."""
+
+    def hook(kind: str) -> Callable[..., Any]:
+        def change(_m: nn.Module, _i: Any, out: Any) -> Any:
+            value = out[0] if isinstance(out, tuple) else out
+            value = patch if kind == "patch" else changes[kind](value)
+            return (value, *out[1:]) if isinstance(out, tuple) else value
+
+        return change
+
+    handles = [
+        model.get_submodule(path).register_forward_hook(hook(kind))
+        for path, kind in LLAMA_EDITS.items()
+        if kind != "patch" or patch is not None
+    ]
+    try:
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            return model(**inputs).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _stream(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """The residual stream after the first decoder layer, by a forward hook."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: Any, out: Any) -> None:
+        seen.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = model.get_submodule("layers.0").register_forward_hook(keep)
+    try:
+        with preserved(model), torch.no_grad():
+            torch.manual_seed(0)
+            model(**inputs)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.hf
+def test_llama_steered_and_patched_between_two_prompts_equals_hooks(llama_edited: Any) -> None:
+    model, edited, changes = llama_edited
+    for training in (False, True):
+        model.train(training)
+        edited.train(training)
+        for seq in LLAMA_LENGTHS:
+            clean, corrupt = _prompt(seq, 1), _prompt(seq, 2)
+            clean_stream = _stream(model, clean)
+            outputs = []
+            for patch in (None, clean_stream):
+                expected = _llama_hooked(model, changes, corrupt, patch)
+                kwargs = {} if patch is None else {"patch": patch}
+                with preserved(model), torch.no_grad():
+                    torch.manual_seed(0)
+                    got = edited(**corrupt, **kwargs).last_hidden_state
+                label = (
+                    f"{'train' if training else 'eval'}, {seq} tokens, patch={patch is not None}"
+                )
+                assert got.shape == (2, seq, 32), label
+                assert bitwise_equal(got, expected), label
+                outputs.append(got)
+            assert not torch.equal(*outputs), "the patch changed nothing"
+    model.eval()
+
+
+@pytest.mark.hf
+def test_torch_export_of_an_edited_llama(llama_edited: Any) -> None:
+    """The edited llama exports with its patch input, statically and with batch and sequence
+    dynamic; the exported programs give the edited module's values."""
+    from torch.export import Dim
+
+    model, edited, _ = llama_edited
+    model.eval()
+    edited.eval()
+    corrupt = _prompt(8, 2)
+    patch = _stream(model, _prompt(8, 1))
+    static = torch.export.export(edited, (), {**corrupt, "patch": patch}).module()
+    with torch.no_grad():
+        got = static(**corrupt, patch=patch).last_hidden_state
+        assert bitwise_equal(got, edited(**corrupt, patch=patch).last_hidden_state)
+    dims = {0: Dim.AUTO, 1: Dim.AUTO}
+    shapes = {"input_ids": dims, "attention_mask": dims, "patch": dims}
+    program = torch.export.export(edited, (), {**corrupt, "patch": patch}, dynamic_shapes=shapes)
+    for seq in LLAMA_LENGTHS:
+        corrupt = _prompt(seq, 2)
+        patch = _stream(model, _prompt(seq, 1))
+        with torch.no_grad():
+            got = program.module()(**corrupt, patch=patch).last_hidden_state
+            assert bitwise_equal(got, edited(**corrupt, patch=patch).last_hidden_state), seq

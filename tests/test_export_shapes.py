@@ -16,6 +16,7 @@ from torch.export import Dim
 
 import fxtap
 from fxtap import FeatureExtractor, InputShapeError, InvalidArgumentError
+from fxtap.trace import check_batch
 from support.checker import bitwise_equal, graph_params, num_params
 from support.hf import HF, build_hf, hf_reference
 
@@ -191,6 +192,48 @@ def test_dynamic_shapes_are_handed_to_torch_export() -> None:
         fxtap.create_feature_extractor(
             Pair(), ["fc"], example_inputs=kwargs, dynamic_shapes={"aa": None}, tracer="export"
         )
+
+
+def test_an_extractor_exports_again_with_its_dims_dynamic() -> None:
+    """torch.export of a built extractor keeps its dynamic dims dynamic, and its fixed ones
+    fixed: the input check becomes constraints of the new program, not guards on the example."""
+    a, b = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    ex = fxtap.create_feature_extractor(Pair(), ["fc"], example_inputs=(a, b), tracer="export")
+    auto = {0: Dim.AUTO, 1: Dim.AUTO}
+    program = torch.export.export(ex, (a, b), dynamic_shapes=(auto, auto))
+    for shape in ((3, 9, 4), (2, 20, 4)):
+        x, y = torch.randn(shape), torch.randn(shape)
+        with torch.no_grad():
+            assert bitwise_equal(program.module()(x, y), ex(x, y))
+    x, mask = torch.randn(2, 12, 4), torch.ones(2, 12)
+    fixed = fxtap.create_feature_extractor(
+        FixedLength(), ["fc"], example_inputs=(x, mask), tracer="export"
+    )
+    dynamic = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
+    with pytest.raises(
+        torch._dynamo.exc.UserError, match=r"specialized it to be a constant \(12\)"
+    ):
+        torch.export.export(
+            fixed, (x, mask), dynamic_shapes=(dynamic, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC})
+        )
+
+
+class OldBatchCheck(nn.Module):
+    """The batch check of extractors saved before ``check_shapes``, as their graphs call it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_batch(x, 2, 64, "x")
+        return x * 2
+
+
+def test_the_old_batch_check_exports_again_with_the_batch_dynamic() -> None:
+    program = torch.export.export(
+        OldBatchCheck(), (torch.randn(2, 3),), dynamic_shapes=({0: Dim.AUTO},)
+    )
+    x = torch.randn(5, 3)
+    assert bitwise_equal(program.module()(x), x * 2)
+    with pytest.raises(InputShapeError, match=r"'x' has size 70 in dim 0"):
+        OldBatchCheck()(torch.randn(70, 3))
 
 
 # ---------------------------------------------------------------- no options

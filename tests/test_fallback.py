@@ -15,9 +15,9 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_tracing
 
 import fxtap
-import fxtap.trace._fallback
 from fxtap import MistraceError, NodeNotFoundError, TraceError, create_feature_extractor
 from fxtap.names import node_table
+from fxtap.trace import _fallback as fallback_module
 from support.checker import bitwise_equal, capture_reference, preserved
 from support.models import ListRoot
 
@@ -219,13 +219,13 @@ def check_against_reference(
 
 def count_traces(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
-    original = fxtap.trace._fallback.trace_with_options
+    original = fallback_module.trace_with_options
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fxtap.trace._fallback, "trace_with_options", counted)
+    monkeypatch.setattr(fallback_module, "trace_with_options", counted)
     return calls
 
 

@@ -24,7 +24,7 @@ from fxtap import DotNotFoundError, InvalidArgumentError, NodeNotFoundError, Out
 from fxtap.extractor import create_feature_extractor
 from fxtap.render import Rendering, render
 from fxtap.trace import trace
-from support.models import DropoutNet, Nested, TrainOnlyBranch
+from support.models import DropoutNet, Nested, TinyUNet, TrainOnlyBranch
 from support.render import blank
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -214,6 +214,58 @@ def test_numbered_names_fold_only_with_the_same_stem_and_sizes(tmp_path: Path) -
     text = dot_text(render(model, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
     assert "enc_0 … enc_2  ×3" in text
     assert [i for i in node_ids(text) if i.endswith(".0")] == ["enc_0.0", "dec_3.0", "enc_4.0"]
+
+
+def _edges(text: str) -> set[tuple[str, str]]:
+    """Drawn edges, those split across wrapped columns (``fxtap:to:A>B``) as ``(A, B)``."""
+    pairs = re.findall(r'^\s*"([^"]+)" -> "([^"]+)"', text, flags=re.M)
+    return {(a, b.rpartition(">")[2] if b.startswith("fxtap:to:") else b) for a, b in pairs}
+
+
+def test_unet_skips_keep_the_encoders_and_decoders_unfolded(tmp_path: Path) -> None:
+    """enc1 and enc2 each feed a decoder of their own: folded, both skips would seem to leave
+    enc1; the same goes for dec2 and dec1, each feeding its own next op."""
+    text = dot_text(render(TinyUNet(), mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert "×2" not in text
+    ids = node_ids(text)
+    assert {"enc1.0", "enc2.0", "dec2.0", "dec1.0"} <= set(ids)
+    assert {("enc1.2", "cat_1"), ("enc2.2", "cat"), ("enc1.2", "down1")} <= _edges(text)
+    # a tail cut at mid reads both encoders' features from its boundary: all three crossings
+    # (the input, enc1, enc2) are drawn, none folded into another
+    import fxtap
+
+    _, tail = fxtap.split(TinyUNet(), "mid")
+    drawn = dot_text(render(tail, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert drawn.count("✂ crosses the cut") == 3 and "×2" not in drawn
+    # the same siblings with one consumer each in a chain still fold
+    chain = nn.Sequential()
+    for i in range(3):
+        chain.add_module(f"enc{i}", nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()))
+    folded = dot_text(render(chain, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert "enc0 … enc2  ×3" in folded
+
+
+@pytest.mark.parametrize("case", ["edit", "split head", "split tail"])
+def test_marked_nodes_are_never_folded_away(case: str, tmp_path: Path) -> None:
+    """Blocks that would fold (identical, in a chain) stay open around a cut or an edit."""
+    import fxtap
+    from fxtap.edits import Scale
+
+    torch.manual_seed(0)
+    stack = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(6)])
+    assert "×6" in dot_text(render(stack, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    if case == "edit":
+        module: nn.Module = fxtap.edit(stack, {"3.0": Scale(2.0)})
+        mark = "✎ edited"
+    else:
+        head, tail = fxtap.split(stack, "3.0")
+        module = head if case == "split head" else tail
+        mark = "✂ cut here"  # in both halves: the head computes it, the tail reads it
+    text = dot_text(render(module, mode="eval", fmt="dot", out_dir=tmp_path), "eval")
+    assert text.count(mark) == 1
+    assert "3.0" in node_ids(text) or "3.0.edit" in node_ids(text)
+    # the marked block stays open: folds stop at it
+    assert not re.search(r"×[4-6]\b", text)
 
 
 def test_depth_and_max_nodes_collapse_but_keep_requested_modules_open(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.export import Dim
 
 import fxtap
 from fxtap.errors import CutError, NodeNotFoundError
@@ -135,6 +137,13 @@ def test_densenet121() -> None:
     check_split(model, "features.transition3.conv", X64, ["features.transition3.conv"])
 
 
+def test_cut_in_a_sequential_whose_names_are_numbers() -> None:
+    torch.manual_seed(0)
+    stack = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(4)])
+    check_split(stack, "2.0", torch.rand(3, 4), ["2.0"])
+    check_split(stack, ["0", "2.0"], torch.rand(3, 4), ["0.1", "2.0"])
+
+
 def test_cached_boundary_serves_many_tail_calls() -> None:
     model = TinyUNet().eval()
     head, tail = fxtap.split(model, "mid.0.1")
@@ -174,6 +183,44 @@ def test_split_result_names() -> None:
     assert halves.tail.node_names("eval")[:4] == ["x", "enc1.2", "enc2.2", "mid.1"]
     assert "up2" in halves.tail.node_names("eval")
     assert "up2" not in halves.head.node_names("eval")
+
+
+def test_halves_called_from_many_threads_equal_serial_calls() -> None:
+    """Eight threads call one head, and one tail on one shared cached boundary per input (the
+    tail clones what its in-place ReLU writes): every result equals the serial one bitwise,
+    and the cached boundaries stay as the head returned them."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = TinyUNet().eval()
+    head, tail = fxtap.split(model, "mid.0.1")
+    inputs = [
+        torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)
+    ]
+    with torch.no_grad():
+        boundaries = [head(x) for x in inputs]
+        cached = [{k: v.clone() for k, v in b.items()} for b in boundaries]
+        serial = [tail(b) for b in boundaries]
+    barrier = threading.Barrier(8)
+
+    def work(worker: int) -> list[tuple[int, int, str]]:
+        wrong = []
+        barrier.wait()
+        with torch.no_grad():
+            for call in range(20):
+                i = (worker + call) % len(inputs)
+                if not bitwise_equal(head(inputs[i]), cached[i]):
+                    wrong.append((worker, call, "head"))
+                if not bitwise_equal(tail(boundaries[i]), serial[i]):
+                    wrong.append((worker, call, "tail"))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        wrong = [w for found in pool.map(work, range(8)) for w in found]
+    assert wrong == []
+    assert all(bitwise_equal(b, c) for b, c in zip(boundaries, cached, strict=True))
+    assert "clone" in tail.code  # the path that writes into a copy ran in every call
 
 
 # --- cuts that cannot be made ------------------------------------------------------------------
@@ -216,11 +263,14 @@ def test_torch_export_of_both_halves() -> None:
         boundary = head(X16)
         exported = head_program.module()(X16)
         assert bitwise_equal(exported, boundary)
+        assert type(exported) is dict  # not torch.fx's immutable_dict, a pytree type of its own
         tail_program = torch.export.export(tail, (boundary,))
-        # NOTE: the exported head returns torch.fx's immutable_dict, which an exported tail's
-        # input spec (a dict) does not match: dict() it
-        assert bitwise_equal(tail_program.module()(dict(exported)), tail(boundary))
-        assert bitwise_equal(tail(boundary), model(X16))
+        # the exported halves chain as the halves do, in either order of export
+        assert bitwise_equal(tail_program.module()(exported), model(X16))
+        assert bitwise_equal(tail_program.module()(head_program.module()(X16)), model(X16))
+        assert bitwise_equal(tail(exported), model(X16))
+        resaved = torch.export.export(tail, (exported,))
+        assert bitwise_equal(resaved.module()(boundary), model(X16))
 
 
 @pytest.mark.parametrize("fmt", ["fxtap", "pickle"])
@@ -252,6 +302,7 @@ def test_render_marks_the_cut(tmp_path: Any) -> None:
         text = rendering.paths[0].read_text(encoding="utf-8")
         assert text.count("✂ cut here") == cut
         assert text.count("✂ crosses the cut") == crossing
+        assert 'class="pruned"' not in text  # each half runs all it holds, its output too
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -285,6 +336,121 @@ def test_cli_split_says_the_nearest_cut_in_flags(
     assert not out.exists()
 
 
+UNET = "tests/support/models.py:TinyUNet"
+
+
+@pytest.fixture(scope="module")
+def saved_halves(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """TinyUNet cut at ``mid`` by ``fxtap split``: the encoder features and the input cross."""
+    from fxtap.cli import main
+
+    folder = tmp_path_factory.mktemp("halves")
+    assert main(["split", UNET, "--at", "mid", "-o", str(folder), "--input", "2x3x16x16"]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("half", ["head", "tail"])
+def test_cli_nodes_of_both_halves(
+    saved_halves: Any, half: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    capsys.readouterr()
+    path = str(saved_halves / f"{half}.fxtap")
+    assert main(["nodes", path]) == 0
+    plain = capsys.readouterr().out
+    assert main(["nodes", path, "--input", "2x3x16x16"]) == 0
+    shaped = capsys.readouterr().out
+    if half == "head":
+        assert plain.splitlines()[1].startswith("x ")
+        assert "enc2.2" in plain and "up2" not in plain
+        assert "2x8x8x8" in shaped  # enc2's output
+    else:
+        # the boundary dict, then one item per key, then the decoder, with the head's shapes
+        assert plain.splitlines()[1].split()[:2] == ["boundary", "placeholder"]
+        assert "up2" in plain and "enc1.0" not in plain
+        assert "{x: 2×3×16×16 float32, enc1.2: 2×4×16×16 float32" in shaped
+        assert "2x3x16x16" in shaped.splitlines()[-1]  # the model's output
+
+
+@pytest.mark.parametrize("half", ["head", "tail"])
+def test_cli_render_of_both_halves_marks_the_cut(
+    saved_halves: Any, half: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fxtap.cli import main
+
+    path = str(saved_halves / f"{half}.fxtap")
+    argv = ["render", path, "-o", str(tmp_path), "--format", "dot", "--mode", "eval"]
+    assert main([*argv, "--input", "2x3x16x16"]) == 0
+    (dot,) = tmp_path.glob("*.eval.dot")
+    text = dot.read_text(encoding="utf-8")
+    # the marks survive the file: the cut node and the three values crossing with it
+    assert text.count("✂ cut here") == 1
+    assert text.count("✂ crosses the cut") == 3
+    assert "2×16×4×4 float32" in text  # mid's shape, from the head's run on --input
+
+
+@pytest.mark.filterwarnings("ignore:latency of:UserWarning")  # a loaded machine, short timings
+def test_cli_bench_of_both_halves(saved_halves: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from fxtap.cli import main
+
+    budget = ["--input", "2x3x16x16", "--rounds", "2", "--min-run-time", "0.01", "--threads", "1"]
+    capsys.readouterr()
+    assert main(["bench", str(saved_halves / "head.fxtap"), "--nodes", "enc2", *budget]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("TinyUNetHead -> enc2.2") and "extractor" in out
+    # the tail runs on the head's output on --input, found beside it
+    assert main(["bench", str(saved_halves / "tail.fxtap"), "--nodes", "dec2", *budget]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("TinyUNetTail -> dec2.2") and "hooks" in out and "extractor" in out
+
+
+def test_cli_tail_needs_its_head(
+    saved_halves: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from fxtap.cli import main
+
+    alone = tmp_path / "tail.fxtap"
+    shutil.copy(saved_halves / "tail.fxtap", alone)
+    capsys.readouterr()
+    assert main(["nodes", str(alone), "--input", "2x3x16x16"]) == 1
+    err = capsys.readouterr().err
+    assert "is the tail of a split" in err and "Pass --head FILE" in err
+    # --head names it from elsewhere; without --input the tail needs no head
+    head = ["--head", str(saved_halves / "head.fxtap")]
+    assert main(["nodes", str(alone), "--input", "2x3x16x16", *head]) == 0
+    assert main(["nodes", str(alone)]) == 0
+    capsys.readouterr()
+    assert main(["nodes", str(alone), "--input", "2x3x16x16", "--head", str(alone)]) == 1
+    assert "is a tail too" in capsys.readouterr().err
+    assert main(["nodes", str(saved_halves / "head.fxtap"), *head]) == 1
+    assert "is no tail" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["split", UNET, "--at", "enc1", "-o", str(other), "--input", "2x3x16x16"]) == 0
+    capsys.readouterr()
+    assert main(["nodes", str(alone), "--input", "2x3x16x16", "--head", str(other / "head.fxtap")])
+    assert "different splits" in capsys.readouterr().err
+
+
+def test_compare_takes_a_tail_and_its_boundary() -> None:
+    from fxtap.cost import compare
+
+    torch.manual_seed(0)
+    head, tail = fxtap.split(TinyUNet().eval(), "mid")
+    with torch.no_grad():
+        boundary = head(X16)
+    options = {"rounds": 2, "min_run_time": 0.01, "progress": False, "node_repeats": 0}
+    options["noise_threshold"] = None
+    for example in (boundary, (boundary,)):
+        report = compare(tail, ["dec2"], example, threads=1, **options)
+        assert report.outputs == {"dec2": "dec2.2"}
+        assert 0 < report.kept_fraction < 1
+    with pytest.raises(fxtap.errors.InvalidArgumentError, match=r"example_inputs=head\(x\)"):
+        compare(head, ["enc2"], boundary, threads=1, **options)
+
+
 # --- the export path (Hugging Face models) -------------------------------------------------------
 
 
@@ -308,20 +474,42 @@ HF_CUTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.hf
-@pytest.mark.parametrize("name", ["bert", "llama"])
-def test_hugging_face_models_on_the_export_path(name: str) -> None:
+#: sequence lengths the halves, built at 8 tokens, are called at: the export path makes the
+#: batch size and the sequence length dynamic
+HF_LENGTHS = (8, 7, 20)
+
+
+@functools.cache
+def _hf_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
     from support.hf import build_hf
 
-    model, inputs = build_hf(name)
-    torch.manual_seed(0)
-    for _, at, keys in [c for c in HF_CUTS if c[0] == name]:
-        halves = fxtap.split(model, at, example_inputs=inputs)
-        head, tail = halves
-        assert num_params(head) < num_params(model) and num_params(tail) < num_params(model)
-        for training in (False, True):
-            for module in (model, head, tail):
-                module.train(training)
+    return build_hf(name)
+
+
+@functools.cache
+def _hf_split(name: str, at: str) -> fxtap.Split:
+    model, inputs = _hf_model(name)
+    return fxtap.split(model, at, example_inputs=inputs)
+
+
+def _hf_text(seq: int) -> dict[str, torch.Tensor]:
+    from support.hf import _text
+
+    return _text(seq)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(("name", "at", "keys"), HF_CUTS, ids=[f"{c[0]}-{c[1]}" for c in HF_CUTS])
+def test_hugging_face_models_on_the_export_path(name: str, at: str, keys: list[str]) -> None:
+    model, _ = _hf_model(name)
+    halves = _hf_split(name, at)
+    head, tail = halves
+    assert num_params(head) < num_params(model) and num_params(tail) < num_params(model)
+    for training in (False, True):
+        for module in (model, head, tail):
+            module.train(training)
+        for seq in HF_LENGTHS:
+            inputs = _hf_text(seq)
             with preserved(model), torch.no_grad():
                 torch.manual_seed(0)
                 expected = model(**inputs)
@@ -331,9 +519,54 @@ def test_hugging_face_models_on_the_export_path(name: str) -> None:
                 got = tail(boundary)
             assert list(boundary) == keys
             assert list(boundary) == list(halves.boundary["train" if training else "eval"])
+            assert got.last_hidden_state.shape[:2] == (2, seq)
             for key in ("last_hidden_state", "pooler_output"):
                 if key in expected:
-                    assert bitwise_equal(got[key], expected[key]), f"{name} cut at {at}: {key}"
+                    assert bitwise_equal(got[key], expected[key]), f"{name} at {at}, {seq}: {key}"
+    model.eval()
+
+
+def _dynamic(value: Any) -> Any:
+    """``dynamic_shapes`` making every dim (or int) of ``value`` dynamic, where export can."""
+    if isinstance(value, dict):
+        return {k: _dynamic(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return {i: Dim.AUTO for i in range(value.dim())}
+    return Dim.AUTO
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(("name", "at", "keys"), HF_CUTS, ids=[f"{c[0]}-{c[1]}" for c in HF_CUTS])
+def test_torch_export_of_hugging_face_halves(name: str, at: str, keys: list[str]) -> None:
+    """Both halves export, statically and with batch and sequence dynamic; the exported
+    programs give the eager halves' values and chain into the model's output."""
+    model, inputs = _hf_model(name)
+    head, tail = _hf_split(name, at)
+    for module in (model, head, tail):
+        module.eval()
+    with torch.no_grad():
+        boundary = head(**inputs)
+    static_head = torch.export.export(head, (), inputs).module()
+    static_tail = torch.export.export(tail, (boundary,)).module()
+    with torch.no_grad():
+        exported = static_head(**inputs)
+        assert type(exported) is dict and list(exported) == keys
+        assert bitwise_equal(exported, boundary)
+        got = static_tail(exported)
+        assert bitwise_equal(got.last_hidden_state, model(**inputs).last_hidden_state)
+    dynamic_head = torch.export.export(head, (), inputs, dynamic_shapes=_dynamic(inputs)).module()
+    dynamic_tail = torch.export.export(
+        tail, (boundary,), dynamic_shapes=(_dynamic(boundary),)
+    ).module()
+    for seq in HF_LENGTHS:
+        text = _hf_text(seq)
+        with torch.no_grad():
+            eager = head(**text)
+            exported = dynamic_head(**text)
+            assert bitwise_equal(exported, eager), f"exported head at {seq} tokens"
+            got = dynamic_tail(exported).last_hidden_state
+            assert bitwise_equal(got, tail(eager).last_hidden_state), f"tail at {seq} tokens"
+            assert bitwise_equal(got, model(**text).last_hidden_state)
 
 
 class TwoBranches(nn.Module):

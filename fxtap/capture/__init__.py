@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ from fxtap.errors import (
     close_matches,
     format_choices,
 )
-from fxtap.trace import user_stacklevel
+from fxtap.trace import export_notes, first_line, warn_capture
 
 __all__ = [
     "CaptureExtractor",
@@ -274,15 +273,7 @@ def build_capture_extractor(
         return ex
     islands_text = format_choices(ex.islands["eval"]) if ex.islands["eval"] else "none"
     kept = f"; inside them, kept opaque: {format_choices(opaque)}" if opaque else ""
-    warnings.warn(
-        f"torch.fx cannot trace the root {name}.forward ({_first_line(error.reason)}); fxtap "
-        f"serves the requested values by capturing them during a normal forward of the "
-        f"model (CaptureExtractor: nothing is pruned, the model runs up to the last tap). "
-        f"Traced submodules: {islands_text}{kept}. {dropping}{_export_notes(error)}Pass "
-        "auto_leaf=False to get the TraceError.",
-        UserWarning,
-        stacklevel=user_stacklevel(),
-    )
+    warn_capture(name, error, f"Traced submodules: {islands_text}{kept}. {dropping}")
     return ex
 
 
@@ -360,21 +351,10 @@ def _unservable(
     hint = close_matches(query, [*pool, *sorted(paths)])
     message = (
         f"node {query!r} cannot be served in {mode} mode: torch.fx cannot trace the root "
-        f"{model_name}.forward ({_first_line(error.reason)}), so fxtap captures values during a "
+        f"{model_name}.forward ({first_line(error.reason)}), so fxtap captures values during a "
         "normal forward, which reaches only module outputs ('NAME' or 'NAME:input' for any "
         f"module) and nodes inside the traceable submodules {format_choices(islands)}. "
         f"Closest: {format_choices(hint)}. To reach code of the root itself, make it traceable "
-        f"(concrete_args=, or move the failing code into a submodule). {_export_notes(error)}"
+        f"(concrete_args=, or move the failing code into a submodule). {export_notes(error)}"
     )
     return NodeNotFoundError(message.rstrip())
-
-
-def _export_notes(error: TraceError) -> str:
-    """What torch.export said when it was tried after torch.fx (the auto tracer), if it was."""
-    notes = [n for n in getattr(error, "__notes__", ()) if n.startswith("torch.export")]
-    return "".join(f"{n.rstrip('.')}. " for n in notes)
-
-
-def _first_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= 120 else line[:117] + "..."

@@ -80,7 +80,7 @@ def capture_views(extractor: Any, request: DrawRequest) -> tuple[dict[str, View]
             )
             continue
         islands = find_islands(
-            extractor.model, training=m == "train", tracer_kwargs=request.tracer_kwargs
+            extractor.model, training=m == "train", tracer_kwargs=request.trace.tracer_kwargs
         )
         views[m] = _view(extractor, found, islands, title, request.heat, request.checks)
     if not views:
@@ -231,7 +231,7 @@ def _island_taps(taps: Mapping[str, str], island: Island) -> dict[str, str]:
             continue
         try:
             _, _, requested, _ = sources(
-                island.traced, (island.traced.mode,), {query[len(head) :]: key}, None, None
+                island.traced, (island.traced.mode,), {query[len(head) :]: key}
             )
         except NodeNotFoundError:
             continue  # a module hook serves it (a module kept opaque inside the island)

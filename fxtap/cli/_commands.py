@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import glob
 import json
 import re
 import stat
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,11 +42,19 @@ def _nodes(args: argparse.Namespace) -> int:
     from fxtap.names import node_table
 
     model = _load(args)
-    example = _inputs(args) if args.input else None
+    example = _example(args, model, _inputs(args) if args.input else None)
     training = args.mode == "train"
-    table = model.node_rows if is_extractor(model) else functools.partial(node_table, model)
     with progress(f"tracing {args.model}"), quiet_stderr(), _fitting(args, model, example):
-        rows = table(training=training, example_inputs=example, tracer=args.tracer)
+        if is_extractor(model):
+            rows = model.node_rows(training=training, example_inputs=example, tracer=args.tracer)
+        else:
+            rows = node_table(
+                model,
+                training=training,
+                example_inputs=example,
+                tracer=args.tracer,
+                auto_leaf=args.auto_leaf,
+            )
     text = format_table(rows, shapes=example is not None)
     if args.json:
         write_text(args.json, json.dumps([row_dict(r) for r in rows], indent=1) + "\n")
@@ -65,7 +71,7 @@ def _extract(args: argparse.Namespace) -> int:
     output = Path(args.output)
     checked = example if args.check_trace or args.tracer == "export" else None
     with progress(f"building the extractor of {args.model}"), _fitting(args, model, checked):
-        extractor = _build(model, nodes, checked, example, args.tracer, auto_leaf=args.auto_leaf)
+        extractor = _build(args, model, nodes, example, check=args.check_trace)
     with (
         progress("checking it on the example input"),
         torch.no_grad(),
@@ -86,13 +92,11 @@ def _render(args: argparse.Namespace) -> int:
     from fxtap.render import render
 
     model = _load(args)
-    example = _inputs(args) if args.input else None
-    if args.nodes:
+    example = _example(args, model, _inputs(args) if args.input else None)
+    if args.nodes or args.train_nodes or args.eval_nodes:
         # An extractor resolves partial names ('layer4') and draws what it prunes dashed.
         with progress(f"building the extractor of {args.model}"):
-            exported = example if args.tracer == "export" else None
-            nodes = {"return_nodes": _nodes_arg(args)}
-            model = _build(model, nodes, exported, example, args.tracer, keep_traces=True)
+            model = _build(args, model, _requests_arg(args), example, keep_traces=True)
     folder = Path(args.out_dir)
     drawn = {args.format, "dot", "svg"} if args.mode == "both" else {args.format, "dot"}
     for path in folder.glob(f"{glob.escape(args.name) if args.name else '*'}.*.*"):
@@ -116,6 +120,7 @@ def _render(args: argparse.Namespace) -> int:
             max_nodes=args.max_nodes,
             html=args.html,
             tracer=args.tracer,
+            auto_leaf=args.auto_leaf,
         )
     for message in getattr(result, "messages", ()):
         print(f"note: {cli_words(message)}", file=sys.stderr)
@@ -133,7 +138,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     model = _load(args)
     nodes = _nodes_arg(args)
-    example = _inputs(args)
+    example: tuple[Any, ...] = _example(args, model, _inputs(args)) or ()
     with _fitting(args, model, example):
         report = compare(
             model,
@@ -146,6 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
             training=args.mode == "train",
             progress=sys.stderr.isatty(),
             tracer=args.tracer,
+            auto_leaf=args.auto_leaf,
         )
     print(report.table())
     for path, write in ((args.json, report.to_json), (args.csv, report.to_csv)):
@@ -173,38 +179,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _build(
+    args: argparse.Namespace,
     model: nn.Module,
     nodes: dict[str, Any],
-    checked: tuple[torch.Tensor, ...] | None,
     example: tuple[torch.Tensor, ...] | None,
-    tracer: str,
     *,
+    check: bool = False,
     keep_traces: bool = False,
-    auto_leaf: bool = True,
 ) -> Any:
-    """The extractor; with ``--tracer auto``, torch.export on ``--input`` when the root fails.
+    """The extractor of ``nodes`` (``return_nodes``, or ``train_return_nodes`` with
+    ``eval_return_nodes``), traced as ``--tracer`` and ``--no-auto-leaf`` say on ``--input``.
 
-    ``nodes`` holds ``return_nodes``, or ``train_return_nodes`` and ``eval_return_nodes``.
-    ``checked`` are the inputs create_feature_extractor gets (``--check-trace``, or the export
-    path's); without them ``auto`` first takes torch.fx, as it does in Python.
+    ``--input`` is what torch.export traces with; it checks the torch.fx graph only with
+    ``check`` (``--check-trace``).
     """
-    from fxtap.extractor import create_feature_extractor
+    from fxtap._query import requests_by_mode
+    from fxtap.extractor import build_extractor
+    from fxtap.trace import TraceOptions
 
-    build = functools.partial(
-        create_feature_extractor, model, keep_traces=keep_traces, auto_leaf=auto_leaf, **nodes
+    options = TraceOptions(
+        tracer=args.tracer, auto_leaf=args.auto_leaf, example_inputs=example, check=check
     )
-    if tracer != "auto" or checked is not None or example is None:
-        return build(example_inputs=checked, tracer=tracer)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        extractor = build(tracer="fx")
-    if extractor.fallback():
-        # NOTE: torch.fx cannot trace the root; the capture path's warning only if export fails
-        with contextlib.suppress(FxtapError):
-            extractor, caught = build(tracer="export", example_inputs=example), []
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return extractor
+    requests = requests_by_mode(
+        nodes.get("return_nodes"), nodes.get("train_return_nodes"), nodes.get("eval_return_nodes")
+    )
+    return build_extractor(model, requests, options, keep_traces=keep_traces)
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
@@ -255,6 +254,8 @@ def _fitting(
     The suggested shape fits this model (its weights' preprocessing or its first layer) and is
     never the input just rejected.
     """
+    if example is not None and not all(isinstance(t, torch.Tensor) for t in example):
+        example = None  # a tail's boundary: --input reached it through the head, which fit it
     try:
         yield
     except InputShapeError as exc:
@@ -292,6 +293,18 @@ def _input_fix(
     if shape is None:
         return None if len(example) == 1 else _ANY_SHAPE
     return f"Pass --input with the shape this model expects, e.g. --input {shape}"
+
+
+def _example(
+    args: argparse.Namespace, model: nn.Module, example: tuple[torch.Tensor, ...] | None
+) -> tuple[Any, ...] | None:
+    """What ``model`` runs on: ``example``, or for the tail of a split (``fxtap split``) the
+    boundary its head returns on ``example``."""
+    head = _split.load_head(args, model, runs=example is not None)
+    if head is None or example is None:
+        return example
+    with progress("running the head on --input"), _fitting(args, head, example):
+        return _split.tail_example(args, head, model, example)
 
 
 def _shape_text(value: object) -> str:

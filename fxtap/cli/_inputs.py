@@ -6,10 +6,11 @@ and usage errors answer before torch is imported; ``fxtap.cli._models`` turns sp
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_INPUT", "DTYPE_NAMES", "InputSpec", "parse_dtype", "parse_input"]
+__all__ = ["DEFAULT_INPUT", "DTYPE_NAMES", "InputSpec", "head_parser", "parse_dtype", "parse_input"]
 
 #: The example input used when none is given: one 224x224 RGB image.
 DEFAULT_INPUT = "1x3x224x224"
@@ -78,3 +79,16 @@ def parse_dtype(text: str) -> str:
             f"{', '.join(map(repr, DTYPE_NAMES))}"
         )
     return DTYPE_NAMES[key]
+
+
+def head_parser() -> argparse.ArgumentParser:
+    """``--head``, for ``nodes``, ``render`` and ``bench`` of a saved tail."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--head",
+        metavar="FILE",
+        default=None,
+        help="when MODEL is the tail saved by 'fxtap split', the head saved with it: the "
+        "tail's input is the head's output on --input (default: head.fxtap beside the tail)",
+    )
+    return parser

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxtap._budget import budget_problem
-from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, parse_dtype, parse_input
+from fxtap.cli._inputs import DEFAULT_INPUT, InputSpec, head_parser, parse_dtype, parse_input
 from fxtap.cli._run import add_parser as add_run_parser
 from fxtap.cli._run import add_verify_parser
 
@@ -45,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     shapes_input = _inputs_parser("none: no shapes are shown")
     taps = _nodes_parser(required=True)
     tracing = _tracer_parser()
-    leaves = _auto_leaf_parser()
+    head = head_parser()
 
     p = sub.add_parser(
         "nodes",
-        parents=[model, shapes_input, tracing],
+        parents=[model, shapes_input, tracing, head],
         help="print the node table of a model",
         description="Print every node of a model's traced graph: name, op, target, module type, "
         "parameters, and output shape and dtype when --input is given.",
@@ -62,29 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        parents=[model, needs_input, tracing, leaves],
+        parents=[model, needs_input, tracing],
         help="build a feature extractor and save it",
         description="Build a feature extractor (both train and eval graphs), check it on the "
         "example input in eval mode, and save it in eval mode, ready for inference (--train "
         "saves it in train mode; .train() and .eval() switch a loaded one).",
     )
-    taps_by_mode = p.add_mutually_exclusive_group(required=True)
-    _add_nodes(taps_by_mode, "(default: none; this or --train-nodes with --eval-nodes)")
-    taps_by_mode.add_argument(
-        "--train-nodes",
-        metavar="NAME[=KEY]",
-        nargs="+",
-        help="nodes to tap in train mode only, for models whose graphs differ between modes "
-        "(GoogLeNet's aux1 exists in train mode only); needs --eval-nodes, replaces --nodes "
-        "(default: none)",
-    )
-    p.add_argument(
-        "--eval-nodes",
-        metavar="NAME[=KEY]",
-        nargs="+",
-        help="nodes to tap in eval mode only; needs --train-nodes, replaces --nodes "
-        "(default: none)",
-    )
+    _add_taps_by_mode(p, required=True)
     p.add_argument(
         "--train",
         action="store_true",
@@ -109,11 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "render",
-        parents=[model, shapes_input, _nodes_parser(required=False), tracing],
+        parents=[model, shapes_input, tracing, head],
         help="draw a model's graph, or the kept and pruned nodes of an extractor",
         description="Draw the traced graph with Graphviz; with --nodes, nodes the taps do not "
         "need are drawn dashed.",
     )
+    _add_taps_by_mode(p, required=False)
     p.add_argument("-o", "--out-dir", default=".", help="folder to write to (default: .)")
     p.add_argument(
         "--mode",
@@ -149,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        parents=[model, needs_input, taps, tracing],
+        parents=[model, needs_input, taps, tracing, head],
         help="compare the cost of the full model, forward hooks and the extractor",
         description="Measure FLOPs, parameters, peak memory and latency of the full model, the "
         "model with forward hooks, and the fxtap extractor.",
@@ -306,11 +291,6 @@ def _tracer_parser() -> argparse.ArgumentParser:
         "and torch.export when torch.fx cannot trace the model's forward and an --input is "
         "given (default: auto)",
     )
-    return parser
-
-
-def _auto_leaf_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "--no-auto-leaf",
         dest="auto_leaf",
@@ -325,6 +305,21 @@ def _nodes_parser(*, required: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     _add_nodes(parser, "(default: none, required)" if required else "(default: none)", required)
     return parser
+
+
+def _add_taps_by_mode(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--nodes``, or ``--train-nodes`` with ``--eval-nodes`` (``extract`` and ``render``)."""
+    taps_by_mode = p.add_mutually_exclusive_group(required=required)
+    _add_nodes(taps_by_mode, "(default: none; this or --train-nodes with --eval-nodes)")
+    for mode, other in (("train", "eval"), ("eval", "train")):
+        (taps_by_mode if mode == "train" else p).add_argument(
+            f"--{mode}-nodes",
+            metavar="NAME[=KEY]",
+            nargs="+",
+            help=f"nodes to tap in {mode} mode only, for models whose graphs differ between "
+            f"modes (GoogLeNet's aux1 exists in train mode only); needs --{other}-nodes, "
+            "replaces --nodes (default: none)",
+        )
 
 
 def _add_nodes(parser: Any, default: str, required: bool = False) -> None:

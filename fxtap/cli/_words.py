@@ -32,7 +32,7 @@ FLAGS: dict[str, str | dict[str, str]] = {
     "tracer": "--tracer",
     "at": "--at",
     "trust": {"True": "--trust", "": "--trust"},
-    "auto_leaf": {"False": "--no-auto-leaf (fxtap extract)", "": "--no-auto-leaf (fxtap extract)"},
+    "auto_leaf": {"False": "--no-auto-leaf", "": "--no-auto-leaf"},
     "resume": {"False": "--restart", "": "--restart"},
 }
 
@@ -57,7 +57,7 @@ def cli_words(text: str) -> str:
     >>> cli_words("Use more rounds=, a longer min_run_time=, or device='cpu'")
     'Use more --rounds, a longer --min-run-time, or --device cpu'
     >>> cli_words("pass fmt='dot' to write DOT only, or auto_leaf=False for the error")
-    'pass --format dot to write DOT only, or --no-auto-leaf (fxtap extract) for the error'
+    'pass --format dot to write DOT only, or --no-auto-leaf for the error'
     >>> cli_words("pass example_inputs=(torch.randn(1, 3, 224, 224),) (--input on the command line)")
     'pass --input SHAPE'
     """

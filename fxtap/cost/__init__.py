@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import os
 import platform
 import warnings
@@ -16,11 +14,13 @@ from torch import nn
 
 from fxtap._budget import budget_problem
 from fxtap._protocol import CostJob
+from fxtap._query import requests_by_mode
 from fxtap.cost._report import CostReport, NodeCost, VariantCost
 from fxtap.cost._time import Progress, bimodal
-from fxtap.errors import InvalidArgumentError, TraceError
-from fxtap.extractor import create_feature_extractor
-from fxtap.trace import check_model, check_tracer, restore_training
+from fxtap.errors import InvalidArgumentError
+from fxtap.extractor import build_extractor
+from fxtap.split import tail_keys
+from fxtap.trace import TraceOptions, check_model, check_tracer, restore_training
 
 __all__ = ["VARIANTS", "CostReport", "NodeCost", "VariantCost", "compare"]
 
@@ -31,7 +31,7 @@ VARIANTS = ("full", "hooks", "extractor")
 def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choice
     model: nn.Module,
     return_nodes: list[str] | dict[str, str],
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, Any],
     *,
     device: str | torch.device = "cpu",
     threads: int | None = None,
@@ -45,6 +45,7 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
     noise_threshold: float | None = 0.1,
     progress: bool = True,
     tracer: str = "auto",
+    auto_leaf: bool = True,
 ) -> CostReport:
     """Compare the full model, the full model with forward hooks, and the fxtap extractor.
 
@@ -57,7 +58,8 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
     Args:
         model: the full model.
         return_nodes: the taps, as for ``create_feature_extractor``.
-        example_inputs: a tensor or a tuple of tensors for one forward pass.
+        example_inputs: a tensor or a tuple of tensors for one forward pass; for the tail of
+            a ``split``, the boundary dict its head returns (``head(x)``).
         device: where to run (the model is copied there if it lives elsewhere).
         threads: intra-op threads for every timing (default: ``torch.get_num_threads()``).
         min_run_time: seconds each variant is timed per round.
@@ -74,6 +76,8 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
         tracer: ``"auto"`` (torch.fx; torch.export on ``example_inputs`` when torch.fx cannot
             trace the root forward, as for Hugging Face models), ``"fx"`` or ``"export"``
             (docs/tracing.md).
+        auto_leaf: keep untraceable submodules opaque, and measure the capture path when the
+            root forward cannot be traced, as ``create_feature_extractor`` does.
 
     Returns:
         A ``CostReport``: ``print(report.table())``, ``report.to_json(path)``, ``.plot(path)``.
@@ -89,15 +93,19 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
     0.547
     """
     check_model(model)
+    check_tracer(tracer)
     if isinstance(example_inputs, torch.Tensor):
         inputs: tuple[Any, ...] = (example_inputs,)
+    elif isinstance(example_inputs, Mapping) and tail_keys(model) is not None:
+        inputs = (example_inputs,)  # the boundary, the one argument of a split's tail
     elif isinstance(example_inputs, Sequence) and not isinstance(example_inputs, str):
         inputs = tuple(example_inputs)
     else:
         raise InvalidArgumentError(
             f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
             "compare runs the model, so it needs a tensor or a tuple of tensors, e.g. "
-            "example_inputs=(torch.randn(1, 3, 224, 224),)"
+            "example_inputs=(torch.randn(1, 3, 224, 224),) (the tail of a split takes the "
+            "dict its head returns: example_inputs=head(x))"
         )
     dev = _check_options(device, threads, rounds, min_run_time, warmup, node_repeats)
     threads = threads if threads is not None else torch.get_num_threads()
@@ -110,7 +118,16 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
         with restore_training(work):
             work.train(training)
             show.show("tracing")
-            extractor = _build(work, return_nodes, tracer_kwargs, tracer, inputs)
+            # NOTE: the inputs are timed and exported with, not run for torch.fx's eager check
+            tracing = TraceOptions(
+                tracer=tracer,
+                tracer_kwargs=tracer_kwargs,
+                auto_leaf=auto_leaf,
+                example_inputs=inputs,
+                check=False,
+            )
+            requests = requests_by_mode(return_nodes, None, None)
+            extractor = build_extractor(work, requests, tracing, keep_traces=True)
             extractor.train(training)
             options = {
                 "min_run_time": min_run_time,
@@ -132,34 +149,6 @@ def compare(  # noqa: PLR0913 - keyword options, one per timing and tracing choi
     for message in _noise_messages(report, noise_threshold):
         warnings.warn(message, UserWarning, stacklevel=2)
     return report
-
-
-def _build(
-    model: nn.Module,
-    return_nodes: Any,
-    tracer_kwargs: Mapping[str, Any] | None,
-    tracer: str,
-    inputs: tuple[Any, ...],
-) -> Any:
-    """The extractor to measure, with its unpruned traces; export traces on the timed inputs."""
-    check_tracer(tracer)
-    build = functools.partial(
-        create_feature_extractor, model, return_nodes, tracer_kwargs=tracer_kwargs, keep_traces=True
-    )
-    if tracer == "export":
-        return build(tracer="export", example_inputs=inputs)
-    # NOTE: no example_inputs for torch.fx: they would run the eager check of every module
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        extractor = build(tracer="fx")
-    if tracer == "auto" and extractor.fallback():
-        # torch.fx cannot trace the root: torch.export on the timed inputs, and the capture
-        # path's warning only when that fails too
-        with contextlib.suppress(TraceError):
-            extractor, caught = build(tracer="export", example_inputs=inputs), []
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return extractor
 
 
 def _check_options(

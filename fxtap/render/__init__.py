@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from fxtap._protocol import DrawRequest, is_extractor
-from fxtap._stage import make_callable
-from fxtap.errors import InvalidArgumentError, TraceError, ensure_output_dir, format_choices
-from fxtap.render._capture import capture_of
+from fxtap._query import MODEL_OUTPUT, Request, normalize_return_nodes
+from fxtap.capture import build_capture_extractor
+from fxtap.errors import InvalidArgumentError, ensure_output_dir, format_choices
 from fxtap.render._dot import FAST_SETTINGS, to_dot
 from fxtap.render._fold import collapse, cut_long_edges, fold_pruned
 from fxtap.render._fold import fold_repeats as fold_repeats_
@@ -38,7 +39,7 @@ from fxtap.render._layout import (
 )
 from fxtap.render._view import View
 from fxtap.render._wrap import shorten, wrap
-from fxtap.trace import check_tracer
+from fxtap.trace import TraceOptions, route
 
 __all__ = ["Drawing", "Rendering", "render"]
 
@@ -109,6 +110,7 @@ def render(  # noqa: PLR0913 - keyword drawing options, each a CLI flag
     checks: bool = False,
     html: bool = False,
     tracer: str = "auto",
+    auto_leaf: bool = True,
 ) -> Rendering:
     """Draw a model's graph (or an extractor's kept and pruned nodes) with Graphviz.
 
@@ -145,6 +147,9 @@ def render(  # noqa: PLR0913 - keyword drawing options, each a CLI flag
         checks: draw input checks (nodes feeding only ``torch._assert``) instead of hiding them.
         tracer: for a model: ``"auto"`` (torch.fx; torch.export with ``example_inputs`` when
             torch.fx cannot trace the root), ``"fx"`` or ``"export"`` (docs/tracing.md).
+        auto_leaf: for a model: keep untraceable submodules opaque, and draw the capture path
+            when the root forward cannot be traced, as ``create_feature_extractor`` does;
+            ``False`` raises ``TraceError`` instead.
         html: also write ``NAME.html``, a self-contained viewer (search, pan and zoom, node
             rows, train/eval toggle, kept/pruned filter, an expanded drawing when it has at
             most ``EXPAND_UP_TO`` nodes). Needs ``fmt='svg'``.
@@ -163,11 +168,11 @@ def render(  # noqa: PLR0913 - keyword drawing options, each a CLI flag
     ['Sequential.eval.dot']
     """
     _check_options(mode, fmt, depth, max_nodes, timeout, pruned, html)
-    check_tracer(tracer)
     modes: tuple[str, ...] = ("train", "eval") if mode == "both" else (mode,)
-    request = DrawRequest(
-        modes, name, example_inputs, tracer_kwargs, concrete_args, heat, checks, tracer
+    options = TraceOptions(
+        tracer, tracer_kwargs, concrete_args, auto_leaf, example_inputs, check=False
     )
+    request = DrawRequest(modes, name, options, heat, checks)
     bases, messages = _bases(model, nodes, request)
     modes = tuple(bases)
     mode = "both" if len(modes) == 2 else modes[0]
@@ -283,11 +288,15 @@ def _expanded(
 
 
 def _identical(train: View, evaluated: View) -> bool:
-    """The two views draw the same nodes and edges (mode-dependent ops still differ)."""
+    """The two views draw the same nodes and edges, kept and requested alike (mode-dependent
+    ops still differ; an extractor may tap other nodes in each mode)."""
     if train.counts.get("only") or evaluated.counts.get("only"):
         return False
     keys = [
-        ({k: (n.op, n.target, n.shape, n.kind) for k, n in v.nodes.items()}, set(v.edges))
+        (
+            {k: (n.op, n.target, n.shape, n.kind, n.pruned, n.key) for k, n in v.nodes.items()},
+            set(v.edges),
+        )
         for v in (train, evaluated)
     ]
     return keys[0] == keys[1]
@@ -348,9 +357,6 @@ def _safe_stem(title: str) -> str:
     return re.sub(r"[^\w.-]+", "_", title).strip("._") or "model"
 
 
-make_callable(__name__, render)
-
-
 def _bases(
     model: Any, nodes: Sequence[str] | Mapping[str, str] | None, request: DrawRequest
 ) -> tuple[dict[str, View], list[str]]:
@@ -366,14 +372,23 @@ def _bases(
                 "Pass the model itself to mark other nodes."
             )
         return model.views(request)
-    try:
-        return graph_views(model, nodes, request), []
-    except TraceError as exc:
-        # the root forward cannot be traced: draw what a capture extractor runs
-        tracer_kwargs = request.tracer_kwargs
-        capture = (
-            None if request.tracer == "export" else capture_of(model, nodes, exc, tracer_kwargs)
-        )
-        if capture is None:
-            raise
-        return capture.views(request)
+    if isinstance(model, nn.Module):
+        chosen = route(model, request.trace.recording_source())
+        if chosen.error is not None:
+            # the root forward cannot be traced: draw what a capture extractor serving
+            # ``nodes`` (default: the model's output) runs
+            wanted = [Request(MODEL_OUTPUT, MODEL_OUTPUT)]
+            if nodes is not None:
+                wanted = normalize_return_nodes(nodes, argument="nodes")
+            with warnings.catch_warnings():
+                # NOTE: the drawing says what the warnings say (islands, untraced calls)
+                warnings.simplefilter("ignore", UserWarning)
+                drawn = build_capture_extractor(
+                    model,
+                    {"train": wanted, "eval": wanted},
+                    error=chosen.error,
+                    tracer_kwargs=request.trace.tracer_kwargs,
+                )
+            return drawn.views(request)
+        return graph_views(model, chosen.traces, nodes, request), []
+    return graph_views(model, None, nodes, request), []

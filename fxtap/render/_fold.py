@@ -55,8 +55,11 @@ def fold_repeats(view: View) -> View:
     """Fold runs of identical numbered sibling modules (``blocks.0`` … ``blocks.11``) into one.
 
     The first module of a run is drawn and labelled ``×N``; the others are hidden and their
-    edges move to the matching node of the first. A module holding a requested or mode-only
-    node breaks a run.
+    edges move to the matching node of the first. A module holding a requested, mode-only or
+    marked node (a split's cut, an edit) breaks a run. A run whose members hand values on to
+    other consumers than the next member's and the last member's (a U-Net's encoders, each
+    feeding its own decoder) does not fold: drawn as one, the skips would seem to leave one
+    module.
     """
     inside = members(view)
     children = view.children()
@@ -105,7 +108,7 @@ def _runs(
                 run.append(child)
                 exact.add(sig[-1])
                 continue
-            if len(run) > 1:
+            if len(run) > 1 and _one_way_out(view, run, inside):
                 first = run[0]
                 folds[first] = (len(run), run[-1], len(exact) == 1)
                 hidden.update(run[1:])
@@ -117,6 +120,18 @@ def _runs(
             first_sig = sig[:-1] if sig is not None else None
             exact = {sig[-1]} if sig is not None else set()
     return mapping, folds, member_of
+
+
+def _one_way_out(view: View, run: list[str], inside: Mapping[str, list[str]]) -> bool:
+    """Whether every member of ``run`` sends values out of the run only where its last
+    member does (a stack of blocks, a dense block's growing concat) and so may fold."""
+    within = {n for member in run for n in inside[member]}
+    out: dict[str, set[str]] = {member: set() for member in run}
+    owner = {n: member for member in run for n in inside[member]}
+    for a, b in view.edges:
+        if a in owner and b not in within:
+            out[owner[a]].add(b)
+    return all(out[member] <= out[run[-1]] for member in run[:-1])
 
 
 def _resolve(mapping: Mapping[str, str], k: str) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
-from torch import fx, nn
+from torch import fx
 
 from fxtap._protocol import DrawRequest
 from fxtap._query import normalize_return_nodes, resolve
@@ -15,24 +15,19 @@ from fxtap._shapes import propagate_shapes
 from fxtap.errors import InvalidArgumentError, NodeNotFoundError
 from fxtap.names import diff_modes
 from fxtap.render._view import View, build_view
-from fxtap.trace import Traced, trace_or_export, tracer_options
+from fxtap.trace import Traced
 
 __all__ = ["graph_views", "model_name", "pruned_views", "sources", "with_shapes"]
 
 
 def graph_views(
-    model: Any, nodes: Sequence[str] | Mapping[str, str] | None, request: DrawRequest
+    model: Any,
+    traces: dict[str, Traced] | None,
+    nodes: Sequence[str] | Mapping[str, str] | None,
+    request: DrawRequest,
 ) -> dict[str, View]:
-    """One view per mode of a model or a trace (``sources``), ``nodes`` marked."""
-    found = sources(
-        model,
-        request.modes,
-        nodes,
-        request.tracer_kwargs,
-        request.concrete_args,
-        tracer=request.tracer,
-        example_inputs=request.example_inputs,
-    )
+    """One view per mode of a model's ``traces`` or of a trace (``sources``), ``nodes`` marked."""
+    found = sources(model, request.modes, nodes, traces)
     return _views(*found, request, request.title or model_name(model))
 
 
@@ -42,8 +37,11 @@ def pruned_views(extractor: Any, request: DrawRequest) -> dict[str, View]:
     Without the unpruned traces (``keep_traces=True``) only what the extractor kept is drawn.
     """
     full = extractor.full
-    traces = dict(full) if all(m in full for m in request.modes) else extractor.pruned_traces()
-    kept = {m: set(extractor.node_names(m)) for m in traces}
+    whole = all(m in full for m in request.modes)
+    traces = dict(full) if whole else extractor.pruned_traces()
+    # NOTE: a pruned graph holds only what runs: its inputs and output are kept too (a split's
+    # tail, an edited model), though they carry no node name
+    kept = {m: set(extractor.node_names(m)) if whole else None for m in traces}
     requested = {m: dict(extractor.return_nodes.get(m, {})) for m in traces}
     name = next(iter(full.values())).graph_module.__class__.__name__ if full else None
     title = request.title or name or type(extractor).__name__
@@ -52,7 +50,7 @@ def pruned_views(extractor: Any, request: DrawRequest) -> dict[str, View]:
 
 def _views(
     traces: dict[str, Traced],
-    kept: Mapping[str, set[str]],
+    kept: Mapping[str, set[str] | None],
     requested: Mapping[str, dict[str, str]],
     opaque: set[str],
     request: DrawRequest,
@@ -85,16 +83,12 @@ def sources(
     model: Any,
     modes: Sequence[str],
     nodes: Sequence[str] | Mapping[str, str] | None,
-    tracer_kwargs: Mapping[str, Any] | None,
-    concrete_args: Mapping[str, Any] | None,
-    *,
-    tracer: str = "auto",
-    example_inputs: Any = None,
+    traces: dict[str, Traced] | None = None,
 ) -> tuple[dict[str, Traced], dict[str, set[str]], dict[str, dict[str, str]], set[str]]:
     """Traces per mode, kept names, requested name -> key, and opaque module paths.
 
-    A model is traced by ``tracer`` (``trace_or_export``): torch.export traces it with
-    ``example_inputs`` for ``"export"``, and for ``"auto"`` when torch.fx cannot.
+    ``model`` is a model with its ``traces`` (by mode, as ``route`` traced them) or a
+    ``Traced``.
     """
     if isinstance(model, Traced):
         if modes != (model.mode,):
@@ -103,28 +97,12 @@ def sources(
                 f"pass mode={model.mode!r} or the model itself"
             )
         traces = {model.mode: model}
-        opaque = set(model.leaves)
-    elif isinstance(model, nn.Module):
-        kwargs = dict(tracer_kwargs or {})
-        kwargs.setdefault("record_source", True)
-        tracer_options(kwargs)
-        traces = {
-            m: trace_or_export(
-                model,
-                training=m == "train",
-                tracer_kwargs=kwargs,
-                concrete_args=concrete_args,
-                example_inputs=example_inputs,
-                tracer=tracer,
-            )
-            for m in ("train", "eval")
-        }
-        opaque = {leaf for t in traces.values() for leaf in t.leaves}
-    else:
+    elif traces is None:
         raise InvalidArgumentError(
             f"model {model!r:.80} is a {type(model).__name__}; expected an nn.Module, an fxtap "
             "extractor (fxtap.create_feature_extractor) or a Traced"
         )
+    opaque = {leaf for t in traces.values() for leaf in t.leaves}
     if nodes is None:
         return traces, {}, {}, opaque
     # The extractor's own resolver: partial names, NAME:input and :output mean the same here.

@@ -62,8 +62,11 @@ class ViewNode:
 
     @property
     def protected(self) -> bool:
-        """Requested, mode-only and untraced nodes are never folded or collapsed away."""
-        return self.key is not None or self.only is not None or bool(self.untraced)
+        """Requested, mode-only, untraced and marked (cut, edited) nodes are never folded or
+        collapsed away."""
+        return (
+            self.key is not None or self.only is not None or bool(self.untraced) or bool(self.mark)
+        )
 
 
 @dataclass

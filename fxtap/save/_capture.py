@@ -25,6 +25,7 @@ from fxtap.save._build import build_module, function, module_class
 from fxtap.save._config import Modules
 from fxtap.save._hf import TransformersSpec
 from fxtap.save._manifest import MODES, header, tensor_list
+from fxtap.save._outputs import check_outputs
 from fxtap.save._pack import KIND
 from fxtap.save._schema import (
     ModuleSpec,
@@ -34,7 +35,6 @@ from fxtap.save._schema import (
     as_strings,
     check_code_names,
     check_keys,
-    check_outputs,
     closest,
     dotted_path,
     identifier,

@@ -22,67 +22,81 @@ __all__ = ["GUARDS", "unguarded"]
 _aten = torch.ops.aten
 
 
-def native_batch_norm_legit_no_training(
-    input: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    momentum: float,
-    eps: float,
-) -> Any:
+def native_batch_norm_legit_no_training(*args: Any, **kwargs: Any) -> Any:
     """``aten._native_batch_norm_legit_no_training`` after the checks its kernel lacks."""
-    _check_channels(input, weight=weight, bias=bias, mean=running_mean, var=running_var)
-    return _aten._native_batch_norm_legit_no_training.default(
-        input, weight, bias, running_mean, running_var, momentum, eps
-    )
+    return _checked("aten::_native_batch_norm_legit_no_training.default", _batch_norm, args, kwargs)
 
 
-def native_batch_norm_legit(
+def native_batch_norm_legit(*args: Any, **kwargs: Any) -> Any:
+    """``aten._native_batch_norm_legit`` (updates the running statistics) after the checks."""
+    return _checked("aten::_native_batch_norm_legit.default", _batch_norm, args, kwargs)
+
+
+def native_batch_norm_legit_no_stats(*args: Any, **kwargs: Any) -> Any:
+    """``aten._native_batch_norm_legit.no_stats`` after the checks its kernel lacks."""
+    return _checked("aten::_native_batch_norm_legit.no_stats", _batch_norm_no_stats, args, kwargs)
+
+
+def fft_r2c(*args: Any, **kwargs: Any) -> Any:
+    """``aten._fft_r2c`` with its dims checked: distinct, each within the input's dims."""
+    return _checked("aten::_fft_r2c.default", _fft, args, kwargs)
+
+
+def fft_c2r(*args: Any, **kwargs: Any) -> Any:
+    """``aten._fft_c2r`` with its dims and output size checked."""
+    return _checked("aten::_fft_c2r.default", _fft_c2r, args, kwargs)
+
+
+def _checked(
+    key: str, check: Callable[..., None], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``check`` on the arguments, then the op ``key``."""
+    check(*args, **kwargs)
+    return _OP[key](*args, **kwargs)
+
+
+def _batch_norm(
     input: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Any:
-    """``aten._native_batch_norm_legit`` (updates the running statistics) after the checks."""
+    *_: Any,
+    **__: Any,
+) -> None:
+    """``_native_batch_norm_legit`` with running statistics, in either mode."""
     _check_channels(input, weight=weight, bias=bias, mean=running_mean, var=running_var)
-    return _aten._native_batch_norm_legit.default(
-        input, weight, bias, running_mean, running_var, training, momentum, eps
-    )
 
 
-def native_batch_norm_legit_no_stats(
+def _batch_norm_no_stats(
     input: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     training: bool,
-    momentum: float,
-    eps: float,
-) -> Any:
-    """``aten._native_batch_norm_legit.no_stats`` after the checks its kernel lacks; without
-    running statistics only training mode has statistics to use (the batch's)."""
+    *_: Any,
+    **__: Any,
+) -> None:
+    """Without running statistics only training mode has statistics to use (the batch's)."""
     _check_channels(input, weight=weight, bias=bias)
     if training is not True:
         raise RuntimeError("batch norm without running statistics needs training=True")
-    return _aten._native_batch_norm_legit.no_stats(input, weight, bias, training, momentum, eps)
 
 
-def fft_r2c(self: torch.Tensor, dim: list[int], normalization: int, onesided: bool) -> Any:
-    """``aten._fft_r2c`` with its dims checked: distinct, each within the input's dims."""
-    _check_fft(self, dim, normalization)
-    return _aten._fft_r2c.default(self, dim, normalization, onesided)
+def _fft(self: torch.Tensor, dim: list[int], normalization: int, *_: Any, **__: Any) -> None:
+    """``_fft_r2c`` and ``_fft_c2r``: distinct dims, each within the input's dims."""
+    _check_tensor(self, "self")
+    ndim = self.dim()
+    if not dim or any(not -ndim <= d < ndim for d in dim):
+        raise RuntimeError(f"fft: dims {dim} out of range for a {ndim}-D input")
+    if len({d % ndim for d in dim}) != len(dim) or normalization not in (0, 1, 2):
+        raise RuntimeError(f"fft: dims {dim} repeat, or normalization {normalization} unknown")
 
 
-def fft_c2r(self: torch.Tensor, dim: list[int], normalization: int, last_dim_size: int) -> Any:
-    """``aten._fft_c2r`` with its dims and output size checked."""
-    _check_fft(self, dim, normalization)
+def _fft_c2r(self: torch.Tensor, dim: list[int], normalization: int, last_dim_size: int) -> None:
+    """``_fft_c2r``: the dims, and a positive output size."""
+    _fft(self, dim, normalization)
     if not isinstance(last_dim_size, int) or last_dim_size < 1:
         raise RuntimeError(f"_fft_c2r: last_dim_size {last_dim_size!r} is not a positive size")
-    return _aten._fft_c2r.default(self, dim, normalization, last_dim_size)
 
 
 #: op key -> its checked stand-in.
@@ -93,13 +107,8 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "aten::_fft_r2c.default": fft_r2c,
     "aten::_fft_c2r.default": fft_c2r,
 }
-_OPS = {
-    native_batch_norm_legit_no_training: _aten._native_batch_norm_legit_no_training.default,
-    native_batch_norm_legit: _aten._native_batch_norm_legit.default,
-    native_batch_norm_legit_no_stats: _aten._native_batch_norm_legit.no_stats,
-    fft_r2c: _aten._fft_r2c.default,
-    fft_c2r: _aten._fft_c2r.default,
-}
+_OP = {key: getattr(getattr(_aten, key[6:].split(".")[0]), key.split(".")[1]) for key in GUARDS}
+_OPS = {guard: _OP[key] for key, guard in GUARDS.items()}
 
 
 def unguarded(target: Any) -> Any:
@@ -113,15 +122,6 @@ def unguarded(target: Any) -> Any:
 def _check_tensor(value: Any, name: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise RuntimeError(f"expected a tensor for {name}, got {type(value).__name__}")
-
-
-def _check_fft(value: torch.Tensor, dim: list[int], normalization: int) -> None:
-    _check_tensor(value, "self")
-    ndim = value.dim()
-    if not dim or any(not -ndim <= d < ndim for d in dim):
-        raise RuntimeError(f"fft: dims {dim} out of range for a {ndim}-D input")
-    if len({d % ndim for d in dim}) != len(dim) or normalization not in (0, 1, 2):
-        raise RuntimeError(f"fft: dims {dim} repeat, or normalization {normalization} unknown")
 
 
 def _check_channels(input: torch.Tensor, **stats: torch.Tensor | None) -> None:

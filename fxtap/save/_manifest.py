@@ -26,7 +26,9 @@ from fxtap.save._ops import (
     check_rebuild,
     check_treespec,
 )
+from fxtap.save._outputs import check_outputs
 from fxtap.save._schema import (
+    MARK_KEYS,
     MAX_NODES,
     PARAMETER_RESERVED,
     Checked,
@@ -38,7 +40,6 @@ from fxtap.save._schema import (
     as_string,
     as_strings,
     check_keys,
-    check_outputs,
     closest,
     decode,
     dotted_path,
@@ -175,6 +176,15 @@ class _Graph:
         if not nodes or nodes[-1].op != "output":
             raise LoadError(f"graphs.{self.mode} has no output node (it must be the last node)")
         value = nodes[-1].args[0]
+        if isinstance(value, Ref):  # a split's head returns dict({...}): a plain dict
+            made = next((n for n in nodes if n.name == value.name), None)
+            if (
+                made is not None
+                and made.op == "call_function"
+                and made.target == "builtins:dict"
+                and made.args
+            ):
+                value = made.args[0]
         # no outputs: the graph returns what the model returns (a split's tail, an edited model)
         if outputs and (not isinstance(value, dict) or set(value) != set(outputs)):
             raise LoadError(
@@ -184,7 +194,7 @@ class _Graph:
         return tuple(nodes)
 
     def _node(self, entry: Mapping[str, Any], where: str, *, last: bool) -> NodeSpec:
-        check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name"}, where)
+        check_keys(entry, _NODE_KEYS, _NODE_KEYS | {"fxtap_name", *MARK_KEYS}, where)
         node_name = local_name(entry["name"], f"{where}.name")
         if node_name in self.names:
             raise LoadError(f"{where}.name: a second node is named {node_name!r}")
@@ -218,7 +228,10 @@ class _Graph:
         fxtap_name = entry.get("fxtap_name")
         if fxtap_name is not None:
             as_string(fxtap_name, f"{where}.fxtap_name")
-        return NodeSpec(node_name, op, target, args, kwargs, fxtap_name)
+        marks = tuple(
+            (key, as_string(entry[key], f"{where}.{key}")) for key in MARK_KEYS if key in entry
+        )
+        return NodeSpec(node_name, op, target, args, kwargs, fxtap_name, marks)
 
     def _placeholder(self, target: Any, node_name: str, extra: bool, where: str) -> str:
         """A parameter of the generated forward: named once, after its node, no more than a default."""

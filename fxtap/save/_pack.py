@@ -18,7 +18,8 @@ from fxtap.save import _allowlist
 from fxtap.save._encode import Tensors, encode, encode_module, function_path, unsavable
 from fxtap.save._manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MODES, WEIGHTS
 from fxtap.save._ops import REBUILD_OUTPUT, encode_op, encode_treespec
-from fxtap.save._schema import MAX_STRING, encode_outputs
+from fxtap.save._outputs import encode_outputs
+from fxtap.save._schema import MARK_KEYS, MAX_STRING
 from fxtap.trace import NAME_KEY
 
 __all__ = ["KIND", "describe_capture", "describe_graphs", "pack"]
@@ -133,6 +134,9 @@ def _encode_graph(graph: fx.Graph) -> list[dict[str, Any]]:
         }
         if NAME_KEY in node.meta:
             entry["fxtap_name"] = node.meta[NAME_KEY]
+        for key in MARK_KEYS:
+            if isinstance(node.meta.get(key), str):
+                entry[key] = node.meta[key]
         nodes.append(entry)
     return nodes
 

@@ -202,6 +202,7 @@ def _build_graph(specs: tuple[NodeSpec, ...], mode: str, *, trust: bool) -> fx.G
             raise LoadError(f"graphs.{mode}: node name {spec.name!r} is reserved in generated code")
         if spec.fxtap_name is not None:
             node.meta[NAME_KEY] = spec.fxtap_name
+        node.meta.update(spec.marks)
         env[spec.name] = node
     graph.lint()
     return graph

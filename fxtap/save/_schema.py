@@ -14,11 +14,13 @@ import torch
 from torch import fx, nn
 
 from fxtap._compat import fx_reserved_globals
+from fxtap._fx import CUT_KEY, EDIT_KEY
 from fxtap._protocol import Extractor
 from fxtap.errors import LoadError, close_matches
 
 __all__ = [
     "CONSTANTS",
+    "MARK_KEYS",
     "MAX_MODULES",
     "MAX_NODES",
     "MAX_PATH_PARTS",
@@ -87,6 +89,11 @@ class Ref:
     name: str
 
 
+#: ``node.meta`` keys a file keeps for each node besides its name, each a string: a split's
+#: cut (``fxtap_cut``) and the node an edit replaces (``fxtap_edit_of``).
+MARK_KEYS = (CUT_KEY, EDIT_KEY)
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One validated graph node; ``args`` and ``kwargs`` hold decoded values and ``Ref``."""
@@ -97,6 +104,8 @@ class NodeSpec:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     fxtap_name: str | None
+    #: ``node.meta`` marks render draws, as ``(key, text)``: a split's cut, an edit's node.
+    marks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -357,44 +366,3 @@ def check_keys(value: Mapping[str, Any], required: Any, allowed: Any, where: str
             + (f"; missing {absent}" if absent else "")
             + (f"; unexpected {[e[:40] for e in extra[:3]]}" if extra else "")
         )
-
-
-def encode_outputs(outputs: Mapping[str, Mapping[str | int, str]]) -> dict[str, Any]:
-    """By mode, output key -> node name, as JSON.
-
-    An object while every key is a string; else a list of ``[key, name]`` pairs, since JSON
-    object keys are strings and an integer key (``{"layer1": 1}``) must come back an integer.
-    """
-    return {
-        mode: dict(outs) if all(type(k) is str for k in outs) else [[k, n] for k, n in outs.items()]
-        for mode, outs in outputs.items()
-    }
-
-
-def check_outputs(
-    raw: Any, modes: tuple[str, ...], *, required: bool = False
-) -> dict[str, dict[str | int, str]]:
-    """``outputs``, as ``encode_outputs`` writes it: keys are strings or integers, names strings."""
-    raw_outputs = as_object(raw, "outputs")
-    check_keys(raw_outputs, set(modes), None, "outputs")
-    outputs: dict[str, dict[str | int, str]] = {}
-    for mode in modes:
-        where = f"outputs.{mode}"
-        body = raw_outputs[mode]
-        pairs = list(body.items()) if isinstance(body, dict) else as_list(body, where)
-        outs: dict[str | int, str] = {}
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, list | tuple) or len(pair) != 2:
-                raise LoadError(f"{where}[{i}]: an output is a [key, node name] pair")
-            key, name = pair
-            if not (type(key) is str or (type(key) is int and abs(key) < 2**63)):
-                raise LoadError(f"{where}[{i}]: output key {key!r:.40} is not a string or integer")
-            if type(key) is str:
-                as_string(key, where)
-            if key in outs:
-                raise LoadError(f"{where}: output key {key!r:.40} appears twice")
-            outs[key] = as_string(name, f"{where}.{key}")
-        if required and not outs:
-            raise LoadError(f"{where}: no output is requested")
-        outputs[mode] = outs
-    return outputs

@@ -41,6 +41,11 @@ def check_shapes(
     ``(inputs, ranges)``: for each input its name and ``Dims``, and for each symbol of a
     dynamic dim the range torch.export allows (``high`` ``None`` for no bound). Dims that share
     a symbol must be equal, as they were when the extractor was built.
+
+    Traced again by ``torch.export`` (an extractor, a half or an edited module exported with
+    ``dynamic_shapes``), the sizes are symbols: the same conditions become constraints of the
+    new program (``torch._check``) instead of comparisons that would fix each dimension to the
+    example's size.
     """
     inputs, ranges = spec
     if any(isinstance(v, fx.Proxy) for v in values):
@@ -49,6 +54,7 @@ def check_shapes(
         return proxy.tracer.create_proxy("call_function", check_shapes, (spec, *values), {})
     bounds = {name: (low, high) for name, low, high in ranges}
     seen: dict[str, tuple[str, int, int]] = {}
+    symbols: dict[str, torch.SymInt] = {}
     for (argument, dims), value in zip(inputs, values):
         if not isinstance(value, torch.Tensor):
             continue
@@ -58,7 +64,10 @@ def check_shapes(
                 f"the extractor was built for {len(dims)}; pass a tensor of that rank"
             )
         for dim, (size, want) in enumerate(zip(value.shape, dims)):
-            _check_dim(argument, dim, int(size), want, bounds, seen)
+            if isinstance(size, torch.SymInt):
+                _constrain_dim(size, want, bounds, symbols)
+            else:
+                _check_dim(argument, dim, int(size), want, bounds, seen)
 
 
 def check_batch(value: Any, low: int, high: int | None, argument: str) -> Any:
@@ -71,6 +80,9 @@ def check_batch(value: Any, low: int, high: int | None, argument: str) -> Any:
         return value.tracer.create_proxy(
             "call_function", check_batch, (value, low, high, argument), {}
         )
+    if isinstance(value.shape[0], torch.SymInt):  # torch.export traces it again
+        _constrain_dim(value.shape[0], low if low == high else "batch", {"batch": (low, high)}, {})
+        return None
     _check_dim(argument, 0, int(value.shape[0]), "batch", {"batch": (low, high)}, {})
     if low == high:
         _check_dim(argument, 0, int(value.shape[0]), low, {}, {})
@@ -109,6 +121,32 @@ def _check_dim(
             "when the extractor was built (torch.export found the model needs them equal); "
             "pass inputs whose sizes agree"
         )
+
+
+def _constrain_dim(
+    size: torch.SymInt,
+    want: int | str | None,
+    bounds: Mapping[str, tuple[int, int | None]],
+    symbols: dict[str, torch.SymInt],
+) -> None:
+    """``_check_dim`` for a symbolic size: the conditions as torch.export constraints.
+
+    NOTE: ``int(size)`` or ``size != want`` in Python would guard on the example's size and
+    specialize a dimension the caller exported as dynamic; ``torch._check`` records the
+    condition instead (a fixed dim still fixes it, and torch.export says so).
+    """
+    if isinstance(want, int):
+        torch._check(size == want)
+        return
+    if want is None:
+        return
+    low, high = bounds.get(want, (0, None))
+    torch._check(size >= low)
+    if high is not None:
+        torch._check(size <= high)
+    first = symbols.setdefault(want, size)
+    if first is not size:
+        torch._check(size == first)
 
 
 class UserInputs:
