@@ -10,7 +10,7 @@ LOCK := requirements.lock
 EXTRAS := plot,timm,hf,dataset
 PIP := --disable-pip-version-check -q
 
-.PHONY: demo test test-latest test-suite test-timm test-thorough lint lock dot chromium clean
+.PHONY: demo test test-latest test-suite test-timm test-thorough zoo-hf lint lock dot chromium clean
 
 # The venv holds exactly the lock's versions (--no-deps), then fxtap itself; `pip check` fails
 # if the lock no longer satisfies what pyproject.toml declares.
@@ -84,6 +84,13 @@ lock:
 # Optional: the timm zoo (48 smaller models, about 5 minutes on 2 cores).
 test-timm: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m timm tests/test_zoo_timm.py
+
+# Optional: measure every transformers model type (about an hour on 2 cores) and regenerate
+# docs/zoo.md's table; a stopped run resumes where it was (delete ZOO_HF to start again).
+ZOO_HF ?= zoo-hf.jsonl
+zoo-hf: $(STAMP)
+	cd tests && OMP_NUM_THREADS=1 $(abspath $(PY)) -m support.hf_survey $(abspath $(ZOO_HF))
+	cd tests && $(abspath $(PY)) -m support.hf_table $(abspath $(ZOO_HF))
 
 # Optional: the slow variants (every allowlisted op fuzzed, every detection model saved, ...).
 test-thorough: $(STAMP) dot chromium

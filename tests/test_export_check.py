@@ -1,5 +1,5 @@
 """The export path's own checks (fxtap.trace._export_check): graphs that bake in a value the
-model computes afresh, and higher-order ops, are refused with a ``TraceError`` naming why, and
+model computes afresh, and higher-order ops other than grad-mode regions, are refused with a ``TraceError`` naming why, and
 ``create_feature_extractor`` falls back to the capture path with a warning that says so."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 
 import fxtap
 from fxtap import CaptureExtractor, TraceError
+from fxtap.extractor import FeatureExtractor
 from support.checker import bitwise_equal
 
 X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
@@ -101,16 +102,72 @@ class NoGradRegion(nn.Module):
         return self.out(x) * scale / len(x)
 
 
-def test_higher_order_ops_are_refused_and_the_capture_path_serves_them() -> None:
-    match = r"higher-order op 'wrap_with_set_grad_enabled'.*tracer='fx'"
-    with pytest.raises(TraceError, match=match):
-        fxtap.trace(NoGradRegion(), training=True, tracer="export", example_inputs=X)
+class Cond(nn.Module):
+    """``torch.cond``: a higher-order op the export path does not carry over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return torch.cond(h.sum() > 0, torch.sin, torch.cos, (h,)) / len(x)
+
+
+def test_no_grad_region_is_inlined_and_passes_no_gradient() -> None:
     model = NoGradRegion().train()
+    ex = fxtap.create_feature_extractor(
+        model, ["fc", ":output"], tracer="export", example_inputs=(X,)
+    )
+    assert isinstance(ex, FeatureExtractor)
+    got = ex(X)
+    assert not got["fc"].requires_grad  # computed under no_grad, as in the model
+    ref = model(X)
+    assert bitwise_equal(got[":output"], ref)
+    want = torch.autograd.grad(ref.sum(), [model.out.weight])[0]
+    got[":output"].sum().backward()
+    assert model.fc.weight.grad is None and bitwise_equal(model.out.weight.grad, want)
+
+
+class GumbelNoise(nn.Module):
+    """Adds Gumbel noise in train mode, as GroupViT does: the distribution checks its scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.training:
+            noise = torch.distributions.Gumbel(torch.zeros_like(h), torch.ones_like(h))
+            h = h + noise.sample()
+        return self.out(h)
+
+
+def test_distribution_argument_checks_do_not_stop_the_export() -> None:
+    model = GumbelNoise().train()
+    ex = fxtap.create_feature_extractor(model, ["fc", "out"], tracer="export", example_inputs=X)
+    assert isinstance(ex, FeatureExtractor)
+    torch.manual_seed(3)
+    ref = model(X)
+    torch.manual_seed(3)
+    assert bitwise_equal(ex(X)["out"], ref)
+    assert torch.distributions.Distribution._validate_args  # the checks are back on
+
+
+# NOTE: torch.cond's tracing (dynamo) reads .grad of a non-leaf tensor, which warns
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")
+def test_other_higher_order_ops_are_refused_and_the_capture_path_serves_them() -> None:
+    match = r"higher-order op 'cond'.*tracer='fx'"
+    with pytest.raises(TraceError, match=match):
+        fxtap.trace(Cond(), training=False, tracer="export", example_inputs=X)
+    model = Cond().eval()
     with pytest.warns(UserWarning, match=r"CaptureExtractor.*" + match):
-        ex = fxtap.create_feature_extractor(model, ["out"], example_inputs=(X,))
+        ex = fxtap.create_feature_extractor(model, ["fc"], example_inputs=(X,))
     assert isinstance(ex, CaptureExtractor)
     with torch.no_grad():
-        assert bitwise_equal(ex(X)["out"], model.out(X))
+        assert bitwise_equal(ex(X)["fc"], model.fc(X))
 
 
 @pytest.mark.hf

@@ -44,6 +44,7 @@ from fxtap.trace._export_modes import (
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
 from fxtap.trace._export_probe import check_at_second_shape
+from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
@@ -71,7 +72,8 @@ def export_trace(
         training: trace in train mode (``True``) or eval mode (``False``).
         example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
             Non-tensor keyword inputs are fixed at build time. ``use_cache=False`` is added
-            when ``forward`` takes ``use_cache`` (caches are not pytrees).
+            when ``forward`` takes ``use_cache``, by name or through ``**kwargs`` of a model
+            whose config caches (caches are not pytrees).
         tracer_kwargs: ``NodePathTracer`` options; ``leaf_modules`` decides which module
             calls are named by their module path.
         dynamic_shapes: torch.export's ``dynamic_shapes``, keyed as ``example_inputs`` are
@@ -148,8 +150,7 @@ def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[A
             f"example_inputs {example_inputs!r:.80} is a {type(example_inputs).__name__}; "
             "expected a tensor, a tuple of forward() inputs or a dict of keyword inputs"
         )
-    params = _forward_parameters(model)
-    if "use_cache" in params and "use_cache" not in kwargs:
+    if _takes_use_cache(model) and "use_cache" not in kwargs:
         # NOTE: transformers' caches (DynamicCache) are not pytrees, so export cannot return
         # them; the extractor never needs them.
         kwargs["use_cache"] = False
@@ -169,11 +170,20 @@ def _load_spec(spec: str) -> pytree.TreeSpec:
     return pytree.treespec_loads(spec)
 
 
-def _forward_parameters(model: nn.Module) -> list[str]:
+def _takes_use_cache(model: nn.Module) -> bool:
+    """Whether ``forward`` takes ``use_cache``: by name, or through ``**kwargs`` of a model
+    whose config (or text config) turns the cache on (transformers' newer multimodal models)."""
     try:
-        return list(inspect.signature(model.forward).parameters)
+        params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtin forwards
-        return []
+        return False
+    if "use_cache" in params:
+        return True
+    config = getattr(model, "config", None)
+    configs = (config, getattr(config, "text_config", None))
+    return any(p.kind is p.VAR_KEYWORD for p in params.values()) and any(
+        getattr(c, "use_cache", None) is True for c in configs
+    )
 
 
 def _export(
@@ -256,7 +266,7 @@ def _to_traced(
         elif node.op == "output":
             _write_output(graph, node, env, ep, model)
         else:
-            env[node] = graph.node_copy(node, lambda n: env[n])
+            env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
     _mark_buffer_writes(graph, buffers)
     graph.lint()

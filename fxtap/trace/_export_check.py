@@ -21,6 +21,7 @@ from torch import nn
 
 from fxtap._compat import pytree
 from fxtap.errors import TraceError
+from fxtap.trace._export_regions import is_grad_region, region_graphs
 from fxtap.trace._mistrace import Mismatch, difference, find_mistrace, frozen_state
 from fxtap.trace._options import restore_training
 from fxtap.trace._tracer import Traced
@@ -117,26 +118,30 @@ def leaf_outputs(model: nn.Module, traced: Traced) -> Traced:
 
 
 def check_higher_order_ops(ep: Any, model: nn.Module, mode: str) -> None:
-    """Raise ``TraceError`` when the exported program holds a higher-order op.
+    """Raise ``TraceError`` when the exported program holds a higher-order op it cannot carry.
 
-    A ``torch.no_grad()`` region (``wrap_with_set_grad_enabled``), ``cond`` or ``map`` calls
-    a subgraph the export path does not carry over; refusing it with a root ``TraceError``
-    lets ``create_feature_extractor`` fall back to the capture path.
+    Grad-mode regions (``torch.no_grad()``: ``wrap_with_set_grad_enabled``) are inlined by
+    ``fxtap.trace._export_regions``; ``cond``, ``map`` and the others call a subgraph the
+    export path does not carry over, and refusing them with a root ``TraceError`` lets
+    ``create_feature_extractor`` fall back to the capture path.
     """
-    for node in ep.graph.nodes:
+    for node, _ in region_graphs(ep.graph_module):
         # NOTE: torch.ops.higher_order's operators say so in their namespace (their class,
         # HigherOrderOperator, is not public)
-        if node.op == "call_function" and getattr(node.target, "namespace", None) == "higher_order":
+        if (
+            node.op == "call_function"
+            and getattr(node.target, "namespace", None) == "higher_order"
+            and not is_grad_region(node.target)
+        ):
             stack = node.meta.get("nn_module_stack") or {}
             path = next(reversed(stack.values()))[0] if stack else ""
             where = f" in module {path!r}" if path else ""
-            kind = (
-                node.target.name() if callable(getattr(node.target, "name", None)) else node.target
-            )
+            target: Any = node.target
+            kind = target.name() if callable(getattr(target, "name", None)) else target
             raise TraceError(
                 f"torch.export recorded the higher-order op {kind!r}{where} of "
-                f"{type(model).__name__} ({mode} mode): a region such as torch.no_grad(), cond "
-                "or map, which the export path does not carry over. Fix: use tracer='fx' to "
+                f"{type(model).__name__} ({mode} mode): a region such as cond or map, which "
+                "the export path does not carry over. Fix: use tracer='fx' to "
                 "take the capture path (create_feature_extractor does so by default)",
                 module_path="",
                 reason=f"higher-order op {kind}",
@@ -150,15 +155,22 @@ def kept_rng() -> Iterator[None]:
     Around each ``torch.export`` attempt: a model that draws with numpy while exporting
     (SpecAugment) takes another path on each draw, so every build starts from the same
     state and ends the same way, and the caller's generators are left as they were.
+
+    ``torch.distributions`` skip their argument checks meanwhile: a check is a branch on
+    the data (``if not constraint.check(value).all(): raise``) that export cannot trace
+    (GroupViT's Gumbel noise, BLT's entropy), and it never changes a value.
     """
     torch_state, py_state = torch.get_rng_state(), random.getstate()
     np_state = np.random.get_state() if np is not None else None
+    checks = torch.distributions.Distribution._validate_args
     random.seed(0)
     if np is not None:
         np.random.seed(0)
+    torch.distributions.Distribution.set_default_validate_args(False)
     try:
         yield
     finally:
+        torch.distributions.Distribution.set_default_validate_args(checks)
         torch.set_rng_state(torch_state)
         random.setstate(py_state)
         if np is not None:

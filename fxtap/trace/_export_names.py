@@ -71,10 +71,17 @@ class ModuleCalls:
         found: dict[str, fx.Node] = {}
         for path, nodes in self.first_call.items():
             inside = set(nodes)
-            for arg in nodes[0].all_input_nodes:
-                if arg not in inside and arg.op != "get_attr":
-                    found[path] = arg
-                    break
+            # NOTE: the call's first ops may read only weights (a weight-standardized conv
+            # reshapes its weight before it reads its input), so look on until one reads a value
+            outside = (
+                arg
+                for node in nodes
+                for arg in node.all_input_nodes
+                if arg not in inside and arg.op != "get_attr"
+            )
+            first = next(outside, None)
+            if first is not None:
+                found[path] = first
         return found
 
     def first_outputs(self) -> dict[str, fx.Node]:

@@ -9,11 +9,16 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import torch
 
-__all__ = ["SAMPLE", "example_inputs", "model_types", "tiny_config", "tiny_model"]
+__all__ = ["SAMPLE", "TEXT", "example_inputs", "model_types", "tiny_config", "tiny_model"]
+
+#: The inputs of a text-only call of a multimodal model (whose image tokens the generator
+#: does not place in ``input_ids``).
+TEXT = ("input_ids", "attention_mask", "decoder_input_ids")
 
 # A fixed sample across text (encoder, decoder, encoder-decoder), vision, audio and multimodal
 # families, run by make test; FXTAP_THOROUGH=1 runs every model type.
@@ -26,6 +31,7 @@ SAMPLE = (
 
 _WIDTH = 32
 _INT_FIELDS = {
+    "rotary_dim": 16,
     # widths
     "hidden_size": _WIDTH, "d_model": _WIDTH, "n_embd": _WIDTH, "dim": _WIDTH,
     "embed_dim": _WIDTH, "embedding_size": _WIDTH, "projection_dim": _WIDTH,
@@ -44,9 +50,22 @@ _INT_FIELDS = {
     # vocabulary and positions
     "vocab_size": 128, "max_position_embeddings": 128, "n_positions": 128,
     "max_source_positions": 64, "max_target_positions": 64, "type_vocab_size": 2,
+    # state-space layers: heads x head size is expand x width
+    "num_groups": 1, "num_kv_shared_layers": 0, "mamba_n_heads": 4, "mamba_num_heads": 4, "n_mamba_heads": 4, "mamba_headdim": 16,
     # images
     "image_size": 32, "patch_size": 4, "num_channels": 3, "window_size": 2,
 }  # fmt: skip
+# Fields no table entry names, by the end of their name (the first match wins).
+_INT_PATTERNS = (
+    (r"key_value_heads$|kv_heads$", 1), (r"heads$", 2), (r"head_dim$|d_head$", 16),
+    (r"lora_rank$", 16), (r"intermediate_size$|ffn_dim$", 64),
+    (r"hidden_size$|embed_dim$|hidden_size_global$|embedding_dim$", _WIDTH),
+    (r"^num_\w*layers$|^n_\w*layers$|_layers$", 2), (r"experts$", 4), (r"^n_group$|^topk_group$", 1),
+    (r"d_state$", 16), (r"chunk_size$", 16), (r"first_k_dense_replace$", 1),
+    (r"^vocab_size|vocab$", 128), (r"per_layer_input$", 16),
+)  # fmt: skip
+_DEPTHS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_LISTS = ("hidden_sizes", "depths", "embed_dims", "num_heads")
 # SpecAugment's masks are drawn with numpy in train mode (tests/test_export.py checks them apart).
 _ZERO = (
     "layerdrop", "encoder_layerdrop", "decoder_layerdrop", "drop_path_rate",
@@ -64,12 +83,20 @@ def model_types() -> list[str]:
 
 
 def tiny_config(model_type: str) -> Any:
-    """The library's default config of ``model_type`` shrunk to a few thousand parameters."""
+    """The library's default config of ``model_type`` shrunk to a few thousand parameters.
+
+    The default config's dict is shrunk and the config built again from it, as from a
+    ``config.json``, so that the fields a config derives from others (``qk_head_dim``,
+    per-layer type lists) follow; configs that refuse their shrunk dict are shrunk in place.
+    """
     from transformers import AutoConfig
 
     config = AutoConfig.for_model(model_type)
-    _shrink(config)
-    return config
+    try:
+        return type(config).from_dict(_shrink_dict(config.to_dict()))
+    except Exception:
+        _shrink(config)
+        return config
 
 
 def tiny_model(model_type: str, *, seed: int = 0) -> torch.nn.Module:
@@ -108,6 +135,9 @@ def example_inputs(model: torch.nn.Module, *, batch: int = 2, seq: int = 7) -> d
             size = size if isinstance(size, int) else int(size[0])
             channels = int(getattr(vision, "num_channels", 3))
             out[name] = torch.randn(batch, channels, size, size, generator=gen)
+        elif name == "input_values" and hasattr(config, "num_mel_bins"):  # a spectrogram
+            frames = int(getattr(config, "max_length", 64))
+            out[name] = torch.randn(batch, frames, int(config.num_mel_bins), generator=gen)
         elif name == "input_values":
             out[name] = torch.randn(batch, 4000, generator=gen)
         elif name == "input_features":
@@ -121,15 +151,86 @@ def example_inputs(model: torch.nn.Module, *, batch: int = 2, seq: int = 7) -> d
     return out
 
 
+def _tiny_int(key: str, value: int) -> int:
+    """The small value of an integer field, by its name (``value`` when no rule matches)."""
+    if value <= 0:
+        return value
+    small = _INT_FIELDS.get(key)
+    if small is None:
+        for pattern, size in _INT_PATTERNS:
+            if re.search(pattern, key):
+                small = size
+                break
+    return value if small is None else min(value, small)
+
+
+def _shrink_dict(d: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """A config dict (``to_dict()``) shrunk, nested configs too; lists per layer are cut.
+
+    Attributes a config derives in ``__post_init__`` (not fields of its dataclass, such as
+    ``qk_head_dim``) are left out, so that they are derived again from the shrunk fields.
+    """
+    fields = _fields(d.get("model_type"))
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if fields and key not in fields and key != "model_type":
+            continue
+        if isinstance(value, bool) or value is None:
+            out[key] = value
+        elif isinstance(value, int):
+            out[key] = _tiny_int(key, value)
+        elif isinstance(value, float) and key in _ZERO:
+            out[key] = 0.0
+        elif isinstance(value, list) and key in _LISTS:
+            out[key] = [_small(key, v) for v in value][:4]
+        elif isinstance(value, dict) and "model_type" in value and depth < 3:
+            out[key] = _shrink_dict(value, depth + 1)
+        else:
+            out[key] = value
+    _agree(out, d)
+    return out
+
+
+def _agree(out: dict[str, Any], d: dict[str, Any]) -> None:
+    """Make the shrunk fields of ``out`` agree with each other (``d``: the default dict)."""
+    for key in _DEPTHS:  # per-layer lists follow the number of layers
+        old, new = d.get(key), out.get(key)
+        if isinstance(old, int) and isinstance(new, int) and new < old:
+            for k, v in out.items():
+                if isinstance(v, list) and len(v) == old and k not in _LISTS:
+                    out[k] = v[:new]
+    vocab = out.get("vocab_size")
+    if isinstance(vocab, int):
+        for key in _TOKENS:
+            token = out.get(key)
+            if isinstance(token, int) and not isinstance(token, bool) and token >= vocab:
+                out[key] = vocab - 1
+    heads, width = out.get("num_attention_heads"), out.get("hidden_size")
+    if isinstance(heads, int) and isinstance(width, int) and heads and width % heads:
+        out["num_attention_heads"] = heads = 1
+    if "kv_lora_rank" in out and isinstance(heads, int):
+        out["num_key_value_heads"] = heads  # latent attention expands keys to every head
+
+
+def _fields(model_type: Any) -> set[str]:
+    """The dataclass fields of ``model_type``'s config class (empty when not a dataclass)."""
+    import dataclasses
+
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return set()
+    cls = CONFIG_MAPPING[model_type]
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+
+
 def _shrink(config: Any, depth: int = 0) -> None:
     for key, value in list(vars(config).items()):
         if key in _INT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             setattr(config, key, min(value, _INT_FIELDS[key]) if value > 0 else value)
         elif key in _ZERO and isinstance(value, float):
             setattr(config, key, 0.0)
-        elif key in ("hidden_sizes", "depths", "embed_dims", "num_heads") and isinstance(
-            value, list
-        ):
+        elif key in _LISTS and isinstance(value, list):
             setattr(config, key, [_small(key, v) for v in value][:4])
         elif key in _NESTED and depth < 3 and hasattr(value, "to_dict"):
             _shrink(value, depth + 1)
@@ -151,98 +252,3 @@ def _small(key: str, value: Any) -> Any:
     return (
         {"hidden_sizes": 16, "embed_dims": 16, "depths": 1, "num_heads": 1}[key] if value else value
     )
-
-
-def survey(model_type: str) -> dict[str, Any]:
-    """One row of docs/zoo.md's generated table: how fxtap builds ``model_type`` on a tiny config.
-
-    Returns ``{"type", "status", "reason", "kept", "total", "build_s"}``; status is ``pruned``,
-    ``captured``, ``fails`` (fxtap raised) or ``no eager run`` (the tiny model itself fails).
-    """
-    import time
-    import warnings
-
-    import fxtap
-    from fxtap.extractor import FeatureExtractor
-
-    row: dict[str, Any] = {"type": model_type, "reason": "", "kept": None, "total": None}
-    try:
-        model = tiny_model(model_type)
-        inputs = example_inputs(model)
-        with torch.no_grad():
-            model(**inputs)
-        leaves = [p for p, m in model.named_modules() if p and not list(m.children())]
-    except Exception as exc:
-        return {**row, "status": "no eager run", "reason": _reason(exc), "build_s": None}
-    tap = leaves[len(leaves) // 2]
-    start = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ex = fxtap.create_feature_extractor(model, [tap], example_inputs=inputs)
-    except Exception as exc:
-        return {**row, "status": "fails", "reason": _reason(exc), "build_s": None}
-    build = time.perf_counter() - start
-    total = sum(p.numel() for p in model.parameters())
-    if isinstance(ex, FeatureExtractor):
-        targets = {str(n.target) for n in ex.graph_for("eval").nodes if n.op == "get_attr"}
-        kept = sum(p.numel() for n, p in ex.named_parameters() if n in targets)
-        return {**row, "status": "pruned", "kept": kept, "total": total, "build_s": build}
-    why = next((str(w.message) for w in caught), "")
-    return {**row, "status": "captured", "reason": _reason(why), "total": total, "build_s": build}
-
-
-def _reason(exc: Any) -> str:
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    text = " ".join(text.split())
-    return text[:160] + ("…" if len(text) > 160 else "")
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """docs/zoo.md's generated table from ``survey`` rows."""
-    lines = [
-        "| model type | result | parameters kept (middle tap) | build (s) | reason |",
-        "|---|---|---:|---:|---|",
-    ]
-    for r in rows:
-        kept = f"{r['kept']:,} of {r['total']:,}" if r["kept"] is not None else ""
-        build = f"{r['build_s']:.2f}" if r["build_s"] is not None else ""
-        reason = r["reason"].replace("|", "\\|")
-        lines.append(f"| `{r['type']}` | {r['status']} | {kept} | {build} | {reason} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":  # python tests/support/hf_zoo.py OUT.json [FIRST LAST]
-    import json
-    import sys
-    import warnings
-
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(1)
-    names = model_types()
-    lo, hi = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (0, len(names))
-    import signal
-
-    def _timeout(*_: Any) -> None:
-        raise TimeoutError("over 60 s")
-
-    signal.signal(signal.SIGALRM, _timeout)
-    found = []
-    for name in names[lo:hi]:
-        signal.alarm(60)
-        try:
-            found.append(survey(name))
-        except TimeoutError:
-            found.append(
-                {
-                    "type": name,
-                    "status": "fails",
-                    "reason": "over 60 s",
-                    "kept": None,
-                    "total": None,
-                    "build_s": None,
-                }
-            )
-        signal.alarm(0)
-        with open(sys.argv[1], "w", encoding="utf-8") as f:
-            json.dump(found, f, indent=1)
