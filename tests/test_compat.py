@@ -336,6 +336,7 @@ def test_node_graph_and_op_answers_agree() -> None:
                 [_compat.op_parts(o) for o in ops[:2]],
                 [isinstance(m, _compat.dropout_classes()) for m in _dropouts()],
                 _compat.fx_reserved_globals(), _compat.weight_norm_class(),
+                _compat.distribution_checks(),
             ))  # fmt: skip
     assert answers[0] == answers[1]
     assert answers[0][1] and not answers[0][0]
@@ -445,3 +446,13 @@ def test_environment_variable_forces_the_fallbacks() -> None:
     )
     assert out.stdout.strip() == "False"
     assert _compat.use_private()
+
+
+def test_symbolic_check_passes_and_refuses_alike() -> None:
+    # On concrete sizes both paths accept a true condition and refuse a false one; under
+    # torch.export the private path records the condition (tests/test_export_shapes.py)
+    for public in (False, True):
+        with public_only(public):
+            _compat.symbolic_check(torch.tensor(3).item() == 3)
+            with pytest.raises(RuntimeError):
+                _compat.symbolic_check(torch.tensor(3).item() == 4)

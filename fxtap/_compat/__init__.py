@@ -37,6 +37,7 @@ from fxtap._compat._graph import (
 from fxtap._compat._switch import CompatError, public_only, use_private
 from fxtap._compat._torch import (
     OpOverload,
+    distribution_checks,
     fake_inputs,
     fake_tensor_mode,
     is_op_overload,
@@ -49,6 +50,7 @@ from fxtap._compat._torch import (
     register_load_pre_hook,
     reparametrize,
     restore_derived_state,
+    symbolic_check,
     tree_leaves,
     tree_map,
     version_mark,
@@ -62,6 +64,7 @@ __all__ = [
     "ModeCode",
     "OpOverload",
     "copy_attr",
+    "distribution_checks",
     "dropout_classes",
     "explain_calls",
     "fake_inputs",
@@ -85,6 +88,7 @@ __all__ = [
     "restore_derived_state",
     "restore_mode_code",
     "save_mode_code",
+    "symbolic_check",
     "target_to_str",
     "tree_leaves",
     "tree_map",

@@ -325,3 +325,26 @@ def _reversed_padding(conv: Any) -> Any:
                 padding[2 * i + 1] = total - total // 2
         return padding
     return tuple(x for x in reversed(conv.padding) for _ in range(2))
+
+
+def symbolic_check(condition: Any) -> None:
+    """Record ``condition`` on symbolic sizes as a torch.export constraint (``torch._check``).
+
+    Fallback: the condition is tested in Python, which is exact for concrete sizes; under
+    torch.export it guards on the example's value, so a dynamic dimension checked this way is
+    exported static (documented degradation: re-exporting with dynamic shapes then refuses).
+    """
+    if use_private():
+        torch._check(condition)
+    elif not bool(condition):
+        raise RuntimeError(f"shape check failed: {condition}")
+
+
+def distribution_checks() -> bool:
+    """Whether ``torch.distributions`` validates arguments by default (its class default).
+
+    Fallback: Python's ``__debug__``, which is how torch sets that default.
+    """
+    if use_private():
+        return bool(torch.distributions.Distribution._validate_args)
+    return __debug__

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxtap._compat import pytree
+from fxtap._compat import distribution_checks, pytree
 from fxtap.errors import TraceError
 from fxtap.trace._export_regions import is_grad_region, region_graphs
 from fxtap.trace._mistrace import Mismatch, difference, find_mistrace, frozen_state
@@ -162,7 +162,7 @@ def kept_rng() -> Iterator[None]:
     """
     torch_state, py_state = torch.get_rng_state(), random.getstate()
     np_state = np.random.get_state() if np is not None else None
-    checks = torch.distributions.Distribution._validate_args
+    checks = distribution_checks()
     random.seed(0)
     if np is not None:
         np.random.seed(0)

@@ -13,7 +13,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-from fxtap._compat import pytree
+from fxtap._compat import pytree, symbolic_check
 from fxtap.errors import InputShapeError, TraceError
 
 __all__ = ["UserInputs", "check_batch", "check_shapes"]
@@ -132,21 +132,21 @@ def _constrain_dim(
     """``_check_dim`` for a symbolic size: the conditions as torch.export constraints.
 
     NOTE: ``int(size)`` or ``size != want`` in Python would guard on the example's size and
-    specialize a dimension the caller exported as dynamic; ``torch._check`` records the
+    specialize a dimension the caller exported as dynamic; ``symbolic_check`` (``torch._check``) records the
     condition instead (a fixed dim still fixes it, and torch.export says so).
     """
     if isinstance(want, int):
-        torch._check(size == want)
+        symbolic_check(size == want)
         return
     if want is None:
         return
     low, high = bounds.get(want, (0, None))
-    torch._check(size >= low)
+    symbolic_check(size >= low)
     if high is not None:
-        torch._check(size <= high)
+        symbolic_check(size <= high)
     first = symbols.setdefault(want, size)
     if first is not size:
-        torch._check(size == first)
+        symbolic_check(size == first)
 
 
 class UserInputs:
