@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import sympy
 import torch
 from torch import nn
 from torch.export import ExportedProgram
@@ -94,7 +93,9 @@ def _symbol_uses(
             continue
         for dim, size in enumerate(val.shape):
             expr = getattr(getattr(size, "node", None), "expr", None)
-            if isinstance(expr, sympy.Symbol):
+            # NOTE: a size's expression is a sympy object (torch's dependency, not fxtap's);
+            # ``is_Symbol`` says it is one free symbol, not an expression of several
+            if getattr(expr, "is_Symbol", False):
                 uses[str(expr)].append((index, dim))
             elif expr is not None:
                 tangled |= {str(s) for s in expr.free_symbols}
