@@ -322,12 +322,14 @@ def test_preserved_state_after_many_calls() -> None:
 
 def _hooked(model: nn.Module, paths: list[str], args: list[Any]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
-    handles = [
-        model.get_submodule(p).register_forward_hook(
-            lambda _m, _a, out, p=p: seen.setdefault(p, out.detach().clone())
-        )
-        for p in paths
-    ]
+
+    def record(path: str) -> Any:
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:  # returns None: output unchanged
+            seen.setdefault(path, out.detach().clone())
+
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_hook(record(p)) for p in paths]
     try:
         with preserved(model), torch.no_grad():
             model(*args)
