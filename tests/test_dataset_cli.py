@@ -14,7 +14,7 @@ import fxtap
 from fxtap import _extras
 from fxtap.cli import main
 from fxtap.dataset import _options, _store
-from support.dataset import tree
+from support.dataset import job_files, tree
 
 # Random weights: no seed inside the factory, so only --seed makes two runs the same model.
 MODEL_FILE = """
@@ -63,9 +63,7 @@ ARGV += ["--batch-size", "2", "--num-workers", "0", "--no-progress"]
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Path("net.py").write_text(MODEL_FILE)
-    Path("data.py").write_text(DATA_FILE)
-    return tmp_path
+    return job_files(tmp_path, MODEL_FILE, DATA_FILE)
 
 
 def test_a_random_weight_spec_resumes_with_the_same_seed(files, capsys):

@@ -26,7 +26,7 @@ import pytest
 
 import fxtap
 from fxtap.cli import main
-from support.dataset import tree
+from support.dataset import job_files, tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,9 +77,7 @@ CHUNK = 4  # 200 samples / 64, in whole batches of 2: the default chunk size
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Path("net.py").write_text(MODEL_FILE)
-    Path("data.py").write_text(DATA_FILE)
-    return tmp_path
+    return job_files(tmp_path, MODEL_FILE, DATA_FILE)
 
 
 def _start(*args: str) -> subprocess.Popen[str]:

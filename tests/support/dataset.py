@@ -49,3 +49,10 @@ def tree(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def job_files(folder: Path, model_file: str, data_file: str) -> Path:
+    """``folder`` holding ``net.py`` and ``data.py``, the files a ``fxtap run`` test names."""
+    (folder / "net.py").write_text(model_file)
+    (folder / "data.py").write_text(data_file)
+    return folder
