@@ -119,10 +119,11 @@ def _unknown_keyword(model: str, name: str, names: list[str]) -> InputTypeError:
     closest = f" (closest: {format_choices(hint)})" if hint else ""
     return InputTypeError(
         f"keyword input {name!r} is not an input of this extractor of {model}, which takes "
-        f"{format_choices(names)}{closest}: it was built from inputs without {name!r}. Build "
-        f"it with example_inputs= holding every keyword input you will pass (e.g. "
-        f"example_inputs={{..., {name!r}: tensor}}; on the command line: --input), or leave "
-        f"{name!r} out of the call"
+        f"{format_choices(names)}{closest}: the example inputs it was built from left "
+        f"{name!r} out, or gave it a value that is not a tensor (such as use_cache=False), "
+        f"which the graph holds fixed. Build it with example_inputs= holding every tensor "
+        f"keyword you will pass (e.g. example_inputs={{..., {name!r}: tensor}}; on the "
+        f"command line: --input), or leave {name!r} out of the call"
     )
 
 

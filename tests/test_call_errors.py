@@ -148,3 +148,26 @@ def test_a_keyword_input_the_extractor_was_not_built_with_is_named():
         got = extractor(**full)["encoder.layer.1"]
     want = seen["v"][0] if isinstance(seen["v"], tuple) else seen["v"]
     assert bitwise_equal(got, want)
+
+
+class _Flagged(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, double: bool = False) -> torch.Tensor:
+        y = self.fc(x)
+        return y * 2 if double else y
+
+
+def test_a_non_tensor_keyword_held_fixed_by_the_export_path_is_explained():
+    x = torch.randn(2, 4)
+    model = _Flagged().eval()
+    ex = fxtap.create_feature_extractor(
+        model, ["fc"], tracer="export", example_inputs={"x": x, "double": True}
+    )
+    assert torch.equal(ex(x=x)["fc"], model.fc(x))
+    with pytest.raises(InputTypeError) as err:
+        ex(x=x, double=True)
+    message = str(err.value)
+    assert "'double'" in message and "holds fixed" in message and "leave 'double' out" in message
