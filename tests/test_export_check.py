@@ -147,13 +147,20 @@ class GumbelNoise(nn.Module):
 
 def test_distribution_argument_checks_do_not_stop_the_export() -> None:
     model = GumbelNoise().train()
-    ex = fxtap.create_feature_extractor(model, ["fc", "out"], tracer="export", example_inputs=X)
+    # NOTE: torch._dynamo turns the default off when it first patches torch, so whether the
+    # checks are on here depends on the tests run before: turn them on for this test
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    try:
+        ex = fxtap.create_feature_extractor(model, ["fc", "out"], tracer="export", example_inputs=X)
+        assert torch.distributions.Distribution._validate_args  # the checks are back on
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(before)
     assert isinstance(ex, FeatureExtractor)
     torch.manual_seed(3)
     ref = model(X)
     torch.manual_seed(3)
     assert bitwise_equal(ex(X)["out"], ref)
-    assert torch.distributions.Distribution._validate_args  # the checks are back on
 
 
 # NOTE: torch.cond's tracing (dynamo) reads .grad of a non-leaf tensor, which warns
