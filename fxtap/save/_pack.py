@@ -60,6 +60,17 @@ def describe_graphs(extractor: Any, tensors: Tensors) -> Payload:
 
 
 def _describe(extractor: Any, tensors: Tensors) -> dict[str, Any]:
+    fixed = getattr(extractor, "fixed_to_none", ())
+    if fixed:
+        names = ", ".join(repr(name) for name in fixed)
+        concrete = ", ".join(f"{name!r}: None" for name in fixed)
+        raise InvalidArgumentError(
+            f"{type(extractor).__name__} holds a second graph per mode, for calls that leave "
+            f"out {names} (root arguments that default to None, docs/tracing.md), and the "
+            "safe fxtap format stores one graph per mode. Save with fmt='pickle' (--format "
+            "pickle) and load it with trust=True, or build the extractor with "
+            f"concrete_args={{{concrete}}} for calls that leave them out"
+        )
     for mode in MODES:
         _refuse_function_edits(extractor.graph_for(mode))
     graphs = {mode: _encode_graph(extractor.graph_for(mode)) for mode in MODES}
