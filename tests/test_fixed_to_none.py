@@ -10,7 +10,9 @@ gradients.
 from __future__ import annotations
 
 import copy
+import json
 import pickle
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 import fxtap
-from fxtap import FeatureExtractor, InvalidArgumentError
+from fxtap import FeatureExtractor, InvalidArgumentError, LoadError
 from support.checker import Hooks, bitwise_equal
 from support.models import OptionalState
 
@@ -102,20 +104,46 @@ def test_copies_pickles_threads_and_saving(tmp_path: Path) -> None:
         with ThreadPoolExecutor(4) as pool:
             runs = list(pool.map(lambda i: (i % 2, ex(X, STATE if i % 2 else None)), range(16)))
     assert all(bitwise_equal(r["func"], want[not odd]) for odd, r in runs)
-    # the safe format stores one graph per mode: it refuses, and says what to do instead
-    with pytest.raises(InvalidArgumentError, match=r"'state'.*fmt='pickle'.*concrete_args"):
-        fxtap.save(ex, tmp_path / "ex.fxtap")
-    loaded = fxtap.load(fxtap.save(ex, tmp_path / "ex.pkl", fmt="pickle"), trust=True)
+    # the safe format stores both graphs of each mode
+    loaded = fxtap.load(fxtap.save(ex, tmp_path / "ex.fxtap"))
+    assert loaded.fixed_to_none == ("state",)
+    pickled = fxtap.load(fxtap.save(ex, tmp_path / "ex.pkl", fmt="pickle"), trust=True)
     with torch.no_grad():
-        assert bitwise_equal(loaded(X)["func"], want[True])
-        assert bitwise_equal(loaded(X, STATE)["func"], want[False])
-    # fixed to None by the caller: one graph per mode, which the safe format stores
+        for other in (loaded, pickled):
+            assert bitwise_equal(other(X)["func"], want[True])
+            assert bitwise_equal(other(X, state=STATE)["func"], want[False])
+    # fixed to None by the caller: one graph per mode, which asserts that state is None
     one = _build(model, concrete_args={"state": None})
     assert one.fixed_to_none == ()
-    path = fxtap.save(one, tmp_path / "one.fxtap")
-    # NOTE: the safe loader does not allow torch.fx's _assert_is_none yet (concrete_args=None)
     with torch.no_grad():
-        assert bitwise_equal(fxtap.load(path, trust=True)(X)["func"], want[True])
+        assert bitwise_equal(
+            fxtap.load(fxtap.save(one, tmp_path / "one.fxtap"))(X)["func"], want[True]
+        )
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda f: f.update(args=["x_not_an_input"]),
+        lambda f: f.update(args=[]),
+        lambda f: f.update(args=["__class__"]),
+        lambda f: f["graphs"].pop("train"),
+        lambda f: f.update(more=1),
+    ],
+    ids=["not_an_input", "no_args", "not_an_identifier", "a_mode_missing", "unknown_key"],
+)
+def test_a_tampered_second_graph_is_refused(tmp_path: Path, tamper: Any) -> None:
+    path = fxtap.save(_build(OptionalState()), tmp_path / "ex.fxtap")
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(members["fxtap.json"])
+    tamper(manifest["fixed_to_none"])
+    members["fxtap.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(LoadError, match=r"fixed_to_none"):
+        fxtap.load(path)
 
 
 def test_example_inputs_with_the_argument_check_both_graphs() -> None:
