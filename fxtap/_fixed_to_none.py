@@ -73,10 +73,12 @@ class PrunedFixed:
     Attributes:
         args: the arguments fixed to ``None``.
         pruned: by mode, the pruned graph module.
+        leaves: modules the automatic fallback made opaque in these traces.
     """
 
     args: tuple[str, ...]
     pruned: dict[str, fx.GraphModule]
+    leaves: tuple[str, ...] = ()
 
     def fixed_to_none(self) -> FixedToNone:
         """The pruned graphs, for the extractor."""
@@ -112,7 +114,8 @@ def prune_fixed_to_none(
             pruned[mode] = prune(traced, selected, class_name=model_name)
     except FxtapError:
         return None
-    return PrunedFixed(none_fixed.args, pruned)
+    leaves = tuple(leaf for t in traces.values() for leaf in t.leaves)
+    return PrunedFixed(none_fixed.args, pruned, leaves)
 
 
 def mode_forwards(

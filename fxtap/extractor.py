@@ -365,7 +365,10 @@ def build_extractor(
         pruned[mode] = prune(traced, selected, class_name=name)
         outputs[mode] = {key: output_name(value, traced) for key, value in selected.items()}
     fixed = prune_fixed_to_none(chosen.none_fixed, requests, edits, outputs, model_name=name)
-    opaque = tuple(dict.fromkeys(leaf for t in traces.values() for leaf in t.leaves))
+    leaves = [leaf for t in traces.values() for leaf in t.leaves] + list(
+        fixed.leaves if fixed else ()
+    )
+    opaque = tuple(dict.fromkeys(leaves))
     full = dict(traces) if keep_traces else {}
     info = ExtractorInfo(outputs, opaque, full, fixed.fixed_to_none() if fixed else None)
     every = {**pruned, **{f"{m}_none": gm for m, gm in (fixed.pruned if fixed else {}).items()}}

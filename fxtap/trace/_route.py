@@ -172,7 +172,9 @@ def route(
         if names_only:
             names = {m: _fx_names(model, options, m == "train") for m in modes}
             return Route("fx", names=names)
-        if none_fixed and none_default_args(model, options.concrete_args):
+        if none_fixed and none_default_args(
+            model, check_concrete_args(model, options.concrete_args)
+        ):
             return _with_none_fixed(model, options, modes)
         return _traced("fx", {m: _fx_trace(model, options, m == "train") for m in modes})
     except TraceError as exc:
