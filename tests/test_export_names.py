@@ -3,6 +3,7 @@ first ops read only their own weights."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,7 +147,7 @@ class TupleLeaves(nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_a_leaf_that_returns_a_tuple_is_tapped_as_it_returns_it(mode: str) -> None:
+def test_a_leaf_that_returns_a_tuple_is_tapped_as_it_returns_it(mode: str, tmp_path: Path) -> None:
     model = TupleLeaves().train(mode == "train")
     x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
     taps = ["attn", "gru", ":output"]
@@ -182,3 +183,11 @@ def test_a_leaf_that_returns_a_tuple_is_tapped_as_it_returns_it(mode: str) -> No
     # only the attention's call runs for a tap of it
     small = fxtap.create_feature_extractor(model, ["attn"], tracer="export", example_inputs=(x,))
     assert not any("gru" in str(n.target) for n in small.graph_for(mode).nodes)
+    # the tuple's node saves in the safe format and loads without trust
+    fxtap.save(small, tmp_path / "attn.fxtap")
+    loaded = fxtap.load(tmp_path / "attn.fxtap").train(mode == "train")
+    small.train(mode == "train")
+    torch.manual_seed(0)
+    want_small = small(x)
+    torch.manual_seed(0)
+    assert bitwise_equal(loaded(x), want_small)
