@@ -5,10 +5,12 @@ another way: transformers' gated delta rule (qwen3.5, qwen3-next, olmo-hybrid) s
 triangular system by forward substitution instead of ``torch.linalg.solve_triangular``, for
 export targets that lack the solver. The two ways round differently, so an extractor built
 from that branch differs from the model (and from forward hooks) in the last bits. fxtap
-promises the model's eager values, so ``eager_branches`` makes the question answer ``False``
-to code outside torch while torch.export runs; torch's own code still gets the true answer.
-When the eager branch cannot be exported (a branch on tensor values), the caller exports
-again with the model's export branch (``asked`` says whether the model asked at all).
+promises the model's eager values. ``exporting_asked`` records which code outside torch asked
+while torch.export ran and, with ``eager=True``, answers it ``False``; torch's own code always
+gets the true answer. The export path exports the model as it asks to be exported first, and
+only when the model asked and the graph is not bitwise its eager self does it export again
+with the eager answer: a model may also test ``is_compiling() and not is_exporting()`` for a
+path of torch.compile's own (mamba's and zamba's associative scan), which ``False`` would pick.
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["eager_branches"]
+__all__ = ["exporting_asked"]
 
 _LOCK = threading.Lock()
 _users = 0
 _real: Callable[[], bool] | None = None
-_asked: list[list[str]] = []
+_asked: list[tuple[int, list[str], bool]] = []
 
 
 def _is_exporting() -> bool:
-    """``torch.compiler.is_exporting`` as ``eager_branches`` installs it."""
+    """``torch.compiler.is_exporting`` as ``exporting_asked`` installs it."""
     assert _real is not None
     exporting = _real()
     if not exporting:
@@ -37,18 +39,23 @@ def _is_exporting() -> bool:
     caller = sys._getframe(1).f_globals.get("__name__", "")
     if caller == "torch" or caller.startswith("torch."):
         return True
-    for asked in _asked:
-        asked.append(caller)
-    return False
+    eager = False
+    me = threading.get_ident()
+    for thread, asked, answer_false in list(_asked):
+        if thread == me:
+            asked.append(caller)
+            eager = eager or answer_false
+    return not eager
 
 
 @contextlib.contextmanager
-def eager_branches(asked: list[str]) -> Iterator[None]:
-    """While inside, ``torch.compiler.is_exporting()`` is ``False`` for code outside torch.
+def exporting_asked(asked: list[str], *, eager: bool) -> Iterator[None]:
+    """While inside, ``asked`` gets the module of every caller outside torch that asked
+    ``torch.compiler.is_exporting()`` during an export; with ``eager``, they are told ``False``.
 
-    ``asked`` gets the module name of every caller that was told ``False`` during an export.
     Threads share the replacement: it is installed by the first user and removed by the last,
-    and it answers as torch does whenever no export runs.
+    answers each thread by that thread's own entries, and answers as torch does whenever no
+    export runs.
     """
     global _users, _real
     with _LOCK:
@@ -56,12 +63,12 @@ def eager_branches(asked: list[str]) -> Iterator[None]:
             _real = torch.compiler.is_exporting
             torch.compiler.is_exporting = _is_exporting
         _users += 1
-        _asked.append(asked)
+        _asked.append((threading.get_ident(), asked, eager))
     try:
         yield
     finally:
         with _LOCK:
-            _asked[:] = [a for a in _asked if a is not asked]
+            _asked[:] = [a for a in _asked if a[1] is not asked]
             _users -= 1
             if _users == 0:
                 assert _real is not None

@@ -28,10 +28,11 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
-from fxtap.trace._eager_branches import eager_branches
+from fxtap.trace._eager_branches import exporting_asked
 from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
+    exact_on_example,
     kept_rng,
 )
 from fxtap.trace._export_errors import export_error
@@ -103,9 +104,37 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
+    build = functools.partial(_build, model, args, kwargs, given, training, options)
+    traced, flags, asked = build(eager=False)
+    if asked and not exact_on_example(model, traced, args, kwargs):
+        # NOTE: the model asked torch.compiler.is_exporting() and its export branch rounds
+        # otherwise than its eager self: the eager branch, when it exports and is exact
+        try:
+            other, other_flags, _ = build(eager=True)
+        except TraceError:
+            other = None
+        if other is not None and exact_on_example(model, other, args, kwargs):
+            traced, flags = other, other_flags
+    if flags.mode_independent:
+        remember_export(model, SharedExport(traced))
+    return traced
+
+
+def _build(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    given: Any,
+    training: bool,
+    options: Mapping[str, Any],
+    *,
+    eager: bool,
+) -> tuple[Traced, FlagReads, list[str]]:
+    """One checked graph: exported (``eager``: the model's eager branches), then checked at a
+    second shape and, where a dimension is wrong there, exported again with it static."""
     leaf = NodePathTracer(**options).is_leaf_module
-    ep, flags, marks = _export(
-        model, args, kwargs, training=training, dynamic_shapes=given, is_leaf=leaf
+    ep, flags, marks, asked = _export(
+        model, args, kwargs, training=training, dynamic_shapes=given, is_leaf=leaf, eager=eager
     )
     traced = _unchecked(model, ep, marks, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
@@ -115,14 +144,14 @@ def export_trace(
         check_export(model, traced, args, kwargs)
     if fixed:
         static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-        ep, flags, marks = _export(
-            model, args, kwargs, training=training, dynamic_shapes=static, is_leaf=leaf
-        )
+        ep, flags, marks, more = _export(
+            model, args, kwargs, training=training, dynamic_shapes=static, is_leaf=leaf,
+            eager=eager,
+        )  # fmt: skip
+        asked += more
         traced = _unchecked(model, ep, marks, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
-    if flags.mode_independent:
-        remember_export(model, SharedExport(traced))
-    return traced
+    return traced, flags, asked
 
 
 def _unchecked(
@@ -203,30 +232,23 @@ def _export(
     training: bool,
     dynamic_shapes: Any = None,
     is_leaf: Callable[[nn.Module, str], bool],
-) -> tuple[ExportedProgram, FlagReads, Marks]:
+    eager: bool,
+) -> tuple[ExportedProgram, FlagReads, Marks, list[str]]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
     every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
     with the reads of ``training`` flags made by the export that succeeded (inside
-    ``one_export`` only: elsewhere nothing would use them), and what the hooks marked
-    (``_export_marks``; ``is_leaf``: which modules are named by their path).
-
-    The model's eager branches are exported (``eager_branches``); a model that asked
-    ``torch.compiler.is_exporting()`` and cannot be exported that way is exported again
-    with the branch it keeps for torch.export.
+    ``one_export`` only: elsewhere nothing would use them), what the hooks marked
+    (``_export_marks``; ``is_leaf``: which modules are named by their path), and the code
+    outside torch that asked ``torch.compiler.is_exporting()`` (told ``False`` if ``eager``).
     """
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
+    asked: list[str] = []
     with restore_training(model):
         model.train(training)
-        asked: list[str] = []
         try:
-            try:
-                with eager_branches(asked):
-                    ep, flags, marks = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
-            except Exception:
-                if not asked:
-                    raise
+            with exporting_asked(asked, eager=eager):
                 ep, flags, marks = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
@@ -235,7 +257,7 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags, marks
+    return ep, flags, marks, asked
 
 
 def _export_once(

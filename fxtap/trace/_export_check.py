@@ -35,6 +35,7 @@ __all__ = [
     "SEEDS",
     "check_export",
     "check_higher_order_ops",
+    "exact_on_example",
     "first_mismatch",
     "kept_rng",
     "leaf_outputs",
@@ -82,6 +83,15 @@ def check_export(
             module_path="",
             reason=reason,
         )
+
+
+def exact_on_example(
+    model: nn.Module, traced: Traced, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> bool:
+    """Whether ``traced`` gives bitwise the model's values on the example inputs (leaf modules
+    and the output, from the first seed), not only values within the check's tolerances."""
+    compared = leaf_outputs(model, traced)
+    return find_mistrace(model, compared, args, keywords=kwargs, seed=SEEDS[0], exact=True) is None
 
 
 def first_mismatch(

@@ -43,6 +43,7 @@ def find_mistrace(
     keywords: Mapping[str, Any] | None = None,
     seed: int | None = None,
     draws: list[bool] | None = None,
+    exact: bool = False,
 ) -> Mismatch | None:
     """Run ``model`` eagerly and ``traced`` on the same inputs; find the first module that differs.
 
@@ -55,7 +56,8 @@ def find_mistrace(
     source of randomness). ``keywords`` are keyword inputs, as the export path takes them: the
     graph's placeholders are the positional inputs, then the keyword ones by name. ``draws``,
     when given, gets whether the eager run drew from any CPU generator (torch's, numpy's,
-    Python's); a run that drew from none runs the same from every seed.
+    Python's); a run that drew from none runs the same from every seed. With ``exact``,
+    floating-point values must be bitwise equal, not within the tolerances.
 
     Raises:
         InputShapeError: the eager model rejects ``example_inputs``.
@@ -112,7 +114,7 @@ def find_mistrace(
     for path, out in outputs.items():
         if path not in eager_out:
             continue
-        diff = difference(_fill(out, values), eager_out[path])
+        diff = difference(_fill(out, values), eager_out[path], exact=exact)
         if diff is None:
             continue
         if path and not _input_differs(path, traced, values, eager_in):
@@ -233,8 +235,9 @@ def _input_differs(
 _MISSING = object()
 
 
-def difference(traced: Any, eager: Any) -> str | None:
-    """A short description of how ``traced`` differs from ``eager``, or ``None`` when equal."""
+def difference(traced: Any, eager: Any, *, exact: bool = False) -> str | None:
+    """A short description of how ``traced`` differs from ``eager``, or ``None`` when equal
+    (``exact``: bitwise, else within the check's tolerances)."""
     if traced is _MISSING or isinstance(traced, fx.Proxy) or eager is None:
         # NOTE: an output that is None when the model runs (a ModelOutput field, a dict value
         # the graph fills in) is the same structure whatever the graph holds there
@@ -245,7 +248,9 @@ def difference(traced: Any, eager: Any) -> str | None:
         if traced.shape != eager.shape or traced.dtype != eager.dtype:
             return f"shape {tuple(traced.shape)} instead of {tuple(eager.shape)}"
         if traced.is_floating_point() or traced.is_complex():
-            if torch.allclose(traced, eager, rtol=RTOL, atol=ATOL, equal_nan=True):
+            if exact and torch.equal(traced, eager):
+                return None
+            if not exact and torch.allclose(traced, eager, rtol=RTOL, atol=ATOL, equal_nan=True):
                 return None
             gap = (traced - eager).abs().nan_to_num(0).max().item()
             return f"max abs diff {gap:.3g}"
@@ -256,11 +261,13 @@ def difference(traced: Any, eager: Any) -> str | None:
         traced = {k: v for k, v in traced.items() if v is not None}
         if list(eager) != list(traced):
             return f"keys {list(traced)[:4]} instead of {list(eager)[:4]}"
-        return next((d for k in eager if (d := difference(traced[k], eager[k]))), None)
+        return next((d for k in eager if (d := difference(traced[k], eager[k], exact=exact))), None)
     if isinstance(eager, (list, tuple)) and isinstance(traced, (list, tuple)):
         if len(eager) != len(traced):
             return f"{len(traced)} items instead of {len(eager)}"
-        return next((d for a, b in zip(traced, eager) if (d := difference(a, b))), None)
+        return next(
+            (d for a, b in zip(traced, eager) if (d := difference(a, b, exact=exact))), None
+        )
     if isinstance(eager, (int, float, bool, str, type(None))):
         try:
             same = bool(traced == eager)
