@@ -6,7 +6,7 @@ import builtins
 import functools
 import operator
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 import torch
@@ -39,12 +39,19 @@ _CLONE_OF = "fxtap_clone_of"
 _FEEDS = "fxtap_clone_feeds"
 
 
-def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx.GraphModule:
+def prune(
+    traced: Traced,
+    selected: Mapping[Any, Any],
+    *,
+    class_name: str,
+    keep: Collection[fx.Node] = (),
+) -> fx.GraphModule:
     """Copy the traced graph, return ``selected`` as a dict, and drop everything unneeded.
 
     Removes every node that no longer contributes, including ``torch._assert`` checks that
     would keep otherwise-dead code alive, but keeps in-place ops that mutate a value still
-    read. A returned value that a later in-place op overwrites is cloned right after it is
+    read, random draws that a kept draw follows, and the nodes of ``keep`` (a ``split``
+    head keeps its draws when the tail draws after them). A returned value that a later in-place op overwrites is cloned right after it is
     produced and the clone feeds the later code, so the extractor returns the node itself,
     at its value and on the autograd path (``_protect_from_inplace``). Unused parameters,
     buffers and submodules are not copied into the result.
@@ -68,7 +75,8 @@ def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx
     mapping: dict[fx.Node, fx.Node] = {}
     graph.graph_copy(owner.graph, mapping)
     outputs = {key: _map(value, mapping) for key, value in selected.items()}
-    facts = _Facts(graph, owner, training=traced.training)
+    kept = {mapping[n] for n in keep}
+    facts = _Facts(graph, owner, training=traced.training, keep=kept)
     outputs = dict(sorted(outputs.items(), key=lambda kv: _position(kv[1], facts.order)))
     outputs = _protect_from_inplace(graph, outputs, facts)
     graph.output(outputs)
@@ -78,14 +86,13 @@ def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx
     trial_map: dict[fx.Node, fx.Node] = {}
     trial.output(trial.graph_copy(graph, trial_map))
     back = {v: k for k, v in trial_map.items()}
-    trial.eliminate_dead_code(
-        is_impure_node=_Facts(trial, owner, training=traced.training).is_impure
-    )
+    trial_facts = _Facts(trial, owner, training=traced.training, keep={trial_map[n] for n in kept})
+    trial.eliminate_dead_code(is_impure_node=trial_facts.is_impure)
     live = {back[n] for n in trial.nodes if n in back}
     # Pass 2: keep an assert only if it checks live values with computation of its own, not
     # with model code that pruning removed.
     own = {mapping[n] for n in _assert_only(owner.graph)}
-    facts = _Facts(graph, owner, training=traced.training, live=live, assert_only=own)
+    facts = _Facts(graph, owner, training=traced.training, keep=kept, live=live, assert_only=own)
     graph.eliminate_dead_code(is_impure_node=facts.is_impure)
     _drop_needless_clones(graph, owner)
     return fx.GraphModule(owner, graph, class_name)
@@ -137,10 +144,12 @@ class _Facts:
         owner: fx.GraphModule,
         *,
         training: bool = False,
+        keep: set[fx.Node] | None = None,
         live: set[fx.Node] | None = None,
         assert_only: set[fx.Node] | None = None,
     ) -> None:
         self.live = live
+        self.keep = keep or set()
         self.assert_only = assert_only or set()
         # modules that still run: every module call a live node ran in (leaf modules included)
         self.running: set[str] = set()
@@ -178,7 +187,7 @@ class _Facts:
         that a surviving later draw follows."""
         if node.op in ("placeholder", "output"):
             return True
-        if self._shifts_later_draws(node):
+        if node in self.keep or self._shifts_later_draws(node):
             return True
         if node.op == "call_function" and _is_check(node.target):
             return self.live is not None and _checks_live(node, self.live, self.assert_only)
