@@ -189,6 +189,8 @@ class _Facts:
             return True
         if node in self.keep or self._shifts_later_draws(node):
             return True
+        if node.op == "call_function" and _compat.is_vmap_nesting(node.target):
+            return True  # cheap, and the batch-dim ops between a pair need both
         if node.op == "call_function" and _is_check(node.target):
             return self.live is not None and _checks_live(node, self.live, self.assert_only)
         owner = node.meta.get(BUFFER_WRITE_KEY)

@@ -27,6 +27,7 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
+from fxtap.trace._eager_branches import eager_branches
 from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
@@ -34,6 +35,7 @@ from fxtap.trace._export_check import (
 )
 from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
+from fxtap.trace._export_marks import marked_inputs, take_marks
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
@@ -200,35 +202,26 @@ def _export(
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
     every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
     with the reads of ``training`` flags made by the export that succeeded (inside
-    ``one_export`` only: elsewhere nothing would use them)."""
+    ``one_export`` only: elsewhere nothing would use them).
+
+    The model's eager branches are exported (``eager_branches``); a model that asked
+    ``torch.compiler.is_exporting()`` and cannot be exported that way is exported again
+    with the branch it keeps for torch.export.
+    """
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
     with restore_training(model):
         model.train(training)
-        # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
-        # stderr; the TraceError says what failed, so that print is swallowed
+        asked: list[str] = []
         try:
             try:
-                with (
-                    contextlib.redirect_stderr(io.StringIO()),
-                    kept_rng(),
-                    read_flags(model, record=sharing()) as flags,
-                ):
-                    shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
-                    ep = torch.export.export(
-                        model, args, kwargs, dynamic_shapes=shapes, strict=False
-                    )
-            except Exception as first:
-                if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
-                    raise  # a branch on tensor values: static shapes fail the same way
-                # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-                with (
-                    contextlib.redirect_stderr(io.StringIO()),
-                    kept_rng(),
-                    read_flags(model, record=sharing()) as flags,
-                ):
-                    ep = torch.export.export(model, args, kwargs, strict=False)
+                with eager_branches(asked):
+                    ep, flags = _export_once(model, args, kwargs, dynamic_shapes)
+            except Exception:
+                if not asked:
+                    raise
+                ep, flags = _export_once(model, args, kwargs, dynamic_shapes)
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
     changed = [
@@ -236,6 +229,36 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
+    return ep, flags
+
+
+def _export_once(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any
+) -> tuple[ExportedProgram, FlagReads]:
+    """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
+    then static shapes when a dynamic dim fails in a way they may not."""
+    # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
+    # stderr; the TraceError says what failed, so that print is swallowed
+    try:
+        with (
+            contextlib.redirect_stderr(io.StringIO()),
+            kept_rng(),
+            read_flags(model, record=sharing()) as flags,
+            marked_inputs(model),
+        ):
+            shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
+            ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+    except Exception as first:
+        if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
+            raise  # a branch on tensor values: static shapes fail the same way
+        # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
+        with (
+            contextlib.redirect_stderr(io.StringIO()),
+            kept_rng(),
+            read_flags(model, record=sharing()) as flags,
+            marked_inputs(model),
+        ):
+            ep = torch.export.export(model, args, kwargs, strict=False)
     return ep, flags
 
 
@@ -271,6 +294,7 @@ def _to_traced(
         else:
             env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
+    marked = take_marks(graph)
     _mark_buffer_writes(graph, buffers)
     graph.lint()
     check_code_names(graph, type(model).__name__)
@@ -283,7 +307,7 @@ def _to_traced(
         gm,
         names,
         training,
-        calls.first_inputs(),
+        {**calls.first_inputs(), **marked},
         module_outputs=dict(calls.first_outputs()),
     )
 
