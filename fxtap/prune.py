@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import operator
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 import torch
 from torch import fx, nn
 
 from fxtap import _compat
+from fxtap._draws import draws_random
 from fxtap._fx import (
     BUFFER_WRITE_KEY,
     VIEW_FUNCTIONS,
@@ -37,12 +39,19 @@ _CLONE_OF = "fxtap_clone_of"
 _FEEDS = "fxtap_clone_feeds"
 
 
-def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx.GraphModule:
+def prune(
+    traced: Traced,
+    selected: Mapping[Any, Any],
+    *,
+    class_name: str,
+    keep: Collection[fx.Node] = (),
+) -> fx.GraphModule:
     """Copy the traced graph, return ``selected`` as a dict, and drop everything unneeded.
 
     Removes every node that no longer contributes, including ``torch._assert`` checks that
     would keep otherwise-dead code alive, but keeps in-place ops that mutate a value still
-    read. A returned value that a later in-place op overwrites is cloned right after it is
+    read, random draws that a kept draw follows, and the nodes of ``keep`` (a ``split``
+    head keeps its draws when the tail draws after them). A returned value that a later in-place op overwrites is cloned right after it is
     produced and the clone feeds the later code, so the extractor returns the node itself,
     at its value and on the autograd path (``_protect_from_inplace``). Unused parameters,
     buffers and submodules are not copied into the result.
@@ -66,7 +75,8 @@ def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx
     mapping: dict[fx.Node, fx.Node] = {}
     graph.graph_copy(owner.graph, mapping)
     outputs = {key: _map(value, mapping) for key, value in selected.items()}
-    facts = _Facts(graph, owner)
+    kept = {mapping[n] for n in keep}
+    facts = _Facts(graph, owner, training=traced.training, keep=kept)
     outputs = dict(sorted(outputs.items(), key=lambda kv: _position(kv[1], facts.order)))
     outputs = _protect_from_inplace(graph, outputs, facts)
     graph.output(outputs)
@@ -76,12 +86,13 @@ def prune(traced: Traced, selected: Mapping[Any, Any], *, class_name: str) -> fx
     trial_map: dict[fx.Node, fx.Node] = {}
     trial.output(trial.graph_copy(graph, trial_map))
     back = {v: k for k, v in trial_map.items()}
-    trial.eliminate_dead_code(is_impure_node=_Facts(trial, owner).is_impure)
+    trial_facts = _Facts(trial, owner, training=traced.training, keep={trial_map[n] for n in kept})
+    trial.eliminate_dead_code(is_impure_node=trial_facts.is_impure)
     live = {back[n] for n in trial.nodes if n in back}
     # Pass 2: keep an assert only if it checks live values with computation of its own, not
     # with model code that pruning removed.
     own = {mapping[n] for n in _assert_only(owner.graph)}
-    facts = _Facts(graph, owner, live=live, assert_only=own)
+    facts = _Facts(graph, owner, training=traced.training, keep=kept, live=live, assert_only=own)
     graph.eliminate_dead_code(is_impure_node=facts.is_impure)
     _drop_needless_clones(graph, owner)
     return fx.GraphModule(owner, graph, class_name)
@@ -131,10 +142,14 @@ class _Facts:
         self,
         graph: fx.Graph,
         owner: fx.GraphModule,
+        *,
+        training: bool = False,
+        keep: set[fx.Node] | None = None,
         live: set[fx.Node] | None = None,
         assert_only: set[fx.Node] | None = None,
     ) -> None:
         self.live = live
+        self.keep = keep or set()
         self.assert_only = assert_only or set()
         # modules that still run: every module call a live node ran in (leaf modules included)
         self.running: set[str] = set()
@@ -145,8 +160,12 @@ class _Facts:
         self.root: dict[fx.Node, fx.Node] = {}
         self.writes: dict[fx.Node, fx.Node] = {}
         self.readers: dict[fx.Node, list[fx.Node]] = {}
+        # the nodes that draw from the global generator, in graph (call) order
+        self.draws: list[fx.Node] = []
         for i, node in enumerate(graph.nodes):
             self.order[node] = i
+            if draws_random(node, owner, training=training):
+                self.draws.append(node)
             written = _mutated_arg(node, owner)
             if written is not None:
                 self.writes[node] = written
@@ -164,8 +183,11 @@ class _Facts:
 
     def is_impure(self, node: fx.Node) -> bool:
         """DCE predicate: placeholders, observed in-place writes, buffer updates of modules that
-        run (``BUFFER_WRITE_KEY``, on the second pass), and asserts on live code."""
+        run (``BUFFER_WRITE_KEY``, on the second pass), asserts on live code, and random draws
+        that a surviving later draw follows."""
         if node.op in ("placeholder", "output"):
+            return True
+        if node in self.keep or self._shifts_later_draws(node):
             return True
         if node.op == "call_function" and _compat.is_vmap_nesting(node.target):
             return True  # cheap, and the batch-dim ops between a pair need both
@@ -186,6 +208,23 @@ class _Facts:
             if not _compat.is_erased(reader):
                 return True
         return False
+
+    def _shifts_later_draws(self, node: fx.Node) -> bool:
+        """Whether ``node`` draws from the generator and a surviving later node draws too.
+
+        Without it, every later draw would take other numbers than the model's from the same
+        seed (pegasus_x's last encoder layer drops out global tokens that no output reads,
+        before the decoder's dropouts). Draws after the last surviving one may go.
+        """
+        if not self.draws or node not in self._draw_index:
+            return False
+        # NOTE: DCE walks backwards, so every later node is already final
+        later = self.draws[self._draw_index[node] + 1 :]
+        return any(not _compat.is_erased(n) for n in later)
+
+    @functools.cached_property
+    def _draw_index(self) -> dict[fx.Node, int]:
+        return {n: i for i, n in enumerate(self.draws)}
 
 
 def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:

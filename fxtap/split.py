@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from torch import fx, nn
 
+from fxtap._draws import draws_random
 from fxtap._fx import BOUNDARY, CUT_KEY, boundary_keys, union_root
 from fxtap._query import Request, _enclosing_leaf, normalize_return_nodes, parse_query, resolve
 from fxtap.errors import CutError, NodeNotFoundError, TraceError
@@ -273,7 +274,11 @@ def _cut(
         and (n in cut or any(u in tail_side or u is output for u in n.users))
     ]
     keys = {n: traced.names.get(n, n.name) for n in boundary}
-    head = prune(traced, {keys[n]: n for n in boundary}, class_name=class_name)
+    # the head keeps every draw of its side when the tail draws: the tail's draws follow
+    owner, training = traced.graph_module, traced.training
+    draws = [n for n in graph.nodes if draws_random(n, owner, training=training)]
+    keep = [n for n in draws if n in head_side] if set(draws) & tail_side else []
+    head = prune(traced, {keys[n]: n for n in boundary}, class_name=class_name, keep=keep)
     marks = {keys[n]: "cut" if n in cut else "boundary" for n in boundary}
     for node in head.graph.nodes:
         if node.meta.get(NAME_KEY) in marks:

@@ -129,6 +129,42 @@ def test_no_grad_region_is_inlined_and_passes_no_gradient() -> None:
     assert model.fc.weight.grad is None and bitwise_equal(model.out.weight.grad, want)
 
 
+class HandsBack(nn.Module):
+    """A ``torch.no_grad()`` method that returns its input as it is (``x.float()`` of a float
+    tensor), read afterwards with its gradient, as dots3_note's indexer and gate do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(6)
+        self.score = nn.Linear(6, 6)
+        self.gate = nn.Linear(6, 2)
+
+    @torch.no_grad()
+    def rank(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = h.float()  # the very tensor h
+        return self.score(h).argmax(-1), h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        best, h = self.rank(h)
+        return self.gate(h) * (best[:, None] + 1)
+
+
+def test_no_grad_region_hands_back_its_input_with_its_gradient() -> None:
+    model = HandsBack().train()
+    ex = fxtap.create_feature_extractor(
+        model, ["norm", ":output"], tracer="export", example_inputs=X
+    )
+    assert isinstance(ex, FeatureExtractor)
+    ref = model(X)
+    want = torch.autograd.grad(ref.sum(), [model.norm.weight])[0]
+    got = ex(X)
+    assert bitwise_equal(got[":output"], ref)
+    # before the fix, the gate read a detached copy and the norm got no gradient through it
+    have = torch.autograd.grad(got[":output"].sum(), [model.norm.weight], allow_unused=True)[0]
+    assert have is not None and bitwise_equal(have, want)
+
+
 class GumbelNoise(nn.Module):
     """Adds Gumbel noise in train mode, as GroupViT does: the distribution checks its scale."""
 

@@ -346,3 +346,38 @@ def test_tap_before_pass_through_module_and_inplace_op_keeps_its_value() -> None
     assert (expected < 0).any()
     assert torch.equal(out["bn"], expected)
     assert torch.equal(out["act"], expected.relu())
+
+
+class DeadDraw(nn.Module):
+    """A dropout whose value nothing reads, before one that the output reads (pegasus_x's last
+    encoder layer drops out global tokens the output leaves, before the decoder's dropouts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Linear(6, 6)
+        self.side_drop = nn.Dropout(0.5)
+        self.main = nn.Linear(6, 6)
+        self.drop = nn.Dropout(0.5)
+        self.last = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.side_drop(self.side(x))  # drawn, then dropped
+        out = self.drop(self.main(x))
+        return out, self.last(out)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_dead_draw_before_a_kept_one_is_kept(tracer: str) -> None:
+    model = DeadDraw().train()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    options = {"example_inputs": (x,)} if tracer == "export" else {}
+    ex = create_feature_extractor(model, ["drop"], tracer=tracer, **options)
+    torch.manual_seed(0)
+    want, _ = model(x)
+    torch.manual_seed(0)
+    got = ex(x)["drop"]
+    assert bitwise_equal(got, want)  # the same mask: the side dropout still drew first
+    graph = ex.graph_for("train")
+    kept = [n for n in graph.nodes if n.op != "placeholder" and "side" in n.name]
+    assert kept, "the side branch's draw was pruned away"
+    assert not any("last" in n.name for n in graph.nodes)  # draws after the last tap may go

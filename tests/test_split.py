@@ -608,3 +608,25 @@ def test_ops_independent_of_the_cut_run_where_they_come(
     x = torch.rand(2, 4)
     with torch.no_grad():
         assert bitwise_equal(halves.tail(halves.head(x)), model(x))
+
+
+class SideDraw(nn.Module):
+    """A dropout nothing reads, in the head, before the tail's dropout (pegasus_x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Linear(6, 6)
+        self.side_drop = nn.Dropout(0.5)
+        self.main = nn.Linear(6, 6)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.side_drop(self.side(x))  # drawn, then dropped
+        return self.out(self.drop(self.main(x)))
+
+
+def test_the_head_keeps_its_dead_draws_when_the_tail_draws() -> None:
+    # the side dropout draws first in the model, so the head draws it before the tail draws
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    check_split(SideDraw().train(), "main", x)

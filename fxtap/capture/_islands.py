@@ -191,7 +191,11 @@ class IslandForward:
             frozenset() if bound is None else frozenset(n for n, v in bound.items() if v is None)
         )
         gm = run.graph(module, nones)
-        call_args = (args, kwargs) if bound is None else (tuple(bound.values()), {})
+        # NOTE: a forward with **kwargs is called as the model called it (its graph keeps them)
+        positional = _signature(eager, keywords=False) is not None
+        call_args = (
+            (args, kwargs) if bound is None or not positional else (tuple(bound.values()), {})
+        )
         if nones not in run.checked:
             _check(run, module, eager, gm, call_args, nones)
         out = dict(gm(*call_args[0], **call_args[1]))
@@ -283,14 +287,16 @@ def _trace(module: nn.Module, training: bool, options: Mapping[str, Any], concre
 
 
 @functools.lru_cache(maxsize=256)
-def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+def _signature(fn: Callable[..., Any], *, keywords: bool = True) -> inspect.Signature | None:
+    """``fn``'s signature when its parameters are named ones, and ``**kwargs`` if ``keywords``."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
     kinds = {p.kind for p in sig.parameters.values()}
-    if kinds - {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}:
-        return None  # *args, **kwargs or keyword-only: the call is passed on as it is
+    named = {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    if kinds - named - ({inspect.Parameter.VAR_KEYWORD} if keywords else set()):
+        return None  # *args or keyword-only: the call is passed on as it is
     return sig
 
 
@@ -308,6 +314,9 @@ def _bind(
     bound.apply_defaults()
     values = dict(bound.arguments)
     values.pop(next(iter(sig.parameters)))
+    for name, p in sig.parameters.items():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            values.pop(name, None)  # not a parameter the trace can fix to None
     return values
 
 

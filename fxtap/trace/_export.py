@@ -50,6 +50,7 @@ from fxtap.trace._export_names import ModuleCalls, assign_names
 from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
+from fxtap.trace._functions import check_custom_functions
 from fxtap.trace._options import restore_training, tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
 
@@ -163,8 +164,10 @@ def _unchecked(
     options: Mapping[str, Any],
     training: bool,
 ) -> Traced:
-    """The program as a ``Traced``; refused when it holds a higher-order op."""
+    """The program as a ``Traced``; refused when it holds a higher-order op or the ops of an
+    autograd Function with a backward of its own."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
+    check_custom_functions(ep, model, "train" if training else "eval")
     return _to_traced(model, ep, marks, args, kwargs, options=options, training=training)
 
 

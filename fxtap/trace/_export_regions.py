@@ -5,7 +5,10 @@ by ``torch.export`` as one higher-order op, ``wrap_with_set_grad_enabled(False, 
 whose ops live in a submodule of the exported program. ``copy_node`` inlines such a region
 into the graph being built: its ops become ordinary nodes (named by their own module stack),
 and under ``False`` the region reads detached copies of its inputs, so that its values are
-those of the model and no gradient flows through it, as under ``torch.no_grad()``.
+those of the model and no gradient flows through it, as under ``torch.no_grad()``. One value
+keeps its history: an input the region hands back as it is (``x.to(x.dtype)`` returns ``x``
+itself under ``torch.no_grad()`` too), which the graph reads from outside the region, as the
+model does (dots3_note's indexer returns its float input, which the gate projection reads).
 
 Before (exported program)::
 
@@ -27,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import fx
+
+from fxtap import _compat
 
 __all__ = ["GRAD_REGION", "copy_node", "is_grad_region", "region_graphs"]
 
@@ -75,11 +80,13 @@ def _inline(
     enabled, attr, *operands = node.args
     sub = getattr(owner, str(attr.target))  # type: ignore[union-attr]
     local: dict[fx.Node, Any] = {}
+    # region values that are, at run time, the very tensor of an operand (the value outside)
+    same: dict[fx.Node, Any] = {}
     inputs = iter(operands)
     outputs: tuple[Any, ...] = ()
     for inner in sub.graph.nodes:
         if inner.op == "placeholder":
-            value = env[next(inputs)]  # type: ignore[index]
+            value = same[inner] = env[next(inputs)]  # type: ignore[index]
             if not enabled and isinstance(inner.meta.get("val"), torch.Tensor):
                 detached = graph.call_function(torch.ops.aten.detach.default, (value,))
                 detached.meta.update(inner.meta)
@@ -87,7 +94,42 @@ def _inline(
                 value = detached
             local[inner] = value
         elif inner.op == "output":
-            outputs = tuple(local[a] for a in inner.args[0])
+            outputs = tuple(same.get(a, local.get(a, a)) for a in inner.args[0])
         else:
             local[inner] = copy_node(graph, inner, local, sub)
+            source = inner.args[0] if inner.args else None
+            if source in same and _returns_self(inner):
+                same[inner] = same[source]
     return outputs
+
+
+def _returns_self(node: fx.Node) -> bool:
+    """Whether ``aten.to`` returns its input itself: no change of dtype, device or layout,
+    no copy, no memory format asked (``x.float()`` of a float tensor).
+
+    A tensor that leaves a ``torch.no_grad()`` region that way is the tensor that went in,
+    with its gradient history; every other value computed in the region has none.
+    """
+    if node.op != "call_function" or node.target not in _TO_OPS:
+        return False
+    source = node.args[0]
+    before = source.meta.get("val") if isinstance(source, fx.Node) else None
+    after = node.meta.get("val")
+    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor):
+        return False
+    schema = _compat.op_schema(node.target)
+    given = {**{a.name: v for a, v in zip(schema.arguments, node.args)}, **node.kwargs}
+    return (
+        not given.get("copy", False)
+        and given.get("memory_format") in (None, torch.preserve_format)
+        and (before.dtype, before.device, before.layout)
+        == (after.dtype, after.device, after.layout)
+    )
+
+
+_TO_OPS = {
+    torch.ops.aten.to.dtype,
+    torch.ops.aten.to.device,
+    torch.ops.aten.to.dtype_layout,
+    torch.ops.aten.to.other,
+}

@@ -20,6 +20,7 @@ from fxtap import _compat
 from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
+from fxtap.trace._functions import calls_custom_function
 from fxtap.trace._options import restore_training, trace_fixes
 from fxtap.trace._private import is_private, patched_private
 
@@ -154,8 +155,12 @@ class NodePathTracer(fx.Tracer):
         self.leaf_predicates = tuple(predicates)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """A module is a leaf if listed in ``leaf_modules`` or a torch.nn built-in."""
+        """A module is a leaf if listed in ``leaf_modules``, a torch.nn built-in, or one whose
+        ``forward`` applies an autograd Function with its own backward (traced through, the
+        graph would keep the Function's forward ops and lose its backward)."""
         if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        if module_qualified_name and calls_custom_function(m):
             return True
         if any(fnmatch.fnmatchcase(module_qualified_name, p) for p in self.leaf_patterns):
             return True

@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 import fxtap
+from fxtap._draws import draws_random
 from fxtap.trace import restore_training, trace
 
 __all__ = [
@@ -201,6 +202,8 @@ def check_extractor(
             if node.op not in ("placeholder", "output") and not node.users:
                 ok = node.op == "call_function" and "assert" in getattr(node.target, "__name__", "")
                 ok = ok or is_write(node, ex)
+                # a random draw a later kept draw follows (the stream stays the model's)
+                ok = ok or draws_random(node, ex, training=training)
                 assert ok, f"dead node {node.format_node()} left in the {mode} graph"
         reference, _ = capture_reference(
             model, inputs, training=training, seed=seed, tracer_kwargs=tracer_kwargs
