@@ -27,6 +27,7 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
+from fxtap.trace._export_budget import OverBudget, dynamic_budget
 from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
@@ -100,7 +101,7 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    ep, flags, narrowed = _export(model, args, kwargs, training=training, dynamic_shapes=given)
     traced = _unchecked(model, ep, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
     # graph right there is checked (the example shape is only checked when it is not)
@@ -108,8 +109,8 @@ def export_trace(
     if fixed is not None:
         check_export(model, traced, args, kwargs)
     if fixed:
-        static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-        ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=static)
+        static = dynamic_shapes_for(model, args, kwargs, static=fixed, batch_only=narrowed)
+        ep, flags, _ = _export(model, args, kwargs, training=training, dynamic_shapes=static)
         traced = _unchecked(model, ep, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
     if flags.mode_independent:
@@ -193,11 +194,12 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
-) -> tuple[ExportedProgram, FlagReads]:
+) -> tuple[ExportedProgram, FlagReads, bool]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
-    every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
-    with the reads of ``training`` flags made by the export that succeeded (inside
-    ``one_export`` only: elsewhere nothing would use them)."""
+    every dim ``Dim.AUTO`` (only the batch dims when that runs over ``dynamic_budget``: the
+    third item says so) and, if that fails in a way static shapes may not, static shapes;
+    with the reads of ``training`` flags made by the exports (inside ``one_export`` only:
+    elsewhere nothing would use them)."""
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
@@ -212,10 +214,7 @@ def _export(
                     kept_rng(),
                     read_flags(model, record=sharing()) as flags,
                 ):
-                    shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
-                    ep = torch.export.export(
-                        model, args, kwargs, dynamic_shapes=shapes, strict=False
-                    )
+                    ep, narrowed = _export_auto(model, args, kwargs, dynamic_shapes)
             except Exception as first:
                 if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
                     raise  # a branch on tensor values: static shapes fail the same way
@@ -225,7 +224,7 @@ def _export(
                     kept_rng(),
                     read_flags(model, record=sharing()) as flags,
                 ):
-                    ep = torch.export.export(model, args, kwargs, strict=False)
+                    ep, narrowed = torch.export.export(model, args, kwargs, strict=False), False
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
     changed = [
@@ -233,7 +232,29 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags
+    return ep, flags, narrowed
+
+
+def _export_auto(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], given: Any
+) -> tuple[ExportedProgram, bool]:
+    """``torch.export.export`` with ``given`` shapes, else every dim ``Dim.AUTO`` within
+    ``dynamic_budget``, and when that runs over, again with only the batch dims dynamic
+    (then the second item is ``True``)."""
+    if given is not None:
+        ep = torch.export.export(model, args, kwargs, dynamic_shapes=given, strict=False)
+        return ep, False
+    shapes = dynamic_shapes_for(model, args, kwargs)
+    try:
+        with dynamic_budget():
+            ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+            return ep, False
+    except OverBudget:
+        # NOTE: height and width of windowed attention cost torch.export minutes of symbolic
+        # reasoning (fxtap.trace._export_budget); the batch alone costs what static shapes do
+        pass
+    shapes = dynamic_shapes_for(model, args, kwargs, batch_only=True)
+    return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False), True
 
 
 def _to_traced(

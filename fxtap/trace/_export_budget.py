@@ -1,0 +1,77 @@
+"""A time budget for torch.export's reasoning on dynamic dimensions.
+
+With every dimension ``Dim.AUTO``, torch.export reasons symbolically about each size the model
+computes. Windowed attention (Swin, Swin2SR, MaskFormer's Swin backbone, Hiera, SAM 3's and
+Gemma 3n's vision towers) pads height and width to a multiple of the window and cuts them
+into windows at every stage, and each stage nests the last one's ``FloorDiv`` and ``Mod``
+expressions: every new guard on such a symbol re-simplifies all the facts known so far, and an
+export that takes 1 to 3 s with static height and width runs for minutes (swinv2's tiny
+config: 130 s on an idle core, 450 s on a loaded one, with some 400 guards on height and width
+against at most 86 for any model of the sample).
+
+``dynamic_budget`` lets an export run while it is cheap. Past ``DYNAMIC_BUDGET_S`` seconds,
+the next guard on a symbol that already holds more than ``GUARDS`` guards stops the export
+with ``OverBudget``; the export path then exports again with only the batch dimension dynamic
+(``fxtap.trace._export``). Models whose symbols hold few guards (text models: 1 to 3) are never
+stopped, however long their export takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from torch.fx.experimental import _config as shape_config
+
+__all__ = ["DYNAMIC_BUDGET_S", "GUARDS", "OverBudget", "dynamic_budget"]
+
+#: Seconds of a ``Dim.AUTO`` export after which a symbol with many guards stops it.
+DYNAMIC_BUDGET_S = 20.0
+#: Guards a symbol may hold past the budget before the export stops.
+GUARDS = 16
+
+
+class OverBudget(BaseException):
+    """torch.export's symbolic reasoning ran past the budget.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: model and torch code that catches
+    ``Exception`` around a size check must not swallow it.
+    """
+
+
+@contextlib.contextmanager
+def dynamic_budget(seconds: float = DYNAMIC_BUDGET_S) -> Iterator[None]:
+    """Within this context, a guard added ``seconds`` after it opened, on a symbol that holds
+    more than ``GUARDS`` guards, raises ``OverBudget`` from inside torch.export.
+
+    >>> with dynamic_budget(30.0):
+    ...     pass  # torch.export.export(model, args, kwargs, dynamic_shapes=...)
+    """
+    # NOTE: torch.export counts the guards on each symbol and compares the count with
+    # symbol_guard_limit_before_specialize (``count > limit``) each time it adds one; the
+    # comparison is the one hook it offers between guards, so the limit is an object that
+    # raises there. Raised between two guards, the exception unwinds the export as any
+    # error of the model's code does.
+    # the config module gets patch() when it is installed: mypy does not see it
+    with shape_config.patch(  # type: ignore[attr-defined]
+        symbol_guard_limit_before_specialize=_Deadline(seconds)
+    ):
+        yield
+
+
+class _Deadline:
+    """Compared with a symbol's guard count: never a limit, but stops the export when the
+    count is high and the time is up."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.perf_counter() + seconds
+
+    def __lt__(self, count: int) -> bool:  # ``count > limit``
+        if count > GUARDS and time.perf_counter() > self.end:
+            raise OverBudget(f"over {self.seconds:g} s, {count} guards on one dimension")
+        return False
+
+    def __repr__(self) -> str:
+        return f"_Deadline({self.seconds:g} s, {GUARDS} guards)"
