@@ -38,7 +38,9 @@ from fxtap.trace._export_inputs import UserInputs, check_batch
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
+    batch_only,
     read_flags,
+    remember_batch_only,
     remember_export,
     shared_export,
     sharing,
@@ -101,7 +103,11 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep, flags, narrowed = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    ep, flags, narrowed = _export(
+        model, args, kwargs, training=training, dynamic_shapes=given, narrow=batch_only(model)
+    )
+    if narrowed:
+        remember_batch_only(model)
     traced = _unchecked(model, ep, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
     # graph right there is checked (the example shape is only checked when it is not)
@@ -194,10 +200,12 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
+    narrow: bool = False,
 ) -> tuple[ExportedProgram, FlagReads, bool]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
     every dim ``Dim.AUTO`` (only the batch dims when that runs over ``dynamic_budget``: the
-    third item says so) and, if that fails in a way static shapes may not, static shapes;
+    third item says so; ``narrow``: the other mode's export ran over, so only the batch dims
+    at once) and, if that fails in a way static shapes may not, static shapes;
     with the reads of ``training`` flags made by the exports (inside ``one_export`` only:
     elsewhere nothing would use them)."""
     name = type(model).__name__
@@ -214,7 +222,7 @@ def _export(
                     kept_rng(),
                     read_flags(model, record=sharing()) as flags,
                 ):
-                    ep, narrowed = _export_auto(model, args, kwargs, dynamic_shapes)
+                    ep, narrowed = _export_auto(model, args, kwargs, dynamic_shapes, narrow)
             except Exception as first:
                 if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
                     raise  # a branch on tensor values: static shapes fail the same way
@@ -236,7 +244,7 @@ def _export(
 
 
 def _export_auto(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], given: Any
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], given: Any, narrow: bool
 ) -> tuple[ExportedProgram, bool]:
     """``torch.export.export`` with ``given`` shapes, else every dim ``Dim.AUTO`` within
     ``dynamic_budget``, and when that runs over, again with only the batch dims dynamic
@@ -244,15 +252,17 @@ def _export_auto(
     if given is not None:
         ep = torch.export.export(model, args, kwargs, dynamic_shapes=given, strict=False)
         return ep, False
-    shapes = dynamic_shapes_for(model, args, kwargs)
-    try:
-        with dynamic_budget():
-            ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+    if not narrow:
+        shapes = dynamic_shapes_for(model, args, kwargs)
+        try:
+            with dynamic_budget():
+                ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
             return ep, False
-    except OverBudget:
-        # NOTE: height and width of windowed attention cost torch.export minutes of symbolic
-        # reasoning (fxtap.trace._export_budget); the batch alone costs what static shapes do
-        pass
+        except OverBudget:
+            # NOTE: height and width of windowed attention cost torch.export minutes of
+            # symbolic reasoning (fxtap.trace._export_budget); the batch alone costs what
+            # static shapes do
+            pass
     shapes = dynamic_shapes_for(model, args, kwargs, batch_only=True)
     return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False), True
 

@@ -41,9 +41,10 @@ class OverBudget(BaseException):
 
 
 @contextlib.contextmanager
-def dynamic_budget(seconds: float = DYNAMIC_BUDGET_S) -> Iterator[None]:
-    """Within this context, a guard added ``seconds`` after it opened, on a symbol that holds
-    more than ``GUARDS`` guards, raises ``OverBudget`` from inside torch.export.
+def dynamic_budget(seconds: float | None = None) -> Iterator[None]:
+    """Within this context, a guard added ``seconds`` (default ``DYNAMIC_BUDGET_S``) after it
+    opened, on a symbol that holds more than ``GUARDS`` guards, raises ``OverBudget`` from
+    inside torch.export.
 
     >>> with dynamic_budget(30.0):
     ...     pass  # torch.export.export(model, args, kwargs, dynamic_shapes=...)
@@ -55,7 +56,9 @@ def dynamic_budget(seconds: float = DYNAMIC_BUDGET_S) -> Iterator[None]:
     # error of the model's code does.
     # the config module gets patch() when it is installed: mypy does not see it
     with shape_config.patch(  # type: ignore[attr-defined]
-        symbol_guard_limit_before_specialize=_Deadline(seconds)
+        symbol_guard_limit_before_specialize=_Deadline(
+            DYNAMIC_BUDGET_S if seconds is None else seconds
+        )
     ):
         yield
 
