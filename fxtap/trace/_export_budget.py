@@ -2,12 +2,13 @@
 
 With every dimension ``Dim.AUTO``, torch.export reasons symbolically about each size the model
 computes. Windowed attention (Swin, Swin2SR, MaskFormer's Swin backbone, Hiera, SAM 3's and
-Gemma 3n's vision towers) pads height and width to a multiple of the window and cuts them
-into windows at every stage, and each stage nests the last one's ``FloorDiv`` and ``Mod``
-expressions: every new guard on such a symbol re-simplifies all the facts known so far, and an
-export that takes 1 to 3 s with static height and width runs for minutes (swinv2's tiny
-config: 130 s on an idle core, 450 s on a loaded one, with some 400 guards on height and width
-against at most 86 for any model of the sample).
+Gemma 3n's vision towers; LaraMini's chunked delta rule on the sequence length) pads a
+dimension to a multiple of the window and cuts it into windows at every stage, and each stage
+nests the last one's ``FloorDiv`` and ``Mod`` expressions: every new guard on such a symbol
+re-simplifies all the facts known so far, and an export that takes 1 to 3 s with static height
+and width runs for minutes (swinv2's tiny config: 130 s, and 450 s on a machine shared by
+other jobs, with some 400 guards on height and width against at most 86 on any dimension of
+the models ``make test`` samples).
 
 ``dynamic_budget`` lets an export run while it is cheap. Past ``DYNAMIC_BUDGET_S`` seconds,
 the next guard on a symbol that already holds more than ``GUARDS`` guards stops the export
@@ -22,7 +23,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from torch.fx.experimental import _config as shape_config
+from fxtap._compat import guard_limit
 
 __all__ = ["DYNAMIC_BUDGET_S", "GUARDS", "OverBudget", "dynamic_budget"]
 
@@ -49,17 +50,12 @@ def dynamic_budget(seconds: float | None = None) -> Iterator[None]:
     >>> with dynamic_budget(30.0):
     ...     pass  # torch.export.export(model, args, kwargs, dynamic_shapes=...)
     """
-    # NOTE: torch.export counts the guards on each symbol and compares the count with
-    # symbol_guard_limit_before_specialize (``count > limit``) each time it adds one; the
-    # comparison is the one hook it offers between guards, so the limit is an object that
-    # raises there. Raised between two guards, the exception unwinds the export as any
-    # error of the model's code does.
-    # the config module gets patch() when it is installed: mypy does not see it
-    with shape_config.patch(  # type: ignore[attr-defined]
-        symbol_guard_limit_before_specialize=_Deadline(
-            DYNAMIC_BUDGET_S if seconds is None else seconds
-        )
-    ):
+    # NOTE: torch.export compares each symbol's guard count with the guard limit as it adds a
+    # guard; that comparison is the one hook it offers between guards, so the limit is an
+    # object that raises there. Raised between two guards, the exception unwinds the export
+    # as any error of the model's code does. The setting is torch's, for the whole process,
+    # as torch.export's other settings are: an export in another thread meanwhile shares it.
+    with guard_limit(_Deadline(DYNAMIC_BUDGET_S if seconds is None else seconds)):
         yield
 
 
