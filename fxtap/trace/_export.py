@@ -14,7 +14,8 @@ import dataclasses
 import functools
 import inspect
 import io
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
-from fxtap.trace._export_budget import OverBudget, dynamic_budget
+from fxtap.trace._eager_branches import eager_branches
+from fxtap.trace._export_budget import export_within_budget
 from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
@@ -35,6 +37,7 @@ from fxtap.trace._export_check import (
 )
 from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
+from fxtap.trace._export_marks import Marks, marked_calls, take_marks
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
@@ -103,12 +106,17 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep, flags, narrowed = _export(
-        model, args, kwargs, training=training, dynamic_shapes=given, narrow=batch_only(model)
+    leaf = NodePathTracer(**options).is_leaf_module
+    ep, flags, marks, narrowed = _export(
+        model,
+        args,
+        kwargs,
+        training=training,
+        dynamic_shapes=given,
+        is_leaf=leaf,
+        narrow=batch_only(model),
     )
-    if narrowed:
-        remember_batch_only(model)
-    traced = _unchecked(model, ep, args, kwargs, options, training)
+    traced = _unchecked(model, ep, marks, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
     # graph right there is checked (the example shape is only checked when it is not)
     fixed = None if given is not None else check_at_second_shape(model, traced, ep, args, kwargs)
@@ -116,8 +124,10 @@ def export_trace(
         check_export(model, traced, args, kwargs)
     if fixed:
         static = dynamic_shapes_for(model, args, kwargs, static=fixed, batch_only=narrowed)
-        ep, flags, _ = _export(model, args, kwargs, training=training, dynamic_shapes=static)
-        traced = _unchecked(model, ep, args, kwargs, options, training)
+        ep, flags, marks, _ = _export(
+            model, args, kwargs, training=training, dynamic_shapes=static, is_leaf=leaf
+        )
+        traced = _unchecked(model, ep, marks, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
     if flags.mode_independent:
         remember_export(model, SharedExport(traced))
@@ -127,6 +137,7 @@ def export_trace(
 def _unchecked(
     model: nn.Module,
     ep: ExportedProgram,
+    marks: Marks,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: Mapping[str, Any],
@@ -134,7 +145,7 @@ def _unchecked(
 ) -> Traced:
     """The program as a ``Traced``; refused when it holds a higher-order op."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
-    return _to_traced(model, ep, args, kwargs, options=options, training=training)
+    return _to_traced(model, ep, marks, args, kwargs, options=options, training=training)
 
 
 def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:
@@ -200,39 +211,35 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
+    is_leaf: Callable[[nn.Module, str], bool],
     narrow: bool = False,
-) -> tuple[ExportedProgram, FlagReads, bool]:
+) -> tuple[ExportedProgram, FlagReads, Marks, bool]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
-    every dim ``Dim.AUTO`` (only the batch dims when that runs over ``dynamic_budget``: the
-    third item says so; ``narrow``: the other mode's export ran over, so only the batch dims
-    at once) and, if that fails in a way static shapes may not, static shapes;
-    with the reads of ``training`` flags made by the exports (inside ``one_export`` only:
-    elsewhere nothing would use them)."""
+    every dim ``Dim.AUTO`` (only the batch dims when that runs over ``dynamic_budget``, or at
+    once with ``narrow``: the fourth item says which) and, if that fails in a way static
+    shapes may not, static shapes; with the reads of ``training`` flags made by the exports
+    (inside ``one_export`` only: elsewhere nothing would use them), and what the hooks marked
+    (``_export_marks``; ``is_leaf``: which modules are named by their path).
+
+    The model's eager branches are exported (``eager_branches``); a model that asked
+    ``torch.compiler.is_exporting()`` and cannot be exported that way is exported again
+    with the branch it keeps for torch.export.
+    """
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
     with restore_training(model):
         model.train(training)
-        # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
-        # stderr; the TraceError says what failed, so that print is swallowed
+        asked: list[str] = []
         try:
             try:
-                with (
-                    contextlib.redirect_stderr(io.StringIO()),
-                    kept_rng(),
-                    read_flags(model, record=sharing()) as flags,
-                ):
-                    ep, narrowed = _export_auto(model, args, kwargs, dynamic_shapes, narrow)
-            except Exception as first:
-                if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
-                    raise  # a branch on tensor values: static shapes fail the same way
-                # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-                with (
-                    contextlib.redirect_stderr(io.StringIO()),
-                    kept_rng(),
-                    read_flags(model, record=sharing()) as flags,
-                ):
-                    ep, narrowed = torch.export.export(model, args, kwargs, strict=False), False
+                with eager_branches(asked):
+                    exported = _export_once(model, args, kwargs, dynamic_shapes, is_leaf, narrow)
+            except Exception:
+                if not asked:
+                    raise
+                narrow = narrow or batch_only(model)
+                exported = _export_once(model, args, kwargs, dynamic_shapes, is_leaf, narrow)
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
     changed = [
@@ -240,36 +247,62 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags, narrowed
+    return exported
 
 
-def _export_auto(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], given: Any, narrow: bool
-) -> tuple[ExportedProgram, bool]:
-    """``torch.export.export`` with ``given`` shapes, else every dim ``Dim.AUTO`` within
-    ``dynamic_budget``, and when that runs over, again with only the batch dims dynamic
-    (then the second item is ``True``)."""
-    if given is not None:
-        ep = torch.export.export(model, args, kwargs, dynamic_shapes=given, strict=False)
-        return ep, False
-    if not narrow:
-        shapes = dynamic_shapes_for(model, args, kwargs)
-        try:
-            with dynamic_budget():
-                ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
-            return ep, False
-        except OverBudget:
-            # NOTE: height and width of windowed attention cost torch.export minutes of
-            # symbolic reasoning (fxtap.trace._export_budget); the batch alone costs what
-            # static shapes do
-            pass
-    shapes = dynamic_shapes_for(model, args, kwargs, batch_only=True)
-    return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False), True
+def _export_once(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dynamic_shapes: Any,
+    is_leaf: Callable[[nn.Module, str], bool],
+    narrow: bool,
+) -> tuple[ExportedProgram, FlagReads, Marks, bool]:
+    """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
+    then static shapes when a dynamic dim fails in a way they may not."""
+    # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
+    # stderr; the TraceError says what failed, so that print is swallowed
+    try:
+        with (
+            _quiet_rnn_weights(),
+            contextlib.redirect_stderr(io.StringIO()),
+            kept_rng(),
+            read_flags(model, record=sharing()) as flags,
+            marked_calls(model, is_leaf) as marks,
+        ):
+            ep, narrowed = export_within_budget(model, args, kwargs, dynamic_shapes, narrow=narrow)
+    except Exception as first:
+        if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
+            raise  # a branch on tensor values: static shapes fail the same way
+        # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
+        with (
+            _quiet_rnn_weights(),
+            contextlib.redirect_stderr(io.StringIO()),
+            kept_rng(),
+            read_flags(model, record=sharing()) as flags,
+            marked_calls(model, is_leaf) as marks,
+        ):
+            ep, narrowed = torch.export.export(model, args, kwargs, strict=False), False
+    if narrowed:
+        remember_batch_only(model)
+    return ep, flags, marks, narrowed
+
+
+@contextlib.contextmanager
+def _quiet_rnn_weights() -> Iterator[None]:
+    """Silence torch.export's warning that an RNN's ``_flat_weights`` list was assigned: the
+    RNN rebuilds that list of its own parameters whenever they are swapped, as export does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"The tensor attributes self\..*_flat_weights", category=UserWarning
+        )
+        yield
 
 
 def _to_traced(
     model: nn.Module,
     ep: ExportedProgram,
+    marks: Marks,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
@@ -299,6 +332,7 @@ def _to_traced(
         else:
             env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
+    marked = take_marks(graph, marks)
     _mark_buffer_writes(graph, buffers)
     graph.lint()
     check_code_names(graph, type(model).__name__)
@@ -311,7 +345,7 @@ def _to_traced(
         gm,
         names,
         training,
-        calls.first_inputs(),
+        {**calls.first_inputs(), **marked},
         module_outputs=dict(calls.first_outputs()),
     )
 

@@ -22,10 +22,16 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import ExportedProgram
 
 from fxtap._compat import guard_limit
+from fxtap.trace._export_shapes import dynamic_shapes_for
 
-__all__ = ["DYNAMIC_BUDGET_S", "GUARDS", "OverBudget", "dynamic_budget"]
+__all__ = ["DYNAMIC_BUDGET_S", "GUARDS", "OverBudget", "dynamic_budget", "export_within_budget"]
 
 #: Seconds of a ``Dim.AUTO`` export after which a symbol with many guards stops it.
 DYNAMIC_BUDGET_S = 20.0
@@ -57,6 +63,36 @@ def dynamic_budget(seconds: float | None = None) -> Iterator[None]:
     # as torch.export's other settings are: an export in another thread meanwhile shares it.
     with guard_limit(_Deadline(DYNAMIC_BUDGET_S if seconds is None else seconds)):
         yield
+
+
+def export_within_budget(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    given: Any,
+    *,
+    narrow: bool = False,
+) -> tuple[ExportedProgram, bool]:
+    """``torch.export.export`` with the user's ``given`` shapes (no budget), else every dim
+    ``Dim.AUTO`` within ``dynamic_budget``, and when that runs over (or at once with
+    ``narrow``: the other mode's export ran over), with only the batch dims dynamic.
+
+    Returns:
+        The program, and whether only the batch dims were exported dynamic.
+    """
+    if given is not None:
+        ep = torch.export.export(model, args, kwargs, dynamic_shapes=given, strict=False)
+        return ep, False
+    if not narrow:
+        shapes = dynamic_shapes_for(model, args, kwargs)
+        try:
+            with dynamic_budget():
+                ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+            return ep, False
+        except OverBudget:
+            pass  # the batch alone costs what static shapes do
+    shapes = dynamic_shapes_for(model, args, kwargs, batch_only=True)
+    return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False), True
 
 
 class _Deadline:
