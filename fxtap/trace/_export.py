@@ -41,9 +41,7 @@ from fxtap.trace._export_marks import Marks, marked_calls, take_marks
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
-    batch_only,
     read_flags,
-    remember_batch_only,
     remember_export,
     shared_export,
     sharing,
@@ -108,13 +106,7 @@ def export_trace(
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
     leaf = NodePathTracer(**options).is_leaf_module
     ep, flags, marks, narrowed = _export(
-        model,
-        args,
-        kwargs,
-        training=training,
-        dynamic_shapes=given,
-        is_leaf=leaf,
-        narrow=batch_only(model),
+        model, args, kwargs, training=training, dynamic_shapes=given, is_leaf=leaf
     )
     traced = _unchecked(model, ep, marks, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
@@ -212,13 +204,12 @@ def _export(
     training: bool,
     dynamic_shapes: Any = None,
     is_leaf: Callable[[nn.Module, str], bool],
-    narrow: bool = False,
 ) -> tuple[ExportedProgram, FlagReads, Marks, bool]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
-    every dim ``Dim.AUTO`` (only the batch dims when that runs over ``dynamic_budget``, or at
-    once with ``narrow``: the fourth item says which) and, if that fails in a way static
-    shapes may not, static shapes; with the reads of ``training`` flags made by the exports
-    (inside ``one_export`` only: elsewhere nothing would use them), and what the hooks marked
+    every dim ``Dim.AUTO`` (only the batch dims past ``export_within_budget``'s budget: the
+    fourth item) and, if that fails in a way static shapes may not, static shapes; with the
+    reads of ``training`` flags made by the exports (inside ``one_export`` only: elsewhere
+    nothing would use them), and what the hooks marked
     (``_export_marks``; ``is_leaf``: which modules are named by their path).
 
     The model's eager branches are exported (``eager_branches``); a model that asked
@@ -234,12 +225,11 @@ def _export(
         try:
             try:
                 with eager_branches(asked):
-                    exported = _export_once(model, args, kwargs, dynamic_shapes, is_leaf, narrow)
+                    exported = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
             except Exception:
                 if not asked:
                     raise
-                narrow = narrow or batch_only(model)
-                exported = _export_once(model, args, kwargs, dynamic_shapes, is_leaf, narrow)
+                exported = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
     changed = [
@@ -256,7 +246,6 @@ def _export_once(
     kwargs: dict[str, Any],
     dynamic_shapes: Any,
     is_leaf: Callable[[nn.Module, str], bool],
-    narrow: bool,
 ) -> tuple[ExportedProgram, FlagReads, Marks, bool]:
     """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
     then static shapes when a dynamic dim fails in a way they may not."""
@@ -270,7 +259,7 @@ def _export_once(
             read_flags(model, record=sharing()) as flags,
             marked_calls(model, is_leaf) as marks,
         ):
-            ep, narrowed = export_within_budget(model, args, kwargs, dynamic_shapes, narrow=narrow)
+            ep, narrowed = export_within_budget(model, args, kwargs, dynamic_shapes)
     except Exception as first:
         if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
             raise  # a branch on tensor values: static shapes fail the same way
@@ -283,8 +272,6 @@ def _export_once(
             marked_calls(model, is_leaf) as marks,
         ):
             ep, narrowed = torch.export.export(model, args, kwargs, strict=False), False
-    if narrowed:
-        remember_batch_only(model)
     return ep, flags, marks, narrowed
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from torch.export import ExportedProgram
 
 from fxtap._compat import guard_limit
+from fxtap.trace._export_modes import batch_only, remember_batch_only
 from fxtap.trace._export_shapes import dynamic_shapes_for
 
 __all__ = ["DYNAMIC_BUDGET_S", "GUARDS", "OverBudget", "dynamic_budget", "export_within_budget"]
@@ -66,16 +67,11 @@ def dynamic_budget(seconds: float | None = None) -> Iterator[None]:
 
 
 def export_within_budget(
-    model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    given: Any,
-    *,
-    narrow: bool = False,
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], given: Any
 ) -> tuple[ExportedProgram, bool]:
     """``torch.export.export`` with the user's ``given`` shapes (no budget), else every dim
-    ``Dim.AUTO`` within ``dynamic_budget``, and when that runs over (or at once with
-    ``narrow``: the other mode's export ran over), with only the batch dims dynamic.
+    ``Dim.AUTO`` within ``dynamic_budget``, and when that runs over, with only the batch dims
+    dynamic; the other mode of the same build (``one_export``) then goes to the batch at once.
 
     Returns:
         The program, and whether only the batch dims were exported dynamic.
@@ -83,14 +79,14 @@ def export_within_budget(
     if given is not None:
         ep = torch.export.export(model, args, kwargs, dynamic_shapes=given, strict=False)
         return ep, False
-    if not narrow:
+    if not batch_only(model):
         shapes = dynamic_shapes_for(model, args, kwargs)
         try:
             with dynamic_budget():
                 ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
             return ep, False
         except OverBudget:
-            pass  # the batch alone costs what static shapes do
+            remember_batch_only(model)  # the batch alone costs what static shapes do
     shapes = dynamic_shapes_for(model, args, kwargs, batch_only=True)
     return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False), True
 
