@@ -17,6 +17,7 @@ __all__ = [
     "OpOverload",
     "fake_inputs",
     "fake_tensor_mode",
+    "guard_limit",
     "is_op_overload",
     "is_op_packet",
     "load_pre_hooks",
@@ -348,3 +349,20 @@ def distribution_checks() -> bool:
     if use_private():
         return bool(torch.distributions.Distribution._validate_args)
     return __debug__
+
+
+def guard_limit(limit: Any) -> contextlib.AbstractContextManager[Any]:
+    """Within the block, torch.export compares each symbol's guard count with ``limit``
+    (``count > limit``) as it adds a guard, and specializes the symbol when that is true
+    (``symbol_guard_limit_before_specialize``).
+
+    Fallback: no limit; the comparison never happens, so an export that reasons for minutes
+    on a dimension runs to its end (documented degradation: fxtap.trace._export_budget).
+    """
+    if use_private():
+        from torch.fx.experimental import _config
+
+        # NOTE: patch() is added to the config module when it is installed: mypy sees no
+        # attribute
+        return _config.patch(symbol_guard_limit_before_specialize=limit)  # type: ignore[attr-defined]
+    return contextlib.nullcontext()

@@ -9,49 +9,41 @@ every node is named by NodePathTracer's rules (``fxtap.trace._export_names``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
-import io
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from fxtap._compat import pytree, version_mark
+from fxtap._compat import pytree
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
-from fxtap.trace._eager_branches import exporting_asked
 from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
     exact_on_example,
-    kept_rng,
 )
-from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
-from fxtap.trace._export_marks import Marks, marked_calls, take_marks
+from fxtap.trace._export_marks import Marks, take_marks
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
-    read_flags,
     remember_export,
     shared_export,
-    sharing,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
 from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_regions import copy_node
+from fxtap.trace._export_run import run_export
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
 from fxtap.trace._functions import check_custom_functions
-from fxtap.trace._options import restore_training, tracer_options
+from fxtap.trace._options import tracer_options
 from fxtap.trace._tracer import NodePathTracer, Traced
 
 try:
@@ -134,7 +126,7 @@ def _build(
     """One checked graph: exported (``eager``: the model's eager branches), then checked at a
     second shape and, where a dimension is wrong there, exported again with it static."""
     leaf = NodePathTracer(**options).is_leaf_module
-    ep, flags, marks, asked = _export(
+    ep, flags, marks, asked, narrowed = run_export(
         model, args, kwargs, training=training, dynamic_shapes=given, is_leaf=leaf, eager=eager
     )
     traced = _unchecked(model, ep, marks, args, kwargs, options, training)
@@ -144,8 +136,8 @@ def _build(
     if fixed is not None:
         check_export(model, traced, args, kwargs)
     if fixed:
-        static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-        ep, flags, marks, more = _export(
+        static = dynamic_shapes_for(model, args, kwargs, static=fixed, batch_only=narrowed)
+        ep, flags, marks, more, _ = run_export(
             model, args, kwargs, training=training, dynamic_shapes=static, is_leaf=leaf,
             eager=eager,
         )  # fmt: skip
@@ -227,89 +219,6 @@ def _takes_use_cache(model: nn.Module) -> bool:
     )
 
 
-def _export(
-    model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    training: bool,
-    dynamic_shapes: Any = None,
-    is_leaf: Callable[[nn.Module, str], bool],
-    eager: bool,
-) -> tuple[ExportedProgram, FlagReads, Marks, list[str]]:
-    """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
-    every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
-    with the reads of ``training`` flags made by the export that succeeded (inside
-    ``one_export`` only: elsewhere nothing would use them), what the hooks marked
-    (``_export_marks``; ``is_leaf``: which modules are named by their path), and the code
-    outside torch that asked ``torch.compiler.is_exporting()`` (told ``False`` if ``eager``).
-    """
-    name = type(model).__name__
-    mode = "train" if training else "eval"
-    state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
-    asked: list[str] = []
-    with restore_training(model):
-        model.train(training)
-        try:
-            with exporting_asked(asked, eager=eager):
-                ep, flags, marks = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
-        except Exception as exc:
-            raise export_error(name, mode, exc, model=model) from exc
-    changed = [
-        k for k, v in model.state_dict(keep_vars=True).items() if version_mark(v) != state[k]
-    ]
-    if changed:  # pragma: no cover - export runs on fake tensors
-        raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags, marks, asked
-
-
-def _export_once(
-    model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    dynamic_shapes: Any,
-    is_leaf: Callable[[nn.Module, str], bool],
-) -> tuple[ExportedProgram, FlagReads, Marks]:
-    """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
-    then static shapes when a dynamic dim fails in a way they may not."""
-    # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
-    # stderr; the TraceError says what failed, so that print is swallowed
-    try:
-        with (
-            _quiet_rnn_weights(),
-            contextlib.redirect_stderr(io.StringIO()),
-            kept_rng(),
-            read_flags(model, record=sharing()) as flags,
-            marked_calls(model, is_leaf) as marks,
-        ):
-            shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
-            ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
-    except Exception as first:
-        if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
-            raise  # a branch on tensor values: static shapes fail the same way
-        # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-        with (
-            _quiet_rnn_weights(),
-            contextlib.redirect_stderr(io.StringIO()),
-            kept_rng(),
-            read_flags(model, record=sharing()) as flags,
-            marked_calls(model, is_leaf) as marks,
-        ):
-            ep = torch.export.export(model, args, kwargs, strict=False)
-    return ep, flags, marks
-
-
-@contextlib.contextmanager
-def _quiet_rnn_weights() -> Iterator[None]:
-    """Silence torch.export's warning that an RNN's ``_flat_weights`` list was assigned: the
-    RNN rebuilds that list of its own parameters whenever they are swapped, as export does."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"The tensor attributes self\..*_flat_weights", category=UserWarning
-        )
-        yield
-
-
 def _to_traced(
     model: nn.Module,
     ep: ExportedProgram,
@@ -343,7 +252,7 @@ def _to_traced(
         else:
             env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
-    marked = take_marks(graph, marks)
+    marked = take_marks(graph, marks, rebuild_output)
     _mark_buffer_writes(graph, buffers)
     graph.lint()
     check_code_names(graph, type(model).__name__)

@@ -103,7 +103,8 @@ def _check_dim(
             raise InputShapeError(
                 f"{where}, but the extractor was built for size {want} there and that "
                 f"dimension is fixed (the model's code fixes it, the model took a branch that "
-                f"holds only at that size, or it was 0 or 1 in the example); {_FIX}"
+                f"holds only at that size, it was 0 or 1 in the example, or torch.export's "
+                f"reasoning on it ran past its time budget); {_FIX}"
             )
         return
     if want is None:

@@ -139,10 +139,13 @@ def marked_calls(model: nn.Module, is_leaf: Callable[[nn.Module, str], bool]) ->
         _STATE.marks = saved
 
 
-def take_marks(graph: fx.Graph, marks: Marks) -> dict[str, fx.Node]:
+def take_marks(
+    graph: fx.Graph, marks: Marks, rebuild: Callable[[str, list[Any]], Any]
+) -> dict[str, fx.Node]:
     """Remove the marks from ``graph``; module path -> the node its first call received.
 
-    The tensors of a leaf's tuple become one ``rebuild_output`` node after its first call.
+    The tensors of a leaf's tuple become one node after its first call that calls
+    ``rebuild(spec, leaves)`` (``fxtap.trace._export.rebuild_output``).
     """
     found: dict[str, fx.Node] = {}
     first_out: dict[str, dict[int, fx.Node]] = {}
@@ -169,21 +172,26 @@ def take_marks(graph: fx.Graph, marks: Marks) -> dict[str, fx.Node]:
             continue
         node.replace_all_uses_with(source)
     for path, seen in first_out.items():
-        _pack(graph, last[path], marks.specs[path], {**marks.constants[path], **seen})
+        leaves = {**marks.constants[path], **seen}
+        _pack(graph, last[path], marks.specs[path], leaves, rebuild)
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target in (_mark_op(), _output_op()):
             graph.erase_node(node)
     return found
 
 
-def _pack(graph: fx.Graph, after: fx.Node, spec: str, seen: dict[int, Any]) -> None:
-    """Insert ``rebuild_output(spec, leaves)`` after ``after``, in its module's scope."""
-    from fxtap.trace._export import rebuild_output
-
+def _pack(
+    graph: fx.Graph,
+    after: fx.Node,
+    spec: str,
+    seen: dict[int, Any],
+    rebuild: Callable[[str, list[Any]], Any],
+) -> None:
+    """Insert ``rebuild(spec, leaves)`` after ``after``, in its module's scope."""
     tree = pytree.treespec_loads(spec)
     leaves: list[Any] = [seen.get(i) for i in range(tree.num_leaves)]
     with graph.inserting_after(after):
-        node = graph.call_function(rebuild_output, (spec, leaves))
+        node = graph.call_function(rebuild, (spec, leaves))
     node.meta[STACK_KEY] = after.meta.get(STACK_KEY)
     vals = [v.meta.get("val") if isinstance(v, fx.Node) else v for v in leaves]
     node.meta["val"] = pytree.tree_unflatten(vals, tree)

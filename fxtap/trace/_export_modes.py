@@ -29,7 +29,15 @@ from torch import nn
 
 from fxtap.trace._flag_reads import harmless
 
-__all__ = ["FlagReads", "SharedExport", "one_export", "read_flags", "shared_export"]
+__all__ = [
+    "FlagReads",
+    "SharedExport",
+    "batch_only",
+    "one_export",
+    "read_flags",
+    "remember_batch_only",
+    "shared_export",
+]
 
 
 @dataclass
@@ -74,6 +82,20 @@ def remember_export(model: nn.Module, shared: SharedExport) -> None:
     table = _SHARED.get()
     if table is not None:
         table[id(model)] = (model, shared)
+
+
+def remember_batch_only(model: nn.Module) -> None:
+    """Note that ``model``'s export ran over its budget (``fxtap.trace._export_budget``), so
+    that its other mode exports only the batch dims dynamic at once (inside ``one_export``)."""
+    narrowed = _BATCH_ONLY.get()
+    if narrowed is not None:
+        narrowed.add(id(model))
+
+
+def batch_only(model: nn.Module) -> bool:
+    """Whether ``model``'s other mode ran over its budget in this ``one_export`` context."""
+    narrowed = _BATCH_ONLY.get()
+    return narrowed is not None and id(model) in narrowed
 
 
 def sharing() -> bool:
@@ -122,6 +144,8 @@ def read_flags(model: nn.Module, *, record: bool = True) -> Iterator[FlagReads]:
 _SHARED: ContextVar[dict[int, tuple[Any, SharedExport | None]] | None] = ContextVar(
     "fxtap_shared_exports", default=None
 )
+#: Per ``one_export`` context: id of each model whose export ran over its budget.
+_BATCH_ONLY: ContextVar[set[int] | None] = ContextVar("fxtap_batch_only", default=None)
 _LOCK = threading.Lock()
 #: id(module.__dict__) -> (its path, the FlagReads of the export watching it). Keyed by the
 #: ``__dict__``: while torch.export traces, modules are seen through proxies that share it.
@@ -161,11 +185,12 @@ class _Flag:
 
 @contextlib.contextmanager
 def _sharing() -> Iterator[None]:
-    token = _SHARED.set({})
+    token, narrowed = _SHARED.set({}), _BATCH_ONLY.set(set())
     try:
         yield
     finally:
         _SHARED.reset(token)
+        _BATCH_ONLY.reset(narrowed)
 
 
 def _train_side_effects(model: nn.Module) -> str | None:

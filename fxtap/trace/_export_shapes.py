@@ -26,6 +26,7 @@ def dynamic_shapes_for(
     kwargs: dict[str, Any],
     *,
     static: Mapping[int, set[int]] | None = None,
+    batch_only: bool = False,
 ) -> Any:
     """``Dim.AUTO`` on every dim of every tensor input, keyed as ``torch.export`` expects.
 
@@ -34,12 +35,14 @@ def dynamic_shapes_for(
     fixed (a reshape to a constant, a ``Conv2d``'s channels, a position table of fixed
     size), and then specializes it instead of failing. ``check_shapes`` holds calls to what
     was kept. ``static`` (``id(tensor) -> dims``) leaves those dims out: exported static.
+    ``batch_only`` keeps only dim 0 of each tensor (``fxtap.trace._export_budget``).
     """
     fixed = static or {}
 
     def spec(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             dims = [d for d in range(value.dim()) if d not in fixed.get(id(value), ())]
+            dims = [d for d in dims if d == 0] if batch_only else dims
             return dict.fromkeys(dims, torch.export.Dim.AUTO)
         return None
 
