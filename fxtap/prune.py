@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import builtins
 import functools
-import operator
-import types
 from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from fxtap import _compat
 from fxtap._draws import draws_random
@@ -22,6 +19,7 @@ from fxtap._fx import (
     inplace_arg,
     module_stack,
 )
+from fxtap._values import maybe_tensor, opaque_function, passes_through
 from fxtap.trace import INPUT_CHECKS, NAME_KEY, Traced
 
 __all__ = ["clone_tensors", "prune", "unwrap_output", "written_inputs"]
@@ -174,7 +172,7 @@ class _Facts:
                 written is not None
                 or (node.op == "call_method" and node.target in VIEW_METHODS)
                 or (node.op == "call_function" and node.target in VIEW_FUNCTIONS)
-                or _passes_through(node, owner)
+                or passes_through(node, owner)
                 or aten_alias_arg(node) is not None
             )
             self.root[node] = self.root[src] if shares and src is not None else node
@@ -232,7 +230,7 @@ def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
     written = inplace_arg(node, owner)
     if written is None and node.op == "call_function" and node.args:
         first = node.args[0]
-        if isinstance(first, fx.Node) and _opaque_function(node.target):
+        if isinstance(first, fx.Node) and opaque_function(node.target):
             # NOTE: a wrapped Python function runs as one node and may write into its first
             # argument (torchvision's mvit adds its shortcut in place and drops the result);
             # treat it as a possible write so DCE keeps it while that storage is read later.
@@ -243,76 +241,6 @@ def _mutated_arg(node: fx.Node, owner: fx.GraphModule) -> fx.Node | None:
 def clone_tensors(value: Any) -> Any:
     """``value`` with every tensor in it cloned (lists, tuples and dicts rebuilt)."""
     return _compat.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value)
-
-
-def _passes_through(node: fx.Node, owner: fx.GraphModule) -> bool:
-    """True for ops that may return their input itself (dropout in eval mode, Identity)."""
-    if node.op == "call_function":
-        return node.target in _PASS_THROUGH_FUNCTIONS
-    if node.op == "call_module":
-        return isinstance(owner.get_submodule(str(node.target)), _PASS_THROUGH_MODULES)
-    return False
-
-
-def _pass_through_modules() -> tuple[type, ...]:
-    kinds: list[type] = [nn.Identity, nn.Flatten, nn.Unflatten, *_compat.dropout_classes()]
-    from torchvision.ops import StochasticDepth
-
-    return (*kinds, StochasticDepth)
-
-
-def _pass_through_functions() -> set[Any]:
-    found: set[Any] = {
-        getattr(nn.functional, n)
-        for n in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-                  "feature_alpha_dropout")
-        if hasattr(nn.functional, n)
-    }  # fmt: skip
-    found |= {getattr(torch, n) for n in ("dropout", "alpha_dropout") if hasattr(torch, n)}
-    from torchvision.ops import stochastic_depth
-
-    return found | {stochastic_depth}
-
-
-_PASS_THROUGH_MODULES = _pass_through_modules()
-_PASS_THROUGH_FUNCTIONS = _pass_through_functions()
-
-
-def _opaque_function(target: Any) -> bool:
-    """A plain Python function recorded as one node (``torch.fx.wrap``, autowrap), not torch's."""
-    if not isinstance(target, types.FunctionType):
-        return False
-    module = getattr(target, "__module__", None) or ""
-    return module.split(".")[0] not in _PURE_PACKAGES and not module.startswith("torchvision.ops")
-
-
-_PURE_PACKAGES = {"torch", "math", "operator", "_operator", "builtins"}
-# Nodes whose value is a number, a shape or a tuple: they cannot be cloned, nor written in place.
-_SPLIT_NAMES = ("split", "chunk", "unbind", "tensor_split", "hsplit", "vsplit", "dsplit")
-_SPLITS = {getattr(torch, n) for n in _SPLIT_NAMES if hasattr(torch, n)} | set(_SPLIT_NAMES)
-_NOT_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "stride", "tolist",
-                       "item", "__len__"}  # fmt: skip
-_NOT_TENSOR_FUNCTIONS = {
-    builtins.getattr, builtins.len, builtins.isinstance, operator.eq, operator.ne, operator.lt,
-    operator.le, operator.gt, operator.ge, operator.not_, operator.truth,
-}  # fmt: skip
-
-
-def _maybe_tensor(node: fx.Node) -> bool:
-    """False for nodes known to hold a non-tensor (shapes, numbers, tuples of tensors)."""
-    if node.op not in ("call_method", "call_function"):
-        return True
-    if node.target in _SPLITS or _is_check(node.target):
-        return False
-    if node.op == "call_method":
-        return node.target not in _NOT_TENSOR_METHODS
-    if node.target in _NOT_TENSOR_FUNCTIONS:
-        return False
-    if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
-        # an item of a tensor, or of a split's tuple, is a tensor; of a shape, a number
-        source = node.args[0]
-        return _maybe_tensor(source) or source.target in _SPLITS
-    return True
 
 
 def _protect_from_inplace(
@@ -334,11 +262,11 @@ def _protect_from_inplace(
     clones: dict[fx.Node, fx.Node] = {}
 
     def protect(node: fx.Node) -> fx.Node:
-        if last_write.get(facts.root[node], -1) <= facts.order[node] or not _maybe_tensor(node):
+        if last_write.get(facts.root[node], -1) <= facts.order[node] or not maybe_tensor(node):
             return node
         if node not in clones:
             with graph.inserting_after(node):
-                if node.op == "call_function" and _opaque_function(node.target):
+                if node.op == "call_function" and opaque_function(node.target):
                     # its value may be a tensor, a tuple of them, or anything else
                     clone = graph.call_function(clone_tensors, (node,))
                 else:

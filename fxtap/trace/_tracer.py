@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import os
 import sys
 import types
 import warnings
@@ -13,13 +12,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from fxtap import _compat
 from fxtap._fx import NAME_KEY, SCOPE_KEY, SOURCE_KEY
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
+from fxtap.trace._frames import (
+    PACKAGE_DIR,
+    failing_user_frame,
+    plain_function_name,
+    source_line,
+    user_source,
+)
 from fxtap.trace._functions import calls_custom_function
 from fxtap.trace._options import restore_training, trace_fixes
 from fxtap.trace._private import is_private, patched_private
@@ -42,8 +47,6 @@ __all__ = [
 LeafSpec = type | str | Callable[[nn.Module, str], bool]
 
 #: fxtap's own package folder: frames inside it are not the user's code.
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_OWN_DIRS = (os.path.dirname(torch.__file__) + os.sep, PACKAGE_DIR)
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,7 @@ class NodePathTracer(fx.Tracer):
         key = (scope, self.scope.module_type)
         node.meta[SCOPE_KEY] = self._scopes.setdefault(key, key)  # shared: less for gc to scan
         if self.record_source:
-            node.meta[SOURCE_KEY] = _user_source(sys._getframe(1))
+            node.meta[SOURCE_KEY] = user_source(sys._getframe(1))
         return proxy
 
     def _op_name(self, kind: str, target: Any, name: str | None) -> str:
@@ -343,8 +346,8 @@ def trace_error(model: nn.Module, tracer: NodePathTracer, exc: BaseException) ->
     source = code = function = None
     if frame is not None:
         source = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-        code = _source_line(frame.f_code.co_filename, frame.f_lineno)
-        function = _plain_function_name(frame)
+        code = source_line(frame.f_code.co_filename, frame.f_lineno)
+        function = plain_function_name(frame)
     where = f"module {path!r} ({mtype.__name__})" if path else f"the root {mtype.__name__}.forward"
     parts = [f"torch.fx could not trace {type(model).__name__}: it failed in {where}"]
     if source:
@@ -364,42 +367,3 @@ def _sanitize(op: str) -> str:
         return op
     out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in op) or "_unnamed"
     return f"_{out}" if out[0].isdigit() else out
-
-
-def _is_own(filename: str) -> bool:
-    return filename.startswith(_OWN_DIRS) or filename.startswith("<")
-
-
-def _user_source(frame: types.FrameType | None) -> str | None:
-    while frame is not None:
-        if not _is_own(frame.f_code.co_filename):
-            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-        frame = frame.f_back
-    return None
-
-
-def failing_user_frame(tb: types.TracebackType | None) -> types.FrameType | None:
-    found = None
-    while tb is not None:
-        if not _is_own(tb.tb_frame.f_code.co_filename):
-            found = tb.tb_frame
-        tb = tb.tb_next
-    return found
-
-
-def _source_line(filename: str, lineno: int) -> str | None:
-    import linecache
-
-    line = linecache.getline(filename, lineno).strip()
-    return line or None
-
-
-def _plain_function_name(frame: types.FrameType) -> str | None:
-    """``module.function`` when ``frame`` runs a module-level function, not a method."""
-    code = frame.f_code
-    if "self" in code.co_varnames[: code.co_argcount]:
-        return None
-    fn = frame.f_globals.get(code.co_name)
-    if getattr(fn, "__code__", None) is code:
-        return f"{frame.f_globals.get('__name__', '?')}.{code.co_name}"
-    return None
