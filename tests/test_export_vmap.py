@@ -57,3 +57,18 @@ def test_vmap_inside_the_model_is_kept_whole(taps: list[str]) -> None:
     finally:
         for h in hooks:
             h.remove()
+
+
+def test_a_graph_that_raises_inside_vmap_leaves_no_level_open() -> None:
+    """What an exported graph runs (``_vmap_increment_nesting``, then an op that raises before
+    ``_vmap_decrement_nesting``), inside the guard the export path's checks run graphs in."""
+    from fxtap._compat import vmap_levels_kept
+
+    level = torch._C._functorch.maybe_current_level
+    before = level()
+    with pytest.raises(RuntimeError, match="inside the level"), vmap_levels_kept():
+        torch._C._functorch._vmap_increment_nesting(3, "error")
+        assert level() != before
+        raise RuntimeError("inside the level")
+    assert level() == before
+    assert torch.rand(2).shape == (2,)  # random ops still run outside vmap

@@ -34,6 +34,7 @@ from fxtap._compat._graph import (
     restore_mode_code,
     save_mode_code,
     target_to_str,
+    vmap_levels_kept,
 )
 from fxtap._compat._switch import CompatError, public_only, use_private
 from fxtap._compat._torch import (
@@ -98,6 +99,7 @@ __all__ = [
     "tree_map",
     "use_private",
     "version_mark",
+    "vmap_levels_kept",
     "weight_norm_class",
     "wrap_load_pre_hook",
 ]

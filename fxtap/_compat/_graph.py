@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "restore_mode_code",
     "save_mode_code",
     "target_to_str",
+    "vmap_levels_kept",
 ]
 
 # --- GraphModule: the per-mode code of an extractor -------------------------------------------
@@ -233,6 +235,29 @@ def is_vmap_nesting(target: Any) -> bool:
             torch._C._functorch, name, None
         )
     return str(getattr(target, "__module__", "")).startswith("torch")
+
+
+@contextlib.contextmanager
+def vmap_levels_kept() -> Iterator[None]:
+    """Leave the ``torch.vmap`` levels as they were on entry, even when a graph that enters
+    one (``is_vmap_nesting``) raises before it leaves it: a level left open makes every later
+    random op of the process fail ("vmap: called random operation...").
+
+    Fallback: nothing is restored (the public API has no view of vmap levels).
+    """
+    if not use_private():
+        yield
+        return
+    from torch._C import _functorch
+
+    before = _functorch.maybe_current_level()
+    try:
+        yield
+    finally:
+        while (level := _functorch.maybe_current_level()) is not None and (
+            before is None or level > before
+        ):
+            _functorch._vmap_decrement_nesting()
 
 
 def is_assert_is_none(target: Any) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap._compat import vmap_levels_kept
 from fxtap._fx import node_scope
 from fxtap.errors import InputShapeError
 from fxtap.trace._options import restore_training
@@ -102,7 +103,8 @@ def find_mistrace(
         torch.set_rng_state(rng)
         recorder = _Recorder(gm, wanted)
         try:
-            recorder.run(*_graph_inputs(gm, inputs, keywords))
+            with vmap_levels_kept():
+                recorder.run(*_graph_inputs(gm, inputs, keywords))
         except Exception as exc:
             node = recorder.current
             scope = node_scope(node) if node is not None else ""
