@@ -43,6 +43,7 @@ from fxtap.trace._export_modes import (
     sharing,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
+from fxtap.trace._export_passthrough import Marks, marking_passthrough, settle_marks
 from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
@@ -100,8 +101,8 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=given)
-    traced = _unchecked(model, ep, args, kwargs, options, training)
+    ep, flags, marks = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    traced = _unchecked(model, ep, marks, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
     # graph right there is checked (the example shape is only checked when it is not)
     fixed = None if given is not None else check_at_second_shape(model, traced, ep, args, kwargs)
@@ -109,8 +110,8 @@ def export_trace(
         check_export(model, traced, args, kwargs)
     if fixed:
         static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-        ep, flags = _export(model, args, kwargs, training=training, dynamic_shapes=static)
-        traced = _unchecked(model, ep, args, kwargs, options, training)
+        ep, flags, marks = _export(model, args, kwargs, training=training, dynamic_shapes=static)
+        traced = _unchecked(model, ep, marks, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
     if flags.mode_independent:
         remember_export(model, SharedExport(traced))
@@ -120,6 +121,7 @@ def export_trace(
 def _unchecked(
     model: nn.Module,
     ep: ExportedProgram,
+    marks: Marks,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: Mapping[str, Any],
@@ -127,7 +129,7 @@ def _unchecked(
 ) -> Traced:
     """The program as a ``Traced``; refused when it holds a higher-order op."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
-    return _to_traced(model, ep, args, kwargs, options=options, training=training)
+    return _to_traced(model, ep, args, kwargs, options=options, training=training, marks=marks)
 
 
 def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:
@@ -193,11 +195,12 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
-) -> tuple[ExportedProgram, FlagReads]:
+) -> tuple[ExportedProgram, FlagReads, Marks]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
     every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
     with the reads of ``training`` flags made by the export that succeeded (inside
-    ``one_export`` only: elsewhere nothing would use them)."""
+    ``one_export`` only: elsewhere nothing would use them), and the module calls that ran no
+    op, marked by an ``alias`` (``_export_passthrough``)."""
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
@@ -211,6 +214,7 @@ def _export(
                     contextlib.redirect_stderr(io.StringIO()),
                     kept_rng(),
                     read_flags(model, record=sharing()) as flags,
+                    marking_passthrough(model) as marks,
                 ):
                     shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
                     ep = torch.export.export(
@@ -224,6 +228,7 @@ def _export(
                     contextlib.redirect_stderr(io.StringIO()),
                     kept_rng(),
                     read_flags(model, record=sharing()) as flags,
+                    marking_passthrough(model) as marks,
                 ):
                     ep = torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:
@@ -233,7 +238,7 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags
+    return ep, flags, marks
 
 
 def _to_traced(
@@ -244,6 +249,7 @@ def _to_traced(
     *,
     options: Mapping[str, Any],
     training: bool,
+    marks: Marks,
 ) -> Traced:
     """Rebuild the exported program as a ``Traced`` over the model's own tensors."""
     sig = ep.graph_signature
@@ -269,12 +275,13 @@ def _to_traced(
             env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
     _mark_buffer_writes(graph, buffers)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    tracer = NodePathTracer(**options)
+    calls = ModuleCalls(graph, modules, tracer.is_leaf_module)
+    calls.forget(settle_marks(graph, marks, modules, calls.leaf_call))
     graph.lint()
     check_code_names(graph, type(model).__name__)
     gm = fx.GraphModule(attrs, graph, type(model).__name__)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    tracer = NodePathTracer(**options)
-    calls = ModuleCalls(gm.graph, modules, tracer.is_leaf_module)
     names = assign_names(gm.graph, calls, modules, tracer, skip=skip)
     return Traced(
         gm,

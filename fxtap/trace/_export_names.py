@@ -30,6 +30,8 @@ class ModuleCalls:
         leaf_call: node -> ``(call key, leaf module path)`` when the node ran inside a call of
             a leaf module.
         first_call: module path -> nodes of its first call, in graph order.
+        passed: module path -> the input its first call returned as it was, for a module whose
+            first call ran no op (``forget``).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ModuleCalls:
         self.scope: dict[fx.Node, str] = {}
         self.leaf_call: dict[fx.Node, tuple[str, str]] = {}
         self.first_call: dict[str, list[fx.Node]] = {}
+        self.passed: dict[str, fx.Node] = {}
         first_key: dict[str, str] = {}
         for node in graph.nodes:
             if node.op not in ("call_function", "call_method", "call_module"):
@@ -58,6 +61,22 @@ class ModuleCalls:
                     self.leaf_call[node] = (key, path)
                     break
             self.scope[node] = scope
+
+    def forget(self, erased: Mapping[fx.Node, fx.Node]) -> None:
+        """Drop nodes erased from the graph (node -> the input its readers now read); a module
+        whose first call held nothing else returned that input as it was (``passed``)."""
+        if not erased:
+            return
+        for node in erased:
+            self.scope.pop(node, None)
+            self.leaf_call.pop(node, None)
+        for path, nodes in list(self.first_call.items()):
+            kept = [n for n in nodes if n not in erased]
+            if not kept:
+                self.passed[path] = erased[nodes[-1]]
+                del self.first_call[path]
+            elif len(kept) < len(nodes):
+                self.first_call[path] = kept
 
     def outputs(self) -> dict[fx.Node, str]:
         """The last node of each leaf-module call -> that module's path."""
@@ -82,11 +101,16 @@ class ModuleCalls:
             first = next(outside, None)
             if first is not None:
                 found[path] = first
+        for path, source in self.passed.items():
+            found.setdefault(path, source)
         return found
 
     def first_outputs(self) -> dict[str, fx.Node]:
-        """Module path -> the last node of its first call."""
-        return {path: nodes[-1] for path, nodes in self.first_call.items()}
+        """Module path -> the last node of its first call (its input, for one that ran no op)."""
+        found = {path: nodes[-1] for path, nodes in self.first_call.items()}
+        for path, source in self.passed.items():
+            found.setdefault(path, source)
+        return found
 
 
 def op_name(node: fx.Node) -> str:
