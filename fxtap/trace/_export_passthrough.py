@@ -129,4 +129,3 @@ def _innermost(node: fx.Node, modules: Mapping[str, nn.Module]) -> nn.Module | N
         if path and path in modules:
             found = modules[path]
     return found
-
