@@ -23,6 +23,7 @@ __all__ = [
     "Query",
     "Request",
     "normalize_return_nodes",
+    "output_name",
     "parse_query",
     "requests_by_mode",
     "resolve",
@@ -311,3 +312,10 @@ def _enclosing_leaf(query: str, traced: Traced) -> str | None:
         if prefix in leaves:
             return prefix
     return None
+
+
+def output_name(value: Any, traced: Traced) -> str:
+    """The name a resolved request reports in ``outputs``: the node's, or ``":output"``."""
+    if isinstance(value, fx.Node):
+        return traced.names.get(value, value.name)
+    return ":output"

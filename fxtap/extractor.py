@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import fx, nn
@@ -13,11 +13,13 @@ from torch import fx, nn
 from fxtap import _compat
 from fxtap._call_errors import explain_call_failure
 from fxtap._edit_pass import apply_edits, check_edits
-from fxtap._fx import detach_submodules, union_root
+from fxtap._extractor_info import ExtractorInfo
+from fxtap._fixed_to_none import FixedState, FixedToNone, mode_forwards, prune_fixed_to_none
+from fxtap._fx import detach_submodules, set_training, union_root
 from fxtap._graph_state import GraphState, graph_state, rebuild_graph
 from fxtap._parametrized import picklable
 from fxtap._protocol import CostJob, DrawRequest, Extractor, Payload
-from fxtap._query import OutputKey, Request, requests_by_mode, resolve_in_mode
+from fxtap._query import OutputKey, Request, output_name, requests_by_mode, resolve_in_mode
 from fxtap.capture import CaptureExtractor, build_capture_extractor
 from fxtap.errors import InvalidArgumentError, unknown_choice
 from fxtap.prune import prune
@@ -37,24 +39,6 @@ __all__ = [
 _MODE_SWITCH = threading.RLock()
 
 
-@dataclass(frozen=True)
-class ExtractorInfo:
-    """What a ``FeatureExtractor`` serves, beside its graphs.
-
-    Attributes:
-        outputs: by mode, output key -> resolved node name (``":output"`` for the model's);
-            empty when the forward returns what the model returns, not a dict (the tail of
-            ``split``, a module built by ``edit``).
-        opaque: module paths made opaque leaves by the automatic fallback.
-        full: by mode, the unpruned traces; empty unless requested (``keep_traces=True``),
-            since a full trace holds every module of the model, pruned or not.
-    """
-
-    outputs: Mapping[str, Mapping[OutputKey, str]] = field(default_factory=dict)
-    opaque: tuple[str, ...] = ()
-    full: dict[str, Traced] = field(default_factory=dict)
-
-
 class FeatureExtractor(fx.GraphModule, Extractor):
     """A ``GraphModule`` with one pruned graph per mode; its forward returns a dict.
 
@@ -69,6 +53,10 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         full: the unpruned traces, by mode, when built with ``keep_traces=True``; else empty.
         outputs: by mode, output key -> resolved node name (``":output"`` for the model's).
         opaque: module paths made opaque leaves by the automatic fallback.
+        fixed_to_none: root arguments that default to ``None`` and that the graphs read: a
+            call that leaves all of them out (or passes ``None``) runs a second graph, traced
+            with them fixed to ``None`` (``graph_for(mode, fixed_to_none=True)``); empty when
+            there is no such argument.
     """
 
     prunes = True
@@ -89,8 +77,13 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         # NOTE: GraphModule made a class of its own for this instance; its call wrapper now
         # explains calls that fail on their inputs (recompile keeps a wrapper already there)
         _compat.explain_calls(self, explain_call_failure)
-        other = graphs["eval" if training else "train"]
-        for node in other.nodes:
+        info = info or ExtractorInfo()
+        fixed = info.fixed_to_none
+        others = [
+            graphs["eval" if training else "train"],
+            *(fixed.graphs.values() if fixed else ()),
+        ]
+        for node in (n for graph in others for n in graph.nodes):
             if node.op in ("call_module", "get_attr"):
                 _compat.copy_attr(root, self, str(node.target))
         detach_submodules(self)
@@ -98,16 +91,19 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             if name.rsplit(".", 1)[-1].startswith("_tensor_constant"):
                 owner = self.get_submodule(name.rpartition(".")[0])
                 owner.register_buffer(name.rsplit(".", 1)[-1], buf, persistent=False)
+        self._fxtap_fixed = fixed
+        # by training flag, the forward that picks its graph per call (when there are two)
+        self._fxtap_pick = mode_forwards(self, graphs, fixed) if fixed is not None else {}
         self._fxtap_modes = {}
         for flag, mode in ((True, "train"), (False, "eval")):
             # Both graphs belong to this module, so fx passes on either see the right owner.
             self.graph = graphs[mode]  # sets owning_module and recompiles
             self._fxtap_modes[flag] = _compat.save_mode_code(self)
-        info = info or ExtractorInfo()
         # NOTE: the same dict, not a copy: a deep copy shares the traces with its original
         self.full = info.full
         self.outputs = {mode: dict(outs) for mode, outs in info.outputs.items()}
         self.opaque = tuple(info.opaque)
+        self.fixed_to_none = fixed.args if fixed is not None else ()
         self.train(training)
 
     @property
@@ -140,21 +136,33 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         if not isinstance(mode, bool):
             raise InvalidArgumentError(f"training mode {mode!r} is not a bool; pass True or False")
         with _MODE_SWITCH:
-            _set_training(self, mode)
+            set_training(self, mode)
             cached = getattr(self, "_fxtap_modes", None)
             if cached is not None:
                 _compat.restore_mode_code(self, cached[mode])
+            pick = getattr(self, "_fxtap_pick", {}).get(mode)
+            if pick is not None:
+                type(self).forward = pick
         return self
 
-    def graph_for(self, mode: str) -> fx.Graph:
-        """The pruned graph of ``mode`` (``'train'`` or ``'eval'``).
+    def graph_for(self, mode: str, *, fixed_to_none: bool = False) -> fx.Graph:
+        """The pruned graph of ``mode`` (``'train'`` or ``'eval'``); with ``fixed_to_none``,
+        the one for calls that leave out every argument of ``ex.fixed_to_none``.
 
         Raises:
-            InvalidArgumentError: ``mode`` is neither; names the closest.
+            InvalidArgumentError: ``mode`` is neither (names the closest), or there is no
+                graph with arguments fixed to ``None``.
         """
         if mode not in MODES:
             raise unknown_choice("mode", mode, MODES, fix="Pass a mode, e.g. ex.graph_for('eval').")
-        return self._fxtap_modes[mode == "train"][0]
+        if not fixed_to_none:
+            return self._fxtap_modes[mode == "train"][0]
+        if self._fxtap_fixed is None:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} has no graph with arguments fixed to None: its graphs "
+                "read no root argument that defaults to None. Call graph_for(mode) instead"
+            )
+        return self._fxtap_fixed.graphs[mode]
 
     # --- the extractor protocol (fxtap._protocol): what the later stages ask of it ----------
 
@@ -214,7 +222,17 @@ class FeatureExtractor(fx.GraphModule, Extractor):
             "non_persistent": set(self._non_persistent_buffers_set),
         }
         info = ExtractorInfo(outputs=self.outputs, opaque=self.opaque)
-        return (_rebuild, (graphs, state, info, self.training, type(self).__name__))
+        return (
+            _rebuild,
+            (
+                graphs,
+                state,
+                info,
+                self.training,
+                type(self).__name__,
+                self._fxtap_fixed and self._fxtap_fixed.state(),
+            ),
+        )
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractor:
         root = nn.Module()
@@ -222,9 +240,8 @@ class FeatureExtractor(fx.GraphModule, Extractor):
         root._parameters = copy.deepcopy(self._parameters, memo)
         root._buffers = copy.deepcopy(self._buffers, memo)
         graphs = {m: copy.deepcopy(self.graph_for(m), memo) for m in MODES}
-        info = ExtractorInfo(
-            outputs=copy.deepcopy(self.outputs), opaque=self.opaque, full=self.full
-        )
+        fixed = self._fxtap_fixed and self._fxtap_fixed.copy(memo)
+        info = ExtractorInfo(copy.deepcopy(self.outputs), self.opaque, self.full, fixed)
         return FeatureExtractor(
             root, graphs, class_name=type(self).__name__, training=self.training, info=info
         )
@@ -327,7 +344,7 @@ def build_extractor(
     check_model(model)
     if edits is not None:
         check_edits(edits)
-    chosen = route(model, options)
+    chosen = route(model, options, none_fixed=True)
     if chosen.error is not None:
         return build_capture_extractor(
             model,
@@ -346,40 +363,19 @@ def build_extractor(
     for mode, traced in traces.items():
         selected = resolve_in_mode(requests, traces, mode, model_name=name)
         pruned[mode] = prune(traced, selected, class_name=name)
-        outputs[mode] = {key: _describe(value, traced) for key, value in selected.items()}
-    opaque = tuple(dict.fromkeys(leaf for t in traces.values() for leaf in t.leaves))
-    info = ExtractorInfo(outputs=outputs, opaque=opaque, full=dict(traces) if keep_traces else {})
+        outputs[mode] = {key: output_name(value, traced) for key, value in selected.items()}
+    fixed = prune_fixed_to_none(chosen.none_fixed, requests, edits, outputs, model_name=name)
+    leaves = [leaf for t in traces.values() for leaf in t.leaves] + list(
+        fixed.leaves if fixed else ()
+    )
+    opaque = tuple(dict.fromkeys(leaves))
+    full = dict(traces) if keep_traces else {}
+    info = ExtractorInfo(outputs, opaque, full, fixed.fixed_to_none() if fixed else None)
+    every = {**pruned, **{f"{m}_none": gm for m, gm in (fixed.pruned if fixed else {}).items()}}
     graphs = {mode: gm.graph for mode, gm in pruned.items()}
     return FeatureExtractor(
-        union_root(pruned), graphs, class_name=name, training=model.training, info=info
+        union_root(every), graphs, class_name=name, training=model.training, info=info
     )
-
-
-def _describe(value: Any, traced: Traced) -> str:
-    if isinstance(value, fx.Node):
-        return traced.names.get(value, value.name)
-    return ":output"
-
-
-def _set_training(root: nn.Module, mode: bool) -> None:
-    """Set ``training`` on every module under ``root``, as ``nn.Module.train`` does, faster.
-
-    ``nn.Module.train`` recurses through ``children()`` and ``__setattr__``, about 3 µs per
-    module; writing the flag straight into each ``__dict__`` costs a tenth of that, which keeps
-    a mode switch of a 700-module DenseNet under a millisecond. A module whose class overrides
-    ``train`` gets its own method called, and handles its children itself.
-    """
-    stack = [root]
-    while stack:
-        module = stack.pop()
-        if module is not root and type(module).train is not _MODULE_TRAIN:
-            module.train(mode)
-            continue
-        module.__dict__["training"] = mode
-        stack.extend(child for child in module._modules.values() if child is not None)
-
-
-_MODULE_TRAIN = nn.Module.train
 
 
 def _rebuild(
@@ -388,6 +384,7 @@ def _rebuild(
     info: ExtractorInfo,
     training: bool,
     class_name: str,
+    fixed_to_none: FixedState | None = None,
 ) -> FeatureExtractor:
     root = nn.Module()
     root._modules = dict(state["modules"])
@@ -395,4 +392,6 @@ def _rebuild(
     root._buffers = dict(state["buffers"])
     root._non_persistent_buffers_set = set(state["non_persistent"])
     rebuilt = {mode: rebuild_graph(graph) for mode, graph in graphs.items()}
+    if fixed_to_none is not None:
+        info = dataclasses.replace(info, fixed_to_none=FixedToNone.rebuilt(fixed_to_none))
     return FeatureExtractor(root, rebuilt, class_name=class_name, training=training, info=info)

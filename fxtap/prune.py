@@ -167,6 +167,8 @@ class _Facts:
         run (``BUFFER_WRITE_KEY``, on the second pass), and asserts on live code."""
         if node.op in ("placeholder", "output"):
             return True
+        if node.op == "call_function" and _compat.is_vmap_nesting(node.target):
+            return True  # cheap, and the batch-dim ops between a pair need both
         if node.op == "call_function" and _is_check(node.target):
             return self.live is not None and _checks_live(node, self.live, self.assert_only)
         owner = node.meta.get(BUFFER_WRITE_KEY)

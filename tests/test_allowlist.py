@@ -306,6 +306,16 @@ def dropped_extractors() -> Iterator[tuple[str, Any]]:
     yield "dropped:fasterrcnn_mobilenet_v3_large_320_fpn", extractor
 
 
+def none_default_extractors() -> Iterator[tuple[str, Any]]:
+    """A model whose graph reads an argument that defaults to ``None``: the graph for calls
+    that leave it out checks that it is ``None`` (torch.fx's ``_assert_is_none``)."""
+    from support.models import OptionalState
+
+    extractor = fxtap.create_feature_extractor(OptionalState(), ["add"])
+    assert extractor.fixed_to_none, "no graph with the argument fixed to None"
+    yield "fixed_to_none:OptionalState", extractor
+
+
 def edit_extractors() -> Iterator[tuple[str, Any]]:
     """Models edited with each ``fxtap.edits`` module, in each of its configurations, and the
     two halves of a split (the head returns its boundary through ``dict``)."""
@@ -505,6 +515,7 @@ def test_allowlist_holds_what_the_saver_emits_for_a_sample() -> None:
     else:
         emitted.merge(collect(hf_extractors(("llama",))))
     emitted.merge(collect(dropped_extractors()))
+    emitted.merge(collect(none_default_extractors()))
     assert emitted.functions and emitted.classes, "nothing was collected"
     gaps = missing(emitted)
     assert not gaps, f"regenerate with: python tests/test_allowlist.py; missing: {gaps}"
@@ -661,6 +672,7 @@ def main(argv: list[str] | None = None) -> None:
         emitted.merge(collect(audio_extractors()))
         emitted.merge(collect(dropped_extractors()))
         emitted.merge(collect(edit_extractors()))
+        emitted.merge(collect(none_default_extractors()))
         emitted.functions |= standard_functions()
         emitted.methods |= standard_methods()
     emitted.merge(export_emitted())

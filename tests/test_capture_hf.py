@@ -114,12 +114,20 @@ def test_a_functional_tap_in_code_the_first_trace_skipped(training: bool) -> Non
     ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     seen: list[torch.Tensor] = []
     handle = model.embeddings.LayerNorm.register_forward_pre_hook(
-        lambda m, args: seen.append(args[0].detach().clone())
+        lambda m, args: seen.append(args[0])
     )
-    with torch.no_grad():
-        torch.manual_seed(0)
-        model(ids)
-        handle.remove()
-        torch.manual_seed(0)
-        got = ex(ids)["add"]
+    torch.manual_seed(0)
+    model(ids)
+    handle.remove()
+    # gradients too: the tap is on the autograd path, and reaches the model's own parameters
+    # NOTE: the reference's are taken first: the extractor's first call in train mode writes
+    # the model's buffers back in place (same values), which the model's backward refuses
+    params = list(model.parameters())
+    want = torch.autograd.grad(seen[0].sum(), params, allow_unused=True)
+    torch.manual_seed(0)
+    got = ex(ids)["add"]
     assert bitwise_equal(got, seen[0])
+    grads = torch.autograd.grad(got.sum(), params, allow_unused=True)
+    assert [g is None for g in grads] == [g is None for g in want]
+    assert any(g is not None for g in grads)
+    assert all(g is None or bitwise_equal(g, w) for g, w in zip(grads, want))

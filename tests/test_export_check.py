@@ -193,3 +193,59 @@ def test_wav2vec2_spec_augment_is_refused_and_captured() -> None:
     with pytest.warns(UserWarning, match=r"CaptureExtractor.*(numpy|np\.)"):
         ex = fxtap.create_feature_extractor(model, ["encoder.layers.1"], example_inputs=audio)
     assert isinstance(ex, CaptureExtractor)
+
+
+class ExportBranch(nn.Module):
+    """Computes its output another way under torch.export, as transformers' gated delta rule
+    does (forward substitution instead of ``torch.linalg.solve_triangular``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        h = h * 0.1 * 3 if torch.compiler.is_exporting() else h * 0.3
+        return self.out(h)
+
+
+class DataBranchUnlessExporting(ExportBranch):
+    """Its eager branch reads a tensor's value, which torch.export cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if not torch.compiler.is_exporting() and bool((h > 100).any()):
+            h = h.clamp(max=100)
+        return self.out(h)
+
+
+def test_the_model_s_eager_branch_is_exported() -> None:
+    model = ExportBranch()
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        h = model.fc(x)
+        assert not torch.equal(h * 0.1 * 3, h * 0.3)  # the two branches round differently
+    real = torch.compiler.is_exporting
+    ex = fxtap.create_feature_extractor(
+        model, ["fc", ":output"], tracer="export", example_inputs=(x,)
+    )
+    assert isinstance(ex, FeatureExtractor)
+    assert torch.compiler.is_exporting is real
+    for training in (True, False):
+        model.train(training)
+        ex.train(training)
+        got = ex(x)
+        assert bitwise_equal(got[":output"], model(x))
+        want = torch.autograd.grad(model(x).sum(), list(model.parameters()))
+        have = torch.autograd.grad(got[":output"].sum(), list(model.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(want, have))
+
+
+def test_a_model_whose_eager_branch_cannot_export_takes_its_export_branch() -> None:
+    model = DataBranchUnlessExporting().eval()
+    ex = fxtap.create_feature_extractor(model, [":output"], tracer="export", example_inputs=(X,))
+    assert isinstance(ex, FeatureExtractor)
+    # the export branch leaves out the clamp, which changes nothing on these inputs
+    assert bitwise_equal(ex(X)[":output"], model(X))
+    assert torch.compiler.is_exporting() is False

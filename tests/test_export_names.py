@@ -48,6 +48,85 @@ def test_input_of_a_module_whose_first_ops_read_its_weight() -> None:
     assert torch.equal(got, seen[0])
 
 
+class Scaling(nn.Module):
+    """Scales its first argument by a function of its second, which it reads first (Mistral
+    Large 4's ``softmax_scaling``)."""
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        scale = (pos + 1).float().log()
+        return x * scale[:, :, None]
+
+
+class SameTwice(nn.Module):
+    """Takes another branch when its two arguments are one tensor (attention's ``q is k``)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return q * 2 if q is k else q * 3 + k
+
+
+class Reads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.scaling = Scaling()
+        self.twice = SameTwice()
+        self.same = SameTwice()
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        return self.twice(self.scaling(h, pos), h) + self.same(h, h)
+
+
+def _hooked_inputs(model: nn.Module, paths: list[str], *args: torch.Tensor) -> dict[str, Any]:
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(path: str) -> Any:
+        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(path, args[0].clone())
+
+        return record
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(hook(p)) for p in paths]
+    try:
+        out = model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return {**{f"{p}:input": v for p, v in seen.items()}, ":output": out}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_input_of_a_module_that_reads_another_argument_first(mode: str) -> None:
+    model = Reads().train(mode == "train")
+    x, pos = torch.randn(2, 5, 4), torch.arange(5).expand(2, 5)
+    taps = ["scaling:input", "twice:input", "same:input", ":output"]
+    ex = fxtap.create_feature_extractor(model, taps, tracer="export", example_inputs=(x, pos))
+    assert isinstance(ex, FeatureExtractor)
+    ex.train(mode == "train")
+    want = _hooked_inputs(model, ["scaling", "twice", "same"], x, pos)
+    got = ex(x, pos)
+    for key in taps:
+        assert torch.equal(got[key], want[key]), key
+    # the gradient through the tap of the first argument reaches the projection
+    grads = torch.autograd.grad(got["scaling:input"].sum(), [model.proj.weight])
+    ref = torch.autograd.grad(want["scaling:input"].sum(), [model.proj.weight])
+    assert torch.equal(grads[0], ref[0])
+
+
+def test_marks_leave_no_op_behind_and_no_hook() -> None:
+    model = Reads().eval()
+    x, pos = torch.randn(2, 5, 4), torch.arange(5).expand(2, 5)
+    ex = fxtap.create_feature_extractor(
+        model, ["twice:input"], tracer="export", example_inputs=(x, pos)
+    )
+    assert isinstance(ex, FeatureExtractor)
+    for mode in ("train", "eval"):
+        targets = {str(n.target) for n in ex.graph_for(mode).nodes}
+        assert not any("fxtap" in t for t in targets), targets
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
 class DropPath(nn.Module):
     """A drop path as timm and transformers write it: not a leaf, no op at rate 0."""
 

@@ -1,4 +1,4 @@
-"""torchaudio models (the ``[audio]`` extra): Conformer and wav2vec 2.0 on tiny configs.
+"""torchaudio models (the ``[audio]`` extra): Conformer, wav2vec 2.0, Emformer RNN-T, tiny.
 
 The same checks as the Hugging Face models of tests/test_export.py: the extractor is pruned, and
 each tap equals a forward hook on the unmodified model bitwise, in eval mode and in train mode
@@ -22,7 +22,16 @@ import fxtap
 from fxtap import FeatureExtractor, LoadError, NodeNotFoundError, TraceError
 from fxtap.prune import prune
 from fxtap.trace import NAME_KEY
-from support.audio import FEATURES, LENGTHS, WAVES, conformer, wav2vec2
+from support.audio import (
+    FEATURES,
+    LENGTHS,
+    TARGET_LENGTHS,
+    TARGETS,
+    WAVES,
+    conformer,
+    emformer_rnnt,
+    wav2vec2,
+)
 from support.checker import Hooks, bitwise_equal, graph_params, num_params
 
 pytestmark = pytest.mark.audio
@@ -223,3 +232,77 @@ def test_wav2vec2_export_fails_in_train_mode_on_layer_drop(layer_drop: float) ->
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fxtap.trace(model, training=False, tracer="export", example_inputs=(WAVES,))
+
+
+# ---------------------------------------------------------------- Emformer RNN-T: torch.fx
+
+#: leaf-module tap after the predictor's state, functional-op tap in the joiner, the module
+#: whose first input is that op's value.
+RNNT = ("predictor.output_layer_norm", "joiner.add", "joiner.activation")
+RNNT_INPUTS = (FEATURES, LENGTHS, TARGETS, TARGET_LENGTHS)
+#: Emformer reads sizes as ints; the predictor's LSTM layers iterate over their state.
+_RNNT_OPAQUE = r"module 'transcriber.transformer'.*module 'predictor.lstm_layers.0'"
+
+
+def _state(model: nn.Module) -> Any:
+    with torch.no_grad():
+        return model.eval()(*RNNT_INPUTS)[3]
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["without_state", "with_state"])
+def test_emformer_rnnt_serves_calls_with_and_without_its_state(with_state: bool) -> None:
+    # NOTE: RNNT.forward(..., predictor_state=None) tests `state is None`: traced as a
+    # placeholder, the graph indexes predictor_state[0] and a call without it failed
+    # ('NoneType' object is not subscriptable); the extractor now picks a graph per call
+    model = emformer_rnnt()
+    leaf, func, _ = RNNT
+    ex = _build(model, {leaf: "leaf", func: "func"}, _RNNT_OPAQUE)
+    assert isinstance(ex, FeatureExtractor), "torch.fx did not trace the root"
+    assert ex.fixed_to_none == ("predictor_state",)
+    assert ex.opaque == (
+        "transcriber.transformer",
+        "predictor.lstm_layers.0",
+        "predictor.lstm_layers.1",
+    )
+    inputs = (*RNNT_INPUTS, _state(model)) if with_state else RNNT_INPUTS
+    _check_exact(model, inputs, ex, RNNT)
+    # by keyword, or None given outright, the same values
+    with torch.no_grad():
+        want = ex.eval()(*inputs)["func"]
+        state = inputs[4] if with_state else None
+        assert bitwise_equal(ex(*RNNT_INPUTS, predictor_state=state)["func"], want)
+        assert bitwise_equal(ex(*RNNT_INPUTS, state)["func"], want)
+
+
+def test_emformer_rnnt_copies_pickles_runs_in_threads_and_saves(tmp_path: Any) -> None:
+    model = emformer_rnnt().eval()
+    state = _state(model)
+    with pytest.warns(UserWarning, match=_RNNT_OPAQUE):
+        ex = fxtap.create_feature_extractor(
+            model, {RNNT[1]: "v"}, example_inputs=(*RNNT_INPUTS, state)
+        )
+    assert ex.fixed_to_none == ("predictor_state",)
+    calls = {False: RNNT_INPUTS, True: (*RNNT_INPUTS, state)}
+    with torch.no_grad():
+        want = {}
+        for given, inputs in calls.items():
+            hooks = Hooks(model, {}, {"v": RNNT[2]})
+            model(*inputs)
+            hooks.remove()
+            want[given] = hooks.values["v"]
+            assert bitwise_equal(ex(*inputs)["v"], want[given])
+        for other in (copy.deepcopy(ex), pickle.loads(pickle.dumps(ex))):
+            for given, inputs in calls.items():
+                assert bitwise_equal(other(*inputs)["v"], want[given])
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda i: (i % 2 == 1, ex(*calls[i % 2 == 1])["v"]), range(8)))
+    assert all(bitwise_equal(v, want[given]) for given, v in runs)
+    path = fxtap.save(ex, tmp_path / "rnnt.fxtap")
+    try:
+        loaded = fxtap.load(path)
+    except LoadError as exc:  # the safe loader names what it does not allow
+        assert "trust=True" in str(exc)
+        loaded = fxtap.load(path, trust=True)
+    assert loaded.fixed_to_none == ("predictor_state",)
+    with torch.no_grad():
+        assert all(bitwise_equal(loaded(*calls[g])["v"], want[g]) for g in calls)

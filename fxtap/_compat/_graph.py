@@ -26,6 +26,7 @@ __all__ = [
     "is_assert",
     "is_assert_is_none",
     "is_erased",
+    "is_vmap_nesting",
     "restore_mode_code",
     "save_mode_code",
     "target_to_str",
@@ -210,6 +211,28 @@ def is_assert(target: Any) -> bool:
     name = getattr(target, "__name__", "")
     module = str(getattr(target, "__module__", ""))
     return module.startswith("torch") and name in (*_ASSERT_NAMES, "_assert_is_none")
+
+
+_NESTING_NAMES = ("_vmap_increment_nesting", "_vmap_decrement_nesting")
+
+
+def is_vmap_nesting(target: Any) -> bool:
+    """Whether ``target`` enters or leaves a ``torch.vmap`` level (a call nothing reads).
+
+    NOTE: torch.export records ``torch.vmap`` (transformers' mask functions) inline, as these
+    calls around ``_add_batch_dim``/``_remove_batch_dim``; dropping one breaks the others.
+    Fallback: match the function's name and its torch module.
+    """
+    name = getattr(target, "__name__", "")
+    if name not in _NESTING_NAMES:
+        return False
+    if use_private():
+        import torch._functorch.predispatch as predispatch
+
+        return target is getattr(predispatch, name, None) or target is getattr(
+            torch._C._functorch, name, None
+        )
+    return str(getattr(target, "__module__", "")).startswith("torch")
 
 
 def is_assert_is_none(target: Any) -> bool:

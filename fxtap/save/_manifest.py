@@ -80,7 +80,7 @@ _TOP_KEYS = frozenset(
 
 def check(data: Any, *, trust: bool) -> Checked:
     """Validate a parsed manifest; ``LoadError`` names the first field at fault."""
-    top = header(data, _TOP_KEYS)
+    top = header(data, _TOP_KEYS, frozenset({"fixed_to_none"}))
     tensors = tensor_list(top["tensors"])
     modules = Modules(tensors, trust=trust)
     for path, spec in as_object(top["modules"], "modules").items():
@@ -103,6 +103,9 @@ def check(data: Any, *, trust: bool) -> Checked:
         )
         for mode in MODES
     }
+    fixed = None
+    if "fixed_to_none" in top:
+        fixed = _fixed_to_none(top["fixed_to_none"], graphs, outputs, modules.paths, targets, trust)
     kept_raw = as_object(top["kept"], "kept")
     check_keys(kept_raw, set(MODES), None, "kept")
     kept = {m: frozenset(as_strings(kept_raw[m], f"kept.{m}")) for m in MODES}
@@ -116,18 +119,51 @@ def check(data: Any, *, trust: bool) -> Checked:
         outputs=outputs,
         kept=kept,
         opaque=tuple(as_strings(top["opaque"], "opaque")),
+        fixed_to_none=fixed,
     )
 
 
-def header(data: Any, keys: frozenset[str]) -> dict[str, Any]:
-    """The top-level object, of this format and version, holding exactly ``keys``."""
+def _fixed_to_none(
+    raw: Any,
+    graphs: Mapping[str, tuple[NodeSpec, ...]],
+    outputs: Mapping[str, Mapping[str | int, str]],
+    modules: frozenset[str],
+    targets: frozenset[str],
+    trust: bool,
+) -> tuple[tuple[str, ...], dict[str, tuple[NodeSpec, ...]]]:
+    """The graphs for calls that leave ``args`` out: each argument an input of every graph."""
+    where = "fixed_to_none"
+    check_keys(as_object(raw, where), {"args", "graphs"}, None, where)
+    args = tuple(identifier(a, f"{where}.args") for a in as_strings(raw["args"], f"{where}.args"))
+    graphs_raw = as_object(raw["graphs"], f"{where}.graphs")
+    check_keys(graphs_raw, set(MODES), None, f"{where}.graphs")
+    fixed = {
+        mode: _Graph(mode, modules, targets, trust=trust, where=f"{where}.graphs").check(
+            graphs_raw[mode], outputs[mode]
+        )
+        for mode in MODES
+    }
+    for mode, nodes in (*graphs.items(), *fixed.items()):
+        inputs = {str(n.target) for n in nodes if n.op == "placeholder"}
+        if not args or not set(args) <= inputs:
+            raise LoadError(
+                f"{where}.args: {list(args)!r:.80} are not inputs of every {mode} graph"
+            )
+    return args, fixed
+
+
+def header(
+    data: Any, keys: frozenset[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The top-level object, of this format and version, holding ``keys`` and no others but
+    ``optional``."""
     top = as_object(data, MANIFEST)
     if top.get("format") != FORMAT_NAME or top.get("version") != FORMAT_VERSION:
         raise LoadError(
             f"it is format {top.get('format')!r:.40} version {top.get('version')!r:.20}; this "
             f"fxtap reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Upgrade fxtap"
         )
-    check_keys(top, keys, keys, MANIFEST)
+    check_keys(top, keys, keys | optional, MANIFEST)
     as_string(top["torch"], "torch")
     return top
 
@@ -152,9 +188,16 @@ class _Graph:
     """Checks one mode's node list."""
 
     def __init__(
-        self, mode: str, modules: frozenset[str], targets: frozenset[str], *, trust: bool
+        self,
+        mode: str,
+        modules: frozenset[str],
+        targets: frozenset[str],
+        *,
+        trust: bool,
+        where: str = "graphs",
     ) -> None:
         self.mode = mode
+        self.where = f"{where}.{mode}"
         self.modules = modules
         self.targets = targets | modules
         self.trust = trust
@@ -162,19 +205,19 @@ class _Graph:
         self.parameters: set[str] = set()
 
     def check(self, raw: Any, outputs: Mapping[str | int, str]) -> tuple[NodeSpec, ...]:
-        entries = as_list(raw, f"graphs.{self.mode}")
+        entries = as_list(raw, f"{self.where}")
         if len(entries) > MAX_NODES:
-            raise LoadError(f"graphs.{self.mode}: {len(entries)} nodes, more than {MAX_NODES}")
+            raise LoadError(f"{self.where}: {len(entries)} nodes, more than {MAX_NODES}")
         nodes: list[NodeSpec] = []
         for i, entry in enumerate(entries):
-            where = f"graphs.{self.mode}[{i}]"
+            where = f"{self.where}[{i}]"
             node = self._node(as_object(entry, where), where, last=i == len(entries) - 1)
             if node.op == "placeholder" and nodes and nodes[-1].op != "placeholder":
                 raise LoadError(f"{where}: a placeholder follows other nodes")
             nodes.append(node)
             self.names.add(node.name)
         if not nodes or nodes[-1].op != "output":
-            raise LoadError(f"graphs.{self.mode} has no output node (it must be the last node)")
+            raise LoadError(f"{self.where} has no output node (it must be the last node)")
         value = nodes[-1].args[0]
         if isinstance(value, Ref):  # a split's head returns dict({...}): a plain dict
             made = next((n for n in nodes if n.name == value.name), None)
@@ -188,8 +231,7 @@ class _Graph:
         # no outputs: the graph returns what the model returns (a split's tail, an edited model)
         if outputs and (not isinstance(value, dict) or set(value) != set(outputs)):
             raise LoadError(
-                f"graphs.{self.mode}: the output node does not return the keys of "
-                f"outputs.{self.mode}"
+                f"{self.where}: the output node does not return the keys of outputs.{self.mode}"
             )
         return tuple(nodes)
 

@@ -60,12 +60,15 @@ def describe_graphs(extractor: Any, tensors: Tensors) -> Payload:
 
 
 def _describe(extractor: Any, tensors: Tensors) -> dict[str, Any]:
-    for mode in MODES:
-        _refuse_function_edits(extractor.graph_for(mode))
+    fixed = tuple(getattr(extractor, "fixed_to_none", ()))
+    every = [extractor.graph_for(mode) for mode in MODES]
+    every += [extractor.graph_for(mode, fixed_to_none=True) for mode in MODES if fixed]
+    for graph in every:
+        _refuse_function_edits(graph)
     graphs = {mode: _encode_graph(extractor.graph_for(mode)) for mode in MODES}
     targets: dict[str, str] = {}
-    for mode in MODES:
-        for node in extractor.graph_for(mode).nodes:
+    for graph in every:
+        for node in graph.nodes:
             if node.op in ("call_module", "get_attr"):
                 targets[str(node.target)] = node.op
     modules: dict[str, Any] = {}
@@ -99,6 +102,16 @@ def _describe(extractor: Any, tensors: Tensors) -> dict[str, Any]:
         "outputs": encode_outputs(extractor.outputs),
         "kept": {mode: sorted(names) for mode, names in extractor.kept.items()},
         "opaque": list(extractor.opaque),
+        # the graphs for calls that leave out these None-default arguments (docs/saving.md)
+        **({"fixed_to_none": _encode_fixed(extractor, fixed)} if fixed else {}),
+    }
+
+
+def _encode_fixed(extractor: Any, args: tuple[str, ...]) -> dict[str, Any]:
+    graphs = extractor.graph_for
+    return {
+        "args": list(args),
+        "graphs": {mode: _encode_graph(graphs(mode, fixed_to_none=True)) for mode in MODES},
     }
 
 

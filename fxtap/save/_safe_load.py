@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxtap._fixed_to_none import FixedToNone
 from fxtap._protocol import Extractor
 from fxtap.errors import LoadError
 from fxtap.extractor import ExtractorInfo, FeatureExtractor
@@ -76,8 +77,12 @@ def build(checked: Checked, stored: Mapping[str, torch.Tensor], *, trust: bool) 
     tensors = tensors_of(checked.tensors, stored)
     root = _build_root(checked, tensors, trust=trust)
     graphs = {mode: _build_graph(checked.graphs[mode], mode, trust=trust) for mode in MODES}
-    info = ExtractorInfo(outputs=checked.outputs, opaque=tuple(checked.opaque))
-    check_code_names(root, graphs.values())
+    fixed = None
+    if checked.fixed_to_none is not None:
+        args, specs = checked.fixed_to_none
+        fixed = FixedToNone(args, {m: _build_graph(specs[m], m, trust=trust) for m in MODES})
+    info = ExtractorInfo(outputs=checked.outputs, opaque=tuple(checked.opaque), fixed_to_none=fixed)
+    check_code_names(root, [*graphs.values(), *(fixed.graphs.values() if fixed else ())])
     # NOTE: Python warns at compile time about code that can only fail (``None[0]``, a
     # literal called); the generated forward of a file fxtap wrote never holds such code
     with warnings.catch_warnings():

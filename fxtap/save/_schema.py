@@ -138,6 +138,8 @@ class Checked:
     outputs: dict[str, dict[str | int, str]]
     kept: dict[str, frozenset[str]]
     opaque: tuple[str, ...]
+    #: arguments that default to None, and by mode the graphs for calls that leave them out
+    fixed_to_none: tuple[tuple[str, ...], dict[str, tuple[NodeSpec, ...]]] | None = None
 
 
 def decode(value: Any, where: str, inner: Any) -> Any:

@@ -27,6 +27,7 @@ from fxtap._compat import pytree, version_mark
 from fxtap._fx import BUFFER_WRITE_KEY, aten_alias_arg, inplace_arg
 from fxtap.errors import InvalidArgumentError, TraceError
 from fxtap.trace._code_names import check_code_names
+from fxtap.trace._eager_branches import eager_branches
 from fxtap.trace._export_check import (
     check_export,
     check_higher_order_ops,
@@ -34,6 +35,7 @@ from fxtap.trace._export_check import (
 )
 from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
+from fxtap.trace._export_marks import marked_inputs, take_marks
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
@@ -43,7 +45,7 @@ from fxtap.trace._export_modes import (
     sharing,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
-from fxtap.trace._export_passthrough import Marks, marking_passthrough, settle_marks
+from fxtap.trace._export_passthrough import PassThrough, aliasing_passthrough, settle_aliases
 from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
@@ -101,8 +103,8 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep, flags, marks = _export(model, args, kwargs, training=training, dynamic_shapes=given)
-    traced = _unchecked(model, ep, marks, args, kwargs, options, training)
+    ep, flags, passthrough = _export(model, args, kwargs, training=training, dynamic_shapes=given)
+    traced = _unchecked(model, ep, passthrough, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
     # graph right there is checked (the example shape is only checked when it is not)
     fixed = None if given is not None else check_at_second_shape(model, traced, ep, args, kwargs)
@@ -110,8 +112,10 @@ def export_trace(
         check_export(model, traced, args, kwargs)
     if fixed:
         static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-        ep, flags, marks = _export(model, args, kwargs, training=training, dynamic_shapes=static)
-        traced = _unchecked(model, ep, marks, args, kwargs, options, training)
+        ep, flags, passthrough = _export(
+            model, args, kwargs, training=training, dynamic_shapes=static
+        )
+        traced = _unchecked(model, ep, passthrough, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
     if flags.mode_independent:
         remember_export(model, SharedExport(traced))
@@ -121,7 +125,7 @@ def export_trace(
 def _unchecked(
     model: nn.Module,
     ep: ExportedProgram,
-    marks: Marks,
+    passthrough: PassThrough,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: Mapping[str, Any],
@@ -129,7 +133,9 @@ def _unchecked(
 ) -> Traced:
     """The program as a ``Traced``; refused when it holds a higher-order op."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
-    return _to_traced(model, ep, args, kwargs, options=options, training=training, marks=marks)
+    return _to_traced(
+        model, ep, args, kwargs, options=options, training=training, passthrough=passthrough
+    )
 
 
 def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:
@@ -195,42 +201,31 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
-) -> tuple[ExportedProgram, FlagReads, Marks]:
+) -> tuple[ExportedProgram, FlagReads, PassThrough]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
     every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
     with the reads of ``training`` flags made by the export that succeeded (inside
     ``one_export`` only: elsewhere nothing would use them), and the module calls that ran no
-    op, marked by an ``alias`` (``_export_passthrough``)."""
+    op, given an ``alias`` (``_export_passthrough``).
+
+    The model's eager branches are exported (``eager_branches``); a model that asked
+    ``torch.compiler.is_exporting()`` and cannot be exported that way is exported again
+    with the branch it keeps for torch.export.
+    """
     name = type(model).__name__
     mode = "train" if training else "eval"
     state = {k: version_mark(v) for k, v in model.state_dict(keep_vars=True).items()}
     with restore_training(model):
         model.train(training)
-        # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
-        # stderr; the TraceError says what failed, so that print is swallowed
+        asked: list[str] = []
         try:
             try:
-                with (
-                    contextlib.redirect_stderr(io.StringIO()),
-                    kept_rng(),
-                    read_flags(model, record=sharing()) as flags,
-                    marking_passthrough(model) as marks,
-                ):
-                    shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
-                    ep = torch.export.export(
-                        model, args, kwargs, dynamic_shapes=shapes, strict=False
-                    )
-            except Exception as first:
-                if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
-                    raise  # a branch on tensor values: static shapes fail the same way
-                # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-                with (
-                    contextlib.redirect_stderr(io.StringIO()),
-                    kept_rng(),
-                    read_flags(model, record=sharing()) as flags,
-                    marking_passthrough(model) as marks,
-                ):
-                    ep = torch.export.export(model, args, kwargs, strict=False)
+                with eager_branches(asked):
+                    ep, flags, passthrough = _export_once(model, args, kwargs, dynamic_shapes)
+            except Exception:
+                if not asked:
+                    raise
+                ep, flags, passthrough = _export_once(model, args, kwargs, dynamic_shapes)
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
     changed = [
@@ -238,7 +233,39 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags, marks
+    return ep, flags, passthrough
+
+
+def _export_once(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any
+) -> tuple[ExportedProgram, FlagReads, PassThrough]:
+    """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
+    then static shapes when a dynamic dim fails in a way they may not."""
+    # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
+    # stderr; the TraceError says what failed, so that print is swallowed
+    try:
+        with (
+            contextlib.redirect_stderr(io.StringIO()),
+            kept_rng(),
+            read_flags(model, record=sharing()) as flags,
+            marked_inputs(model),
+            aliasing_passthrough(model) as passthrough,
+        ):
+            shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
+            ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+    except Exception as first:
+        if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
+            raise  # a branch on tensor values: static shapes fail the same way
+        # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
+        with (
+            contextlib.redirect_stderr(io.StringIO()),
+            kept_rng(),
+            read_flags(model, record=sharing()) as flags,
+            marked_inputs(model),
+            aliasing_passthrough(model) as passthrough,
+        ):
+            ep = torch.export.export(model, args, kwargs, strict=False)
+    return ep, flags, passthrough
 
 
 def _to_traced(
@@ -249,7 +276,7 @@ def _to_traced(
     *,
     options: Mapping[str, Any],
     training: bool,
-    marks: Marks,
+    passthrough: PassThrough,
 ) -> Traced:
     """Rebuild the exported program as a ``Traced`` over the model's own tensors."""
     sig = ep.graph_signature
@@ -274,11 +301,12 @@ def _to_traced(
         else:
             env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
+    marked = take_marks(graph)
     _mark_buffer_writes(graph, buffers)
     modules = dict(model.named_modules(remove_duplicate=False))
     tracer = NodePathTracer(**options)
     calls = ModuleCalls(graph, modules, tracer.is_leaf_module)
-    calls.forget(settle_marks(graph, marks, modules, calls.leaf_call))
+    calls.forget(settle_aliases(graph, passthrough, modules, calls.leaf_call))
     graph.lint()
     check_code_names(graph, type(model).__name__)
     gm = fx.GraphModule(attrs, graph, type(model).__name__)
@@ -287,7 +315,7 @@ def _to_traced(
         gm,
         names,
         training,
-        calls.first_inputs(),
+        {**calls.first_inputs(), **marked},
         module_outputs=dict(calls.first_outputs()),
     )
 

@@ -8,7 +8,7 @@ Every other op is named by its innermost enclosing module plus its op name, coun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -30,8 +30,6 @@ class ModuleCalls:
         leaf_call: node -> ``(call key, leaf module path)`` when the node ran inside a call of
             a leaf module.
         first_call: module path -> nodes of its first call, in graph order.
-        passed: module path -> the input its first call returned as it was, for a module whose
-            first call ran no op (``forget``).
     """
 
     def __init__(
@@ -43,7 +41,6 @@ class ModuleCalls:
         self.scope: dict[fx.Node, str] = {}
         self.leaf_call: dict[fx.Node, tuple[str, str]] = {}
         self.first_call: dict[str, list[fx.Node]] = {}
-        self.passed: dict[str, fx.Node] = {}
         first_key: dict[str, str] = {}
         for node in graph.nodes:
             if node.op not in ("call_function", "call_method", "call_module"):
@@ -62,9 +59,9 @@ class ModuleCalls:
                     break
             self.scope[node] = scope
 
-    def forget(self, erased: Mapping[fx.Node, fx.Node]) -> None:
-        """Drop nodes erased from the graph (node -> the input its readers now read); a module
-        whose first call held nothing else returned that input as it was (``passed``)."""
+    def forget(self, erased: Collection[fx.Node]) -> None:
+        """Drop the calls' nodes that were erased from the graph; a module whose first call
+        held nothing else has no first call (torch.export would not have recorded it)."""
         if not erased:
             return
         for node in erased:
@@ -73,7 +70,6 @@ class ModuleCalls:
         for path, nodes in list(self.first_call.items()):
             kept = [n for n in nodes if n not in erased]
             if not kept:
-                self.passed[path] = erased[nodes[-1]]
                 del self.first_call[path]
             elif len(kept) < len(nodes):
                 self.first_call[path] = kept
@@ -101,16 +97,11 @@ class ModuleCalls:
             first = next(outside, None)
             if first is not None:
                 found[path] = first
-        for path, source in self.passed.items():
-            found.setdefault(path, source)
         return found
 
     def first_outputs(self) -> dict[str, fx.Node]:
-        """Module path -> the last node of its first call (its input, for one that ran no op)."""
-        found = {path: nodes[-1] for path, nodes in self.first_call.items()}
-        for path, source in self.passed.items():
-            found.setdefault(path, source)
-        return found
+        """Module path -> the last node of its first call."""
+        return {path: nodes[-1] for path, nodes in self.first_call.items()}
 
 
 def op_name(node: fx.Node) -> str:

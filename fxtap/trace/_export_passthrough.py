@@ -5,19 +5,21 @@ torch.fx records a leaf module's call as one ``call_module`` node whatever it co
 input. ``torch.export`` records ATen ops only: a call that returns its input runs none, so
 nothing in the program ran in that module and ``nn_module_stack`` never names it.
 
-While the model is exported, ``marking_passthrough`` makes such calls return
+While the model is exported, ``aliasing_passthrough`` makes such calls return
 ``aten.alias(input)``: one op recorded inside the module's scope, which the naming rules then
 call by the module's path, with the same value and on the same autograd path as the module's
 output (every later op reads the alias, as every later op reads the module's output). The
-mechanism is a global forward hook, registered for the export only and limited to the model's
-own modules: nothing is set on the model. ``settle_marks`` then keeps a mark only where it names
-something, the call of a leaf module that ran no other op, and gives every other mark's readers
-its input back, as the eager model runs.
+mechanism is a global forward hook, registered for the export only and limited to the calls
+the exporting thread makes into the model's own modules: nothing is set on the model.
+``settle_aliases`` then keeps an alias only where it names something, the call of a leaf
+module that ran no other op, and gives every other alias's readers its input back, as the
+eager model runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,54 +28,54 @@ from torch import fx, nn
 
 from fxtap._fx import STACK_KEY
 
-__all__ = ["Marks", "marking_passthrough", "settle_marks"]
+__all__ = ["PassThrough", "aliasing_passthrough", "settle_aliases"]
 
 _ALIAS = torch.ops.aten.alias.default
 
 
-class Marks:
-    """The modules whose calls returned an input during an export (``id`` of each module)."""
+class PassThrough:
+    """The modules whose calls returned one of their arguments during an export (by ``id``)."""
 
     def __init__(self) -> None:
         self.modules: set[int] = set()
 
 
 @contextlib.contextmanager
-def marking_passthrough(model: nn.Module) -> Iterator[Marks]:
+def aliasing_passthrough(model: nn.Module) -> Iterator[PassThrough]:
     """While exporting ``model``: a call of one of its submodules that returns one of its
     tensor arguments itself returns ``aten.alias`` of it instead; the hook is removed on exit."""
     owned = {id(m) for m in model.modules() if m is not model}
-    marks = Marks()
+    thread = threading.get_ident()
+    found = PassThrough()
 
     def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         if id(module) not in owned or not isinstance(out, torch.Tensor):
             return None
-        if not any(arg is out for arg in args):
+        if not any(arg is out for arg in args) or threading.get_ident() != thread:
             return None
-        marks.modules.add(id(module))
+        found.modules.add(id(module))
         return _ALIAS(out)
 
-    # NOTE: a global hook, not one per module: the user's modules are never touched, and a
-    # module created or swapped during the export is seen too
+    # NOTE: a global hook, not one per module: the user's modules are never touched
     handle = nn.modules.module.register_module_forward_hook(hook)
     try:
-        yield marks
+        yield found
     finally:
         handle.remove()
 
 
-def settle_marks(
+def settle_aliases(
     graph: fx.Graph,
-    marks: Marks,
+    found: PassThrough,
     modules: Mapping[str, nn.Module],
     leaf_call: Mapping[fx.Node, tuple[str, str]],
-) -> dict[fx.Node, fx.Node]:
-    """Keep the marks that name a leaf module's call; erase the others.
+) -> set[fx.Node]:
+    """Keep the aliases that name a leaf module's call; erase the others.
 
-    A mark is kept when it is the last mark of a leaf module's call that ran no other op
+    An alias is kept when it is the last alias of a leaf module's call that ran no other op
     (``nn.Identity``); a call that ran ops (``aten.dropout`` of ``nn.Dropout``) is named by its
-    last op, and a mark outside any leaf call names nothing. An erased mark's readers read its
-    input again::
+    last op, and an alias outside any leaf call names nothing. An erased alias's readers read
+    its input again::
 
         alias = aten.alias(relu);  dropout = aten.dropout(alias, 0.0, False)
         # becomes
@@ -81,51 +83,45 @@ def settle_marks(
 
     Args:
         graph: the exported graph, rewritten in place (``graph.lint()`` holds after).
-        marks: what ``marking_passthrough`` recorded.
+        found: what ``aliasing_passthrough`` recorded.
         modules: the model's modules by path (``named_modules(remove_duplicate=False)``).
         leaf_call: node -> ``(call key, leaf path)`` (``ModuleCalls.leaf_call``).
 
     Returns:
-        Each erased mark -> its input, for the caller to forget the mark (it is no longer in
-        ``graph``) and to find the input of a module whose call ran no op.
+        The erased aliases, for the caller to forget (they are no longer in ``graph``).
     """
-    if not marks.modules:
-        return {}
-    marked = [n for n in graph.nodes if _is_mark(n, marks, modules)]
-    if not marked:
-        return {}
-    is_mark = set(marked)
+    if not found.modules:
+        return set()
+    aliases = [n for n in graph.nodes if _is_ours(n, found, modules)]
+    if not aliases:
+        return set()
+    ours = set(aliases)
     ran_ops: set[str] = set()
-    last_mark: dict[str, fx.Node] = {}
+    last: dict[str, fx.Node] = {}
     for node, (key, _) in leaf_call.items():
-        if node in is_mark:
-            last_mark[key] = node
+        if node in ours:
+            last[key] = node
         else:
             ran_ops.add(key)
-    kept = {n for key, n in last_mark.items() if key not in ran_ops}
-    erased: dict[fx.Node, fx.Node] = {}
-    for node in marked:
+    kept = {n for key, n in last.items() if key not in ran_ops}
+    erased: set[fx.Node] = set()
+    for node in aliases:
         source = node.args[0]
         if node in kept or not isinstance(source, fx.Node):
             continue
         node.replace_all_uses_with(source)
         graph.erase_node(node)
-        erased[node] = source
+        erased.add(node)
     return erased
 
 
-def _is_mark(node: fx.Node, marks: Marks, modules: Mapping[str, nn.Module]) -> bool:
-    """An ``aten.alias`` whose innermost module is one whose call was marked."""
+def _is_ours(node: fx.Node, found: PassThrough, modules: Mapping[str, nn.Module]) -> bool:
+    """An ``aten.alias`` whose innermost module is one whose call returned its argument."""
     if node.op != "call_function" or node.target is not _ALIAS:
         return False
-    inner = _innermost(node, modules)
-    return inner is not None and id(inner) in marks.modules
-
-
-def _innermost(node: fx.Node, modules: Mapping[str, nn.Module]) -> nn.Module | None:
-    found = None
+    inner = None
     for value in dict(node.meta.get(STACK_KEY) or {}).values():
         path = str(value[0]) if isinstance(value, tuple) and value else ""
         if path and path in modules:
-            found = modules[path]
-    return found
+            inner = modules[path]
+    return inner is not None and id(inner) in found.modules

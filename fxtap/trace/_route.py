@@ -36,6 +36,12 @@ from fxtap.trace._fallback import (
     trace_with_fallback,
     user_stacklevel,
 )
+from fxtap.trace._none_defaults import (
+    NoneFixed,
+    none_default_args,
+    one_warning_each,
+    trace_none_fixed,
+)
 from fxtap.trace._options import check_concrete_args, check_flags, check_model, tracer_options
 from fxtap.trace._tracer import Traced, trace_graph, trace_with_options
 
@@ -117,12 +123,16 @@ class Route:
         names: by mode, node -> dotted name (empty on the capture path).
         error: on the capture path, why the root forward cannot be traced (torch.fx's
             ``TraceError``, torch.export's failure in its notes); else ``None``.
+        none_fixed: on the torch.fx path, when asked for and a graph reads a root argument
+            that defaults to ``None``: the traces with such arguments fixed to ``None``
+            (``fxtap.trace._none_defaults``); else ``None``.
     """
 
     path: str
     traces: dict[str, Traced] = field(default_factory=dict)
     names: dict[str, dict[fx.Node, str]] = field(default_factory=dict)
     error: TraceError | None = None
+    none_fixed: NoneFixed | None = None
 
 
 def route(
@@ -132,6 +142,7 @@ def route(
     modes: tuple[str, ...] = MODES,
     capture: bool = True,
     names_only: bool = False,
+    none_fixed: bool = False,
 ) -> Route:
     """Trace ``model`` in each of ``modes`` the one way ``options`` and the model allow.
 
@@ -142,6 +153,8 @@ def route(
         capture: the caller can serve the capture path (``trace`` cannot: it returns a graph).
         names_only: torch.fx traces build no graph module (``Route.names`` only): compiling
             its code costs a third of a trace.
+        none_fixed: on the torch.fx path, also trace with the root arguments that default to
+            ``None`` and that a graph reads fixed to ``None`` (``Route.none_fixed``).
 
     Returns:
         A ``Route``: the path taken, and the traces (or the root failure, for capture).
@@ -159,6 +172,10 @@ def route(
         if names_only:
             names = {m: _fx_names(model, options, m == "train") for m in modes}
             return Route("fx", names=names)
+        if none_fixed and none_default_args(
+            model, check_concrete_args(model, options.concrete_args)
+        ):
+            return _with_none_fixed(model, options, modes)
         return _traced("fx", {m: _fx_trace(model, options, m == "train") for m in modes})
     except TraceError as exc:
         if not is_root_failure(exc):
@@ -239,10 +256,35 @@ def _or_implied(model: nn.Module, example_inputs: Any) -> Any:
     return implied_inputs(model) if example_inputs is None else example_inputs
 
 
-def _fx_trace(model: nn.Module, options: TraceOptions, training: bool) -> Traced:
+def _with_none_fixed(model: nn.Module, options: TraceOptions, modes: tuple[str, ...]) -> Route:
+    """The torch.fx traces, and those with the ``None``-default arguments they read fixed to
+    ``None``; the two traces' warnings (the same leaves, mostly) are shown once each."""
+
+    def trace(training: bool, concrete: dict[str, Any] | None, checked: Any) -> Traced:
+        return _fx_trace(model, options, training, concrete=concrete, checked=checked)
+
+    with one_warning_each():
+        traces = {m: _fx_trace(model, options, m == "train") for m in modes}
+        concrete = check_concrete_args(model, options.concrete_args)
+        fixed = trace_none_fixed(model, traces, concrete, options.checked_inputs, trace)
+    return dataclasses.replace(_traced("fx", traces), none_fixed=fixed)
+
+
+def _fx_trace(
+    model: nn.Module,
+    options: TraceOptions,
+    training: bool,
+    *,
+    concrete: dict[str, Any] | None = None,
+    checked: Any = None,
+) -> Traced:
+    """One torch.fx trace with ``options`` (``concrete`` and ``checked``, when given, in place
+    of its ``concrete_args`` and the inputs of its mis-trace check)."""
     tracer_kwargs = tracer_options(options.tracer_kwargs)
-    concrete = check_concrete_args(model, options.concrete_args)
-    checked = options.checked_inputs
+    if concrete is None:
+        concrete = check_concrete_args(model, options.concrete_args)
+    if checked is None:
+        checked = options.checked_inputs
     if options.auto_leaf or checked is not None:
         return trace_with_fallback(
             model,

@@ -181,6 +181,8 @@ def _shrink_dict(d: dict[str, Any], depth: int = 0) -> dict[str, Any]:
             out[key] = _tiny_int(key, value)
         elif isinstance(value, float) and key in _ZERO:
             out[key] = 0.0
+        elif isinstance(value, list) and key in _INT_FIELDS and _ints(value):
+            out[key] = [_tiny_int(key, v) for v in value]  # (height, width): YOLOS' image_size
         elif isinstance(value, list) and key in _LISTS:
             out[key] = [_small(key, v) for v in value][:4]
         elif isinstance(value, dict) and "model_type" in value and depth < 3:
@@ -244,6 +246,10 @@ def _shrink(config: Any, depth: int = 0) -> None:
     width = getattr(config, "hidden_size", None)
     if isinstance(heads, int) and isinstance(width, int) and heads and width % heads:
         config.num_attention_heads = 1
+
+
+def _ints(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _small(key: str, value: Any) -> Any:

@@ -28,6 +28,7 @@ __all__ = [
     "ListRoot",
     "MixedModes",
     "Nested",
+    "OptionalState",
     "Parametrized",
     "SuffixedNames",
     "TensorConstant",
@@ -274,6 +275,27 @@ class ConcreteFlag(nn.Module):
         if negate:
             x = -x
         return x
+
+
+class OptionalState(nn.Module):
+    """``forward(x, state=None)`` that starts from zeros without a state, as recurrent models
+    do: torch.fx traces ``state is None`` on a placeholder as ``False``.
+
+    Names: ``fc``, ``drop``, ``getitem`` (``state[0]``, with a state only), ``add``, ``norm``,
+    ``out``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.5)
+        self.norm = nn.LayerNorm(4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor] | None = None) -> torch.Tensor:
+        if state is None:
+            state = (torch.ones(4),)
+        return self.out(self.norm(self.drop(self.fc(x)) + state[0]))
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
