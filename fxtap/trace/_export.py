@@ -306,7 +306,9 @@ def _to_traced(
     modules = dict(model.named_modules(remove_duplicate=False))
     tracer = NodePathTracer(**options)
     calls = ModuleCalls(graph, modules, tracer.is_leaf_module)
-    calls.forget(settle_aliases(graph, passthrough, modules, calls.leaf_call))
+    erased = settle_aliases(graph, passthrough, modules, calls.leaf_call)
+    calls.forget(erased)
+    marked = {path: erased.get(node, node) for path, node in marked.items()}
     graph.lint()
     check_code_names(graph, type(model).__name__)
     gm = fx.GraphModule(attrs, graph, type(model).__name__)

@@ -69,7 +69,7 @@ def settle_aliases(
     found: PassThrough,
     modules: Mapping[str, nn.Module],
     leaf_call: Mapping[fx.Node, tuple[str, str]],
-) -> set[fx.Node]:
+) -> dict[fx.Node, fx.Node]:
     """Keep the aliases that name a leaf module's call; erase the others.
 
     An alias is kept when it is the last alias of a leaf module's call that ran no other op
@@ -88,13 +88,14 @@ def settle_aliases(
         leaf_call: node -> ``(call key, leaf path)`` (``ModuleCalls.leaf_call``).
 
     Returns:
-        The erased aliases, for the caller to forget (they are no longer in ``graph``).
+        Each erased alias -> the node its readers read now, for the caller to forget the alias
+        (it is no longer in ``graph``) and to update what it kept of it.
     """
     if not found.modules:
-        return set()
+        return {}
     aliases = [n for n in graph.nodes if _is_ours(n, found, modules)]
     if not aliases:
-        return set()
+        return {}
     ours = set(aliases)
     ran_ops: set[str] = set()
     last: dict[str, fx.Node] = {}
@@ -104,14 +105,16 @@ def settle_aliases(
         else:
             ran_ops.add(key)
     kept = {n for key, n in last.items() if key not in ran_ops}
-    erased: set[fx.Node] = set()
+    # NOTE: in graph order, so an alias's input is never erased after it: one lookup in the
+    # result gives a live node
+    erased: dict[fx.Node, fx.Node] = {}
     for node in aliases:
         source = node.args[0]
         if node in kept or not isinstance(source, fx.Node):
             continue
         node.replace_all_uses_with(source)
         graph.erase_node(node)
-        erased.add(node)
+        erased[node] = source
     return erased
 
 
