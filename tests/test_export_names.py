@@ -3,6 +3,7 @@ first ops read only their own weights, and taps of modules that run no op (``nn.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +126,71 @@ def test_marks_leave_no_op_behind_and_no_hook() -> None:
         assert not any("fxtap" in t for t in targets), targets
     assert not torch.nn.modules.module._global_forward_pre_hooks
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+class TupleLeaves(nn.Module):
+    """Leaf modules that return tuples: attention's (output, weights), an LSTM's
+    (output, (h, c))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        a = self.attn(h, h, h)[0]
+        o, hn = self.gru(a)
+        return self.out(o + hn[-1][:, None])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_leaf_that_returns_a_tuple_is_tapped_as_it_returns_it(mode: str, tmp_path: Path) -> None:
+    model = TupleLeaves().train(mode == "train")
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    taps = ["attn", "gru", ":output"]
+    ex = fxtap.create_feature_extractor(model, taps, tracer="export", example_inputs=(x,))
+    assert isinstance(ex, FeatureExtractor)
+    ex.train(mode == "train")
+    seen: dict[str, Any] = {}
+
+    def hook(name: str) -> Any:
+        def record(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            seen.setdefault(name, out)
+
+        return record
+
+    handles = [
+        model.attn.register_forward_hook(hook("attn")),
+        model.gru.register_forward_hook(hook("gru")),
+    ]
+    try:
+        torch.manual_seed(0)
+        want = {":output": model(x), **seen}
+    finally:
+        for h in handles:
+            h.remove()
+    torch.manual_seed(0)
+    got = ex(x)
+    for key in taps:
+        assert type(got[key]) is type(want[key]), key
+        assert bitwise_equal(got[key], want[key]), key
+    (g,) = torch.autograd.grad(got["gru"][1].sum(), [model.fc.weight], retain_graph=True)
+    (r,) = torch.autograd.grad(want["gru"][1].sum(), [model.fc.weight], retain_graph=True)
+    assert torch.equal(g, r)
+    # only the attention's call runs for a tap of it
+    small = fxtap.create_feature_extractor(model, ["attn"], tracer="export", example_inputs=(x,))
+    assert not any("gru" in str(n.target) for n in small.graph_for(mode).nodes)
+    # the tuple's node saves in the safe format and loads without trust
+    fxtap.save(small, tmp_path / "attn.fxtap")
+    loaded = fxtap.load(tmp_path / "attn.fxtap").train(mode == "train")
+    small.train(mode == "train")
+    torch.manual_seed(0)
+    want_small = small(x)
+    torch.manual_seed(0)
+    assert bitwise_equal(loaded(x), want_small)
 
 
 class DropPath(nn.Module):

@@ -468,7 +468,7 @@ HF_CUTS = [
      ["sym_size", "sym_size_1", "expand", "rotary_emb.to_2", "rotary_emb.to_3", "layers.0.add"]),
     ("llama", "layers.1.mlp.act_fn",
      ["sym_size", "sym_size_1", "expand", "rotary_emb.to_2", "rotary_emb.to_3",
-      "layers.1.post_attention_layernorm.to", "layers.1.post_attention_layernorm.mul_1",
+      "layers.1.add", "layers.1.post_attention_layernorm.mul_1",
       "layers.1.mlp.act_fn.silu"]),
     ("llama", "layers.2", ["layers.2.add_1"]),
 ]  # fmt: skip

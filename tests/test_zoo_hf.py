@@ -1,6 +1,6 @@
 """The generated Hugging Face zoo: AutoModel types on tiny configs, pruned and exact.
 
-``make test`` runs ``hf_zoo.SAMPLE`` (25 architectures across text, vision, audio,
+``make test`` runs ``hf_zoo.SAMPLE`` (27 architectures across text, vision, audio,
 encoder-decoder and multimodal families); ``FXTAP_THOROUGH=1`` runs every type transformers
 maps to ``AutoModel``. Each model gets a leaf tap in the middle, the input of a later module
 (the value a functional op such as a residual add produced) and ``:output``; values are compared

@@ -14,7 +14,8 @@ import dataclasses
 import functools
 import inspect
 import io
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from fxtap.trace._export_check import (
 )
 from fxtap.trace._export_errors import export_error
 from fxtap.trace._export_inputs import UserInputs, check_batch
-from fxtap.trace._export_marks import marked_inputs, take_marks
+from fxtap.trace._export_marks import Marks, marked_calls, take_marks
 from fxtap.trace._export_modes import (
     FlagReads,
     SharedExport,
@@ -45,7 +46,7 @@ from fxtap.trace._export_modes import (
     sharing,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
-from fxtap.trace._export_passthrough import PassThrough, aliasing_passthrough, settle_aliases
+from fxtap.trace._export_passthrough import settle_aliases
 from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_shapes import dynamic_shapes_for, given_shapes
@@ -103,8 +104,11 @@ def export_trace(
         return dataclasses.replace(shared.traced, training=training)
     args, kwargs = split_example_inputs(model, example_inputs)
     given = None if dynamic_shapes is None else given_shapes(model, args, kwargs, dynamic_shapes)
-    ep, flags, passthrough = _export(model, args, kwargs, training=training, dynamic_shapes=given)
-    traced = _unchecked(model, ep, passthrough, args, kwargs, options, training)
+    leaf = NodePathTracer(**options).is_leaf_module
+    ep, flags, marks = _export(
+        model, args, kwargs, training=training, dynamic_shapes=given, is_leaf=leaf
+    )
+    traced = _unchecked(model, ep, marks, args, kwargs, options, training)
     # NOTE: with Dim.AUTO, a branch export took without a guard shows at a second shape; a
     # graph right there is checked (the example shape is only checked when it is not)
     fixed = None if given is not None else check_at_second_shape(model, traced, ep, args, kwargs)
@@ -112,10 +116,10 @@ def export_trace(
         check_export(model, traced, args, kwargs)
     if fixed:
         static = dynamic_shapes_for(model, args, kwargs, static=fixed)
-        ep, flags, passthrough = _export(
-            model, args, kwargs, training=training, dynamic_shapes=static
+        ep, flags, marks = _export(
+            model, args, kwargs, training=training, dynamic_shapes=static, is_leaf=leaf
         )
-        traced = _unchecked(model, ep, passthrough, args, kwargs, options, training)
+        traced = _unchecked(model, ep, marks, args, kwargs, options, training)
         check_export(model, traced, args, kwargs)
     if flags.mode_independent:
         remember_export(model, SharedExport(traced))
@@ -125,7 +129,7 @@ def export_trace(
 def _unchecked(
     model: nn.Module,
     ep: ExportedProgram,
-    passthrough: PassThrough,
+    marks: Marks,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: Mapping[str, Any],
@@ -133,9 +137,7 @@ def _unchecked(
 ) -> Traced:
     """The program as a ``Traced``; refused when it holds a higher-order op."""
     check_higher_order_ops(ep, model, "train" if training else "eval")
-    return _to_traced(
-        model, ep, args, kwargs, options=options, training=training, passthrough=passthrough
-    )
+    return _to_traced(model, ep, marks, args, kwargs, options=options, training=training)
 
 
 def split_example_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict]:
@@ -201,12 +203,13 @@ def _export(
     *,
     training: bool,
     dynamic_shapes: Any = None,
-) -> tuple[ExportedProgram, FlagReads, PassThrough]:
+    is_leaf: Callable[[nn.Module, str], bool],
+) -> tuple[ExportedProgram, FlagReads, Marks]:
     """``torch.export.export`` in the given mode, with ``dynamic_shapes`` when given, else
     every dim ``Dim.AUTO`` and, if that fails in a way static shapes may not, static shapes;
     with the reads of ``training`` flags made by the export that succeeded (inside
-    ``one_export`` only: elsewhere nothing would use them), and the module calls that ran no
-    op, given an ``alias`` (``_export_passthrough``).
+    ``one_export`` only: elsewhere nothing would use them), and what the hooks marked
+    (``_export_marks``; ``is_leaf``: which modules are named by their path).
 
     The model's eager branches are exported (``eager_branches``); a model that asked
     ``torch.compiler.is_exporting()`` and cannot be exported that way is exported again
@@ -221,11 +224,11 @@ def _export(
         try:
             try:
                 with eager_branches(asked):
-                    ep, flags, passthrough = _export_once(model, args, kwargs, dynamic_shapes)
+                    ep, flags, marks = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
             except Exception:
                 if not asked:
                     raise
-                ep, flags, passthrough = _export_once(model, args, kwargs, dynamic_shapes)
+                ep, flags, marks = _export_once(model, args, kwargs, dynamic_shapes, is_leaf)
         except Exception as exc:
             raise export_error(name, mode, exc, model=model) from exc
     changed = [
@@ -233,23 +236,27 @@ def _export(
     ]
     if changed:  # pragma: no cover - export runs on fake tensors
         raise TraceError(f"torch.export changed {name}'s state {changed[:3]} while tracing")
-    return ep, flags, passthrough
+    return ep, flags, marks
 
 
 def _export_once(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any
-) -> tuple[ExportedProgram, FlagReads, PassThrough]:
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dynamic_shapes: Any,
+    is_leaf: Callable[[nn.Module, str], bool],
+) -> tuple[ExportedProgram, FlagReads, Marks]:
     """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
     then static shapes when a dynamic dim fails in a way they may not."""
     # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
     # stderr; the TraceError says what failed, so that print is swallowed
     try:
         with (
+            _quiet_rnn_weights(),
             contextlib.redirect_stderr(io.StringIO()),
             kept_rng(),
             read_flags(model, record=sharing()) as flags,
-            marked_inputs(model),
-            aliasing_passthrough(model) as passthrough,
+            marked_calls(model, is_leaf) as marks,
         ):
             shapes = dynamic_shapes or dynamic_shapes_for(model, args, kwargs)
             ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
@@ -258,25 +265,36 @@ def _export_once(
             raise  # a branch on tensor values: static shapes fail the same way
         # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
         with (
+            _quiet_rnn_weights(),
             contextlib.redirect_stderr(io.StringIO()),
             kept_rng(),
             read_flags(model, record=sharing()) as flags,
-            marked_inputs(model),
-            aliasing_passthrough(model) as passthrough,
+            marked_calls(model, is_leaf) as marks,
         ):
             ep = torch.export.export(model, args, kwargs, strict=False)
-    return ep, flags, passthrough
+    return ep, flags, marks
+
+
+@contextlib.contextmanager
+def _quiet_rnn_weights() -> Iterator[None]:
+    """Silence torch.export's warning that an RNN's ``_flat_weights`` list was assigned: the
+    RNN rebuilds that list of its own parameters whenever they are swapped, as export does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"The tensor attributes self\..*_flat_weights", category=UserWarning
+        )
+        yield
 
 
 def _to_traced(
     model: nn.Module,
     ep: ExportedProgram,
+    marks: Marks,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
     options: Mapping[str, Any],
     training: bool,
-    passthrough: PassThrough,
 ) -> Traced:
     """Rebuild the exported program as a ``Traced`` over the model's own tensors."""
     sig = ep.graph_signature
@@ -301,12 +319,12 @@ def _to_traced(
         else:
             env[node] = copy_node(graph, node, env, ep.graph_module)
     skip |= user.checks
-    marked = take_marks(graph)
+    marked = take_marks(graph, marks)
     _mark_buffer_writes(graph, buffers)
     modules = dict(model.named_modules(remove_duplicate=False))
     tracer = NodePathTracer(**options)
     calls = ModuleCalls(graph, modules, tracer.is_leaf_module)
-    erased = settle_aliases(graph, passthrough, modules, calls.leaf_call)
+    erased = settle_aliases(graph, marks.passed, modules, calls.leaf_call)
     calls.forget(erased)
     marked = {path: erased.get(node, node) for path, node in marked.items()}
     graph.lint()

@@ -1,72 +1,32 @@
-"""Module calls that run no op on the export path (``nn.Identity``): an ``alias`` names them.
+"""Leaf calls that ran no op on the export path (``nn.Identity``): the aliases naming them.
 
 torch.fx records a leaf module's call as one ``call_module`` node whatever it computes, so
 ``nn.Identity`` (a drop path at rate 0, a disabled norm) has a name there, and its value is its
-input. ``torch.export`` records ATen ops only: a call that returns its input runs none, so
-nothing in the program ran in that module and ``nn_module_stack`` never names it.
-
-While the model is exported, ``aliasing_passthrough`` makes such calls return
-``aten.alias(input)``: one op recorded inside the module's scope, which the naming rules then
-call by the module's path, with the same value and on the same autograd path as the module's
-output (every later op reads the alias, as every later op reads the module's output). The
-mechanism is a global forward hook, registered for the export only and limited to the calls
-the exporting thread makes into the model's own modules: nothing is set on the model.
-``settle_aliases`` then keeps an alias only where it names something, the call of a leaf
-module that ran no other op, and gives every other alias's readers its input back, as the
-eager model runs.
+input. ``torch.export`` records ATen ops only, and a call that returns its input runs none.
+While exporting, the forward hook of ``fxtap.trace._export_marks`` makes a leaf's call that
+returns one of its arguments return ``aten.alias`` of it, an op recorded in the module's scope.
+``settle_aliases`` keeps an alias only where it names something, the call of a leaf module
+that ran no other op, and gives every other alias's readers its input back, as the eager
+model runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import fx, nn
 
 from fxtap._fx import STACK_KEY
 
-__all__ = ["PassThrough", "aliasing_passthrough", "settle_aliases"]
+__all__ = ["settle_aliases"]
 
 _ALIAS = torch.ops.aten.alias.default
 
 
-class PassThrough:
-    """The modules whose calls returned one of their arguments during an export (by ``id``)."""
-
-    def __init__(self) -> None:
-        self.modules: set[int] = set()
-
-
-@contextlib.contextmanager
-def aliasing_passthrough(model: nn.Module) -> Iterator[PassThrough]:
-    """While exporting ``model``: a call of one of its submodules that returns one of its
-    tensor arguments itself returns ``aten.alias`` of it instead; the hook is removed on exit."""
-    owned = {id(m) for m in model.modules() if m is not model}
-    thread = threading.get_ident()
-    found = PassThrough()
-
-    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
-        if id(module) not in owned or not isinstance(out, torch.Tensor):
-            return None
-        if not any(arg is out for arg in args) or threading.get_ident() != thread:
-            return None
-        found.modules.add(id(module))
-        return _ALIAS(out)
-
-    # NOTE: a global hook, not one per module: the user's modules are never touched
-    handle = nn.modules.module.register_module_forward_hook(hook)
-    try:
-        yield found
-    finally:
-        handle.remove()
-
-
 def settle_aliases(
     graph: fx.Graph,
-    found: PassThrough,
+    passed: Collection[int],
     modules: Mapping[str, nn.Module],
     leaf_call: Mapping[fx.Node, tuple[str, str]],
 ) -> dict[fx.Node, fx.Node]:
@@ -83,7 +43,8 @@ def settle_aliases(
 
     Args:
         graph: the exported graph, rewritten in place (``graph.lint()`` holds after).
-        found: what ``aliasing_passthrough`` recorded.
+        passed: ``id`` of each leaf module whose call returned one of its arguments
+            (``Marks.passed``).
         modules: the model's modules by path (``named_modules(remove_duplicate=False)``).
         leaf_call: node -> ``(call key, leaf path)`` (``ModuleCalls.leaf_call``).
 
@@ -91,9 +52,9 @@ def settle_aliases(
         Each erased alias -> the node its readers read now, for the caller to forget the alias
         (it is no longer in ``graph``) and to update what it kept of it.
     """
-    if not found.modules:
+    if not passed:
         return {}
-    aliases = [n for n in graph.nodes if _is_ours(n, found, modules)]
+    aliases = [n for n in graph.nodes if _is_ours(n, passed, modules)]
     if not aliases:
         return {}
     ours = set(aliases)
@@ -118,7 +79,7 @@ def settle_aliases(
     return erased
 
 
-def _is_ours(node: fx.Node, found: PassThrough, modules: Mapping[str, nn.Module]) -> bool:
+def _is_ours(node: fx.Node, passed: Collection[int], modules: Mapping[str, nn.Module]) -> bool:
     """An ``aten.alias`` whose innermost module is one whose call returned its argument."""
     if node.op != "call_function" or node.target is not _ALIAS:
         return False
@@ -127,4 +88,4 @@ def _is_ours(node: fx.Node, found: PassThrough, modules: Mapping[str, nn.Module]
         path = str(value[0]) if isinstance(value, tuple) and value else ""
         if path and path in modules:
             inner = modules[path]
-    return inner is not None and id(inner) in found.modules
+    return inner is not None and id(inner) in passed

@@ -27,6 +27,8 @@ SAMPLE = (
     "dinov2", "distilbert", "electra", "gpt2", "gpt_neox", "llama", "mistral", "mobilevit",
     "mpnet", "qwen2", "roberta", "segformer", "beit", "t5", "vit", "wav2vec2", "whisper",
     "xlm-roberta",
+    # hybrid linear attention (an export-only branch), an argument read before the first one
+    "qwen3_5_text", "mistral_large4_text",
 )  # fmt: skip
 
 _WIDTH = 32
