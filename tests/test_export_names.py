@@ -1,5 +1,5 @@
 """Names on the export path (``fxtap.trace._export_names``): ``:input`` taps of modules whose
-first ops read only their own weights."""
+first ops read only their own weights, and taps of modules that run no op (``nn.Identity``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 import fxtap
 from fxtap.extractor import FeatureExtractor
-from support.checker import bitwise_equal
+from support.checker import bitwise_equal, output_score, preserved
 
 
 class StandardizedConv(nn.Conv2d):
@@ -191,3 +191,150 @@ def test_a_leaf_that_returns_a_tuple_is_tapped_as_it_returns_it(mode: str, tmp_p
     want_small = small(x)
     torch.manual_seed(0)
     assert bitwise_equal(loaded(x), want_small)
+
+
+class DropPath(nn.Module):
+    """A drop path as timm and transformers write it: not a leaf, no op at rate 0."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], 1).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class NoOps(nn.Module):
+    """Modules that run no op (``nn.Identity``, a drop path at rate 0) or only dropout at 0;
+    the root branches on ``x.dim()``, which torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.drop = nn.Dropout(0.0)
+        self.drop_path = nn.Identity()
+        self.path = DropPath(0.0)
+        self.norm = nn.LayerNorm(6)
+        self.lab = nn.Identity()
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.mean(1)
+        h = self.drop_path(self.drop(self.fc(x)))
+        x = x + self.path(torch.tanh(h))
+        return self.head(self.lab(self.norm(x)))
+
+
+#: tap -> (module, port): each leaf that runs no op, its input, and a non-leaf one's input.
+TAPS = {
+    "drop": ("drop", "out"),
+    "drop_path": ("drop_path", "out"),
+    "drop_path:input": ("drop_path", "in"),
+    "path:input": ("path", "in"),
+    "lab": ("lab", "out"),
+    "lab:input": ("lab", "in"),
+}
+
+
+def _hooked(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+    """Each tap's tensor, kept by a forward (pre-)hook on the unmodified model, and the output."""
+    seen: dict[str, Any] = {}
+
+    def keep(tap: str, port: str) -> Any:
+        def hook(module: nn.Module, args: Any, *out: Any) -> None:
+            seen.setdefault(tap, out[0] if port == "out" else args[0])
+
+        return hook
+
+    handles = []
+    for tap, (path, port) in TAPS.items():
+        module = model.get_submodule(path)
+        if port == "out":
+            handles.append(module.register_forward_hook(keep(tap, port)))
+        else:
+            handles.append(module.register_forward_pre_hook(keep(tap, port)))
+    try:
+        out = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_modules_that_run_no_op_are_named_and_equal_hooks(training: bool) -> None:
+    model, x = NoOps().train(training), torch.randn(4, 5, 6)
+    ex = fxtap.create_feature_extractor(
+        model, {**{t: t for t in TAPS}, ":output": "out"}, example_inputs=(x,)
+    )
+    assert isinstance(ex, FeatureExtractor)  # the export path: torch.fx cannot trace the root
+    # the export hook is global and gone, and nothing was set on the model
+    assert not nn.modules.module._global_forward_hooks
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    ex.train(training)
+    with preserved(model):
+        expected, out = _hooked(model, x)
+        want = torch.autograd.grad(output_score(out), [expected[t] for t in TAPS])
+        got = ex(x)
+        grads = torch.autograd.grad(output_score(got["out"]), [got[t] for t in TAPS])
+    for tap in TAPS:
+        assert bitwise_equal(got[tap], expected[tap]), tap
+    assert bitwise_equal(got["out"], out)
+    assert bitwise_equal(grads, want)
+    # a tap adds no parameters: the head alone is left out of a tap of 'lab'
+    small = fxtap.create_feature_extractor(model, ["lab"], example_inputs=(x,))
+    kept = {
+        str(n.target)
+        for n in small.graph_for("train" if training else "eval").nodes
+        if n.op == "get_attr"
+    }
+    assert kept == {"fc.weight", "fc.bias", "norm.weight", "norm.bias"}
+
+
+def test_no_op_modules_have_the_names_of_the_fx_path() -> None:
+    model, x = NoOps().eval(), torch.randn(4, 6)
+    fx_names = fxtap.get_graph_node_names(model, tracer="fx")
+    export_names = fxtap.get_graph_node_names(model, tracer="export", example_inputs=(x,))
+    leaves = {"drop", "drop_path", "lab"}
+    for names in (*fx_names, *export_names):
+        assert leaves <= set(names)
+    # the names the modules' calls leave: DropPath runs no op and is not a leaf, so neither
+    # path names it; its value is read with 'path:input' or the op after it
+    assert not any(n.startswith("path") for n in export_names[0])
+
+
+class InplaceAfter(nn.Module):
+    """``nn.Identity`` whose output is then written in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.lab = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lab(self.fc(x))
+        y += 1
+        return y.relu()
+
+
+def test_a_write_after_a_no_op_module_leaves_its_tap_as_it_was() -> None:
+    model, x = InplaceAfter(), torch.randn(2, 6)
+    kept: list[torch.Tensor] = []
+    handle = model.lab.register_forward_hook(lambda m, a, o: kept.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        handle.remove()
+    ex = fxtap.create_feature_extractor(
+        model, ["lab", "lab:input", ":output"], tracer="export", example_inputs=(x,)
+    )
+    with torch.no_grad():
+        got = ex(x)
+    assert bitwise_equal(got["lab"], kept[0])
+    assert bitwise_equal(got["lab:input"], kept[0])
+    assert bitwise_equal(got[":output"], out)

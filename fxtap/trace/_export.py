@@ -38,6 +38,7 @@ from fxtap.trace._export_modes import (
     shared_export,
 )
 from fxtap.trace._export_names import ModuleCalls, assign_names
+from fxtap.trace._export_passthrough import settle_aliases
 from fxtap.trace._export_probe import check_at_second_shape
 from fxtap.trace._export_regions import copy_node
 from fxtap.trace._export_run import run_export
@@ -254,12 +255,15 @@ def _to_traced(
     skip |= user.checks
     marked = take_marks(graph, marks, rebuild_output)
     _mark_buffer_writes(graph, buffers)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    tracer = NodePathTracer(**options)
+    calls = ModuleCalls(graph, modules, tracer.is_leaf_module)
+    erased = settle_aliases(graph, marks.passed, modules, calls.leaf_call)
+    calls.forget(erased)
+    marked = {path: erased.get(node, node) for path, node in marked.items()}
     graph.lint()
     check_code_names(graph, type(model).__name__)
     gm = fx.GraphModule(attrs, graph, type(model).__name__)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    tracer = NodePathTracer(**options)
-    calls = ModuleCalls(gm.graph, modules, tracer.is_leaf_module)
     names = assign_names(gm.graph, calls, modules, tracer, skip=skip)
     return Traced(
         gm,

@@ -16,6 +16,12 @@ each tensor of a leaf's tuple through ``fxtap::module_output``, and ``take_marks
 ``rebuild_output`` node after the first call, which holds the tuple as the module returned it
 and which the naming rules then give the module's path (as the fx path's ``call_module`` node
 holds it).
+
+A leaf module that returns one of its arguments runs no op (``nn.Identity``), so nothing in the
+program ran in its scope and no name would be its. The forward hook makes such a call return
+``aten.alias`` of that tensor instead, an op recorded in the module's scope that the naming
+rules give the module's path; every later op reads the alias, as every later op reads the
+module's output. ``fxtap.trace._export_passthrough`` removes the aliases that name nothing.
 """
 
 from __future__ import annotations
@@ -72,13 +78,15 @@ def _output_op() -> Any:
 
 
 class Marks:
-    """What the hooks saw while exporting: path -> output structure of a leaf's tuple."""
+    """What the hooks saw while exporting: path -> output structure of a leaf's tuple, and
+    the leaf modules (``id``) whose call returned one of its arguments (``passed``)."""
 
     def __init__(self, paths: dict[int, str], is_leaf: Callable[[nn.Module, str], bool]) -> None:
         self.paths = paths
         self.is_leaf = is_leaf
         self.specs: dict[str, str] = {}
         self.constants: dict[str, dict[int, Any]] = {}
+        self.passed: set[int] = set()
 
 
 def _pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -96,11 +104,16 @@ def _pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | Non
 
 def _post_hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
     marks: Marks | None = getattr(_STATE, "marks", None)
-    if marks is None or not isinstance(out, (tuple, list)):
+    if marks is None or not isinstance(out, (tuple, list, torch.Tensor)):
         return None
     path = marks.paths.get(id(module))
-    if path is None or not marks.is_leaf(module, path):
+    if not path or not marks.is_leaf(module, path):
         return None
+    if isinstance(out, torch.Tensor):
+        if not any(a is out for a in args):
+            return None
+        marks.passed.add(id(module))
+        return torch.ops.aten.alias.default(out)
     leaves, spec = pytree.tree_flatten(out)
     if not any(isinstance(v, torch.Tensor) for v in leaves):
         return None

@@ -8,7 +8,7 @@ Every other op is named by its innermost enclosing module plus its op name, coun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -58,6 +58,21 @@ class ModuleCalls:
                     self.leaf_call[node] = (key, path)
                     break
             self.scope[node] = scope
+
+    def forget(self, erased: Collection[fx.Node]) -> None:
+        """Drop the calls' nodes that were erased from the graph; a module whose first call
+        held nothing else has no first call (torch.export would not have recorded it)."""
+        if not erased:
+            return
+        for node in erased:
+            self.scope.pop(node, None)
+            self.leaf_call.pop(node, None)
+        for path, nodes in list(self.first_call.items()):
+            kept = [n for n in nodes if n not in erased]
+            if not kept:
+                del self.first_call[path]
+            elif len(kept) < len(nodes):
+                self.first_call[path] = kept
 
     def outputs(self) -> dict[fx.Node, str]:
         """The last node of each leaf-module call -> that module's path."""
