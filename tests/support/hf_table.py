@@ -31,6 +31,8 @@ _CAUSES = (
     (r"higher-order op", "torch.export: a higher-order op other than a grad-mode region"),
     (r"timeout|hang", "timed out (over the survey's time limit)"),
     (r"worker died", "crashed the process"),
+    (r"autograd Function", "a custom autograd Function, whose own backward a graph cannot hold"),
+    (r"no gradients", "no tap value has a gradient to compare (the values are equal)"),
     (r"gradients", "gradients differ from hooks (the values are equal)"),
     (r"not bitwise equal", "values differ from hooks"),
     (r"only \d+ leaf modules", "fewer than 4 leaf modules to tap"),
