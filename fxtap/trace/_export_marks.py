@@ -164,14 +164,16 @@ def take_marks(
     first_out: dict[str, dict[int, fx.Node]] = {}
     done: set[str] = set()
     last: dict[str, fx.Node] = {}
-    for node in list(graph.nodes):
+    taken: list[fx.Node] = []
+    mark_op, output_op = _mark_op(), _output_op()
+    for node in graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target is _mark_op():
+        if node.target is mark_op:
             source, path = node.args[0], node.args[1]
             assert isinstance(source, fx.Node) and isinstance(path, str)
             found.setdefault(path, source)
-        elif node.target is _output_op():
+        elif node.target is output_op:
             source, path, index = node.args
             assert isinstance(source, fx.Node) and isinstance(path, str)
             assert isinstance(index, int)
@@ -184,12 +186,12 @@ def take_marks(
         else:
             continue
         node.replace_all_uses_with(source)
+        taken.append(node)
     for path, seen in first_out.items():
         leaves = {**marks.constants[path], **seen}
         _pack(graph, last[path], marks.specs[path], leaves, rebuild)
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target in (_mark_op(), _output_op()):
-            graph.erase_node(node)
+    for node in taken:
+        graph.erase_node(node)
     return found
 
 

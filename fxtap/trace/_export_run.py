@@ -81,38 +81,36 @@ def _export_once(
 ) -> tuple[ExportedProgram, FlagReads, Marks, bool]:
     """One export of ``model`` in its current mode: ``Dim.AUTO`` (or ``dynamic_shapes``),
     then static shapes when a dynamic dim fails in a way they may not."""
-    # NOTE: on failure torch.export prints its partial graph (thousands of lines) to
-    # stderr; the TraceError says what failed, so that print is swallowed
     try:
-        with (
-            _quiet_rnn_weights(),
-            contextlib.redirect_stderr(io.StringIO()),
-            kept_rng(),
-            read_flags(model, record=sharing()) as flags,
-            marked_calls(model, is_leaf) as marks,
-        ):
+        with _around_export(model, is_leaf) as (flags, marks):
             ep, narrowed = export_within_budget(model, args, kwargs, dynamic_shapes)
     except Exception as first:
         if isinstance(first, GuardOnDataDependentSymNode) or dynamic_shapes is not None:
             raise  # a branch on tensor values: static shapes fail the same way
         # a dynamic dim can fail in ways Dim.AUTO does not absorb: fall back to static
-        with (
-            _quiet_rnn_weights(),
-            contextlib.redirect_stderr(io.StringIO()),
-            kept_rng(),
-            read_flags(model, record=sharing()) as flags,
-            marked_calls(model, is_leaf) as marks,
-        ):
+        with _around_export(model, is_leaf) as (flags, marks):
             ep, narrowed = torch.export.export(model, args, kwargs, strict=False), False
     return ep, flags, marks, narrowed
 
 
 @contextlib.contextmanager
-def _quiet_rnn_weights() -> Iterator[None]:
-    """Silence torch.export's warning that an RNN's ``_flat_weights`` list was assigned: the
-    RNN rebuilds that list of its own parameters whenever they are swapped, as export does."""
-    with warnings.catch_warnings():
+def _around_export(
+    model: nn.Module, is_leaf: Callable[[nn.Module, str], bool]
+) -> Iterator[tuple[FlagReads, Marks]]:
+    """What every export attempt runs in: RNGs kept, flag reads recorded, calls marked, and
+    torch.export's own noise swallowed."""
+    # NOTE: on failure torch.export prints its partial graph (thousands of lines) to stderr;
+    # the TraceError says what failed, so that print is swallowed. An RNN rebuilds its
+    # ``_flat_weights`` list of its own parameters whenever export swaps them, and torch.export
+    # warns that the list was assigned: that warning is silenced
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stderr(io.StringIO()),
+        kept_rng(),
+        read_flags(model, record=sharing()) as flags,
+        marked_calls(model, is_leaf) as marks,
+    ):
         warnings.filterwarnings(
             "ignore", message=r"The tensor attributes self\..*_flat_weights", category=UserWarning
         )
-        yield
+        yield flags, marks
